@@ -1,0 +1,1 @@
+"""Agents: their sandboxes, sessions and messages, and the in-sandbox runtime."""

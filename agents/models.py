@@ -1,0 +1,119 @@
+"""Agents, the sessions users hold with them, and the messages of those sessions."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+__all__ = ["Agent", "Message", "Session"]
+
+
+class Agent(models.Model):
+    """A Claude agent running in its own sandbox, owned by one user.
+
+    A deleted agent keeps its row (``deleted_at`` set) so that its usage stays attributed.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        STARTING = "starting"
+        RUNNING = "running"
+        STOPPING = "stopping"
+        STOPPED = "stopped"
+        FAILED = "failed"
+
+    ACTIVE_STATUSES = (Status.PENDING, Status.STARTING, Status.RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agents"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=100)
+    system_prompt = models.TextField(blank=True)
+    vcpus = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(64)]
+    )
+    memory_mib = models.PositiveIntegerField(
+        default=512, validators=[MinValueValidator(64), MaxValueValidator(256 * 1024)]
+    )
+    max_concurrent_sessions = models.PositiveIntegerField(
+        default=100, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    backend = models.CharField(max_length=16, default="process")
+    sandbox_id = models.CharField(max_length=64, blank=True)
+    endpoint = models.CharField(max_length=255, blank=True, help_text="Where the runtime listens.")
+    anthropic_key_encrypted = models.TextField(
+        blank=True, help_text="The owner's own Anthropic key, encrypted; empty: the platform key."
+    )
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "status"], name="agent_owner_status")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=["pending", "starting", "running", "stopping", "stopped", "failed"]
+                ),
+                name="agent_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or str(self.id)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+
+class Session(models.Model):
+    """A conversation between a user and an agent; the runtime keeps its history under this id."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.title or str(self.id)
+
+
+class Message(models.Model):
+    """One turn of a session, with the tokens and cost the assistant's turns used."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField()
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"

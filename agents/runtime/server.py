@@ -1,0 +1,350 @@
+"""The runtime's HTTP server: health, readiness, metrics and chat (JSON or an SSE stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from agents.runtime.config import RuntimeConfig
+
+__all__ = ["build_app", "main"]
+
+log = logging.getLogger("agents.runtime")
+ANTHROPIC_VERSION = "2023-06-01"
+CONFIG_KEY = web.AppKey("config", RuntimeConfig)
+STATE_KEY = web.AppKey("state", "RuntimeState")
+
+
+class Metrics:
+    """The runtime's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.active_sessions = Gauge(
+            "agent_active_sessions", "Sessions this agent holds.", registry=self.registry
+        )
+        self.requests = Counter(
+            "agent_requests", "Requests served.", ["endpoint", "status"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "agent_request_duration_seconds",
+            "Time to serve a request.",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.tokens = Counter(
+            "agent_token_usage", "Tokens used, by kind.", ["type"], registry=self.registry
+        )
+        self.errors = Counter(
+            "agent_errors", "Errors, by kind.", ["error_type"], registry=self.registry
+        )
+
+
+@dataclass
+class ChatSession:
+    """One session's history, guarded so that its turns run one at a time."""
+
+    id: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class ChatError(Exception):
+    """A chat turn failed; ``status`` and ``code`` become the error response."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details or {}
+
+
+@dataclass
+class RuntimeState:
+    config: RuntimeConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    sessions: dict[str, ChatSession] = field(default_factory=dict)
+    http: ClientSession | None = None
+
+    def session(self, session_id: str | None) -> ChatSession:
+        sid = session_id or str(uuid.uuid4())
+        if sid in self.sessions:
+            return self.sessions[sid]
+        if len(self.sessions) >= self.config.max_concurrent_sessions:
+            raise ChatError(
+                503,
+                "agent_at_capacity",
+                f"this agent already holds {len(self.sessions)} sessions, its maximum",
+                {"max_concurrent_sessions": self.config.max_concurrent_sessions},
+            )
+        self.sessions[sid] = ChatSession(sid)
+        self.metrics.active_sessions.set(len(self.sessions))
+        return self.sessions[sid]
+
+
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None):
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return web.json_response(body, status=status)
+
+
+def _parse_chat(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ChatError(400, "invalid_request", "the body must be a JSON object")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ChatError(
+            400,
+            "invalid_request",
+            "prompt must be a non-empty string",
+            {"prompt": ["This field is required."]},
+        )
+    max_tokens = body.get("max_tokens", 4096)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ChatError(
+            400,
+            "invalid_request",
+            "max_tokens must be a positive integer",
+            {"max_tokens": ["Must be a positive integer."]},
+        )
+    session_id = body.get("session_id")
+    if session_id is not None and not isinstance(session_id, str):
+        raise ChatError(400, "invalid_request", "session_id must be a string")
+    return {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "session_id": session_id,
+        "stream": bool(body.get("stream", False)),
+    }
+
+
+class Turn:
+    """One chat turn: the request to the gateway and what came back, summed over its calls."""
+
+    def __init__(self, state: RuntimeState, session: ChatSession, max_tokens: int) -> None:
+        self.state, self.session, self.max_tokens = state, session, max_tokens
+        self.usage = {"input_tokens": 0, "output_tokens": 0}
+
+    def _request(self, stream: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
+        config = self.state.config
+        payload: dict[str, Any] = {
+            "model": config.model,
+            "max_tokens": self.max_tokens,
+            "messages": self.session.history,
+        }
+        if config.system_prompt:
+            payload["system"] = config.system_prompt
+        if stream:
+            payload["stream"] = True
+        headers = {
+            "x-api-key": config.gateway_token,
+            "anthropic-version": ANTHROPIC_VERSION,
+            "x-console-session": self.session.id,
+        }
+        return f"{config.gateway_url}/v1/messages", headers, payload
+
+    def _count(self, usage: dict[str, Any]) -> None:
+        for kind in ("input_tokens", "output_tokens"):
+            self.usage[kind] += int(usage.get(kind) or 0)
+            self.state.metrics.tokens.labels(kind.removesuffix("_tokens")).inc(
+                int(usage.get(kind) or 0)
+            )
+
+    async def _post(self, stream: bool):
+        assert self.state.http is not None
+        url, headers, payload = self._request(stream)
+        try:
+            response = await self.state.http.post(url, json=payload, headers=headers)
+        except (ClientError, TimeoutError) as exc:
+            raise ChatError(
+                502, "gateway_unreachable", f"the console gateway is unreachable: {exc}"
+            ) from exc
+        if response.status >= 400:
+            body = await response.json(content_type=None)
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            message = error.get("message") or f"gateway answered {response.status}"
+            code = error.get("code") or error.get("type") or "gateway_error"
+            raise ChatError(response.status, code, message, error.get("details"))
+        return response
+
+    async def run(self) -> str:
+        response = await self._post(stream=False)
+        message = await response.json()
+        self._count(message.get("usage", {}))
+        self.session.history.append({"role": "assistant", "content": message["content"]})
+        return "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")
+
+    async def stream(self) -> AsyncIterator[str]:
+        response = await self._post(stream=True)
+        blocks: list[str] = []
+        async for event, data in _sse_events(response.content):
+            if event == "message_start":
+                self._count(data["message"].get("usage", {}) | {"output_tokens": 0})
+            elif event == "content_block_delta" and data["delta"].get("type") == "text_delta":
+                blocks.append(data["delta"]["text"])
+                yield data["delta"]["text"]
+            elif event == "message_delta":
+                self._count({"output_tokens": data.get("usage", {}).get("output_tokens", 0)})
+            elif event == "error":
+                raise ChatError(502, "upstream_error", data.get("error", {}).get("message", ""))
+        self.session.history.append(
+            {"role": "assistant", "content": [{"type": "text", "text": "".join(blocks)}]}
+        )
+
+    def result(self, content: str) -> dict[str, Any]:
+        usage = self.usage | {
+            "total_tokens": self.usage["input_tokens"] + self.usage["output_tokens"]
+        }
+        return {
+            "session_id": self.session.id,
+            "content": content,
+            "usage": usage,
+            "status": "completed",
+        }
+
+
+async def _sse_events(stream: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    event, data = "", []
+    async for raw in stream:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            yield event, json.loads("\n".join(data))
+            event, data = "", []
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "malformed_body", "the body is not valid JSON")
+    try:
+        params = _parse_chat(body)
+        session = state.session(params["session_id"])
+    except ChatError as exc:
+        return _error(exc.status, exc.code, exc.message, exc.details)
+    async with session.lock:
+        session.last_used = time.monotonic()
+        history_length = len(session.history)
+        session.history.append({"role": "user", "content": params["prompt"]})
+        turn = Turn(state, session, params["max_tokens"])
+        if params["stream"]:
+            return await _chat_stream(request, turn, history_length)
+        try:
+            content = await turn.run()
+        except ChatError as exc:
+            del session.history[history_length:]
+            state.metrics.errors.labels(exc.code).inc()
+            return _error(exc.status, exc.code, exc.message, exc.details)
+        return web.json_response(turn.result(content))
+
+
+async def _chat_stream(request: web.Request, turn: Turn, history_length: int):
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    parts: list[str] = []
+    try:
+        async for text in turn.stream():
+            parts.append(text)
+            await response.write(_sse("delta", {"text": text}))
+    except ChatError as exc:
+        del turn.session.history[history_length:]
+        turn.state.metrics.errors.labels(exc.code).inc()
+        await response.write(_sse("error", {"code": exc.code, "message": exc.message}))
+    else:
+        await response.write(_sse("done", turn.result("".join(parts))))
+    await response.write_eof()
+    return response
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "agent_id": request.app[CONFIG_KEY].agent_id})
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    full = len(state.sessions) >= state.config.max_concurrent_sessions
+    return web.json_response(
+        {"ready": not full, "sessions": len(state.sessions)}, status=503 if full else 200
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE_KEY].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def _measure(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    metrics_ = request.app[STATE_KEY].metrics
+    endpoint = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics_.requests.labels(endpoint, str(status)).inc()
+        metrics_.duration.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def build_app(config: RuntimeConfig) -> web.Application:
+    app = web.Application(middlewares=[_measure], client_max_size=4 * 1024 * 1024)
+    app[CONFIG_KEY] = config
+    app[STATE_KEY] = state = RuntimeState(config)
+
+    async def _client(app: web.Application) -> AsyncIterator[None]:
+        state.http = ClientSession(timeout=ClientTimeout(total=config.gateway_timeout))
+        yield
+        await state.http.close()
+
+    app.cleanup_ctx.append(_client)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/agent/chat", chat)
+    return app
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = RuntimeConfig.from_env()
+    log.info("agent %s listening on %s:%s", config.agent_id, config.host, config.port)
+    web.run_app(
+        build_app(config), host=config.host, port=config.port, print=None, handle_signals=True
+    )

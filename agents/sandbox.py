@@ -1,0 +1,77 @@
+"""The bridge between agents and vmdriver: which driver, what a sandbox runs, and its health."""
+
+from __future__ import annotations
+
+import sys
+import time
+from functools import cache
+
+import httpx
+from django.conf import settings
+from django.core import signing
+
+from agents.models import Agent
+from vmdriver import Driver, VmSpec, make_driver
+
+__all__ = ["agent_token_issue", "agent_token_verify", "driver", "runtime_spec", "wait_healthy"]
+
+_TOKEN_SALT = "agents.gateway-token"
+
+
+@cache
+def driver() -> Driver:
+    return make_driver(settings.SANDBOX_BACKEND, state_dir=settings.SANDBOX_STATE_DIR)
+
+
+def agent_token_issue(*, agent: Agent) -> str:
+    """A signed, expiring token that lets one agent's runtime call the gateway, and nothing else."""
+    return "agt_" + signing.TimestampSigner(salt=_TOKEN_SALT).sign(str(agent.id))
+
+
+def agent_token_verify(*, token: str) -> str | None:
+    """The agent id a token was issued to, or None when it is forged or expired."""
+    if not token.startswith("agt_"):
+        return None
+    try:
+        return signing.TimestampSigner(salt=_TOKEN_SALT).unsign(
+            token.removeprefix("agt_"), max_age=settings.AGENT_TOKEN_TTL_SECONDS
+        )
+    except signing.BadSignature:
+        return None
+
+
+def runtime_spec(*, agent: Agent) -> VmSpec:
+    env = {
+        "AGENT_ID": str(agent.id),
+        "AGENT_GATEWAY_URL": settings.GATEWAY_URL,
+        "AGENT_GATEWAY_TOKEN": agent_token_issue(agent=agent),
+        "AGENT_MODEL": agent.model,
+        "AGENT_SYSTEM_PROMPT": agent.system_prompt,
+        "AGENT_MAX_CONCURRENT_SESSIONS": str(agent.max_concurrent_sessions),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(settings.BASE_DIR),
+    }
+    return VmSpec(
+        name=agent.sandbox_id,
+        vcpus=agent.vcpus,
+        memory_mib=agent.memory_mib,
+        image=(sys.executable, "-m", "agents.runtime"),
+        env=env,
+        ports=(8080,),
+    )
+
+
+def wait_healthy(*, endpoint: str, sandbox_id: str, timeout: float) -> bool:
+    """Poll the runtime's /health until it answers 200, the sandbox dies, or time runs out."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get(f"{endpoint}/health").status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            if driver().status(sandbox_id).state != "running":
+                return False
+            time.sleep(0.05)
+    return False

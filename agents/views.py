@@ -1,0 +1,181 @@
+"""The Hypercore-compatible agent routes, and the per-agent chat and metrics endpoints."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from agents import selectors, services
+from agents.serializers import AgentSerializer, ChatRequestSerializer, SpawnRequestSerializer
+from console.authentication import request_user
+from console.errors import (
+    AgentUnavailable,
+    BadRequest,
+    ConsoleError,
+    Forbidden,
+    NotFound,
+    error_response,
+)
+from console.models import User
+
+__all__ = ["HypercoreAgentViewSet", "agent_chat", "agent_metrics"]
+
+_AGENT_ID = OpenApiParameter("agent_id", str, required=True, description="The agent's id.")
+
+
+def _query_uuid(request: Request, name: str) -> uuid.UUID:
+    raw = request.query_params.get(name)
+    if not raw:
+        raise BadRequest(
+            f"the {name} query parameter is required",
+            details={name: ["This parameter is required."]},
+        )
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise BadRequest(f"{name} is not a valid id", details={name: ["Must be a UUID."]}) from None
+
+
+def _named_user(viewer: User, username: str | None) -> User:
+    """The user a request names by ``user_id``: the caller, or anyone for an operator."""
+    if not username or username == viewer.username:
+        return viewer
+    if not viewer.is_staff:
+        raise Forbidden("you may only act for yourself", details={"user_id": username})
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        raise NotFound(f"no user {username!r}", details={"user_id": username})
+    return user
+
+
+class HypercoreAgentViewSet(viewsets.GenericViewSet):
+    """Agents, on the routes Hypercore's agent manager serves: spawn, list, get, delete, stats."""
+
+    serializer_class = AgentSerializer
+
+    def get_queryset(self):
+        return selectors.agent_list(viewer=self.request.user)
+
+    @extend_schema(request=SpawnRequestSerializer, responses={201: AgentSerializer})
+    @action(detail=False, methods=["post"], url_path="spawn")
+    def spawn(self, request: Request) -> Response:
+        params = SpawnRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        agent = services.agent_spawn(
+            owner=_named_user(request.user, data.get("user_id")),
+            model=data.get("model"),
+            name=data["name"],
+            system_prompt=data["system_prompt"],
+            vcpus=data["cores"],
+            memory_mib=data["memory"],
+            max_concurrent_sessions=data["max_concurrent"],
+            anthropic_api_key=data.get("anthropic_api_key", ""),
+        )
+        return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("user_id", str, description="Owner's username.")],
+        responses=inline_serializer(
+            "AgentListResponse",
+            {"agents": AgentSerializer(many=True), "count": serializers.IntegerField()},
+        ),
+    )
+    @action(detail=False, methods=["get"], url_path="list")
+    def list_agents(self, request: Request) -> Response:
+        username = request.query_params.get("user_id")
+        owner = _named_user(request.user, username) if username else None
+        agents = selectors.agent_list(viewer=request.user, owner=owner)
+        data = AgentSerializer(agents, many=True).data
+        return Response({"agents": data, "count": len(data)})
+
+    @extend_schema(parameters=[_AGENT_ID], responses=AgentSerializer)
+    @action(detail=False, methods=["get"], url_path="get")
+    def get_agent(self, request: Request) -> Response:
+        agent_id = _query_uuid(request, "agent_id")
+        agent = services.agent_for_user(user=request.user, agent_id=agent_id)
+        return Response(AgentSerializer(agent).data)
+
+    @extend_schema(parameters=[_AGENT_ID], responses=AgentSerializer)
+    @action(detail=False, methods=["delete"], url_path="delete")
+    def delete_agent(self, request: Request) -> Response:
+        agent_id = _query_uuid(request, "agent_id")
+        agent = services.agent_destroy(
+            agent=services.agent_for_user(user=request.user, agent_id=agent_id)
+        )
+        return Response(AgentSerializer(agent).data | {"deleted": True})
+
+    @extend_schema(responses=inline_serializer("AgentStats", {"scope": serializers.CharField()}))
+    @action(detail=False, methods=["get"], url_path="stats")
+    def stats(self, request: Request) -> Response:
+        return Response(selectors.agent_stats(viewer=request.user))
+
+
+def _validation_error(errors: dict) -> BadRequest:
+    field, problems = next(iter(errors.items()))
+    return BadRequest(f"{field}: {problems[0]}", details={k: list(v) for k, v in errors.items()})
+
+
+@csrf_exempt
+async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
+    """``POST /agents/<id>/v1/agent/chat``: one turn, answered when it completes."""
+    if request.method != "POST":
+        return JsonResponse(
+            {"error": {"code": "method_not_allowed", "message": "use POST", "details": {}}},
+            status=405,
+        )
+    try:
+        user = await request_user(request)
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body is not valid JSON") from None
+        params = ChatRequestSerializer(data=body if isinstance(body, dict) else None)
+        if not params.is_valid():
+            raise _validation_error(params.errors)
+        data = params.validated_data
+        if data.get("user_id") and data["user_id"] != user.username:
+            raise Forbidden("you may only chat as yourself", details={"user_id": data["user_id"]})
+        if data["stream"]:
+            raise BadRequest(
+                "streamed replies are served by the WebSocket chat and /api/v1; "
+                "send stream: false here",
+                details={"stream": ["Only false is supported on this route."]},
+            )
+        result = await services.agent_chat(
+            user=user,
+            agent_id=agent_id,
+            prompt=data["prompt"],
+            session_id=str(data["session_id"]) if data.get("session_id") else None,
+            max_tokens=data["max_tokens"],
+        )
+    except ConsoleError as exc:
+        return error_response(exc)
+    return JsonResponse(result.as_hypercore())
+
+
+async def agent_metrics(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
+    """``GET /agents/<id>/metrics``: the agent runtime's own Prometheus metrics."""
+    try:
+        user = await request_user(request)
+        agent = await sync_to_async(services.agent_for_user)(user=user, agent_id=agent_id)
+        if not agent.endpoint:
+            raise AgentUnavailable("the agent is not running", details={"status": agent.status})
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                upstream = await client.get(f"{agent.endpoint}/metrics")
+        except httpx.HTTPError as exc:
+            raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
+    except ConsoleError as exc:
+        return error_response(exc)
+    return HttpResponse(upstream.content, content_type=upstream.headers.get("content-type"))

@@ -1,0 +1,140 @@
+"""Domain errors and the one error shape every client sees.
+
+Every refusal anywhere in the console answers ``{"error": {"code", "message", "details"}}``.
+Services raise a ``ConsoleError`` subclass; the DRF exception handler, the plain Django views and
+the Channels consumer turn it into that shape here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+__all__ = [
+    "AgentNotFound",
+    "AgentNotRunning",
+    "AgentUnavailable",
+    "BadRequest",
+    "ConsoleError",
+    "Forbidden",
+    "NotAuthenticated",
+    "NotFound",
+    "QuotaExceeded",
+    "UserSuspended",
+    "drf_exception_handler",
+    "error_body",
+    "error_response",
+]
+
+
+class ConsoleError(Exception):
+    """A refusal with a stable machine-readable code, a sentence for people and an HTTP status."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class BadRequest(ConsoleError):
+    status, code = 400, "invalid_request"
+
+
+class NotAuthenticated(ConsoleError):
+    status, code = 401, "not_authenticated"
+
+
+class Forbidden(ConsoleError):
+    status, code = 403, "forbidden"
+
+
+class UserSuspended(Forbidden):
+    code = "user_suspended"
+
+
+class NotFound(ConsoleError):
+    status, code = 404, "not_found"
+
+
+class AgentNotFound(NotFound):
+    code = "agent_not_found"
+
+
+class AgentNotRunning(ConsoleError):
+    status, code = 409, "agent_not_running"
+
+
+class QuotaExceeded(ConsoleError):
+    status, code = 429, "quota_exceeded"
+
+
+class AgentUnavailable(ConsoleError):
+    """The agent's runtime could not be reached or answered with an error."""
+
+    status, code = 502, "agent_unavailable"
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_response(exc: ConsoleError) -> JsonResponse:
+    return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
+
+
+_DRF_CODES = {
+    drf.ParseError: "malformed_body",
+    drf.ValidationError: "invalid_request",
+    drf.NotAuthenticated: "not_authenticated",
+    drf.AuthenticationFailed: "not_authenticated",
+    drf.PermissionDenied: "forbidden",
+    drf.NotFound: "not_found",
+    drf.MethodNotAllowed: "method_not_allowed",
+    drf.NotAcceptable: "not_acceptable",
+    drf.UnsupportedMediaType: "unsupported_media_type",
+    drf.Throttled: "rate_limited",
+}
+
+
+def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: domain errors and DRF's own, all in the one shape."""
+    # Imported here: rest_framework.views loads the authentication classes, which import us.
+    from rest_framework.views import exception_handler as drf_default_handler
+
+    if isinstance(exc, ConsoleError):
+        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    if isinstance(exc, Http404):
+        exc = drf.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf.PermissionDenied()
+    response = drf_default_handler(exc, context)
+    if response is None or not isinstance(exc, drf.APIException):
+        return response
+    code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
+    if isinstance(exc, drf.ValidationError):
+        details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        message = "The request is not valid: " + _first_problem(details)
+    else:
+        details = {}
+        message = str(exc.detail)
+    response.data = error_body(code, message, details)
+    return response
+
+
+def _first_problem(details: dict[str, Any]) -> str:
+    field, problems = next(iter(details.items()))
+    first = problems[0] if isinstance(problems, list) and problems else problems
+    if isinstance(first, dict):
+        return f"{field}: " + _first_problem(first)
+    return str(first) if field == "non_field_errors" else f"{field}: {first}"
+
+
+def json_error_page(request: HttpRequest, status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse(error_body(code, message, {"path": request.path}), status=status)

@@ -1,0 +1,361 @@
+"""The LLM gateway: Anthropic's Messages API, in front of Anthropic, for agents and integrations.
+
+Callers authenticate with an agent's short-lived token or a user's API key; the gateway forwards
+with the platform key (or the agent owner's own key), and writes every call's usage to the ledger.
+Without any key it answers from a clearly labelled offline model, so a fresh console works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+from anthropic.resources.messages import AsyncMessages
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from agents.models import Agent
+from agents.sandbox import agent_token_verify
+from console.crypto import decrypt
+from console.errors import BadRequest, ConsoleError, NotAuthenticated
+from console.metrics import GATEWAY_COST, GATEWAY_TOKENS
+from console.services import TokenUsage, api_key_authenticate, usage_record, user_check_active
+
+__all__ = [
+    "OFFLINE_MODEL",
+    "GatewayCaller",
+    "UpstreamError",
+    "UpstreamStream",
+    "gateway_authenticate",
+    "gateway_create",
+    "gateway_open_stream",
+    "validate_body",
+]
+
+OFFLINE_MODEL = "offline"
+_SDK_PARAMS = frozenset(inspect.signature(AsyncMessages.create).parameters) - {
+    "self",
+    "extra_headers",
+    "extra_query",
+    "extra_body",
+    "timeout",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayCaller:
+    """Who is calling, whom to bill, and which Anthropic key to use ("" means offline)."""
+
+    user_id: int
+    agent_id: str | None
+    upstream_key: str = field(repr=False)
+
+
+class UpstreamError(ConsoleError):
+    """Anthropic refused or failed; its status and error type pass through to the caller."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message, details={"upstream_status": status})
+        self.status, self.code, self.error_type = status, error_type, error_type
+
+
+def gateway_authenticate(*, token: str) -> GatewayCaller:
+    if not token:
+        raise NotAuthenticated("send an agent token or API key in x-api-key or Authorization")
+    agent_id = agent_token_verify(token=token)
+    if agent_id is None:
+        key = api_key_authenticate(raw=token)
+        user_check_active(user=key.user)
+        return GatewayCaller(key.user_id, None, settings.ANTHROPIC_API_KEY)
+    agent = (
+        Agent.objects.select_related("owner")
+        .filter(pk=agent_id, status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
+        .first()
+    )
+    if agent is None:
+        raise NotAuthenticated("this agent token belongs to an agent that no longer runs")
+    user_check_active(user=agent.owner)
+    own_key = decrypt(agent.anthropic_key_encrypted) if agent.anthropic_key_encrypted else ""
+    return GatewayCaller(agent.owner_id, str(agent.pk), own_key or settings.ANTHROPIC_API_KEY)
+
+
+def validate_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    problems: dict[str, list[str]] = {}
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        problems["model"] = ["A model name is required."]
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        problems["max_tokens"] = ["A positive integer is required."]
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        problems["messages"] = ["A non-empty list of messages is required."]
+    if problems:
+        field_name, messages = next(iter(problems.items()))
+        raise BadRequest(f"{field_name}: {messages[0]}", details=problems)
+    return body
+
+
+def _client(caller: GatewayCaller) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        api_key=caller.upstream_key,
+        base_url=settings.ANTHROPIC_BASE_URL,
+        max_retries=settings.ANTHROPIC_MAX_RETRIES,
+        timeout=settings.ANTHROPIC_TIMEOUT_SECONDS,
+    )
+
+
+def _sdk_arguments(body: dict[str, Any]) -> dict[str, Any]:
+    known = {k: v for k, v in body.items() if k in _SDK_PARAMS}
+    extra = {k: v for k, v in body.items() if k not in _SDK_PARAMS}
+    return known | ({"extra_body": extra} if extra else {})
+
+
+def _upstream_error(exc: anthropic.APIError) -> UpstreamError:
+    if isinstance(exc, anthropic.APIStatusError):
+        error = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
+        return UpstreamError(
+            exc.status_code, error.get("type", "api_error"), error.get("message", str(exc))
+        )
+    if isinstance(exc, anthropic.APITimeoutError):
+        return UpstreamError(504, "timeout_error", "Anthropic did not answer in time")
+    return UpstreamError(502, "api_error", f"Anthropic could not be reached: {exc}")
+
+
+def _usage(raw: dict[str, Any] | None) -> TokenUsage:
+    raw = raw or {}
+    return TokenUsage(
+        input_tokens=int(raw.get("input_tokens") or 0),
+        output_tokens=int(raw.get("output_tokens") or 0),
+        cache_creation_input_tokens=int(raw.get("cache_creation_input_tokens") or 0),
+        cache_read_input_tokens=int(raw.get("cache_read_input_tokens") or 0),
+    )
+
+
+async def _settle(
+    caller: GatewayCaller, model: str, usage: TokenUsage, session_id: str | None, request_id: str
+) -> None:
+    record = await sync_to_async(usage_record)(
+        user_id=caller.user_id,
+        agent_id=caller.agent_id,
+        session_id=_session_or_none(session_id),
+        model=model,
+        usage=usage,
+        request_id=request_id,
+    )
+    for kind in (
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ):
+        GATEWAY_TOKENS.labels(model, kind.removesuffix("_tokens")).inc(getattr(usage, kind))
+    GATEWAY_COST.labels(model).inc(float(record.cost_usd))
+
+
+def _session_or_none(session_id: str | None) -> str | None:
+    try:
+        return str(uuid.UUID(session_id)) if session_id else None
+    except ValueError:
+        return None
+
+
+# --- The offline model -----------------------------------------------------------------------
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+def _offline_message(body: dict[str, Any]) -> dict[str, Any]:
+    last_user = next(
+        (m for m in reversed(body["messages"]) if isinstance(m, dict) and m.get("role") == "user"),
+        {},
+    )
+    text = (
+        "[offline model] No ANTHROPIC_API_KEY is configured on this console, so this reply "
+        f"does not come from Claude. You said: {_text_of(last_user.get('content'))}"
+    )
+    prompt_words = sum(
+        len(_text_of(m.get("content")).split()) for m in body["messages"] if isinstance(m, dict)
+    )
+    return {
+        "id": f"msg_offline_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": OFFLINE_MODEL,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": prompt_words,
+            "output_tokens": len(text.split()),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _offline_events(message: dict[str, Any]) -> list[bytes]:
+    start = message | {
+        "content": [],
+        "stop_reason": None,
+        "usage": message["usage"] | {"output_tokens": 1},
+    }
+    text = message["content"][0]["text"]
+    words = text.split(" ")
+    deltas = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+    return [
+        _sse("message_start", {"type": "message_start", "message": start}),
+        _sse(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        *(
+            _sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": d},
+                },
+            )
+            for d in deltas
+        ),
+        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
+            },
+        ),
+        _sse("message_stop", {"type": "message_stop"}),
+    ]
+
+
+# --- Forwarding ------------------------------------------------------------------------------
+
+
+async def gateway_create(
+    *, caller: GatewayCaller, body: dict[str, Any], session_id: str | None
+) -> tuple[dict[str, Any], str]:
+    """One non-streamed call: the response message and its request id, with usage ledgered."""
+    if not caller.upstream_key:
+        message, request_id = _offline_message(body), ""
+    else:
+        async with _client(caller) as client:
+            try:
+                raw = await client.messages.with_raw_response.create(**_sdk_arguments(body))
+            except anthropic.APIError as exc:
+                raise _upstream_error(exc) from exc
+            message = raw.http_response.json()
+            request_id = raw.http_response.headers.get("request-id", "")
+    await _settle(
+        caller,
+        message.get("model") or body["model"],
+        _usage(message.get("usage")),
+        session_id,
+        request_id,
+    )
+    return message, request_id
+
+
+class UpstreamStream:
+    """An open streamed call. Iterate it for the SSE bytes; usage is ledgered when it ends,
+    however it ends (the caller may go away mid-stream)."""
+
+    def __init__(self, caller: GatewayCaller, body: dict[str, Any], session_id: str | None):
+        self.caller, self.body, self.session_id = caller, body, session_id
+        self.request_id = ""
+        self._client: anthropic.AsyncAnthropic | None = None
+        self._response: Any = None
+        self._model = body["model"]
+        self._usage: dict[str, int] = {}
+
+    async def open(self) -> None:
+        if not self.caller.upstream_key:
+            self._model = OFFLINE_MODEL
+            return
+        self._client = _client(self.caller)
+        manager = self._client.messages.with_streaming_response.create(
+            **_sdk_arguments(self.body | {"stream": True})
+        )
+        try:
+            self._response = await manager.__aenter__()
+        except anthropic.APIError as exc:
+            await self._client.close()
+            raise _upstream_error(exc) from exc
+        self.request_id = self._response.headers.get("request-id", "")
+
+    def _observe(self, event: str, data: dict[str, Any]) -> None:
+        if event == "message_start":
+            self._model = data["message"].get("model") or self._model
+            self._usage.update(data["message"].get("usage") or {})
+        elif event == "message_delta":
+            for key, value in (data.get("usage") or {}).items():
+                if isinstance(value, int):
+                    self._usage[key] = value
+
+    async def _upstream_chunks(self) -> AsyncIterator[bytes]:
+        if self._response is None:
+            message = _offline_message(self.body)
+            self._usage = dict(message["usage"])
+            for chunk in _offline_events(message):
+                yield chunk
+            return
+        event = ""
+        async for line in self._response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                # A frame the gateway does not understand still goes through unchanged.
+                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                    self._observe(event, json.loads(line[5:]))
+            yield (line + "\n").encode()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._upstream_chunks():
+                yield chunk
+        finally:
+            if self._response is not None:
+                await self._response.close()
+            if self._client is not None:
+                await self._client.close()
+            if self._usage:
+                await _settle(
+                    self.caller, self._model, _usage(self._usage), self.session_id, self.request_id
+                )
+
+
+async def gateway_open_stream(
+    *, caller: GatewayCaller, body: dict[str, Any], session_id: str | None
+) -> UpstreamStream:
+    """Open a streamed call; refusals from Anthropic raise here, before any byte is sent."""
+    stream = UpstreamStream(caller, body, session_id)
+    await stream.open()
+    return stream

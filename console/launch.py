@@ -1,0 +1,96 @@
+"""``python -m console.launch`` (what ``make run`` runs): the whole console on one machine.
+
+Prepares local state (a secret key, the database, an operator account), then runs web (daphne),
+a Celery worker and Celery beat together until Ctrl-C, which stops all three.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from honcho.manager import Manager
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _var_dir() -> Path:
+    path = Path(os.environ.get("CONSOLE_VAR_DIR", BASE_DIR / "var"))
+    path = path if path.is_absolute() else BASE_DIR / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _local_environment(var: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    if not env.get("SECRET_KEY") and not env.get("SECRET_KEY_FILE"):
+        key_file = var / "secret_key"
+        if not key_file.exists():
+            key_file.write_text(secrets.token_urlsafe(50))
+            key_file.chmod(0o600)
+        env["SECRET_KEY_FILE"] = str(key_file)
+    # Served over plain HTTP on loopback: cookies must not demand HTTPS.
+    env.setdefault("SESSION_COOKIE_SECURE", "false")
+    env.setdefault("CSRF_COOKIE_SECURE", "false")
+    env["CONSOLE_VAR_DIR"] = str(var)
+    # Every process writes its metrics here, so /metrics shows web, worker and beat together.
+    metrics_dir = var / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    env["DJANGO_SETTINGS_MODULE"] = "console.settings"
+    return env
+
+
+def _manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
+
+
+def main() -> int:
+    var = _var_dir()
+    env = _local_environment(var)
+    host = env.get("HOST", "127.0.0.1")
+    port = env.get("PORT", "8000")
+    try:
+        _manage(env, "migrate", "--no-input", "-v", "0")
+        _manage(env, "ensure_operator")
+    except subprocess.CalledProcessError as exc:
+        print(f"Start-up failed: {' '.join(exc.cmd[1:])} exited with {exc.returncode}.")
+        return 1
+    python = sys.executable
+    manager = Manager()
+    manager.add_process(
+        "web",
+        f"{python} -m daphne -b {host} -p {port} console.asgi:application",
+        env=env,
+        cwd=str(BASE_DIR),
+    )
+    manager.add_process(
+        "worker",
+        f"{python} -m celery -A console worker --loglevel INFO --concurrency 2 "
+        f"--hostname worker@%h",
+        env=env,
+        cwd=str(BASE_DIR),
+    )
+    manager.add_process(
+        "beat",
+        f"{python} -m celery -A console beat --loglevel INFO "
+        f"--schedule {var / 'celerybeat-schedule'}",
+        env=env,
+        cwd=str(BASE_DIR),
+    )
+    print(
+        f"\nAgent Console: open http://{host}:{port}/ (admin at http://{host}:{port}/admin/). "
+        "Ctrl-C stops web, worker and beat.\n",
+        flush=True,
+    )
+    manager.loop()
+    return manager.returncode or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

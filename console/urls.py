@@ -1,0 +1,30 @@
+"""The console's routes."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import SimpleRouter
+
+from agents import views as agent_views
+from console import views
+
+hypercore = SimpleRouter(trailing_slash=False)
+hypercore.register("v1/agents", agent_views.HypercoreAgentViewSet, basename="hypercore-agent")
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("health", views.health, name="health"),
+    path("ready", views.ready, name="ready"),
+    path("metrics", views.metrics, name="metrics"),
+    path("gateway/v1/messages", views.gateway_messages, name="gateway-messages"),
+    path("agents/<uuid:agent_id>/v1/agent/chat", agent_views.agent_chat, name="agent-chat"),
+    path("agents/<uuid:agent_id>/metrics", agent_views.agent_metrics, name="agent-metrics"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("admin/", admin.site.urls),
+    path("", include(hypercore.urls)),
+]
+
+handler404 = "console.views.page_not_found"
+handler500 = "console.views.server_error"

@@ -1,0 +1,159 @@
+"""Console-wide endpoints: the gateway, health, readiness, metrics, the home page, error pages."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+from console import gateway
+from console.authentication import bearer_token
+from console.errors import ConsoleError, error_body, json_error_page
+
+__all__ = ["gateway_messages", "health", "home", "metrics", "ready"]
+
+_API_PREFIXES = ("/v1/", "/api/", "/gateway/", "/agents/", "/health", "/ready", "/metrics")
+
+
+def _gateway_error(exc: ConsoleError) -> JsonResponse:
+    # Anthropic's SDKs read error.type; the console's clients read error.code, message, details.
+    body = error_body(exc.code, exc.message, exc.details)
+    body["type"] = "error"
+    body["error"]["type"] = getattr(exc, "error_type", None) or _ANTHROPIC_TYPES.get(
+        exc.status, "api_error"
+    )
+    return JsonResponse(body, status=exc.status)
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+@csrf_exempt
+async def gateway_messages(request: HttpRequest) -> HttpResponse:
+    """``POST /gateway/v1/messages``: Anthropic's Messages API, metered."""
+    if request.method != "POST":
+        return _gateway_error(ConsoleError("use POST"))
+    try:
+        caller = await sync_to_async(gateway.gateway_authenticate)(token=bearer_token(request))
+        body = gateway.validate_body(request.body)
+        session_id = request.headers.get("x-console-session")
+        if body.get("stream"):
+            stream = await gateway.gateway_open_stream(
+                caller=caller, body=body, session_id=session_id
+            )
+            response = StreamingHttpResponse(stream, content_type="text/event-stream")
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            if stream.request_id:
+                response["request-id"] = stream.request_id
+            return response
+        message, request_id = await gateway.gateway_create(
+            caller=caller, body=body, session_id=session_id
+        )
+    except ConsoleError as exc:
+        return _gateway_error(exc)
+    response = JsonResponse(message)
+    if request_id:
+        response["request-id"] = request_id
+    return response
+
+
+def health(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers."""
+    return JsonResponse({"status": "ok"})
+
+
+def ready(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database answers."""
+    checks: dict[str, Any] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {exc.__class__.__name__}"
+    ok = all(value == "ok" for value in checks.values())
+    return JsonResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
+    )
+
+
+class _ActiveAgentsCollector:
+    """``hypercore_agent_active_count``, read from the database at scrape time."""
+
+    def collect(self):
+        from agents.models import Agent
+
+        gauge = GaugeMetricFamily(
+            "hypercore_agent_active_count",
+            "Agents pending, starting or running.",
+            labels=["status"],
+        )
+        counts = dict(
+            Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+        for status in Agent.ACTIVE_STATUSES:
+            gauge.add_metric([status], counts.get(status, 0))
+        yield gauge
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text: every process's metrics (multiprocess mode) and fleet gauges."""
+    expected = settings.METRICS_BEARER_TOKEN
+    if expected and not hmac.compare_digest(bearer_token(request), expected):
+        return JsonResponse(
+            error_body("not_authenticated", "a metrics bearer token is required"), status=401
+        )
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    body = generate_latest(registry) + generate_latest(_fleet_registry())
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+def _fleet_registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ActiveAgentsCollector())
+    return registry
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "console/home.html")
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(_API_PREFIXES):
+        return json_error_page(request, 404, "not_found", "no such route")
+    return render(request, "404.html", status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith(_API_PREFIXES):
+        return json_error_page(request, 500, "internal_error", "the console failed; it is logged")
+    return render(request, "500.html", status=500)

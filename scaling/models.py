@@ -1,0 +1,1 @@
+"""Scaling rules and decisions (see the autoscaling work in scaling/)."""

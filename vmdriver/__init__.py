@@ -1,0 +1,25 @@
+"""vmdriver: start, watch and stop sandboxes, independent of any web framework.
+
+A ``Driver`` turns a ``VmSpec`` into a running sandbox described by a ``VmHandle``. Backends:
+``process`` (a local process in its own working directory) and, later, ``qemu`` (a microVM).
+This package is configured only by arguments and never imports the console's frameworks.
+"""
+
+from __future__ import annotations
+
+from vmdriver.base import Driver, make_driver
+from vmdriver.errors import BackendUnavailable, SandboxNotFound, VmDriverError, VmStartError
+from vmdriver.types import VmHandle, VmSpec, VmState, VmStatus
+
+__all__ = [
+    "BackendUnavailable",
+    "Driver",
+    "SandboxNotFound",
+    "VmDriverError",
+    "VmHandle",
+    "VmSpec",
+    "VmStartError",
+    "VmState",
+    "VmStatus",
+    "make_driver",
+]

@@ -1,0 +1,42 @@
+"""The ``Driver`` protocol every backend implements, and the factory that picks one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from vmdriver.errors import BackendUnavailable
+from vmdriver.types import VmHandle, VmSpec, VmStatus
+
+__all__ = ["Driver", "make_driver"]
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """Creates, starts, watches, stops and destroys sandboxes. Every call is idempotent on the
+    sandbox id: stopping a stopped sandbox or destroying a missing one is not an error."""
+
+    backend: str
+
+    def create(self, spec: VmSpec) -> VmHandle: ...
+
+    def start(self, handle: VmHandle) -> VmHandle: ...
+
+    def stop(self, sandbox_id: str, *, timeout: float = 5.0) -> None: ...
+
+    def destroy(self, sandbox_id: str) -> None: ...
+
+    def status(self, sandbox_id: str) -> VmStatus: ...
+
+    def list(self) -> list[VmStatus]: ...
+
+    def logs(self, sandbox_id: str, *, lines: int = 50) -> str: ...
+
+
+def make_driver(backend: str, *, state_dir: Path) -> Driver:
+    """The driver for ``backend``, keeping its state under ``state_dir``."""
+    if backend == "process":
+        from vmdriver.process import ProcessDriver
+
+        return ProcessDriver(state_dir=state_dir)
+    raise BackendUnavailable(f"sandbox backend {backend!r} is not available on this host")

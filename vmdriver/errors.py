@@ -1,0 +1,25 @@
+"""Errors raised by vmdriver backends."""
+
+from __future__ import annotations
+
+__all__ = ["BackendUnavailable", "SandboxNotFound", "VmDriverError", "VmStartError"]
+
+
+class VmDriverError(Exception):
+    """Base of every vmdriver error."""
+
+
+class BackendUnavailable(VmDriverError):
+    """The backend cannot run on this host (a tool is missing, or a check failed)."""
+
+
+class SandboxNotFound(VmDriverError):
+    """No sandbox with that id is known to this driver."""
+
+
+class VmStartError(VmDriverError):
+    """The sandbox was created but did not start; ``log_tail`` holds its last output."""
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail

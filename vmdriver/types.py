@@ -1,0 +1,64 @@
+"""The values a driver takes and returns: all frozen, so they can be passed around freely."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = ["VmHandle", "VmSpec", "VmState", "VmStatus"]
+
+
+def _frozen_env(env: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(env))
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """What to run: resources, the program (``image``: for ``process`` an argv, for ``qemu`` an
+    image name), its environment, and the guest ports to expose."""
+
+    name: str
+    vcpus: int = 1
+    memory_mib: int = 512
+    image: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"invalid sandbox name {self.name!r}")
+        if self.vcpus < 1:
+            raise ValueError("vcpus must be at least 1")
+        if self.memory_mib < 16:
+            raise ValueError("memory_mib must be at least 16")
+        object.__setattr__(self, "env", _frozen_env(self.env))
+
+
+@dataclass(frozen=True, slots=True)
+class VmHandle:
+    """A created sandbox: its id, backend, and once started where its runtime listens."""
+
+    id: str
+    backend: str
+    endpoint: str = ""
+    pid: int | None = None
+    accel: str = ""
+
+
+class VmState(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True, slots=True)
+class VmStatus:
+    """What a driver sees of a sandbox right now."""
+
+    id: str
+    state: VmState
+    endpoint: str = ""
+    pid: int | None = None
+    exit_code: int | None = None
