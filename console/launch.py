@@ -57,6 +57,7 @@ def main() -> int:
     port = env.get("PORT", "8000")
     try:
         _manage(env, "migrate", "--no-input", "-v", "0")
+        _manage(env, "collectstatic", "--no-input", "-v", "0")
         _manage(env, "ensure_operator")
     except subprocess.CalledProcessError as exc:
         print(f"Start-up failed: {' '.join(exc.cmd[1:])} exited with {exc.returncode}.")

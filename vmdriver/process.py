@@ -15,7 +15,6 @@ import socket
 import subprocess
 import time
 from collections import deque
-from dataclasses import asdict
 from pathlib import Path
 
 from vmdriver.errors import SandboxNotFound, VmStartError
@@ -74,7 +73,14 @@ class ProcessDriver:
             raise ValueError("the process backend needs an argv in spec.image")
         path = self._dir(spec.name)
         (path / "workspace").mkdir(parents=True, exist_ok=True)
-        data = asdict(spec) | {"env": dict(spec.env)}
+        data = {
+            "name": spec.name,
+            "vcpus": spec.vcpus,
+            "memory_mib": spec.memory_mib,
+            "image": list(spec.image),
+            "env": dict(spec.env),
+            "ports": list(spec.ports),
+        }
         (path / "spec.json").write_text(json.dumps(data))
         return VmHandle(id=spec.name, backend=self.backend)
 
