@@ -13,6 +13,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("CONSOLE_VAR_DIR", str(BASE_DIR / "var")))
 if not VAR_DIR.is_absolute():
     VAR_DIR = BASE_DIR / VAR_DIR
+# Local state (the SQLite file, the broker folder, sandboxes) lives here; every entry point needs it.
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_secret("SECRET_KEY")
@@ -155,7 +157,7 @@ ANTHROPIC_API_KEY = env_secret("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL") or None
 ANTHROPIC_TIMEOUT_SECONDS = env_float("ANTHROPIC_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 ANTHROPIC_MAX_RETRIES = env_int("ANTHROPIC_MAX_RETRIES", 2, minimum=0)
-DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", "claude-sonnet-4-5")
+DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", "claude-sonnet-5-5")
 # Encrypts users' own Anthropic keys at rest; comma-separated, newest first, for rotation.
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])
 AGENT_TOKEN_TTL_SECONDS = env_int("AGENT_TOKEN_TTL_SECONDS", 24 * 3600, minimum=60)

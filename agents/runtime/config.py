@@ -45,7 +45,7 @@ class RuntimeConfig:
             port=_int("AGENT_PORT", 8080),
             gateway_url=gateway_url,
             gateway_token=os.environ.get("AGENT_GATEWAY_TOKEN", ""),
-            model=os.environ.get("AGENT_MODEL", "claude-sonnet-4-5"),
+            model=os.environ.get("AGENT_MODEL", "claude-sonnet-5-5"),
             system_prompt=os.environ.get("AGENT_SYSTEM_PROMPT", ""),
             max_concurrent_sessions=max(1, _int("AGENT_MAX_CONCURRENT_SESSIONS", 100)),
             gateway_timeout=float(_int("AGENT_GATEWAY_TIMEOUT", 600)),

@@ -5,18 +5,32 @@ from decimal import Decimal
 
 from django.db import migrations
 
-# model, input, output, cache write (5 minutes), cache read
+# Anthropic's list prices, USD per million tokens: model, input, output, 5-minute cache write,
+# cache read. Haiku 5.5 is priced at its tier for prompts up to 100k tokens.
 PRICES = [
+    ("claude-fable-5-1", "10", "50", "12.50", "0.25"),
+    ("claude-mythos-5-1", "10", "50", "12.50", "0.25"),
+    ("claude-fable-5", "10", "50", "12.50", "1"),
+    ("claude-mythos-5", "10", "50", "12.50", "1"),
+    ("claude-opus-5-5", "4", "20", "5", "0.20"),
+    ("claude-opus-5", "5", "25", "6.25", "0.50"),
+    ("claude-opus-4-8", "5", "25", "6.25", "0.50"),
+    ("claude-opus-4-7", "5", "25", "6.25", "0.50"),
+    ("claude-opus-4-6", "5", "25", "6.25", "0.50"),
+    ("claude-opus-4-5", "5", "25", "6.25", "0.50"),
     ("claude-opus-4-1", "15", "75", "18.75", "1.50"),
     ("claude-opus-4", "15", "75", "18.75", "1.50"),
+    ("claude-sonnet-5-5", "2", "10", "2.50", "0.10"),
+    ("claude-sonnet-5", "2", "10", "2.50", "0.20"),
+    ("claude-sonnet-4-6", "3", "15", "3.75", "0.30"),
     ("claude-sonnet-4-5", "3", "15", "3.75", "0.30"),
     ("claude-sonnet-4", "3", "15", "3.75", "0.30"),
-    ("claude-3-7-sonnet", "3", "15", "3.75", "0.30"),
+    ("claude-haiku-5-5", "0.10", "0.50", "0.125", "0.01"),
     ("claude-haiku-4-5", "1", "5", "1.25", "0.10"),
     ("claude-3-5-haiku", "0.80", "4", "1", "0.08"),
     ("offline", "0", "0", "0", "0"),
 ]
-EFFECTIVE = date(2025, 10, 15)
+EFFECTIVE = date(2026, 11, 1)
 
 
 def seed(apps, schema_editor):

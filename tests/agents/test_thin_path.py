@@ -1,0 +1,146 @@
+"""The thin path through every layer, for real: spawn → sandboxed runtime → gateway → Claude.
+
+The console is served by a live server; the agent boots through the Celery task (run eagerly)
+and vmdriver's process backend as a real ``python -m agents.runtime``; Claude is the fake
+Anthropic server, reached by the gateway through the real ``anthropic`` SDK.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from agents.models import Agent, Message
+from console.models import Quota, UsageRecord
+from tests.conftest import PLATFORM_KEY
+from tests.fakes.anthropic import Error, count_tokens
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def console(live_server, settings, fake_anthropic):
+    settings.CONSOLE_BASE_URL = live_server.url
+    settings.GATEWAY_URL = f"{live_server.url}/gateway"
+    return live_server.url
+
+
+@pytest.fixture
+def alice(user, api_key, console):
+    return httpx.Client(base_url=console, timeout=30,
+                        headers={"Authorization": f"Bearer {api_key(user)}"})
+
+
+def _spawn(client: httpx.Client, **body) -> dict:
+    response = client.post("/v1/agents/spawn", json={"user_id": "alice", **body})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_spawn_then_chat_answers_from_claude_and_ledgers_the_cost(alice, fake_anthropic, user):
+    spawned = _spawn(alice, cores=1, memory=256, max_concurrent=5, system_prompt="Be brief.")
+    agent = Agent.objects.get(pk=spawned["agent_id"])
+    assert agent.status == "running", agent.last_error
+
+    chat_url = f"{spawned['url']}/v1/agent/chat"
+    response = alice.post(chat_url, json={"prompt": "Hello there", "user_id": "alice",
+                                          "max_tokens": 256, "stream": False})
+    assert response.status_code == 200, response.text
+    reply = response.json()
+    assert reply["content"] == "Echo: Hello there"
+    assert reply["status"] == "completed"
+    expected_input = count_tokens("Be brief.\nHello there")
+    expected_output = count_tokens("Echo: Hello there")
+    assert reply["usage"] == {"input_tokens": expected_input, "output_tokens": expected_output,
+                              "total_tokens": expected_input + expected_output}
+
+    upstream = fake_anthropic.requests[-1]
+    assert upstream.api_key == PLATFORM_KEY  # the real key is added by the gateway, not the agent
+    assert upstream.body["system"] == "Be brief."
+
+    record = UsageRecord.objects.get()
+    assert (record.user, record.agent_id, str(record.session_id)) == (
+        user, agent.pk, reply["session_id"])
+    # The default model, claude-sonnet-5-5, lists at $2 in and $10 out per million tokens.
+    expected_cost = (Decimal(expected_input) * 2 + Decimal(expected_output) * 10) / 1_000_000
+    assert record.cost_usd == expected_cost
+    assert record.request_id.startswith("req_")
+    assert Quota.objects.get(user=user).usd_used == expected_cost
+
+    assistant = Message.objects.get(session_id=reply["session_id"], role="assistant")
+    assert (assistant.content, assistant.cost_usd) == ("Echo: Hello there", expected_cost)
+
+
+def test_a_session_keeps_its_history_across_turns(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    chat_url = f"{spawned['url']}/v1/agent/chat"
+    first = alice.post(chat_url, json={"prompt": "one"}).json()
+    second = alice.post(chat_url, json={"prompt": "two", "session_id": first["session_id"]})
+    assert second.status_code == 200, second.text
+    assert second.json()["session_id"] == first["session_id"]
+    sent = fake_anthropic.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert Message.objects.filter(session_id=first["session_id"]).count() == 4
+
+
+def test_the_agents_own_key_is_used_and_never_returned(alice, fake_anthropic):
+    spawned = _spawn(alice, anthropic_api_key="sk-ant-alices-own")
+    assert "sk-ant-alices-own" not in str(spawned)
+    alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi"}).raise_for_status()
+    assert fake_anthropic.requests[-1].api_key == "sk-ant-alices-own"
+    listed = alice.get("/v1/agents/list").text
+    assert "sk-ant-alices-own" not in listed
+
+
+def test_an_upstream_refusal_reaches_the_client_and_nothing_is_half_written(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    fake_anthropic.enqueue(Error(429, "rate_limit_error", "slow down", retry_after=1))
+    response = alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi"})
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limit_error"
+    assert not UsageRecord.objects.exists()
+    assert not Message.objects.exists()
+
+
+def test_without_an_anthropic_key_the_offline_model_answers(alice, settings, fake_anthropic):
+    settings.ANTHROPIC_API_KEY = ""
+    spawned = _spawn(alice)
+    reply = alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "Hello"}).json()
+    assert reply["content"].startswith("[offline model] No ANTHROPIC_API_KEY is configured")
+    assert reply["content"].endswith("You said: Hello")
+    assert not fake_anthropic.requests
+    record = UsageRecord.objects.get()
+    assert (record.model, record.cost_usd) == ("offline", Decimal(0))
+
+
+def test_a_deleted_agent_stops_its_runtime_and_refuses_chat(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    agent = Agent.objects.get(pk=spawned["agent_id"])
+    endpoint = agent.endpoint
+    assert httpx.get(f"{endpoint}/health").status_code == 200
+    assert alice.delete(f"/v1/agents/delete?agent_id={agent.pk}").status_code == 200
+    agent.refresh_from_db()
+    assert agent.status == "stopped"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{endpoint}/health", timeout=1)
+    response = alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi"})
+    assert response.status_code == 404
+
+
+def test_the_agents_metrics_are_served_through_the_console(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi"}).raise_for_status()
+    response = alice.get(spawned["metrics_url"])
+    assert response.status_code == 200
+    assert 'agent_requests_total{endpoint="/v1/agent/chat",status="200"} 1.0' in response.text
+
+
+def test_a_runtime_that_cannot_start_ends_failed_with_its_log(alice, settings, fake_anthropic):
+    settings.GATEWAY_URL = ""  # the runtime refuses to start without a gateway
+    spawned = _spawn(alice)
+    agent = Agent.objects.get(pk=spawned["agent_id"])
+    assert agent.status == "failed"
+    assert "did not become healthy" in agent.last_error
+    assert "AGENT_GATEWAY_URL is required" in agent.last_error

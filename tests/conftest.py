@@ -1,0 +1,132 @@
+"""Shared fixtures: users and API keys, the fake Anthropic server, and service markers.
+
+Tests marked ``postgres`` or ``redis`` need that service. In CI (``CI`` set) a missing service
+fails the test; elsewhere the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from tests.fakes.anthropic import FakeAnthropic
+
+PLATFORM_KEY = "sk-ant-test-platform-key-never-in-a-sandbox"
+
+
+def _redis_reachable() -> str | None:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        return "REDIS_URL is not set"
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 6379), timeout=1):
+            return None
+    except OSError as exc:
+        return f"Redis at {url} is unreachable: {exc}"
+
+
+def _missing_service(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("postgres") and connection.vendor != "postgresql":
+        return "needs PostgreSQL: set DATABASE_URL=postgres://…"
+    if item.get_closest_marker("redis"):
+        return _redis_reachable()
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _require_services(request: pytest.FixtureRequest) -> None:
+    reason = _missing_service(request.node)
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide this service: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic_server() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_anthropic(fake_anthropic_server: FakeAnthropic, settings) -> FakeAnthropic:
+    """The fake Anthropic server, with the console's gateway pointed at it."""
+    fake_anthropic_server.reset()
+    fake_anthropic_server.required_api_key = None
+    settings.ANTHROPIC_API_KEY = PLATFORM_KEY
+    settings.ANTHROPIC_BASE_URL = fake_anthropic_server.base_url
+    settings.ANTHROPIC_MAX_RETRIES = 0
+    return fake_anthropic_server
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_state(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterator[None]:
+    """Each test gets its own sandbox state folder, and no sandbox outlives it."""
+    from agents import sandbox
+
+    settings.SANDBOX_STATE_DIR = tmp_path_factory.mktemp("sandboxes")
+    sandbox.driver.cache_clear()
+    yield
+    drv = sandbox.driver()
+    for status in drv.list():
+        drv.destroy(status.id)
+    sandbox.driver.cache_clear()
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    def make(username: str = "alice", **fields):
+        return django_user_model.objects.create_user(username=username, password="pw", **fields)
+
+    return make
+
+
+@pytest.fixture
+def user(make_user):
+    return make_user("alice")
+
+
+@pytest.fixture
+def outsider(make_user):
+    return make_user("mallory")
+
+
+@pytest.fixture
+def operator(make_user):
+    return make_user("olivia", is_staff=True)
+
+
+@pytest.fixture
+def api_key():
+    """``api_key(user)`` returns a new raw API key for ``user``."""
+    from console.services import api_key_create
+
+    def make(owner) -> str:
+        return api_key_create(user=owner)[1]
+
+    return make
+
+
+@pytest.fixture
+def client_for(api_key):
+    """``client_for(user)``: a DRF test client authenticated with a new API key of ``user``."""
+
+    def make(owner) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key(owner)}")
+        return client
+
+    return make
