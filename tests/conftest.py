@@ -6,6 +6,7 @@ fails the test; elsewhere the test is skipped with the reason.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from collections.abc import Iterator
@@ -51,8 +52,50 @@ def _require_services(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _price_table(request: pytest.FixtureRequest) -> None:
+    """Transactional tests flush every table, the seeded price table too: seed it again."""
+    marker = request.node.get_closest_marker("django_db")
+    if not (marker and marker.kwargs.get("transaction")):
+        return
+    from django.apps import apps
+
+    seed = importlib.import_module("console.migrations.0002_seed_prices").seed
+    request.getfixturevalue("transactional_db")
+    seed(apps, None)
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def asgi_server(transactional_db) -> Iterator[str]:
+    """The console's ASGI application served on loopback from a thread; yields its base URL.
+
+    Unlike pytest-django's WSGI ``live_server``, this runs the async views (the gateway's
+    streams, the chat proxy) on a real event loop, as daphne does in production.
+    """
+    import threading
+
+    import uvicorn
+
+    from console.asgi import application
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(application, log_level="warning", lifespan="off", ws="none")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the ASGI test server did not start")
+        threading.Event().wait(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=5)
+    sock.close()
 
 
 @pytest.fixture(scope="session")

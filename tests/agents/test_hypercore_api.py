@@ -22,8 +22,9 @@ def _error(response) -> dict:
 
 
 def _agent(owner, **fields) -> Agent:
-    return Agent.objects.create(owner=owner, model="claude-sonnet-5-5", sandbox_id=str(uuid.uuid4()),
-                                **fields)
+    return Agent.objects.create(
+        owner=owner, model="claude-sonnet-5-5", sandbox_id=str(uuid.uuid4()), **fields
+    )
 
 
 def test_spawn_records_a_pending_agent_and_answers_in_hypercore_shape(
@@ -33,8 +34,14 @@ def test_spawn_records_a_pending_agent_and_answers_in_hypercore_shape(
     with django_capture_on_commit_callbacks() as callbacks:
         response = client_for(user).post(
             SPAWN,
-            {"user_id": "alice", "cores": 2, "memory": 1024, "max_concurrent": 7,
-             "system_prompt": "Be brief.", "anthropic_api_key": "sk-ant-user-own-key"},
+            {
+                "user_id": "alice",
+                "cores": 2,
+                "memory": 1024,
+                "max_concurrent": 7,
+                "system_prompt": "Be brief.",
+                "anthropic_api_key": "sk-ant-user-own-key",
+            },
             format="json",
         )
     assert response.status_code == 201, response.content
@@ -43,7 +50,11 @@ def test_spawn_records_a_pending_agent_and_answers_in_hypercore_shape(
     assert body["url"] == f"http://console.test/agents/{agent.pk}"
     assert body["metrics_url"] == f"http://console.test/agents/{agent.pk}/metrics"
     assert (body["status"], body["user_id"], body["cores"], body["memory"]) == (
-        "pending", "alice", 2, 1024)
+        "pending",
+        "alice",
+        2,
+        1024,
+    )
     assert body["created_at"]
     assert (agent.max_concurrent_sessions, agent.system_prompt) == (7, "Be brief.")
     assert "sk-ant-user-own-key" not in response.content.decode()
@@ -233,10 +244,13 @@ class TestChatRoute:
 
     @pytest.mark.parametrize(
         ("body", "field"),
-        [({}, "prompt"), ({"prompt": "  "}, "prompt"), ({"prompt": "hi", "max_tokens": "x"},
-                                                        "max_tokens"),
-         ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
-         ({"prompt": "hi", "session_id": "nope"}, "session_id")],
+        [
+            ({}, "prompt"),
+            ({"prompt": "  "}, "prompt"),
+            ({"prompt": "hi", "max_tokens": "x"}, "max_tokens"),
+            ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+            ({"prompt": "hi", "session_id": "nope"}, "session_id"),
+        ],
     )
     def test_chat_with_bad_fields_is_refused(self, user, client_for, body, field):
         agent = _agent(user, status="running", endpoint="http://127.0.0.1:9")
@@ -246,15 +260,15 @@ class TestChatRoute:
 
     def test_chat_with_a_body_that_is_not_json_is_refused(self, user, client_for):
         agent = _agent(user, status="running", endpoint="http://127.0.0.1:9")
-        response = self._chat(client_for(user), agent.pk, "nope",
-                              content_type="application/json")
+        response = self._chat(client_for(user), agent.pk, "nope", content_type="application/json")
         assert response.status_code == 400
         assert _error(response)["code"] == "invalid_request"
 
     def test_chat_as_someone_else_is_refused(self, user, client_for):
         agent = _agent(user, status="running", endpoint="http://127.0.0.1:9")
-        response = self._chat(client_for(user), agent.pk, {"prompt": "hi", "user_id": "bob"},
-                              format="json")
+        response = self._chat(
+            client_for(user), agent.pk, {"prompt": "hi", "user_id": "bob"}, format="json"
+        )
         assert response.status_code == 403
 
     def test_chat_without_credentials_is_refused(self, user, client):

@@ -1,6 +1,6 @@
 """The thin path through every layer, for real: spawn → sandboxed runtime → gateway → Claude.
 
-The console is served by a live server; the agent boots through the Celery task (run eagerly)
+The console is served over ASGI; the agent boots through the Celery task (run eagerly)
 and vmdriver's process backend as a real ``python -m agents.runtime``; Claude is the fake
 Anthropic server, reached by the gateway through the real ``anthropic`` SDK.
 """
@@ -21,16 +21,17 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def console(live_server, settings, fake_anthropic):
-    settings.CONSOLE_BASE_URL = live_server.url
-    settings.GATEWAY_URL = f"{live_server.url}/gateway"
-    return live_server.url
+def console(asgi_server, settings, fake_anthropic):
+    settings.CONSOLE_BASE_URL = asgi_server
+    settings.GATEWAY_URL = f"{asgi_server}/gateway"
+    return asgi_server
 
 
 @pytest.fixture
 def alice(user, api_key, console):
-    return httpx.Client(base_url=console, timeout=30,
-                        headers={"Authorization": f"Bearer {api_key(user)}"})
+    return httpx.Client(
+        base_url=console, timeout=30, headers={"Authorization": f"Bearer {api_key(user)}"}
+    )
 
 
 def _spawn(client: httpx.Client, **body) -> dict:
@@ -45,16 +46,21 @@ def test_spawn_then_chat_answers_from_claude_and_ledgers_the_cost(alice, fake_an
     assert agent.status == "running", agent.last_error
 
     chat_url = f"{spawned['url']}/v1/agent/chat"
-    response = alice.post(chat_url, json={"prompt": "Hello there", "user_id": "alice",
-                                          "max_tokens": 256, "stream": False})
+    response = alice.post(
+        chat_url,
+        json={"prompt": "Hello there", "user_id": "alice", "max_tokens": 256, "stream": False},
+    )
     assert response.status_code == 200, response.text
     reply = response.json()
     assert reply["content"] == "Echo: Hello there"
     assert reply["status"] == "completed"
     expected_input = count_tokens("Be brief.\nHello there")
     expected_output = count_tokens("Echo: Hello there")
-    assert reply["usage"] == {"input_tokens": expected_input, "output_tokens": expected_output,
-                              "total_tokens": expected_input + expected_output}
+    assert reply["usage"] == {
+        "input_tokens": expected_input,
+        "output_tokens": expected_output,
+        "total_tokens": expected_input + expected_output,
+    }
 
     upstream = fake_anthropic.requests[-1]
     assert upstream.api_key == PLATFORM_KEY  # the real key is added by the gateway, not the agent
@@ -62,7 +68,10 @@ def test_spawn_then_chat_answers_from_claude_and_ledgers_the_cost(alice, fake_an
 
     record = UsageRecord.objects.get()
     assert (record.user, record.agent_id, str(record.session_id)) == (
-        user, agent.pk, reply["session_id"])
+        user,
+        agent.pk,
+        reply["session_id"],
+    )
     # The default model, claude-sonnet-5-5, lists at $2 in and $10 out per million tokens.
     expected_cost = (Decimal(expected_input) * 2 + Decimal(expected_output) * 10) / 1_000_000
     assert record.cost_usd == expected_cost
