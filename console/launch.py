@@ -16,6 +16,8 @@ from pathlib import Path
 from honcho.manager import Manager
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# What honcho returns after SIGINT (Ctrl-C) or SIGTERM: a requested stop, not a failure.
+_STOP_SIGNAL_CODES = {130, 143}
 
 
 def _var_dir() -> Path:
@@ -90,6 +92,9 @@ def main() -> int:
         flush=True,
     )
     manager.loop()
+    if manager.returncode in _STOP_SIGNAL_CODES:
+        print("Agent Console stopped.", flush=True)
+        return 0
     return manager.returncode or 0
 
 

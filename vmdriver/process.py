@@ -113,15 +113,18 @@ class ProcessDriver:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(path / "workspace")}
         env |= dict(spec.env) | {"AGENT_HOST": "127.0.0.1", "AGENT_PORT": str(port)}
         with (path / "log").open("ab") as log:
-            proc = subprocess.Popen(
-                spec.image,
-                cwd=path / "workspace",
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                proc = subprocess.Popen(
+                    spec.image,
+                    cwd=path / "workspace",
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise VmStartError(f"the sandbox process could not be started: {exc}") from exc
         started = _proc_start_time(proc.pid)
         if started is None:
             raise VmStartError("the sandbox process exited at once", log_tail=self.logs(handle.id))

@@ -1,0 +1,439 @@
+"""The agent runtime as a real process, with the fake Anthropic server standing in for the gateway.
+
+The runtime speaks the Messages API to ``{AGENT_GATEWAY_URL}/v1/messages``, so ``FakeAnthropic``
+can play the console's gateway here: it records what the runtime sends and scripts its replies.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fakes.anthropic import Error, FakeAnthropic, Text, count_tokens
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "agt_test-gateway-token"
+MODEL = "claude-test-1"
+SYSTEM = "You are a terse test agent."
+CHAT = "/v1/agent/chat"
+
+
+@dataclass
+class Runtime:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(log: Path, gateway_url: str, **env: str) -> Runtime:
+    """Start ``python -m agents.runtime`` with a minimal environment and wait for /health."""
+    port = _free_port()
+    full_env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "AGENT_ID": "agent-test",
+        "AGENT_HOST": "127.0.0.1",
+        "AGENT_PORT": str(port),
+        "AGENT_GATEWAY_URL": gateway_url,
+        "AGENT_GATEWAY_TOKEN": TOKEN,
+        "AGENT_MODEL": MODEL,
+        "AGENT_SYSTEM_PROMPT": SYSTEM,
+        **env,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.runtime"],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    runtime = Runtime(proc, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if httpx.get(f"{runtime.url}/health", timeout=1.0).status_code == 200:
+                return runtime
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _terminate(runtime)
+            pytest.fail(f"the runtime did not come up:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+def _terminate(runtime: Runtime) -> None:
+    runtime.proc.terminate()
+    try:
+        runtime.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        runtime.proc.kill()
+        runtime.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[FakeAnthropic]:
+    """A fake gateway that, like the real one, refuses any credential but the agent's token."""
+    with FakeAnthropic(required_api_key=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def runtime(gateway: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    started = _spawn(tmp_path_factory.mktemp("runtime") / "log", gateway.base_url)
+    yield started
+    _terminate(started)
+
+
+@pytest.fixture
+def fake(gateway: FakeAnthropic) -> FakeAnthropic:
+    gateway.reset()
+    gateway.chunk_delay = 0.0
+    return gateway
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[httpx.Client]:
+    with runtime.client() as http:
+        yield http
+
+
+def _session() -> str:
+    return f"sess-{uuid.uuid4()}"
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    return body["error"]
+
+
+def _chat_requests(fake: FakeAnthropic) -> list[dict[str, Any]]:
+    return [r.body for r in fake.requests if r.path == "/v1/messages"]
+
+
+def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    events, event, data = [], "", []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            events.append((event, json.loads("\n".join(data))))
+            event, data = "", []
+    return events
+
+
+def _metrics(client: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def _value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str):
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_health_and_ready_answer(client: httpx.Client) -> None:
+    health = client.get("/health")
+    ready = client.get("/ready")
+
+    assert (health.status_code, health.json()) == (200, {"status": "ok", "agent_id": "agent-test"})
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
+
+
+def test_chat_returns_the_gateway_reply_with_the_usage_it_counted(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    prompt = "Hello there, world!"
+    session = _session()
+
+    response = client.post(CHAT, json={"prompt": prompt, "session_id": session})
+
+    assert response.status_code == 200, response.text
+    expected_in = count_tokens(f"{SYSTEM}\n{prompt}")
+    expected_out = count_tokens(f"Echo: {prompt}")
+    assert response.json() == {
+        "session_id": session,
+        "content": f"Echo: {prompt}",
+        "usage": {
+            "input_tokens": expected_in,
+            "output_tokens": expected_out,
+            "total_tokens": expected_in + expected_out,
+        },
+        "status": "completed",
+    }
+    [sent] = _chat_requests(fake)
+    assert sent["model"] == MODEL
+    assert sent["max_tokens"] == 4096
+
+
+def test_chat_passes_on_scripted_usage_exactly_and_makes_up_a_session_id(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    fake.enqueue(Text("Scripted answer.", input_tokens=1234, output_tokens=56))
+
+    response = client.post(CHAT, json={"prompt": "hi", "max_tokens": 300})
+
+    body = response.json()
+    assert body["content"] == "Scripted answer."
+    assert body["usage"] == {"input_tokens": 1234, "output_tokens": 56, "total_tokens": 1290}
+    assert body["session_id"]
+    assert _chat_requests(fake)[0]["max_tokens"] == 300
+
+
+def test_second_turn_sends_the_full_history_and_the_system_prompt(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    session = _session()
+    client.post(CHAT, json={"prompt": "First question", "session_id": session})
+
+    response = client.post(CHAT, json={"prompt": "Second question", "session_id": session})
+
+    assert response.json()["content"] == "Echo: Second question"
+    first, second = _chat_requests(fake)
+    assert first["system"] == second["system"] == SYSTEM
+    assert second["messages"] == [
+        {"role": "user", "content": "First question"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Echo: First question"}]},
+        {"role": "user", "content": "Second question"},
+    ]
+
+
+def test_sessions_keep_separate_histories(client: httpx.Client, fake: FakeAnthropic) -> None:
+    mine, theirs = _session(), _session()
+    client.post(CHAT, json={"prompt": "mine one", "session_id": mine})
+    client.post(CHAT, json={"prompt": "theirs one", "session_id": theirs})
+
+    client.post(CHAT, json={"prompt": "mine two", "session_id": mine})
+
+    last = _chat_requests(fake)[-1]["messages"]
+    assert [m["content"] for m in last if m["role"] == "user"] == ["mine one", "mine two"]
+
+
+def test_gateway_token_and_session_id_are_sent_as_headers(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    session = _session()
+
+    client.post(CHAT, json={"prompt": "hi", "session_id": session})
+
+    [request] = fake.requests
+    assert request.headers["x-api-key"] == TOKEN
+    assert request.headers["x-console-session"] == session
+    assert request.headers["anthropic-version"] == "2023-06-01"
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "field"),
+    [
+        (b"{not json", "malformed_body", None),
+        (b"", "malformed_body", None),
+        (b"[1, 2]", "invalid_request", None),
+        (b'{"max_tokens": 10}', "invalid_request", "prompt"),
+        (b'{"prompt": "   "}', "invalid_request", "prompt"),
+        (b'{"prompt": "hi", "max_tokens": "x"}', "invalid_request", "max_tokens"),
+        (b'{"prompt": "hi", "max_tokens": 0}', "invalid_request", "max_tokens"),
+        (b'{"prompt": "hi", "max_tokens": true}', "invalid_request", "max_tokens"),
+        (b'{"prompt": "hi", "session_id": 7}', "invalid_request", None),
+    ],
+)
+def test_bad_input_is_refused_with_400(
+    client: httpx.Client, fake: FakeAnthropic, content: bytes, code: str, field: str | None
+) -> None:
+    response = client.post(CHAT, content=content, headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    error = _error(response)
+    assert error["code"] == code
+    if field is not None:
+        assert field in error["details"]
+    assert fake.requests == []
+
+
+def test_a_gateway_error_is_passed_back_and_the_failed_turn_is_forgotten(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    session = _session()
+    fake.enqueue(Error(429, message="slow down, please"))
+
+    failed = client.post(CHAT, json={"prompt": "first try", "session_id": session})
+
+    assert failed.status_code == 429
+    error = _error(failed)
+    assert (error["code"], error["message"]) == ("rate_limit_error", "slow down, please")
+
+    retried = client.post(CHAT, json={"prompt": "second try", "session_id": session})
+
+    assert retried.status_code == 200
+    assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "second try"}]
+
+
+def test_a_gateway_error_mid_session_keeps_the_earlier_turns(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    session = _session()
+    client.post(CHAT, json={"prompt": "turn one", "session_id": session})
+    fake.enqueue(Error(529))
+    failed = client.post(CHAT, json={"prompt": "lost turn", "session_id": session})
+    assert failed.status_code == 529
+    assert _error(failed)["code"] == "overloaded_error"
+
+    client.post(CHAT, json={"prompt": "turn two", "session_id": session})
+
+    messages = _chat_requests(fake)[-1]["messages"]
+    assert len(messages) == 3
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["turn one", "turn two"]
+
+
+def test_stream_deltas_concatenate_to_the_done_content(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    prompt = "Please stream this rather long answer back, word by word."
+    session = _session()
+    fake.chunk_delay = 0.001
+
+    with client.stream(
+        "POST", CHAT, json={"prompt": prompt, "session_id": session, "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = _sse(response)
+
+    deltas = [data["text"] for event, data in events if event == "delta"]
+    assert len(deltas) > 5
+    assert [event for event, _ in events] == ["delta"] * len(deltas) + ["done"]
+    done = events[-1][1]
+    expected_in = count_tokens(f"{SYSTEM}\n{prompt}")
+    expected_out = count_tokens(f"Echo: {prompt}")
+    assert done == {
+        "session_id": session,
+        "content": "".join(deltas),
+        "usage": {
+            "input_tokens": expected_in,
+            "output_tokens": expected_out,
+            "total_tokens": expected_in + expected_out,
+        },
+        "status": "completed",
+    }
+    assert done["content"] == f"Echo: {prompt}"
+    assert _chat_requests(fake)[0]["stream"] is True
+
+    client.post(CHAT, json={"prompt": "and then?", "session_id": session})
+
+    assert _chat_requests(fake)[-1]["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": f"Echo: {prompt}"}],
+    }
+
+
+def test_stream_gateway_error_ends_with_an_error_event_and_is_forgotten(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    session = _session()
+    fake.enqueue(Error(429, message="too many"))
+
+    with client.stream(
+        "POST", CHAT, json={"prompt": "lost", "session_id": session, "stream": True}
+    ) as response:
+        events = _sse(response)
+
+    assert events == [("error", {"code": "rate_limit_error", "message": "too many"})]
+    client.post(CHAT, json={"prompt": "kept", "session_id": session})
+    assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "kept"}]
+
+
+def test_metrics_count_requests_tokens_errors_and_sessions(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    before = _metrics(client)
+    fake.enqueue(Text("ok", input_tokens=100, output_tokens=7), Error(429))
+
+    assert client.post(CHAT, json={"prompt": "count me", "session_id": _session()}).is_success
+    assert client.post(CHAT, json={"prompt": "fail me"}).status_code == 429
+    assert client.post(CHAT, content=b"nope").status_code == 400
+    after = _metrics(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert moved("agent_active_sessions") >= 1
+    assert _value(after, "agent_active_sessions") >= 2
+    assert moved("agent_requests_total", endpoint=CHAT, status="200") == 1
+    assert moved("agent_requests_total", endpoint=CHAT, status="429") == 1
+    assert moved("agent_requests_total", endpoint=CHAT, status="400") == 1
+    assert moved("agent_request_duration_seconds_count", endpoint=CHAT) == 3
+    assert moved("agent_request_duration_seconds_sum", endpoint=CHAT) > 0
+    assert moved("agent_token_usage_total", type="input") == 100
+    assert moved("agent_token_usage_total", type="output") == 7
+    assert moved("agent_errors_total", error_type="rate_limit_error") == 1
+    assert _value(after, "agent_requests_total", endpoint="/health", status="200") >= 1
+
+
+def test_sessions_beyond_the_limit_are_refused_with_503(
+    gateway: FakeAnthropic, tmp_path: Path
+) -> None:
+    gateway.reset()
+    limited = _spawn(tmp_path / "log", gateway.base_url, AGENT_MAX_CONCURRENT_SESSIONS="2")
+    try:
+        with limited.client() as http:
+            for session in ("one", "two"):
+                assert http.post(CHAT, json={"prompt": "hi", "session_id": session}).is_success
+
+            refused = http.post(CHAT, json={"prompt": "hi", "session_id": "three"})
+            anonymous = http.post(CHAT, json={"prompt": "hi"})
+            existing = http.post(CHAT, json={"prompt": "again", "session_id": "one"})
+            ready = http.get("/ready")
+    finally:
+        _terminate(limited)
+
+    assert refused.status_code == anonymous.status_code == 503
+    error = _error(refused)
+    assert error["code"] == "agent_at_capacity"
+    assert error["details"] == {"max_concurrent_sessions": 2}
+    assert existing.status_code == 200
+    assert (ready.status_code, ready.json()) == (503, {"ready": False, "sessions": 2})
+    assert len(_chat_requests(gateway)) == 3
+
+
+def test_the_runtime_holds_no_anthropic_key(
+    runtime: Runtime, client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    environ = Path(f"/proc/{runtime.proc.pid}/environ").read_bytes()
+    cmdline = Path(f"/proc/{runtime.proc.pid}/cmdline").read_bytes()
+
+    assert b"sk-ant" not in environ
+    assert b"ANTHROPIC" not in environ
+    assert b"sk-ant" not in cmdline
+    assert TOKEN.encode() in environ  # it authenticates with its gateway token alone
+    assert client.post(CHAT, json={"prompt": "still works"}).status_code == 200

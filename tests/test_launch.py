@@ -1,0 +1,234 @@
+"""``make run`` for real: web (daphne), worker and beat from ``python -m console.launch``.
+
+A user spawns an agent through the API, the worker boots it through the broker, a chat turn is
+answered by (fake) Claude through the gateway, the cost shows in the stats, the printed operator
+login works, and Ctrl-C stops every process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.anthropic import FakeAnthropic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Console:
+    """A running ``console.launch`` with its own state folder and port."""
+
+    def __init__(self, tmp_path: Path, env_overrides: dict[str, str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "console.log"
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in {
+                "DATABASE_URL",
+                "REDIS_URL",
+                "SECRET_KEY",
+                "PYTEST_CURRENT_TEST",
+                "CELERY_TASK_ALWAYS_EAGER",
+                "DJANGO_SETTINGS_MODULE",
+            }
+        }
+        self.env |= {
+            "PORT": str(self.port),
+            "CONSOLE_VAR_DIR": str(tmp_path / "var"),
+            "SANDBOX_BOOT_TIMEOUT_SECONDS": "30",
+        } | env_overrides
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "console.launch"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the console exited early:\n{self.output()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout
+
+    def interrupt(self) -> int:
+        """Ctrl-C: the terminal sends SIGINT to the whole foreground process group."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _walk_through(console: Console) -> None:
+    _wait_for(console.healthy, 90, "the console to answer /health")
+    login = re.search(
+        r"Log in as (\S+) with password (\S+) \(shown only this once\)", console.output()
+    )
+    assert login, console.output()[-2000:]
+    assert f"open http://127.0.0.1:{console.port}/" in console.output()
+
+    key = console.manage("create_api_key", "alice", "--create-user").strip()
+    api = httpx.Client(base_url=console.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
+    spawned = api.post(
+        "/v1/agents/spawn",
+        json={
+            "user_id": "alice",
+            "cores": 1,
+            "memory": 256,
+            "max_concurrent": 5,
+            "system_prompt": "Hi.",
+        },
+    )
+    assert spawned.status_code == 201, spawned.text
+    agent_id = spawned.json()["agent_id"]
+
+    def running():
+        agent = api.get(f"/v1/agents/get?agent_id={agent_id}").json()
+        assert agent["status"] in {"pending", "starting", "running"}, agent
+        return agent["status"] == "running"
+
+    _wait_for(running, 60, "the worker to boot the agent")
+    reply = api.post(
+        f"{spawned.json()['url']}/v1/agent/chat",
+        json={"prompt": "Hello there", "user_id": "alice", "max_tokens": 64, "stream": False},
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["content"] == "Echo: Hello there"
+    stats = api.get("/v1/agents/stats").json()
+    assert float(stats["cost_usd"]) > 0 and stats["output_tokens"] > 0
+
+    metrics = httpx.get(f"{console.url}/metrics").text
+    assert 'hypercore_agent_spawn_total{status="success"} 1.0' in metrics  # counted by the worker
+    assert 'hypercore_agent_active_count{status="running"} 1.0' in metrics
+
+    browser = httpx.Client(base_url=console.url, follow_redirects=False)
+    browser.get("/admin/login/")
+    answer = browser.post(
+        "/admin/login/?next=/admin/",
+        data={
+            "username": login.group(1),
+            "password": login.group(2),
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+        },
+        headers={"Referer": f"{console.url}/admin/login/"},
+    )
+    assert answer.status_code == 302, answer.text[:500]
+    assert browser.get("/admin/console/quota/").status_code == 200
+
+    assert api.delete(f"/v1/agents/delete?agent_id={agent_id}").status_code == 200
+    _wait_for(
+        lambda: not any((Path(console.env["CONSOLE_VAR_DIR"]) / "sandboxes").iterdir()),
+        30,
+        "the worker to tear the sandbox down",
+    )
+
+    assert console.interrupt() == 0, console.output()[-2000:]
+    _wait_for(lambda: not _group_alive(console.proc.pid), 15, "web, worker and beat to stop")
+
+
+def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path):
+    with FakeAnthropic() as fake:
+        console = Console(
+            tmp_path,
+            {"ANTHROPIC_API_KEY": "sk-ant-launch-test", "ANTHROPIC_BASE_URL": fake.base_url},
+        )
+        try:
+            _walk_through(console)
+        finally:
+            console.kill()
+    assert (tmp_path / "var" / "console.sqlite3").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_make_run_serves_the_thin_path_on_postgres_and_redis(tmp_path):
+    import psycopg
+    from django.conf import settings as django_settings
+
+    db = django_settings.DATABASES["default"]
+    name = f"console_launch_{uuid.uuid4().hex[:8]}"
+    admin_dsn = f"host={db['HOST']} port={db['PORT'] or 5432} user={db['USER']} dbname=postgres"
+    if db.get("PASSWORD"):
+        admin_dsn += f" password={db['PASSWORD']}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    redis_url = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/14"
+    try:
+        with FakeAnthropic() as fake:
+            console = Console(
+                tmp_path,
+                {
+                    "ANTHROPIC_API_KEY": "sk-ant-launch-test",
+                    "ANTHROPIC_BASE_URL": fake.base_url,
+                    "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{name}",
+                    "REDIS_URL": redis_url,
+                },
+            )
+            try:
+                _walk_through(console)
+            finally:
+                console.kill()
+        assert not (tmp_path / "var" / "console.sqlite3").exists()
+        assert not (tmp_path / "var" / "broker").exists()
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
