@@ -259,6 +259,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
             del session.history[history_length:]
             state.metrics.errors.labels(exc.code).inc()
             return _error(exc.status, exc.code, exc.message, exc.details)
+        except BaseException:
+            del session.history[history_length:]  # no dangling user turn on any failure
+            raise
         return web.json_response(turn.result(content))
 
 
@@ -276,6 +279,9 @@ async def _chat_stream(request: web.Request, turn: Turn, history_length: int):
         del turn.session.history[history_length:]
         turn.state.metrics.errors.labels(exc.code).inc()
         await response.write(_sse("error", {"code": exc.code, "message": exc.message}))
+    except BaseException:
+        del turn.session.history[history_length:]  # e.g. the client went away mid-stream
+        raise
     else:
         await response.write(_sse("done", turn.result("".join(parts))))
     await response.write_eof()

@@ -437,3 +437,24 @@ def test_the_runtime_holds_no_anthropic_key(
     assert b"sk-ant" not in cmdline
     assert TOKEN.encode() in environ  # it authenticates with its gateway token alone
     assert client.post(CHAT, json={"prompt": "still works"}).status_code == 200
+
+
+def test_a_client_leaving_mid_stream_does_not_leave_a_dangling_turn(
+    client: httpx.Client, fake: FakeAnthropic
+) -> None:
+    session = _session()
+    fake.chunk_delay = 0.02
+    prompt = " ".join(f"word{n}" for n in range(60))
+
+    with client.stream(
+        "POST", CHAT, json={"prompt": prompt, "session_id": session, "stream": True}
+    ) as response:
+        first = next(response.iter_lines())
+        assert first == "event: delta"
+    # The connection is closed here, long before the reply is complete.
+
+    fake.chunk_delay = 0.0
+    after = client.post(CHAT, json={"prompt": "are you there?", "session_id": session})
+
+    assert after.status_code == 200
+    assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "are you there?"}]
