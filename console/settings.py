@@ -13,7 +13,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("CONSOLE_VAR_DIR", str(BASE_DIR / "var")))
 if not VAR_DIR.is_absolute():
     VAR_DIR = BASE_DIR / VAR_DIR
-# Local state (the SQLite file, the broker folder, sandboxes) lives here; every entry point needs it.
+# Local state (the SQLite file, the broker folder, sandboxes) lives here, for every entry point.
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)

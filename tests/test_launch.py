@@ -211,6 +211,7 @@ def test_make_run_serves_the_thin_path_on_postgres_and_redis(tmp_path):
         admin_dsn += f" password={db['PASSWORD']}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    port = db["PORT"] or 5432
     redis_url = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/14"
     try:
         with FakeAnthropic() as fake:
@@ -219,7 +220,7 @@ def test_make_run_serves_the_thin_path_on_postgres_and_redis(tmp_path):
                 {
                     "ANTHROPIC_API_KEY": "sk-ant-launch-test",
                     "ANTHROPIC_BASE_URL": fake.base_url,
-                    "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{name}",
+                    "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{port}/{name}",
                     "REDIS_URL": redis_url,
                 },
             )

@@ -97,6 +97,18 @@ class RuntimeState:
         self.metrics.active_sessions.set(len(self.sessions))
         return self.sessions[sid]
 
+    def hold(self, session: ChatSession) -> None:
+        """Keep ``session`` registered: a failed first turn may have let it go meanwhile."""
+        self.sessions.setdefault(session.id, session)
+        self.metrics.active_sessions.set(len(self.sessions))
+
+    def roll_back(self, session: ChatSession, history_length: int) -> None:
+        """Undo a failed turn; a session left with no history frees its slot."""
+        del session.history[history_length:]
+        if not session.history:
+            self.sessions.pop(session.id, None)
+            self.metrics.active_sessions.set(len(self.sessions))
+
 
 def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None):
     body = {"error": {"code": code, "message": message, "details": details or {}}}
@@ -247,6 +259,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     except ChatError as exc:
         return _error(exc.status, exc.code, exc.message, exc.details)
     async with session.lock:
+        state.hold(session)
         session.last_used = time.monotonic()
         history_length = len(session.history)
         session.history.append({"role": "user", "content": params["prompt"]})
@@ -256,11 +269,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
         try:
             content = await turn.run()
         except ChatError as exc:
-            del session.history[history_length:]
+            state.roll_back(session, history_length)
             state.metrics.errors.labels(exc.code).inc()
             return _error(exc.status, exc.code, exc.message, exc.details)
         except BaseException:
-            del session.history[history_length:]  # no dangling user turn on any failure
+            state.roll_back(session, history_length)  # no dangling user turn on any failure
             raise
         return web.json_response(turn.result(content))
 
@@ -276,11 +289,11 @@ async def _chat_stream(request: web.Request, turn: Turn, history_length: int):
             parts.append(text)
             await response.write(_sse("delta", {"text": text}))
     except ChatError as exc:
-        del turn.session.history[history_length:]
+        turn.state.roll_back(turn.session, history_length)
         turn.state.metrics.errors.labels(exc.code).inc()
         await response.write(_sse("error", {"code": exc.code, "message": exc.message}))
     except BaseException:
-        del turn.session.history[history_length:]  # e.g. the client went away mid-stream
+        turn.state.roll_back(turn.session, history_length)  # e.g. the client went away
         raise
     else:
         await response.write(_sse("done", turn.result("".join(parts))))

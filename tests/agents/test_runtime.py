@@ -458,3 +458,20 @@ def test_a_client_leaving_mid_stream_does_not_leave_a_dangling_turn(
 
     assert after.status_code == 200
     assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "are you there?"}]
+
+
+def test_a_failed_first_turn_frees_its_session_slot(gateway: FakeAnthropic, tmp_path: Path) -> None:
+    gateway.reset()
+    limited = _spawn(tmp_path / "log", gateway.base_url, AGENT_MAX_CONCURRENT_SESSIONS="1")
+    try:
+        with limited.client() as http:
+            gateway.enqueue(Error(429, "rate_limit_error", "slow down"))
+            failed = http.post(CHAT, json={"prompt": "hi"})
+            later = http.post(CHAT, json={"prompt": "hi again"})
+            ready = http.get("/ready")
+    finally:
+        _terminate(limited)
+
+    assert failed.status_code == 429
+    assert later.status_code == 200, later.text
+    assert ready.json() == {"ready": False, "sessions": 1}

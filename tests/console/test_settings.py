@@ -18,7 +18,16 @@ SETUP = "import django; django.setup()"
 PRINT = SETUP + "; from django.conf import settings as s; print(repr({}))"
 
 # Variables the host (or pytest-env) may set that would change what a case observes.
-_CONTROLLED = ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "SECRET_KEY_FILE", "PORT")
+_CONTROLLED = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "DEBUG",
+    "SECRET_KEY",
+    "SECRET_KEY_FILE",
+    "PORT",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+)
 
 
 @pytest.fixture
@@ -110,14 +119,6 @@ def test_debug_defaults_to_off(run):
     assert result.stdout.strip() == repr((False, True, True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "drf_spectacular.W001: console.authentication.ApiKeyAuthentication has no "
-        "OpenApiAuthenticationExtension, so the deploy check warns; remove this marker with the fix"
-    ),
-)
 def test_deploy_check_passes_with_production_settings(run):
     result = run(
         "manage.py",
