@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -38,6 +40,7 @@ __all__ = [
     "ChatResult",
     "agent_boot",
     "agent_chat",
+    "agent_chat_stream",
     "agent_destroy",
     "agent_for_user",
     "agent_spawn",
@@ -309,27 +312,117 @@ async def _wait_running(*, user: User, agent_id: object) -> Agent:
         await asyncio.sleep(0.1)
 
 
-async def agent_chat(
-    *, user: User, agent_id: object, prompt: str, session_id: str | None, max_tokens: int
-) -> ChatResult:
-    """Run one turn of a session (a new one when ``session_id`` is None) on a running agent."""
+@dataclass(frozen=True, slots=True)
+class _OpenTurn:
+    """A turn sent to the runtime whose answer (JSON or a stream) is still to be read."""
+
+    session: Session
+    prompt: str
+    since: datetime
+    client: httpx.AsyncClient
+    response: httpx.Response
+
+    async def close(self) -> None:
+        await self.response.aclose()
+        await self.client.aclose()
+
+    async def finish(self, content: str) -> ChatResult:
+        return await sync_to_async(_turn_finish)(
+            session=self.session, prompt=self.prompt, content=content, since=self.since
+        )
+
+
+async def _turn_open(
+    *,
+    user: User,
+    agent_id: object,
+    prompt: str,
+    session_id: str | None,
+    max_tokens: int,
+    stream: bool,
+) -> _OpenTurn:
+    """Send a turn to a running agent; refusals (from here or the runtime) raise before reading."""
     agent = await _wait_running(user=user, agent_id=agent_id)
     session = await sync_to_async(_turn_begin)(
         user=user, agent=agent, session_id=session_id, prompt=prompt
     )
     since = timezone.now()
-    body = {"prompt": prompt, "session_id": str(session.pk), "max_tokens": max_tokens}
+    body = {
+        "prompt": prompt,
+        "session_id": str(session.pk),
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+    client = httpx.AsyncClient(timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
+    request = client.build_request("POST", f"{agent.endpoint}/v1/agent/chat", json=body)
     try:
-        async with httpx.AsyncClient(timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS) as client:
-            response = await client.post(f"{agent.endpoint}/v1/agent/chat", json=body)
+        response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
+        await client.aclose()
         raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
+    turn = _OpenTurn(session, prompt, since, client, response)
     if response.status_code != 200:
+        await response.aread()
+        await turn.close()
         raise _runtime_error(response)
-    reply = response.json()
-    return await sync_to_async(_turn_finish)(
-        session=session, prompt=prompt, content=reply["content"], since=since
+    return turn
+
+
+async def agent_chat(
+    *, user: User, agent_id: object, prompt: str, session_id: str | None, max_tokens: int
+) -> ChatResult:
+    """Run one turn of a session (a new one when ``session_id`` is None) on a running agent."""
+    turn = await _turn_open(
+        user=user,
+        agent_id=agent_id,
+        prompt=prompt,
+        session_id=session_id,
+        max_tokens=max_tokens,
+        stream=False,
     )
+    try:
+        reply = json.loads(await turn.response.aread())
+    finally:
+        await turn.close()
+    return await turn.finish(reply["content"])
+
+
+async def agent_chat_stream(
+    *, user: User, agent_id: object, prompt: str, session_id: str | None, max_tokens: int
+) -> AsyncIterator[bytes]:
+    """Like ``agent_chat``, but the reply streams as SSE: ``delta`` events, then ``done`` with
+    the recorded result (or ``error``). Refusals raise before the first event."""
+    turn = await _turn_open(
+        user=user,
+        agent_id=agent_id,
+        prompt=prompt,
+        session_id=session_id,
+        max_tokens=max_tokens,
+        stream=True,
+    )
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for event, data in _sse_events(turn.response.aiter_lines()):
+                if event == "done":
+                    data = (await turn.finish(data["content"])).as_hypercore()
+                yield f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+        finally:
+            await turn.close()
+
+    return events()
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    event, data = "", []
+    async for line in lines:
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            yield event, json.loads("\n".join(data))
+            event, data = "", []
 
 
 def _runtime_error(response: httpx.Response) -> ConsoleError:

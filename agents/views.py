@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
@@ -128,7 +128,7 @@ def _validation_error(errors: dict) -> BadRequest:
 
 @csrf_exempt
 async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
-    """``POST /agents/<id>/v1/agent/chat``: one turn, answered when it completes."""
+    """``POST /agents/<id>/v1/agent/chat``: one turn, as JSON or (``stream: true``) SSE."""
     if request.method != "POST":
         return JsonResponse(
             {"error": {"code": "method_not_allowed", "message": "use POST", "details": {}}},
@@ -146,19 +146,19 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
         data = params.validated_data
         if data.get("user_id") and data["user_id"] != user.username:
             raise Forbidden("you may only chat as yourself", details={"user_id": data["user_id"]})
+        turn = {
+            "user": user,
+            "agent_id": agent_id,
+            "prompt": data["prompt"],
+            "session_id": str(data["session_id"]) if data.get("session_id") else None,
+            "max_tokens": data["max_tokens"],
+        }
         if data["stream"]:
-            raise BadRequest(
-                "streamed replies are served by the WebSocket chat and /api/v1; "
-                "send stream: false here",
-                details={"stream": ["Only false is supported on this route."]},
-            )
-        result = await services.agent_chat(
-            user=user,
-            agent_id=agent_id,
-            prompt=data["prompt"],
-            session_id=str(data["session_id"]) if data.get("session_id") else None,
-            max_tokens=data["max_tokens"],
-        )
+            events = await services.agent_chat_stream(**turn)
+            response = StreamingHttpResponse(events, content_type="text/event-stream")
+            response["Cache-Control"] = "no-cache"
+            return response
+        result = await services.agent_chat(**turn)
     except ConsoleError as exc:
         return error_response(exc)
     return JsonResponse(result.as_hypercore())

@@ -174,6 +174,9 @@ AGENT_CHAT_TIMEOUT_SECONDS = env_float("AGENT_CHAT_TIMEOUT_SECONDS", 600.0, mini
 # How long a chat turn waits for an agent that is still booting.
 AGENT_BOOT_WAIT_SECONDS = env_float("AGENT_BOOT_WAIT_SECONDS", 30.0, minimum=0.0)
 
+# Anthropic accepts request bodies up to 32 MB (images, long documents); so does the gateway.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024)
+
 # --- Prometheus: /metrics may be protected by a bearer token.
 METRICS_BEARER_TOKEN = env_secret("METRICS_BEARER_TOKEN")
 

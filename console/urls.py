@@ -26,5 +26,7 @@ urlpatterns = [
     path("", include(hypercore.urls)),
 ]
 
+handler400 = "console.views.bad_request"
+handler403 = "console.views.permission_denied"
 handler404 = "console.views.page_not_found"
 handler500 = "console.views.server_error"

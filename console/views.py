@@ -9,6 +9,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -145,6 +146,23 @@ def _fleet_registry() -> CollectorRegistry:
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "console/home.html")
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(_API_PREFIXES):
+        if isinstance(exception, RequestDataTooBig):
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            return json_error_page(
+                request, 413, "request_too_large", f"the body is larger than {limit} bytes"
+            )
+        return json_error_page(request, 400, "bad_request", "the request is malformed")
+    return render(request, "400.html", status=400)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(_API_PREFIXES):
+        return json_error_page(request, 403, "forbidden", "you may not do this")
+    return render(request, "403.html", status=403)
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

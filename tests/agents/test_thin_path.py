@@ -7,6 +7,7 @@ Anthropic server, reached by the gateway through the real ``anthropic`` SDK.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import httpx
@@ -153,3 +154,39 @@ def test_a_runtime_that_cannot_start_ends_failed_with_its_log(alice, settings, f
     assert agent.status == "failed"
     assert "did not become healthy" in agent.last_error
     assert "AGENT_GATEWAY_URL is required" in agent.last_error
+
+
+def _events(response: httpx.Response) -> list[tuple[str, dict]]:
+    events, name = [], ""
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            events.append((name, json.loads(line[5:])))
+    return events
+
+
+def test_a_streamed_chat_sends_deltas_then_the_recorded_result(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    body = {"prompt": "Stream me a few words", "stream": True}
+    with alice.stream("POST", f"{spawned['url']}/v1/agent/chat", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = _events(response)
+    names = [name for name, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"delta"} and len(names) > 2
+    done = events[-1][1]
+    assert "".join(data["text"] for _, data in events[:-1]) == done["content"]
+    assert done["content"] == "Echo: Stream me a few words"
+    assert done["usage"]["output_tokens"] == count_tokens(done["content"])
+    record = UsageRecord.objects.get()
+    assert Decimal(done["cost_usd"]) == record.cost_usd > 0
+    assert Message.objects.filter(session_id=done["session_id"]).count() == 2
+
+
+def test_a_streamed_chat_with_a_stopped_agent_is_refused_before_streaming(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    Agent.objects.filter(pk=spawned["agent_id"]).update(status="stopped")
+    response = alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi", "stream": True})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "agent_not_running"

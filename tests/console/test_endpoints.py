@@ -87,3 +87,16 @@ def test_an_unknown_page_is_the_html_404(client):
     assert response["Content-Type"].startswith("text/html")
     assert "404.html" in [t.name for t in response.templates]
     assert b"There is nothing at this address." in response.content
+
+
+@pytest.mark.django_db
+def test_a_body_over_the_size_limit_is_refused_with_413(client, settings, user, api_key):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    response = client.post(
+        "/gateway/v1/messages",
+        b"x" * 4096,
+        content_type="application/json",
+        headers={"x-api-key": api_key(user)},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
