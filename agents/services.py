@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from agents import sandbox
 from agents.models import Agent, Message, Session
+from agents.runtime.sse import sse_events, sse_frame
 from console.crypto import encrypt
 from console.errors import (
     AgentNotFound,
@@ -38,6 +39,7 @@ from vmdriver import SandboxNotFound, VmDriverError, VmState
 
 __all__ = [
     "ChatResult",
+    "ChatTurn",
     "agent_boot",
     "agent_chat",
     "agent_chat_stream",
@@ -119,7 +121,9 @@ def agent_boot(*, agent_id: str, queued_at: float | None = None) -> None:
     except VmDriverError as exc:
         handle, reason = None, f"the sandbox did not start: {exc}"
     if reason:
-        _boot_failed(agent, reason)
+        _mark_failed(agent, reason)
+        SPAWN_TOTAL.labels("failure").inc()
+        log.warning("agent %s failed to boot: %s", agent.pk, reason)
         return
     booted = Agent.objects.filter(pk=agent_id, status=_STATUS.STARTING).update(
         status=_STATUS.RUNNING, endpoint=handle.endpoint, started_at=timezone.now(), last_error=""
@@ -130,21 +134,6 @@ def agent_boot(*, agent_id: str, queued_at: float | None = None) -> None:
     SPAWN_TOTAL.labels("success").inc()
     if queued_at is not None:
         SPAWN_DURATION.observe(max(0.0, time.time() - queued_at))
-
-
-def _boot_failed(agent: Agent, reason: str) -> None:
-    drv = sandbox.driver()
-    try:
-        tail = drv.logs(agent.sandbox_id, lines=20)
-    except SandboxNotFound:
-        tail = ""
-    drv.stop(agent.sandbox_id)
-    error = reason + (f"\n--- last runtime log lines ---\n{tail}" if tail else "")
-    Agent.objects.filter(pk=agent.pk, status=_STATUS.STARTING).update(
-        status=_STATUS.FAILED, last_error=error, stopped_at=timezone.now()
-    )
-    SPAWN_TOTAL.labels("failure").inc()
-    log.warning("agent %s failed to boot: %s", agent.pk, reason)
 
 
 def agent_destroy(*, agent: Agent) -> Agent:
@@ -332,25 +321,28 @@ class _OpenTurn:
         )
 
 
-async def _turn_open(
-    *,
-    user: User,
-    agent_id: object,
-    prompt: str,
-    session_id: str | None,
-    max_tokens: int,
-    stream: bool,
-) -> _OpenTurn:
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """What a user asks of an agent: one prompt, in a session (a new one when None)."""
+
+    user: User
+    agent_id: object
+    prompt: str
+    session_id: str | None = None
+    max_tokens: int = 4096
+
+
+async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
     """Send a turn to a running agent; refusals (from here or the runtime) raise before reading."""
-    agent = await _wait_running(user=user, agent_id=agent_id)
+    agent = await _wait_running(user=turn.user, agent_id=turn.agent_id)
     session = await sync_to_async(_turn_begin)(
-        user=user, agent=agent, session_id=session_id, prompt=prompt
+        user=turn.user, agent=agent, session_id=turn.session_id, prompt=turn.prompt
     )
     since = timezone.now()
     body = {
-        "prompt": prompt,
+        "prompt": turn.prompt,
         "session_id": str(session.pk),
-        "max_tokens": max_tokens,
+        "max_tokens": turn.max_tokens,
         "stream": stream,
     }
     client = httpx.AsyncClient(timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
@@ -360,69 +352,39 @@ async def _turn_open(
     except httpx.HTTPError as exc:
         await client.aclose()
         raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
-    turn = _OpenTurn(session, prompt, since, client, response)
+    opened = _OpenTurn(session, turn.prompt, since, client, response)
     if response.status_code != 200:
         await response.aread()
-        await turn.close()
+        await opened.close()
         raise _runtime_error(response)
-    return turn
+    return opened
 
 
-async def agent_chat(
-    *, user: User, agent_id: object, prompt: str, session_id: str | None, max_tokens: int
-) -> ChatResult:
-    """Run one turn of a session (a new one when ``session_id`` is None) on a running agent."""
-    turn = await _turn_open(
-        user=user,
-        agent_id=agent_id,
-        prompt=prompt,
-        session_id=session_id,
-        max_tokens=max_tokens,
-        stream=False,
-    )
+async def agent_chat(*, turn: ChatTurn) -> ChatResult:
+    """Run one turn on a running agent and record it."""
+    opened = await _turn_open(turn=turn, stream=False)
     try:
-        reply = json.loads(await turn.response.aread())
+        reply = json.loads(await opened.response.aread())
     finally:
-        await turn.close()
-    return await turn.finish(reply["content"])
+        await opened.close()
+    return await opened.finish(reply["content"])
 
 
-async def agent_chat_stream(
-    *, user: User, agent_id: object, prompt: str, session_id: str | None, max_tokens: int
-) -> AsyncIterator[bytes]:
+async def agent_chat_stream(*, turn: ChatTurn) -> AsyncIterator[bytes]:
     """Like ``agent_chat``, but the reply streams as SSE: ``delta`` events, then ``done`` with
     the recorded result (or ``error``). Refusals raise before the first event."""
-    turn = await _turn_open(
-        user=user,
-        agent_id=agent_id,
-        prompt=prompt,
-        session_id=session_id,
-        max_tokens=max_tokens,
-        stream=True,
-    )
+    opened = await _turn_open(turn=turn, stream=True)
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for event, data in _sse_events(turn.response.aiter_lines()):
+            async for event, data in sse_events(opened.response.aiter_lines()):
                 if event == "done":
-                    data = (await turn.finish(data["content"])).as_hypercore()
-                yield f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+                    data = (await opened.finish(data["content"])).as_hypercore()
+                yield sse_frame(event, data)
         finally:
-            await turn.close()
+            await opened.close()
 
     return events()
-
-
-async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    event, data = "", []
-    async for line in lines:
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            yield event, json.loads("\n".join(data))
-            event, data = "", []
 
 
 def _runtime_error(response: httpx.Response) -> ConsoleError:

@@ -146,19 +146,19 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
         data = params.validated_data
         if data.get("user_id") and data["user_id"] != user.username:
             raise Forbidden("you may only chat as yourself", details={"user_id": data["user_id"]})
-        turn = {
-            "user": user,
-            "agent_id": agent_id,
-            "prompt": data["prompt"],
-            "session_id": str(data["session_id"]) if data.get("session_id") else None,
-            "max_tokens": data["max_tokens"],
-        }
+        turn = services.ChatTurn(
+            user=user,
+            agent_id=agent_id,
+            prompt=data["prompt"],
+            session_id=str(data["session_id"]) if data.get("session_id") else None,
+            max_tokens=data["max_tokens"],
+        )
         if data["stream"]:
-            events = await services.agent_chat_stream(**turn)
+            events = await services.agent_chat_stream(turn=turn)
             response = StreamingHttpResponse(events, content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             return response
-        result = await services.agent_chat(**turn)
+        result = await services.agent_chat(turn=turn)
     except ConsoleError as exc:
         return error_response(exc)
     return JsonResponse(result.as_hypercore())

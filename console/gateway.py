@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from agents.models import Agent
+from agents.runtime.sse import sse_frame
 from agents.sandbox import agent_token_verify
 from console.crypto import decrypt
 from console.errors import BadRequest, ConsoleError, NotAuthenticated
@@ -210,10 +211,6 @@ def _offline_message(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
 def _offline_events(message: dict[str, Any]) -> list[bytes]:
     start = message | {
         "content": [],
@@ -224,8 +221,8 @@ def _offline_events(message: dict[str, Any]) -> list[bytes]:
     words = text.split(" ")
     deltas = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
     return [
-        _sse("message_start", {"type": "message_start", "message": start}),
-        _sse(
+        sse_frame("message_start", {"type": "message_start", "message": start}),
+        sse_frame(
             "content_block_start",
             {
                 "type": "content_block_start",
@@ -234,7 +231,7 @@ def _offline_events(message: dict[str, Any]) -> list[bytes]:
             },
         ),
         *(
-            _sse(
+            sse_frame(
                 "content_block_delta",
                 {
                     "type": "content_block_delta",
@@ -244,8 +241,8 @@ def _offline_events(message: dict[str, Any]) -> list[bytes]:
             )
             for d in deltas
         ),
-        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        _sse(
+        sse_frame("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        sse_frame(
             "message_delta",
             {
                 "type": "message_delta",
@@ -253,7 +250,7 @@ def _offline_events(message: dict[str, Any]) -> list[bytes]:
                 "usage": {"output_tokens": message["usage"]["output_tokens"]},
             },
         ),
-        _sse("message_stop", {"type": "message_stop"}),
+        sse_frame("message_stop", {"type": "message_stop"}),
     ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -22,6 +21,7 @@ from prometheus_client import (
 )
 
 from agents.runtime.config import RuntimeConfig
+from agents.runtime.sse import sse_events, sse_frame
 
 __all__ = ["build_app", "main"]
 
@@ -204,7 +204,7 @@ class Turn:
     async def stream(self) -> AsyncIterator[str]:
         response = await self._post(stream=True)
         blocks: list[str] = []
-        async for event, data in _sse_events(response.content):
+        async for event, data in sse_events(response.content):
             if event == "message_start":
                 self._count(data["message"].get("usage", {}) | {"output_tokens": 0})
             elif event == "content_block_delta" and data["delta"].get("type") == "text_delta":
@@ -228,23 +228,6 @@ class Turn:
             "usage": usage,
             "status": "completed",
         }
-
-
-async def _sse_events(stream: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    event, data = "", []
-    async for raw in stream:
-        line = raw.decode().rstrip("\r\n")
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            yield event, json.loads("\n".join(data))
-            event, data = "", []
-
-
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -287,16 +270,16 @@ async def _chat_stream(request: web.Request, turn: Turn, history_length: int):
     try:
         async for text in turn.stream():
             parts.append(text)
-            await response.write(_sse("delta", {"text": text}))
+            await response.write(sse_frame("delta", {"text": text}))
     except ChatError as exc:
         turn.state.roll_back(turn.session, history_length)
         turn.state.metrics.errors.labels(exc.code).inc()
-        await response.write(_sse("error", {"code": exc.code, "message": exc.message}))
+        await response.write(sse_frame("error", {"code": exc.code, "message": exc.message}))
     except BaseException:
         turn.state.roll_back(turn.session, history_length)  # e.g. the client went away
         raise
     else:
-        await response.write(_sse("done", turn.result("".join(parts))))
+        await response.write(sse_frame("done", turn.result("".join(parts))))
     await response.write_eof()
     return response
 
