@@ -1,0 +1,107 @@
+"""The agent lifecycle against real sandboxes: idempotent boots, teardown, and reconcile."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from agents import sandbox
+from agents.models import Agent
+from agents.services import agent_boot, agent_teardown, agents_reconcile
+from console.celery import app
+from vmdriver import VmSpec, VmState
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _agent(owner, **fields) -> Agent:
+    return Agent.objects.create(
+        owner=owner, model="claude-sonnet-5-5", sandbox_id=str(uuid.uuid4()), **fields
+    )
+
+
+def _booted(owner) -> Agent:
+    agent = _agent(owner)
+    agent_boot(agent_id=str(agent.pk))
+    agent.refresh_from_db()
+    assert agent.status == "running", agent.last_error
+    return agent
+
+
+def test_booting_twice_starts_one_sandbox(user):
+    agent = _booted(user)
+    agent_boot(agent_id=str(agent.pk))
+    agent.refresh_from_db()
+    assert agent.status == "running"
+    assert [s.id for s in sandbox.driver().list()] == [agent.sandbox_id]
+
+
+def test_a_boot_for_a_deleted_agent_does_nothing(user):
+    agent = _agent(user, status="stopping", deleted_at=timezone.now())
+    agent_boot(agent_id=str(agent.pk))
+    assert sandbox.driver().list() == []
+
+
+def test_teardown_is_idempotent(user):
+    agent = _booted(user)
+    Agent.objects.filter(pk=agent.pk).update(status="stopping")
+    agent_teardown(agent_id=str(agent.pk))
+    agent_teardown(agent_id=str(agent.pk))
+    agent.refresh_from_db()
+    assert agent.status == "stopped"
+    assert sandbox.driver().list() == []
+
+
+def test_reconcile_fails_a_running_agent_whose_sandbox_died(user):
+    agent = _booted(user)
+    sandbox.driver().stop(agent.sandbox_id)
+    assert agents_reconcile()["failed"] == 1
+    agent.refresh_from_db()
+    assert agent.status == "failed"
+    assert "no longer running" in agent.last_error
+    assert "listening on" in agent.last_error  # the runtime's last log lines come with it
+
+
+def test_reconcile_fails_an_agent_stuck_starting(user, settings):
+    agent = _agent(user, status="starting")
+    stale = timezone.now() - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_SECONDS * 3)
+    Agent.objects.filter(pk=agent.pk).update(updated_at=stale)
+    agents_reconcile()
+    agent.refresh_from_db()
+    assert agent.status == "failed"
+
+
+def test_reconcile_leaves_a_fresh_boot_alone(user):
+    agent = _agent(user, status="starting")
+    agents_reconcile()
+    agent.refresh_from_db()
+    assert agent.status == "starting"
+
+
+def test_reconcile_destroys_orphaned_sandboxes_and_keeps_owned_ones(user):
+    agent = _booted(user)
+    drv = sandbox.driver()
+    orphan = drv.start(drv.create(VmSpec(name="orphan", image=("sleep", "30"))))
+    assert drv.status(orphan.id).state == VmState.RUNNING
+    assert agents_reconcile()["orphans"] == 1
+    assert [s.id for s in drv.list()] == [agent.sandbox_id]
+
+
+def test_reconcile_tears_down_agents_left_stopping(user):
+    agent = _booted(user)
+    Agent.objects.filter(pk=agent.pk).update(status="stopping")
+    assert agents_reconcile()["torn_down"] == 1
+    agent.refresh_from_db()
+    assert agent.status == "stopped"
+    assert sandbox.driver().list() == []
+
+
+def test_beat_runs_reconcile_on_its_interval(settings):
+    entry = app.conf.beat_schedule["reconcile-sandboxes"]
+    assert entry["task"] == "agents.tasks.agents_reconcile"
+    assert entry["schedule"] == settings.RECONCILE_INTERVAL_SECONDS
+    app.loader.import_default_modules()  # what a worker does at start: autodiscover the tasks
+    assert "agents.tasks.agents_reconcile" in app.tasks
