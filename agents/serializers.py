@@ -7,7 +7,12 @@ from rest_framework import serializers
 
 from agents.models import Agent
 
-__all__ = ["AgentSerializer", "ChatRequestSerializer", "SpawnRequestSerializer"]
+__all__ = [
+    "AgentSerializer",
+    "ChatRequestSerializer",
+    "ListQuerySerializer",
+    "SpawnRequestSerializer",
+]
 
 
 class SpawnRequestSerializer(serializers.Serializer):
@@ -35,6 +40,10 @@ class SpawnRequestSerializer(serializers.Serializer):
     )
     model = serializers.CharField(required=False, max_length=100)
     name = serializers.CharField(required=False, default="", allow_blank=True, max_length=100)
+
+
+class ListQuerySerializer(serializers.Serializer):
+    user_id = serializers.CharField(required=False, max_length=150)
 
 
 class AgentSerializer(serializers.ModelSerializer):

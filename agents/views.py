@@ -16,7 +16,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from agents import selectors, services
-from agents.serializers import AgentSerializer, ChatRequestSerializer, SpawnRequestSerializer
+from agents.serializers import (
+    AgentSerializer,
+    ChatRequestSerializer,
+    ListQuerySerializer,
+    SpawnRequestSerializer,
+)
 from console.authentication import request_user
 from console.errors import (
     AgentUnavailable,
@@ -93,7 +98,9 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     )
     @action(detail=False, methods=["get"], url_path="list")
     def list_agents(self, request: Request) -> Response:
-        username = request.query_params.get("user_id")
+        query = ListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        username = query.validated_data.get("user_id")
         owner = _named_user(request.user, username) if username else None
         agents = selectors.agent_list(viewer=request.user, owner=owner)
         data = AgentSerializer(agents, many=True).data
