@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(VENV)/.system-packages
 
 # Reinstalls only when the dependency list changes.
 $(STAMP): pyproject.toml
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# System packages the sandboxes need (bubblewrap; QEMU for microVMs), from Debian's packages.
+$(VENV)/.system-packages: scripts/system-packages.sh $(wildcard vmdriver/guest/host-packages.sh) | $(STAMP)
+	scripts/system-packages.sh
+	touch $@
 
 run: install
 	$(BIN)/python -m console.launch

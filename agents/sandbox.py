@@ -5,22 +5,64 @@ from __future__ import annotations
 import sys
 import time
 from functools import cache
+from pathlib import Path
 
 import httpx
 from django.conf import settings
 from django.core import signing
 
+import agents.runtime
 from agents.models import Agent
 from vmdriver import Driver, VmSpec, make_driver
+from vmdriver.isolation import bwrap_problem
 
-__all__ = ["agent_token_issue", "agent_token_verify", "driver", "runtime_spec", "wait_healthy"]
+__all__ = [
+    "agent_token_issue",
+    "agent_token_verify",
+    "driver",
+    "runtime_client",
+    "runtime_client_sync",
+    "runtime_spec",
+    "wait_healthy",
+]
 
 _TOKEN_SALT = "agents.gateway-token"
 
 
 @cache
 def driver() -> Driver:
-    return make_driver(settings.SANDBOX_BACKEND, state_dir=settings.SANDBOX_STATE_DIR)
+    """This host's sandbox driver, as the settings choose it."""
+    isolation = "bwrap"
+    if settings.SANDBOX_ALLOW_UNSANDBOXED and bwrap_problem() is not None:
+        isolation = "none"
+    return make_driver(
+        settings.SANDBOX_BACKEND,
+        state_dir=settings.SANDBOX_STATE_DIR,
+        isolation=isolation,
+        ro_binds=_runtime_files(),
+    )
+
+
+def _runtime_files() -> list[tuple[str, str]]:
+    """What a sandboxed runtime may read: its interpreter, libraries and its own source only."""
+    runtime = Path(agents.runtime.__file__).parent
+    paths = {sys.base_prefix, sys.prefix, str(runtime), str(runtime.parent / "__init__.py")}
+    return [(path, path) for path in sorted(paths)]
+
+
+def runtime_client(endpoint: str, *, timeout: float) -> httpx.AsyncClient:
+    """An HTTP client for a runtime's endpoint (``http://…`` or ``unix:<socket>``)."""
+    if endpoint.startswith("unix:"):
+        transport = httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix:"))
+        return httpx.AsyncClient(transport=transport, base_url="http://sandbox", timeout=timeout)
+    return httpx.AsyncClient(base_url=endpoint, timeout=timeout)
+
+
+def runtime_client_sync(endpoint: str, *, timeout: float) -> httpx.Client:
+    if endpoint.startswith("unix:"):
+        transport = httpx.HTTPTransport(uds=endpoint.removeprefix("unix:"))
+        return httpx.Client(transport=transport, base_url="http://sandbox", timeout=timeout)
+    return httpx.Client(base_url=endpoint, timeout=timeout)
 
 
 def agent_token_issue(*, agent: Agent) -> str:
@@ -58,16 +100,17 @@ def runtime_spec(*, agent: Agent) -> VmSpec:
         image=(sys.executable, "-m", "agents.runtime"),
         env=env,
         ports=(8080,),
+        gateway=settings.GATEWAY_URL,
     )
 
 
 def wait_healthy(*, endpoint: str, sandbox_id: str, timeout: float) -> bool:
     """Poll the runtime's /health until it answers 200, the sandbox dies, or time runs out."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=1.0) as client:
+    with runtime_client_sync(endpoint, timeout=1.0) as client:
         while time.monotonic() < deadline:
             try:
-                if client.get(f"{endpoint}/health").status_code == 200:
+                if client.get("/health").status_code == 200:
                     return True
             except httpx.HTTPError:
                 pass

@@ -345,8 +345,8 @@ async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
         "max_tokens": turn.max_tokens,
         "stream": stream,
     }
-    client = httpx.AsyncClient(timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
-    request = client.build_request("POST", f"{agent.endpoint}/v1/agent/chat", json=body)
+    client = sandbox.runtime_client(agent.endpoint, timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
+    request = client.build_request("POST", "/v1/agent/chat", json=body)
     try:
         response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:

@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from agents import selectors, services
+from agents.sandbox import runtime_client
 from agents.serializers import (
     AgentSerializer,
     ChatRequestSerializer,
@@ -179,8 +180,8 @@ async def agent_metrics(request: HttpRequest, agent_id: uuid.UUID) -> HttpRespon
         if not agent.endpoint:
             raise AgentUnavailable("the agent is not running", details={"status": agent.status})
         try:
-            async with httpx.AsyncClient(timeout=5.0) as client:
-                upstream = await client.get(f"{agent.endpoint}/metrics")
+            async with runtime_client(agent.endpoint, timeout=5.0) as client:
+                upstream = await client.get("/metrics")
         except httpx.HTTPError as exc:
             raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
     except ConsoleError as exc:

@@ -169,6 +169,8 @@ if SANDBOX_BACKEND not in {"process", "qemu"}:
         f"SANDBOX_BACKEND must be 'process' or 'qemu', not {SANDBOX_BACKEND!r}"
     )
 SANDBOX_STATE_DIR = VAR_DIR / "sandboxes"
+# Where bubblewrap cannot run, the process backend refuses to boot agents unless this is on.
+SANDBOX_ALLOW_UNSANDBOXED = env_bool("SANDBOX_ALLOW_UNSANDBOXED", False)
 SANDBOX_BOOT_TIMEOUT_SECONDS = env_float("SANDBOX_BOOT_TIMEOUT_SECONDS", 30.0, minimum=1.0)
 AGENT_CHAT_TIMEOUT_SECONDS = env_float("AGENT_CHAT_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 # How long a chat turn waits for an agent that is still booting.

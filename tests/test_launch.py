@@ -143,7 +143,7 @@ def _walk_through(console: Console) -> None:
 
     def running():
         agent = api.get(f"/v1/agents/get?agent_id={agent_id}").json()
-        assert agent["status"] in {"pending", "starting", "running"}, agent
+        assert agent["status"] in {"pending", "starting", "running"}, agent["last_error"]
         return agent["status"] == "running"
 
     _wait_for(running, 60, "the worker to boot the agent")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -33,10 +34,16 @@ class Driver(Protocol):
     def logs(self, sandbox_id: str, *, lines: int = 50) -> str: ...
 
 
-def make_driver(backend: str, *, state_dir: Path) -> Driver:
+def make_driver(
+    backend: str,
+    *,
+    state_dir: Path,
+    isolation: str = "bwrap",
+    ro_binds: Sequence[tuple[str, str]] = (),
+) -> Driver:
     """The driver for ``backend``, keeping its state under ``state_dir``."""
     if backend == "process":
         from vmdriver.process import ProcessDriver
 
-        return ProcessDriver(state_dir=state_dir)
+        return ProcessDriver(state_dir=state_dir, isolation=isolation, ro_binds=ro_binds)
     raise BackendUnavailable(f"sandbox backend {backend!r} is not available on this host")

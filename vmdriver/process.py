@@ -7,20 +7,27 @@ process on the host (any worker, a reconcile pass after a crash) sees the same s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
-from vmdriver.errors import SandboxNotFound, VmStartError
+from vmdriver.errors import BackendUnavailable, SandboxNotFound, VmStartError
+from vmdriver.isolation import bwrap_problem
 from vmdriver.types import VmHandle, VmSpec, VmState, VmStatus
 
 __all__ = ["ProcessDriver"]
+
+_SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def _free_port() -> int:
@@ -49,13 +56,44 @@ def _reap(pid: int) -> None:
 
 
 class ProcessDriver:
-    """Runs each sandbox's ``image`` argv as a process in its own session and workspace."""
+    """Runs each sandbox's ``image`` argv as a process in its own workspace.
+
+    With ``isolation="bwrap"`` (the default) the process runs under bubblewrap, with cgroup
+    limits, no network, and Unix sockets for its endpoint and its gateway (see ``isolation``);
+    ``ro_binds`` are the host paths (host, inside) it may read, such as its interpreter. With
+    ``isolation="none"`` it is a plain local process listening on a loopback port: only for
+    hosts where bubblewrap cannot run and the operator has allowed unsandboxed processes.
+    """
 
     backend = "process"
 
-    def __init__(self, *, state_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        isolation: str = "bwrap",
+        ro_binds: Sequence[tuple[str, str]] = (),
+        python: str = sys.executable,
+    ) -> None:
+        if isolation not in ("bwrap", "none"):
+            raise ValueError(f"isolation must be 'bwrap' or 'none', not {isolation!r}")
+        if isolation == "bwrap" and (problem := bwrap_problem()) is not None:
+            raise BackendUnavailable(
+                f"{problem}; the process backend refuses to run agents unsandboxed "
+                "unless the operator allows it"
+            )
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.isolation = isolation
+        self.ro_binds = [(str(host), str(inside)) for host, inside in ro_binds]
+        self.python = python
+        # Socket paths are limited to 108 bytes, so each sandbox's sockets live under a short
+        # folder of their own rather than under a possibly long state_dir.
+        digest = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:10]
+        self.socket_root = Path(tempfile.gettempdir()) / f"agent-console-{digest}"
+
+    def _run_dir(self, sandbox_id: str) -> Path:
+        return self.socket_root / sandbox_id
 
     def _dir(self, sandbox_id: str) -> Path:
         if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
@@ -80,8 +118,17 @@ class ProcessDriver:
             "image": list(spec.image),
             "env": dict(spec.env),
             "ports": list(spec.ports),
+            "gateway": spec.gateway,
         }
         (path / "spec.json").write_text(json.dumps(data))
+        self.socket_root.mkdir(mode=0o700, exist_ok=True)
+        self._run_dir(spec.name).mkdir(mode=0o700, exist_ok=True)
+        isolation = {
+            "base_env": {"PATH": _SANDBOX_PATH},
+            "ro_binds": self.ro_binds,
+            "run_dir": str(self._run_dir(spec.name)),
+        }
+        (path / "isolation.json").write_text(json.dumps(isolation))
         return VmHandle(id=spec.name, backend=self.backend)
 
     def _spec(self, path: Path) -> VmSpec:
@@ -93,6 +140,7 @@ class ProcessDriver:
             image=tuple(data["image"]),
             env=data["env"],
             ports=tuple(data["ports"]),
+            gateway=data.get("gateway", ""),
         )
 
     def _live_pid(self, path: Path) -> int | None:
@@ -103,19 +151,29 @@ class ProcessDriver:
         pid = int(pid_text)
         return pid if _proc_start_time(pid) == started else None
 
+    def _launch(self, path: Path, spec: VmSpec) -> tuple[list[str], dict[str, str], str]:
+        """The command, environment and endpoint that start this sandbox."""
+        if self.isolation == "bwrap":
+            argv = [self.python, "-m", "vmdriver.supervisor", str(path)]
+            return (
+                argv,
+                {"PATH": os.environ.get("PATH", _SANDBOX_PATH)},
+                f"unix:{self._run_dir(path.name) / 'agent.sock'}",
+            )
+        port = _free_port()
+        env = {"PATH": os.environ.get("PATH", _SANDBOX_PATH), "HOME": str(path / "workspace")}
+        env |= dict(spec.env) | {"SANDBOX_LISTEN": f"tcp:127.0.0.1:{port}"}
+        return list(spec.image), env, f"http://127.0.0.1:{port}"
+
     def start(self, handle: VmHandle) -> VmHandle:
         path = self._existing_dir(handle.id)
         if (pid := self._live_pid(path)) is not None:
             return VmHandle(handle.id, self.backend, (path / "endpoint").read_text(), pid)
-        spec = self._spec(path)
-        port = _free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(path / "workspace")}
-        env |= dict(spec.env) | {"AGENT_HOST": "127.0.0.1", "AGENT_PORT": str(port)}
+        argv, env, endpoint = self._launch(path, self._spec(path))
         with (path / "log").open("ab") as log:
             try:
                 proc = subprocess.Popen(
-                    spec.image,
+                    argv,
                     cwd=path / "workspace",
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -159,6 +217,7 @@ class ProcessDriver:
             return
         self.stop(sandbox_id)
         shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(self._run_dir(sandbox_id), ignore_errors=True)
 
     def status(self, sandbox_id: str) -> VmStatus:
         path = self._existing_dir(sandbox_id)

@@ -17,7 +17,10 @@ def _frozen_env(env: Mapping[str, str]) -> Mapping[str, str]:
 @dataclass(frozen=True, slots=True)
 class VmSpec:
     """What to run: resources, the program (``image``: for ``process`` an argv, for ``qemu`` an
-    image name), its environment, and the guest ports to expose."""
+    image name), its environment, the guest ports to expose, and ``gateway``: the one URL the
+    sandbox may reach (its only way out). Inside, ``SANDBOX_LISTEN`` says where the program
+    should listen and ``SANDBOX_GATEWAY`` how to reach the gateway (``unix:<path>`` or
+    ``tcp:<host>:<port>``)."""
 
     name: str
     vcpus: int = 1
@@ -25,6 +28,7 @@ class VmSpec:
     image: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[int, ...] = ()
+    gateway: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):

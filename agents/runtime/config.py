@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["RuntimeConfig"]
 
@@ -22,12 +23,44 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
 
 
+def _listen() -> tuple[str, int, str]:
+    """(host, port, socket path) from SANDBOX_LISTEN, set by the sandbox, else AGENT_HOST/PORT."""
+    listen = os.environ.get("SANDBOX_LISTEN", "")
+    if listen.startswith("unix:"):
+        return "", 0, listen.removeprefix("unix:")
+    if listen.startswith("tcp:"):
+        host, _, port = listen.removeprefix("tcp:").rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"SANDBOX_LISTEN must be unix:<path> or tcp:<host>:<port>: {listen!r}"
+            )
+        return host, int(port), ""
+    if listen:
+        raise ConfigError(f"SANDBOX_LISTEN must be unix:<path> or tcp:<host>:<port>: {listen!r}")
+    return os.environ.get("AGENT_HOST", "127.0.0.1"), _int("AGENT_PORT", 8080), ""
+
+
+def _gateway(url: str) -> tuple[str, str]:
+    """(gateway URL, Unix socket) after SANDBOX_GATEWAY, the sandbox's one way out."""
+    route = os.environ.get("SANDBOX_GATEWAY", "")
+    if route.startswith("unix:"):
+        return url, route.removeprefix("unix:")
+    if route.startswith("tcp:"):
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(netloc=route.removeprefix("tcp:"))), ""
+    if route:
+        raise ConfigError(f"SANDBOX_GATEWAY must be unix:<path> or tcp:<host>:<port>: {route!r}")
+    return url, ""
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeConfig:
     agent_id: str
     host: str
     port: int
+    socket_path: str
     gateway_url: str
+    gateway_socket: str
     gateway_token: str
     model: str
     system_prompt: str
@@ -39,11 +72,15 @@ class RuntimeConfig:
         gateway_url = os.environ.get("AGENT_GATEWAY_URL", "").rstrip("/")
         if not gateway_url:
             raise ConfigError("AGENT_GATEWAY_URL is required")
+        host, port, socket_path = _listen()
+        gateway_url, gateway_socket = _gateway(gateway_url)
         return cls(
             agent_id=os.environ.get("AGENT_ID", "local"),
-            host=os.environ.get("AGENT_HOST", "127.0.0.1"),
-            port=_int("AGENT_PORT", 8080),
+            host=host,
+            port=port,
+            socket_path=socket_path,
             gateway_url=gateway_url,
+            gateway_socket=gateway_socket,
             gateway_token=os.environ.get("AGENT_GATEWAY_TOKEN", ""),
             model=os.environ.get("AGENT_MODEL", "claude-sonnet-5-5"),
             system_prompt=os.environ.get("AGENT_SYSTEM_PROMPT", ""),

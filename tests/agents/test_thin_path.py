@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from agents.models import Agent, Message
+from agents.sandbox import runtime_client_sync
 from console.models import Quota, UsageRecord
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import Error, count_tokens
@@ -128,13 +129,13 @@ def test_without_an_anthropic_key_the_offline_model_answers(alice, settings, fak
 def test_a_deleted_agent_stops_its_runtime_and_refuses_chat(alice, fake_anthropic):
     spawned = _spawn(alice)
     agent = Agent.objects.get(pk=spawned["agent_id"])
-    endpoint = agent.endpoint
-    assert httpx.get(f"{endpoint}/health").status_code == 200
-    assert alice.delete(f"/v1/agents/delete?agent_id={agent.pk}").status_code == 200
-    agent.refresh_from_db()
-    assert agent.status == "stopped"
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{endpoint}/health", timeout=1)
+    with runtime_client_sync(agent.endpoint, timeout=1) as runtime:
+        assert runtime.get("/health").status_code == 200
+        assert alice.delete(f"/v1/agents/delete?agent_id={agent.pk}").status_code == 200
+        agent.refresh_from_db()
+        assert agent.status == "stopped"
+        with pytest.raises(httpx.HTTPError):
+            runtime.get("/health")
     response = alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi"})
     assert response.status_code == 404
 

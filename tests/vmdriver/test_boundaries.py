@@ -56,11 +56,13 @@ def test_a_full_lifecycle_runs_without_django_loaded(tmp_path: Path) -> None:
 
         serve = (
             "import http.server, os\\n"
-            "address = (os.environ['AGENT_HOST'], int(os.environ['AGENT_PORT']))\\n"
-            "http.server.HTTPServer(address, http.server.SimpleHTTPRequestHandler)"
+            "host, port = os.environ['SANDBOX_LISTEN'][4:].rsplit(':', 1)\\n"
+            "http.server.HTTPServer((host, int(port)), http.server.SimpleHTTPRequestHandler)"
             ".serve_forever()\\n"
         )
-        driver = vmdriver.make_driver("process", state_dir=Path({str(tmp_path)!r}))
+        driver = vmdriver.make_driver(
+            "process", state_dir=Path({str(tmp_path)!r}), isolation="none"
+        )
         spec = vmdriver.VmSpec(name="boundary", image=(sys.executable, "-c", serve))
         handle = driver.start(driver.create(spec))
         try:

@@ -1,5 +1,8 @@
 """The ``process`` backend driving real processes: lifecycle, idempotence, state and pid reuse.
 
+These run the backend without isolation (plain local processes); ``test_bwrap_sandbox.py``
+covers what bubblewrap adds.
+
 These tests use neither Django nor the shared fixtures of ``tests/conftest.py``, so they also
 pass under ``pytest --noconftest -p no:django`` (see ``test_boundaries.py``).
 """
@@ -30,9 +33,9 @@ from vmdriver.process import ProcessDriver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# A tiny sandbox: answers every GET with $GREETING on AGENT_HOST:AGENT_PORT.
+# A tiny sandbox: answers every GET with $GREETING where SANDBOX_LISTEN says (tcp: or unix:).
 SERVER = """
-import http.server, os
+import http.server, os, socketserver
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = os.environ.get("GREETING", "ok").encode()
@@ -42,9 +45,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-print("listening on", os.environ["AGENT_PORT"], flush=True)
-address = (os.environ["AGENT_HOST"], int(os.environ["AGENT_PORT"]))
-http.server.HTTPServer(address, Handler).serve_forever()
+    def address_string(self):
+        return "sandbox"
+class UnixHTTPServer(socketserver.UnixStreamServer):
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("sandbox", 0)
+listen = os.environ["SANDBOX_LISTEN"]
+print("listening on", listen, flush=True)
+if listen.startswith("unix:"):
+    UnixHTTPServer(listen[5:], Handler).serve_forever()
+else:
+    host, port = listen[4:].rsplit(":", 1)
+    http.server.HTTPServer((host, int(port)), Handler).serve_forever()
 """
 
 
@@ -64,9 +77,15 @@ def _wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def _get(url: str) -> httpx.Response | None:
+def _get(endpoint: str) -> httpx.Response | None:
+    """GET / on a sandbox endpoint (``http://…`` or ``unix:<socket>``), or None if unreachable."""
+    transport = None
+    if endpoint.startswith("unix:"):
+        transport = httpx.HTTPTransport(uds=endpoint.removeprefix("unix:"))
+        endpoint = "http://sandbox"
     try:
-        return httpx.get(url, timeout=1.0)
+        with httpx.Client(transport=transport, timeout=1.0) as client:
+            return client.get(endpoint)
     except httpx.HTTPError:
         return None
 
@@ -96,7 +115,7 @@ def _start_time(pid: int) -> str | None:
 @pytest.fixture
 def driver(tmp_path: Path) -> Iterator[ProcessDriver]:
     """A driver keeping its state in ``tmp_path``; every sandbox it knows is destroyed after."""
-    drv = ProcessDriver(state_dir=tmp_path / "sandboxes")
+    drv = ProcessDriver(state_dir=tmp_path / "sandboxes", isolation="none")
     yield drv
     for status in drv.list():
         drv.destroy(status.id)
@@ -174,7 +193,7 @@ def test_sandbox_runs_in_its_workspace_with_only_its_own_environment(
     assert "CONSOLE_ONLY_SECRET" not in env
     assert env["GREETING"] == "hi"
     assert env["HOME"] == str(workspace)
-    assert (env["AGENT_HOST"], env["AGENT_PORT"]) == ("127.0.0.1", handle.endpoint.rsplit(":")[-1])
+    assert env["SANDBOX_LISTEN"] == "tcp:127.0.0.1:" + handle.endpoint.rsplit(":")[-1]
     assert Path(f"/proc/{handle.pid}/cwd").resolve() == workspace.resolve()
 
 
@@ -294,7 +313,7 @@ def test_a_second_driver_on_the_same_state_dir_sees_the_same_sandboxes(
 ) -> None:
     handle = running("sbx-1")
 
-    other = ProcessDriver(state_dir=driver.state_dir)
+    other = ProcessDriver(state_dir=driver.state_dir, isolation="none")
 
     status = other.status("sbx-1")
     assert (status.state, status.pid, status.endpoint) == (
@@ -408,7 +427,7 @@ def test_vmspec_is_frozen_and_keeps_its_own_copy_of_env() -> None:
 
 
 def test_make_driver_picks_the_process_backend_and_refuses_unknown_ones(tmp_path: Path) -> None:
-    drv = make_driver("process", state_dir=tmp_path)
+    drv = make_driver("process", state_dir=tmp_path, isolation="none")
     assert isinstance(drv, ProcessDriver)
     assert isinstance(drv, Driver)
     with pytest.raises(BackendUnavailable):

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the system packages the sandboxes need, from Debian's packages, when they are missing.
+# Quiet and quick when everything is there; a warning (not a failure) where it cannot install,
+# in which case the backends that need a package refuse with the reason, and their tests skip.
+set -u
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]] && ! command -v sudo >/dev/null 2>&1; then
+    echo "warning: cannot install ${missing[*]} (not root, no sudo); sandboxes need it" >&2
+  elif ! command -v apt-get >/dev/null 2>&1; then
+    echo "warning: cannot install ${missing[*]} (no apt-get); sandboxes need it" >&2
+  else
+    as_root=(); [[ $(id -u) -ne 0 ]] && as_root=(sudo)
+    echo "Installing ${missing[*]} from Debian's packages…"
+    "${as_root[@]}" apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null ||
+      echo "warning: installing ${missing[*]} failed; sandboxes need it" >&2
+  fi
+fi
+
+# The microVM backend's host tools (QEMU and friends), when that backend is present.
+if [[ -x vmdriver/guest/host-packages.sh ]]; then
+  vmdriver/guest/host-packages.sh || echo "warning: the microVM host packages did not install" >&2
+fi
+exit 0
