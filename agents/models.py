@@ -10,7 +10,30 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-__all__ = ["Agent", "Message", "Session"]
+__all__ = ["Agent", "Message", "SandboxHost", "Session"]
+
+
+class SandboxHost(models.Model):
+    """A machine that runs sandboxes: one Celery worker, its own queue, and its capacity."""
+
+    name = models.CharField(max_length=100, unique=True)
+    backend = models.CharField(max_length=16, default="process")
+    capacity_vcpus = models.PositiveIntegerField()
+    capacity_memory_mib = models.PositiveIntegerField()
+    accel = models.CharField(max_length=8, blank=True, help_text="kvm or tcg, for microVMs.")
+    is_online = models.BooleanField(default=True)
+    is_draining = models.BooleanField(default=False, help_text="Takes no new agents.")
+    last_seen_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        return f"sandboxes.{self.name}"
 
 
 class Agent(models.Model):
@@ -47,6 +70,11 @@ class Agent(models.Model):
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     backend = models.CharField(max_length=16, default="process")
+    host = models.ForeignKey(
+        SandboxHost, on_delete=models.SET_NULL, null=True, blank=True, related_name="agents"
+    )
+    accel = models.CharField(max_length=8, blank=True, help_text="kvm or tcg, for microVMs.")
+    last_active_at = models.DateTimeField(null=True, blank=True, help_text="Its last chat turn.")
     sandbox_id = models.CharField(max_length=64, blank=True)
     endpoint = models.CharField(max_length=255, blank=True, help_text="Where the runtime listens.")
     anthropic_key_encrypted = models.TextField(

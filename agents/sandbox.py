@@ -20,6 +20,7 @@ __all__ = [
     "agent_token_issue",
     "agent_token_verify",
     "driver",
+    "host_accel",
     "runtime_client",
     "runtime_client_sync",
     "runtime_spec",
@@ -41,6 +42,12 @@ def driver() -> Driver:
         isolation=isolation,
         ro_binds=_runtime_files(),
     )
+
+
+def host_accel() -> str:
+    """How this host runs microVMs ("kvm" or "tcg"); "" for the process backend."""
+    detect = getattr(driver(), "accel", None)
+    return str(detect()) if callable(detect) else ""
 
 
 def _runtime_files() -> list[tuple[str, str]]:

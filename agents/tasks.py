@@ -1,15 +1,28 @@
-"""Celery tasks for the agent lifecycle. Each takes ids, calls one service, and returns."""
+"""Celery tasks for the agent lifecycle. Each takes ids, calls one service, and returns.
+
+Sandbox work runs on the agent's host: its tasks go to that host's queue (``sandboxes.<host>``),
+which only that host's worker consumes.
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 from django.db import OperationalError
 
 from agents import services
+from agents.models import SandboxHost
 
-__all__ = ["agent_boot_task", "agent_teardown_task", "agents_reconcile"]
+__all__ = [
+    "agent_boot_task",
+    "agent_halt_task",
+    "agent_teardown_task",
+    "agents_reap_idle",
+    "agents_reconcile",
+    "agents_reconcile_host",
+]
 
-# Boots and teardowns are idempotent on the agent id, so a redelivered task is harmless.
+# Lifecycle tasks are idempotent on the agent id, so a redelivered task is harmless.
 _LIFECYCLE = {
     "acks_late": True,
     "autoretry_for": (OperationalError,),
@@ -26,11 +39,34 @@ def agent_boot_task(agent_id: str, queued_at: float | None = None) -> None:
     services.agent_boot(agent_id=agent_id, queued_at=queued_at)
 
 
+@shared_task(name="agents.tasks.agent_halt", **_LIFECYCLE)
+def agent_halt_task(agent_id: str, then_boot: bool = False) -> None:
+    services.agent_halt(agent_id=agent_id, then_boot=then_boot)
+
+
 @shared_task(name="agents.tasks.agent_teardown", **_LIFECYCLE)
 def agent_teardown_task(agent_id: str) -> None:
     services.agent_teardown(agent_id=agent_id)
 
 
-@shared_task(name="agents.tasks.agents_reconcile", soft_time_limit=120, time_limit=180)
-def agents_reconcile() -> dict[str, int]:
-    return services.agents_reconcile()
+@shared_task(name="agents.tasks.agents_reconcile_host", soft_time_limit=120, time_limit=180)
+def agents_reconcile_host(host_name: str) -> dict[str, int]:
+    return services.agents_reconcile(host_name=host_name)
+
+
+@shared_task(name="agents.tasks.agents_reconcile", soft_time_limit=30, time_limit=60)
+def agents_reconcile() -> int:
+    """Beat's entry point: ask every online host to reconcile its own sandboxes."""
+    hosts = list(SandboxHost.objects.filter(is_online=True).values_list("name", flat=True))
+    for name in hosts:
+        agents_reconcile_host.apply_async((name,), queue=f"sandboxes.{name}")
+    return len(hosts)
+
+
+@shared_task(name="agents.tasks.agents_reap_idle", soft_time_limit=60, time_limit=90)
+def agents_reap_idle() -> int:
+    return services.agents_reap_idle()
+
+
+def this_host_queue() -> str:
+    return f"sandboxes.{settings.SANDBOX_HOST_NAME}"

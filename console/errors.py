@@ -19,6 +19,7 @@ __all__ = [
     "AgentNotRunning",
     "AgentUnavailable",
     "BadRequest",
+    "CapacityExhausted",
     "ConsoleError",
     "Forbidden",
     "NotAuthenticated",
@@ -36,6 +37,7 @@ class ConsoleError(Exception):
 
     status = 400
     code = "bad_request"
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -75,6 +77,12 @@ class QuotaExceeded(ConsoleError):
     status, code = 429, "quota_exceeded"
 
 
+class CapacityExhausted(ConsoleError):
+    """No sandbox host has room; more may free up soon."""
+
+    status, code, retry_after = 503, "no_capacity", 30
+
+
 class AgentUnavailable(ConsoleError):
     """The agent's runtime could not be reached or answered with an error."""
 
@@ -86,7 +94,10 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
 
 
 def error_response(exc: ConsoleError) -> JsonResponse:
-    return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    response = JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    if exc.retry_after is not None:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 _DRF_CODES = {
@@ -109,7 +120,10 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     from rest_framework.views import exception_handler as drf_default_handler
 
     if isinstance(exc, ConsoleError):
-        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response(
+            error_body(exc.code, exc.message, exc.details), status=exc.status, headers=headers
+        )
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, PermissionDenied):

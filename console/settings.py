@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from console.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+
+
+def _memory_mib() -> int:
+    """This machine's memory in MiB (the default sandbox capacity of a host)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 4096
+
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("CONSOLE_VAR_DIR", str(BASE_DIR / "var")))
@@ -139,6 +152,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR),
         "data_folder_out": str(CELERY_BROKER_DIR),
+        "control_folder": str(CELERY_BROKER_DIR / "control"),
         "store_processed": False,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
@@ -168,7 +182,13 @@ if SANDBOX_BACKEND not in {"process", "qemu"}:
     raise ImproperlyConfigured(
         f"SANDBOX_BACKEND must be 'process' or 'qemu', not {SANDBOX_BACKEND!r}"
     )
-SANDBOX_STATE_DIR = VAR_DIR / "sandboxes"
+SANDBOX_STATE_DIR = Path(env_str("SANDBOX_STATE_DIR", str(VAR_DIR / "sandboxes")))
+# This worker's sandbox host: its name (and so its queue) and what it may run at once.
+SANDBOX_HOST_NAME = env_str("SANDBOX_HOST_NAME", socket.gethostname())
+SANDBOX_HOST_VCPUS = env_int("SANDBOX_HOST_VCPUS", 4 * (os.cpu_count() or 1), minimum=1)
+SANDBOX_HOST_MEMORY_MIB = env_int("SANDBOX_HOST_MEMORY_MIB", _memory_mib(), minimum=64)
+# Agents with no turn for this long are stopped by the idle reaper (0: never).
+AGENT_IDLE_TIMEOUT_SECONDS = env_int("AGENT_IDLE_TIMEOUT_SECONDS", 3600, minimum=0)
 # Where bubblewrap cannot run, the process backend refuses to boot agents unless this is on.
 SANDBOX_ALLOW_UNSANDBOXED = env_bool("SANDBOX_ALLOW_UNSANDBOXED", False)
 SANDBOX_BOOT_TIMEOUT_SECONDS = env_float("SANDBOX_BOOT_TIMEOUT_SECONDS", 30.0, minimum=1.0)

@@ -65,6 +65,20 @@ def _price_table(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _sandbox_host(request: pytest.FixtureRequest, settings) -> None:
+    """Tests that use the database run with this machine registered as a sandbox host, as a
+    worker registers it at start."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    from agents.services import host_register
+
+    host_register(name=settings.SANDBOX_HOST_NAME, backend=settings.SANDBOX_BACKEND,
+                  capacity_vcpus=64, capacity_memory_mib=64 * 1024)
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -128,17 +128,21 @@ def _walk_through(console: Console) -> None:
 
     key = console.manage("create_api_key", "alice", "--create-user").strip()
     api = httpx.Client(base_url=console.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
-    spawned = api.post(
-        "/v1/agents/spawn",
-        json={
-            "user_id": "alice",
-            "cores": 1,
-            "memory": 256,
-            "max_concurrent": 5,
-            "system_prompt": "Hi.",
-        },
-    )
-    assert spawned.status_code == 201, spawned.text
+    body = {
+        "user_id": "alice",
+        "cores": 1,
+        "memory": 256,
+        "max_concurrent": 5,
+        "system_prompt": "Hi.",
+    }
+
+    def spawn():
+        # Until the worker has registered its sandbox host, a spawn is refused with 503.
+        response = api.post("/v1/agents/spawn", json=body)
+        assert response.status_code in (201, 503), response.text
+        return response if response.status_code == 201 else None
+
+    spawned = _wait_for(spawn, 60, "a sandbox host to come online")
     agent_id = spawned.json()["agent_id"]
 
     def running():

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -331,7 +331,10 @@ def build_app(config: RuntimeConfig) -> web.Application:
     app[STATE_KEY] = state = RuntimeState(config)
 
     async def _client(app: web.Application) -> AsyncIterator[None]:
-        state.http = ClientSession(timeout=ClientTimeout(total=config.gateway_timeout))
+        connector = UnixConnector(path=config.gateway_socket) if config.gateway_socket else None
+        state.http = ClientSession(
+            connector=connector, timeout=ClientTimeout(total=config.gateway_timeout)
+        )
         yield
         await state.http.close()
 
@@ -346,7 +349,11 @@ def build_app(config: RuntimeConfig) -> web.Application:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = RuntimeConfig.from_env()
-    log.info("agent %s listening on %s:%s", config.agent_id, config.host, config.port)
-    web.run_app(
-        build_app(config), host=config.host, port=config.port, print=None, handle_signals=True
+    where = config.socket_path or f"{config.host}:{config.port}"
+    log.info("agent %s listening on %s", config.agent_id, where)
+    listen = (
+        {"path": config.socket_path}
+        if config.socket_path
+        else {"host": config.host, "port": config.port}
     )
+    web.run_app(build_app(config), print=None, handle_signals=True, **listen)

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
 from agents import sandbox
 from agents.models import Agent
-from agents.services import agent_boot, agent_teardown, agents_reconcile
+from agents.services import (
+    agent_boot,
+    agent_restart,
+    agent_start,
+    agent_stop,
+    agent_teardown,
+    agents_reap_idle,
+    agents_reconcile,
+)
 from console.celery import app
+from console.errors import AgentNotRunning
 from vmdriver import VmSpec, VmState
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def settings_state_dir() -> Path:
+    from django.conf import settings
+
+    return Path(settings.SANDBOX_STATE_DIR)
 
 
 def _agent(owner, **fields) -> Agent:
@@ -90,18 +106,92 @@ def test_reconcile_destroys_orphaned_sandboxes_and_keeps_owned_ones(user):
     assert [s.id for s in drv.list()] == [agent.sandbox_id]
 
 
-def test_reconcile_tears_down_agents_left_stopping(user):
+def _stale(agent: Agent, settings, **fields) -> None:
+    old = timezone.now() - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_SECONDS * 3)
+    Agent.objects.filter(pk=agent.pk).update(updated_at=old, **fields)
+
+
+def test_reconcile_finishes_a_stop_left_half_done(user, settings):
     agent = _booted(user)
-    Agent.objects.filter(pk=agent.pk).update(status="stopping")
+    _stale(agent, settings, status="stopping")
+    assert agents_reconcile()["stopped"] == 1
+    agent.refresh_from_db()
+    assert agent.status == "stopped"
+    assert sandbox.driver().status(agent.sandbox_id).state == VmState.EXITED  # workspace kept
+
+
+def test_reconcile_finishes_a_delete_left_half_done(user, settings):
+    agent = _booted(user)
+    _stale(agent, settings, status="stopping", deleted_at=timezone.now())
     assert agents_reconcile()["torn_down"] == 1
     agent.refresh_from_db()
     assert agent.status == "stopped"
     assert sandbox.driver().list() == []
 
 
+def test_reconcile_leaves_a_fresh_stop_to_its_task(user):
+    agent = _booted(user)
+    Agent.objects.filter(pk=agent.pk).update(status="stopping")
+    assert agents_reconcile()["stopped"] == 0
+    assert sandbox.driver().status(agent.sandbox_id).state == VmState.RUNNING
+
+
+def test_stop_keeps_the_workspace_and_start_boots_it_again(user):
+    agent = _booted(user)
+    workspace = Path(settings_state_dir()) / agent.sandbox_id / "workspace"
+    (workspace / "notes.txt").write_text("kept")
+    agent_stop(agent=agent)
+    agent.refresh_from_db()
+    assert agent.status == "stopped" and agent.endpoint == ""
+    assert sandbox.driver().status(agent.sandbox_id).state == VmState.EXITED
+    agent_start(agent=agent)
+    agent.refresh_from_db()
+    assert agent.status == "running", agent.last_error
+    assert (workspace / "notes.txt").read_text() == "kept"
+
+
+def test_restart_gives_a_fresh_runtime(user):
+    agent = _booted(user)
+    before = sandbox.driver().status(agent.sandbox_id).pid
+    agent_restart(agent=agent)
+    agent.refresh_from_db()
+    assert agent.status == "running", agent.last_error
+    assert sandbox.driver().status(agent.sandbox_id).pid != before
+
+
+def test_only_a_stopped_or_failed_agent_can_be_started(user):
+    agent = _booted(user)
+    with pytest.raises(AgentNotRunning):
+        agent_start(agent=agent)
+
+
+def test_stopping_a_stopped_agent_is_refused(user):
+    agent = _agent(user, status="stopped")
+    with pytest.raises(AgentNotRunning):
+        agent_stop(agent=agent)
+
+
+def test_idle_agents_are_stopped_and_busy_ones_kept(user, settings):
+    settings.AGENT_IDLE_TIMEOUT_SECONDS = 600
+    idle, busy = _booted(user), _booted(user)
+    Agent.objects.filter(pk=idle.pk).update(last_active_at=timezone.now() - timedelta(seconds=601))
+    assert agents_reap_idle() == 1
+    idle.refresh_from_db()
+    busy.refresh_from_db()
+    assert (idle.status, busy.status) == ("stopped", "running")
+
+
+def test_the_idle_reaper_can_be_switched_off(user, settings):
+    settings.AGENT_IDLE_TIMEOUT_SECONDS = 0
+    agent = _booted(user)
+    Agent.objects.filter(pk=agent.pk).update(last_active_at=timezone.now() - timedelta(days=9))
+    assert agents_reap_idle() == 0
+
+
 def test_beat_runs_reconcile_on_its_interval(settings):
     entry = app.conf.beat_schedule["reconcile-sandboxes"]
     assert entry["task"] == "agents.tasks.agents_reconcile"
     assert entry["schedule"] == settings.RECONCILE_INTERVAL_SECONDS
+    assert app.conf.beat_schedule["reap-idle-agents"]["task"] == "agents.tasks.agents_reap_idle"
     app.loader.import_default_modules()  # what a worker does at start: autodiscover the tasks
     assert "agents.tasks.agents_reconcile" in app.tasks

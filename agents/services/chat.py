@@ -1,15 +1,13 @@
-"""Services for agents: spawn, boot, destroy, reconcile, and one chat turn."""
+"""One chat turn: from the console to the agent's runtime and back, recorded as it completes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,191 +15,25 @@ import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
 from agents import sandbox
 from agents.models import Agent, Message, Session
 from agents.runtime.sse import sse_events, sse_frame
-from console.crypto import encrypt
 from console.errors import (
     AgentNotFound,
     AgentNotRunning,
     AgentUnavailable,
     ConsoleError,
     NotFound,
-    QuotaExceeded,
 )
-from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
-from console.models import Quota, UsageRecord, User
-from console.services import quota_get, user_check_active
-from vmdriver import SandboxNotFound, VmDriverError, VmState
+from console.models import UsageRecord, User
+from console.services import user_check_active
 
-__all__ = [
-    "ChatResult",
-    "ChatTurn",
-    "agent_boot",
-    "agent_chat",
-    "agent_chat_stream",
-    "agent_destroy",
-    "agent_for_user",
-    "agent_spawn",
-    "agent_teardown",
-    "agents_reconcile",
-]
+__all__ = ["ChatResult", "ChatTurn", "agent_chat", "agent_chat_stream", "agent_for_user"]
 
-log = logging.getLogger(__name__)
 _STATUS = Agent.Status
-
-
-def _limit(name: str, limit: int, used: int, requested: int) -> None:
-    if used + requested > limit:
-        raise QuotaExceeded(
-            f"this would exceed your {name} quota ({used} used of {limit})",
-            details={"limit": name, "value": limit, "used": used, "requested": requested},
-        )
-
-
-def agent_spawn(
-    *,
-    owner: User,
-    model: str | None = None,
-    name: str = "",
-    system_prompt: str = "",
-    vcpus: int = 1,
-    memory_mib: int = 512,
-    max_concurrent_sessions: int = 100,
-    anthropic_api_key: str = "",
-) -> Agent:
-    """Check the owner's quota and record a pending agent in one transaction; boot it after."""
-    from agents.tasks import agent_boot_task
-
-    user_check_active(user=owner)
-    with transaction.atomic():
-        # Locking the quota row serializes concurrent spawns of one user, so the count is exact.
-        quota = Quota.objects.select_for_update().get(pk=quota_get(user=owner).pk)
-        used = Agent.objects.filter(owner=owner, status__in=Agent.ACTIVE_STATUSES).aggregate(
-            count=Count("id"), vcpus=Sum("vcpus"), memory=Sum("memory_mib")
-        )
-        _limit("max_agents", quota.max_agents, used["count"], 1)
-        _limit("max_total_vcpus", quota.max_total_vcpus, used["vcpus"] or 0, vcpus)
-        _limit("max_total_memory_mib", quota.max_total_memory_mib, used["memory"] or 0, memory_mib)
-        agent = Agent.objects.create(
-            owner=owner,
-            name=name,
-            model=model or settings.DEFAULT_AGENT_MODEL,
-            system_prompt=system_prompt,
-            vcpus=vcpus,
-            memory_mib=memory_mib,
-            max_concurrent_sessions=max_concurrent_sessions,
-            backend=settings.SANDBOX_BACKEND,
-            sandbox_id=str(uuid.uuid4()),
-            anthropic_key_encrypted=encrypt(anthropic_api_key) if anthropic_api_key else "",
-        )
-        queued_at = time.time()
-        transaction.on_commit(lambda: agent_boot_task.delay(str(agent.id), queued_at))
-    return agent
-
-
-def agent_boot(*, agent_id: str, queued_at: float | None = None) -> None:
-    """Start the agent's sandbox and wait for its runtime. Safe to run again for the same agent."""
-    claimed = Agent.objects.filter(pk=agent_id, status__in=[_STATUS.PENDING, _STATUS.STARTING])
-    if not claimed.update(status=_STATUS.STARTING):
-        return  # running, stopped or deleted meanwhile: nothing to do
-    agent = Agent.objects.get(pk=agent_id)
-    drv = sandbox.driver()
-    try:
-        handle = drv.start(drv.create(sandbox.runtime_spec(agent=agent)))
-        healthy = sandbox.wait_healthy(
-            endpoint=handle.endpoint,
-            sandbox_id=agent.sandbox_id,
-            timeout=settings.SANDBOX_BOOT_TIMEOUT_SECONDS,
-        )
-        reason = "" if healthy else "the agent runtime did not become healthy in time"
-    except VmDriverError as exc:
-        handle, reason = None, f"the sandbox did not start: {exc}"
-    if reason:
-        _mark_failed(agent, reason)
-        SPAWN_TOTAL.labels("failure").inc()
-        log.warning("agent %s failed to boot: %s", agent.pk, reason)
-        return
-    booted = Agent.objects.filter(pk=agent_id, status=_STATUS.STARTING).update(
-        status=_STATUS.RUNNING, endpoint=handle.endpoint, started_at=timezone.now(), last_error=""
-    )
-    if not booted:  # deleted while booting
-        drv.destroy(agent.sandbox_id)
-        return
-    SPAWN_TOTAL.labels("success").inc()
-    if queued_at is not None:
-        SPAWN_DURATION.observe(max(0.0, time.time() - queued_at))
-
-
-def agent_destroy(*, agent: Agent) -> Agent:
-    """Mark the agent deleted and tear its sandbox down after commit."""
-    from agents.tasks import agent_teardown_task
-
-    with transaction.atomic():
-        Agent.objects.filter(pk=agent.pk).update(
-            status=_STATUS.STOPPING, deleted_at=timezone.now(), endpoint=""
-        )
-        transaction.on_commit(lambda: agent_teardown_task.delay(str(agent.pk)))
-    agent.refresh_from_db()
-    return agent
-
-
-def agent_teardown(*, agent_id: str) -> None:
-    """Destroy the sandbox of a stopping agent and mark it stopped."""
-    agent = Agent.objects.filter(pk=agent_id).first()
-    if agent is None:
-        return
-    sandbox.driver().destroy(agent.sandbox_id)
-    Agent.objects.filter(pk=agent_id, status=_STATUS.STOPPING).update(
-        status=_STATUS.STOPPED, stopped_at=timezone.now()
-    )
-
-
-def agents_reconcile() -> dict[str, int]:
-    """Bring the database and the sandboxes back into agreement.
-
-    Running agents whose sandbox died fail; agents stuck starting past the boot timeout fail;
-    stopping agents are torn down; sandboxes no live agent owns are destroyed.
-    """
-    drv = sandbox.driver()
-    live = {status.id: status for status in drv.list()}
-    counts = {"failed": 0, "torn_down": 0, "orphans": 0}
-    stale = timezone.now() - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_SECONDS * 2)
-    for agent in Agent.objects.filter(
-        Q(status=_STATUS.RUNNING) | Q(status=_STATUS.STARTING, updated_at__lt=stale)
-    ):
-        status = live.get(agent.sandbox_id)
-        if status is None or status.state != VmState.RUNNING:
-            _mark_failed(agent, "the sandbox is no longer running")
-            counts["failed"] += 1
-    for agent_id in Agent.objects.filter(status=_STATUS.STOPPING).values_list("pk", flat=True):
-        agent_teardown(agent_id=str(agent_id))
-        counts["torn_down"] += 1
-    owned = set(
-        Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES).values_list("sandbox_id", flat=True)
-    )
-    for sandbox_id in set(live) - owned:
-        drv.destroy(sandbox_id)
-        counts["orphans"] += 1
-    return counts
-
-
-def _mark_failed(agent: Agent, reason: str) -> None:
-    drv = sandbox.driver()
-    try:
-        tail = drv.logs(agent.sandbox_id, lines=20)
-    except SandboxNotFound:
-        tail = ""
-    drv.stop(agent.sandbox_id)
-    Agent.objects.filter(pk=agent.pk, status=agent.status).update(
-        status=_STATUS.FAILED,
-        endpoint="",
-        stopped_at=timezone.now(),
-        last_error=reason + (f"\n--- last runtime log lines ---\n{tail}" if tail else ""),
-    )
 
 
 def agent_for_user(*, user: User, agent_id: object) -> Agent:
@@ -213,9 +45,6 @@ def agent_for_user(*, user: User, agent_id: object) -> Agent:
     if agent is None:
         raise AgentNotFound(f"no agent {agent_id}")
     return agent
-
-
-# --- Chat ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +105,7 @@ def _turn_finish(*, session: Session, prompt: str, content: str, since: datetime
             cost_usd=totals["cost"] or Decimal(0),
         )
         Session.objects.filter(pk=session.pk).update(updated_at=timezone.now())
+        Agent.objects.filter(pk=session.agent_id).update(last_active_at=timezone.now())
     return ChatResult(
         session_id=str(session.pk),
         content=content,

@@ -1,0 +1,313 @@
+"""The agent lifecycle: spawn, boot, stop, start, restart, delete, reconcile, and the idle reaper.
+
+Spawning and the other requests change the database in one transaction and queue the work on the
+agent's host after commit; the tasks do the sandbox work there, each safe to run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from agents import sandbox
+from agents.models import Agent
+from agents.services.hosts import host_place
+from console.crypto import encrypt
+from console.errors import AgentNotRunning, QuotaExceeded
+from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
+from console.models import Quota, User
+from console.services import quota_get, user_check_active
+from vmdriver import SandboxNotFound, VmDriverError, VmState
+
+__all__ = [
+    "agent_boot",
+    "agent_destroy",
+    "agent_halt",
+    "agent_restart",
+    "agent_spawn",
+    "agent_start",
+    "agent_stop",
+    "agent_teardown",
+    "agents_reap_idle",
+    "agents_reconcile",
+]
+
+log = logging.getLogger(__name__)
+_STATUS = Agent.Status
+
+
+def _queue(agent: Agent) -> str | None:
+    return f"sandboxes.{agent.host.name}" if agent.host_id and agent.host else None
+
+
+def _limit(name: str, limit: int, used: int, requested: int) -> None:
+    if used + requested > limit:
+        raise QuotaExceeded(
+            f"this would exceed your {name} quota ({used} used of {limit})",
+            details={"limit": name, "value": limit, "used": used, "requested": requested},
+        )
+
+
+def agent_spawn(
+    *,
+    owner: User,
+    model: str | None = None,
+    name: str = "",
+    system_prompt: str = "",
+    vcpus: int = 1,
+    memory_mib: int = 512,
+    max_concurrent_sessions: int = 100,
+    anthropic_api_key: str = "",
+) -> Agent:
+    """Check the owner's quota, place the agent on a host with room, and record it pending, in
+    one transaction; its boot is queued on that host after commit."""
+    from agents.tasks import agent_boot_task
+
+    user_check_active(user=owner)
+    with transaction.atomic():
+        # Locking the quota row serializes concurrent spawns of one user, so the count is exact.
+        quota = Quota.objects.select_for_update().get(pk=quota_get(user=owner).pk)
+        used = Agent.objects.filter(owner=owner, status__in=Agent.ACTIVE_STATUSES).aggregate(
+            count=Count("id"), vcpus=Sum("vcpus"), memory=Sum("memory_mib")
+        )
+        _limit("max_agents", quota.max_agents, used["count"], 1)
+        _limit("max_total_vcpus", quota.max_total_vcpus, used["vcpus"] or 0, vcpus)
+        _limit("max_total_memory_mib", quota.max_total_memory_mib, used["memory"] or 0, memory_mib)
+        host = host_place(backend=settings.SANDBOX_BACKEND, vcpus=vcpus, memory_mib=memory_mib)
+        agent = Agent.objects.create(
+            owner=owner,
+            name=name,
+            model=model or settings.DEFAULT_AGENT_MODEL,
+            system_prompt=system_prompt,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            max_concurrent_sessions=max_concurrent_sessions,
+            backend=settings.SANDBOX_BACKEND,
+            host=host,
+            sandbox_id=str(uuid.uuid4()),
+            anthropic_key_encrypted=encrypt(anthropic_api_key) if anthropic_api_key else "",
+        )
+        queued_at = time.time()
+        transaction.on_commit(
+            lambda: agent_boot_task.apply_async((str(agent.pk), queued_at), queue=host.queue)
+        )
+    return agent
+
+
+def agent_boot(*, agent_id: str, queued_at: float | None = None) -> None:
+    """Start the agent's sandbox and wait for its runtime. Safe to run again for the same agent."""
+    claimed = Agent.objects.filter(pk=agent_id, status__in=[_STATUS.PENDING, _STATUS.STARTING])
+    if not claimed.update(status=_STATUS.STARTING):
+        return  # running, stopped or deleted meanwhile: nothing to do
+    agent = Agent.objects.get(pk=agent_id)
+    drv = sandbox.driver()
+    try:
+        handle = drv.start(drv.create(sandbox.runtime_spec(agent=agent)))
+        healthy = sandbox.wait_healthy(
+            endpoint=handle.endpoint,
+            sandbox_id=agent.sandbox_id,
+            timeout=settings.SANDBOX_BOOT_TIMEOUT_SECONDS,
+        )
+        reason = "" if healthy else "the agent runtime did not become healthy in time"
+    except VmDriverError as exc:
+        handle, reason = None, f"the sandbox did not start: {exc}"
+    if reason:
+        _mark_failed(agent, reason)
+        SPAWN_TOTAL.labels("failure").inc()
+        log.warning("agent %s failed to boot: %s", agent.pk, reason)
+        return
+    booted = Agent.objects.filter(pk=agent_id, status=_STATUS.STARTING).update(
+        status=_STATUS.RUNNING,
+        endpoint=handle.endpoint,
+        accel=handle.accel,
+        started_at=timezone.now(),
+        last_active_at=timezone.now(),
+        last_error="",
+    )
+    if not booted:  # deleted while booting
+        drv.destroy(agent.sandbox_id)
+        return
+    SPAWN_TOTAL.labels("success").inc()
+    if queued_at is not None:
+        SPAWN_DURATION.observe(max(0.0, time.time() - queued_at))
+
+
+def _request(agent: Agent, *, deleted: bool, then_boot: bool = False) -> Agent:
+    """Mark the agent stopping (and deleted) and queue the sandbox work on its host."""
+    from agents.tasks import agent_halt_task, agent_teardown_task
+
+    changes = {"status": _STATUS.STOPPING, "endpoint": ""}
+    if deleted:
+        changes["deleted_at"] = timezone.now()
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(**changes)
+        if deleted:
+            task, args = agent_teardown_task, (str(agent.pk),)
+        else:
+            task, args = agent_halt_task, (str(agent.pk), then_boot)
+        queue = _queue(agent)
+        transaction.on_commit(lambda: task.apply_async(args, queue=queue))
+    agent.refresh_from_db()
+    return agent
+
+
+def agent_destroy(*, agent: Agent) -> Agent:
+    """Delete the agent: its sandbox is torn down after commit; its row and usage stay."""
+    return _request(agent, deleted=True)
+
+
+def agent_stop(*, agent: Agent) -> Agent:
+    """Stop a pending, starting or running agent; its workspace is kept for a later start."""
+    if agent.status not in Agent.ACTIVE_STATUSES:
+        raise AgentNotRunning(
+            f"the agent is {agent.status}",
+            details={"agent_id": str(agent.pk), "status": agent.status},
+        )
+    return _request(agent, deleted=False)
+
+
+def agent_start(*, agent: Agent) -> Agent:
+    """Boot a stopped or failed agent again, on its host."""
+    from agents.tasks import agent_boot_task
+
+    with transaction.atomic():
+        started = Agent.objects.filter(
+            pk=agent.pk, status__in=[_STATUS.STOPPED, _STATUS.FAILED], deleted_at__isnull=True
+        ).update(status=_STATUS.PENDING, last_error="")
+        if not started:
+            raise AgentNotRunning(
+                f"the agent is {agent.status}; only a stopped or failed agent can be started",
+                details={"agent_id": str(agent.pk), "status": agent.status},
+            )
+        queue, queued_at = _queue(agent), time.time()
+        transaction.on_commit(
+            lambda: agent_boot_task.apply_async((str(agent.pk), queued_at), queue=queue)
+        )
+    agent.refresh_from_db()
+    return agent
+
+
+def agent_restart(*, agent: Agent) -> Agent:
+    """Stop the agent's runtime and boot it again (its workspace is kept)."""
+    if agent.status not in (*Agent.ACTIVE_STATUSES, _STATUS.FAILED, _STATUS.STOPPED):
+        raise AgentNotRunning(f"the agent is {agent.status}", details={"status": agent.status})
+    return _request(agent, deleted=False, then_boot=True)
+
+
+def agent_halt(*, agent_id: str, then_boot: bool = False) -> None:
+    """Stop the sandbox of a stopping agent; mark it stopped, or boot it again for a restart."""
+    agent = Agent.objects.filter(pk=agent_id, status=_STATUS.STOPPING).first()
+    if agent is None:
+        return
+    sandbox.driver().stop(agent.sandbox_id)
+    status = _STATUS.PENDING if then_boot else _STATUS.STOPPED
+    Agent.objects.filter(pk=agent_id, status=_STATUS.STOPPING).update(
+        status=status, stopped_at=timezone.now()
+    )
+    if then_boot:
+        agent_boot(agent_id=agent_id, queued_at=time.time())
+
+
+def agent_teardown(*, agent_id: str) -> None:
+    """Destroy the sandbox of a deleted agent and mark it stopped."""
+    agent = Agent.objects.filter(pk=agent_id).first()
+    if agent is None:
+        return
+    sandbox.driver().destroy(agent.sandbox_id)
+    Agent.objects.filter(pk=agent_id, status=_STATUS.STOPPING).update(
+        status=_STATUS.STOPPED, stopped_at=timezone.now()
+    )
+
+
+def _host_agents(host_name: str | None):  # type: ignore[no-untyped-def]
+    agents = Agent.objects.all()
+    if host_name is None:
+        return agents
+    return agents.filter(Q(host__name=host_name) | Q(host__isnull=True))
+
+
+def agents_reconcile(*, host_name: str | None = None) -> dict[str, int]:
+    """Bring the database and this host's sandboxes back into agreement.
+
+    Running agents whose sandbox died fail; agents stuck starting past twice the boot timeout
+    fail; agents left stopping are stopped or torn down; sandboxes that no agent owns any more
+    are destroyed, and those of stopped agents are stopped.
+    """
+    drv = sandbox.driver()
+    live = {status.id: status for status in drv.list()}
+    agents = _host_agents(host_name)
+    counts = {"failed": 0, "stopped": 0, "torn_down": 0, "orphans": 0}
+    stale = timezone.now() - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_SECONDS * 2)
+    for agent in agents.filter(
+        Q(status=_STATUS.RUNNING) | Q(status=_STATUS.STARTING, updated_at__lt=stale)
+    ):
+        status = live.get(agent.sandbox_id)
+        if status is None or status.state != VmState.RUNNING:
+            _mark_failed(agent, "the sandbox is no longer running")
+            counts["failed"] += 1
+        elif agent.status == _STATUS.STARTING:
+            _mark_failed(agent, "the boot did not finish (its worker may have died)")
+            counts["failed"] += 1
+    for agent in agents.filter(status=_STATUS.STOPPING, updated_at__lt=stale):
+        if agent.deleted_at is None:
+            agent_halt(agent_id=str(agent.pk))
+            counts["stopped"] += 1
+        else:
+            agent_teardown(agent_id=str(agent.pk))
+            counts["torn_down"] += 1
+    owned = dict(
+        Agent.objects.filter(deleted_at__isnull=True, sandbox_id__in=list(live)).values_list(
+            "sandbox_id", "status"
+        )
+    )
+    for sandbox_id, status in live.items():
+        if sandbox_id not in owned:
+            drv.destroy(sandbox_id)
+            counts["orphans"] += 1
+        elif owned[sandbox_id] in (_STATUS.STOPPED, _STATUS.FAILED) and (
+            status.state == VmState.RUNNING
+        ):
+            drv.stop(sandbox_id)
+    return counts
+
+
+def _mark_failed(agent: Agent, reason: str) -> None:
+    drv = sandbox.driver()
+    try:
+        tail = drv.logs(agent.sandbox_id, lines=20)
+    except SandboxNotFound:
+        tail = ""
+    drv.stop(agent.sandbox_id)
+    Agent.objects.filter(pk=agent.pk, status=agent.status).update(
+        status=_STATUS.FAILED,
+        endpoint="",
+        stopped_at=timezone.now(),
+        last_error=reason + (f"\n--- last runtime log lines ---\n{tail}" if tail else ""),
+    )
+
+
+def agents_reap_idle() -> int:
+    """Stop running agents that have had no chat turn for the idle timeout."""
+    timeout = settings.AGENT_IDLE_TIMEOUT_SECONDS
+    if not timeout:
+        return 0
+    cutoff = timezone.now() - timedelta(seconds=timeout)
+    idle = (
+        Agent.objects.select_related("host")
+        .filter(status=_STATUS.RUNNING, deleted_at__isnull=True)
+        .filter(
+            Q(last_active_at__lt=cutoff) | Q(last_active_at__isnull=True, started_at__lt=cutoff)
+        )
+    )
+    count = 0
+    for agent in idle:
+        agent_stop(agent=agent)
+        count += 1
+    return count
