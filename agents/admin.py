@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agents import services
-from agents.models import Agent, Message, Session
+from agents.models import Agent, Message, SandboxHost, Session
 
 
 @admin.register(Agent)
@@ -68,3 +68,20 @@ class MessageAdmin(admin.ModelAdmin):
     list_display = ("session", "role", "created_at", "input_tokens", "output_tokens", "cost_usd")
     list_filter = ("role",)
     list_select_related = ("session",)
+
+
+@admin.register(SandboxHost)
+class SandboxHostAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "backend",
+        "accel",
+        "capacity_vcpus",
+        "capacity_memory_mib",
+        "is_online",
+        "is_draining",
+        "last_seen_at",
+    )
+    list_filter = ("backend", "is_online", "is_draining")
+    search_fields = ("name",)
+    list_editable = ("is_draining",)

@@ -1,0 +1,162 @@
+"""Sandbox hosts: placement by capacity, a clear 503 when full, and real workers as hosts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from agents import sandbox
+from agents.models import Agent, SandboxHost
+from agents.services import agent_spawn, agents_reconcile, host_register
+from console.celery import app
+from console.errors import CapacityExhausted
+from tests.agents.workers import start_worker, wait_for
+from vmdriver import VmState
+
+
+def _host(name: str, vcpus: int, memory: int = 8192, **fields) -> SandboxHost:
+    host = host_register(
+        name=name, backend="process", capacity_vcpus=vcpus, capacity_memory_mib=memory
+    )
+    SandboxHost.objects.filter(pk=host.pk).update(**fields)
+    return host
+
+
+@pytest.fixture
+def only_hosts(db, settings):
+    """Replace the test host with the ones a test makes."""
+    SandboxHost.objects.all().delete()
+    return _host
+
+
+@pytest.mark.django_db
+class TestPlacement:
+    def test_an_agent_goes_to_the_host_with_most_room(self, user, only_hosts, settings):
+        settings.CELERY_TASK_ALWAYS_EAGER = True
+        small, big = only_hosts("small", 4), only_hosts("big", 8)
+        Agent.objects.create(
+            owner=user, model="m", sandbox_id="x", host=big, vcpus=6, status="running"
+        )
+        agent = self._spawn(user, vcpus=1)
+        assert agent.host == small  # 3 free on small against 2 on big
+
+    def _spawn(self, user, **fields) -> Agent:
+        from django.db import transaction
+
+        with transaction.atomic():  # on-commit boots never run inside the test's transaction
+            return agent_spawn(owner=user, **fields)
+
+    def test_a_host_without_room_for_the_memory_is_skipped(self, user, only_hosts):
+        only_hosts("roomy-cpu", 64, memory=512)
+        roomy = only_hosts("roomy-memory", 2, memory=65536)
+        assert self._spawn(user, memory_mib=1024).host == roomy
+
+    def test_draining_and_offline_hosts_take_no_agents(self, user, only_hosts):
+        only_hosts("draining", 64, is_draining=True)
+        only_hosts("offline", 64, is_online=False)
+        online = only_hosts("online", 1)
+        assert self._spawn(user).host == online
+
+    def test_when_no_host_has_room_spawning_is_refused_with_the_reason(self, user, only_hosts):
+        only_hosts("a", 2)
+        with pytest.raises(CapacityExhausted) as refused:
+            self._spawn(user, vcpus=3)
+        assert refused.value.details["hosts"] == [
+            {"name": "a", "free_vcpus": 2, "free_memory_mib": 8192}
+        ]
+        assert not Agent.objects.exists()
+
+    def test_the_api_answers_503_with_retry_after_when_full(self, user, only_hosts, client_for):
+        only_hosts("a", 1)
+        response = client_for(user).post("/v1/agents/spawn", {"cores": 2}, format="json")
+        assert response.status_code == 503
+        assert response["Retry-After"] == "30"
+        error = response.json()["error"]
+        assert error["code"] == "no_capacity"
+        assert "no sandbox host has room for 2 vCPUs" in error["message"]
+
+    def test_with_no_host_online_the_api_says_so(self, user, only_hosts, client_for):
+        response = client_for(user).post("/v1/agents/spawn", {}, format="json")
+        assert response.status_code == 503
+        assert response.json()["error"]["message"] == "no process sandbox host is online"
+
+
+@pytest.fixture
+def real_workers(transactional_db, settings, tmp_path):
+    """Celery workers as separate processes; tasks go through the broker, not eagerly."""
+    settings.GATEWAY_URL = "http://127.0.0.1:9/gateway"
+    SandboxHost.objects.all().delete()
+    workers = []
+    app.conf.task_always_eager = False
+    try:
+        yield (
+            lambda name, vcpus: (
+                workers.append(start_worker(name, tmp_path, vcpus=vcpus)) or (workers[-1])
+            )
+        )
+    finally:
+        app.conf.task_always_eager = True
+        for worker in workers:
+            worker.stop()
+        for worker in workers:
+            settings.SANDBOX_STATE_DIR = worker.state_dir
+            sandbox.driver.cache_clear()
+            for status in sandbox.driver().list():
+                sandbox.driver().destroy(status.id)
+        sandbox.driver.cache_clear()
+
+
+def _online(*names: str) -> bool:
+    return SandboxHost.objects.filter(name__in=names, is_online=True).count() == len(names)
+
+
+def _status(agent: Agent) -> str:
+    agent.refresh_from_db()
+    return agent.status
+
+
+def test_two_workers_serve_two_hosts_each_from_its_own_queue(user, real_workers):
+    alpha, beta = real_workers("alpha", 2), real_workers("beta", 2)
+    wait_for(lambda: _online("alpha", "beta"), 60, "both workers to register their hosts")
+    first = agent_spawn(owner=user, vcpus=2, memory_mib=128)
+    second = agent_spawn(owner=user, vcpus=2, memory_mib=128)
+    assert {first.host.name, second.host.name} == {"alpha", "beta"}
+    for agent in (first, second):
+        wait_for(lambda a=agent: _status(a) in ("running", "failed"), 60, "the boots")
+        assert agent.status == "running", agent.last_error
+        worker = alpha if agent.host.name == "alpha" else beta
+        assert (worker.state_dir / agent.sandbox_id).is_dir()  # booted by its own host
+    with pytest.raises(CapacityExhausted):
+        agent_spawn(owner=user, vcpus=1, memory_mib=128)
+
+
+def test_a_worker_killed_mid_boot_leaves_nothing_behind_after_reconcile(
+    user, real_workers, settings
+):
+    worker = real_workers("gamma", 8)
+    wait_for(lambda: _online("gamma"), 60, "the worker to register its host")
+    for _attempt in range(3):
+        agent = agent_spawn(owner=user, vcpus=1, memory_mib=128)
+        wait_for(lambda a=agent: _status(a) != "pending", 30, "the boot to start")
+        worker.kill()
+        if _status(agent) == "starting":
+            break  # killed in the middle of the boot, as intended
+        worker = real_workers("gamma", 8)
+        wait_for(lambda: _online("gamma"), 60, "the worker to come back")
+    else:
+        pytest.fail("the boot always finished before the worker could be killed")
+
+    settings.SANDBOX_STATE_DIR = worker.state_dir
+    sandbox.driver.cache_clear()
+    stale = timezone.now() - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_SECONDS * 3)
+    Agent.objects.filter(pk=agent.pk).update(updated_at=stale)
+    agents_reconcile(host_name="gamma")
+
+    assert _status(agent) == "failed"
+    assert "did not finish" in agent.last_error or "no longer running" in agent.last_error
+    assert not Agent.objects.filter(status="starting").exists()
+    running = [s.id for s in sandbox.driver().list() if s.state == VmState.RUNNING]
+    live_agents = set(Agent.objects.filter(status="running").values_list("sandbox_id", flat=True))
+    assert set(running) <= live_agents  # no sandbox runs without a running agent
