@@ -33,8 +33,7 @@ def only_hosts(db, settings):
 
 @pytest.mark.django_db
 class TestPlacement:
-    def test_an_agent_goes_to_the_host_with_most_room(self, user, only_hosts, settings):
-        settings.CELERY_TASK_ALWAYS_EAGER = True
+    def test_an_agent_goes_to_the_host_with_most_room(self, user, only_hosts):
         small, big = only_hosts("small", 4), only_hosts("big", 8)
         Agent.objects.create(
             owner=user, model="m", sandbox_id="x", host=big, vcpus=6, status="running"
