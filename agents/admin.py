@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agents import services
-from agents.models import Agent, Message, SandboxHost, Session
+from agents.models import Agent, Message, SandboxHost, Session, WarmPool
 
 
 @admin.register(Agent)
@@ -85,3 +85,11 @@ class SandboxHostAdmin(admin.ModelAdmin):
     list_filter = ("backend", "is_online", "is_draining")
     search_fields = ("name",)
     list_editable = ("is_draining",)
+
+
+@admin.register(WarmPool)
+class WarmPoolAdmin(admin.ModelAdmin):
+    list_display = ("name", "model", "vcpus", "memory_mib", "size", "is_enabled")
+    list_filter = ("is_enabled", "model")
+    search_fields = ("name", "model")
+    list_editable = ("size", "is_enabled")

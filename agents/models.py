@@ -10,7 +10,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-__all__ = ["Agent", "Message", "SandboxHost", "Session"]
+__all__ = ["Agent", "Message", "SandboxHost", "Session", "WarmPool"]
 
 
 class SandboxHost(models.Model):
@@ -34,6 +34,26 @@ class SandboxHost(models.Model):
     @property
     def queue(self) -> str:
         return f"sandboxes.{self.name}"
+
+
+class WarmPool(models.Model):
+    """Agents of one template (model, system prompt, size) kept booted and unowned, so that a
+    matching spawn claims one at once instead of booting."""
+
+    name = models.CharField(max_length=100, unique=True)
+    model = models.CharField(max_length=100)
+    system_prompt = models.TextField(blank=True)
+    vcpus = models.PositiveSmallIntegerField(default=1)
+    memory_mib = models.PositiveIntegerField(default=512)
+    max_concurrent_sessions = models.PositiveIntegerField(default=100)
+    size = models.PositiveIntegerField(default=2, help_text="Agents kept ready.")
+    is_enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Agent(models.Model):
@@ -74,6 +94,14 @@ class Agent(models.Model):
         SandboxHost, on_delete=models.SET_NULL, null=True, blank=True, related_name="agents"
     )
     accel = models.CharField(max_length=8, blank=True, help_text="kvm or tcg, for microVMs.")
+    warm_pool = models.ForeignKey(
+        WarmPool,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="agents",
+        help_text="Set while the agent waits, unclaimed, in this pool.",
+    )
     last_active_at = models.DateTimeField(null=True, blank=True, help_text="Its last chat turn.")
     sandbox_id = models.CharField(max_length=64, blank=True)
     endpoint = models.CharField(max_length=255, blank=True, help_text="Where the runtime listens.")

@@ -20,6 +20,8 @@ __all__ = [
     "agents_reap_idle",
     "agents_reconcile",
     "agents_reconcile_host",
+    "warm_pool_refill_task",
+    "warm_pools_refill",
 ]
 
 # Lifecycle tasks are idempotent on the agent id, so a redelivered task is harmless.
@@ -61,6 +63,16 @@ def agents_reconcile() -> int:
     for name in hosts:
         agents_reconcile_host.apply_async((name,), queue=f"sandboxes.{name}")
     return len(hosts)
+
+
+@shared_task(name="agents.tasks.warm_pool_refill", **_LIFECYCLE)
+def warm_pool_refill_task(pool_id: int) -> int:
+    return services.warm_pool_refill(pool_id=pool_id)
+
+
+@shared_task(name="agents.tasks.warm_pools_refill", soft_time_limit=60, time_limit=90)
+def warm_pools_refill() -> int:
+    return services.warm_pools_refill()
 
 
 @shared_task(name="agents.tasks.agents_reap_idle", soft_time_limit=60, time_limit=90)

@@ -32,6 +32,10 @@ def _prepare(sender: Celery, **_: object) -> None:
             "task": "agents.tasks.agents_reconcile",
             "schedule": settings.RECONCILE_INTERVAL_SECONDS,
         },
+        "refill-warm-pools": {
+            "task": "agents.tasks.warm_pools_refill",
+            "schedule": settings.RECONCILE_INTERVAL_SECONDS,
+        },
         "reap-idle-agents": {
             "task": "agents.tasks.agents_reap_idle",
             "schedule": settings.RECONCILE_INTERVAL_SECONDS,

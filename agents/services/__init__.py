@@ -12,6 +12,7 @@ from agents.services.lifecycle import (
     agent_boot,
     agent_destroy,
     agent_halt,
+    agent_record,
     agent_restart,
     agent_spawn,
     agent_start,
@@ -20,8 +21,10 @@ from agents.services.lifecycle import (
     agents_reap_idle,
     agents_reconcile,
 )
+from agents.services.warm import AgentTemplate, warm_claim, warm_pool_refill, warm_pools_refill
 
 __all__ = [
+    "AgentTemplate",
     "ChatResult",
     "ChatTurn",
     "agent_boot",
@@ -30,6 +33,7 @@ __all__ = [
     "agent_destroy",
     "agent_for_user",
     "agent_halt",
+    "agent_record",
     "agent_restart",
     "agent_spawn",
     "agent_start",
@@ -41,4 +45,7 @@ __all__ = [
     "host_register",
     "host_set_online",
     "hosts_usage",
+    "warm_claim",
+    "warm_pool_refill",
+    "warm_pools_refill",
 ]

@@ -17,8 +17,9 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from agents import sandbox
-from agents.models import Agent
+from agents.models import Agent, WarmPool
 from agents.services.hosts import host_place
+from agents.services.warm import AgentTemplate, warm_claim
 from console.crypto import encrypt
 from console.errors import AgentNotRunning, QuotaExceeded
 from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
@@ -30,6 +31,7 @@ __all__ = [
     "agent_boot",
     "agent_destroy",
     "agent_halt",
+    "agent_record",
     "agent_restart",
     "agent_spawn",
     "agent_start",
@@ -66,11 +68,17 @@ def agent_spawn(
     max_concurrent_sessions: int = 100,
     anthropic_api_key: str = "",
 ) -> Agent:
-    """Check the owner's quota, place the agent on a host with room, and record it pending, in
-    one transaction; its boot is queued on that host after commit."""
-    from agents.tasks import agent_boot_task
-
+    """Check the owner's quota, then claim a matching warm agent, or place a new one on a host
+    with room and record it pending, in one transaction; its boot is queued after commit."""
     user_check_active(user=owner)
+    template = AgentTemplate(
+        model=model or settings.DEFAULT_AGENT_MODEL,
+        system_prompt=system_prompt,
+        vcpus=vcpus,
+        memory_mib=memory_mib,
+        max_concurrent_sessions=max_concurrent_sessions,
+    )
+    key = encrypt(anthropic_api_key) if anthropic_api_key else ""
     with transaction.atomic():
         # Locking the quota row serializes concurrent spawns of one user, so the count is exact.
         quota = Quota.objects.select_for_update().get(pk=quota_get(user=owner).pk)
@@ -80,24 +88,45 @@ def agent_spawn(
         _limit("max_agents", quota.max_agents, used["count"], 1)
         _limit("max_total_vcpus", quota.max_total_vcpus, used["vcpus"] or 0, vcpus)
         _limit("max_total_memory_mib", quota.max_total_memory_mib, used["memory"] or 0, memory_mib)
-        host = host_place(backend=settings.SANDBOX_BACKEND, vcpus=vcpus, memory_mib=memory_mib)
-        agent = Agent.objects.create(
-            owner=owner,
-            name=name,
-            model=model or settings.DEFAULT_AGENT_MODEL,
-            system_prompt=system_prompt,
-            vcpus=vcpus,
-            memory_mib=memory_mib,
-            max_concurrent_sessions=max_concurrent_sessions,
-            backend=settings.SANDBOX_BACKEND,
-            host=host,
-            sandbox_id=str(uuid.uuid4()),
-            anthropic_key_encrypted=encrypt(anthropic_api_key) if anthropic_api_key else "",
-        )
-        queued_at = time.time()
-        transaction.on_commit(
-            lambda: agent_boot_task.apply_async((str(agent.pk), queued_at), queue=host.queue)
-        )
+        claimed = warm_claim(template=template, owner=owner, name=name, anthropic_key=key)
+        if claimed is not None:
+            return claimed
+        return agent_record(template=template, owner=owner, name=name, anthropic_key=key)
+
+
+def agent_record(
+    *,
+    template: AgentTemplate,
+    owner: User,
+    name: str = "",
+    anthropic_key: str = "",
+    warm_pool: WarmPool | None = None,
+) -> Agent:
+    """Place a new agent on a host with room and record it pending; boot it after commit.
+    Call inside a transaction (placement locks the hosts until it commits)."""
+    from agents.tasks import agent_boot_task
+
+    host = host_place(
+        backend=settings.SANDBOX_BACKEND, vcpus=template.vcpus, memory_mib=template.memory_mib
+    )
+    agent = Agent.objects.create(
+        owner=owner,
+        name=name,
+        model=template.model,
+        system_prompt=template.system_prompt,
+        vcpus=template.vcpus,
+        memory_mib=template.memory_mib,
+        max_concurrent_sessions=template.max_concurrent_sessions,
+        backend=settings.SANDBOX_BACKEND,
+        host=host,
+        warm_pool=warm_pool,
+        sandbox_id=str(uuid.uuid4()),
+        anthropic_key_encrypted=anthropic_key,
+    )
+    queued_at = time.time()
+    transaction.on_commit(
+        lambda: agent_boot_task.apply_async((str(agent.pk), queued_at), queue=host.queue)
+    )
     return agent
 
 
@@ -301,7 +330,7 @@ def agents_reap_idle() -> int:
     cutoff = timezone.now() - timedelta(seconds=timeout)
     idle = (
         Agent.objects.select_related("host")
-        .filter(status=_STATUS.RUNNING, deleted_at__isnull=True)
+        .filter(status=_STATUS.RUNNING, deleted_at__isnull=True, warm_pool__isnull=True)
         .filter(
             Q(last_active_at__lt=cutoff) | Q(last_active_at__isnull=True, started_at__lt=cutoff)
         )

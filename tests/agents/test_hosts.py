@@ -118,14 +118,22 @@ def _status(agent: Agent) -> str:
 
 def test_two_workers_serve_two_hosts_each_from_its_own_queue(user, real_workers):
     alpha, beta = real_workers("alpha", 2), real_workers("beta", 2)
-    wait_for(lambda: _online("alpha", "beta"), 60, "both workers to register their hosts")
+    wait_for(
+        lambda: _online("alpha", "beta"),
+        60,
+        f"both workers to register their hosts:\n{alpha.output()[-1500:]}\n{beta.output()[-1500:]}",
+    )
     first = agent_spawn(owner=user, vcpus=2, memory_mib=128)
     second = agent_spawn(owner=user, vcpus=2, memory_mib=128)
     assert {first.host.name, second.host.name} == {"alpha", "beta"}
     for agent in (first, second):
-        wait_for(lambda a=agent: _status(a) in ("running", "failed"), 60, "the boots")
-        assert agent.status == "running", agent.last_error
         worker = alpha if agent.host.name == "alpha" else beta
+        wait_for(
+            lambda a=agent: _status(a) in ("running", "failed"),
+            60,
+            f"the boot on {worker.name}:\n{worker.output()[-3000:]}",
+        )
+        assert agent.status == "running", agent.last_error
         assert (worker.state_dir / agent.sandbox_id).is_dir()  # booted by its own host
     with pytest.raises(CapacityExhausted):
         agent_spawn(owner=user, vcpus=1, memory_mib=128)

@@ -1,0 +1,104 @@
+"""Warm pools: agents booted ahead of demand, so that a matching spawn claims one at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import Agent, WarmPool
+from console.errors import CapacityExhausted
+from console.models import User
+
+__all__ = ["POOL_OWNER", "AgentTemplate", "warm_claim", "warm_pool_refill", "warm_pools_refill"]
+
+POOL_OWNER = "warm-pool"  # the account that holds warm agents until they are claimed
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTemplate:
+    """What makes two agents interchangeable before anyone has talked to them."""
+
+    model: str
+    system_prompt: str = ""
+    vcpus: int = 1
+    memory_mib: int = 512
+    max_concurrent_sessions: int = 100
+
+    @classmethod
+    def of(cls, pool: WarmPool) -> AgentTemplate:
+        return cls(
+            pool.model,
+            pool.system_prompt,
+            pool.vcpus,
+            pool.memory_mib,
+            pool.max_concurrent_sessions,
+        )
+
+
+def _pool_owner() -> User:
+    owner, _ = User.objects.get_or_create(username=POOL_OWNER, defaults={"is_active": False})
+    return owner
+
+
+def warm_claim(
+    *, template: AgentTemplate, owner: User, name: str = "", anthropic_key: str = ""
+) -> Agent | None:
+    """Hand a running warm agent of this template to ``owner``; call inside the spawn's
+    transaction. The pool is refilled after commit."""
+    from agents.tasks import warm_pool_refill_task
+
+    pools = WarmPool.objects.filter(
+        is_enabled=True,
+        model=template.model,
+        system_prompt=template.system_prompt,
+        vcpus=template.vcpus,
+        memory_mib=template.memory_mib,
+        max_concurrent_sessions=template.max_concurrent_sessions,
+    )
+    agent = (
+        Agent.objects.select_for_update(skip_locked=True)
+        .filter(warm_pool__in=pools, status=Agent.Status.RUNNING, deleted_at__isnull=True)
+        .order_by("started_at")
+        .first()
+    )
+    if agent is None:
+        return None
+    pool_id = agent.warm_pool_id
+    Agent.objects.filter(pk=agent.pk).update(
+        owner=owner,
+        name=name,
+        warm_pool=None,
+        anthropic_key_encrypted=anthropic_key,
+        last_active_at=timezone.now(),
+    )
+    transaction.on_commit(lambda: warm_pool_refill_task.delay(pool_id))
+    agent.refresh_from_db()
+    return agent
+
+
+def warm_pool_refill(*, pool_id: int) -> int:
+    """Spawn agents until the pool has its size ready or booting; return how many were added."""
+    from agents.services.lifecycle import agent_record
+
+    with transaction.atomic():
+        pool = WarmPool.objects.select_for_update().filter(pk=pool_id, is_enabled=True).first()
+        if pool is None:
+            return 0
+        ready = Agent.objects.filter(warm_pool=pool, status__in=Agent.ACTIVE_STATUSES).count()
+        owner, added = _pool_owner(), 0
+        for _ in range(max(0, pool.size - ready)):
+            try:
+                agent_record(template=AgentTemplate.of(pool), owner=owner, warm_pool=pool)
+            except CapacityExhausted:
+                break  # the hosts are full; the next refill tries again
+            added += 1
+    return added
+
+
+def warm_pools_refill() -> int:
+    return sum(
+        warm_pool_refill(pool_id=pk)
+        for pk in WarmPool.objects.filter(is_enabled=True).values_list("pk", flat=True)
+    )
