@@ -1,0 +1,186 @@
+"""Spawn-to-ready latency per sandbox backend, cold and from the warm pool, and host memory per
+idle agent.
+
+Runs the console's own spawn path (quota check, placement, sandbox start, health wait) in this
+process against a fresh SQLite database, with boots run inline as a worker runs them. Claims
+from the warm pool are timed as the web process sees them: the refill is only queued.
+
+    python bench/spawn.py [--quick] [--count N] [--backends process,qemu]
+
+Ends with one line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _setup(var_dir: Path) -> None:
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "CONSOLE_VAR_DIR": str(var_dir),
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "CELERY_TASK_ALWAYS_EAGER": "true",
+            "AGENT_IDLE_TIMEOUT_SECONDS": "0",
+        }
+    )
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        os.environ.pop(name, None)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def _tree_pss_kib(pid: int) -> int:
+    """Proportional set size of a process and all its descendants, in KiB."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return total
+
+
+def _report(name: str, value: float, unit: str, op: str, target: float) -> str:
+    ok = value <= target if op == "<=" else value >= target
+    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
+
+
+def bench_backend(backend: str, count: int, owner) -> list[str]:  # type: ignore[no-untyped-def]
+    from django.conf import settings
+
+    from agents import sandbox
+    from agents.models import Agent, WarmPool
+    from agents.services import agent_destroy, agent_spawn, host_register, warm_pool_refill
+    from console.celery import app
+    from console.models import Quota
+    from vmdriver import VmDriverError
+
+    settings.SANDBOX_BACKEND = backend
+    sandbox.driver.cache_clear()
+    try:
+        drv = sandbox.driver()
+    except VmDriverError as exc:  # an unavailable backend is reported, not fatal
+        print(f"{backend}: unavailable here: {exc}")
+        return []
+    accel = sandbox.host_accel()
+    host_register(
+        name=f"bench-{backend}",
+        backend=backend,
+        capacity_vcpus=10_000,
+        capacity_memory_mib=10_000_000,
+        accel=accel,
+    )
+    Quota.objects.filter(user=owner).update(
+        max_agents=10_000, max_total_vcpus=10_000, max_total_memory_mib=10_000_000
+    )
+    memory = 256 if backend == "qemu" else 128
+    lines, cold = [], []
+    agents = []
+    for _ in range(count):
+        started = time.perf_counter()
+        agent = agent_spawn(owner=owner, vcpus=1, memory_mib=memory)
+        agent.refresh_from_db()
+        cold.append((time.perf_counter() - started) * 1000)
+        if agent.status != "running":
+            print(f"{backend}: a boot failed: {agent.last_error[:500]}")
+            return []
+        agents.append(agent)
+    print(
+        f"{backend} cold spawn-to-ready over {count}: p50 {statistics.median(cold):.0f} ms, "
+        f"p95 {_percentile(cold, 95):.0f} ms, max {max(cold):.0f} ms"
+        + (f" (accel {accel})" if accel else "")
+    )
+
+    if backend == "process":
+        pids = [drv.status(a.sandbox_id).pid for a in agents]
+        per_agent = sum(_tree_pss_kib(pid) for pid in pids if pid) / len(pids) / 1024
+        print(f"process: host memory (PSS) per idle agent: {per_agent:.1f} MiB")
+        lines.append(_report("process_cold_spawn_p95", _percentile(cold, 95), "ms", "<=", 500))
+        lines.append(_report("process_idle_agent_memory", per_agent, "MiB", "<=", 60))
+    else:
+        target = 1500 if accel == "kvm" else 8000
+        lines.append(
+            _report(
+                f"microvm_{accel or 'tcg'}_spawn_p95", _percentile(cold, 95), "ms", "<=", target
+            )
+        )
+    for agent in agents:
+        agent_destroy(agent=agent)
+
+    pool = WarmPool.objects.create(
+        name=f"bench-{backend}", model=settings.DEFAULT_AGENT_MODEL, memory_mib=memory, size=count
+    )
+    warm_pool_refill(pool_id=pool.pk)
+    ready = Agent.objects.filter(warm_pool=pool, status="running").count()
+    claims = []
+    app.conf.task_always_eager = False  # as in the web process: the refill is only queued
+    try:
+        for _ in range(ready):
+            started = time.perf_counter()
+            agent = agent_spawn(owner=owner, vcpus=1, memory_mib=memory)
+            claims.append((time.perf_counter() - started) * 1000)
+            assert agent.status == "running", "a claim should hand over a running agent"
+    finally:
+        app.conf.task_always_eager = True
+    print(
+        f"{backend} warm-pool claim over {len(claims)}: p50 {statistics.median(claims):.1f} ms,"
+        f" p95 {_percentile(claims, 95):.1f} ms"
+    )
+    lines.append(_report(f"{backend}_warm_claim_p95", _percentile(claims, 95), "ms", "<=", 50))
+    for agent in Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES):
+        agent_destroy(agent=agent)
+    pool.delete()
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a run of under a minute")
+    parser.add_argument("--count", type=int, help="spawns per backend (default 50; quick 10)")
+    parser.add_argument("--backends", default="process,qemu")
+    args = parser.parse_args()
+    count = args.count or (10 if args.quick else 50)
+    with tempfile.TemporaryDirectory(prefix="bench-spawn-") as var_dir:
+        _setup(Path(var_dir))
+        from console.models import User
+
+        owner = User.objects.create_user(username="bench")
+        lines = []
+        for backend in args.backends.split(","):
+            n = min(count, 3) if backend == "qemu" and args.quick else count
+            lines += bench_backend(backend.strip(), n, owner)
+    for line in lines:
+        print(line)
+    if not lines:
+        sys.exit("no backend could be measured")
+
+
+if __name__ == "__main__":
+    main()
