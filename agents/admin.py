@@ -8,6 +8,7 @@ from django.http import HttpRequest
 
 from agents import services
 from agents.models import Agent, Message, SandboxHost, Session, WarmPool
+from console.errors import ConsoleError
 
 
 @admin.register(Agent)
@@ -40,13 +41,35 @@ class AgentAdmin(admin.ModelAdmin):
         "deleted_at",
     )
     exclude = ("anthropic_key_encrypted",)
-    actions = ("destroy",)
+    actions = ("stop", "start", "restart", "destroy")
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Agent], service, verb: str) -> None:  # type: ignore[no-untyped-def]
+        done, refused = 0, []
+        for agent in queryset.select_related("host").filter(deleted_at__isnull=True):
+            try:
+                service(agent=agent)
+                done += 1
+            except ConsoleError as exc:
+                refused.append(f"{agent}: {exc.message}")
+        self.message_user(request, f"{verb} {done} agent(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Refused: " + "; ".join(refused), messages.WARNING)
+
+    @admin.action(description="Stop the selected agents (keep their workspaces)")
+    def stop(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        self._each(request, queryset, services.agent_stop, "Stopping")
+
+    @admin.action(description="Start the selected stopped or failed agents")
+    def start(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        self._each(request, queryset, services.agent_start, "Starting")
+
+    @admin.action(description="Restart the selected agents")
+    def restart(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        self._each(request, queryset, services.agent_restart, "Restarting")
 
     @admin.action(description="Delete the selected agents (tear their sandboxes down)")
     def destroy(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
-        for agent in queryset.filter(deleted_at__isnull=True):
-            services.agent_destroy(agent=agent)
-        self.message_user(request, "Teardown queued.", messages.SUCCESS)
+        self._each(request, queryset, services.agent_destroy, "Deleting")
 
 
 class MessageInline(admin.TabularInline):

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from agents.models import Agent, WarmPool
 from console.errors import CapacityExhausted
+from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
 from console.models import User
 
 __all__ = ["POOL_OWNER", "AgentTemplate", "warm_claim", "warm_pool_refill", "warm_pools_refill"]
@@ -74,6 +75,8 @@ def warm_claim(
         last_active_at=timezone.now(),
     )
     transaction.on_commit(lambda: warm_pool_refill_task.delay(pool_id))
+    SPAWN_TOTAL.labels("success").inc()
+    SPAWN_DURATION.observe(0.0)  # ready at once: the pool booted it ahead
     agent.refresh_from_db()
     return agent
 

@@ -195,3 +195,20 @@ def test_beat_runs_reconcile_on_its_interval(settings):
     assert app.conf.beat_schedule["reap-idle-agents"]["task"] == "agents.tasks.agents_reap_idle"
     app.loader.import_default_modules()  # what a worker does at start: autodiscover the tasks
     assert "agents.tasks.agents_reconcile" in app.tasks
+
+
+def test_operators_stop_start_and_restart_agents_from_the_admin(user, operator, client):
+    agent = _booted(user)
+    operator.is_superuser = True
+    operator.save()
+    client.force_login(operator)
+    url = "/admin/agents/agent/"
+    for action, expected in (("stop", "stopped"), ("start", "running"), ("restart", "running")):
+        response = client.post(url, {"action": action, "_selected_action": [str(agent.pk)]})
+        assert response.status_code == 302
+        agent.refresh_from_db()
+        assert agent.status == expected, (action, agent.last_error)
+    response = client.post(
+        url, {"action": "start", "_selected_action": [str(agent.pk)]}, follow=True
+    )
+    assert "Refused" in response.content.decode()  # a running agent cannot be started
