@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -43,7 +45,13 @@ class AgentAdmin(admin.ModelAdmin):
     exclude = ("anthropic_key_encrypted",)
     actions = ("stop", "start", "restart", "destroy")
 
-    def _each(self, request: HttpRequest, queryset: QuerySet[Agent], service, verb: str) -> None:  # type: ignore[no-untyped-def]
+    def _each(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Agent],
+        service: Callable[..., Agent],
+        verb: str,
+    ) -> None:
         done, refused = 0, []
         for agent in queryset.select_related("host").filter(deleted_at__isnull=True):
             try:
