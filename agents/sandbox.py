@@ -93,7 +93,6 @@ def runtime_spec(*, agent: Agent) -> VmSpec:
     env = {
         "AGENT_ID": str(agent.id),
         "AGENT_GATEWAY_URL": settings.GATEWAY_URL,
-        "AGENT_GATEWAY_TOKEN": agent_token_issue(agent=agent),
         "AGENT_MODEL": agent.model,
         "AGENT_SYSTEM_PROMPT": agent.system_prompt,
         "AGENT_MAX_CONCURRENT_SESSIONS": str(agent.max_concurrent_sessions),
@@ -108,6 +107,7 @@ def runtime_spec(*, agent: Agent) -> VmSpec:
         env=env,
         ports=(8080,),
         gateway=settings.GATEWAY_URL,
+        secrets={"AGENT_GATEWAY_TOKEN": agent_token_issue(agent=agent)},
     )
 
 

@@ -121,6 +121,9 @@ class ProcessDriver:
             "gateway": spec.gateway,
         }
         (path / "spec.json").write_text(json.dumps(data))
+        secrets = path / "secrets.json"
+        secrets.touch(mode=0o600)
+        secrets.write_text(json.dumps(dict(spec.secrets)))
         self.socket_root.mkdir(mode=0o700, exist_ok=True)
         self._run_dir(spec.name).mkdir(mode=0o700, exist_ok=True)
         isolation = {
@@ -143,6 +146,13 @@ class ProcessDriver:
             gateway=data.get("gateway", ""),
         )
 
+    def _secrets(self, path: Path) -> dict[str, str]:
+        try:
+            loaded: dict[str, str] = json.loads((path / "secrets.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return loaded
+
     def _live_pid(self, path: Path) -> int | None:
         try:
             pid_text, started = (path / "pid").read_text().split()
@@ -162,7 +172,8 @@ class ProcessDriver:
             )
         port = _free_port()
         env = {"PATH": os.environ.get("PATH", _SANDBOX_PATH), "HOME": str(path / "workspace")}
-        env |= dict(spec.env) | {"SANDBOX_LISTEN": f"tcp:127.0.0.1:{port}"}
+        # Unsandboxed, there is nothing to hide secrets from: they go in the environment.
+        env |= dict(spec.env) | self._secrets(path) | {"SANDBOX_LISTEN": f"tcp:127.0.0.1:{port}"}
         return list(spec.image), env, f"http://127.0.0.1:{port}"
 
     def start(self, handle: VmHandle) -> VmHandle:

@@ -41,6 +41,20 @@ async def _relay_to(host: str, port: int, inner_r, inner_w) -> None:  # type: ig
     await asyncio.gather(_pipe(inner_r, outer_w), _pipe(outer_r, inner_w))
 
 
+def _write_secrets(sandbox_dir: Path, folder: Path) -> None:
+    """One file per secret, for the program to read once and delete."""
+    try:
+        secrets: dict[str, str] = json.loads((sandbox_dir / "secrets.json").read_text())
+    except (OSError, ValueError):
+        secrets = {}
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for name, value in secrets.items():
+        target = folder / name
+        target.unlink(missing_ok=True)
+        target.touch(mode=0o600)
+        target.write_text(value)
+
+
 async def supervise(sandbox_dir: Path) -> int:
     spec = json.loads((sandbox_dir / "spec.json").read_text())
     options = json.loads((sandbox_dir / "isolation.json").read_text())
@@ -48,6 +62,8 @@ async def supervise(sandbox_dir: Path) -> int:
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = dict(options["base_env"]) | spec["env"]
     env["SANDBOX_LISTEN"] = f"unix:{INSIDE_RUN_DIR}/agent.sock"
+    _write_secrets(sandbox_dir, run_dir / "secrets")
+    env["SANDBOX_SECRETS"] = f"{INSIDE_RUN_DIR}/secrets"
 
     relay = None
     if spec.get("gateway"):

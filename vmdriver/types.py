@@ -20,7 +20,9 @@ class VmSpec:
     image name), its environment, the guest ports to expose, and ``gateway``: the one URL the
     sandbox may reach (its only way out). Inside, ``SANDBOX_LISTEN`` says where the program
     should listen and ``SANDBOX_GATEWAY`` how to reach the gateway (``unix:<path>`` or
-    ``tcp:<host>:<port>``)."""
+    ``tcp:<host>:<port>``). ``secrets`` reach the program as files in the folder named by
+    ``SANDBOX_SECRETS`` (for it to read and delete), never in an environment that other
+    processes in the sandbox could read."""
 
     name: str
     vcpus: int = 1
@@ -29,6 +31,7 @@ class VmSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[int, ...] = ()
     gateway: str = ""
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -38,6 +41,7 @@ class VmSpec:
         if self.memory_mib < 16:
             raise ValueError("memory_mib must be at least 16")
         object.__setattr__(self, "env", _frozen_env(self.env))
+        object.__setattr__(self, "secrets", _frozen_env(self.secrets))
 
 
 @dataclass(frozen=True, slots=True)

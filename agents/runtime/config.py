@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["RuntimeConfig"]
@@ -53,6 +54,21 @@ def _gateway(url: str) -> tuple[str, str]:
     return url, ""
 
 
+def _secret(name: str) -> str:
+    """A secret from the sandbox's secrets folder (read once, then deleted), else the env."""
+    folder = os.environ.get("SANDBOX_SECRETS", "")
+    if folder:
+        path = Path(folder) / name
+        try:
+            value = path.read_text()
+        except OSError:
+            pass
+        else:
+            path.unlink(missing_ok=True)
+            return value
+    return os.environ.get(name, "")
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeConfig:
     agent_id: str
@@ -81,7 +97,7 @@ class RuntimeConfig:
             socket_path=socket_path,
             gateway_url=gateway_url,
             gateway_socket=gateway_socket,
-            gateway_token=os.environ.get("AGENT_GATEWAY_TOKEN", ""),
+            gateway_token=_secret("AGENT_GATEWAY_TOKEN"),
             model=os.environ.get("AGENT_MODEL", "claude-sonnet-5-5"),
             system_prompt=os.environ.get("AGENT_SYSTEM_PROMPT", ""),
             max_concurrent_sessions=max(1, _int("AGENT_MAX_CONCURRENT_SESSIONS", 100)),

@@ -1,8 +1,11 @@
-"""The runtime's HTTP server: health, readiness, metrics and chat (JSON or an SSE stream)."""
+"""The runtime's HTTP server: health, readiness, metrics and chat (JSON or an SSE stream),
+with Claude's tool-use loop (see ``Turn``, ``loop`` and ``tools``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import time
 import uuid
@@ -21,12 +24,22 @@ from prometheus_client import (
 )
 
 from agents.runtime.config import RuntimeConfig
+from agents.runtime.loop import (
+    StreamedReply,
+    reply_text,
+    round_limit_note,
+    tool_event,
+    tool_result_block,
+    tool_uses,
+)
 from agents.runtime.sse import sse_events, sse_frame
+from agents.runtime.tools import Toolbox, ToolConfig
 
 __all__ = ["build_app", "main"]
 
 log = logging.getLogger("agents.runtime")
 ANTHROPIC_VERSION = "2023-06-01"
+_PR_SET_DUMPABLE = 4
 CONFIG_KEY = web.AppKey("config", RuntimeConfig)
 STATE_KEY = web.AppKey("state", "RuntimeState")
 
@@ -55,6 +68,12 @@ class Metrics:
         self.errors = Counter(
             "agent_errors", "Errors, by kind.", ["error_type"], registry=self.registry
         )
+        self.tool_calls = Counter(
+            "agent_tool_calls",
+            "Tool calls Claude made, by tool and outcome (ok or error).",
+            ["tool", "status"],
+            registry=self.registry,
+        )
 
 
 @dataclass
@@ -78,6 +97,7 @@ class ChatError(Exception):
 @dataclass
 class RuntimeState:
     config: RuntimeConfig
+    toolbox: Toolbox
     metrics: Metrics = field(default_factory=Metrics)
     sessions: dict[str, ChatSession] = field(default_factory=dict)
     http: ClientSession | None = None
@@ -146,11 +166,18 @@ def _parse_chat(body: Any) -> dict[str, Any]:
 
 
 class Turn:
-    """One chat turn: the request to the gateway and what came back, summed over its calls."""
+    """One chat turn: the requests to the gateway and what came back, summed over its calls.
+
+    While a reply stops for ``tool_use``, its tools run and the gateway is called again with
+    their results, for at most ``AGENT_MAX_TOOL_ROUNDS`` rounds. ``content`` is the text of the
+    turn's last reply only: text Claude wrote before calling a tool narrates the work (a stream
+    sends it as deltas as it comes) and stays in the history, but is not the answer.
+    """
 
     def __init__(self, state: RuntimeState, session: ChatSession, max_tokens: int) -> None:
         self.state, self.session, self.max_tokens = state, session, max_tokens
         self.usage = {"input_tokens": 0, "output_tokens": 0}
+        self.content = ""
 
     def _request(self, stream: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
         config = self.state.config
@@ -161,6 +188,8 @@ class Turn:
         }
         if config.system_prompt:
             payload["system"] = config.system_prompt
+        if tools := self.state.toolbox.definitions:
+            payload["tools"] = tools
         if stream:
             payload["stream"] = True
         headers = {
@@ -194,29 +223,70 @@ class Turn:
             raise ChatError(response.status, code, message, error.get("details"))
         return response
 
-    async def run(self) -> str:
-        response = await self._post(stream=False)
-        message = await response.json()
-        self._count(message.get("usage", {}))
-        self.session.history.append({"role": "assistant", "content": message["content"]})
-        return "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")
+    def _keep(
+        self, content: list[dict[str, Any]], stop_reason: str | None, rounds: int
+    ) -> list[dict[str, Any]]:
+        """Record a reply; return the tool calls to answer, or [] when the turn is over."""
+        uses = tool_uses(content) if stop_reason == "tool_use" else []
+        max_rounds = self.state.toolbox.config.max_rounds
+        if uses and rounds >= max_rounds:
+            # Its tool calls go unanswered, so they leave the history, which must stay valid.
+            note = round_limit_note(max_rounds)
+            content = [b for b in content if b.get("type") != "tool_use"]
+            content.append({"type": "text", "text": note})
+            self.content = "\n\n".join(filter(None, (reply_text(content[:-1]), note)))
+            uses = []
+        else:
+            self.content = reply_text(content)
+        self.session.history.append({"role": "assistant", "content": content})
+        return uses
 
-    async def stream(self) -> AsyncIterator[str]:
-        response = await self._post(stream=True)
-        blocks: list[str] = []
-        async for event, data in sse_events(response.content):
-            if event == "message_start":
-                self._count(data["message"].get("usage", {}) | {"output_tokens": 0})
-            elif event == "content_block_delta" and data["delta"].get("type") == "text_delta":
-                blocks.append(data["delta"]["text"])
-                yield data["delta"]["text"]
-            elif event == "message_delta":
-                self._count({"output_tokens": data.get("usage", {}).get("output_tokens", 0)})
-            elif event == "error":
-                raise ChatError(502, "upstream_error", data.get("error", {}).get("message", ""))
-        self.session.history.append(
-            {"role": "assistant", "content": [{"type": "text", "text": "".join(blocks)}]}
-        )
+    async def _use_tools(self, uses: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """Run the tools in order, yielding a ``tool`` event for each, then answer them all."""
+        toolbox, results = self.state.toolbox, []
+        for use in uses:
+            result = await toolbox.run(use.get("name", ""), use.get("input"))
+            label = use.get("name", "") if toolbox.knows(use.get("name", "")) else "unknown"
+            status = "error" if result.is_error else "ok"
+            self.state.metrics.tool_calls.labels(label, status).inc()
+            results.append(tool_result_block(use, result))
+            yield tool_event(use, result)
+        self.session.history.append({"role": "user", "content": results})
+
+    async def run(self) -> str:
+        rounds = 0
+        while True:
+            response = await self._post(stream=False)
+            message = await response.json()
+            self._count(message.get("usage", {}))
+            uses = self._keep(message["content"], message.get("stop_reason"), rounds)
+            if not uses:
+                return self.content
+            async for _ in self._use_tools(uses):
+                pass
+            rounds += 1
+
+    async def stream(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The turn as ``delta`` events for the replies' text and a ``tool`` event per tool run."""
+        rounds = 0
+        while True:
+            response = await self._post(stream=True)
+            reply = StreamedReply()
+            async for event, data in sse_events(response.content):
+                if event == "message_start":
+                    self._count(data["message"].get("usage", {}) | {"output_tokens": 0})
+                elif event == "message_delta":
+                    self._count({"output_tokens": data.get("usage", {}).get("output_tokens", 0)})
+                elif event == "error":
+                    raise ChatError(502, "upstream_error", data.get("error", {}).get("message", ""))
+                if text := reply.feed(event, data):
+                    yield "delta", {"text": text}
+            uses = self._keep(reply.content, reply.stop_reason, rounds)
+            if not uses:
+                return
+            async for tool in self._use_tools(uses):
+                yield "tool", tool
+            rounds += 1
 
     def result(self, content: str) -> dict[str, Any]:
         usage = self.usage | {
@@ -266,11 +336,9 @@ async def _chat_stream(request: web.Request, turn: Turn, history_length: int):
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    parts: list[str] = []
     try:
-        async for text in turn.stream():
-            parts.append(text)
-            await response.write(sse_frame("delta", {"text": text}))
+        async for event, data in turn.stream():
+            await response.write(sse_frame(event, data))
     except ChatError as exc:
         turn.state.roll_back(turn.session, history_length)
         turn.state.metrics.errors.labels(exc.code).inc()
@@ -279,7 +347,7 @@ async def _chat_stream(request: web.Request, turn: Turn, history_length: int):
         turn.state.roll_back(turn.session, history_length)  # e.g. the client went away
         raise
     else:
-        await response.write(sse_frame("done", turn.result("".join(parts))))
+        await response.write(sse_frame("done", turn.result(turn.content)))
     await response.write_eof()
     return response
 
@@ -325,10 +393,12 @@ async def _measure(
         metrics_.duration.labels(endpoint).observe(time.perf_counter() - started)
 
 
-def build_app(config: RuntimeConfig) -> web.Application:
+def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.Application:
+    """The runtime's app; ``tools`` is read from the environment when not given."""
     app = web.Application(middlewares=[_measure], client_max_size=4 * 1024 * 1024)
     app[CONFIG_KEY] = config
-    app[STATE_KEY] = state = RuntimeState(config)
+    toolbox = Toolbox(tools or ToolConfig.from_env(), gateway_token=config.gateway_token)
+    app[STATE_KEY] = state = RuntimeState(config, toolbox)
 
     async def _client(app: web.Application) -> AsyncIterator[None]:
         connector = UnixConnector(path=config.gateway_socket) if config.gateway_socket else None
@@ -346,14 +416,29 @@ def build_app(config: RuntimeConfig) -> web.Application:
     return app
 
 
+def _hide_environment() -> None:
+    """Make this process non-dumpable, so the commands its tools run (same user, no
+    capabilities) cannot read its environment, and with it the gateway token, from /proc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _hide_environment()
     config = RuntimeConfig.from_env()
+    tools = ToolConfig.from_env()
     where = config.socket_path or f"{config.host}:{config.port}"
-    log.info("agent %s listening on %s", config.agent_id, where)
+    log.info(
+        "agent %s listening on %s; tools: %s in %s",
+        config.agent_id,
+        where,
+        ", ".join(tools.enabled) or "none",
+        tools.workspace,
+    )
     listen = (
         {"path": config.socket_path}
         if config.socket_path
         else {"host": config.host, "port": config.port}
     )
-    web.run_app(build_app(config), print=None, handle_signals=True, **listen)
+    web.run_app(build_app(config, tools), print=None, handle_signals=True, **listen)

@@ -103,7 +103,11 @@ def gateway() -> Iterator[FakeAnthropic]:
 
 @pytest.fixture(scope="module")
 def runtime(gateway: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    started = _spawn(tmp_path_factory.mktemp("runtime") / "log", gateway.base_url)
+    # The plain chat path, without tools (test_runtime_tools.py covers the tool loop), so that
+    # token counts are those of the prompts alone.
+    started = _spawn(
+        tmp_path_factory.mktemp("runtime") / "log", gateway.base_url, AGENT_TOOLS="none"
+    )
     yield started
     _terminate(started)
 

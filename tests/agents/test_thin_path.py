@@ -17,7 +17,7 @@ from agents.models import Agent, Message
 from agents.sandbox import runtime_client_sync
 from console.models import Quota, UsageRecord
 from tests.conftest import PLATFORM_KEY
-from tests.fakes.anthropic import Error, count_tokens
+from tests.fakes.anthropic import Error, _input_tokens, count_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,7 +56,9 @@ def test_spawn_then_chat_answers_from_claude_and_ledgers_the_cost(alice, fake_an
     reply = response.json()
     assert reply["content"] == "Echo: Hello there"
     assert reply["status"] == "completed"
-    expected_input = count_tokens("Be brief.\nHello there")
+    # The runtime offers Claude its tools, so their definitions count as input too.
+    expected_input = _input_tokens(fake_anthropic.requests[-1].body)
+    assert expected_input > count_tokens("Be brief.\nHello there")
     expected_output = count_tokens("Echo: Hello there")
     assert reply["usage"] == {
         "input_tokens": expected_input,
