@@ -40,10 +40,17 @@ def make_driver(
     state_dir: Path,
     isolation: str = "bwrap",
     ro_binds: Sequence[tuple[str, str]] = (),
+    guest_dir: Path | None = None,
 ) -> Driver:
-    """The driver for ``backend``, keeping its state under ``state_dir``."""
+    """The driver for ``backend``, keeping its state under ``state_dir``; the ``qemu`` backend
+    boots the guest built in ``guest_dir`` (by default ``state_dir``'s sibling ``guest``)."""
     if backend == "process":
         from vmdriver.process import ProcessDriver
 
         return ProcessDriver(state_dir=state_dir, isolation=isolation, ro_binds=ro_binds)
+    if backend == "qemu":
+        from vmdriver.qemu import QemuDriver
+
+        guest = guest_dir if guest_dir is not None else Path(state_dir).parent / "guest"
+        return QemuDriver(state_dir=state_dir, guest_dir=guest)
     raise BackendUnavailable(f"sandbox backend {backend!r} is not available on this host")

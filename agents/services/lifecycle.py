@@ -112,11 +112,7 @@ def agent_record(
     agent = Agent.objects.create(
         owner=owner,
         name=name,
-        model=template.model,
-        system_prompt=template.system_prompt,
-        vcpus=template.vcpus,
-        memory_mib=template.memory_mib,
-        max_concurrent_sessions=template.max_concurrent_sessions,
+        **template.fields(),
         backend=settings.SANDBOX_BACKEND,
         host=host,
         warm_pool=warm_pool,

@@ -27,6 +27,16 @@ class AgentTemplate:
     memory_mib: int = 512
     max_concurrent_sessions: int = 100
 
+    def fields(self) -> dict[str, object]:
+        """The template as model fields, shared by agents and warm pools."""
+        return {
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "max_concurrent_sessions": self.max_concurrent_sessions,
+        }
+
     @classmethod
     def of(cls, pool: WarmPool) -> AgentTemplate:
         return cls(
@@ -50,14 +60,7 @@ def warm_claim(
     transaction. The pool is refilled after commit."""
     from agents.tasks import warm_pool_refill_task
 
-    pools = WarmPool.objects.filter(
-        is_enabled=True,
-        model=template.model,
-        system_prompt=template.system_prompt,
-        vcpus=template.vcpus,
-        memory_mib=template.memory_mib,
-        max_concurrent_sessions=template.max_concurrent_sessions,
-    )
+    pools = WarmPool.objects.filter(is_enabled=True, **template.fields())
     agent = (
         Agent.objects.select_for_update(skip_locked=True)
         .filter(warm_pool__in=pools, status=Agent.Status.RUNNING, deleted_at__isnull=True)
