@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from celery import Celery
@@ -54,16 +55,24 @@ def _consume_this_hosts_queue(sender: str, instance: object, **_: object) -> Non
 @worker_ready.connect
 def _register_this_host(**_: object) -> None:
     from django.conf import settings
+    from django.db import OperationalError
 
     from agents import sandbox, services
 
-    services.host_register(
-        name=settings.SANDBOX_HOST_NAME,
-        backend=settings.SANDBOX_BACKEND,
-        capacity_vcpus=settings.SANDBOX_HOST_VCPUS,
-        capacity_memory_mib=settings.SANDBOX_HOST_MEMORY_MIB,
-        accel=sandbox.host_accel(),
-    )
+    accel = sandbox.host_accel()
+    for attempt in range(10):
+        try:
+            services.host_register(
+                name=settings.SANDBOX_HOST_NAME,
+                backend=settings.SANDBOX_BACKEND,
+                capacity_vcpus=settings.SANDBOX_HOST_VCPUS,
+                capacity_memory_mib=settings.SANDBOX_HOST_MEMORY_MIB,
+                accel=accel,
+            )
+            return
+        except OperationalError:  # the database is busy or not up yet: try again shortly
+            time.sleep(0.5 * (attempt + 1))
+    raise RuntimeError(f"could not register sandbox host {settings.SANDBOX_HOST_NAME}")
 
 
 @worker_shutdown.connect

@@ -91,10 +91,12 @@ def start_worker(name: str, tmp_path: Path, *, vcpus: int, **env: str) -> Worker
     return Worker(name, state_dir, proc, log)
 
 
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float, what, *workers: Worker):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it is truthy; on time-out, fail with the workers' log tails."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := predicate():
             return result
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    logs = "\n".join(f"--- {w.name} ---\n{w.output()[-3000:]}" for w in workers)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
