@@ -89,17 +89,22 @@ def _turn_begin(*, user: User, agent: Agent, session_id: str | None, prompt: str
     return session
 
 
+def _storable(text: str) -> str:
+    # Model output may hold NUL characters, which PostgreSQL text cannot store.
+    return text.replace("\x00", "\ufffd")
+
+
 def _turn_finish(*, session: Session, prompt: str, content: str, since: datetime) -> ChatResult:
     """Record both sides of a completed turn, with the tokens and cost the gateway ledgered."""
     totals = UsageRecord.objects.filter(session_id=session.pk, created_at__gte=since).aggregate(
         input=Sum("input_tokens"), output=Sum("output_tokens"), cost=Sum("cost_usd")
     )
     with transaction.atomic():
-        Message.objects.create(session=session, role=Message.Role.USER, content=prompt)
+        Message.objects.create(session=session, role=Message.Role.USER, content=_storable(prompt))
         Message.objects.create(
             session=session,
             role=Message.Role.ASSISTANT,
-            content=content,
+            content=_storable(content),
             input_tokens=totals["input"] or 0,
             output_tokens=totals["output"] or 0,
             cost_usd=totals["cost"] or Decimal(0),

@@ -17,7 +17,7 @@ from agents.models import Agent, Message
 from agents.sandbox import runtime_client_sync
 from console.models import Quota, UsageRecord
 from tests.conftest import PLATFORM_KEY
-from tests.fakes.anthropic import Error, _input_tokens, count_tokens
+from tests.fakes.anthropic import Error, Text, _input_tokens, count_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -193,3 +193,13 @@ def test_a_streamed_chat_with_a_stopped_agent_is_refused_before_streaming(alice,
     response = alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi", "stream": True})
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "agent_not_running"
+
+
+def test_a_reply_holding_nul_characters_is_stored_and_returned(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    fake_anthropic.enqueue(Text("before\x00after"))
+    reply = alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["content"] == "before\x00after"  # the client gets what Claude said
+    stored = Message.objects.get(session_id=reply.json()["session_id"], role="assistant")
+    assert stored.content == "before\ufffdafter"
