@@ -1,0 +1,595 @@
+"""The ``qemu`` backend: each sandbox is a microVM (QEMU ``-M microvm``) running the agent runtime.
+
+The guest (Debian's cloud kernel and an initramfs with Python and the runtime) is built by
+``python -m vmdriver.guest.build --out GUEST_DIR``. Each VM gets QEMU's user network with
+``restrict=on``: the console reaches the runtime through a forwarded loopback port, and the one
+way out of the guest is a forward from 10.0.2.100 to the console's gateway (``spec.gateway``),
+each connection carried by ``vmdriver/guest/gatewayfwd.py``. No route, no DNS, nothing else.
+
+The runtime's environment travels as a JSON object in a fw_cfg item, so values may hold any text.
+Acceleration is KVM where ``/dev/kvm`` really runs a guest (probed once per host by booting a
+tiny guest, see ``detect_accel``), TCG otherwise. State lives on disk under ``state_dir/<id>/``
+as for the ``process`` backend: spec, pid, endpoint, accel, log (the serial console).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from vmdriver.errors import BackendUnavailable, SandboxNotFound, VmStartError
+from vmdriver.guest import (
+    ENV_FW_CFG_NAME,
+    GATEWAY_GUEST_IP,
+    GUEST_PORT,
+    INITRD,
+    KERNEL,
+    MANIFEST,
+    PROBE_INITRD,
+    PROBE_MARKER,
+    find_image,
+)
+from vmdriver.types import VmHandle, VmSpec, VmState, VmStatus
+
+__all__ = [
+    "ACCELS",
+    "GatewayRoute",
+    "QemuDriver",
+    "detect_accel",
+    "gateway_route",
+    "guest_env",
+    "qemu_argv",
+    "tcg_tsc_khz",
+]
+
+QEMU = "qemu-system-x86_64"
+ACCELS = ("kvm", "tcg")
+MIN_MEMORY_MIB = 256
+KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1"
+GUEST_WORKSPACE = "/workspace"
+_GUEST_BASE_ENV = {"PATH": "/usr/bin:/bin", "HOME": GUEST_WORKSPACE, "LANG": "C.UTF-8"}
+_RELAY = Path(__file__).resolve().parent / "guest" / "gatewayfwd.py"
+_HOST_FACTS = "host.json"
+_TSC_ATTEMPTS = 3
+_TSC_DETECTED = re.compile(rb"tsc: Detected ([0-9]+\.[0-9]+) MHz processor")
+_TSC_FAILED = b"Marking TSC unstable"
+_LISTEN_WAIT = 5.0
+_START_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """Where the guest's one way out leads: the gateway's host address and its port, which
+    the guest reaches as ``10.0.2.100:<port>``."""
+
+    host: str
+    port: int
+
+    @property
+    def guest_address(self) -> str:
+        return f"{GATEWAY_GUEST_IP}:{self.port}"
+
+
+def gateway_route(url: str) -> GatewayRoute | None:
+    """The route to the gateway at ``url`` (``http://host:port/path``), or None without one."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"the gateway must be an http(s) URL, not {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return GatewayRoute(host=parts.hostname, port=port)
+
+
+def _through(url: str, route: GatewayRoute) -> str:
+    """``url`` with its host and port replaced by the guest's address of the gateway."""
+    return urlunsplit(urlsplit(url)._replace(netloc=route.guest_address))
+
+
+def guest_env(spec: VmSpec, route: GatewayRoute | None) -> dict[str, str]:
+    """The agent runtime's environment inside the guest: the spec's, plus where to listen and
+    how to reach the gateway (``SANDBOX_*``, and the older ``AGENT_HOST``/``AGENT_PORT`` and a
+    rewritten ``AGENT_GATEWAY_URL`` for runtimes that predate them). The tools act in the
+    guest's ``/workspace``, whatever host path the spec named. The spec's secrets join the
+    environment here: the guest is the sandbox, and they travel by fw_cfg, not the command
+    line."""
+    env = _GUEST_BASE_ENV | dict(spec.env) | dict(spec.secrets)
+    env |= {
+        "SANDBOX_LISTEN": f"tcp:0.0.0.0:{GUEST_PORT}",
+        "AGENT_HOST": "0.0.0.0",
+        "AGENT_PORT": str(GUEST_PORT),
+        "AGENT_WORKSPACE": GUEST_WORKSPACE,
+    }
+    if route is None:
+        env.pop("SANDBOX_GATEWAY", None)
+        return env
+    env["SANDBOX_GATEWAY"] = f"tcp:{route.guest_address}"
+    env["AGENT_GATEWAY_URL"] = _through(env.get("AGENT_GATEWAY_URL") or spec.gateway, route)
+    return env
+
+
+def _opt(value: str) -> str:
+    """A value inside a QEMU ``-opt key=value,...`` list: commas are doubled."""
+    return value.replace(",", ",,")
+
+
+def _accel_args(accel: str) -> list[str]:
+    if accel not in ACCELS:
+        raise ValueError(f"accel must be one of {ACCELS}, not {accel!r}")
+    return ["-accel", accel, "-cpu", "host" if accel == "kvm" else "max"]
+
+
+def _machine_args(
+    kernel: Path, initrd: Path, memory_mib: int, vcpus: int, cmdline: str = KERNEL_CMDLINE
+) -> list[str]:
+    # No default devices, no display; the serial console is QEMU's stdout (the sandbox's log).
+    fixed = "-M microvm -nodefaults -no-user-config -display none -serial stdio -no-reboot"
+    return [
+        *fixed.split(),
+        *("-smp", str(vcpus), "-m", f"{memory_mib}M"),
+        *("-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline),
+    ]
+
+
+def qemu_argv(
+    *,
+    spec: VmSpec,
+    accel: str,
+    kernel: Path,
+    initrd: Path,
+    env_file: Path,
+    host_port: int,
+    route: GatewayRoute | None,
+    qemu: str = QEMU,
+    relay: Sequence[str] = (sys.executable, "-I", str(_RELAY)),
+    tsc_khz: int | None = None,
+) -> list[str]:
+    """The QEMU command line that boots ``spec`` as a microVM.
+
+    Its network is QEMU's user mode with ``restrict=on`` (the guest cannot reach the host or
+    beyond), one ``hostfwd`` from ``127.0.0.1:<host_port>`` to the runtime, and, with a gateway,
+    one ``guestfwd`` from ``10.0.2.100:<port>`` to a relay that connects to the gateway.
+    ``tsc_khz`` spares a TCG guest its fragile TSC calibration (see ``tcg_tsc_khz``).
+    """
+    cmdline = KERNEL_CMDLINE
+    if tsc_khz is not None and accel == "tcg":
+        cmdline += f" tsc_early_khz={tsc_khz}"
+    netdev = [
+        "user",
+        "id=net0",
+        "restrict=on",
+        f"hostfwd=tcp:127.0.0.1:{host_port}-:{GUEST_PORT}",
+    ]
+    if route is not None:
+        command = shlex.join([*relay, route.host, str(route.port)])
+        netdev.append(_opt(f"guestfwd=tcp:{route.guest_address}-cmd:{command}"))
+    return [
+        qemu,
+        "-name",
+        _opt(f"sandbox-{spec.name}"),
+        *_accel_args(accel),
+        *_machine_args(kernel, initrd, max(spec.memory_mib, MIN_MEMORY_MIB), spec.vcpus, cmdline),
+        "-netdev",
+        ",".join(netdev),
+        "-device",
+        "virtio-net-device,netdev=net0",
+        "-device",
+        "virtio-rng-device",
+        "-fw_cfg",
+        f"name={ENV_FW_CFG_NAME},file={_opt(str(env_file))}",
+        # QEMU's own seccomp filter. Spawning and set*id stay allowed: the gateway relay is
+        # spawned (glib's spawn needs the set*id calls that elevateprivileges=deny stops).
+        "-sandbox",
+        "on,obsolete=deny,resourcecontrol=deny",
+    ]
+
+
+def _image(guest_dir: Path) -> Path:
+    image = find_image(guest_dir)
+    if image is None:
+        raise BackendUnavailable(
+            f"no microVM guest image in {guest_dir}: build it with "
+            f"`python -m vmdriver.guest.build --out {guest_dir}`"
+        )
+    return image
+
+
+def _qemu_binary(qemu: str) -> str:
+    found = shutil.which(qemu)
+    if found is None:
+        raise BackendUnavailable(
+            f"{qemu} is not installed: it is Debian's qemu-system-x86 "
+            "(vmdriver/guest/host-packages.sh installs it)"
+        )
+    return found
+
+
+def _serial_until(argv: list[str], timeout: float, done: Callable[[bytes], bool]) -> bytes:
+    """Run a probe guest and return its serial output once ``done(output)``, it ends, or
+    ``timeout`` passes; the guest is killed either way."""
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    except OSError as exc:
+        return f"{exc}".encode()
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([proc.stdout], [], [], left)
+            if not ready:
+                break
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            seen = (seen + chunk)[-65536:]
+            if done(seen):
+                break
+        return seen
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+class _HostFacts:
+    """What probing found about this host, kept in ``guest_dir/host.json`` and keyed by the
+    host's kernel, QEMU and the guest's kernel, so that a change of any of them probes again."""
+
+    def __init__(self, guest_dir: Path, qemu: str) -> None:
+        self.image = _image(guest_dir)
+        self.qemu = _qemu_binary(qemu)
+        manifest = json.loads((self.image / MANIFEST).read_text())
+        self.key = {
+            "host_kernel": os.uname().release,
+            "qemu": f"{self.qemu}@{int(os.stat(self.qemu).st_mtime)}",
+            "guest_kernel": str(manifest.get("kernel_release", "")),
+        }
+        self.path = guest_dir / _HOST_FACTS
+        self.facts: dict[str, object] = {}
+        with contextlib.suppress(OSError, ValueError):
+            stored = json.loads(self.path.read_text())
+            if isinstance(stored, dict) and stored.get("key") == self.key:
+                self.facts = stored
+
+    def probe_argv(self, accel: str, *, quiet: bool) -> list[str]:
+        cmdline = KERNEL_CMDLINE if quiet else KERNEL_CMDLINE.replace(" quiet", "")
+        probe = self.image / PROBE_INITRD
+        return [
+            self.qemu,
+            *_accel_args(accel),
+            *_machine_args(self.image / KERNEL, probe, 128, 1, cmdline),
+        ]
+
+    def save(self, **facts: object) -> None:
+        self.facts |= facts | {"key": self.key}
+        tmp = self.path.with_name(f".{_HOST_FACTS}.{os.getpid()}")
+        tmp.write_text(json.dumps(self.facts, indent=2) + "\n")
+        tmp.replace(self.path)
+
+
+def detect_accel(timeout: float = 10, *, guest_dir: Path, qemu: str = QEMU) -> str:
+    """Whether KVM really runs a guest here ("kvm") or not ("tcg"), probed once per host.
+
+    ``/dev/kvm`` is not enough: under nested virtualization a guest may hang early in boot. So
+    this boots the probe image of ``guest_dir`` with KVM and waits up to ``timeout`` seconds
+    for its init to print a marker. The answer is kept in ``guest_dir/host.json``.
+    """
+    host = _HostFacts(Path(guest_dir), qemu)
+    if host.facts.get("accel") in ACCELS:
+        return str(host.facts["accel"])
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        accel, reason = "tcg", "/dev/kvm is missing or not accessible"
+    else:
+        started = time.monotonic()
+        marker = PROBE_MARKER.encode()
+        output = _serial_until(
+            host.probe_argv("kvm", quiet=True), timeout, lambda out: marker in out
+        )
+        if marker in output:
+            took = time.monotonic() - started
+            accel, reason = "kvm", f"a KVM guest reached userspace in {took:.1f} s"
+        else:
+            accel, reason = "tcg", f"a KVM guest did not reach userspace within {timeout:g} s"
+    host.save(accel=accel, accel_reason=reason)
+    return accel
+
+
+def _cpuinfo_tsc_khz() -> int | None:
+    """The host's TSC rate as /proc/cpuinfo gives it, when it says that rate is constant."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo, re.MULTILINE)
+    if flags is None or mhz is None or "tsc_known_freq" not in flags.group(1).split():
+        return None
+    return round(float(mhz.group(1)) * 1000)
+
+
+def tcg_tsc_khz(timeout: float = 10, *, guest_dir: Path, qemu: str = QEMU) -> int | None:
+    """The TSC rate (kHz) a TCG guest sees here, to pass as ``tsc_early_khz``; probed once.
+
+    A TCG guest reads the host's TSC, and its kernel calibrates that against the emulated PIT,
+    a timing loop that fails when the host is busy: the kernel then marks the TSC unstable and
+    the boot hangs. So the rate is measured once, by booting the probe kernel until it prints
+    what it detected (retrying while the host is busy), and every guest is told it.
+    """
+    host = _HostFacts(Path(guest_dir), qemu)
+    if "tsc_khz" in host.facts:
+        known = host.facts["tsc_khz"]
+        return known if isinstance(known, int) else None
+    khz: int | None = None
+    source = "none: the guest kernel calibrates at each boot"
+    for _attempt in range(_TSC_ATTEMPTS):
+        output = _serial_until(
+            host.probe_argv("tcg", quiet=False),
+            timeout,
+            lambda out: _TSC_DETECTED.search(out) is not None or _TSC_FAILED in out,
+        )
+        if found := _TSC_DETECTED.search(output):
+            khz = round(float(found.group(1)) * 1000)
+            source = "the probe guest's calibration"
+            break
+    else:
+        if (khz := _cpuinfo_tsc_khz()) is not None:
+            source = "/proc/cpuinfo (the probe guest could not calibrate)"
+    host.save(tsc_khz=khz, tsc_source=source)
+    return khz
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (read from the kernel, no connecting)."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return True
+    return any(line.split()[1] == wanted and line.split()[3] == "0A" for line in table)
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid``, which tells a live process from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return None
+    return fields[19]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read: the environment holds the gateway token."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+class QemuDriver:
+    """Runs each sandbox as a QEMU microVM booted from the guest image in ``guest_dir``.
+
+    ``accel`` is "kvm", "tcg", or "auto" (the default): KVM when ``detect_accel`` finds it runs
+    a guest, else TCG. The handle ``start`` returns says which (``VmHandle.accel``).
+    """
+
+    backend = "qemu"
+
+    def __init__(
+        self, *, state_dir: Path, guest_dir: Path, accel: str = "auto", qemu: str = QEMU
+    ) -> None:
+        if accel != "auto" and accel not in ACCELS:
+            raise ValueError(f"accel must be 'auto', 'kvm' or 'tcg', not {accel!r}")
+        self.qemu = _qemu_binary(qemu)
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.guest_dir = Path(guest_dir)
+        self.accel = accel
+        self._probed: tuple[str, int | None] | None = None
+
+    def _dir(self, sandbox_id: str) -> Path:
+        if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
+            raise SandboxNotFound(f"invalid sandbox id {sandbox_id!r}")
+        return self.state_dir / sandbox_id
+
+    def _existing_dir(self, sandbox_id: str) -> Path:
+        path = self._dir(sandbox_id)
+        if not (path / "spec.json").exists():
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}")
+        return path
+
+    def _boot_options(self) -> tuple[str, int | None]:
+        """The accelerator, and for TCG the TSC rate to tell the guest; probed once per host."""
+        if self._probed is None:
+            accel = self.accel
+            if accel == "auto":
+                accel = detect_accel(guest_dir=self.guest_dir, qemu=self.qemu)
+            tsc_khz = None
+            if accel == "tcg":
+                tsc_khz = tcg_tsc_khz(guest_dir=self.guest_dir, qemu=self.qemu)
+            self._probed = (accel, tsc_khz)
+        return self._probed
+
+    def create(self, spec: VmSpec) -> VmHandle:
+        gateway_route(spec.gateway)
+        path = self._dir(spec.name)
+        path.mkdir(parents=True, exist_ok=True)
+        data = {
+            "name": spec.name,
+            "vcpus": spec.vcpus,
+            "memory_mib": spec.memory_mib,
+            "image": list(spec.image),
+            "env": dict(spec.env),
+            "ports": list(spec.ports),
+            "gateway": spec.gateway,
+        }
+        _write_private(path / "spec.json", json.dumps(data))
+        return VmHandle(id=spec.name, backend=self.backend)
+
+    def _spec(self, path: Path) -> VmSpec:
+        data = json.loads((path / "spec.json").read_text())
+        return VmSpec(
+            name=data["name"],
+            vcpus=data["vcpus"],
+            memory_mib=data["memory_mib"],
+            image=tuple(data["image"]),
+            env=data["env"],
+            ports=tuple(data["ports"]),
+            gateway=data.get("gateway", ""),
+        )
+
+    def _live_pid(self, path: Path) -> int | None:
+        try:
+            pid_text, started = (path / "pid").read_text().split()
+        except (OSError, ValueError):
+            return None
+        pid = int(pid_text)
+        return pid if _proc_start_time(pid) == started else None
+
+    def _running_handle(self, sandbox_id: str, path: Path, pid: int) -> VmHandle:
+        endpoint = (path / "endpoint").read_text()
+        accel = (path / "accel").read_text() if (path / "accel").exists() else ""
+        return VmHandle(sandbox_id, self.backend, endpoint, pid, accel)
+
+    def _launch(self, path: Path, argv: list[str], port: int) -> subprocess.Popen[bytes] | None:
+        """Start QEMU; the process once its forwarded port listens, None if it lost the port."""
+        with (path / "log").open("ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=path,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise VmStartError(f"QEMU could not be started: {exc}") from exc
+        deadline = time.monotonic() + _LISTEN_WAIT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = self.logs(path.name, lines=5)
+                if "host forwarding" in tail:
+                    return None
+                raise VmStartError(f"QEMU exited at once ({proc.returncode})", log_tail=tail)
+            if _listening(port):
+                return proc
+            time.sleep(0.01)
+        return proc
+
+    def start(self, handle: VmHandle) -> VmHandle:
+        path = self._existing_dir(handle.id)
+        if (pid := self._live_pid(path)) is not None:
+            return self._running_handle(handle.id, path, pid)
+        spec = self._spec(path)
+        image = _image(self.guest_dir)
+        accel, tsc_khz = self._boot_options()
+        route = gateway_route(spec.gateway)
+        env_file = path / "guest-env.json"
+        _write_private(env_file, json.dumps(guest_env(spec, route)))
+        for _ in range(_START_ATTEMPTS):
+            port = _free_port()
+            argv = qemu_argv(
+                spec=spec,
+                accel=accel,
+                kernel=image / KERNEL,
+                initrd=image / INITRD,
+                env_file=env_file,
+                host_port=port,
+                route=route,
+                qemu=self.qemu,
+                tsc_khz=tsc_khz,
+            )
+            proc = self._launch(path, argv, port)
+            if proc is not None:
+                break
+        else:
+            raise VmStartError("QEMU could not bind a loopback port", log_tail=self.logs(handle.id))
+        started = _proc_start_time(proc.pid)
+        if started is None:
+            raise VmStartError("QEMU exited at once", log_tail=self.logs(handle.id))
+        endpoint = f"http://127.0.0.1:{port}"
+        (path / "endpoint").write_text(endpoint)
+        (path / "accel").write_text(accel)
+        (path / "argv.json").write_text(json.dumps(argv))
+        (path / "pid").write_text(f"{proc.pid} {started}")
+        return VmHandle(handle.id, self.backend, endpoint, proc.pid, accel)
+
+    def stop(self, sandbox_id: str, *, timeout: float = 5.0) -> None:
+        path = self._dir(sandbox_id)
+        pid = self._live_pid(path)
+        if pid is None:
+            return
+        # The whole group: QEMU and the gateway relays it spawned.
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._live_pid(path) is None:
+                return
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while self._live_pid(path) is not None and time.monotonic() < deadline + 2:
+            time.sleep(0.02)
+
+    def destroy(self, sandbox_id: str) -> None:
+        path = self._dir(sandbox_id)
+        if not path.exists():
+            return
+        self.stop(sandbox_id)
+        shutil.rmtree(path, ignore_errors=True)
+
+    def status(self, sandbox_id: str) -> VmStatus:
+        path = self._existing_dir(sandbox_id)
+        pid = self._live_pid(path)
+        if pid is not None:
+            endpoint = (path / "endpoint").read_text()
+            return VmStatus(sandbox_id, VmState.RUNNING, endpoint, pid)
+        state = VmState.EXITED if (path / "pid").exists() else VmState.CREATED
+        return VmStatus(sandbox_id, state)
+
+    def list(self) -> list[VmStatus]:
+        found = []
+        for path in sorted(self.state_dir.iterdir()):
+            if (path / "spec.json").exists():
+                found.append(self.status(path.name))
+        return found
+
+    def logs(self, sandbox_id: str, *, lines: int = 50) -> str:
+        log = self._existing_dir(sandbox_id) / "log"
+        if not log.exists():
+            return ""
+        with log.open("rb") as handle:
+            tail = deque(handle, maxlen=lines)
+        return b"".join(tail).decode("utf-8", "replace").replace("\r\n", "\n")
