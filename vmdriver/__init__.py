@@ -1,7 +1,8 @@
 """vmdriver: start, watch and stop sandboxes, independent of any web framework.
 
 A ``Driver`` turns a ``VmSpec`` into a running sandbox described by a ``VmHandle``. Backends:
-``process`` (a local process in its own working directory) and, later, ``qemu`` (a microVM).
+``process`` (a process under bubblewrap, or plain where the operator allows it) and ``qemu``
+(a QEMU microVM).
 This package is configured only by arguments and never imports the console's frameworks.
 """
 
