@@ -21,18 +21,15 @@ import re
 import select
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from vmdriver.errors import BackendUnavailable, SandboxNotFound, VmStartError
+from vmdriver.errors import BackendUnavailable, VmStartError
 from vmdriver.guest import (
     ENV_FW_CFG_NAME,
     GATEWAY_GUEST_IP,
@@ -44,7 +41,8 @@ from vmdriver.guest import (
     PROBE_MARKER,
     find_image,
 )
-from vmdriver.types import VmHandle, VmSpec, VmState, VmStatus
+from vmdriver.state import SandboxFolders, free_port, proc_start_time, write_private
+from vmdriver.types import VmHandle, VmSpec
 
 __all__ = [
     "ACCELS",
@@ -356,13 +354,6 @@ def tcg_tsc_khz(timeout: float = 10, *, guest_dir: Path, qemu: str = QEMU) -> in
     return khz
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _listening(port: int) -> bool:
     """Whether something listens on 127.0.0.1:``port`` (read from the kernel, no connecting)."""
     wanted = f"0100007F:{port:04X}"
@@ -373,28 +364,7 @@ def _listening(port: int) -> bool:
     return any(line.split()[1] == wanted and line.split()[3] == "0A" for line in table)
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid``, which tells a live process from a reused pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return None
-    return fields[19]
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read: the environment holds the gateway token."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-
-
-class QemuDriver:
+class QemuDriver(SandboxFolders):
     """Runs each sandbox as a QEMU microVM booted from the guest image in ``guest_dir``.
 
     ``accel`` is "kvm", "tcg", or "auto" (the default): KVM when ``detect_accel`` finds it runs
@@ -409,22 +379,10 @@ class QemuDriver:
         if accel != "auto" and accel not in ACCELS:
             raise ValueError(f"accel must be 'auto', 'kvm' or 'tcg', not {accel!r}")
         self.qemu = _qemu_binary(qemu)
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(state_dir=state_dir)
         self.guest_dir = Path(guest_dir)
         self.accel = accel
         self._probed: tuple[str, int | None] | None = None
-
-    def _dir(self, sandbox_id: str) -> Path:
-        if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
-            raise SandboxNotFound(f"invalid sandbox id {sandbox_id!r}")
-        return self.state_dir / sandbox_id
-
-    def _existing_dir(self, sandbox_id: str) -> Path:
-        path = self._dir(sandbox_id)
-        if not (path / "spec.json").exists():
-            raise SandboxNotFound(f"no sandbox {sandbox_id!r}")
-        return path
 
     def _boot_options(self) -> tuple[str, int | None]:
         """The accelerator, and for TCG the TSC rate to tell the guest; probed once per host."""
@@ -442,37 +400,8 @@ class QemuDriver:
         gateway_route(spec.gateway)
         path = self._dir(spec.name)
         path.mkdir(parents=True, exist_ok=True)
-        data = {
-            "name": spec.name,
-            "vcpus": spec.vcpus,
-            "memory_mib": spec.memory_mib,
-            "image": list(spec.image),
-            "env": dict(spec.env),
-            "ports": list(spec.ports),
-            "gateway": spec.gateway,
-        }
-        _write_private(path / "spec.json", json.dumps(data))
+        self._write_spec(path, spec)
         return VmHandle(id=spec.name, backend=self.backend)
-
-    def _spec(self, path: Path) -> VmSpec:
-        data = json.loads((path / "spec.json").read_text())
-        return VmSpec(
-            name=data["name"],
-            vcpus=data["vcpus"],
-            memory_mib=data["memory_mib"],
-            image=tuple(data["image"]),
-            env=data["env"],
-            ports=tuple(data["ports"]),
-            gateway=data.get("gateway", ""),
-        )
-
-    def _live_pid(self, path: Path) -> int | None:
-        try:
-            pid_text, started = (path / "pid").read_text().split()
-        except (OSError, ValueError):
-            return None
-        pid = int(pid_text)
-        return pid if _proc_start_time(pid) == started else None
 
     def _running_handle(self, sandbox_id: str, path: Path, pid: int) -> VmHandle:
         endpoint = (path / "endpoint").read_text()
@@ -514,9 +443,9 @@ class QemuDriver:
         accel, tsc_khz = self._boot_options()
         route = gateway_route(spec.gateway)
         env_file = path / "guest-env.json"
-        _write_private(env_file, json.dumps(guest_env(spec, route)))
+        write_private(env_file, json.dumps(guest_env(spec, route)))
         for _ in range(_START_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             argv = qemu_argv(
                 spec=spec,
                 accel=accel,
@@ -533,7 +462,7 @@ class QemuDriver:
                 break
         else:
             raise VmStartError("QEMU could not bind a loopback port", log_tail=self.logs(handle.id))
-        started = _proc_start_time(proc.pid)
+        started = proc_start_time(proc.pid)
         if started is None:
             raise VmStartError("QEMU exited at once", log_tail=self.logs(handle.id))
         endpoint = f"http://127.0.0.1:{port}"
@@ -542,54 +471,3 @@ class QemuDriver:
         (path / "argv.json").write_text(json.dumps(argv))
         (path / "pid").write_text(f"{proc.pid} {started}")
         return VmHandle(handle.id, self.backend, endpoint, proc.pid, accel)
-
-    def stop(self, sandbox_id: str, *, timeout: float = 5.0) -> None:
-        path = self._dir(sandbox_id)
-        pid = self._live_pid(path)
-        if pid is None:
-            return
-        # The whole group: QEMU and the gateway relays it spawned.
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._live_pid(path) is None:
-                return
-            time.sleep(0.02)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        while self._live_pid(path) is not None and time.monotonic() < deadline + 2:
-            time.sleep(0.02)
-
-    def destroy(self, sandbox_id: str) -> None:
-        path = self._dir(sandbox_id)
-        if not path.exists():
-            return
-        self.stop(sandbox_id)
-        shutil.rmtree(path, ignore_errors=True)
-
-    def status(self, sandbox_id: str) -> VmStatus:
-        path = self._existing_dir(sandbox_id)
-        pid = self._live_pid(path)
-        if pid is not None:
-            endpoint = (path / "endpoint").read_text()
-            return VmStatus(sandbox_id, VmState.RUNNING, endpoint, pid)
-        state = VmState.EXITED if (path / "pid").exists() else VmState.CREATED
-        return VmStatus(sandbox_id, state)
-
-    def list(self) -> list[VmStatus]:
-        found = []
-        for path in sorted(self.state_dir.iterdir()):
-            if (path / "spec.json").exists():
-                found.append(self.status(path.name))
-        return found
-
-    def logs(self, sandbox_id: str, *, lines: int = 50) -> str:
-        log = self._existing_dir(sandbox_id) / "log"
-        if not log.exists():
-            return ""
-        with log.open("rb") as handle:
-            tail = deque(handle, maxlen=lines)
-        return b"".join(tail).decode("utf-8", "replace").replace("\r\n", "\n")
