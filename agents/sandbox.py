@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from functools import cache
@@ -13,8 +14,9 @@ from django.core import signing
 
 import agents.runtime
 from agents.models import Agent
-from vmdriver import Driver, VmSpec, make_driver
+from vmdriver import Driver, VmDriverError, VmSpec, make_driver
 from vmdriver.isolation import bwrap_problem
+from vmdriver.qemu import QemuDriver
 
 __all__ = [
     "agent_token_issue",
@@ -28,6 +30,7 @@ __all__ = [
 ]
 
 _TOKEN_SALT = "agents.gateway-token"
+logger = logging.getLogger(__name__)
 
 
 @cache
@@ -41,13 +44,22 @@ def driver() -> Driver:
         state_dir=settings.SANDBOX_STATE_DIR,
         isolation=isolation,
         ro_binds=_runtime_files(),
+        guest_dir=settings.SANDBOX_GUEST_DIR,
     )
 
 
 def host_accel() -> str:
-    """How this host runs microVMs ("kvm" or "tcg"); "" for the process backend."""
-    detect = getattr(driver(), "accel", None)
-    return str(detect()) if callable(detect) else ""
+    """How this host runs microVMs ("kvm" or "tcg", probed once); "" for the process backend.
+
+    A qemu host that cannot boot guests (no QEMU, no guest image) says why in the log and
+    reports "", so that its worker still registers and its boots fail with that reason.
+    """
+    try:
+        sandboxes = driver()
+        return sandboxes.accel_in_use() if isinstance(sandboxes, QemuDriver) else ""
+    except VmDriverError as exc:
+        logger.error("microVMs cannot boot on this host: %s", exc)
+        return ""
 
 
 def _runtime_files() -> list[tuple[str, str]]:

@@ -52,6 +52,20 @@ def _manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
 
 
+def _build_guest(env: dict[str, str], var: Path) -> None:
+    """On a qemu host, build the microVM guest image (cached: a no-op while its recipe holds)."""
+    if env.get("SANDBOX_BACKEND", "process") != "qemu":
+        return
+    guest_dir = env.get("SANDBOX_GUEST_DIR", str(var / "guest"))
+    print(f"Building the microVM guest image in {guest_dir} (cached after the first time)…")
+    subprocess.run(
+        [sys.executable, "-m", "vmdriver.guest.build", "--out", guest_dir],
+        cwd=BASE_DIR,
+        env=env,
+        check=True,
+    )
+
+
 def main() -> int:
     var = _var_dir()
     env = _local_environment(var)
@@ -61,6 +75,7 @@ def main() -> int:
         _manage(env, "migrate", "--no-input", "-v", "0")
         _manage(env, "collectstatic", "--no-input", "-v", "0")
         _manage(env, "ensure_operator")
+        _build_guest(env, var)
     except subprocess.CalledProcessError as exc:
         print(f"Start-up failed: {' '.join(exc.cmd[1:])} exited with {exc.returncode}.")
         return 1

@@ -184,6 +184,9 @@ if SANDBOX_BACKEND not in {"process", "qemu"}:
         f"SANDBOX_BACKEND must be 'process' or 'qemu', not {SANDBOX_BACKEND!r}"
     )
 SANDBOX_STATE_DIR = Path(env_str("SANDBOX_STATE_DIR", str(VAR_DIR / "sandboxes")))
+# The qemu backend's guest image, built by `python -m vmdriver.guest.build --out <this>`
+# (`make run` builds it when SANDBOX_BACKEND is qemu).
+SANDBOX_GUEST_DIR = Path(env_str("SANDBOX_GUEST_DIR", str(VAR_DIR / "guest")))
 # This worker's sandbox host: its name (and so its queue) and what it may run at once.
 SANDBOX_HOST_NAME = env_str("SANDBOX_HOST_NAME", socket.gethostname())
 SANDBOX_HOST_VCPUS = env_int("SANDBOX_HOST_VCPUS", 4 * (os.cpu_count() or 1), minimum=1)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from vmdriver.errors import BackendUnavailable, VmStartError
 from vmdriver.guest import (
@@ -94,15 +94,11 @@ def gateway_route(url: str) -> GatewayRoute | None:
     return GatewayRoute(host=parts.hostname, port=port)
 
 
-def _through(url: str, route: GatewayRoute) -> str:
-    """``url`` with its host and port replaced by the guest's address of the gateway."""
-    return urlunsplit(urlsplit(url)._replace(netloc=route.guest_address))
-
-
 def guest_env(spec: VmSpec, route: GatewayRoute | None) -> dict[str, str]:
     """The agent runtime's environment inside the guest: the spec's, plus where to listen and
-    how to reach the gateway (``SANDBOX_*``, and the older ``AGENT_HOST``/``AGENT_PORT`` and a
-    rewritten ``AGENT_GATEWAY_URL`` for runtimes that predate them). The tools act in the
+    how to reach the gateway (``SANDBOX_*``, and the older ``AGENT_HOST``/``AGENT_PORT``). The
+    gateway's URL stays as the console gave it: the runtime sends its requests, named for that
+    host, to ``SANDBOX_GATEWAY``, the guest's address of the gateway. The tools act in the
     guest's ``/workspace``, whatever host path the spec named. The spec's secrets join the
     environment here: the guest is the sandbox, and they travel by fw_cfg, not the command
     line."""
@@ -117,7 +113,7 @@ def guest_env(spec: VmSpec, route: GatewayRoute | None) -> dict[str, str]:
         env.pop("SANDBOX_GATEWAY", None)
         return env
     env["SANDBOX_GATEWAY"] = f"tcp:{route.guest_address}"
-    env["AGENT_GATEWAY_URL"] = _through(env.get("AGENT_GATEWAY_URL") or spec.gateway, route)
+    env.setdefault("AGENT_GATEWAY_URL", spec.gateway)
     return env
 
 
@@ -395,6 +391,10 @@ class QemuDriver(SandboxFolders):
                 tsc_khz = tcg_tsc_khz(guest_dir=self.guest_dir, qemu=self.qemu)
             self._probed = (accel, tsc_khz)
         return self._probed
+
+    def accel_in_use(self) -> str:
+        """The accelerator this driver's guests boot with: "kvm" or "tcg"."""
+        return self._boot_options()[0]
 
     def create(self, spec: VmSpec) -> VmHandle:
         gateway_route(spec.gateway)

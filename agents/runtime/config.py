@@ -41,17 +41,35 @@ def _listen() -> tuple[str, int, str]:
     return os.environ.get("AGENT_HOST", "127.0.0.1"), _int("AGENT_PORT", 8080), ""
 
 
-def _gateway(url: str) -> tuple[str, str]:
-    """(gateway URL, Unix socket) after SANDBOX_GATEWAY, the sandbox's one way out."""
-    route = os.environ.get("SANDBOX_GATEWAY", "")
-    if route.startswith("unix:"):
-        return url, route.removeprefix("unix:")
-    if route.startswith("tcp:"):
-        parts = urlsplit(url)
-        return urlunsplit(parts._replace(netloc=route.removeprefix("tcp:"))), ""
-    if route:
-        raise ConfigError(f"SANDBOX_GATEWAY must be unix:<path> or tcp:<host>:<port>: {route!r}")
-    return url, ""
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """How requests reach the gateway: SANDBOX_GATEWAY, the sandbox's one way out, is a Unix
+    socket or a TCP address standing in for the gateway URL's host. Either way the requests
+    still name that host: in their Host header and, over TLS, to check its certificate."""
+
+    url: str  # where requests are sent
+    socket: str = ""
+    host_header: str = ""
+    tls_name: str | None = None
+
+    @classmethod
+    def from_env(cls, url: str) -> GatewayRoute:
+        route = os.environ.get("SANDBOX_GATEWAY", "")
+        if route.startswith("unix:"):
+            return cls(url, socket=route.removeprefix("unix:"))
+        address = route.removeprefix("tcp:")
+        if route.startswith("tcp:") and address.rpartition(":")[2].isdigit():
+            parts = urlsplit(url)
+            return cls(
+                urlunsplit(parts._replace(netloc=address)),
+                host_header=parts.netloc,
+                tls_name=parts.hostname if parts.scheme == "https" else None,
+            )
+        if route:
+            raise ConfigError(
+                f"SANDBOX_GATEWAY must be unix:<path> or tcp:<host>:<port>: {route!r}"
+            )
+        return cls(url)
 
 
 def _secret(name: str) -> str:
@@ -75,8 +93,7 @@ class RuntimeConfig:
     host: str
     port: int
     socket_path: str
-    gateway_url: str
-    gateway_socket: str
+    gateway: GatewayRoute
     gateway_token: str
     model: str
     system_prompt: str
@@ -89,14 +106,12 @@ class RuntimeConfig:
         if not gateway_url:
             raise ConfigError("AGENT_GATEWAY_URL is required")
         host, port, socket_path = _listen()
-        gateway_url, gateway_socket = _gateway(gateway_url)
         return cls(
             agent_id=os.environ.get("AGENT_ID", "local"),
             host=host,
             port=port,
             socket_path=socket_path,
-            gateway_url=gateway_url,
-            gateway_socket=gateway_socket,
+            gateway=GatewayRoute.from_env(gateway_url),
             gateway_token=_secret("AGENT_GATEWAY_TOKEN"),
             model=os.environ.get("AGENT_MODEL", "claude-sonnet-5-5"),
             system_prompt=os.environ.get("AGENT_SYSTEM_PROMPT", ""),

@@ -197,7 +197,9 @@ class Turn:
             "anthropic-version": ANTHROPIC_VERSION,
             "x-console-session": self.session.id,
         }
-        return f"{config.gateway_url}/v1/messages", headers, payload
+        if config.gateway.host_header:
+            headers["Host"] = config.gateway.host_header
+        return f"{config.gateway.url}/v1/messages", headers, payload
 
     def _count(self, usage: dict[str, Any]) -> None:
         for kind in ("input_tokens", "output_tokens"):
@@ -210,7 +212,12 @@ class Turn:
         assert self.state.http is not None
         url, headers, payload = self._request(stream)
         try:
-            response = await self.state.http.post(url, json=payload, headers=headers)
+            response = await self.state.http.post(
+                url,
+                json=payload,
+                headers=headers,
+                server_hostname=self.state.config.gateway.tls_name,
+            )
         except (ClientError, TimeoutError) as exc:
             raise ChatError(
                 502, "gateway_unreachable", f"the console gateway is unreachable: {exc}"
@@ -401,7 +408,8 @@ def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.App
     app[STATE_KEY] = state = RuntimeState(config, toolbox)
 
     async def _client(app: web.Application) -> AsyncIterator[None]:
-        connector = UnixConnector(path=config.gateway_socket) if config.gateway_socket else None
+        socket_path = config.gateway.socket
+        connector = UnixConnector(path=socket_path) if socket_path else None
         state.http = ClientSession(
             connector=connector, timeout=ClientTimeout(total=config.gateway_timeout)
         )

@@ -27,9 +27,10 @@ import httpx
 import pytest
 
 from tests.fakes.anthropic import FakeAnthropic, ToolUse
+from tests.guest import QEMU, guest_or_skip
 from vmdriver import BackendUnavailable, SandboxNotFound, VmSpec, VmState, make_driver
 from vmdriver.guest import GATEWAY_GUEST_IP, GUEST_PORT, find_image
-from vmdriver.guest.build import DEFAULT_RUNTIME_SRC, BuildError, build_guest, recipe_hash
+from vmdriver.guest.build import DEFAULT_RUNTIME_SRC, recipe_hash
 from vmdriver.guest.cpio import CharDevice, write_cpio
 from vmdriver.guest.gatewayfwd import relay
 from vmdriver.qemu import (
@@ -42,8 +43,6 @@ from vmdriver.qemu import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TEST_GUEST = REPO_ROOT / "var" / "test-guest"
-QEMU = "qemu-system-x86_64"
 
 
 def _netdev_options(argv: list[str]) -> list[str]:
@@ -97,7 +96,8 @@ def test_guest_env_listens_on_the_forwarded_port_and_reaches_the_gateway_through
 
     assert env["SANDBOX_LISTEN"] == f"tcp:0.0.0.0:{GUEST_PORT}"
     assert env["SANDBOX_GATEWAY"] == f"tcp:{GATEWAY_GUEST_IP}:8000"
-    assert env["AGENT_GATEWAY_URL"] == f"http://{GATEWAY_GUEST_IP}:8000/gateway"
+    # The URL keeps the console's name for the gateway (the Host its requests carry).
+    assert env["AGENT_GATEWAY_URL"] == "http://127.0.0.1:8000/gateway"
     assert (env["AGENT_HOST"], env["AGENT_PORT"]) == ("0.0.0.0", str(GUEST_PORT))
     assert env["AGENT_ID"] == "7"
     assert env["AGENT_WORKSPACE"] == "/workspace"
@@ -123,9 +123,10 @@ def test_guest_env_without_a_gateway_has_no_way_out() -> None:
 def test_guest_env_points_at_the_gateway_when_the_spec_names_no_url() -> None:
     spec = VmSpec(name="a", gateway="http://127.0.0.1:9000/gw")
 
-    assert guest_env(spec, gateway_route(spec.gateway))["AGENT_GATEWAY_URL"] == (
-        f"http://{GATEWAY_GUEST_IP}:9000/gw"
-    )
+    env = guest_env(spec, gateway_route(spec.gateway))
+
+    assert env["AGENT_GATEWAY_URL"] == "http://127.0.0.1:9000/gw"
+    assert env["SANDBOX_GATEWAY"] == f"tcp:{GATEWAY_GUEST_IP}:9000"
 
 
 # --- The QEMU command line ---------------------------------------------------------------------
@@ -306,13 +307,7 @@ def test_the_gateway_relay_carries_both_ways_and_ends_with_the_guest() -> None:
 
 @pytest.fixture(scope="module")
 def guest_dir() -> Path:
-    if shutil.which(QEMU) is None:
-        pytest.skip(f"{QEMU} is not installed (vmdriver/guest/host-packages.sh installs it)")
-    try:
-        build_guest(TEST_GUEST)
-    except BuildError as exc:
-        pytest.skip(f"the microVM guest image cannot be built here: {exc}")
-    return TEST_GUEST
+    return guest_or_skip()
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""The console on a qemu host: spawn boots a microVM, chat goes through it to the gateway and
+Claude, the accelerator in use is reported on the host and the agent, and delete destroys it.
+
+It needs QEMU and the guest image (``tests/guest.py``) and skips, with the reason, without them.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from agents import sandbox
+from agents.models import Agent, SandboxHost
+from agents.services import host_register
+from console.models import UsageRecord
+from tests.fakes.anthropic import ToolUse
+from tests.guest import guest_or_skip
+from vmdriver import SandboxNotFound, VmState
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def qemu_host(settings) -> SandboxHost:
+    """This machine as a qemu sandbox host, registered as its worker would register it."""
+    settings.SANDBOX_GUEST_DIR = guest_or_skip()
+    settings.SANDBOX_BACKEND = "qemu"
+    sandbox.driver.cache_clear()
+    accel = sandbox.host_accel()
+    assert accel in {"kvm", "tcg"}
+    SandboxHost.objects.all().delete()
+    return host_register(
+        name=settings.SANDBOX_HOST_NAME,
+        backend="qemu",
+        capacity_vcpus=8,
+        capacity_memory_mib=4096,
+        accel=accel,
+    )
+
+
+@pytest.fixture
+def alice(asgi_server, settings, fake_anthropic, user, api_key) -> httpx.Client:
+    settings.CONSOLE_BASE_URL = asgi_server
+    settings.GATEWAY_URL = f"{asgi_server}/gateway"
+    return httpx.Client(
+        base_url=asgi_server, timeout=60, headers={"Authorization": f"Bearer {api_key(user)}"}
+    )
+
+
+def test_a_microvm_agent_boots_chats_with_tools_and_is_destroyed(alice, qemu_host, fake_anthropic):
+    response = alice.post("/v1/agents/spawn", json={"user_id": "alice", "cores": 1, "memory": 384})
+    assert response.status_code == 201, response.text
+    spawned = response.json()
+    agent = Agent.objects.get(pk=spawned["agent_id"])
+    assert agent.status == "running", agent.last_error
+    assert (agent.host, agent.accel) == (qemu_host, qemu_host.accel)
+    assert sandbox.driver().status(agent.sandbox_id).state == VmState.RUNNING
+
+    # Claude asks the agent to run a command: it runs inside the guest, whose kernel is its own.
+    fake_anthropic.enqueue(ToolUse("run_command", {"command": "uname -r; pwd"}))
+    chat = alice.post(
+        f"{spawned['url']}/v1/agent/chat",
+        json={"prompt": "Which kernel?", "user_id": "alice", "stream": False},
+    )
+    assert chat.status_code == 200, chat.text
+    reply = chat.json()
+    assert reply["status"] == "completed"
+    # The fake Claude echoes the tool's result: Debian's cloud kernel, not the host's, and the
+    # guest's own workspace.
+    assert reply["content"].startswith("Tool result: exit code: 0\n")
+    assert reply["content"].endswith("-cloud-amd64\n/workspace\n"), reply["content"]
+    assert UsageRecord.objects.filter(agent=agent).count() == 2  # both calls went through
+
+    assert alice.delete(f"/v1/agents/delete?agent_id={agent.pk}").status_code == 200
+    with pytest.raises(SandboxNotFound):
+        sandbox.driver().status(agent.sandbox_id)
