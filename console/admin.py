@@ -8,46 +8,42 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from console import services
-from console.models import ApiKey, ModelPrice, Quota, UsageRecord, User
+from console.models import ApiKey, Budget, ModelPrice, Quota, UsageRecord, User
+
+_QUOTA_FIELDSETS = (
+    (None, {"fields": ("is_suspended", "timezone")}),
+    (
+        "Sandboxes",
+        {
+            "fields": (
+                "max_agents",
+                "max_total_vcpus",
+                "max_total_memory_mib",
+                "max_concurrent_sessions",
+            )
+        },
+    ),
+    ("Rates", {"fields": ("requests_per_minute", "tokens_per_minute", "concurrent_requests")}),
+)
 
 
 class QuotaInline(admin.StackedInline):
     model = Quota
     can_delete = False
-    readonly_fields = ("tokens_used", "usd_used", "window_started_at", "updated_at")
-    fieldsets = (
-        (None, {"fields": ("is_suspended",)}),
-        (
-            "Capacity",
-            {
-                "fields": (
-                    "max_agents",
-                    "max_total_vcpus",
-                    "max_total_memory_mib",
-                    "max_concurrent_sessions",
-                    "requests_per_minute",
-                )
-            },
-        ),
-        (
-            "Budget",
-            {
-                "fields": (
-                    "budget_window",
-                    "token_budget",
-                    "usd_budget",
-                    "window_started_at",
-                    "tokens_used",
-                    "usd_used",
-                )
-            },
-        ),
-    )
+    readonly_fields = ("updated_at",)
+    fieldsets = _QUOTA_FIELDSETS
+
+
+class BudgetInline(admin.TabularInline):
+    model = Budget
+    extra = 0
+    fields = ("metric", "window", "rolling_hours", "limit", "used", "reserved", "window_started_at")
+    readonly_fields = ("used", "reserved", "window_started_at")
 
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
-    inlines = [QuotaInline]
+    inlines = [QuotaInline, BudgetInline]
     list_display = ("username", "email", "is_staff", "is_active", "date_joined")
 
 
@@ -58,18 +54,16 @@ class QuotaAdmin(admin.ModelAdmin):
         "is_suspended",
         "max_agents",
         "requests_per_minute",
-        "budget_window",
-        "usd_budget",
-        "usd_used",
-        "token_budget",
-        "tokens_used",
-        "window_started_at",
+        "tokens_per_minute",
+        "concurrent_requests",
+        "timezone",
     )
-    list_filter = ("is_suspended", "budget_window")
+    list_filter = ("is_suspended",)
     search_fields = ("user__username", "user__email")
     list_select_related = ("user",)
-    readonly_fields = ("tokens_used", "usd_used", "window_started_at", "updated_at")
-    actions = ("suspend_users", "unsuspend_users", "reset_budget_window")
+    readonly_fields = ("updated_at",)
+    fieldsets = _QUOTA_FIELDSETS
+    actions = ("suspend_users", "unsuspend_users")
 
     @admin.action(description="Suspend the selected users")
     def suspend_users(self, request: HttpRequest, queryset: QuerySet[Quota]) -> None:
@@ -84,11 +78,6 @@ class QuotaAdmin(admin.ModelAdmin):
             user_ids=list(queryset.values_list("user_id", flat=True)), suspended=False
         )
         self.message_user(request, f"Lifted the suspension of {n} user(s).", messages.SUCCESS)
-
-    @admin.action(description="Reset the budget window (nothing spent from now)")
-    def reset_budget_window(self, request: HttpRequest, queryset: QuerySet[Quota]) -> None:
-        n = services.quota_reset_window(quota_ids=list(queryset.values_list("pk", flat=True)))
-        self.message_user(request, f"Reset the budget window of {n} quota(s).", messages.SUCCESS)
 
 
 @admin.register(ApiKey)

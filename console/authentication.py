@@ -5,14 +5,14 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication
+from rest_framework import authentication, throttling
 from rest_framework.request import Request
 
 from console.errors import NotAuthenticated
-from console.models import User
-from console.services import api_key_authenticate
+from console.models import ApiKey, User
+from console.services import api_key_authenticate, request_admit
 
-__all__ = ["ApiKeyAuthentication", "bearer_token", "request_user"]
+__all__ = ["ApiKeyAuthentication", "QuotaThrottle", "bearer_token", "request_user"]
 
 
 def bearer_token(request: HttpRequest) -> str:
@@ -52,13 +52,34 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "A console API key."}
 
 
+class QuotaThrottle(throttling.BaseThrottle):
+    """Counts each authenticated API request against its user's (and API key's) request rate,
+    exactly and across processes; over the limit, ``RateLimited`` refuses it with 429."""
+
+    def allow_request(self, request: Request, view: object) -> bool:
+        if request.user.is_authenticated:
+            key_id = request.auth.pk if isinstance(request.auth, ApiKey) else None
+            request._request.rate_status = request_admit(  # type: ignore[attr-defined]
+                user_id=request.user.pk, api_key_id=key_id
+            )
+        return True
+
+
 async def request_user(request: HttpRequest) -> User:
-    """The caller of an async view: an API key, else the browser session; or NotAuthenticated."""
+    """The caller of an async view: an API key, else the browser session; or NotAuthenticated.
+    The request is counted against the caller's request rate, as ``QuotaThrottle`` does."""
     token = bearer_token(request)
+    key_id = None
     if token:
         key = await sync_to_async(api_key_authenticate)(raw=token)
-        return key.user
-    user = await request.auser()
-    if user.is_authenticated:
-        return user
-    raise NotAuthenticated("authentication is required: send Authorization: Bearer <API key>")
+        user, key_id = key.user, key.pk
+    else:
+        user = await request.auser()
+        if not user.is_authenticated:
+            raise NotAuthenticated(
+                "authentication is required: send Authorization: Bearer <API key>"
+            )
+    request.rate_status = await sync_to_async(request_admit)(  # type: ignore[attr-defined]
+        user_id=user.pk, api_key_id=key_id
+    )
+    return user

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["agents", "scaling", "console"])
+
+log = logging.getLogger(__name__)
 
 
 @app.on_after_configure.connect
@@ -41,6 +45,10 @@ def _prepare(sender: Celery, **_: object) -> None:
             "task": "agents.tasks.agents_reap_idle",
             "schedule": settings.RECONCILE_INTERVAL_SECONDS,
         },
+        "mark-stale-hosts": {
+            "task": "agents.tasks.hosts_mark_stale",
+            "schedule": settings.SANDBOX_HOST_HEARTBEAT_SECONDS,
+        },
     }
 
 
@@ -52,6 +60,57 @@ def _consume_this_hosts_queue(sender: str, instance: object, **_: object) -> Non
     instance.app.amqp.queues.select_add(this_host_queue())  # type: ignore[attr-defined]
 
 
+class HostHeartbeat:
+    """A daemon thread that records, every ``interval`` seconds, that this worker's host is alive.
+
+    A worker killed outright stops heartbeating, so beat's ``hosts_mark_stale`` soon takes its
+    host offline; a graceful shutdown stops the thread and takes the host offline at once.
+    """
+
+    def __init__(self, name: str, interval: float) -> None:
+        self.name = name
+        self.interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"host-heartbeat-{name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._thread.join(timeout)
+
+    def beat(self) -> bool:
+        """Record one heartbeat; False when the host has no row to record it on."""
+        from django.db import close_old_connections
+
+        from agents import services
+
+        close_old_connections()  # drop a connection the database has closed since the last beat
+        try:
+            return services.host_heartbeat(name=self.name)
+        finally:
+            close_old_connections()
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stopping.wait(self.interval):
+                try:
+                    if not self.beat():
+                        log.warning("sandbox host %s is not registered: no heartbeat", self.name)
+                except Exception:  # the database is away: the next beat tries again
+                    log.exception("sandbox host %s: the heartbeat failed", self.name)
+        finally:
+            connection.close()  # this thread's own connection
+
+
+_heartbeat: HostHeartbeat | None = None
+
+
 @worker_ready.connect
 def _register_this_host(**_: object) -> None:
     from django.conf import settings
@@ -59,6 +118,7 @@ def _register_this_host(**_: object) -> None:
 
     from agents import sandbox, services
 
+    global _heartbeat
     accel = sandbox.host_accel()
     for attempt in range(10):
         try:
@@ -69,10 +129,13 @@ def _register_this_host(**_: object) -> None:
                 capacity_memory_mib=settings.SANDBOX_HOST_MEMORY_MIB,
                 accel=accel,
             )
-            return
+            break
         except OperationalError:  # the database is busy or not up yet: try again shortly
             time.sleep(0.5 * (attempt + 1))
-    raise RuntimeError(f"could not register sandbox host {settings.SANDBOX_HOST_NAME}")
+    else:
+        raise RuntimeError(f"could not register sandbox host {settings.SANDBOX_HOST_NAME}")
+    _heartbeat = HostHeartbeat(settings.SANDBOX_HOST_NAME, settings.SANDBOX_HOST_HEARTBEAT_SECONDS)
+    _heartbeat.start()
 
 
 @worker_shutdown.connect
@@ -81,6 +144,8 @@ def _unregister_this_host(**_: object) -> None:
 
     from agents import services
 
+    if _heartbeat is not None:
+        _heartbeat.stop()  # first, so that no late heartbeat brings the host back online
     services.host_set_online(name=settings.SANDBOX_HOST_NAME, online=False)
 
 

@@ -19,12 +19,14 @@ __all__ = [
     "AgentNotRunning",
     "AgentUnavailable",
     "BadRequest",
+    "BudgetExceeded",
     "CapacityExhausted",
     "ConsoleError",
     "Forbidden",
     "NotAuthenticated",
     "NotFound",
     "QuotaExceeded",
+    "RateLimited",
     "UserSuspended",
     "drf_exception_handler",
     "error_body",
@@ -39,10 +41,26 @@ class ConsoleError(Exception):
     code = "bad_request"
     retry_after: int | None = None  # seconds, sent as Retry-After when set
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        if retry_after is not None:
+            self.retry_after = retry_after
+        self.extra_headers: dict[str, str] = {}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the refusal carries: Retry-After, and any the raiser added."""
+        found = dict(self.extra_headers)
+        if self.retry_after is not None:
+            found["Retry-After"] = str(self.retry_after)
+        return found
 
 
 class BadRequest(ConsoleError):
@@ -77,6 +95,19 @@ class QuotaExceeded(ConsoleError):
     status, code = 429, "quota_exceeded"
 
 
+class RateLimited(QuotaExceeded):
+    """A request, token or concurrency rate limit; ``details`` names it, its value, what is
+    used and when it resets."""
+
+    code = "rate_limited"
+
+
+class BudgetExceeded(QuotaExceeded):
+    """A budget window would be overspent; ``details`` as for ``RateLimited``."""
+
+    code = "budget_exceeded"
+
+
 class CapacityExhausted(ConsoleError):
     """No sandbox host has room; more may free up soon."""
 
@@ -94,10 +125,9 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
 
 
 def error_response(exc: ConsoleError) -> JsonResponse:
-    response = JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
-    if exc.retry_after is not None:
-        response["Retry-After"] = str(exc.retry_after)
-    return response
+    return JsonResponse(
+        error_body(exc.code, exc.message, exc.details), status=exc.status, headers=exc.headers()
+    )
 
 
 _DRF_CODES = {
@@ -120,9 +150,8 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     from rest_framework.views import exception_handler as drf_default_handler
 
     if isinstance(exc, ConsoleError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return Response(
-            error_body(exc.code, exc.message, exc.details), status=exc.status, headers=headers
+            error_body(exc.code, exc.message, exc.details), status=exc.status, headers=exc.headers()
         )
     if isinstance(exc, Http404):
         exc = drf.NotFound()

@@ -7,6 +7,7 @@ Without any key it answers from a clearly labelled offline model, so a fresh con
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -26,14 +27,23 @@ from agents.sandbox import agent_token_verify
 from console.crypto import decrypt
 from console.errors import BadRequest, ConsoleError, NotAuthenticated
 from console.metrics import GATEWAY_COST, GATEWAY_TOKENS
-from console.services import TokenUsage, api_key_authenticate, usage_record, user_check_active
+from console.services import (
+    Admission,
+    TokenUsage,
+    api_key_authenticate,
+    gateway_admit,
+    gateway_settle,
+    user_check_active,
+)
 
 __all__ = [
     "OFFLINE_MODEL",
+    "GatewayCall",
     "GatewayCaller",
     "UpstreamError",
     "UpstreamStream",
     "gateway_authenticate",
+    "gateway_begin",
     "gateway_create",
     "gateway_open_stream",
     "validate_body",
@@ -56,6 +66,16 @@ class GatewayCaller:
     user_id: int
     agent_id: str | None
     upstream_key: str = field(repr=False)
+    api_key_id: int | None = None
+
+
+@dataclass(slots=True)
+class GatewayCall:
+    """One admitted call: who makes it, what it reserved, and the chat session it belongs to."""
+
+    caller: GatewayCaller
+    admission: Admission
+    session_id: str | None = None
 
 
 class UpstreamError(ConsoleError):
@@ -73,7 +93,7 @@ def gateway_authenticate(*, token: str) -> GatewayCaller:
     if agent_id is None:
         key = api_key_authenticate(raw=token)
         user_check_active(user=key.user)
-        return GatewayCaller(key.user_id, None, settings.ANTHROPIC_API_KEY)
+        return GatewayCaller(key.user_id, None, settings.ANTHROPIC_API_KEY, key.pk)
     agent = (
         Agent.objects.select_related("owner")
         .filter(pk=agent_id, status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
@@ -84,6 +104,22 @@ def gateway_authenticate(*, token: str) -> GatewayCaller:
     user_check_active(user=agent.owner)
     own_key = decrypt(agent.anthropic_key_encrypted) if agent.anthropic_key_encrypted else ""
     return GatewayCaller(agent.owner_id, str(agent.pk), own_key or settings.ANTHROPIC_API_KEY)
+
+
+def gateway_begin(
+    *, token: str, body: dict[str, Any], body_bytes: int, session_id: str | None
+) -> GatewayCall:
+    """Authenticate the caller and admit the call against their limits, reserving its worst
+    case; one trip to the database for both."""
+    caller = gateway_authenticate(token=token)
+    admission = gateway_admit(
+        user_id=caller.user_id,
+        api_key_id=caller.api_key_id,
+        model=body["model"],
+        body_bytes=body_bytes,
+        max_tokens=body["max_tokens"],
+    )
+    return GatewayCall(caller, admission, session_id)
 
 
 def validate_body(raw: bytes) -> dict[str, Any]:
@@ -143,17 +179,17 @@ def _usage(raw: dict[str, Any] | None) -> TokenUsage:
     )
 
 
-async def _settle(
-    caller: GatewayCaller, model: str, usage: TokenUsage, session_id: str | None, request_id: str
-) -> None:
-    record = await sync_to_async(usage_record)(
-        user_id=caller.user_id,
-        agent_id=caller.agent_id,
-        session_id=_session_or_none(session_id),
+async def _settle(call: GatewayCall, model: str, usage: TokenUsage, request_id: str) -> None:
+    """Settle the call to what it used (nothing, when it failed), whatever cancels the caller."""
+    settle = sync_to_async(gateway_settle)(
+        admission=call.admission,
         model=model,
         usage=usage,
+        agent_id=call.caller.agent_id,
+        session_id=_session_or_none(call.session_id),
         request_id=request_id,
     )
+    record = await asyncio.shield(settle)
     for kind in (
         "input_tokens",
         "output_tokens",
@@ -161,7 +197,8 @@ async def _settle(
         "cache_read_input_tokens",
     ):
         GATEWAY_TOKENS.labels(model, kind.removesuffix("_tokens")).inc(getattr(usage, kind))
-    GATEWAY_COST.labels(model).inc(float(record.cost_usd))
+    if record is not None:
+        GATEWAY_COST.labels(model).inc(float(record.cost_usd))
 
 
 def _session_or_none(session_id: str | None) -> str | None:
@@ -257,27 +294,25 @@ def _offline_events(message: dict[str, Any]) -> list[bytes]:
 # --- Forwarding ------------------------------------------------------------------------------
 
 
-async def gateway_create(
-    *, caller: GatewayCaller, body: dict[str, Any], session_id: str | None
-) -> tuple[dict[str, Any], str]:
+async def gateway_create(*, call: GatewayCall, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """One non-streamed call: the response message and its request id, with usage ledgered."""
-    if not caller.upstream_key:
-        message, request_id = _offline_message(body), ""
-    else:
-        async with _client(caller) as client:
-            try:
-                raw = await client.messages.with_raw_response.create(**_sdk_arguments(body))
-            except anthropic.APIError as exc:
-                raise _upstream_error(exc) from exc
-            message = raw.http_response.json()
-            request_id = raw.http_response.headers.get("request-id", "")
-    await _settle(
-        caller,
-        message.get("model") or body["model"],
-        _usage(message.get("usage")),
-        session_id,
-        request_id,
-    )
+    message: dict[str, Any] = {}
+    request_id = ""
+    try:
+        if not call.caller.upstream_key:
+            message = _offline_message(body)
+        else:
+            async with _client(call.caller) as client:
+                try:
+                    raw = await client.messages.with_raw_response.create(**_sdk_arguments(body))
+                except anthropic.APIError as exc:
+                    raise _upstream_error(exc) from exc
+                message = raw.http_response.json()
+                request_id = raw.http_response.headers.get("request-id", "")
+    finally:
+        await _settle(
+            call, message.get("model") or body["model"], _usage(message.get("usage")), request_id
+        )
     return message, request_id
 
 
@@ -285,8 +320,8 @@ class UpstreamStream:
     """An open streamed call. Iterate it for the SSE bytes; usage is ledgered when it ends,
     however it ends (the caller may go away mid-stream)."""
 
-    def __init__(self, caller: GatewayCaller, body: dict[str, Any], session_id: str | None):
-        self.caller, self.body, self.session_id = caller, body, session_id
+    def __init__(self, call: GatewayCall, body: dict[str, Any]):
+        self.call, self.caller, self.body = call, call.caller, body
         self.request_id = ""
         self._client: anthropic.AsyncAnthropic | None = None
         self._response: Any = None
@@ -305,6 +340,7 @@ class UpstreamStream:
             self._response = await manager.__aenter__()
         except anthropic.APIError as exc:
             await self._client.close()
+            await _settle(self.call, self._model, TokenUsage(), "")
             raise _upstream_error(exc) from exc
         self.request_id = self._response.headers.get("request-id", "")
 
@@ -343,16 +379,11 @@ class UpstreamStream:
                 await self._response.close()
             if self._client is not None:
                 await self._client.close()
-            if self._usage:
-                await _settle(
-                    self.caller, self._model, _usage(self._usage), self.session_id, self.request_id
-                )
+            await _settle(self.call, self._model, _usage(self._usage), self.request_id)
 
 
-async def gateway_open_stream(
-    *, caller: GatewayCaller, body: dict[str, Any], session_id: str | None
-) -> UpstreamStream:
+async def gateway_open_stream(*, call: GatewayCall, body: dict[str, Any]) -> UpstreamStream:
     """Open a streamed call; refusals from Anthropic raise here, before any byte is sent."""
-    stream = UpstreamStream(caller, body, session_id)
+    stream = UpstreamStream(call, body)
     await stream.open()
     return stream

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import uuid
+import zoneinfo
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-__all__ = ["ApiKey", "ModelPrice", "Quota", "UsageRecord", "User"]
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Budget",
+    "ModelPrice",
+    "Quota",
+    "RateCounter",
+    "Reservation",
+    "UsageHourly",
+    "UsageRecord",
+    "User",
+]
 
 _NONNEGATIVE = [MinValueValidator(0)]
 
@@ -22,16 +36,16 @@ class User(AbstractUser):
         swappable = "AUTH_USER_MODEL"
 
 
+def _valid_timezone(name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{name!r} is not a time zone (try UTC or Europe/Paris)") from None
+
+
 class Quota(models.Model):
-    """The limits one user runs under, and what they have spent in the current budget window.
-
-    Budgets left empty are unlimited. Spending counters are only ever changed by conditional
-    UPDATEs in the services, never read-then-written.
-    """
-
-    class Window(models.TextChoices):
-        DAY = "day", "Calendar day"
-        MONTH = "month", "Calendar month"
+    """The limits one user runs under: sandboxes, request rates, and the time zone their
+    calendar budget windows follow. Budgets are ``Budget`` rows; empty limits are unlimited."""
 
     user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="quota")
     is_suspended = models.BooleanField(default=False, help_text="A suspended user can do nothing.")
@@ -39,24 +53,142 @@ class Quota(models.Model):
     max_total_vcpus = models.PositiveIntegerField(default=64)
     max_total_memory_mib = models.PositiveIntegerField(default=128 * 1024)
     max_concurrent_sessions = models.PositiveIntegerField(default=100)
-    requests_per_minute = models.PositiveIntegerField(default=100)
-    budget_window = models.CharField(max_length=8, choices=Window.choices, default=Window.MONTH)
-    token_budget = models.PositiveBigIntegerField(null=True, blank=True)
-    usd_budget = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=_NONNEGATIVE
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, default=600, help_text="API and gateway requests; empty: no limit."
     )
-    window_started_at = models.DateTimeField(default=timezone.now)
-    tokens_used = models.PositiveBigIntegerField(default=0)
-    usd_used = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+    tokens_per_minute = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens through the gateway (worst case at admission)."
+    )
+    concurrent_requests = models.PositiveIntegerField(
+        null=True, blank=True, default=50, help_text="Gateway calls in flight at once."
+    )
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[_valid_timezone],
+        help_text="Calendar budget windows (day, month) start at midnight here.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        constraints = [
-            models.CheckConstraint(condition=Q(usd_used__gte=0), name="quota_usd_used_nonnegative"),
-        ]
 
     def __str__(self) -> str:
         return f"Quota of {self.user}"
+
+
+class Budget(models.Model):
+    """A cap on what one user spends in a window: USD or tokens, per calendar day or month (in
+    the quota's time zone) or over a rolling number of hours.
+
+    ``used`` is what calls settled in the current window; ``reserved`` is the worst case of
+    calls still in flight. Admission needs ``used + reserved + worst case <= limit``; both only
+    change under the user's quota row lock, in the services.
+    """
+
+    class Metric(models.TextChoices):
+        USD = "usd", "USD"
+        TOKENS = "tokens", "Tokens"
+
+    class Window(models.TextChoices):
+        DAY = "day", "Calendar day"
+        MONTH = "month", "Calendar month"
+        ROLLING = "rolling", "Rolling hours"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="budgets")
+    metric = models.CharField(max_length=8, choices=Metric.choices, default=Metric.USD)
+    window = models.CharField(max_length=8, choices=Window.choices, default=Window.MONTH)
+    rolling_hours = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The length of a rolling window, in whole hours."
+    )
+    limit = models.DecimalField(max_digits=20, decimal_places=8, validators=_NONNEGATIVE)
+    used = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+    reserved = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+    window_started_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["user", "metric", "window"]
+        constraints = [
+            models.CheckConstraint(condition=Q(used__gte=0), name="budget_used_nonnegative"),
+            models.CheckConstraint(
+                condition=Q(reserved__gte=0), name="budget_reserved_nonnegative"
+            ),
+            models.CheckConstraint(
+                condition=~Q(window="rolling") | Q(rolling_hours__gte=1),
+                name="budget_rolling_has_hours",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        span = f"{self.rolling_hours} h" if self.window == self.Window.ROLLING else self.window
+        unit = "$" if self.metric == self.Metric.USD else "tokens "
+        return f"{unit}{self.limit.normalize():f} per {span}"
+
+    def clean(self) -> None:
+        if self.window == self.Window.ROLLING and not self.rolling_hours:
+            raise ValidationError({"rolling_hours": "A rolling window needs its length in hours."})
+        if self.metric == self.Metric.TOKENS and self.limit != self.limit.to_integral_value():
+            raise ValidationError({"limit": "A token budget is a whole number of tokens."})
+
+
+class Reservation(models.Model):
+    """A gateway call in flight: what it reserved against each budget and the token rate, until
+    it settles. It also counts toward the concurrency limits while it has not expired; one whose
+    process died is released by the sweeper once it expires."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(
+        "ApiKey", on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    amounts = models.JSONField(default=dict, help_text="Budget id → reserved amount (a string).")
+    tokens = models.PositiveBigIntegerField(default=0)
+    minute = models.DateTimeField(help_text="The token-rate minute the worst case was counted in.")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "expires_at"], name="reservation_user_expiry")]
+
+    def __str__(self) -> str:
+        return f"reservation {self.pk} of {self.user_id}"
+
+
+class RateCounter(models.Model):
+    """Requests and tokens of one scope (a user or an API key) in one clock minute."""
+
+    scope = models.CharField(max_length=40)
+    minute = models.DateTimeField()
+    requests = models.PositiveIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "minute"], name="rate_counter_scope_minute")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} at {self.minute:%H:%M}: {self.requests} requests"
+
+
+class AuditEvent(models.Model):
+    """Something an operator did (a quota change, an agent stopped, a rule edited): who, when,
+    to what, and the values before and after."""
+
+    actor = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    action = models.CharField(max_length=60)
+    target_type = models.CharField(max_length=60)
+    target_id = models.CharField(max_length=64)
+    target_repr = models.CharField(max_length=200)
+    changes = models.JSONField(default=dict, help_text="Field → [old, new].")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="audit_target")]
+
+    def __str__(self) -> str:
+        return f"{self.actor or 'system'} {self.action} {self.target_repr}"
 
 
 class ApiKey(models.Model):
@@ -66,6 +198,9 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=100, blank=True)
     prefix = models.CharField(max_length=16, unique=True, help_text="Visible start of the key.")
     key_hash = models.CharField(max_length=64, unique=True)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
+    concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -144,3 +279,30 @@ class UsageRecord(models.Model):
             + self.cache_creation_input_tokens
             + self.cache_read_input_tokens
         )
+
+
+class UsageHourly(models.Model):
+    """The ledger rolled up per user, agent, model and hour, kept current as each call lands,
+    so that summaries read a few rows per hour instead of every call."""
+
+    hour = models.DateTimeField()
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    agent_id = models.CharField(max_length=36, blank=True, help_text="Empty: no agent.")
+    model = models.CharField(max_length=100)
+    requests = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_input_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "hour", "agent_id", "model"], name="usage_hourly_key"
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="usage_hourly_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.hour:%Y-%m-%d %H}h: ${self.cost_usd}"

@@ -78,6 +78,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "console.middleware.RateLimitHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -172,6 +173,10 @@ ANTHROPIC_API_KEY = env_secret("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL") or None
 ANTHROPIC_TIMEOUT_SECONDS = env_float("ANTHROPIC_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 ANTHROPIC_MAX_RETRIES = env_int("ANTHROPIC_MAX_RETRIES", 2, minimum=0)
+# A gateway call's worst case stays reserved at most this long when its process dies unsettled.
+GATEWAY_RESERVATION_SECONDS = env_int(
+    "GATEWAY_RESERVATION_SECONDS", 2 * int(ANTHROPIC_TIMEOUT_SECONDS) + 60, minimum=60
+)
 DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", "claude-sonnet-5-5")
 # Encrypts users' own Anthropic keys at rest; comma-separated, newest first, for rotation.
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])
@@ -191,6 +196,13 @@ SANDBOX_GUEST_DIR = Path(env_str("SANDBOX_GUEST_DIR", str(VAR_DIR / "guest")))
 SANDBOX_HOST_NAME = env_str("SANDBOX_HOST_NAME", socket.gethostname())
 SANDBOX_HOST_VCPUS = env_int("SANDBOX_HOST_VCPUS", 4 * (os.cpu_count() or 1), minimum=1)
 SANDBOX_HOST_MEMORY_MIB = env_int("SANDBOX_HOST_MEMORY_MIB", _memory_mib(), minimum=64)
+# Each worker heartbeats its host; a host silent for the stale time is offline, its agents failed.
+SANDBOX_HOST_HEARTBEAT_SECONDS = env_float("SANDBOX_HOST_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
+SANDBOX_HOST_STALE_SECONDS = env_float(
+    "SANDBOX_HOST_STALE_SECONDS",
+    3 * SANDBOX_HOST_HEARTBEAT_SECONDS,
+    minimum=2 * SANDBOX_HOST_HEARTBEAT_SECONDS,  # one late heartbeat must not take a host offline
+)
 # Agents with no turn for this long are stopped by the idle reaper (0: never).
 AGENT_IDLE_TIMEOUT_SECONDS = env_int("AGENT_IDLE_TIMEOUT_SECONDS", 3600, minimum=0)
 # Where bubblewrap cannot run, the process backend refuses to boot agents unless this is on.
@@ -213,6 +225,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["console.authentication.QuotaThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "console.errors.drf_exception_handler",

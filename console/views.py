@@ -34,7 +34,7 @@ def _gateway_error(exc: ConsoleError) -> JsonResponse:
     body["error"]["type"] = getattr(exc, "error_type", None) or _ANTHROPIC_TYPES.get(
         exc.status, "api_error"
     )
-    return JsonResponse(body, status=exc.status)
+    return JsonResponse(body, status=exc.status, headers=exc.headers())
 
 
 _ANTHROPIC_TYPES = {
@@ -52,28 +52,31 @@ async def gateway_messages(request: HttpRequest) -> HttpResponse:
     """``POST /gateway/v1/messages``: Anthropic's Messages API, metered."""
     if request.method != "POST":
         return _gateway_error(ConsoleError("use POST"))
+    call = None
     try:
-        caller = await sync_to_async(gateway.gateway_authenticate)(token=bearer_token(request))
         body = gateway.validate_body(request.body)
-        session_id = request.headers.get("x-console-session")
+        call = await sync_to_async(gateway.gateway_begin)(
+            token=bearer_token(request),
+            body=body,
+            body_bytes=len(request.body),
+            session_id=request.headers.get("x-console-session"),
+        )
         if body.get("stream"):
-            stream = await gateway.gateway_open_stream(
-                caller=caller, body=body, session_id=session_id
-            )
-            response = StreamingHttpResponse(stream, content_type="text/event-stream")
+            stream = await gateway.gateway_open_stream(call=call, body=body)
+            response: HttpResponse = StreamingHttpResponse(stream, content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
-            if stream.request_id:
-                response["request-id"] = stream.request_id
-            return response
-        message, request_id = await gateway.gateway_create(
-            caller=caller, body=body, session_id=session_id
-        )
+            request_id = stream.request_id
+        else:
+            message, request_id = await gateway.gateway_create(call=call, body=body)
+            response = JsonResponse(message)
     except ConsoleError as exc:
-        return _gateway_error(exc)
-    response = JsonResponse(message)
+        response = _gateway_error(exc)
+        request_id = ""
     if request_id:
         response["request-id"] = request_id
+    if call is not None:
+        request.rate_status = call.admission.rate  # type: ignore[attr-defined]
     return response
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from agents.models import Agent, Message
 from agents.sandbox import runtime_client_sync
-from console.models import Quota, UsageRecord
+from console.models import UsageHourly, UsageRecord
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import Error, Text, _input_tokens, count_tokens
 
@@ -80,7 +80,9 @@ def test_spawn_then_chat_answers_from_claude_and_ledgers_the_cost(alice, fake_an
     expected_cost = (Decimal(expected_input) * 2 + Decimal(expected_output) * 10) / 1_000_000
     assert record.cost_usd == expected_cost
     assert record.request_id.startswith("req_")
-    assert Quota.objects.get(user=user).usd_used == expected_cost
+    hourly = UsageHourly.objects.get()
+    assert (hourly.user, hourly.agent_id, hourly.requests) == (user, str(agent.pk), 1)
+    assert hourly.cost_usd == expected_cost
 
     assistant = Message.objects.get(session_id=reply["session_id"], role="assistant")
     assert (assistant.content, assistant.cost_usd) == ("Echo: Hello there", expected_cost)

@@ -1,0 +1,46 @@
+"""The console's services: users and API keys, the usage ledger, budgets and rate limits."""
+
+from console.services.accounts import (
+    api_key_authenticate,
+    api_key_create,
+    api_key_revoke,
+    operator_ensure,
+    quota_get,
+    quota_set_suspended,
+    user_check_active,
+)
+from console.services.ledger import TokenUsage, cost_of, price_for, usage_record
+from console.services.limits import (
+    Admission,
+    RateStatus,
+    WorstCase,
+    budget_window,
+    gateway_admit,
+    gateway_settle,
+    request_admit,
+    reservations_release_expired,
+    worst_case,
+)
+
+__all__ = [
+    "Admission",
+    "RateStatus",
+    "TokenUsage",
+    "WorstCase",
+    "api_key_authenticate",
+    "api_key_create",
+    "api_key_revoke",
+    "budget_window",
+    "cost_of",
+    "gateway_admit",
+    "gateway_settle",
+    "operator_ensure",
+    "price_for",
+    "quota_get",
+    "quota_set_suspended",
+    "request_admit",
+    "reservations_release_expired",
+    "usage_record",
+    "user_check_active",
+    "worst_case",
+]

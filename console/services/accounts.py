@@ -1,0 +1,94 @@
+"""Services for users, their quotas and API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from console.errors import NotAuthenticated, UserSuspended
+from console.models import ApiKey, Quota, User
+
+__all__ = [
+    "api_key_authenticate",
+    "api_key_create",
+    "api_key_revoke",
+    "operator_ensure",
+    "quota_get",
+    "quota_set_suspended",
+    "user_check_active",
+]
+
+API_KEY_PREFIX = "ac_"
+_LAST_USED_GRANULARITY = timedelta(minutes=1)
+_MILLION = Decimal(1_000_000)
+
+
+def _hash_key(raw: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is safe; it must be fast to check every request.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def api_key_create(
+    *, user: User, name: str = "", expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never shown again."""
+    prefix = API_KEY_PREFIX + secrets.token_hex(4)
+    raw = f"{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        user=user, name=name, prefix=prefix, key_hash=_hash_key(raw), expires_at=expires_at
+    )
+    return key, raw
+
+
+def api_key_authenticate(*, raw: str) -> ApiKey:
+    """The usable key ``raw`` stands for, with its user; raises ``NotAuthenticated``."""
+    key = (
+        ApiKey.objects.select_related("user", "user__quota").filter(key_hash=_hash_key(raw)).first()
+    )
+    now = timezone.now()
+    if key is None or not key.is_usable(now) or not key.user.is_active:
+        raise NotAuthenticated("the API key is unknown, revoked or expired")
+    if key.last_used_at is None or now - key.last_used_at > _LAST_USED_GRANULARITY:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
+
+
+def api_key_revoke(*, key: ApiKey) -> None:
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def quota_get(*, user: User) -> Quota:
+    """The user's quota, created with the defaults on first use."""
+    try:
+        return user.quota
+    except Quota.DoesNotExist:
+        quota, _ = Quota.objects.get_or_create(user=user)
+        return quota
+
+
+def user_check_active(*, user: User) -> Quota:
+    """Raise ``UserSuspended`` unless the user may act; return their quota."""
+    quota = quota_get(user=user)
+    if quota.is_suspended:
+        raise UserSuspended("this account is suspended; ask an operator")
+    return quota
+
+
+def quota_set_suspended(*, user_ids: list[int], suspended: bool) -> int:
+    for user_id in user_ids:
+        Quota.objects.get_or_create(user_id=user_id)
+    return Quota.objects.filter(user_id__in=user_ids).update(is_suspended=suspended)
+
+
+def operator_ensure(*, username: str) -> str | None:
+    """Create the operator account if no superuser exists; return its new password, else None."""
+    if User.objects.filter(is_superuser=True).exists():
+        return None
+    password = secrets.token_urlsafe(12)
+    User.objects.create_superuser(username=username, email="", password=password)
+    return password

@@ -1,0 +1,122 @@
+"""The usage ledger: prices, and every priced call written with its hourly roll-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from console.models import ModelPrice, UsageHourly, UsageRecord
+
+__all__ = ["TokenUsage", "cost_of", "price_for", "usage_record"]
+
+_MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Token counts as Anthropic reports them in a response's ``usage``."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
+        )
+
+
+def price_for(*, model: str, at: datetime) -> ModelPrice | None:
+    """The price of ``model`` in force at ``at``; a dated snapshot name falls back to its family."""
+    candidates = [model]
+    base, _, suffix = model.rpartition("-")
+    if base and suffix.isdigit() and len(suffix) == 8:
+        candidates.append(base)
+    for name in candidates:
+        price = (
+            ModelPrice.objects.filter(model=name, effective_from__lte=at.date())
+            .order_by("-effective_from")
+            .first()
+        )
+        if price is not None:
+            return price
+    return None
+
+
+def cost_of(*, usage: TokenUsage, price: ModelPrice | None) -> Decimal:
+    if price is None:
+        return Decimal(0)
+    total = (
+        usage.input_tokens * price.input_per_mtok
+        + usage.output_tokens * price.output_per_mtok
+        + usage.cache_creation_input_tokens * price.cache_write_per_mtok
+        + usage.cache_read_input_tokens * price.cache_read_per_mtok
+    )
+    return (total / _MILLION).quantize(Decimal("0.00000001"))
+
+
+def usage_record(
+    *,
+    user_id: int,
+    model: str,
+    usage: TokenUsage,
+    agent_id: object | None = None,
+    session_id: object | None = None,
+    request_id: str = "",
+    at: datetime | None = None,
+) -> UsageRecord:
+    """Price one call and write it to the ledger and its hourly roll-up, in one transaction."""
+    now = at or timezone.now()
+    cost = cost_of(usage=usage, price=price_for(model=model, at=now))
+    with transaction.atomic():
+        record = UsageRecord.objects.create(
+            user_id=user_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            model=model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cost_usd=cost,
+            request_id=request_id,
+            created_at=now,
+        )
+        _roll_up(record)
+    return record
+
+
+def _roll_up(record: UsageRecord) -> None:
+    """Add one ledger row to its hour's roll-up: an increment, or the first row of that hour."""
+    key = {
+        "user_id": record.user_id,
+        "hour": record.created_at.replace(minute=0, second=0, microsecond=0),
+        "agent_id": str(record.agent_id or ""),
+        "model": record.model,
+    }
+    amounts = {
+        "requests": 1,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cache_creation_input_tokens": record.cache_creation_input_tokens,
+        "cache_read_input_tokens": record.cache_read_input_tokens,
+        "cost_usd": record.cost_usd,
+    }
+    increments = {name: F(name) + value for name, value in amounts.items()}
+    if UsageHourly.objects.filter(**key).update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            UsageHourly.objects.create(**key, **amounts)
+    except IntegrityError:  # another process wrote the hour's first row meanwhile
+        UsageHourly.objects.filter(**key).update(**increments)
