@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,13 +145,38 @@ def validate_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+_pools: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[object, ...], anthropic.AsyncAnthropic]
+] = weakref.WeakKeyDictionary()
+
+
 def _client(caller: GatewayCaller) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(
-        api_key=caller.upstream_key,
-        base_url=settings.ANTHROPIC_BASE_URL,
-        max_retries=settings.ANTHROPIC_MAX_RETRIES,
-        timeout=settings.ANTHROPIC_TIMEOUT_SECONDS,
+    """The SDK client for the caller's key. One connection pool per event loop serves every
+    key (``with_options`` shares it), so calls skip the TCP and TLS handshakes. The SDK
+    retries 408, 409, 429 and 5xx (Anthropic's 529 "overloaded" among them) with exponential
+    backoff and jitter, honouring Anthropic's retry-after; ``_deadline`` bounds the whole."""
+    options = (
+        settings.ANTHROPIC_BASE_URL,
+        settings.ANTHROPIC_MAX_RETRIES,
+        settings.ANTHROPIC_TIMEOUT_SECONDS,
     )
+    clients = _pools.setdefault(asyncio.get_running_loop(), {})
+    base = clients.get(options)
+    if base is None:
+        base_url, max_retries, timeout = options
+        base = clients[options] = anthropic.AsyncAnthropic(
+            api_key=caller.upstream_key, base_url=base_url, max_retries=max_retries, timeout=timeout
+        )
+    return (
+        base
+        if base.api_key == caller.upstream_key
+        else base.with_options(api_key=caller.upstream_key)
+    )
+
+
+def _deadline() -> asyncio.Timeout:
+    """How long a call may take to answer (its first byte, when streamed), retries included."""
+    return asyncio.timeout(settings.GATEWAY_DEADLINE_SECONDS)
 
 
 def _sdk_arguments(body: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +194,15 @@ def _upstream_error(exc: anthropic.APIError) -> UpstreamError:
     if isinstance(exc, anthropic.APITimeoutError):
         return UpstreamError(504, "timeout_error", "Anthropic did not answer in time")
     return UpstreamError(502, "api_error", f"Anthropic could not be reached: {exc}")
+
+
+def _past_deadline() -> UpstreamError:
+    return UpstreamError(
+        504,
+        "timeout_error",
+        f"Anthropic did not answer within the gateway's deadline of "
+        f"{settings.GATEWAY_DEADLINE_SECONDS:g} s, retries included",
+    )
 
 
 def _usage(raw: dict[str, Any] | None) -> TokenUsage:
@@ -302,13 +338,16 @@ async def gateway_create(*, call: GatewayCall, body: dict[str, Any]) -> tuple[di
         if not call.caller.upstream_key:
             message = _offline_message(body)
         else:
-            async with _client(call.caller) as client:
-                try:
+            client = _client(call.caller)
+            try:
+                async with _deadline():
                     raw = await client.messages.with_raw_response.create(**_sdk_arguments(body))
-                except anthropic.APIError as exc:
-                    raise _upstream_error(exc) from exc
-                message = raw.http_response.json()
-                request_id = raw.http_response.headers.get("request-id", "")
+            except anthropic.APIError as exc:
+                raise _upstream_error(exc) from exc
+            except TimeoutError as exc:
+                raise _past_deadline() from exc
+            message = raw.http_response.json()
+            request_id = raw.http_response.headers.get("request-id", "")
     finally:
         await _settle(
             call, message.get("model") or body["model"], _usage(message.get("usage")), request_id
@@ -327,6 +366,8 @@ class UpstreamStream:
         self._response: Any = None
         self._model = body["model"]
         self._usage: dict[str, int] = {}
+        self._deltas = 0
+        self._final = False
 
     async def open(self) -> None:
         if not self.caller.upstream_key:
@@ -337,10 +378,12 @@ class UpstreamStream:
             **_sdk_arguments(self.body | {"stream": True})
         )
         try:
-            self._response = await manager.__aenter__()
-        except anthropic.APIError as exc:
-            await self._client.close()
+            async with _deadline():
+                self._response = await manager.__aenter__()
+        except (anthropic.APIError, TimeoutError) as exc:
             await _settle(self.call, self._model, TokenUsage(), "")
+            if isinstance(exc, TimeoutError):
+                raise _past_deadline() from exc
             raise _upstream_error(exc) from exc
         self.request_id = self._response.headers.get("request-id", "")
 
@@ -348,10 +391,21 @@ class UpstreamStream:
         if event == "message_start":
             self._model = data["message"].get("model") or self._model
             self._usage.update(data["message"].get("usage") or {})
+        elif event == "content_block_delta":
+            self._deltas += 1
         elif event == "message_delta":
+            self._final = True
             for key, value in (data.get("usage") or {}).items():
                 if isinstance(value, int):
                     self._usage[key] = value
+
+    def _used(self) -> TokenUsage:
+        """What the call used: Anthropic's final totals; or, for a stream cut short, its input
+        and at least one output token per delta received (each delta carries one or more)."""
+        usage = _usage(self._usage)
+        if self._final or not self._deltas:
+            return usage
+        return dataclasses.replace(usage, output_tokens=max(usage.output_tokens, self._deltas))
 
     async def _upstream_chunks(self) -> AsyncIterator[bytes]:
         if self._response is None:
@@ -377,9 +431,7 @@ class UpstreamStream:
         finally:
             if self._response is not None:
                 await self._response.close()
-            if self._client is not None:
-                await self._client.close()
-            await _settle(self.call, self._model, _usage(self._usage), self.request_id)
+            await _settle(self.call, self._model, self._used(), self.request_id)
 
 
 async def gateway_open_stream(*, call: GatewayCall, body: dict[str, Any]) -> UpstreamStream:

@@ -173,6 +173,10 @@ ANTHROPIC_API_KEY = env_secret("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL") or None
 ANTHROPIC_TIMEOUT_SECONDS = env_float("ANTHROPIC_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 ANTHROPIC_MAX_RETRIES = env_int("ANTHROPIC_MAX_RETRIES", 2, minimum=0)
+# The most a gateway call may wait for Anthropic's answer (a stream's first byte), retries included.
+GATEWAY_DEADLINE_SECONDS = env_float(
+    "GATEWAY_DEADLINE_SECONDS", ANTHROPIC_TIMEOUT_SECONDS, minimum=1.0
+)
 # A gateway call's worst case stays reserved at most this long when its process dies unsettled.
 GATEWAY_RESERVATION_SECONDS = env_int(
     "GATEWAY_RESERVATION_SECONDS", 2 * int(ANTHROPIC_TIMEOUT_SECONDS) + 60, minimum=60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from decimal import Decimal
 
@@ -11,9 +12,9 @@ import pytest
 
 from agents.models import Agent
 from agents.sandbox import agent_token_issue
-from console.models import UsageRecord
+from console.models import Reservation, UsageRecord
 from tests.conftest import PLATFORM_KEY
-from tests.fakes.anthropic import Error, Text, count_tokens
+from tests.fakes.anthropic import Error, Hang, Text, count_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -214,3 +215,112 @@ def test_without_a_key_the_offline_model_streams_a_labelled_reply(sdk, settings,
 def test_usage_counts_match_anthropics_own_fields(sdk, fake_anthropic):
     message = _ask(sdk, "a b c")
     assert message.usage.input_tokens == count_tokens("a b c")
+
+
+# --- Retries, the deadline, and callers that go away -------------------------------------------
+
+
+def _eventually(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.mark.parametrize("status", [429, 529])
+def test_a_rate_limited_or_overloaded_anthropic_is_retried(sdk, settings, fake_anthropic, status):
+    settings.ANTHROPIC_MAX_RETRIES = 2
+    fake_anthropic.enqueue(Error(status, retry_after=0.05), Error(status, retry_after=0.05))
+    message = _ask(sdk)
+    assert message.content[0].text == "Echo: How are you?"
+    assert len(fake_anthropic.requests) == 3
+    assert UsageRecord.objects.count() == 1  # the retries cost nothing; the answer is ledgered
+
+
+def test_retries_stop_after_the_limit_and_the_refusal_passes_through(sdk, settings, fake_anthropic):
+    settings.ANTHROPIC_MAX_RETRIES = 1
+    fake_anthropic.enqueue(*[Error(529, retry_after=0.05)] * 3)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        _ask(sdk)
+    assert caught.value.status_code == 529
+    assert len(fake_anthropic.requests) == 2
+    assert not Reservation.objects.exists()
+
+
+def test_retries_end_at_the_gateways_deadline(sdk, settings, fake_anthropic):
+    settings.ANTHROPIC_MAX_RETRIES = 5
+    settings.GATEWAY_DEADLINE_SECONDS = 0.5
+    fake_anthropic.enqueue(*[Error(529, retry_after=0.3)] * 6)
+    started = time.monotonic()
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        _ask(sdk)
+    assert caught.value.status_code == 504
+    assert caught.value.body["error"]["type"] == "timeout_error"
+    assert time.monotonic() - started < 3
+    assert len(fake_anthropic.requests) < 6
+    assert not Reservation.objects.exists() and not UsageRecord.objects.exists()
+
+
+def test_a_slow_anthropic_is_abandoned_at_the_deadline(sdk, settings, fake_anthropic):
+    settings.GATEWAY_DEADLINE_SECONDS = 0.5
+    fake_anthropic.enqueue(Hang(30))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        _ask(sdk, stream=True)
+    assert caught.value.status_code == 504
+    assert _eventually(lambda: fake_anthropic.disconnects == 1)  # the upstream call was closed
+    assert not Reservation.objects.exists()
+
+
+def test_a_caller_that_goes_away_cancels_the_upstream_call(
+    gateway_url, user, api_key, fake_anthropic
+):
+    fake_anthropic.enqueue(Hang(30))
+    body = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway_url}/v1/messages",
+            json=body,
+            headers={"x-api-key": api_key(user)},
+            timeout=httpx.Timeout(5, read=0.5),
+        )
+    assert _eventually(lambda: fake_anthropic.disconnects == 1)
+    assert _eventually(lambda: not Reservation.objects.exists())
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_caller_that_leaves_mid_stream_cancels_upstream_and_pays_what_was_used(
+    gateway_url, user, api_key, fake_anthropic
+):
+    fake_anthropic.chunk_delay = 0.05
+    long_reply = " ".join(f"word{i}" for i in range(200))
+    fake_anthropic.enqueue(Text(long_reply))
+    body = {
+        "model": MODEL,
+        "max_tokens": 1000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "talk"}],
+    }
+    try:
+        with httpx.stream(
+            "POST",
+            f"{gateway_url}/v1/messages",
+            json=body,
+            headers={"x-api-key": api_key(user)},
+            timeout=10,
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if "word5 " in line:
+                    break  # the caller goes away after a few words
+    finally:
+        fake_anthropic.chunk_delay = 0.0
+    assert _eventually(lambda: fake_anthropic.disconnects == 1)
+    assert _eventually(lambda: UsageRecord.objects.exists())
+    record = UsageRecord.objects.get()
+    # Charged the input Anthropic reported, and an output token for each delta that arrived
+    # (the fake sends one word, one token, per delta); the rest was never generated.
+    assert record.input_tokens == count_tokens("talk")
+    assert 6 <= record.output_tokens < count_tokens(long_reply)
+    assert not Reservation.objects.exists()
