@@ -20,6 +20,7 @@ __all__ = [
     "agents_reap_idle",
     "agents_reconcile",
     "agents_reconcile_host",
+    "hosts_mark_stale",
     "warm_pool_refill_task",
     "warm_pools_refill",
 ]
@@ -63,6 +64,12 @@ def agents_reconcile() -> int:
     for name in hosts:
         agents_reconcile_host.apply_async((name,), queue=f"sandboxes.{name}")
     return len(hosts)
+
+
+@shared_task(name="agents.tasks.hosts_mark_stale", soft_time_limit=30, time_limit=60)
+def hosts_mark_stale() -> list[str]:
+    """Beat's entry point: take offline the hosts whose worker stopped heartbeating."""
+    return services.hosts_mark_stale()
 
 
 @shared_task(name="agents.tasks.warm_pool_refill", **_LIFECYCLE)

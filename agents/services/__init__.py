@@ -7,7 +7,14 @@ from agents.services.chat import (
     agent_chat_stream,
     agent_for_user,
 )
-from agents.services.hosts import host_place, host_register, host_set_online, hosts_usage
+from agents.services.hosts import (
+    host_heartbeat,
+    host_place,
+    host_register,
+    host_set_online,
+    hosts_mark_stale,
+    hosts_usage,
+)
 from agents.services.lifecycle import (
     agent_boot,
     agent_destroy,
@@ -41,9 +48,11 @@ __all__ = [
     "agent_teardown",
     "agents_reap_idle",
     "agents_reconcile",
+    "host_heartbeat",
     "host_place",
     "host_register",
     "host_set_online",
+    "hosts_mark_stale",
     "hosts_usage",
     "warm_claim",
     "warm_pool_refill",

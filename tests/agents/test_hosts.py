@@ -1,7 +1,9 @@
-"""Sandbox hosts: placement by capacity, a clear 503 when full, and real workers as hosts."""
+"""Sandbox hosts: placement by capacity, a clear 503 when full, heartbeats and stale hosts, and
+real workers as hosts."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -9,8 +11,9 @@ from django.utils import timezone
 
 from agents import sandbox
 from agents.models import Agent, SandboxHost
-from agents.services import agent_spawn, agents_reconcile, host_register
-from console.celery import app
+from agents.services import agent_spawn, agents_reconcile, host_register, hosts_mark_stale
+from agents.tasks import hosts_mark_stale as hosts_mark_stale_task
+from console.celery import HostHeartbeat, app
 from console.errors import CapacityExhausted
 from tests.agents.workers import start_worker, wait_for
 from vmdriver import VmState
@@ -82,6 +85,111 @@ class TestPlacement:
         assert response.json()["error"]["message"] == "no process sandbox host is online"
 
 
+def _silent_for(seconds: float):  # type: ignore[no-untyped-def]
+    """A last_seen_at that many seconds ago."""
+    return timezone.now() - timedelta(seconds=seconds)
+
+
+@pytest.mark.django_db
+class TestStaleHosts:
+    def test_a_host_that_stopped_heartbeating_takes_no_agents(self, user, only_hosts, settings):
+        only_hosts("silent", 64, last_seen_at=_silent_for(settings.SANDBOX_HOST_STALE_SECONDS + 1))
+        fresh = only_hosts("fresh", 1, last_seen_at=_silent_for(1))
+        assert agent_spawn(owner=user).host == fresh
+
+    def test_with_every_host_silent_spawning_says_none_is_online(self, user, only_hosts, settings):
+        silent_since = _silent_for(settings.SANDBOX_HOST_STALE_SECONDS + 1)
+        only_hosts("silent", 64, last_seen_at=silent_since)
+        with pytest.raises(CapacityExhausted) as refused:
+            agent_spawn(owner=user)
+        assert refused.value.message == "no process sandbox host is online"
+        assert refused.value.details["hosts"] == []
+        assert refused.value.details["stale_hosts"] == [
+            {"name": "silent", "last_seen_at": silent_since.isoformat()}
+        ]
+
+    def test_beat_takes_a_silent_host_offline_and_fails_its_agents(
+        self, user, only_hosts, settings
+    ):
+        silent_since = _silent_for(settings.SANDBOX_HOST_STALE_SECONDS + 1)
+        silent = only_hosts("silent", 64, last_seen_at=silent_since)
+        fresh = only_hosts("fresh", 64)
+        on_silent = {
+            status: Agent.objects.create(
+                owner=user, model="m", sandbox_id=status, host=silent, status=status
+            )
+            for status in ("pending", "starting", "running", "stopping", "stopped")
+        }
+        elsewhere = Agent.objects.create(
+            owner=user, model="m", sandbox_id="elsewhere", host=fresh, status="running"
+        )
+
+        assert hosts_mark_stale_task() == ["silent"]
+
+        silent.refresh_from_db()
+        assert not silent.is_online
+        assert silent.last_seen_at == silent_since  # still when it last answered
+        assert {was: _status(agent) for was, agent in on_silent.items()} == {
+            "pending": "failed",
+            "starting": "failed",
+            "running": "failed",
+            "stopping": "stopped",
+            "stopped": "stopped",
+        }
+        assert on_silent["running"].last_error.startswith("host silent stopped answering")
+        assert on_silent["stopped"].last_error == ""
+        assert _status(elsewhere) == "running"
+        fresh.refresh_from_db()
+        assert fresh.is_online
+        assert hosts_mark_stale() == []  # nothing left to do
+
+    def test_beat_looks_for_silent_hosts_every_heartbeat(self, settings):
+        entry = app.conf.beat_schedule["mark-stale-hosts"]
+        assert entry["task"] == "agents.tasks.hosts_mark_stale"
+        assert entry["schedule"] == settings.SANDBOX_HOST_HEARTBEAT_SECONDS
+        app.loader.import_default_modules()
+        assert "agents.tasks.hosts_mark_stale" in app.tasks
+
+
+@pytest.mark.django_db(transaction=True)  # a beat closes its connection, as its thread must
+def test_a_heartbeat_brings_a_silent_host_back(only_hosts, settings):
+    only_hosts(
+        "back",
+        4,
+        is_online=False,
+        last_seen_at=_silent_for(settings.SANDBOX_HOST_STALE_SECONDS + 1),
+    )
+    assert HostHeartbeat("back", interval=60).beat() is True
+    host = SandboxHost.objects.get(name="back")
+    assert host.is_online
+    assert host.last_seen_at > _silent_for(5)
+    assert hosts_mark_stale() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_heartbeat_for_an_unregistered_host_records_nothing(only_hosts):
+    assert HostHeartbeat("nobody", interval=60).beat() is False
+    assert not SandboxHost.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_thread_beats_until_it_is_stopped(only_hosts):
+    host = only_hosts("here", 4, last_seen_at=_silent_for(60))
+    heartbeat = HostHeartbeat("here", interval=0.05)
+    heartbeat.start()
+    try:
+        wait_for(
+            lambda: SandboxHost.objects.get(pk=host.pk).last_seen_at > _silent_for(5),
+            10,
+            "a heartbeat",
+        )
+    finally:
+        heartbeat.stop()
+    last = SandboxHost.objects.get(pk=host.pk).last_seen_at
+    time.sleep(0.2)
+    assert SandboxHost.objects.get(pk=host.pk).last_seen_at == last
+
+
 @pytest.fixture
 def real_workers(transactional_db, settings, tmp_path):
     """Celery workers as separate processes; tasks go through the broker, not eagerly."""
@@ -91,8 +199,8 @@ def real_workers(transactional_db, settings, tmp_path):
     app.conf.task_always_eager = False
     try:
         yield (
-            lambda name, vcpus: (
-                workers.append(start_worker(name, tmp_path, vcpus=vcpus)) or (workers[-1])
+            lambda name, vcpus, **env: (
+                workers.append(start_worker(name, tmp_path, vcpus=vcpus, **env)) or (workers[-1])
             )
         )
     finally:
@@ -167,3 +275,40 @@ def test_a_worker_killed_mid_boot_leaves_nothing_behind_after_reconcile(
     running = [s.id for s in sandbox.driver().list() if s.state == VmState.RUNNING]
     live_agents = set(Agent.objects.filter(status="running").values_list("sandbox_id", flat=True))
     assert set(running) <= live_agents  # no sandbox runs without a running agent
+
+
+def _last_seen(name: str):  # type: ignore[no-untyped-def]
+    return SandboxHost.objects.get(name=name).last_seen_at
+
+
+def test_a_killed_workers_host_goes_offline_and_its_agents_fail(user, real_workers, settings):
+    worker = real_workers("delta", 2, SANDBOX_HOST_HEARTBEAT_SECONDS="0.2")
+    wait_for(lambda: _online("delta"), 60, "the worker to register its host", worker)
+    registered = _last_seen("delta")
+    wait_for(lambda: _last_seen("delta") > registered, 10, "a heartbeat from the worker", worker)
+    agent = Agent.objects.create(
+        owner=user,
+        model="m",
+        sandbox_id="x",
+        host=SandboxHost.objects.get(name="delta"),
+        status="running",
+    )
+
+    worker.kill()
+    settings.SANDBOX_HOST_STALE_SECONDS = 1.0
+    wait_for(lambda: hosts_mark_stale() == ["delta"], 10, "the host to go stale")
+
+    assert not _online("delta")
+    assert _status(agent) == "failed"
+    assert agent.last_error.startswith("host delta stopped answering")
+    with pytest.raises(CapacityExhausted, match="no process sandbox host is online"):
+        agent_spawn(owner=user, vcpus=1, memory_mib=128)
+
+
+def test_a_stopped_worker_stops_heartbeating_before_it_takes_its_host_offline(real_workers):
+    worker = real_workers("epsilon", 2, SANDBOX_HOST_HEARTBEAT_SECONDS="0.1")
+    wait_for(lambda: _online("epsilon"), 60, "the worker to register its host", worker)
+    worker.stop()
+    assert not _online("epsilon"), worker.output()[-3000:]
+    time.sleep(0.5)  # five heartbeats' time: none may bring the host back
+    assert not _online("epsilon")

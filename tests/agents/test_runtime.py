@@ -112,19 +112,6 @@ def runtime(gateway: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory) ->
     _terminate(started)
 
 
-@pytest.fixture
-def fake(gateway: FakeAnthropic) -> FakeAnthropic:
-    gateway.reset()
-    gateway.chunk_delay = 0.0
-    return gateway
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[httpx.Client]:
-    with runtime.client() as http:
-        yield http
-
-
 def _session() -> str:
     return f"sess-{uuid.uuid4()}"
 
@@ -167,9 +154,9 @@ def _value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_health_and_ready_answer(client: httpx.Client) -> None:
-    health = client.get("/health")
-    ready = client.get("/ready")
+def test_health_and_ready_answer(runtime_http: httpx.Client) -> None:
+    health = runtime_http.get("/health")
+    ready = runtime_http.get("/ready")
 
     assert (health.status_code, health.json()) == (200, {"status": "ok", "agent_id": "agent-test"})
     assert ready.status_code == 200
@@ -177,12 +164,12 @@ def test_health_and_ready_answer(client: httpx.Client) -> None:
 
 
 def test_chat_returns_the_gateway_reply_with_the_usage_it_counted(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     prompt = "Hello there, world!"
     session = _session()
 
-    response = client.post(CHAT, json={"prompt": prompt, "session_id": session})
+    response = runtime_http.post(CHAT, json={"prompt": prompt, "session_id": session})
 
     assert response.status_code == 200, response.text
     expected_in = count_tokens(f"{SYSTEM}\n{prompt}")
@@ -197,35 +184,35 @@ def test_chat_returns_the_gateway_reply_with_the_usage_it_counted(
         },
         "status": "completed",
     }
-    [sent] = _chat_requests(fake)
+    [sent] = _chat_requests(fake_gateway)
     assert sent["model"] == MODEL
     assert sent["max_tokens"] == 4096
 
 
 def test_chat_passes_on_scripted_usage_exactly_and_makes_up_a_session_id(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
-    fake.enqueue(Text("Scripted answer.", input_tokens=1234, output_tokens=56))
+    fake_gateway.enqueue(Text("Scripted answer.", input_tokens=1234, output_tokens=56))
 
-    response = client.post(CHAT, json={"prompt": "hi", "max_tokens": 300})
+    response = runtime_http.post(CHAT, json={"prompt": "hi", "max_tokens": 300})
 
     body = response.json()
     assert body["content"] == "Scripted answer."
     assert body["usage"] == {"input_tokens": 1234, "output_tokens": 56, "total_tokens": 1290}
     assert body["session_id"]
-    assert _chat_requests(fake)[0]["max_tokens"] == 300
+    assert _chat_requests(fake_gateway)[0]["max_tokens"] == 300
 
 
 def test_second_turn_sends_the_full_history_and_the_system_prompt(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    client.post(CHAT, json={"prompt": "First question", "session_id": session})
+    runtime_http.post(CHAT, json={"prompt": "First question", "session_id": session})
 
-    response = client.post(CHAT, json={"prompt": "Second question", "session_id": session})
+    response = runtime_http.post(CHAT, json={"prompt": "Second question", "session_id": session})
 
     assert response.json()["content"] == "Echo: Second question"
-    first, second = _chat_requests(fake)
+    first, second = _chat_requests(fake_gateway)
     assert first["system"] == second["system"] == SYSTEM
     assert second["messages"] == [
         {"role": "user", "content": "First question"},
@@ -234,25 +221,27 @@ def test_second_turn_sends_the_full_history_and_the_system_prompt(
     ]
 
 
-def test_sessions_keep_separate_histories(client: httpx.Client, fake: FakeAnthropic) -> None:
+def test_sessions_keep_separate_histories(
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
+) -> None:
     mine, theirs = _session(), _session()
-    client.post(CHAT, json={"prompt": "mine one", "session_id": mine})
-    client.post(CHAT, json={"prompt": "theirs one", "session_id": theirs})
+    runtime_http.post(CHAT, json={"prompt": "mine one", "session_id": mine})
+    runtime_http.post(CHAT, json={"prompt": "theirs one", "session_id": theirs})
 
-    client.post(CHAT, json={"prompt": "mine two", "session_id": mine})
+    runtime_http.post(CHAT, json={"prompt": "mine two", "session_id": mine})
 
-    last = _chat_requests(fake)[-1]["messages"]
+    last = _chat_requests(fake_gateway)[-1]["messages"]
     assert [m["content"] for m in last if m["role"] == "user"] == ["mine one", "mine two"]
 
 
 def test_gateway_token_and_session_id_are_sent_as_headers(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
 
-    client.post(CHAT, json={"prompt": "hi", "session_id": session})
+    runtime_http.post(CHAT, json={"prompt": "hi", "session_id": session})
 
-    [request] = fake.requests
+    [request] = fake_gateway.requests
     assert request.headers["x-api-key"] == TOKEN
     assert request.headers["x-console-session"] == session
     assert request.headers["anthropic-version"] == "2023-06-01"
@@ -273,61 +262,69 @@ def test_gateway_token_and_session_id_are_sent_as_headers(
     ],
 )
 def test_bad_input_is_refused_with_400(
-    client: httpx.Client, fake: FakeAnthropic, content: bytes, code: str, field: str | None
+    runtime_http: httpx.Client,
+    fake_gateway: FakeAnthropic,
+    content: bytes,
+    code: str,
+    field: str | None,
 ) -> None:
-    response = client.post(CHAT, content=content, headers={"content-type": "application/json"})
+    response = runtime_http.post(
+        CHAT, content=content, headers={"content-type": "application/json"}
+    )
 
     assert response.status_code == 400
     error = _error(response)
     assert error["code"] == code
     if field is not None:
         assert field in error["details"]
-    assert fake.requests == []
+    assert fake_gateway.requests == []
 
 
 def test_a_gateway_error_is_passed_back_and_the_failed_turn_is_forgotten(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    fake.enqueue(Error(429, message="slow down, please"))
+    fake_gateway.enqueue(Error(429, message="slow down, please"))
 
-    failed = client.post(CHAT, json={"prompt": "first try", "session_id": session})
+    failed = runtime_http.post(CHAT, json={"prompt": "first try", "session_id": session})
 
     assert failed.status_code == 429
     error = _error(failed)
     assert (error["code"], error["message"]) == ("rate_limit_error", "slow down, please")
 
-    retried = client.post(CHAT, json={"prompt": "second try", "session_id": session})
+    retried = runtime_http.post(CHAT, json={"prompt": "second try", "session_id": session})
 
     assert retried.status_code == 200
-    assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "second try"}]
+    assert _chat_requests(fake_gateway)[-1]["messages"] == [
+        {"role": "user", "content": "second try"}
+    ]
 
 
 def test_a_gateway_error_mid_session_keeps_the_earlier_turns(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    client.post(CHAT, json={"prompt": "turn one", "session_id": session})
-    fake.enqueue(Error(529))
-    failed = client.post(CHAT, json={"prompt": "lost turn", "session_id": session})
+    runtime_http.post(CHAT, json={"prompt": "turn one", "session_id": session})
+    fake_gateway.enqueue(Error(529))
+    failed = runtime_http.post(CHAT, json={"prompt": "lost turn", "session_id": session})
     assert failed.status_code == 529
     assert _error(failed)["code"] == "overloaded_error"
 
-    client.post(CHAT, json={"prompt": "turn two", "session_id": session})
+    runtime_http.post(CHAT, json={"prompt": "turn two", "session_id": session})
 
-    messages = _chat_requests(fake)[-1]["messages"]
+    messages = _chat_requests(fake_gateway)[-1]["messages"]
     assert len(messages) == 3
     assert [m["content"] for m in messages if m["role"] == "user"] == ["turn one", "turn two"]
 
 
 def test_stream_deltas_concatenate_to_the_done_content(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     prompt = "Please stream this rather long answer back, word by word."
     session = _session()
-    fake.chunk_delay = 0.001
+    fake_gateway.chunk_delay = 0.001
 
-    with client.stream(
+    with runtime_http.stream(
         "POST", CHAT, json={"prompt": prompt, "session_id": session, "stream": True}
     ) as response:
         assert response.status_code == 200
@@ -351,42 +348,42 @@ def test_stream_deltas_concatenate_to_the_done_content(
         "status": "completed",
     }
     assert done["content"] == f"Echo: {prompt}"
-    assert _chat_requests(fake)[0]["stream"] is True
+    assert _chat_requests(fake_gateway)[0]["stream"] is True
 
-    client.post(CHAT, json={"prompt": "and then?", "session_id": session})
+    runtime_http.post(CHAT, json={"prompt": "and then?", "session_id": session})
 
-    assert _chat_requests(fake)[-1]["messages"][1] == {
+    assert _chat_requests(fake_gateway)[-1]["messages"][1] == {
         "role": "assistant",
         "content": [{"type": "text", "text": f"Echo: {prompt}"}],
     }
 
 
 def test_stream_gateway_error_ends_with_an_error_event_and_is_forgotten(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    fake.enqueue(Error(429, message="too many"))
+    fake_gateway.enqueue(Error(429, message="too many"))
 
-    with client.stream(
+    with runtime_http.stream(
         "POST", CHAT, json={"prompt": "lost", "session_id": session, "stream": True}
     ) as response:
         events = _sse(response)
 
     assert events == [("error", {"code": "rate_limit_error", "message": "too many"})]
-    client.post(CHAT, json={"prompt": "kept", "session_id": session})
-    assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "kept"}]
+    runtime_http.post(CHAT, json={"prompt": "kept", "session_id": session})
+    assert _chat_requests(fake_gateway)[-1]["messages"] == [{"role": "user", "content": "kept"}]
 
 
 def test_metrics_count_requests_tokens_errors_and_sessions(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
-    before = _metrics(client)
-    fake.enqueue(Text("ok", input_tokens=100, output_tokens=7), Error(429))
+    before = _metrics(runtime_http)
+    fake_gateway.enqueue(Text("ok", input_tokens=100, output_tokens=7), Error(429))
 
-    assert client.post(CHAT, json={"prompt": "count me", "session_id": _session()}).is_success
-    assert client.post(CHAT, json={"prompt": "fail me"}).status_code == 429
-    assert client.post(CHAT, content=b"nope").status_code == 400
-    after = _metrics(client)
+    assert runtime_http.post(CHAT, json={"prompt": "count me", "session_id": _session()}).is_success
+    assert runtime_http.post(CHAT, json={"prompt": "fail me"}).status_code == 429
+    assert runtime_http.post(CHAT, content=b"nope").status_code == 400
+    after = _metrics(runtime_http)
 
     def moved(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
@@ -431,7 +428,7 @@ def test_sessions_beyond_the_limit_are_refused_with_503(
 
 
 def test_the_runtime_holds_no_anthropic_key(
-    runtime: Runtime, client: httpx.Client, fake: FakeAnthropic
+    runtime: Runtime, runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     environ = Path(f"/proc/{runtime.proc.pid}/environ").read_bytes()
     cmdline = Path(f"/proc/{runtime.proc.pid}/cmdline").read_bytes()
@@ -440,28 +437,30 @@ def test_the_runtime_holds_no_anthropic_key(
     assert b"ANTHROPIC" not in environ
     assert b"sk-ant" not in cmdline
     assert TOKEN.encode() in environ  # it authenticates with its gateway token alone
-    assert client.post(CHAT, json={"prompt": "still works"}).status_code == 200
+    assert runtime_http.post(CHAT, json={"prompt": "still works"}).status_code == 200
 
 
 def test_a_client_leaving_mid_stream_does_not_leave_a_dangling_turn(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    fake.chunk_delay = 0.02
+    fake_gateway.chunk_delay = 0.02
     prompt = " ".join(f"word{n}" for n in range(60))
 
-    with client.stream(
+    with runtime_http.stream(
         "POST", CHAT, json={"prompt": prompt, "session_id": session, "stream": True}
     ) as response:
         first = next(response.iter_lines())
         assert first == "event: delta"
     # The connection is closed here, long before the reply is complete.
 
-    fake.chunk_delay = 0.0
-    after = client.post(CHAT, json={"prompt": "are you there?", "session_id": session})
+    fake_gateway.chunk_delay = 0.0
+    after = runtime_http.post(CHAT, json={"prompt": "are you there?", "session_id": session})
 
     assert after.status_code == 200
-    assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "are you there?"}]
+    assert _chat_requests(fake_gateway)[-1]["messages"] == [
+        {"role": "user", "content": "are you there?"}
+    ]
 
 
 def test_a_failed_first_turn_frees_its_session_slot(gateway: FakeAnthropic, tmp_path: Path) -> None:

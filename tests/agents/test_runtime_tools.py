@@ -74,19 +74,6 @@ def runtime(
     _terminate(started)
 
 
-@pytest.fixture
-def fake(gateway: FakeAnthropic) -> FakeAnthropic:
-    gateway.reset()
-    gateway.chunk_delay = 0.0
-    return gateway
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[httpx.Client]:
-    with runtime.client() as http:
-        yield http
-
-
 def _session() -> str:
     return f"sess-{uuid.uuid4()}"
 
@@ -125,10 +112,12 @@ def _input_tokens(fake: FakeAnthropic, body: dict[str, Any]) -> int:
     return int(response.json()["input_tokens"])
 
 
-def test_every_request_offers_the_tools(client: httpx.Client, fake: FakeAnthropic) -> None:
-    _chat(client, "hello")
+def test_every_request_offers_the_tools(
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
+) -> None:
+    _chat(runtime_http, "hello")
 
-    [sent] = _chat_requests(fake)
+    [sent] = _chat_requests(fake_gateway)
     assert [tool["name"] for tool in sent["tools"]] == ["run_command", "read_file", "write_file"]
     for tool in sent["tools"]:
         assert set(tool) == {"name", "description", "input_schema"}
@@ -136,18 +125,18 @@ def test_every_request_offers_the_tools(client: httpx.Client, fake: FakeAnthropi
 
 
 def test_write_file_creates_the_file_and_the_turn_ends_with_the_final_reply(
-    client: httpx.Client, fake: FakeAnthropic, workspace: Path
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic, workspace: Path
 ) -> None:
     session = _session()
-    fake.enqueue(
+    fake_gateway.enqueue(
         ToolUse("write_file", {"path": "notes/hello.txt", "content": "hi there\n"}, id="toolu_w1")
     )
 
-    body = _chat(client, "write it", session_id=session)
+    body = _chat(runtime_http, "write it", session_id=session)
 
     assert (workspace / "notes" / "hello.txt").read_text() == "hi there\n"
     assert body["content"] == "Tool result: wrote 9 bytes to notes/hello.txt"
-    first, second = _chat_requests(fake)
+    first, second = _chat_requests(fake_gateway)
     assert second["messages"] == [
         {"role": "user", "content": "write it"},
         {
@@ -175,9 +164,9 @@ def test_write_file_creates_the_file_and_the_turn_ends_with_the_final_reply(
     ]
     assert second["tools"] == first["tools"]
 
-    _chat(client, "and now?", session_id=session)
+    _chat(runtime_http, "and now?", session_id=session)
 
-    history = _chat_requests(fake)[-1]["messages"]
+    history = _chat_requests(fake_gateway)[-1]["messages"]
     assert len(history) == 5
     assert history[3] == {
         "role": "assistant",
@@ -186,39 +175,39 @@ def test_write_file_creates_the_file_and_the_turn_ends_with_the_final_reply(
 
 
 def test_read_file_reads_a_workspace_file(
-    client: httpx.Client, fake: FakeAnthropic, workspace: Path
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic, workspace: Path
 ) -> None:
     (workspace / "readme.txt").write_text("read me, please\n")
-    fake.enqueue(ToolUse("read_file", {"path": "./readme.txt"}))
+    fake_gateway.enqueue(ToolUse("read_file", {"path": "./readme.txt"}))
 
-    body = _chat(client)
+    body = _chat(runtime_http)
 
-    assert _result(fake)["is_error"] is False
-    assert _result(fake)["content"] == "read me, please\n"
+    assert _result(fake_gateway)["is_error"] is False
+    assert _result(fake_gateway)["content"] == "read me, please\n"
     assert body["content"] == "Tool result: read me, please\n"
 
 
 def test_run_command_output_goes_back_to_the_gateway(
-    client: httpx.Client, fake: FakeAnthropic, workspace: Path
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic, workspace: Path
 ) -> None:
-    fake.enqueue(ToolUse("run_command", {"command": "echo round-trip-$((6 * 7)); pwd"}))
+    fake_gateway.enqueue(ToolUse("run_command", {"command": "echo round-trip-$((6 * 7)); pwd"}))
 
-    body = _chat(client)
+    body = _chat(runtime_http)
 
-    result = _result(fake)
+    result = _result(fake_gateway)
     assert result["is_error"] is False
     assert result["content"] == f"exit code: 0\nround-trip-42\n{workspace}\n"
     assert body["content"] == f"Tool result: {result['content']}"
 
 
 def test_a_failing_command_is_an_error_with_its_exit_code(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
-    fake.enqueue(ToolUse("run_command", {"command": "echo oops >&2; exit 3"}))
+    fake_gateway.enqueue(ToolUse("run_command", {"command": "echo oops >&2; exit 3"}))
 
-    _chat(client)
+    _chat(runtime_http)
 
-    assert _result(fake) | {"tool_use_id": None} == {
+    assert _result(fake_gateway) | {"tool_use_id": None} == {
         "type": "tool_result",
         "tool_use_id": None,
         "content": "exit code: 3\noops\n",
@@ -238,17 +227,17 @@ def _running(marker: bytes) -> list[int]:
 
 
 def test_a_command_past_its_time_limit_is_killed_with_everything_it_started(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     command = "sleep 29.0417 & sleep 29.0418; echo never"
-    fake.enqueue(ToolUse("run_command", {"command": command, "timeout_seconds": 1}))
+    fake_gateway.enqueue(ToolUse("run_command", {"command": command, "timeout_seconds": 1}))
 
     started = time.monotonic()
-    body = _chat(client)
+    body = _chat(runtime_http)
     elapsed = time.monotonic() - started
 
     assert elapsed < 5
-    result = _result(fake)
+    result = _result(fake_gateway)
     assert result["is_error"] is True
     assert result["content"].startswith("the command timed out after 1 s and was killed")
     assert "never" not in result["content"]
@@ -257,24 +246,26 @@ def test_a_command_past_its_time_limit_is_killed_with_everything_it_started(
 
 
 def test_background_processes_do_not_outlive_the_command(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
-    fake.enqueue(ToolUse("run_command", {"command": "sleep 28.0419 & echo started"}))
+    fake_gateway.enqueue(ToolUse("run_command", {"command": "sleep 28.0419 & echo started"}))
 
     started = time.monotonic()
-    _chat(client)
+    _chat(runtime_http)
 
     assert time.monotonic() - started < 5
-    assert _result(fake)["content"] == "exit code: 0\nstarted\n"
+    assert _result(fake_gateway)["content"] == "exit code: 0\nstarted\n"
     assert _running(b"28.0419") == []
 
 
-def test_long_output_is_truncated_with_a_marker(client: httpx.Client, fake: FakeAnthropic) -> None:
-    fake.enqueue(ToolUse("run_command", {"command": "head -c 5000 /dev/zero | tr '\\0' x"}))
+def test_long_output_is_truncated_with_a_marker(
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
+) -> None:
+    fake_gateway.enqueue(ToolUse("run_command", {"command": "head -c 5000 /dev/zero | tr '\\0' x"}))
 
-    _chat(client)
+    _chat(runtime_http)
 
-    result = _result(fake)
+    result = _result(fake_gateway)
     assert result["is_error"] is False
     assert result["content"] == (
         "exit code: 0\n"
@@ -288,13 +279,13 @@ def test_long_output_is_truncated_with_a_marker(client: httpx.Client, fake: Fake
     ["../../etc/passwd", "/etc/passwd", "etc-link/passwd", "passwd-link", "sibling-link"],
 )
 def test_read_file_outside_the_workspace_is_refused(
-    client: httpx.Client, fake: FakeAnthropic, path: str
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic, path: str
 ) -> None:
-    fake.enqueue(ToolUse("read_file", {"path": path}))
+    fake_gateway.enqueue(ToolUse("read_file", {"path": path}))
 
-    _chat(client)
+    _chat(runtime_http)
 
-    result = _result(fake)
+    result = _result(fake_gateway)
     assert result["is_error"] is True
     assert result["content"].startswith(f"read_file: {path!r} is outside the workspace")
     assert "root:" not in result["content"]
@@ -302,13 +293,13 @@ def test_read_file_outside_the_workspace_is_refused(
 
 @pytest.mark.parametrize("path", ["../escaped.txt", "/tmp/escaped-by-the-agent.txt"])
 def test_write_file_outside_the_workspace_is_refused(
-    client: httpx.Client, fake: FakeAnthropic, workspace: Path, path: str
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic, workspace: Path, path: str
 ) -> None:
-    fake.enqueue(ToolUse("write_file", {"path": path, "content": "escaped"}))
+    fake_gateway.enqueue(ToolUse("write_file", {"path": path, "content": "escaped"}))
 
-    _chat(client)
+    _chat(runtime_http)
 
-    result = _result(fake)
+    result = _result(fake_gateway)
     assert result["is_error"] is True
     assert "is outside the workspace" in result["content"]
     assert not (workspace.parent / "escaped.txt").exists()
@@ -316,33 +307,36 @@ def test_write_file_outside_the_workspace_is_refused(
 
 
 def test_bad_tool_input_and_unknown_tools_are_errors_claude_is_told_about(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
-    fake.enqueue(
+    fake_gateway.enqueue(
         ToolUse("read_file", {"file": "readme.txt"}),
         ToolUse("launch_rockets", {}),
     )
 
-    _chat(client)
+    _chat(runtime_http)
 
-    assert _result(fake) | {"tool_use_id": None} == {
+    assert _result(fake_gateway) | {"tool_use_id": None} == {
         "type": "tool_result",
         "tool_use_id": None,
         "content": "read_file: path must be a string",
         "is_error": True,
     }
-    assert _tool_results(fake, call=2)[0]["content"] == "there is no tool named 'launch_rockets'"
-    assert _tool_results(fake, call=2)[0]["is_error"] is True
+    assert (
+        _tool_results(fake_gateway, call=2)[0]["content"]
+        == "there is no tool named 'launch_rockets'"
+    )
+    assert _tool_results(fake_gateway, call=2)[0]["is_error"] is True
 
 
 def test_commands_do_not_see_the_gateway_token_or_other_secrets(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
-    fake.enqueue(ToolUse("run_command", {"command": "env"}))
+    fake_gateway.enqueue(ToolUse("run_command", {"command": "env"}))
 
-    _chat(client)
+    _chat(runtime_http)
 
-    output = _result(fake)["content"]
+    output = _result(fake_gateway)["content"]
     assert "PATH=/usr/bin:/bin" in output  # it did print the environment
     assert TOKEN not in output
     assert "AGENT_GATEWAY_TOKEN" not in output
@@ -351,15 +345,15 @@ def test_commands_do_not_see_the_gateway_token_or_other_secrets(
 
 
 def test_usage_is_summed_over_every_call_of_the_turn(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     tool_input = {"command": "echo counted"}
-    fake.enqueue(ToolUse("run_command", tool_input))
+    fake_gateway.enqueue(ToolUse("run_command", tool_input))
 
-    body = _chat(client)
+    body = _chat(runtime_http)
 
-    first, second = _chat_requests(fake)
-    expected_in = _input_tokens(fake, first) + _input_tokens(fake, second)
+    first, second = _chat_requests(fake_gateway)
+    expected_in = _input_tokens(fake_gateway, first) + _input_tokens(fake_gateway, second)
     expected_out = count_tokens(json.dumps(tool_input)) + count_tokens(body["content"])
     assert body["usage"] == {
         "input_tokens": expected_in,
@@ -369,14 +363,16 @@ def test_usage_is_summed_over_every_call_of_the_turn(
 
 
 def test_the_stream_sends_tool_events_between_the_replies_deltas(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    fake.chunk_delay = 0.001
+    fake_gateway.chunk_delay = 0.001
     tool_input = {"command": "echo streamed output"}
-    fake.enqueue(ToolUse("run_command", tool_input, id="toolu_s1", text="Let me run that now."))
+    fake_gateway.enqueue(
+        ToolUse("run_command", tool_input, id="toolu_s1", text="Let me run that now.")
+    )
 
-    events = _stream(client, {"prompt": "stream it", "session_id": session})
+    events = _stream(runtime_http, {"prompt": "stream it", "session_id": session})
 
     kinds = [event for event, _ in events]
     tool_at = kinds.index("tool")
@@ -398,8 +394,10 @@ def test_the_stream_sends_tool_events_between_the_replies_deltas(
     assert done["usage"]["total_tokens"] == (
         done["usage"]["input_tokens"] + done["usage"]["output_tokens"]
     )
-    first, second = _chat_requests(fake)
-    assert done["usage"]["input_tokens"] == _input_tokens(fake, first) + _input_tokens(fake, second)
+    first, second = _chat_requests(fake_gateway)
+    assert done["usage"]["input_tokens"] == _input_tokens(fake_gateway, first) + _input_tokens(
+        fake_gateway, second
+    )
     assert second["stream"] is True
     assert second["messages"][1:] == [
         {
@@ -424,35 +422,37 @@ def test_the_stream_sends_tool_events_between_the_replies_deltas(
 
 
 def test_the_stream_tool_event_output_is_cut_to_2000_characters(
-    client: httpx.Client, fake: FakeAnthropic, workspace: Path
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic, workspace: Path
 ) -> None:
     (workspace / "big.txt").write_text("y" * 5000)
-    fake.enqueue(ToolUse("read_file", {"path": "big.txt"}))
+    fake_gateway.enqueue(ToolUse("read_file", {"path": "big.txt"}))
 
-    events = _stream(client, {"prompt": "read the big one"})
+    events = _stream(runtime_http, {"prompt": "read the big one"})
 
     [tool] = [data for event, data in events if event == "tool"]
     assert tool["output"] == "y" * 2000 + "…"
-    assert _result(fake)["content"] == "y" * 5000  # Claude itself gets all of it
+    assert _result(fake_gateway)["content"] == "y" * 5000  # Claude itself gets all of it
     assert events[-1][0] == "done"
 
 
 def test_an_endless_tool_loop_stops_after_the_round_limit(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    fake.enqueue(*(ToolUse("run_command", {"command": f"echo {n}"}) for n in range(MAX_ROUNDS + 3)))
+    fake_gateway.enqueue(
+        *(ToolUse("run_command", {"command": f"echo {n}"}) for n in range(MAX_ROUNDS + 3))
+    )
 
-    body = _chat(client, "loop forever", session_id=session)
+    body = _chat(runtime_http, "loop forever", session_id=session)
 
-    assert len(_chat_requests(fake)) == MAX_ROUNDS + 1
+    assert len(_chat_requests(fake_gateway)) == MAX_ROUNDS + 1
     assert body["content"].startswith(f"[Stopped: Claude asked for more tools after {MAX_ROUNDS}")
-    fake.reset()
+    fake_gateway.reset()
 
-    after = _chat(client, "are you done?", session_id=session)
+    after = _chat(runtime_http, "are you done?", session_id=session)
 
     assert after["content"] == "Echo: are you done?"
-    history = _chat_requests(fake)[-1]["messages"]
+    history = _chat_requests(fake_gateway)[-1]["messages"]
     assert [m["role"] for m in history] == ["user"] + ["assistant", "user"] * (MAX_ROUNDS + 1)
     blocks = [b for m in history if isinstance(m["content"], list) for b in m["content"]]
     uses = [b["id"] for b in blocks if b["type"] == "tool_use"]
@@ -463,44 +463,48 @@ def test_an_endless_tool_loop_stops_after_the_round_limit(
 
 
 def test_a_failure_after_a_tool_ran_forgets_the_whole_turn(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    fake.enqueue(ToolUse("run_command", {"command": "echo half-way"}), Error(529))
+    fake_gateway.enqueue(ToolUse("run_command", {"command": "echo half-way"}), Error(529))
 
-    failed = client.post(CHAT, json={"prompt": "doomed", "session_id": session})
+    failed = runtime_http.post(CHAT, json={"prompt": "doomed", "session_id": session})
 
     assert failed.status_code == 529
-    _chat(client, "fresh start", session_id=session)
-    assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "fresh start"}]
+    _chat(runtime_http, "fresh start", session_id=session)
+    assert _chat_requests(fake_gateway)[-1]["messages"] == [
+        {"role": "user", "content": "fresh start"}
+    ]
 
 
 def test_a_streamed_failure_after_a_tool_ran_forgets_the_whole_turn(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
     session = _session()
-    fake.enqueue(ToolUse("run_command", {"command": "echo half-way"}), Error(429))
+    fake_gateway.enqueue(ToolUse("run_command", {"command": "echo half-way"}), Error(429))
 
-    events = _stream(client, {"prompt": "doomed", "session_id": session})
+    events = _stream(runtime_http, {"prompt": "doomed", "session_id": session})
 
     assert [event for event, _ in events] == ["tool", "error"]
     assert events[-1][1]["code"] == "rate_limit_error"
-    _chat(client, "fresh start", session_id=session)
-    assert _chat_requests(fake)[-1]["messages"] == [{"role": "user", "content": "fresh start"}]
+    _chat(runtime_http, "fresh start", session_id=session)
+    assert _chat_requests(fake_gateway)[-1]["messages"] == [
+        {"role": "user", "content": "fresh start"}
+    ]
 
 
 def test_tool_calls_are_counted_by_tool_and_outcome(
-    client: httpx.Client, fake: FakeAnthropic
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
-    before = _metrics(client)
-    fake.enqueue(
+    before = _metrics(runtime_http)
+    fake_gateway.enqueue(
         ToolUse("run_command", {"command": "true"}),
         ToolUse("run_command", {"command": "false"}),
         ToolUse("no_such_tool", {}),
     )
 
-    _chat(client)
-    after = _metrics(client)
+    _chat(runtime_http)
+    after = _metrics(runtime_http)
 
     def moved(**labels: str) -> float:
         name = "agent_tool_calls_total"

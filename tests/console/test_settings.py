@@ -74,6 +74,10 @@ def run(tmp_path: Path):
             "DATABASE_POOL_MAX",
         ),
         ({"SANDBOX_BACKEND": "docker"}, "SANDBOX_BACKEND"),
+        (
+            {"SANDBOX_HOST_HEARTBEAT_SECONDS": "10", "SANDBOX_HOST_STALE_SECONDS": "15"},
+            "SANDBOX_HOST_STALE_SECONDS",
+        ),
     ],
 )
 def test_a_malformed_variable_stops_startup_naming_it(run, env, named):
@@ -135,3 +139,15 @@ def test_deploy_check_passes_with_production_settings(run):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_a_host_is_stale_after_three_missed_heartbeats_by_default(run):
+    settings = "(s.SANDBOX_HOST_HEARTBEAT_SECONDS, s.SANDBOX_HOST_STALE_SECONDS)"
+    result = run(
+        "-c",
+        PRINT.format(settings),
+        SANDBOX_HOST_HEARTBEAT_SECONDS="4",
+        SANDBOX_HOST_STALE_SECONDS=None,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr((4.0, 12.0))
