@@ -33,6 +33,8 @@ def _setup(var_dir: Path) -> None:
             "SECRET_KEY": secrets.token_urlsafe(40),
             "CELERY_TASK_ALWAYS_EAGER": "true",
             "AGENT_IDLE_TIMEOUT_SECONDS": "0",
+            # This process boots agents itself, as a worker would, but runs no heartbeat.
+            "SANDBOX_HOST_STALE_SECONDS": "86400",
         }
     )
     # The microVM guest image is the checkout's own (built once, cached by its recipe).

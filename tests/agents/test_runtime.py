@@ -478,3 +478,26 @@ def test_a_failed_first_turn_frees_its_session_slot(gateway: FakeAnthropic, tmp_
     assert failed.status_code == 429
     assert later.status_code == 200, later.text
     assert ready.json() == {"ready": False, "sessions": 1}
+
+
+def test_a_tcp_route_carries_the_gateway_urls_own_host(
+    gateway: FakeAnthropic, tmp_path: Path
+) -> None:
+    """As in a microVM: the URL names the console, SANDBOX_GATEWAY is the way there."""
+    gateway.reset()
+    routed = _spawn(
+        tmp_path / "log",
+        "http://console.example:8000",
+        SANDBOX_GATEWAY=f"tcp:127.0.0.1:{gateway.port}",
+        AGENT_TOOLS="none",
+    )
+    try:
+        with routed.client() as http:
+            reply = http.post(CHAT, json={"prompt": "hi"})
+    finally:
+        _terminate(routed)
+
+    assert reply.status_code == 200, reply.text
+    [request] = gateway.requests
+    assert request.path == "/v1/messages"
+    assert request.headers["host"] == "console.example:8000"
