@@ -1,4 +1,5 @@
-"""The console's services: users and API keys, the usage ledger, budgets and rate limits."""
+"""The console's services: users and API keys, the usage ledger, budgets and rate limits, and
+operator actions recorded in the audit log."""
 
 from console.services.accounts import (
     api_key_authenticate,
@@ -8,6 +9,15 @@ from console.services.accounts import (
     quota_get,
     quota_set_suspended,
     user_check_active,
+)
+from console.services.audit import (
+    api_keys_revoke,
+    audit_record,
+    audited_delete,
+    audited_save,
+    budgets_reset,
+    model_changes,
+    users_set_suspended,
 )
 from console.services.ledger import TokenUsage, cost_of, price_for, usage_record
 from console.services.limits import (
@@ -30,10 +40,16 @@ __all__ = [
     "api_key_authenticate",
     "api_key_create",
     "api_key_revoke",
+    "api_keys_revoke",
+    "audit_record",
+    "audited_delete",
+    "audited_save",
     "budget_window",
+    "budgets_reset",
     "cost_of",
     "gateway_admit",
     "gateway_settle",
+    "model_changes",
     "operator_ensure",
     "price_for",
     "quota_get",
@@ -42,5 +58,6 @@ __all__ = [
     "reservations_release_expired",
     "usage_record",
     "user_check_active",
+    "users_set_suspended",
     "worst_case",
 ]
