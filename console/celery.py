@@ -49,6 +49,10 @@ def _prepare(sender: Celery, **_: object) -> None:
             "task": "agents.tasks.hosts_mark_stale",
             "schedule": settings.SANDBOX_HOST_HEARTBEAT_SECONDS,
         },
+        "release-expired-reservations": {
+            "task": "console.tasks.reservations_release_expired",
+            "schedule": 60.0,
+        },
     }
 
 

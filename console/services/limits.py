@@ -28,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from console.errors import BudgetExceeded, RateLimited, UserSuspended
+from console.errors import BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
 from console.models import ApiKey, Budget, Quota, RateCounter, Reservation, UsageHourly, UsageRecord
 from console.services.ledger import TokenUsage, cost_of, price_for, usage_record
 
@@ -217,14 +217,19 @@ def _refuse_rate(scope: _Scope, what: str, limit: int, used: int, resets_at: dat
     raise refusal
 
 
+def _number(value: object) -> str:
+    # A stored decimal keeps its 8 places ("5.00000000", "0E-8"): say 5 and 0.
+    return f"{value.normalize():f}" if isinstance(value, Decimal) else str(value)
+
+
 def _limit_details(
     limit: str, scope: str, value: object, used: object, resets_at: datetime | None
 ) -> dict[str, Any]:
     return {
         "limit": limit,
         "scope": scope,
-        "value": str(value),
-        "used": str(used),
+        "value": _number(value),
+        "used": _number(used),
         "resets_at": resets_at.isoformat() if resets_at else None,
     }
 
@@ -271,6 +276,17 @@ def _count_request(
     return counters, resets_at
 
 
+def _rate_now(scopes: list[_Scope], now: datetime) -> RateStatus | None:
+    """The tightest request rate as it stands, without counting a request."""
+    minute = now.replace(second=0, microsecond=0)
+    counters = [
+        RateCounter.objects.filter(scope=scope.key, minute=minute).first()
+        or RateCounter(scope=scope.key, minute=minute)
+        for scope in scopes
+    ]
+    return _rate_status(scopes, counters, minute + _MINUTE)
+
+
 def request_admit(*, user_id: int, api_key_id: int | None = None) -> RateStatus | None:
     """Count one API request against the caller's request rate; ``RateLimited`` when over."""
     now = timezone.now()
@@ -293,28 +309,42 @@ def gateway_admit(
         quota = _lock(user_id)
         api_key = ApiKey.objects.filter(pk=api_key_id).first() if api_key_id else None
         scopes = _scopes(quota, api_key)
-        windows = _windows(quota, now)
-        for window in windows:
-            budget, cost = window.budget, _amount(window.budget, worst.tokens, worst.usd)
-            if window.used + budget.reserved + cost > budget.limit:
-                _refuse_budget(window, cost, now)
-        in_flight = Reservation.objects.filter(user_id=user_id, expires_at__gt=now)
-        for scope in scopes:
-            if scope.concurrent_requests is None:
-                continue
-            running = (
-                in_flight.filter(api_key_id=api_key_id) if scope.name == "API key" else in_flight
-            ).count()
-            if running + 1 > scope.concurrent_requests:
-                raise RateLimited(
-                    f"{scope.name} limit reached: {scope.concurrent_requests} concurrent "
-                    f"requests ({running} in flight)",
-                    details=_limit_details(
-                        "concurrent_requests", scope.name, scope.concurrent_requests, running, None
-                    ),
-                    retry_after=1,
-                )
-        counters, resets_at = _count_request(scopes, now, worst.tokens)
+        try:
+            windows = _windows(quota, now)
+            for window in windows:
+                budget, cost = window.budget, _amount(window.budget, worst.tokens, worst.usd)
+                if window.used + budget.reserved + cost > budget.limit:
+                    _refuse_budget(window, cost, now)
+            in_flight = Reservation.objects.filter(user_id=user_id, expires_at__gt=now)
+            for scope in scopes:
+                if scope.concurrent_requests is None:
+                    continue
+                running = (
+                    in_flight.filter(api_key_id=api_key_id)
+                    if scope.name == "API key"
+                    else in_flight
+                ).count()
+                if running + 1 > scope.concurrent_requests:
+                    raise RateLimited(
+                        f"{scope.name} limit reached: {scope.concurrent_requests} concurrent "
+                        f"requests ({running} in flight)",
+                        details=_limit_details(
+                            "concurrent_requests",
+                            scope.name,
+                            scope.concurrent_requests,
+                            running,
+                            None,
+                        ),
+                        retry_after=1,
+                    )
+            counters, resets_at = _count_request(scopes, now, worst.tokens)
+        except QuotaExceeded as refusal:
+            # The refused call is not counted, but its caller is known: like every answer to a
+            # known caller, the refusal says where their request rate stands.
+            if "X-RateLimit-Limit" not in refusal.extra_headers:
+                rate = _rate_now(scopes, now)
+                refusal.extra_headers |= rate.headers() if rate is not None else {}
+            raise
         amounts = {}
         for window in windows:
             amount = _amount(window.budget, worst.tokens, worst.usd)
@@ -335,16 +365,20 @@ def _refuse_budget(window: _Window, cost: Decimal, now: datetime) -> None:
     budget = window.budget
     unit = "USD" if budget.metric == Budget.Metric.USD else "tokens"
     spent = window.used + budget.reserved
-    raise BudgetExceeded(
+    refusal = BudgetExceeded(
         f"{budget} budget would be exceeded: {spent.normalize():f} of "
         f"{budget.limit.normalize():f} {unit} used or in flight, this call may need "
         f"{cost.normalize():f}; it resets at {window.end.isoformat()}",
         details=_limit_details(
             f"{budget.metric}_per_{budget.window}", "user", budget.limit, spent, window.end
         )
-        | {"budget_id": budget.pk, "requested": str(cost)},
+        | {"budget_id": budget.pk, "requested": _number(cost)},
         retry_after=max(1, math.ceil((window.end - now).total_seconds())),
     )
+    # Anthropic's SDKs sleep through any Retry-After before retrying, hours or days here, and
+    # nothing changes before the window resets: tell them not to retry.
+    refusal.extra_headers = {"x-should-retry": "false"}
+    raise refusal
 
 
 # --- Settlement --------------------------------------------------------------------------------

@@ -97,9 +97,14 @@ class Error:
 
 @dataclass(frozen=True)
 class Hang:
-    """Wait ``seconds`` (or until the client goes away) before sending the default reply."""
+    """Wait ``seconds`` (or until the client goes away) before sending the default reply.
+
+    With ``release``, the wait also ends as soon as that event is set (from any thread), so a
+    test can hold calls open for exactly as long as it needs them.
+    """
 
     seconds: float
+    release: threading.Event | None = None
 
 
 Scripted = Text | ToolUse | Error | Hang
@@ -379,7 +384,7 @@ class FakeAnthropic:
                 extra["retry-after"] = str(int(ra)) if float(ra).is_integer() else str(ra)
             return self._error(scripted.status, scripted.type, scripted.message, extra)
         if isinstance(scripted, Hang):
-            if not await self._wait_unless_gone(request, scripted.seconds):
+            if not await self._wait_unless_gone(request, scripted.seconds, scripted.release):
                 self.disconnects += 1
                 return web.Response(status=499)
             scripted = None
@@ -393,13 +398,18 @@ class FakeAnthropic:
             dumps=_dumps,
         )
 
-    async def _wait_unless_gone(self, request: web.Request, seconds: float) -> bool:
-        """Sleep ``seconds``; return False early if the client closed the connection."""
+    async def _wait_unless_gone(
+        self, request: web.Request, seconds: float, release: threading.Event | None = None
+    ) -> bool:
+        """Sleep ``seconds``, or until ``release`` is set; return False early if the client
+        closed the connection."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while (remaining := deadline - loop.time()) > 0:
             if request.transport is None or request.transport.is_closing():
                 return False
+            if release is not None and release.is_set():
+                return True
             await asyncio.sleep(min(0.02, remaining))
         return True
 
