@@ -9,7 +9,7 @@ from rest_framework import authentication, throttling
 from rest_framework.request import Request
 
 from console.errors import NotAuthenticated
-from console.models import ApiKey, User
+from console.models import ApiKey, Quota, User
 from console.services import api_key_authenticate, request_admit
 
 __all__ = ["ApiKeyAuthentication", "QuotaThrottle", "bearer_token", "request_user"]
@@ -52,15 +52,20 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "A console API key."}
 
 
+def _loaded_quota(user: User) -> Quota | None:
+    """The user's quota if authentication already loaded it (``select_related``), else None."""
+    return user._state.fields_cache.get("quota")
+
+
 class QuotaThrottle(throttling.BaseThrottle):
     """Counts each authenticated API request against its user's (and API key's) request rate,
     exactly and across processes; over the limit, ``RateLimited`` refuses it with 429."""
 
     def allow_request(self, request: Request, view: object) -> bool:
         if request.user.is_authenticated:
-            key_id = request.auth.pk if isinstance(request.auth, ApiKey) else None
+            key = request.auth if isinstance(request.auth, ApiKey) else None
             request._request.rate_status = request_admit(  # type: ignore[attr-defined]
-                user_id=request.user.pk, api_key_id=key_id
+                user_id=request.user.pk, api_key=key, quota=_loaded_quota(request.user)
             )
         return True
 
@@ -69,10 +74,10 @@ async def request_user(request: HttpRequest) -> User:
     """The caller of an async view: an API key, else the browser session; or NotAuthenticated.
     The request is counted against the caller's request rate, as ``QuotaThrottle`` does."""
     token = bearer_token(request)
-    key_id = None
+    key = None
     if token:
         key = await sync_to_async(api_key_authenticate)(raw=token)
-        user, key_id = key.user, key.pk
+        user = key.user
     else:
         user = await request.auser()
         if not user.is_authenticated:
@@ -80,6 +85,6 @@ async def request_user(request: HttpRequest) -> User:
                 "authentication is required: send Authorization: Bearer <API key>"
             )
     request.rate_status = await sync_to_async(request_admit)(  # type: ignore[attr-defined]
-        user_id=user.pk, api_key_id=key_id
+        user_id=user.pk, api_key=key, quota=_loaded_quota(user)
     )
     return user

@@ -24,8 +24,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db import connection, transaction
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from console.errors import BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
@@ -180,7 +180,8 @@ def _scopes(quota: Quota, api_key: ApiKey | None) -> list[_Scope]:
             quota.concurrent_requests,
         )
     ]
-    if api_key is not None:
+    limits = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
+    if api_key is not None and any(getattr(api_key, name) is not None for name in limits):
         scopes.append(
             _Scope(
                 "API key",
@@ -193,15 +194,20 @@ def _scopes(quota: Quota, api_key: ApiKey | None) -> list[_Scope]:
     return scopes
 
 
-def _counter(scope: str, minute: datetime) -> RateCounter:
-    counter = RateCounter.objects.filter(scope=scope, minute=minute).first()
-    if counter is None:
-        try:
-            with transaction.atomic():
-                counter = RateCounter.objects.create(scope=scope, minute=minute)
-        except IntegrityError:  # held by the user's lock, so only a stray writer gets here
-            counter = RateCounter.objects.get(scope=scope, minute=minute)
-    return counter
+def _bump(scope: str, minute: datetime, tokens: int) -> tuple[int, int]:
+    """Count a request (and ``tokens``) in the scope's minute: one statement, either backend.
+    Returns the minute's totals including it."""
+    table = connection.ops.quote_name(RateCounter._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (scope, minute, requests, tokens) VALUES (%s, %s, 1, %s) "
+            "ON CONFLICT (scope, minute) DO UPDATE SET "
+            f"requests = {table}.requests + 1, tokens = {table}.tokens + excluded.tokens "
+            "RETURNING requests, tokens",
+            [scope, connection.ops.adapt_datetimefield_value(minute), tokens],
+        )
+        requests, total_tokens = cursor.fetchone()
+    return int(requests), int(total_tokens)
 
 
 def _refuse_rate(scope: _Scope, what: str, limit: int, used: int, resets_at: datetime) -> None:
@@ -234,10 +240,12 @@ def _limit_details(
     }
 
 
-def _lock(user_id: int) -> Quota:
-    Quota.objects.get_or_create(user_id=user_id)
-    quota = Quota.objects.select_for_update().get(user_id=user_id)
-    if quota.is_suspended:
+def _lock(user_id: int, *, refuse_suspended: bool = True) -> Quota:
+    quota = Quota.objects.select_for_update().filter(user_id=user_id).first()
+    if quota is None:
+        Quota.objects.get_or_create(user_id=user_id)
+        quota = Quota.objects.select_for_update().get(user_id=user_id)
+    if refuse_suspended and quota.is_suspended:
         raise UserSuspended("this account is suspended; ask an operator")
     return quota
 
@@ -257,22 +265,21 @@ def _rate_status(
 def _count_request(
     scopes: list[_Scope], now: datetime, tokens: int = 0
 ) -> tuple[list[RateCounter], datetime]:
-    """Check and count one request (and ``tokens``) against each scope's minute."""
+    """Count one request (and ``tokens``) against each scope's minute; over a limit, refuse
+    (the caller's transaction then takes the count back)."""
     minute = now.replace(second=0, microsecond=0)
     resets_at = minute + _MINUTE
-    counters = [_counter(scope.key, minute) for scope in scopes]
-    for scope, counter in zip(scopes, counters, strict=True):
+    counters = []
+    for scope in scopes:
+        requests, total = _bump(scope.key, minute, tokens)
         rpm, tpm = scope.requests_per_minute, scope.tokens_per_minute
-        if rpm is not None and counter.requests + 1 > rpm:
-            _refuse_rate(scope, "requests per minute", rpm, counter.requests, resets_at)
-        if tokens and tpm is not None and counter.tokens + tokens > tpm:
-            _refuse_rate(scope, "tokens per minute", tpm, counter.tokens, resets_at)
-    for counter in counters:
-        RateCounter.objects.filter(pk=counter.pk).update(
-            requests=F("requests") + 1, tokens=F("tokens") + tokens
+        if rpm is not None and requests > rpm:
+            _refuse_rate(scope, "requests per minute", rpm, requests - 1, resets_at)
+        if tokens and tpm is not None and total > tpm:
+            _refuse_rate(scope, "tokens per minute", tpm, total - tokens, resets_at)
+        counters.append(
+            RateCounter(scope=scope.key, minute=minute, requests=requests, tokens=total)
         )
-        counter.requests += 1
-        counter.tokens += tokens
     return counters, resets_at
 
 
@@ -287,19 +294,65 @@ def _rate_now(scopes: list[_Scope], now: datetime) -> RateStatus | None:
     return _rate_status(scopes, counters, minute + _MINUTE)
 
 
-def request_admit(*, user_id: int, api_key_id: int | None = None) -> RateStatus | None:
-    """Count one API request against the caller's request rate; ``RateLimited`` when over."""
+def _api_key(api_key: ApiKey | None, api_key_id: int | None) -> ApiKey | None:
+    if api_key is not None or not api_key_id:
+        return api_key
+    return ApiKey.objects.filter(pk=api_key_id).first()
+
+
+def request_admit(
+    *,
+    user_id: int,
+    api_key_id: int | None = None,
+    api_key: ApiKey | None = None,
+    quota: Quota | None = None,
+) -> RateStatus | None:
+    """Count one API request against the caller's request rate; ``RateLimited`` when over.
+    The caller's key and quota may be given as authentication already loaded them.
+
+    No lock is needed: each minute's counter is one row, counted up by one statement that
+    holds that row until commit, and taken back by the rollback when it went over."""
     now = timezone.now()
+    if quota is None:
+        quota, _ = Quota.objects.get_or_create(user_id=user_id)
+    if quota.is_suspended:
+        raise UserSuspended("this account is suspended; ask an operator")
     with transaction.atomic():
-        quota = _lock(user_id)
-        api_key = ApiKey.objects.filter(pk=api_key_id).first() if api_key_id else None
+        api_key = _api_key(api_key, api_key_id)
         scopes = _scopes(quota, api_key)
         counters, resets_at = _count_request(scopes, now)
     return _rate_status(scopes, counters, resets_at)
 
 
+def _check_concurrency(
+    scopes: list[_Scope], user_id: int, api_key: ApiKey | None, now: datetime
+) -> None:
+    """Refuse when the calls in flight (unexpired reservations) already fill a scope's limit."""
+    if all(scope.concurrent_requests is None for scope in scopes):
+        return
+    key_id = api_key.pk if api_key is not None else None
+    running = Reservation.objects.filter(user_id=user_id, expires_at__gt=now).aggregate(
+        user=Count("pk"), key=Count("pk", filter=Q(api_key_id=key_id))
+    )
+    for scope in scopes:
+        limit = scope.concurrent_requests
+        used = running["key" if scope.name == "API key" else "user"]
+        if limit is not None and used + 1 > limit:
+            raise RateLimited(
+                f"{scope.name} limit reached: {limit} concurrent requests ({used} in flight)",
+                details=_limit_details("concurrent_requests", scope.name, limit, used, None),
+                retry_after=1,
+            )
+
+
 def gateway_admit(
-    *, user_id: int, api_key_id: int | None, model: str, body_bytes: int, max_tokens: int
+    *,
+    user_id: int,
+    api_key_id: int | None,
+    model: str,
+    body_bytes: int,
+    max_tokens: int,
+    api_key: ApiKey | None = None,
 ) -> Admission:
     """Admit one gateway call, reserving its worst case; raises ``RateLimited`` or
     ``BudgetExceeded`` (which say which limit, its value, what is used and when it resets)."""
@@ -307,7 +360,7 @@ def gateway_admit(
     now = timezone.now()
     with transaction.atomic():
         quota = _lock(user_id)
-        api_key = ApiKey.objects.filter(pk=api_key_id).first() if api_key_id else None
+        api_key = _api_key(api_key, api_key_id)
         scopes = _scopes(quota, api_key)
         try:
             windows = _windows(quota, now)
@@ -315,29 +368,9 @@ def gateway_admit(
                 budget, cost = window.budget, _amount(window.budget, worst.tokens, worst.usd)
                 if window.used + budget.reserved + cost > budget.limit:
                     _refuse_budget(window, cost, now)
-            in_flight = Reservation.objects.filter(user_id=user_id, expires_at__gt=now)
-            for scope in scopes:
-                if scope.concurrent_requests is None:
-                    continue
-                running = (
-                    in_flight.filter(api_key_id=api_key_id)
-                    if scope.name == "API key"
-                    else in_flight
-                ).count()
-                if running + 1 > scope.concurrent_requests:
-                    raise RateLimited(
-                        f"{scope.name} limit reached: {scope.concurrent_requests} concurrent "
-                        f"requests ({running} in flight)",
-                        details=_limit_details(
-                            "concurrent_requests",
-                            scope.name,
-                            scope.concurrent_requests,
-                            running,
-                            None,
-                        ),
-                        retry_after=1,
-                    )
-            counters, resets_at = _count_request(scopes, now, worst.tokens)
+            _check_concurrency(scopes, user_id, api_key, now)
+            with transaction.atomic():  # a refusal takes its count back before the headers
+                counters, resets_at = _count_request(scopes, now, worst.tokens)
         except QuotaExceeded as refusal:
             # The refused call is not counted, but its caller is known: like every answer to a
             # known caller, the refusal says where their request rate stands.
@@ -352,13 +385,18 @@ def gateway_admit(
             amounts[str(window.budget.pk)] = str(amount)
         reservation = Reservation.objects.create(
             user_id=user_id,
-            api_key_id=api_key_id,
+            api_key=api_key,
             amounts=amounts,
             tokens=worst.tokens,
             minute=resets_at - _MINUTE,
             expires_at=now + timedelta(seconds=settings.GATEWAY_RESERVATION_SECONDS),
         )
-    return Admission(reservation.pk, user_id, api_key_id, _rate_status(scopes, counters, resets_at))
+    return Admission(
+        reservation.pk,
+        user_id,
+        api_key.pk if api_key is not None else None,
+        _rate_status(scopes, counters, resets_at),
+    )
 
 
 def _refuse_budget(window: _Window, cost: Decimal, now: datetime) -> None:
@@ -403,12 +441,9 @@ def gateway_settle(
     with transaction.atomic():
         quota = Quota.objects.select_for_update().get(user_id=admission.user_id)
         reservation = Reservation.objects.filter(pk=admission.reservation_id).first()
-        _release(reservation)
-        windows = _windows(quota, now)
-        for window in windows:
-            if window.budget.window != Budget.Window.ROLLING:
-                amount = _amount(window.budget, usage.total, cost)
-                Budget.objects.filter(pk=window.budget.pk).update(used=F("used") + amount)
+        _settle_budgets(_windows(quota, now), reservation, usage.total, cost)
+        if reservation is not None:
+            reservation.delete()
         if reservation is not None and usage.total != reservation.tokens:
             RateCounter.objects.filter(
                 scope__in=_scope_keys(reservation), minute=reservation.minute
@@ -433,16 +468,23 @@ def _scope_keys(reservation: Reservation) -> list[str]:
     return keys
 
 
-def _release(reservation: Reservation | None) -> None:
-    """Give back what a reservation held on each budget; call with the user's row locked."""
-    if reservation is None:
-        return
-    for budget_id, amount in reservation.amounts.items():
-        budget = Budget.objects.filter(pk=budget_id).first()
-        if budget is not None:
-            left = max(Decimal(0), budget.reserved - Decimal(amount))
-            Budget.objects.filter(pk=budget.pk).update(reserved=left)
-    reservation.delete()
+def _settle_budgets(
+    windows: list[_Window], reservation: Reservation | None, tokens: int, cost: Decimal
+) -> None:
+    """Give back what the reservation held on each budget and add what was spent (rolling
+    windows read their spend from the roll-ups instead); call with the user's row locked."""
+    held = reservation.amounts if reservation is not None else {}
+    for window in windows:
+        budget = window.budget
+        back = Decimal(held.get(str(budget.pk), 0))
+        spent = Decimal(0)
+        if budget.window != Budget.Window.ROLLING:
+            spent = _amount(budget, tokens, cost)
+        if back or spent:
+            budget.reserved = max(Decimal(0), budget.reserved - back)
+            Budget.objects.filter(pk=budget.pk).update(
+                reserved=budget.reserved, used=F("used") + spent
+            )
 
 
 def reservations_release_expired(*, now: datetime | None = None) -> int:
@@ -455,9 +497,11 @@ def reservations_release_expired(*, now: datetime | None = None) -> int:
     )
     for user_id in expired_users:
         with transaction.atomic():
-            Quota.objects.select_for_update().filter(user_id=user_id).first()
+            quota = _lock(user_id, refuse_suspended=False)
+            windows = _windows(quota, now)
             for reservation in Reservation.objects.filter(user_id=user_id, expires_at__lte=now):
-                _release(reservation)
+                _settle_budgets(windows, reservation, 0, Decimal(0))
+                reservation.delete()
                 released += 1
     RateCounter.objects.filter(minute__lt=now - timedelta(hours=1)).delete()
     return released
