@@ -80,9 +80,7 @@ def bench_backend(backend: str, count: int, owner) -> list[str]:  # type: ignore
     from django.conf import settings
 
     from agents import sandbox
-    from agents.models import Agent, WarmPool
-    from agents.services import agent_destroy, agent_spawn, host_register, warm_pool_refill
-    from console.celery import app
+    from agents.services import host_register
     from console.models import Quota
     from vmdriver import VmDriverError
     from vmdriver.guest.build import BuildError, build_guest
@@ -107,6 +105,20 @@ def bench_backend(backend: str, count: int, owner) -> list[str]:  # type: ignore
     Quota.objects.filter(user=owner).update(
         max_agents=10_000, max_total_vcpus=10_000, max_total_memory_mib=10_000_000
     )
+    try:
+        return _measure(backend, count, owner, drv, accel)
+    finally:  # however the run ends, no sandbox outlives it
+        for status in drv.list():
+            drv.destroy(status.id)
+
+
+def _measure(backend: str, count: int, owner, drv, accel: str) -> list[str]:  # type: ignore[no-untyped-def]
+    from django.conf import settings
+
+    from agents.models import Agent, WarmPool
+    from agents.services import agent_destroy, agent_spawn, warm_pool_refill
+    from console.celery import app
+
     memory = 256 if backend == "qemu" else 128
     lines, cold = [], []
     agents = []
