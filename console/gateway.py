@@ -28,7 +28,8 @@ from agents.runtime.sse import sse_frame
 from agents.sandbox import agent_token_verify
 from console.crypto import decrypt
 from console.errors import BadRequest, ConsoleError, NotAuthenticated
-from console.metrics import GATEWAY_COST, GATEWAY_TOKENS
+from console.metrics import GatewayTimer, gateway_count
+from console.models import ApiKey
 from console.services import (
     Admission,
     TokenUsage,
@@ -68,7 +69,7 @@ class GatewayCaller:
     user_id: int
     agent_id: str | None
     upstream_key: str = field(repr=False)
-    api_key_id: int | None = None
+    api_key: ApiKey | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -95,7 +96,7 @@ def gateway_authenticate(*, token: str) -> GatewayCaller:
     if agent_id is None:
         key = api_key_authenticate(raw=token)
         user_check_active(user=key.user)
-        return GatewayCaller(key.user_id, None, settings.ANTHROPIC_API_KEY, key.pk)
+        return GatewayCaller(key.user_id, None, settings.ANTHROPIC_API_KEY, key)
     agent = (
         Agent.objects.select_related("owner")
         .filter(pk=agent_id, status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
@@ -116,7 +117,7 @@ def gateway_begin(
     caller = gateway_authenticate(token=token)
     admission = gateway_admit(
         user_id=caller.user_id,
-        api_key_id=caller.api_key_id,
+        api_key=caller.api_key,
         model=body["model"],
         body_bytes=body_bytes,
         max_tokens=body["max_tokens"],
@@ -215,26 +216,35 @@ def _usage(raw: dict[str, Any] | None) -> TokenUsage:
     )
 
 
-async def _settle(call: GatewayCall, model: str, usage: TokenUsage, request_id: str) -> None:
-    """Settle the call to what it used (nothing, when it failed), whatever cancels the caller."""
-    settle = sync_to_async(gateway_settle)(
-        admission=call.admission,
-        model=model,
-        usage=usage,
-        agent_id=call.caller.agent_id,
-        session_id=_session_or_none(call.session_id),
-        request_id=request_id,
-    )
-    record = await asyncio.shield(settle)
-    for kind in (
-        "input_tokens",
-        "output_tokens",
-        "cache_creation_input_tokens",
-        "cache_read_input_tokens",
-    ):
-        GATEWAY_TOKENS.labels(model, kind.removesuffix("_tokens")).inc(getattr(usage, kind))
-    if record is not None:
-        GATEWAY_COST.labels(model).inc(float(record.cost_usd))
+async def _settle(
+    call: GatewayCall,
+    model: str,
+    usage: TokenUsage,
+    request_id: str,
+    timer: GatewayTimer | None = None,
+) -> None:
+    """Settle the call to what it used (nothing, when it failed) and count it in the metrics,
+    whatever cancels the caller."""
+
+    async def settle_and_count() -> None:
+        record = await sync_to_async(gateway_settle)(
+            admission=call.admission,
+            model=model,
+            usage=usage,
+            agent_id=call.caller.agent_id,
+            session_id=_session_or_none(call.session_id),
+            request_id=request_id,
+        )
+        # A call that used nothing is not counted: its model name, from the request, is
+        # unchecked, and would make the model label unbounded.
+        if record is not None:
+            await gateway_count(
+                user_id=call.caller.user_id, model=model, usage=usage, cost=record.cost_usd
+            )
+        if timer is not None:
+            timer.observe(model)
+
+    await asyncio.shield(settle_and_count())
 
 
 def _session_or_none(session_id: str | None) -> str | None:
@@ -334,13 +344,14 @@ async def gateway_create(*, call: GatewayCall, body: dict[str, Any]) -> tuple[di
     """One non-streamed call: the response message and its request id, with usage ledgered."""
     message: dict[str, Any] = {}
     request_id = ""
+    timer = GatewayTimer(stream=False)
     try:
         if not call.caller.upstream_key:
             message = _offline_message(body)
         else:
             client = _client(call.caller)
             try:
-                async with _deadline():
+                async with timer.waiting(), _deadline():
                     raw = await client.messages.with_raw_response.create(**_sdk_arguments(body))
             except anthropic.APIError as exc:
                 raise _upstream_error(exc) from exc
@@ -350,7 +361,11 @@ async def gateway_create(*, call: GatewayCall, body: dict[str, Any]) -> tuple[di
             request_id = raw.http_response.headers.get("request-id", "")
     finally:
         await _settle(
-            call, message.get("model") or body["model"], _usage(message.get("usage")), request_id
+            call,
+            message.get("model") or body["model"],
+            _usage(message.get("usage")),
+            request_id,
+            timer,
         )
     return message, request_id
 
@@ -368,6 +383,7 @@ class UpstreamStream:
         self._usage: dict[str, int] = {}
         self._deltas = 0
         self._final = False
+        self._timer = GatewayTimer(stream=True)
 
     async def open(self) -> None:
         if not self.caller.upstream_key:
@@ -378,10 +394,10 @@ class UpstreamStream:
             **_sdk_arguments(self.body | {"stream": True})
         )
         try:
-            async with _deadline():
+            async with self._timer.waiting(), _deadline():
                 self._response = await manager.__aenter__()
         except (anthropic.APIError, TimeoutError) as exc:
-            await _settle(self.call, self._model, TokenUsage(), "")
+            await _settle(self.call, self._model, TokenUsage(), "", self._timer)
             if isinstance(exc, TimeoutError):
                 raise _past_deadline() from exc
             raise _upstream_error(exc) from exc
@@ -393,6 +409,7 @@ class UpstreamStream:
             self._usage.update(data["message"].get("usage") or {})
         elif event == "content_block_delta":
             self._deltas += 1
+            self._timer.mark_first_token()
         elif event == "message_delta":
             self._final = True
             for key, value in (data.get("usage") or {}).items():
@@ -415,7 +432,7 @@ class UpstreamStream:
                 yield chunk
             return
         event = ""
-        async for line in self._response.iter_lines():
+        async for line in self._timer.reading(self._response.iter_lines()):
             if line.startswith("event:"):
                 event = line[6:].strip()
             elif line.startswith("data:"):
@@ -431,7 +448,7 @@ class UpstreamStream:
         finally:
             if self._response is not None:
                 await self._response.close()
-            await _settle(self.call, self._model, self._used(), self.request_id)
+            await _settle(self.call, self._model, self._used(), self.request_id, self._timer)
 
 
 async def gateway_open_stream(*, call: GatewayCall, body: dict[str, Any]) -> UpstreamStream:

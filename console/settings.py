@@ -221,6 +221,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, min
 
 # --- Prometheus: /metrics may be protected by a bearer token.
 METRICS_BEARER_TOKEN = env_secret("METRICS_BEARER_TOKEN")
+# Per-user gateway metrics: each process labels the first N users it sees, the rest "(other)".
+METRICS_USER_LABELS = env_int("METRICS_USER_LABELS", 50, minimum=0)
+# Budget gauges are exported for this many budgets, those nearest their limits.
+METRICS_BUDGETS = env_int("METRICS_BUDGETS", 20, minimum=0)
 
 # --- DRF and OpenAPI.
 REST_FRAMEWORK = {

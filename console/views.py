@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from console import gateway
 from console.authentication import bearer_token
 from console.errors import ConsoleError, error_body, json_error_page
+from console.metrics import BudgetCollector
 
 __all__ = ["gateway_messages", "health", "home", "metrics", "ready"]
 
@@ -143,6 +144,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
 def _fleet_registry() -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ActiveAgentsCollector())
+    registry.register(BudgetCollector())
     return registry
 
 

@@ -348,10 +348,10 @@ def _check_concurrency(
 def gateway_admit(
     *,
     user_id: int,
-    api_key_id: int | None,
     model: str,
     body_bytes: int,
     max_tokens: int,
+    api_key_id: int | None = None,
     api_key: ApiKey | None = None,
 ) -> Admission:
     """Admit one gateway call, reserving its worst case; raises ``RateLimited`` or
