@@ -321,7 +321,7 @@ def test_the_beat_task_releases_expired_reservations(user):
     old_minute = timezone.now().replace(second=0, microsecond=0) - timedelta(hours=2)
     RateCounter.objects.create(scope=f"user:{user.pk}", minute=old_minute, requests=7)
 
-    assert reservations_release_expired_task.delay().get() == 1
+    assert reservations_release_expired_task.apply().result == 1
     assert list(Reservation.objects.values_list("pk", flat=True)) == [kept.reservation_id]
     budget.refresh_from_db()
     assert budget.reserved == 110  # the call still in flight
