@@ -1,0 +1,676 @@
+"""Latency the LLM gateway adds over calling Anthropic directly, its throughput, and whether its
+streams lose chunks.
+
+Starts the fake Anthropic (``tests.fakes.anthropic``) and the console as separate processes on
+loopback, against a fresh database, with one user (``--users``) whose API key and quota have no
+rate or concurrency limit and no budget: the gateway still admits, reserves and settles every
+call as in production, which is what is measured. One aiohttp client in this process times the
+same requests sent to the fake directly and through the gateway, at 1, 16 and 64 concurrent
+clients (closed loop); the latency added is the gateway's percentile minus the direct one.
+
+* non-streaming: latency per call, and the gateway's throughput;
+* streaming: time to first token (the first text delta) and the gap between text deltas, the
+  fake pausing ``--chunk-delay-ms`` between deltas;
+* 300 requests/s offered at an even pace (open loop, at most 64 in flight), for the latency
+  added at that rate rather than at saturation;
+* 200 concurrent streams of a long echo, each delta checked against what the fake sends;
+* the ledger afterwards: one usage row per call, no reservation left open;
+* the CPU the server and the fake spent per call (from /proc), the figure that moves least when
+  other work shares the machine (the load average is shown at the start and the end).
+
+    python bench/gateway.py [--quick] [--server daphne|uvicorn] [--workers N] [--users N]
+        [--database-url postgres://…/agent_console_bench_gw] [--seconds S] [--chunk-delay-ms MS]
+
+The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
+names, created (dropped first if it exists) and dropped at the end. The server is daphne, as
+``make run`` runs it, or uvicorn (a dev dependency; h11 and asyncio unless httptools and uvloop
+are installed), which served somewhat more at 64 clients (73 against 62 calls/s on SQLite, 59
+against 45 on PostgreSQL, 2 CPUs) at about the same latency for one client; its ``--workers N``
+(0.54) leaves Nagle's algorithm on (Kludex/uvicorn#3149): ~45 ms more per keep-alive request.
+
+Ends with one line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``. The
+lost-chunk count is, over all streams, the expected deltas missing or out of place plus any
+extra ones; a stream that fails counts all its deltas lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import difflib
+import functools
+import importlib.util
+import itertools
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlparse, urlunparse
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODEL = "claude-sonnet-5-5"
+LEVELS = (1, 16, 64)
+TIMING_STREAM_WORDS = 20  # a 22-delta echo per timed stream
+LOST_STREAMS = 200
+OPEN_LOOP_RATE = 300
+T = TypeVar("T")
+
+
+# --- The database ------------------------------------------------------------------------------
+
+
+def _recreate_database(url: str, *, drop_only: bool = False) -> None:
+    import psycopg
+    from psycopg import sql
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    maintenance = urlunparse(parsed._replace(path="/postgres"))
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        if not drop_only:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _setup(
+    var_dir: Path, database_url: str | None, upstream_url: str, upstream_key: str, users: int
+) -> list[str]:
+    """Migrate a fresh database and return one API key for each of ``users`` users without
+    limits or budgets."""
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "CONSOLE_VAR_DIR": str(var_dir),
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "ANTHROPIC_API_KEY": upstream_key,
+            "ANTHROPIC_BASE_URL": upstream_url,
+        }
+    )
+    for name in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "ANTHROPIC_API_KEY_FILE"):
+        os.environ.pop(name, None)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from console.models import Budget, Quota, User
+    from console.services import api_key_create, quota_get
+
+    call_command("migrate", verbosity=0)
+    keys = []
+    for n in range(users):
+        user = User.objects.create_user(username=f"bench-gateway-{n}")
+        quota_get(user=user)
+        Quota.objects.filter(user=user).update(
+            requests_per_minute=None, tokens_per_minute=None, concurrent_requests=None
+        )
+        Budget.objects.filter(user=user).delete()
+        keys.append(api_key_create(user=user, name="bench")[1])
+    _close_database()
+    return keys
+
+
+def _close_database() -> None:
+    from django.db import connection
+
+    connection.close()
+    if connection.vendor == "postgresql":
+        connection.close_pool()
+
+
+def _ledger() -> tuple[int, int]:
+    """Usage rows written and reservations still open."""
+    from console.models import Reservation, UsageRecord
+
+    counts = UsageRecord.objects.count(), Reservation.objects.count()
+    _close_database()
+    return counts
+
+
+# --- Child processes ---------------------------------------------------------------------------
+
+
+class _Child:
+    """A process of our own (its own session, so Ctrl-C reaches only us and we stop it)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(5)  # daphne takes ~2.5 s when idle, longer with calls in flight
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def first_error(self, lines: int = 12) -> str:
+        """The end of the first traceback in the log (what a 500 hid), or ""."""
+        logged = self.log.read_text(errors="replace").splitlines()
+        start = next((n for n, line in enumerate(logged) if line.startswith("Traceback")), None)
+        if start is None:
+            return ""
+        end = next(
+            (n for n in range(start + 1, len(logged)) if logged[n] and logged[n][0] != " "),
+            len(logged) - 1,
+        )
+        return "\n".join(logged[max(start, end - lines + 1) : end + 1])
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU of the process and its descendants (uvicorn's workers)."""
+        total, todo = 0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(child: _Child, ready: Callable[[], str | None]) -> str:
+    """What ``ready`` returns once it returns something: the child's URL."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        child.check_alive()
+        if found := ready():
+            return found
+        time.sleep(0.1)
+    raise RuntimeError(f"{child.name} did not start:\n{child.tail()}")
+
+
+def _start_fake(
+    env: dict[str, str], log_dir: Path, key: str, chunk_delay: float
+) -> tuple[_Child, str]:
+    argv = [sys.executable, "-m", "tests.fakes.anthropic", "--port", "0", "--api-key", key]
+    fake = _Child("fake-anthropic", [*argv, "--chunk-delay", str(chunk_delay)], env, log_dir)
+
+    def printed_url() -> str | None:
+        found = re.search(r"FAKE_ANTHROPIC_URL=(\S+)", fake.log.read_text())
+        return found.group(1) if found else None
+
+    return fake, _wait(fake, printed_url)
+
+
+def _start_console(
+    env: dict[str, str], log_dir: Path, server: str, workers: int
+) -> tuple[_Child, str]:
+    port = _free_port()
+    if server == "daphne":
+        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
+    else:
+        argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
+        # Access log on, as daphne's is: both servers as they run by default.
+        argv += ["--port", str(port), "--workers", str(workers), "--lifespan", "off"]
+    console = _Child(server, [sys.executable, *argv], env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> str | None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health") as response:
+            return url if response.status == 200 else None
+        return None
+
+    return console, _wait(console, healthy)
+
+
+# --- Load --------------------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """A call that did not answer 200 or whose stream did not end."""
+
+
+_CLIENT_ERRORS = (_Failed, aiohttp.ClientError, TimeoutError)
+_HEADERS = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
+
+
+@dataclass
+class _Path:
+    name: str
+    url: str
+    keys: Iterator[str]  # one per user, taken in turn
+    calls: int = 0  # successful calls, warm-ups included
+
+    def headers(self) -> dict[str, str]:
+        return _HEADERS | {"x-api-key": next(self.keys)}
+
+
+@dataclass
+class _Stream:
+    ttft_ms: float
+    gaps_ms: list[float]
+    texts: list[str]
+
+
+@dataclass
+class _Run(Generic[T]):
+    """One measured run: its results in the order they ended, its failures, how long it took
+    and the CPU each child process spent meanwhile."""
+
+    results: list[T] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def _body(prompt: str, *, stream: bool, max_tokens: int = 256) -> bytes:
+    messages = [{"role": "user", "content": prompt}]
+    body = {"model": MODEL, "max_tokens": max_tokens, "messages": messages, "stream": stream}
+    return json.dumps(body).encode()
+
+
+async def _call(session: aiohttp.ClientSession, path: _Path, body: bytes) -> float:
+    started = time.perf_counter()
+    async with session.post(path.url, data=body, headers=path.headers()) as response:
+        data = await response.read()
+        if response.status != 200:
+            raise _Failed(f"{path.name}: HTTP {response.status}: {data[:300]!r}")
+    path.calls += 1
+    return (time.perf_counter() - started) * 1000
+
+
+async def _stream(session: aiohttp.ClientSession, path: _Path, body: bytes) -> _Stream:
+    started = time.perf_counter()
+    times: list[float] = []
+    texts: list[str] = []
+    event, ended = "", False
+    async with session.post(path.url, data=body, headers=path.headers()) as response:
+        if response.status != 200:
+            raise _Failed(f"{path.name}: HTTP {response.status}: {(await response.read())[:300]!r}")
+        async for raw in response.content:
+            now = time.perf_counter()
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "content_block_delta":
+                delta = json.loads(line[5:])["delta"]
+                if delta.get("type") == "text_delta":
+                    times.append(now)
+                    texts.append(delta["text"])
+            elif line.startswith("data:") and event == "message_stop":
+                ended = True
+    if not ended or not times:
+        raise _Failed(f"{path.name}: the stream ended without message_stop")
+    path.calls += 1
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(times)]
+    return _Stream((times[0] - started) * 1000, gaps, texts)
+
+
+async def _closed_loop(
+    one: Callable[[], Awaitable[T]], clients: int, seconds: float, children: list[_Child]
+) -> _Run[T]:
+    """``clients`` concurrent clients, each sending its next request when its last one ends."""
+    run: _Run[T] = _Run()
+    cpu = {child.name: child.cpu_seconds() for child in children}
+    started = time.perf_counter()
+    end = started + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < end:
+            try:
+                run.results.append(await one())
+            except _CLIENT_ERRORS as exc:
+                run.errors.append(str(exc) or type(exc).__name__)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    run.seconds = time.perf_counter() - started
+    run.cpu = {child.name: child.cpu_seconds() - cpu[child.name] for child in children}
+    return run
+
+
+async def _open_loop(one: Callable[[], Awaitable[Any]], rate: int, seconds: float) -> _Run[float]:
+    """``rate`` requests a second at an even pace, at most 64 in flight; each latency counts
+    from when its request was due, so queueing behind a slow server is not hidden."""
+    run: _Run[float] = _Run()
+    slots = asyncio.Semaphore(max(LEVELS))
+    started = time.perf_counter()
+
+    async def due_at(due: float) -> None:
+        try:
+            async with slots:
+                await one()
+            run.results.append((time.perf_counter() - due) * 1000)
+        except _CLIENT_ERRORS as exc:
+            run.errors.append(str(exc) or type(exc).__name__)
+
+    tasks = []
+    for n in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(due_at(started + n / rate)))
+    await asyncio.gather(*tasks)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+# --- Figures -----------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def _pcts(values: list[float]) -> tuple[float, float, float]:
+    return _percentile(values, 50), _percentile(values, 95), _percentile(values, 99)
+
+
+def _fmt(p: tuple[float, float, float]) -> str:
+    return f"p50 {p[0]:.2f} p95 {p[1]:.2f} p99 {p[2]:.2f} ms"
+
+
+def _added(gateway: tuple[float, ...], direct: tuple[float, ...]) -> tuple[float, float, float]:
+    return tuple(g - d for g, d in zip(gateway, direct, strict=True))  # type: ignore[return-value]
+
+
+def _errors(name: str, run: _Run[Any]) -> None:
+    if run.errors:
+        print(f"  {name}: {len(run.errors)} failed calls, e.g. {run.errors[0][:300]}")
+
+
+def _report(name: str, value: float, unit: str, op: str, target: float) -> str:
+    ok = value <= target if op == "<=" else value >= target
+    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
+
+
+def _expected_deltas(text: str) -> list[str]:
+    """The deltas the fake streams ``text`` in: words, each with its trailing whitespace."""
+    return re.findall(r"\S+\s*", text)
+
+
+def _lost(expected: list[str], received: list[str]) -> int:
+    matched = difflib.SequenceMatcher(None, expected, received, autojunk=False)
+    in_order = sum(block.size for block in matched.get_matching_blocks())
+    return (len(expected) - in_order) + (len(received) - in_order)
+
+
+# --- The bench ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Bench:
+    session: aiohttp.ClientSession
+    direct: _Path
+    gateway: _Path
+    children: list[_Child]
+    seconds: float
+    warmup: float
+    open_seconds: float
+    targets: list[str] = field(default_factory=list)
+
+    def paths(self) -> Iterator[_Path]:
+        yield self.direct
+        yield self.gateway
+
+    async def compare(
+        self, clients: int, one: Callable[[_Path], Awaitable[T]]
+    ) -> tuple[_Run[T], _Run[T]]:
+        """Warm up and measure the direct path, then the gateway, with ``clients`` clients."""
+        runs = []
+        for path in self.paths():
+            await _closed_loop(functools.partial(one, path), clients, self.warmup, [])
+            run = await _closed_loop(
+                functools.partial(one, path), clients, self.seconds, self.children
+            )
+            _errors(path.name, run)
+            runs.append(run)
+        return runs[0], runs[1]
+
+    def cpu_per_call(self, run: _Run[Any]) -> str:
+        calls = max(1, len(run.results))
+        return ", ".join(f"{name} {cpu / calls * 1000:.2f}" for name, cpu in run.cpu.items())
+
+    async def non_streaming(self) -> None:
+        body = _body("Say hello in a few words.", stream=False)
+        print("\nnon-streaming (closed loop)")
+        for clients in LEVELS:
+            runs = await self.compare(clients, lambda path: _call(self.session, path, body))
+            direct, gateway = (_pcts(run.results) for run in runs)
+            added = _added(gateway, direct)
+            direct_rps, rps = (len(run.results) / run.seconds for run in runs)
+            print(
+                f"  {clients:>2} clients: direct {_fmt(direct)} ({direct_rps:.0f} req/s); "
+                f"gateway {_fmt(gateway)} ({rps:.0f} req/s)\n"
+                f"             added {_fmt(added)}; CPU ms per gateway call: "
+                f"{self.cpu_per_call(runs[1])}"
+            )
+            if clients == 1:
+                self.targets.append(_report("gateway_added_p50_1client", added[0], "ms", "<=", 3))
+                self.targets.append(_report("gateway_added_p99_1client", added[2], "ms", "<=", 10))
+            if clients == 64:
+                self.targets.append(_report("gateway_rps_64clients", rps, "req/s", ">=", 300))
+                self.targets.append(
+                    _report("gateway_added_p95_64clients", added[1], "ms", "<=", 15)
+                )
+
+    async def open_loop(self) -> None:
+        body = _body("Say hello in a few words.", stream=False)
+        runs = []
+        for path in self.paths():
+            one = functools.partial(_call, self.session, path, body)
+            runs.append(await _open_loop(one, OPEN_LOOP_RATE, self.open_seconds))
+            _errors(path.name, runs[-1])
+        direct, gateway = (_pcts(run.results) for run in runs)
+        achieved = len(runs[1].results) / runs[1].seconds
+        print(
+            f"\nnon-streaming, {OPEN_LOOP_RATE} req/s offered (open loop, at most 64 in flight):"
+            f"\n  direct {_fmt(direct)}; gateway {_fmt(gateway)} ({achieved:.0f} req/s done)"
+            f"\n  added {_fmt(_added(gateway, direct))}"
+        )
+
+    async def streaming(self) -> None:
+        prompt = " ".join(f"word{n}" for n in range(TIMING_STREAM_WORDS))
+        body = _body(prompt, stream=True)
+        print("\nstreaming (closed loop): time to first token, gap between text deltas")
+        for clients in LEVELS:
+            runs = await self.compare(clients, lambda path: _stream(self.session, path, body))
+            ttft = [_pcts([s.ttft_ms for s in run.results]) for run in runs]
+            gaps = [_pcts([g for s in run.results for g in s.gaps_ms]) for run in runs]
+            print(
+                f"  {clients:>2} clients ({len(runs[1].results)} gateway streams): "
+                f"TTFT direct {_fmt(ttft[0])}; gateway {_fmt(ttft[1])}\n"
+                f"             TTFT added {_fmt(_added(ttft[1], ttft[0]))}\n"
+                f"             gap direct {_fmt(gaps[0])}; gateway {_fmt(gaps[1])}\n"
+                f"             gap added {_fmt(_added(gaps[1], gaps[0]))}; "
+                f"CPU ms per gateway stream: {self.cpu_per_call(runs[1])}"
+            )
+
+    async def lost_chunks(self, words: int) -> None:
+        prompts = [" ".join(f"s{n}w{w}" for w in range(words)) for n in range(LOST_STREAMS)]
+        expected = [_expected_deltas(f"Echo: {prompt}") for prompt in prompts]
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(
+                _stream(self.session, self.gateway, _body(p, stream=True, max_tokens=4 * words))
+                for p in prompts
+            ),
+            return_exceptions=True,
+        )
+        seconds = time.perf_counter() - started
+        lost, failed = 0, []
+        for want, got in zip(expected, results, strict=True):
+            if isinstance(got, BaseException):
+                failed.append(got)
+                lost += len(want)
+            else:
+                lost += _lost(want, got.texts)
+        deltas = sum(len(want) for want in expected)
+        print(
+            f"\n{LOST_STREAMS} concurrent gateway streams of {deltas // LOST_STREAMS} deltas: "
+            f"{seconds:.1f} s, {len(failed)} failed, {lost} deltas lost or out of place"
+        )
+        if failed:
+            print(f"  e.g. {failed[0]!r}"[:400])
+        self.targets.append(_report("gateway_lost_chunks_200streams", lost, "chunks", "<=", 0))
+
+
+async def _measure(
+    args: argparse.Namespace,
+    children: list[_Child],
+    direct_url: str,
+    console_url: str,
+    upstream_key: str,
+    console_keys: list[str],
+) -> tuple[list[str], int]:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        bench = _Bench(
+            session,
+            _Path("direct", f"{direct_url}/v1/messages", itertools.repeat(upstream_key)),
+            _Path("gateway", f"{console_url}/gateway/v1/messages", itertools.cycle(console_keys)),
+            children,
+            args.seconds,
+            args.warmup,
+            args.open_seconds,
+        )
+        await bench.non_streaming()
+        await bench.open_loop()
+        await bench.streaming()
+        await bench.lost_chunks(args.lost_words)
+    return bench.targets, bench.gateway.calls
+
+
+def _server_label(args: argparse.Namespace) -> str:
+    label = args.server
+    if args.server == "uvicorn":
+        # uvicorn takes uvloop and httptools when they are installed, asyncio and h11 otherwise.
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        label += f" ({args.workers} workers, {http}, {loop})"
+    return label + (f", {args.users} users" if args.users > 1 else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a run of under a minute")
+    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--users", type=int, default=1, help="spread calls over N users' keys")
+    parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
+    parser.add_argument("--seconds", type=float, help="per measured run (default 8; quick 1.5)")
+    parser.add_argument(
+        "--chunk-delay-ms", type=float, default=10.0, help="the fake's pause between deltas"
+    )
+    args = parser.parse_args()
+    if args.workers != 1 and args.server != "uvicorn":
+        parser.error("--workers needs --server uvicorn (daphne runs one process)")
+    if args.database_url and urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
+        parser.error("--database-url must be a postgres:// URL")
+    args.seconds = args.seconds or (1.5 if args.quick else 8.0)
+    args.warmup = 0.3 if args.quick else 1.0
+    args.open_seconds = 0.5 if args.quick else args.seconds / 2
+    args.lost_words = 40 if args.quick else 300
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt (even when started in the background, where
+    # SIGINT comes ignored), so `finally` stops the children and drops the database.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    began = time.perf_counter()
+    children: list[_Child] = []
+    if args.database_url:
+        _recreate_database(args.database_url)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+            var_dir = Path(tmp)
+            upstream_key = f"sk-ant-bench-{secrets.token_hex(8)}"
+            env = dict(os.environ)
+            fake, fake_url = _start_fake(env, var_dir, upstream_key, args.chunk_delay_ms / 1000)
+            children.append(fake)
+            console_keys = _setup(var_dir, args.database_url, fake_url, upstream_key, args.users)
+            console, console_url = _start_console(
+                dict(os.environ), var_dir, args.server, args.workers
+            )
+            children.append(console)
+            from django.db import connection
+
+            print(
+                f"gateway on {_server_label(args)}, database {connection.vendor}, "
+                f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); fake Anthropic "
+                f"pauses {args.chunk_delay_ms:g} ms between deltas; {args.seconds:g} s per run",
+                flush=True,
+            )
+            targets, calls = asyncio.run(
+                _measure(args, [console, fake], fake_url, console_url, upstream_key, console_keys)
+            )
+            time.sleep(0.5)  # the last streams settle just after their last byte
+            records, open_reservations = _ledger()
+            print(
+                f"\nledger: {records} usage rows for {calls} gateway calls, "
+                f"{open_reservations} reservations open"
+            )
+            for child in children:
+                child.check_alive()  # a crash under load would void the figures
+            if error := console.first_error():
+                print(f"\nthe console logged errors; the first ends:\n{error}")
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if args.database_url:
+            _recreate_database(args.database_url, drop_only=True)
+    print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
+    for line in targets:
+        print(line)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted; the fake Anthropic and the console are stopped")
