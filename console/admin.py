@@ -211,6 +211,20 @@ class ModelPriceAdmin(AuditedAdmin):
     list_filter = ("model",)
     search_fields = ("model",)
 
+    def save_model(
+        self, request: HttpRequest, obj: Model, form: forms.BaseForm, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        services.price_cache_clear()
+
+    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+        super().delete_model(request, obj)
+        services.price_cache_clear()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        super().delete_queryset(request, queryset)
+        services.price_cache_clear()
+
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):

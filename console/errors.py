@@ -23,8 +23,10 @@ __all__ = [
     "CapacityExhausted",
     "ConsoleError",
     "Forbidden",
+    "MethodNotAllowed",
     "NotAuthenticated",
     "NotFound",
+    "PayloadTooLarge",
     "QuotaExceeded",
     "RateLimited",
     "UserSuspended",
@@ -77,6 +79,14 @@ class Forbidden(ConsoleError):
 
 class UserSuspended(Forbidden):
     code = "user_suspended"
+
+
+class MethodNotAllowed(ConsoleError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(ConsoleError):
+    status, code = 413, "request_too_large"
 
 
 class NotFound(ConsoleError):

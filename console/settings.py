@@ -177,6 +177,10 @@ ANTHROPIC_MAX_RETRIES = env_int("ANTHROPIC_MAX_RETRIES", 2, minimum=0)
 GATEWAY_DEADLINE_SECONDS = env_float(
     "GATEWAY_DEADLINE_SECONDS", ANTHROPIC_TIMEOUT_SECONDS, minimum=1.0
 )
+# How long a process keeps a model's price before reading the table again.
+PRICE_CACHE_SECONDS = env_float("PRICE_CACHE_SECONDS", 60.0, minimum=0.0)
+# Threads that run the gateway's database work, each keeping its connection open.
+GATEWAY_DB_THREADS = env_int("GATEWAY_DB_THREADS", 4, minimum=1)
 # A gateway call's worst case stays reserved at most this long when its process dies unsettled.
 GATEWAY_RESERVATION_SECONDS = env_int(
     "GATEWAY_RESERVATION_SECONDS", 2 * int(ANTHROPIC_TIMEOUT_SECONDS) + 60, minimum=60

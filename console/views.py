@@ -1,4 +1,4 @@
-"""Console-wide endpoints: the gateway, health, readiness, metrics, the home page, error pages."""
+"""Console-wide endpoints: health, readiness, metrics, the home page, error pages."""
 
 from __future__ import annotations
 
@@ -6,79 +6,23 @@ import hmac
 import os
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
-from console import gateway
 from console.authentication import bearer_token
-from console.errors import ConsoleError, error_body, json_error_page
+from console.errors import error_body, json_error_page
 from console.metrics import BudgetCollector
 
-__all__ = ["gateway_messages", "health", "home", "metrics", "ready"]
+__all__ = ["health", "home", "metrics", "ready"]
 
 _API_PREFIXES = ("/v1/", "/api/", "/gateway/", "/agents/", "/health", "/ready", "/metrics")
-
-
-def _gateway_error(exc: ConsoleError) -> JsonResponse:
-    # Anthropic's SDKs read error.type; the console's clients read error.code, message, details.
-    body = error_body(exc.code, exc.message, exc.details)
-    body["type"] = "error"
-    body["error"]["type"] = getattr(exc, "error_type", None) or _ANTHROPIC_TYPES.get(
-        exc.status, "api_error"
-    )
-    return JsonResponse(body, status=exc.status, headers=exc.headers())
-
-
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-}
-
-
-@csrf_exempt
-async def gateway_messages(request: HttpRequest) -> HttpResponse:
-    """``POST /gateway/v1/messages``: Anthropic's Messages API, metered."""
-    if request.method != "POST":
-        return _gateway_error(ConsoleError("use POST"))
-    call = None
-    try:
-        body = gateway.validate_body(request.body)
-        call = await sync_to_async(gateway.gateway_begin)(
-            token=bearer_token(request),
-            body=body,
-            body_bytes=len(request.body),
-            session_id=request.headers.get("x-console-session"),
-        )
-        if body.get("stream"):
-            stream = await gateway.gateway_open_stream(call=call, body=body)
-            response: HttpResponse = StreamingHttpResponse(stream, content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
-            request_id = stream.request_id
-        else:
-            message, request_id = await gateway.gateway_create(call=call, body=body)
-            response = JsonResponse(message)
-    except ConsoleError as exc:
-        response = _gateway_error(exc)
-        request_id = ""
-    if request_id:
-        response["request-id"] = request_id
-    if call is not None:
-        request.rate_status = call.admission.rate  # type: ignore[attr-defined]
-    return response
 
 
 def health(request: HttpRequest) -> JsonResponse:

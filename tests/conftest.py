@@ -53,7 +53,11 @@ def _require_services(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(autouse=True)
 def _price_table(request: pytest.FixtureRequest) -> None:
-    """Transactional tests flush every table, the seeded price table too: seed it again."""
+    """Transactional tests flush every table, the seeded price table too: seed it again. No
+    test sees prices a process cached in an earlier one."""
+    from console.services import price_cache_clear
+
+    price_cache_clear()
     marker = request.node.get_closest_marker("django_db")
     if not (marker and marker.kwargs.get("transaction")):
         return
@@ -74,8 +78,12 @@ def _sandbox_host(request: pytest.FixtureRequest, settings) -> None:
     request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
     from agents.services import host_register
 
-    host_register(name=settings.SANDBOX_HOST_NAME, backend=settings.SANDBOX_BACKEND,
-                  capacity_vcpus=64, capacity_memory_mib=64 * 1024)
+    host_register(
+        name=settings.SANDBOX_HOST_NAME,
+        backend=settings.SANDBOX_BACKEND,
+        capacity_vcpus=64,
+        capacity_memory_mib=64 * 1024,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +103,7 @@ def asgi_server(transactional_db) -> Iterator[str]:
     import uvicorn
 
     from console.asgi import application
+    from console.gateway import database_threads
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -110,6 +119,7 @@ def asgi_server(transactional_db) -> Iterator[str]:
     server.should_exit = True
     thread.join(timeout=5)
     sock.close()
+    database_threads.close()  # the gateway's connections must not outlive the test database
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
 import pytest
 from django.test import Client
 
@@ -43,7 +44,9 @@ QUERIES = [
 
 def _assert_refusal_shape(response, where: str) -> None:
     assert response.status_code < 500, f"{where}: {response.status_code} {response.content[:300]}"
-    if response.status_code >= 400 and response["Content-Type"].startswith("application/json"):
+    if response.status_code >= 400 and response.headers["Content-Type"].startswith(
+        "application/json"
+    ):
         error = json.loads(response.content)["error"]
         assert {"code", "message", "details"} <= set(error), where
 
@@ -59,7 +62,7 @@ def test_no_body_breaks_a_post_route(caller, user, content_type):
     agent = Agent.objects.create(
         owner=user, model="m", sandbox_id="s", status="running", endpoint="http://127.0.0.1:9"
     )
-    for route in ("/v1/agents/spawn", f"/agents/{agent.pk}/v1/agent/chat", "/gateway/v1/messages"):
+    for route in ("/v1/agents/spawn", f"/agents/{agent.pk}/v1/agent/chat"):
         for body in BODIES:
             response = caller.post(route, body, content_type=content_type)
             _assert_refusal_shape(response, f"POST {route} {body[:40]!r}")
@@ -82,8 +85,31 @@ def test_wrong_methods_are_refused_in_the_error_shape(caller):
         ("/v1/agents/spawn", "get"),
         ("/v1/agents/list", "post"),
         ("/v1/agents/delete", "get"),
-        ("/gateway/v1/messages", "get"),
     ):
         response = getattr(caller, method)(route)
         assert response.status_code in (400, 405), route
         _assert_refusal_shape(response, route)
+
+
+# The gateway is an ASGI app of its own (console/gateway/app.py): it is tried over HTTP.
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_no_body_breaks_the_gateway(asgi_server, user, api_key, fake_anthropic, content_type):
+    headers = {"x-api-key": api_key(user), "content-type": content_type}
+    with httpx.Client(base_url=asgi_server, headers=headers, timeout=10) as http:
+        for body in BODIES:
+            response = http.post("/gateway/v1/messages", content=body)
+            _assert_refusal_shape(response, f"POST /gateway/v1/messages {body[:40]!r}")
+            assert response.status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_the_gateway_refuses_other_methods_in_the_error_shape(asgi_server, user, api_key, method):
+    response = httpx.request(
+        method, f"{asgi_server}/gateway/v1/messages", headers={"x-api-key": api_key(user)}
+    )
+    assert response.status_code == 405
+    _assert_refusal_shape(response, f"{method} /gateway/v1/messages")

@@ -19,7 +19,13 @@ from console.services.audit import (
     model_changes,
     users_set_suspended,
 )
-from console.services.ledger import TokenUsage, cost_of, price_for, usage_record
+from console.services.ledger import (
+    TokenUsage,
+    cost_of,
+    price_cache_clear,
+    price_for,
+    usage_record,
+)
 from console.services.limits import (
     Admission,
     RateStatus,
@@ -51,6 +57,7 @@ __all__ = [
     "gateway_settle",
     "model_changes",
     "operator_ensure",
+    "price_cache_clear",
     "price_for",
     "quota_get",
     "quota_set_suspended",

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from console.models import ModelPrice, UsageHourly, UsageRecord
 
-__all__ = ["TokenUsage", "cost_of", "price_for", "usage_record"]
+__all__ = ["TokenUsage", "cost_of", "price_cache_clear", "price_for", "usage_record"]
 
 _MILLION = Decimal(1_000_000)
 
@@ -26,6 +28,14 @@ class TokenUsage:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
 
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+        }
+
     @property
     def total(self) -> int:
         return (
@@ -36,8 +46,31 @@ class TokenUsage:
         )
 
 
+_prices: dict[tuple[str, date], tuple[float, ModelPrice | None]] = {}
+
+
+def price_cache_clear() -> None:
+    """Forget the prices this process has read (an operator changed one)."""
+    _prices.clear()
+
+
 def price_for(*, model: str, at: datetime) -> ModelPrice | None:
-    """The price of ``model`` in force at ``at``; a dated snapshot name falls back to its family."""
+    """The price of ``model`` in force at ``at``; a dated snapshot name falls back to its family.
+
+    Every call through the gateway needs it twice, so each process keeps what it read for
+    ``PRICE_CACHE_SECONDS``: a price changed in the admin applies at once in that process and
+    within that time everywhere else."""
+    key = (model, at.date())
+    now = time.monotonic()
+    cached = _prices.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    price = _price_from_table(model, at)
+    _prices[key] = (now + settings.PRICE_CACHE_SECONDS, price)
+    return price
+
+
+def _price_from_table(model: str, at: datetime) -> ModelPrice | None:
     candidates = [model]
     base, _, suffix = model.rpartition("-")
     if base and suffix.isdigit() and len(suffix) == 8:
@@ -78,7 +111,7 @@ def usage_record(
     """Price one call and write it to the ledger and its hourly roll-up, in one transaction."""
     now = at or timezone.now()
     cost = cost_of(usage=usage, price=price_for(model=model, at=now))
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         record = UsageRecord.objects.create(
             user_id=user_id,
             agent_id=agent_id,

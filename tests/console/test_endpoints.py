@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import pytest
 
 from agents.models import Agent
@@ -89,14 +90,14 @@ def test_an_unknown_page_is_the_html_404(client):
     assert b"There is nothing at this address." in response.content
 
 
-@pytest.mark.django_db
-def test_a_body_over_the_size_limit_is_refused_with_413(client, settings, user, api_key):
+@pytest.mark.django_db(transaction=True)
+def test_a_body_over_the_size_limit_is_refused_with_413(asgi_server, settings, user, api_key):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
-    response = client.post(
-        "/gateway/v1/messages",
-        b"x" * 4096,
-        content_type="application/json",
-        headers={"x-api-key": api_key(user)},
+    response = httpx.post(
+        f"{asgi_server}/gateway/v1/messages",
+        content=b"x" * 4096,
+        headers={"x-api-key": api_key(user), "content-type": "application/json"},
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+    assert response.json()["error"]["type"] == "request_too_large"
