@@ -5,42 +5,60 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0002_initial'),
+        ("agents", "0002_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='SandboxHost',
+            name="SandboxHost",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('backend', models.CharField(default='process', max_length=16)),
-                ('capacity_vcpus', models.PositiveIntegerField()),
-                ('capacity_memory_mib', models.PositiveIntegerField()),
-                ('accel', models.CharField(blank=True, help_text='kvm or tcg, for microVMs.', max_length=8)),
-                ('is_online', models.BooleanField(default=True)),
-                ('is_draining', models.BooleanField(default=False, help_text='Takes no new agents.')),
-                ('last_seen_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("backend", models.CharField(default="process", max_length=16)),
+                ("capacity_vcpus", models.PositiveIntegerField()),
+                ("capacity_memory_mib", models.PositiveIntegerField()),
+                (
+                    "accel",
+                    models.CharField(
+                        blank=True, help_text="kvm or tcg, for microVMs.", max_length=8
+                    ),
+                ),
+                ("is_online", models.BooleanField(default=True)),
+                (
+                    "is_draining",
+                    models.BooleanField(default=False, help_text="Takes no new agents."),
+                ),
+                ("last_seen_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.AddField(
-            model_name='agent',
-            name='accel',
-            field=models.CharField(blank=True, help_text='kvm or tcg, for microVMs.', max_length=8),
+            model_name="agent",
+            name="accel",
+            field=models.CharField(blank=True, help_text="kvm or tcg, for microVMs.", max_length=8),
         ),
         migrations.AddField(
-            model_name='agent',
-            name='last_active_at',
-            field=models.DateTimeField(blank=True, help_text='Its last chat turn.', null=True),
+            model_name="agent",
+            name="last_active_at",
+            field=models.DateTimeField(blank=True, help_text="Its last chat turn.", null=True),
         ),
         migrations.AddField(
-            model_name='agent',
-            name='host',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='agents', to='agents.sandboxhost'),
+            model_name="agent",
+            name="host",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="agents",
+                to="agents.sandboxhost",
+            ),
         ),
     ]

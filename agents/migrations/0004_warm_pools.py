@@ -5,32 +5,43 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0003_hosts'),
+        ("agents", "0003_hosts"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='WarmPool',
+            name="WarmPool",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('model', models.CharField(max_length=100)),
-                ('system_prompt', models.TextField(blank=True)),
-                ('vcpus', models.PositiveSmallIntegerField(default=1)),
-                ('memory_mib', models.PositiveIntegerField(default=512)),
-                ('max_concurrent_sessions', models.PositiveIntegerField(default=100)),
-                ('size', models.PositiveIntegerField(default=2, help_text='Agents kept ready.')),
-                ('is_enabled', models.BooleanField(default=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("model", models.CharField(max_length=100)),
+                ("system_prompt", models.TextField(blank=True)),
+                ("vcpus", models.PositiveSmallIntegerField(default=1)),
+                ("memory_mib", models.PositiveIntegerField(default=512)),
+                ("max_concurrent_sessions", models.PositiveIntegerField(default=100)),
+                ("size", models.PositiveIntegerField(default=2, help_text="Agents kept ready.")),
+                ("is_enabled", models.BooleanField(default=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.AddField(
-            model_name='agent',
-            name='warm_pool',
-            field=models.ForeignKey(blank=True, help_text='Set while the agent waits, unclaimed, in this pool.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='agents', to='agents.warmpool'),
+            model_name="agent",
+            name="warm_pool",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="Set while the agent waits, unclaimed, in this pool.",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="agents",
+                to="agents.warmpool",
+            ),
         ),
     ]
