@@ -123,7 +123,22 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
         )
         return Response(AgentSerializer(agent).data | {"deleted": True})
 
-    @extend_schema(responses=inline_serializer("AgentStats", {"scope": serializers.CharField()}))
+    @extend_schema(
+        responses=inline_serializer(
+            "AgentStats",
+            {
+                "scope": serializers.ChoiceField(choices=["own", "all"]),
+                "total_agents": serializers.IntegerField(),
+                "active_agents": serializers.IntegerField(),
+                "by_status": serializers.DictField(child=serializers.IntegerField()),
+                "total_sessions": serializers.IntegerField(),
+                "open_sessions": serializers.IntegerField(),
+                "input_tokens": serializers.IntegerField(),
+                "output_tokens": serializers.IntegerField(),
+                "cost_usd": serializers.CharField(help_text="US dollars, a decimal string."),
+            },
+        )
+    )
     @action(detail=False, methods=["get"], url_path="stats")
     def stats(self, request: Request) -> Response:
         return Response(selectors.agent_stats(viewer=request.user))

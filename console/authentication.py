@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
+from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, throttling
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
+from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.exceptions import InvalidToken
 
 from console.errors import NotAuthenticated
 from console.models import ApiKey, Quota, User
 from console.services import api_key_authenticate, request_admit
 
-__all__ = ["ApiKeyAuthentication", "QuotaThrottle", "bearer_token", "request_user"]
+__all__ = [
+    "ApiKeyAuthentication",
+    "JwtAuthentication",
+    "QuotaThrottle",
+    "bearer_token",
+    "request_user",
+]
 
 
 def bearer_token(request: HttpRequest) -> str:
@@ -28,15 +38,32 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request: Request) -> tuple[User, object] | None:
         token = bearer_token(request._request)
-        if not token:
-            return None
+        if not token or _looks_like_jwt(token):
+            return None  # a JWT is JwtAuthentication's to check
         try:
             key = api_key_authenticate(raw=token)
         except NotAuthenticated as exc:
-            from rest_framework.exceptions import AuthenticationFailed
-
             raise AuthenticationFailed(exc.message) from exc
         return key.user, key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+def _looks_like_jwt(token: str) -> bool:
+    # API keys are "ac_<hex>_<urlsafe>", never dotted; a JWT is three dotted base64url parts.
+    return token.startswith("eyJ") and token.count(".") == 2
+
+
+class JwtAuthentication(JWTAuthentication):
+    """``Authorization: Bearer <access token>`` from ``/api/v1/auth/login``; a bad or expired
+    token is refused with a plain sentence rather than simplejwt's nested detail."""
+
+    def authenticate(self, request: Request) -> tuple[User, object] | None:
+        try:
+            return super().authenticate(request)
+        except InvalidToken as exc:
+            raise AuthenticationFailed("the access token is invalid or expired") from exc
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
@@ -50,6 +77,13 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema: object) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "description": "A console API key."}
+
+
+class JwtAuthenticationScheme(SimpleJWTScheme):
+    """Describes JWT authentication in the OpenAPI schema."""
+
+    target_class = "console.authentication.JwtAuthentication"
+    name = "Jwt"
 
 
 def _loaded_quota(user: User) -> Quota | None:

