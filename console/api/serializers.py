@@ -34,6 +34,20 @@ MAX_USAGE_RANGE = timedelta(days=400)
 # --- API keys ------------------------------------------------------------------------------------
 
 
+# What a quota limits, as operators read and change it.
+QUOTA_LIMITS = [
+    "is_suspended",
+    "max_agents",
+    "max_total_vcpus",
+    "max_total_memory_mib",
+    "max_concurrent_sessions",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "concurrent_requests",
+    "timezone",
+]
+
+
 class ApiKeySerializer(serializers.ModelSerializer):
     usable = serializers.SerializerMethodField()
 
@@ -204,21 +218,7 @@ class QuotaSerializer(serializers.ModelSerializer):
     class Meta:
         model = Quota
         list_serializer_class = QuotaListSerializer
-        fields = [
-            "user_id",
-            "username",
-            "is_suspended",
-            "max_agents",
-            "max_total_vcpus",
-            "max_total_memory_mib",
-            "max_concurrent_sessions",
-            "requests_per_minute",
-            "tokens_per_minute",
-            "concurrent_requests",
-            "timezone",
-            "updated_at",
-            "budgets",
-        ]
+        fields = ["user_id", "username", *QUOTA_LIMITS, "updated_at", "budgets"]
         read_only_fields = fields
 
     def get_budgets(self, quota: Quota) -> list[dict[str, Any]]:
@@ -231,17 +231,7 @@ class QuotaLimitsSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Quota
-        fields = [
-            "is_suspended",
-            "max_agents",
-            "max_total_vcpus",
-            "max_total_memory_mib",
-            "max_concurrent_sessions",
-            "requests_per_minute",
-            "tokens_per_minute",
-            "concurrent_requests",
-            "timezone",
-        ]
+        fields = QUOTA_LIMITS
 
 
 # --- Usage ---------------------------------------------------------------------------------------
