@@ -6,6 +6,7 @@ fails the test; elsewhere the test is skipped with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import socket
@@ -101,6 +102,8 @@ def asgi_server(transactional_db) -> Iterator[str]:
     import threading
 
     import uvicorn
+    from asgiref.sync import sync_to_async
+    from django.db import connections
 
     from console.asgi import application
     from console.gateway import database_threads
@@ -119,7 +122,10 @@ def asgi_server(transactional_db) -> Iterator[str]:
     server.should_exit = True
     thread.join(timeout=5)
     sock.close()
-    database_threads.close()  # the gateway's connections must not outlive the test database
+    # No connection may outlive the test database: the gateway's threads', and the one thread
+    # that runs sync code for async code outside a request (asgiref's, e.g. metrics labels).
+    database_threads.close()
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture(scope="session")
