@@ -70,6 +70,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "name",
             "model",
             "backend",
+            "accel",
             "last_error",
         ]
         read_only_fields = fields

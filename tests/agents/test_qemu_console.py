@@ -54,6 +54,8 @@ def test_a_microvm_agent_boots_chats_with_tools_and_is_destroyed(alice, qemu_hos
     agent = Agent.objects.get(pk=spawned["agent_id"])
     assert agent.status == "running", agent.last_error
     assert (agent.host, agent.accel) == (qemu_host, qemu_host.accel)
+    shown = alice.get(f"/v1/agents/get?agent_id={agent.pk}").json()
+    assert (shown["backend"], shown["accel"]) == ("qemu", qemu_host.accel)
     assert sandbox.driver().status(agent.sandbox_id).state == VmState.RUNNING
 
     # Claude asks the agent to run a command: it runs inside the guest, whose kernel is its own.
