@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -32,6 +33,7 @@ from console.errors import (
     NotFound,
     error_response,
 )
+from console.idempotent import idempotent, idempotent_json
 from console.models import User
 
 __all__ = ["HypercoreAgentViewSet", "agent_chat", "agent_metrics"]
@@ -72,8 +74,20 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     def get_queryset(self):
         return selectors.agent_list(viewer=self.request.user)
 
-    @extend_schema(request=SpawnRequestSerializer, responses={201: AgentSerializer})
+    @extend_schema(
+        request=SpawnRequestSerializer,
+        responses={201: AgentSerializer},
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                location=OpenApiParameter.HEADER,
+                description="A retry with the same key gets the first answer (24 h).",
+            )
+        ],
+    )
     @action(detail=False, methods=["post"], url_path="spawn")
+    @idempotent
     def spawn(self, request: Request) -> Response:
         params = SpawnRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
@@ -181,10 +195,13 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
             response = StreamingHttpResponse(events, content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             return response
-        result = await services.agent_chat(turn=turn)
+
+        async def chat() -> dict[str, Any]:
+            return (await services.agent_chat(turn=turn)).as_hypercore()
+
+        return await idempotent_json(request, user.pk, chat)
     except ConsoleError as exc:
         return error_response(exc)
-    return JsonResponse(result.as_hypercore())
 
 
 async def agent_metrics(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:

@@ -17,6 +17,7 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Budget",
+    "IdempotentRequest",
     "ModelPrice",
     "Quota",
     "RateCounter",
@@ -326,3 +327,28 @@ class UsageHourly(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} {self.hour:%Y-%m-%d %H}h: ${self.cost_usd}"
+
+
+class IdempotentRequest(models.Model):
+    """A creating request sent with an ``Idempotency-Key``: while it runs it holds the key, and
+    once answered, a retry with the same key gets the same answer instead of a second effect."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=500)
+    request_hash = models.CharField(max_length=64, help_text="SHA-256 of the request body.")
+    status_code = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Empty: running."
+    )
+    content_type = models.CharField(max_length=100, blank=True)
+    body = models.BinaryField(blank=True, default=b"")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotent_request_user_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} ({self.key})"

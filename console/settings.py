@@ -179,6 +179,8 @@ ANTHROPIC_MAX_RETRIES = env_int("ANTHROPIC_MAX_RETRIES", 2, minimum=0)
 GATEWAY_DEADLINE_SECONDS = env_float(
     "GATEWAY_DEADLINE_SECONDS", ANTHROPIC_TIMEOUT_SECONDS, minimum=1.0
 )
+# How long a creating request's Idempotency-Key is remembered.
+IDEMPOTENCY_KEY_HOURS = env_int("IDEMPOTENCY_KEY_HOURS", 24, minimum=1)
 # How long a process keeps a model's price before reading the table again.
 PRICE_CACHE_SECONDS = env_float("PRICE_CACHE_SECONDS", 60.0, minimum=0.0)
 # Threads that run the gateway's database work, each keeping its connection open.

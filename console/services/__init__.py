@@ -19,6 +19,13 @@ from console.services.audit import (
     model_changes,
     users_set_suspended,
 )
+from console.services.idempotency import (
+    IdempotencyConflict,
+    Replay,
+    idempotency_begin,
+    idempotency_finish,
+    idempotent_requests_forget,
+)
 from console.services.ledger import (
     TokenUsage,
     cost_of,
@@ -40,7 +47,9 @@ from console.services.limits import (
 
 __all__ = [
     "Admission",
+    "IdempotencyConflict",
     "RateStatus",
+    "Replay",
     "TokenUsage",
     "WorstCase",
     "api_key_authenticate",
@@ -55,6 +64,9 @@ __all__ = [
     "cost_of",
     "gateway_admit",
     "gateway_settle",
+    "idempotency_begin",
+    "idempotency_finish",
+    "idempotent_requests_forget",
     "model_changes",
     "operator_ensure",
     "price_cache_clear",

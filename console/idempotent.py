@@ -1,0 +1,100 @@
+"""``Idempotency-Key`` for views that create: DRF actions (``idempotent``) and async views
+(``idempotent_json``). The rules are in ``console.services.idempotency``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from console.services import (
+    Replay,
+    idempotency_begin,
+    idempotency_finish,
+    idempotent_requests_forget,
+)
+
+__all__ = ["HEADER", "idempotent", "idempotent_json"]
+
+HEADER = "Idempotency-Key"
+
+
+def _replayed(replay: Replay) -> HttpResponse:
+    response = HttpResponse(
+        replay.body, status=replay.status_code, content_type=replay.content_type
+    )
+    response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def idempotent(action: Callable[..., Response]) -> Callable[..., HttpResponse]:
+    """Wrap a DRF action that creates something: a retry with the same key gets the first
+    answer. A request that raised (a refusal, an error) leaves the key free."""
+
+    @functools.wraps(action)
+    def wrapper(view: Any, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
+        key = request.headers.get(HEADER)
+        if key is None:
+            return action(view, request, *args, **kwargs)
+        claim, replay = idempotency_begin(
+            user_id=request.user.pk,
+            key=key,
+            method=request.method or "POST",
+            path=request.path,
+            body=request._request.body,  # read before DRF parses it; Django keeps a copy
+        )
+        if replay is not None:
+            return _replayed(replay)
+        assert claim is not None
+        try:
+            response = action(view, request, *args, **kwargs)
+        except BaseException:
+            idempotent_requests_forget(claim_id=claim)
+            raise
+        idempotency_finish(
+            claim_id=claim,
+            status_code=response.status_code,
+            content_type="application/json",
+            body=JSONRenderer().render(response.data),
+        )
+        return response
+
+    return wrapper
+
+
+async def idempotent_json(
+    request: HttpRequest, user_id: int, run: Callable[[], Awaitable[dict[str, Any]]]
+) -> HttpResponse:
+    """Answer an async view's JSON result, keeping it for retries that send the same
+    ``Idempotency-Key``; without the header, just answer it."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return JsonResponse(await run())
+    claim, replay = await sync_to_async(idempotency_begin)(
+        user_id=user_id,
+        key=key,
+        method=request.method or "POST",
+        path=request.path,
+        body=request.body,
+    )
+    if replay is not None:
+        return _replayed(replay)
+    assert claim is not None
+    try:
+        response = JsonResponse(await run())
+    except BaseException:
+        await sync_to_async(idempotent_requests_forget)(claim_id=claim)
+        raise
+    await sync_to_async(idempotency_finish)(
+        claim_id=claim,
+        status_code=response.status_code,
+        content_type=response["Content-Type"],
+        body=response.content,
+    )
+    return response
