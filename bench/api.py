@@ -1,0 +1,495 @@
+"""Requests/s and latency of the console's HTTP API: an authenticated agent list, and spawn.
+
+Starts the console as a separate process on loopback, against a fresh database, with two users
+whose API keys and quotas have no rate limit and room for thousands of agents, so that what is
+measured is the API, not its refusals. One aiohttp client in this process (one event loop,
+closed loop, a warm-up before each run) drives it with 16 and 64 concurrent clients:
+
+* list: ``GET /v1/agents/list`` (the Hypercore route) for a user with ``--agents`` running
+  agents, written straight into the database, so every answer is a realistic page; and
+  ``GET /api/v1/keys`` (the console's own REST API, a one-row list) beside it;
+* spawn: ``POST /v1/agents/spawn`` with the process backend, by another user. Boots are only
+  queued (no Celery worker runs, ``CELERY_TASK_ALWAYS_EAGER`` is unset), so its figure is the
+  web process's own part: validation, the quota check, placement on the one registered sandbox
+  host, the insert and the queueing on the filesystem broker. A boot itself is
+  ``bench/spawn.py``'s to time.
+
+The CPU the server spent per request (from /proc) is shown with each run: it moves least when
+other work shares the machine (the load average is shown at the start and the end).
+
+    python bench/api.py [--quick] [--server daphne|uvicorn] [--workers N] [--agents N]
+        [--database-url postgres://…/agent_console_bench_api] [--seconds S]
+
+The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
+names, created (dropped first if it exists) and dropped at the end. The server is daphne, as
+``make run`` runs it, or uvicorn (a dev dependency), which can serve the HTTP side beside
+daphne: ``python -m uvicorn console.asgi:application --port 8001`` with the same environment,
+and a proxy sending plain HTTP there. Access logs are on for both, as they run by default.
+
+Ends with one line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``, and
+spawn's figures on ``INFO`` lines, which have no target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LEVELS = (16, 64)
+HOST_NAME = "bench-api"
+
+
+# --- The database ------------------------------------------------------------------------------
+
+
+def _recreate_database(url: str, *, drop_only: bool = False) -> None:
+    import psycopg
+    from psycopg import sql
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    maintenance = urlunparse(parsed._replace(path="/postgres"))
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        if not drop_only:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _environment(var_dir: Path, database_url: str | None) -> None:
+    """The console's environment, in this process and so in the server's."""
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "CONSOLE_VAR_DIR": str(var_dir),
+            "SANDBOX_STATE_DIR": str(var_dir / "sandboxes"),
+            "SANDBOX_BACKEND": "process",
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            # No worker heartbeats the host registered below.
+            "SANDBOX_HOST_STALE_SECONDS": "86400",
+        }
+    )
+    # Boots stay queued: spawn is timed as the web process sees it.
+    for name in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "CELERY_TASK_ALWAYS_EAGER"):
+        os.environ.pop(name, None)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
+
+
+def _setup(agents: int) -> tuple[str, str]:
+    """Migrate a fresh database, register a roomy sandbox host, and return the API keys of a
+    user with ``agents`` running agents and of a user who spawns, both without limits."""
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from agents.models import Agent
+    from agents.services import host_register
+    from console.models import Quota, User
+    from console.services import api_key_create, quota_get
+
+    call_command("migrate", verbosity=0)
+    host = host_register(
+        name=HOST_NAME, backend="process", capacity_vcpus=1_000_000, capacity_memory_mib=2**31 - 1
+    )
+    keys = []
+    for username in ("bench-list", "bench-spawn"):
+        user = User.objects.create_user(username=username)
+        quota_get(user=user)
+        Quota.objects.filter(user=user).update(
+            requests_per_minute=None,
+            tokens_per_minute=None,
+            concurrent_requests=None,
+            max_agents=1_000_000,
+            max_total_vcpus=1_000_000,
+            max_total_memory_mib=2**31 - 1,
+        )
+        keys.append(api_key_create(user=user, name="bench")[1])
+    owner = User.objects.get(username="bench-list")
+    Agent.objects.bulk_create(
+        Agent(
+            owner=owner,
+            name=f"agent-{n}",
+            model=settings.DEFAULT_AGENT_MODEL,
+            system_prompt="You are a benchmark.",
+            status=Agent.Status.RUNNING,
+            backend="process",
+            host=host,
+            sandbox_id=f"bench-{n}",
+            endpoint=f"http://127.0.0.1:{20000 + n}",
+        )
+        for n in range(agents)
+    )
+    _close_database()
+    return keys[0], keys[1]
+
+
+def _close_database() -> None:
+    from django.db import connection
+
+    connection.close()
+    if connection.vendor == "postgresql":
+        connection.close_pool()
+
+
+def _spawned() -> tuple[int, int]:
+    """Agents the spawn runs recorded, and boots queued on the filesystem broker."""
+    from django.conf import settings
+
+    from agents.models import Agent
+
+    agents = Agent.objects.filter(owner__username="bench-spawn").count()
+    _close_database()
+    queued = sum(1 for path in Path(settings.CELERY_BROKER_DIR).glob("*") if path.is_file())
+    return agents, queued
+
+
+# --- The server --------------------------------------------------------------------------------
+
+
+class _Child:
+    """A process of our own (its own session, so Ctrl-C reaches only us and we stop it)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def first_error(self, lines: int = 12) -> str:
+        """The end of the first traceback in the log (what a 500 hid), or ""."""
+        logged = self.log.read_text(errors="replace").splitlines()
+        start = next((n for n, line in enumerate(logged) if line.startswith("Traceback")), None)
+        if start is None:
+            return ""
+        end = next(
+            (n for n in range(start + 1, len(logged)) if logged[n] and logged[n][0] != " "),
+            len(logged) - 1,
+        )
+        return "\n".join(logged[max(start, end - lines + 1) : end + 1])
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU of the process and its descendants (uvicorn's workers)."""
+        total, todo = 0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_console(log_dir: Path, server: str, workers: int) -> tuple[_Child, str]:
+    port = _free_port()
+    if server == "daphne":
+        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
+    else:
+        argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--workers", str(workers), "--lifespan", "off"]
+    console = _Child(server, [sys.executable, *argv], dict(os.environ), log_dir)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        console.check_alive()
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health") as response:
+            if response.status == 200:
+                return console, url
+        time.sleep(0.1)
+    raise RuntimeError(f"{server} did not start:\n{console.tail()}")
+
+
+# --- Load --------------------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """A request answered with an unexpected status."""
+
+
+_CLIENT_ERRORS = (_Failed, aiohttp.ClientError, TimeoutError)
+
+
+@dataclass
+class _Run:
+    """One measured run: latencies in ms in the order they ended, failures, its length and the
+    server's CPU meanwhile."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu / max(1, len(self.latencies)) * 1000
+
+
+async def _request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    key: str,
+    expect: int,
+    body: bytes | None = None,
+) -> float:
+    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    started = time.perf_counter()
+    async with session.request(method, url, data=body, headers=headers) as response:
+        data = await response.read()
+        if response.status != expect:
+            raise _Failed(f"{method} {url}: HTTP {response.status}: {data[:300]!r}")
+    return (time.perf_counter() - started) * 1000
+
+
+async def _closed_loop(
+    one: Callable[[], Awaitable[float]], clients: int, seconds: float, server: _Child | None
+) -> _Run:
+    """``clients`` concurrent clients, each sending its next request when its last one ends."""
+    run = _Run()
+    cpu = server.cpu_seconds() if server else 0.0
+    started = time.perf_counter()
+    end = started + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < end:
+            try:
+                run.latencies.append(await one())
+            except _CLIENT_ERRORS as exc:
+                run.errors.append(str(exc) or type(exc).__name__)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    run.seconds = time.perf_counter() - started
+    run.cpu = server.cpu_seconds() - cpu if server else 0.0
+    return run
+
+
+# --- Figures -----------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def _report(name: str, value: float, unit: str, op: str, target: float) -> str:
+    ok = value <= target if op == "<=" else value >= target
+    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
+
+
+def _describe(clients: int, run: _Run) -> str:
+    p50, p95, p99 = (_percentile(run.latencies, q) for q in (50, 95, 99))
+    line = (
+        f"  {clients:>2} clients: {run.rps:.0f} req/s, p50 {p50:.1f} p95 {p95:.1f} "
+        f"p99 {p99:.1f} ms; server CPU {run.cpu_ms_per_request():.2f} ms per request"
+    )
+    if run.errors:
+        line += f"\n     {len(run.errors)} failed, e.g. {run.errors[0][:300]}"
+    return line
+
+
+# --- The bench ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Bench:
+    session: aiohttp.ClientSession
+    url: str
+    server: _Child
+    seconds: float
+    warmup: float
+    targets: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+    async def measure(self, title: str, one: Callable[[], Awaitable[float]]) -> dict[int, _Run]:
+        print(f"\n{title} (closed loop)", flush=True)
+        runs = {}
+        for clients in LEVELS:
+            await _closed_loop(one, clients, self.warmup, None)
+            runs[clients] = await _closed_loop(one, clients, self.seconds, self.server)
+            print(_describe(clients, runs[clients]), flush=True)
+        return runs
+
+    async def lists(self, key: str, agents: int) -> None:
+        url = f"{self.url}/v1/agents/list"
+        async with self.session.get(url, headers={"Authorization": f"Bearer {key}"}) as response:
+            page = json.loads(await response.read())
+        assert page.get("count") == agents, f"the list answered {page!r:.300}"
+        runs = await self.measure(
+            f"GET /v1/agents/list ({agents} agents a page)",
+            lambda: _request(self.session, "GET", url, key, 200),
+        )
+        run = runs[64]
+        self.targets.append(_report("api_list_rps_64clients", run.rps, "req/s", ">=", 500))
+        self.targets.append(
+            _report("api_list_p95_64clients", _percentile(run.latencies, 95), "ms", "<=", 50)
+        )
+        keys_url = f"{self.url}/api/v1/keys"
+        await self.measure(
+            "GET /api/v1/keys (one key a page)",
+            lambda: _request(self.session, "GET", keys_url, key, 200),
+        )
+
+    async def spawn(self, key: str) -> None:
+        url = f"{self.url}/v1/agents/spawn"
+        body = json.dumps(
+            {"user_id": "bench-spawn", "cores": 1, "memory": 128, "max_concurrent": 5}
+        ).encode()
+        runs = await self.measure(
+            "POST /v1/agents/spawn (process backend; the boot only queued)",
+            lambda: _request(self.session, "POST", url, key, 201, body),
+        )
+        for clients, run in runs.items():
+            p95 = _percentile(run.latencies, 95)
+            self.info.append(f"INFO api_spawn_rps_{clients}clients {run.rps:.1f} req/s")
+            self.info.append(f"INFO api_spawn_p95_{clients}clients {p95:.1f} ms")
+
+
+async def _measure(
+    args: argparse.Namespace, server: _Child, url: str, list_key: str, spawn_key: str
+) -> _Bench:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        bench = _Bench(session, url, server, args.seconds, args.warmup)
+        await bench.lists(list_key, args.agents)
+        await bench.spawn(spawn_key)
+    return bench
+
+
+def _server_label(args: argparse.Namespace) -> str:
+    if args.server == "daphne":
+        return "daphne"
+    # uvicorn takes uvloop and httptools when they are installed, asyncio and h11 otherwise.
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn ({args.workers} workers, {http}, {loop})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a run of under a minute")
+    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--agents", type=int, default=50, help="agents on the listed page")
+    parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
+    parser.add_argument("--seconds", type=float, help="per measured run (default 8; quick 2)")
+    args = parser.parse_args()
+    if args.workers != 1 and args.server != "uvicorn":
+        parser.error("--workers needs --server uvicorn (daphne runs one process)")
+    if args.database_url and urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
+        parser.error("--database-url must be a postgres:// URL")
+    args.seconds = args.seconds or (2.0 if args.quick else 8.0)
+    args.warmup = 0.5 if args.quick else 1.5
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt, so `finally` stops the server and drops the
+    # database.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    began = time.perf_counter()
+    server: _Child | None = None
+    if args.database_url:
+        _recreate_database(args.database_url)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+            var_dir = Path(tmp)
+            _environment(var_dir, args.database_url)
+            list_key, spawn_key = _setup(args.agents)
+            server, url = _start_console(var_dir, args.server, args.workers)
+            from django.db import connection
+
+            print(
+                f"API on {_server_label(args)}, database {connection.vendor}, "
+                f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); "
+                f"{args.seconds:g} s per run",
+                flush=True,
+            )
+            bench = asyncio.run(_measure(args, server, url, list_key, spawn_key))
+            agents, queued = _spawned()
+            print(f"\nspawn: {agents} agents recorded, {queued} boots queued on the broker")
+            server.check_alive()  # a crash under load would void the figures
+            if error := server.first_error():
+                print(f"\nthe console logged errors; the first ends:\n{error}")
+    finally:
+        if server is not None:
+            server.stop()
+        if args.database_url:
+            _recreate_database(args.database_url, drop_only=True)
+    print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
+    for line in bench.info + bench.targets:
+        print(line)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted; the console is stopped")
