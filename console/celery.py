@@ -53,6 +53,10 @@ def _prepare(sender: Celery, **_: object) -> None:
             "task": "console.tasks.reservations_release_expired",
             "schedule": 60.0,
         },
+        "expire-idempotency-keys": {
+            "task": "console.tasks.idempotent_requests_expire",
+            "schedule": 3600.0,
+        },
     }
 
 

@@ -24,6 +24,7 @@ from console.services.idempotency import (
     Replay,
     idempotency_begin,
     idempotency_finish,
+    idempotent_requests_expire,
     idempotent_requests_forget,
 )
 from console.services.ledger import (
@@ -66,6 +67,7 @@ __all__ = [
     "gateway_settle",
     "idempotency_begin",
     "idempotency_finish",
+    "idempotent_requests_expire",
     "idempotent_requests_forget",
     "model_changes",
     "operator_ensure",

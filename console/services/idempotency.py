@@ -25,6 +25,7 @@ __all__ = [
     "Replay",
     "idempotency_begin",
     "idempotency_finish",
+    "idempotent_requests_expire",
     "idempotent_requests_forget",
 ]
 
@@ -90,3 +91,10 @@ def idempotency_finish(*, claim_id: int, status_code: int, content_type: str, bo
 
 def idempotent_requests_forget(*, claim_id: int) -> None:
     IdempotentRequest.objects.filter(pk=claim_id).delete()
+
+
+def idempotent_requests_expire() -> int:
+    """Forget keys older than ``IDEMPOTENCY_KEY_HOURS``; beat runs it every hour."""
+    cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_HOURS)
+    deleted, _ = IdempotentRequest.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

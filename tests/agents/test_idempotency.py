@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 import pytest
+from django.utils import timezone
 
 from agents.models import Agent, Message
+from console.celery import app
 from console.models import IdempotentRequest, Quota
 from console.services import quota_get
+from console.tasks import idempotent_requests_expire_task
 
 SPAWN = "/v1/agents/spawn"
 BODY = {"user_id": "alice", "cores": 1, "memory": 256}
@@ -102,3 +107,15 @@ def test_a_retried_chat_turn_is_answered_once(asgi_server, settings, user, api_k
     assert again.headers["Idempotent-Replayed"] == "true"
     assert len(fake_anthropic.requests) == 1
     assert Message.objects.filter(role="user").count() == 1
+
+
+@pytest.mark.django_db
+def test_beat_forgets_keys_past_their_time(user, client_for, settings):
+    _spawn(client_for(user), "old")
+    _spawn(client_for(user), "new")
+    IdempotentRequest.objects.filter(key="old").update(
+        created_at=timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_HOURS, minutes=1)
+    )
+    assert app.conf.beat_schedule["expire-idempotency-keys"]["schedule"] == 3600.0
+    assert idempotent_requests_expire_task.apply().result == 1
+    assert list(IdempotentRequest.objects.values_list("key", flat=True)) == ["new"]
