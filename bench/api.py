@@ -40,8 +40,6 @@ import json
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,9 +47,10 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 import aiohttp
+from harness import Child, close_database, free_port, percentile, recreate_database, report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,21 +60,6 @@ HOST_NAME = "bench-api"
 
 
 # --- The database ------------------------------------------------------------------------------
-
-
-def _recreate_database(url: str, *, drop_only: bool = False) -> None:
-    import psycopg
-    from psycopg import sql
-
-    parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
-    maintenance = urlunparse(parsed._replace(path="/postgres"))
-    with psycopg.connect(maintenance, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        if not drop_only:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def _environment(var_dir: Path, database_url: str | None) -> None:
@@ -148,16 +132,8 @@ def _setup(agents: int) -> tuple[str, str]:
         )
         for n in range(agents)
     )
-    _close_database()
+    close_database()
     return keys[0], keys[1]
-
-
-def _close_database() -> None:
-    from django.db import connection
-
-    connection.close()
-    if connection.vendor == "postgresql":
-        connection.close_pool()
 
 
 def _spawned() -> tuple[int, int]:
@@ -167,7 +143,7 @@ def _spawned() -> tuple[int, int]:
     from agents.models import Agent
 
     agents = Agent.objects.filter(owner__username="bench-spawn").count()
-    _close_database()
+    close_database()
     queued = sum(1 for path in Path(settings.CELERY_BROKER_DIR).glob("*") if path.is_file())
     return agents, queued
 
@@ -175,82 +151,14 @@ def _spawned() -> tuple[int, int]:
 # --- The server --------------------------------------------------------------------------------
 
 
-class _Child:
-    """A process of our own (its own session, so Ctrl-C reaches only us and we stop it)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
-        self.name = name
-        self.log = log_dir / f"{name}.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def first_error(self, lines: int = 12) -> str:
-        """The end of the first traceback in the log (what a 500 hid), or ""."""
-        logged = self.log.read_text(errors="replace").splitlines()
-        start = next((n for n, line in enumerate(logged) if line.startswith("Traceback")), None)
-        if start is None:
-            return ""
-        end = next(
-            (n for n in range(start + 1, len(logged)) if logged[n] and logged[n][0] != " "),
-            len(logged) - 1,
-        )
-        return "\n".join(logged[max(start, end - lines + 1) : end + 1])
-
-    def cpu_seconds(self) -> float:
-        """User and system CPU of the process and its descendants (uvicorn's workers)."""
-        total, todo = 0, [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-        return total / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_console(log_dir: Path, server: str, workers: int) -> tuple[_Child, str]:
-    port = _free_port()
+def _start_console(log_dir: Path, server: str, workers: int) -> tuple[Child, str]:
+    port = free_port()
     if server == "daphne":
         argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
     else:
         argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--workers", str(workers), "--lifespan", "off"]
-    console = _Child(server, [sys.executable, *argv], dict(os.environ), log_dir)
+    console = Child(server, [sys.executable, *argv], dict(os.environ), log_dir)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -308,7 +216,7 @@ async def _request(
 
 
 async def _closed_loop(
-    one: Callable[[], Awaitable[float]], clients: int, seconds: float, server: _Child | None
+    one: Callable[[], Awaitable[float]], clients: int, seconds: float, server: Child | None
 ) -> _Run:
     """``clients`` concurrent clients, each sending its next request when its last one ends."""
     run = _Run()
@@ -332,21 +240,8 @@ async def _closed_loop(
 # --- Figures -----------------------------------------------------------------------------------
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-def _report(name: str, value: float, unit: str, op: str, target: float) -> str:
-    ok = value <= target if op == "<=" else value >= target
-    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
-
-
 def _describe(clients: int, run: _Run) -> str:
-    p50, p95, p99 = (_percentile(run.latencies, q) for q in (50, 95, 99))
+    p50, p95, p99 = (percentile(run.latencies, q) for q in (50, 95, 99))
     line = (
         f"  {clients:>2} clients: {run.rps:.0f} req/s, p50 {p50:.1f} p95 {p95:.1f} "
         f"p99 {p99:.1f} ms; server CPU {run.cpu_ms_per_request():.2f} ms per request"
@@ -363,7 +258,7 @@ def _describe(clients: int, run: _Run) -> str:
 class _Bench:
     session: aiohttp.ClientSession
     url: str
-    server: _Child
+    server: Child
     seconds: float
     warmup: float
     targets: list[str] = field(default_factory=list)
@@ -388,9 +283,9 @@ class _Bench:
             lambda: _request(self.session, "GET", url, key, 200),
         )
         run = runs[64]
-        self.targets.append(_report("api_list_rps_64clients", run.rps, "req/s", ">=", 500))
+        self.targets.append(report("api_list_rps_64clients", run.rps, "req/s", ">=", 500))
         self.targets.append(
-            _report("api_list_p95_64clients", _percentile(run.latencies, 95), "ms", "<=", 50)
+            report("api_list_p95_64clients", percentile(run.latencies, 95), "ms", "<=", 50)
         )
         keys_url = f"{self.url}/api/v1/keys"
         await self.measure(
@@ -408,13 +303,13 @@ class _Bench:
             lambda: _request(self.session, "POST", url, key, 201, body),
         )
         for clients, run in runs.items():
-            p95 = _percentile(run.latencies, 95)
+            p95 = percentile(run.latencies, 95)
             self.info.append(f"INFO api_spawn_rps_{clients}clients {run.rps:.1f} req/s")
             self.info.append(f"INFO api_spawn_p95_{clients}clients {p95:.1f} ms")
 
 
 async def _measure(
-    args: argparse.Namespace, server: _Child, url: str, list_key: str, spawn_key: str
+    args: argparse.Namespace, server: Child, url: str, list_key: str, spawn_key: str
 ) -> _Bench:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -455,9 +350,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     began = time.perf_counter()
-    server: _Child | None = None
+    server: Child | None = None
     if args.database_url:
-        _recreate_database(args.database_url)
+        recreate_database(args.database_url)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
             var_dir = Path(tmp)
@@ -482,7 +377,7 @@ def main() -> None:
         if server is not None:
             server.stop()
         if args.database_url:
-            _recreate_database(args.database_url, drop_only=True)
+            recreate_database(args.database_url, drop_only=True)
     print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
     for line in bench.info + bench.targets:
         print(line)

@@ -47,8 +47,6 @@ import os
 import re
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,9 +55,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 import aiohttp
+from harness import Child, close_database, free_port, percentile, recreate_database, report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,21 +72,6 @@ T = TypeVar("T")
 
 
 # --- The database ------------------------------------------------------------------------------
-
-
-def _recreate_database(url: str, *, drop_only: bool = False) -> None:
-    import psycopg
-    from psycopg import sql
-
-    parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
-    maintenance = urlunparse(parsed._replace(path="/postgres"))
-    with psycopg.connect(maintenance, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        if not drop_only:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def _setup(
@@ -130,16 +114,8 @@ def _setup(
         )
         Budget.objects.filter(user=user).delete()
         keys.append(api_key_create(user=user, name="bench")[1])
-    _close_database()
+    close_database()
     return keys
-
-
-def _close_database() -> None:
-    from django.db import connection
-
-    connection.close()
-    if connection.vendor == "postgresql":
-        connection.close_pool()
 
 
 def _ledger() -> tuple[int, int]:
@@ -147,82 +123,14 @@ def _ledger() -> tuple[int, int]:
     from console.models import Reservation, UsageRecord
 
     counts = UsageRecord.objects.count(), Reservation.objects.count()
-    _close_database()
+    close_database()
     return counts
 
 
 # --- Child processes ---------------------------------------------------------------------------
 
 
-class _Child:
-    """A process of our own (its own session, so Ctrl-C reaches only us and we stop it)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
-        self.name = name
-        self.log = log_dir / f"{name}.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(5)  # daphne takes ~2.5 s when idle, longer with calls in flight
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def first_error(self, lines: int = 12) -> str:
-        """The end of the first traceback in the log (what a 500 hid), or ""."""
-        logged = self.log.read_text(errors="replace").splitlines()
-        start = next((n for n, line in enumerate(logged) if line.startswith("Traceback")), None)
-        if start is None:
-            return ""
-        end = next(
-            (n for n in range(start + 1, len(logged)) if logged[n] and logged[n][0] != " "),
-            len(logged) - 1,
-        )
-        return "\n".join(logged[max(start, end - lines + 1) : end + 1])
-
-    def cpu_seconds(self) -> float:
-        """User and system CPU of the process and its descendants (uvicorn's workers)."""
-        total, todo = 0, [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-        return total / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(child: _Child, ready: Callable[[], str | None]) -> str:
+def _wait(child: Child, ready: Callable[[], str | None]) -> str:
     """What ``ready`` returns once it returns something: the child's URL."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -235,9 +143,9 @@ def _wait(child: _Child, ready: Callable[[], str | None]) -> str:
 
 def _start_fake(
     env: dict[str, str], log_dir: Path, key: str, chunk_delay: float
-) -> tuple[_Child, str]:
+) -> tuple[Child, str]:
     argv = [sys.executable, "-m", "tests.fakes.anthropic", "--port", "0", "--api-key", key]
-    fake = _Child("fake-anthropic", [*argv, "--chunk-delay", str(chunk_delay)], env, log_dir)
+    fake = Child("fake-anthropic", [*argv, "--chunk-delay", str(chunk_delay)], env, log_dir)
 
     def printed_url() -> str | None:
         found = re.search(r"FAKE_ANTHROPIC_URL=(\S+)", fake.log.read_text())
@@ -248,15 +156,15 @@ def _start_fake(
 
 def _start_console(
     env: dict[str, str], log_dir: Path, server: str, workers: int
-) -> tuple[_Child, str]:
-    port = _free_port()
+) -> tuple[Child, str]:
+    port = free_port()
     if server == "daphne":
         argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
     else:
         argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
         # Access log on, as daphne's is: both servers as they run by default.
         argv += ["--port", str(port), "--workers", str(workers), "--lifespan", "off"]
-    console = _Child(server, [sys.executable, *argv], env, log_dir)
+    console = Child(server, [sys.executable, *argv], env, log_dir)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> str | None:
@@ -351,7 +259,7 @@ async def _stream(session: aiohttp.ClientSession, path: _Path, body: bytes) -> _
 
 
 async def _closed_loop(
-    one: Callable[[], Awaitable[T]], clients: int, seconds: float, children: list[_Child]
+    one: Callable[[], Awaitable[T]], clients: int, seconds: float, children: list[Child]
 ) -> _Run[T]:
     """``clients`` concurrent clients, each sending its next request when its last one ends."""
     run: _Run[T] = _Run()
@@ -399,16 +307,8 @@ async def _open_loop(one: Callable[[], Awaitable[Any]], rate: int, seconds: floa
 # --- Figures -----------------------------------------------------------------------------------
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
 def _pcts(values: list[float]) -> tuple[float, float, float]:
-    return _percentile(values, 50), _percentile(values, 95), _percentile(values, 99)
+    return percentile(values, 50), percentile(values, 95), percentile(values, 99)
 
 
 def _fmt(p: tuple[float, float, float]) -> str:
@@ -422,11 +322,6 @@ def _added(gateway: tuple[float, ...], direct: tuple[float, ...]) -> tuple[float
 def _errors(name: str, run: _Run[Any]) -> None:
     if run.errors:
         print(f"  {name}: {len(run.errors)} failed calls, e.g. {run.errors[0][:300]}")
-
-
-def _report(name: str, value: float, unit: str, op: str, target: float) -> str:
-    ok = value <= target if op == "<=" else value >= target
-    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
 
 
 def _expected_deltas(text: str) -> list[str]:
@@ -448,7 +343,7 @@ class _Bench:
     session: aiohttp.ClientSession
     direct: _Path
     gateway: _Path
-    children: list[_Child]
+    children: list[Child]
     seconds: float
     warmup: float
     open_seconds: float
@@ -491,13 +386,11 @@ class _Bench:
                 f"{self.cpu_per_call(runs[1])}"
             )
             if clients == 1:
-                self.targets.append(_report("gateway_added_p50_1client", added[0], "ms", "<=", 3))
-                self.targets.append(_report("gateway_added_p99_1client", added[2], "ms", "<=", 10))
+                self.targets.append(report("gateway_added_p50_1client", added[0], "ms", "<=", 3))
+                self.targets.append(report("gateway_added_p99_1client", added[2], "ms", "<=", 10))
             if clients == 64:
-                self.targets.append(_report("gateway_rps_64clients", rps, "req/s", ">=", 300))
-                self.targets.append(
-                    _report("gateway_added_p95_64clients", added[1], "ms", "<=", 15)
-                )
+                self.targets.append(report("gateway_rps_64clients", rps, "req/s", ">=", 300))
+                self.targets.append(report("gateway_added_p95_64clients", added[1], "ms", "<=", 15))
 
     async def open_loop(self) -> None:
         body = _body("Say hello in a few words.", stream=False)
@@ -557,12 +450,12 @@ class _Bench:
         )
         if failed:
             print(f"  e.g. {failed[0]!r}"[:400])
-        self.targets.append(_report("gateway_lost_chunks_200streams", lost, "chunks", "<=", 0))
+        self.targets.append(report("gateway_lost_chunks_200streams", lost, "chunks", "<=", 0))
 
 
 async def _measure(
     args: argparse.Namespace,
-    children: list[_Child],
+    children: list[Child],
     direct_url: str,
     console_url: str,
     upstream_key: str,
@@ -623,9 +516,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     began = time.perf_counter()
-    children: list[_Child] = []
+    children: list[Child] = []
     if args.database_url:
-        _recreate_database(args.database_url)
+        recreate_database(args.database_url)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
             var_dir = Path(tmp)
@@ -663,7 +556,7 @@ def main() -> None:
         for child in reversed(children):
             child.stop()
         if args.database_url:
-            _recreate_database(args.database_url, drop_only=True)
+            recreate_database(args.database_url, drop_only=True)
     print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
     for line in targets:
         print(line)

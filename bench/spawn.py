@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import percentile, report
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -49,12 +51,6 @@ def _setup(var_dir: Path) -> None:
     call_command("migrate", verbosity=0)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
 def _tree_pss_kib(pid: int) -> int:
     """Proportional set size of a process and all its descendants, in KiB."""
     total, todo = 0, [pid]
@@ -69,11 +65,6 @@ def _tree_pss_kib(pid: int) -> int:
         except OSError:
             continue
     return total
-
-
-def _report(name: str, value: float, unit: str, op: str, target: float) -> str:
-    ok = value <= target if op == "<=" else value >= target
-    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
 
 
 def bench_backend(backend: str, count: int, owner) -> list[str]:  # type: ignore[no-untyped-def]
@@ -133,7 +124,7 @@ def _measure(backend: str, count: int, owner, drv, accel: str) -> list[str]:  # 
         agents.append(agent)
     print(
         f"{backend} cold spawn-to-ready over {count}: p50 {statistics.median(cold):.0f} ms, "
-        f"p95 {_percentile(cold, 95):.0f} ms, max {max(cold):.0f} ms"
+        f"p95 {percentile(cold, 95):.0f} ms, max {max(cold):.0f} ms"
         + (f" (accel {accel})" if accel else "")
     )
 
@@ -141,14 +132,12 @@ def _measure(backend: str, count: int, owner, drv, accel: str) -> list[str]:  # 
     per_agent = sum(_tree_pss_kib(pid) for pid in pids if pid) / len(pids) / 1024
     print(f"{backend}: host memory (PSS) per idle agent: {per_agent:.1f} MiB")
     if backend == "process":
-        lines.append(_report("process_cold_spawn_p95", _percentile(cold, 95), "ms", "<=", 500))
-        lines.append(_report("process_idle_agent_memory", per_agent, "MiB", "<=", 60))
+        lines.append(report("process_cold_spawn_p95", percentile(cold, 95), "ms", "<=", 500))
+        lines.append(report("process_idle_agent_memory", per_agent, "MiB", "<=", 60))
     else:
         target = 1500 if accel == "kvm" else 8000
         lines.append(
-            _report(
-                f"microvm_{accel or 'tcg'}_spawn_p95", _percentile(cold, 95), "ms", "<=", target
-            )
+            report(f"microvm_{accel or 'tcg'}_spawn_p95", percentile(cold, 95), "ms", "<=", target)
         )
     for agent in agents:
         agent_destroy(agent=agent)
@@ -170,9 +159,9 @@ def _measure(backend: str, count: int, owner, drv, accel: str) -> list[str]:  # 
         app.conf.task_always_eager = True
     print(
         f"{backend} warm-pool claim over {len(claims)}: p50 {statistics.median(claims):.1f} ms,"
-        f" p95 {_percentile(claims, 95):.1f} ms"
+        f" p95 {percentile(claims, 95):.1f} ms"
     )
-    lines.append(_report(f"{backend}_warm_claim_p95", _percentile(claims, 95), "ms", "<=", 50))
+    lines.append(report(f"{backend}_warm_claim_p95", percentile(claims, 95), "ms", "<=", 50))
     for agent in Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES):
         agent_destroy(agent=agent)
     pool.delete()

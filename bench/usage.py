@@ -42,7 +42,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
+
+from harness import percentile, recreate_database, report
 
 if TYPE_CHECKING:
     from django.db.models import Model
@@ -62,28 +64,6 @@ _COST_TOLERANCE = Decimal("1e-9")
 
 
 # --- The database --------------------------------------------------------------------------------
-
-
-def _maintenance_url(url: str) -> tuple[str, str]:
-    """The server's ``postgres`` database, to create and drop the bench database from."""
-    parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
-    if not name:
-        sys.exit("--database-url must name a database, e.g. …/agent_console_bench")
-    return urlunparse(parsed._replace(path="/postgres")), name
-
-
-def _recreate_database(url: str, *, drop_only: bool = False) -> None:
-    import psycopg
-    from psycopg import sql
-
-    maintenance, name = _maintenance_url(url)
-    with psycopg.connect(maintenance, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        if not drop_only:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def _setup(var_dir: Path, database_url: str | None) -> None:
@@ -385,17 +365,6 @@ def generate(rng: random.Random, end: datetime, *, uniform: bool) -> None:
 # --- The measurements ----------------------------------------------------------------------------
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-def _report(name: str, value: float, unit: str, op: str, target: float) -> str:
-    ok = value <= target if op == "<=" else value >= target
-    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
-
-
 def _month(rng: random.Random, end: datetime) -> tuple[datetime, datetime]:
     """A 30-day range ending at a random moment of the last 60 days (never on the hour)."""
     until = end - timedelta(
@@ -462,17 +431,17 @@ def measure(rng: random.Random, end: datetime, runs: int) -> list[str]:
             timings.append((time.perf_counter() - began) * 1000)
             cpu.append((time.process_time() - began_cpu) * 1000)
             groups += len(rows)
-        p95 = _percentile(timings, 95)
+        p95 = percentile(timings, 95)
         worst = max(worst, p95)
         print(
             f"{name}: p50 {statistics.median(timings):.1f} ms, p95 {p95:.1f} ms, "
             f"max {max(timings):.1f} ms over {runs} runs ({groups / runs:.0f} groups each); "
             f"this process's CPU p50 {statistics.median(cpu):.1f} ms, "
-            f"p95 {_percentile(cpu, 95):.1f} ms",
+            f"p95 {percentile(cpu, 95):.1f} ms",
             flush=True,
         )
-        lines.append(_report(f"usage_summary_{name}_p95", p95, "ms", "<=", TARGET_MS))
-    lines.append(_report("usage_summary_p95", worst, "ms", "<=", TARGET_MS))
+        lines.append(report(f"usage_summary_{name}_p95", p95, "ms", "<=", TARGET_MS))
+    lines.append(report("usage_summary_p95", worst, "ms", "<=", TARGET_MS))
     return lines
 
 
@@ -492,7 +461,7 @@ def main() -> None:
     if args.database_url:
         if urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
             sys.exit("--database-url must be a postgres:// URL")
-        _recreate_database(args.database_url)
+        recreate_database(args.database_url)
     began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-usage-") as var_dir:
@@ -510,7 +479,7 @@ def main() -> None:
                 connection.close_pool()
     finally:
         if args.database_url:
-            _recreate_database(args.database_url, drop_only=True)
+            recreate_database(args.database_url, drop_only=True)
     print(f"total: {time.perf_counter() - began:.1f} s")
     for line in lines:
         print(line)

@@ -1,0 +1,135 @@
+"""What the benchmarks share: percentiles, the TARGET line, a scratch PostgreSQL database, and
+child processes (the console, the fake Anthropic) that are always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = [
+    "ROOT",
+    "Child",
+    "close_database",
+    "free_port",
+    "percentile",
+    "recreate_database",
+    "report",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q``th percentile; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def report(name: str, value: float, unit: str, op: str, target: float) -> str:
+    """``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``."""
+    ok = value <= target if op == "<=" else value >= target
+    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
+
+
+def recreate_database(url: str, *, drop_only: bool = False) -> None:
+    """Drop the PostgreSQL database ``url`` names (and create it afresh unless ``drop_only``)."""
+    import psycopg
+    from psycopg import sql
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    if not name:
+        sys.exit("--database-url must name a database, e.g. …/agent_console_bench")
+    maintenance = urlunparse(parsed._replace(path="/postgres"))
+    with psycopg.connect(maintenance, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        if not drop_only:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def close_database() -> None:
+    """Close this process's database connection (and pool), so the database can be dropped."""
+    from django.db import connection
+
+    connection.close()
+    if connection.vendor == "postgresql":
+        connection.close_pool()
+
+
+class Child:
+    """A process of our own (its own session, so Ctrl-C reaches only us and we stop it)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(5)  # daphne takes ~2.5 s when idle, longer with calls in flight
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def first_error(self, lines: int = 12) -> str:
+        """The end of the first traceback in the log (what a 500 hid), or ""."""
+        logged = self.log.read_text(errors="replace").splitlines()
+        start = next((n for n, line in enumerate(logged) if line.startswith("Traceback")), None)
+        if start is None:
+            return ""
+        end = next(
+            (n for n in range(start + 1, len(logged)) if logged[n] and logged[n][0] != " "),
+            len(logged) - 1,
+        )
+        return "\n".join(logged[max(start, end - lines + 1) : end + 1])
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU of the process and its descendants (uvicorn's workers)."""
+        total, todo = 0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
