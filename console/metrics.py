@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -205,17 +205,6 @@ class GatewayTimer:
         the call's status class."""
         return _Waiting(self)
 
-    async def reading(self, lines: AsyncIterator[str]) -> AsyncIterator[str]:
-        """``lines``, with each wait for the next one counted as waiting on Anthropic."""
-        iterator = aiter(lines)
-        while True:
-            async with self.waiting():
-                try:
-                    line = await anext(iterator)
-                except StopAsyncIteration:
-                    return
-            yield line
-
     def mark_first_token(self) -> None:
         if self.first_token is None and self._upstream_started is not None:
             self.first_token = time.perf_counter() - self._upstream_started
@@ -257,8 +246,8 @@ class _Waiting:
             return
         if isinstance(error, asyncio.CancelledError):
             timer.status = "cancelled"
-        else:  # the SDK's status errors carry Anthropic's status; any other failure is a 5xx
-            status = getattr(error, "status_code", None)
+        else:  # the gateway's upstream errors carry their status; any other failure is a 5xx
+            status = getattr(error, "status", None)
             timer.status = f"{status // 100}xx" if isinstance(status, int) else "5xx"
 
 

@@ -11,17 +11,19 @@ from console import services
 __all__ = ["idempotent_requests_expire_task", "reservations_release_expired_task"]
 
 
-# Releasing what has expired is idempotent, so a retried or redelivered sweep is harmless; a
-# sweep that never runs is made up by the next one, a minute later.
+# Both sweeps are idempotent, so a retried or redelivered one is harmless, and one that never
+# runs is made up by the next.
+_SWEEP = {
+    "acks_late": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": True,
+    "retry_jitter": True,
+    "max_retries": 3,
+}
+
+
 @shared_task(
-    name="console.tasks.reservations_release_expired",
-    acks_late=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=3,
-    soft_time_limit=30,
-    time_limit=60,
+    name="console.tasks.reservations_release_expired", soft_time_limit=30, time_limit=60, **_SWEEP
 )
 def reservations_release_expired_task() -> int:
     """Beat's entry point: give back what gateway calls that never settled still reserve."""
@@ -29,14 +31,7 @@ def reservations_release_expired_task() -> int:
 
 
 @shared_task(
-    name="console.tasks.idempotent_requests_expire",
-    acks_late=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=3,
-    soft_time_limit=60,
-    time_limit=120,
+    name="console.tasks.idempotent_requests_expire", soft_time_limit=60, time_limit=120, **_SWEEP
 )
 def idempotent_requests_expire_task() -> int:
     """Beat's entry point: forget Idempotency-Keys past their time."""

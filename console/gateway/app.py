@@ -33,7 +33,6 @@ from console.gateway.calls import (
     gateway_finish,
     offline_events,
     offline_message,
-    usage_of,
     validate_body,
 )
 from console.gateway.upstream import forward_headers, upstream_open
@@ -287,10 +286,7 @@ class _Forward:
 
     def _observe_message(self, content: bytes) -> None:
         with contextlib.suppress(ValueError, AttributeError):
-            message = json.loads(content)
-            self.usage.model = message.get("model") or self.usage.model
-            self.usage.raw.update(usage_of(message.get("usage")).as_dict())
-            self.usage.final = True
+            self.usage.whole(json.loads(content))
 
     async def _relay(self, response: httpx.Response) -> None:
         """Pass the stream's bytes on as they come, following its events for the usage."""
@@ -323,9 +319,7 @@ class _Forward:
 
     async def _offline(self) -> None:
         message = offline_message(self.body)
-        self.usage.model = message["model"]
-        self.usage.raw.update(message["usage"])
-        self.usage.final = True
+        self.usage.whole(message)
         if not self.stream:
             await self._settle()
             await _answer(

@@ -237,6 +237,12 @@ class StreamUsage:
             self.raw.update(_ints(data.get("usage")))
         return event
 
+    def whole(self, message: dict[str, Any]) -> None:
+        """Take a whole (non-streamed) message's model and final usage."""
+        self.model = message.get("model") or self.model
+        self.raw.update(usage_of(message.get("usage")).as_dict())
+        self.final = True
+
     def used(self) -> TokenUsage:
         """Anthropic's final totals; or, for a stream cut short, its input and at least one
         output token per delta received (each delta carries one or more)."""
