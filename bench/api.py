@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
@@ -43,14 +42,20 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import aiohttp
-from harness import Child, close_database, free_port, percentile, recreate_database, report
+from harness import (
+    Child,
+    close_database,
+    percentile,
+    recreate_database,
+    report,
+    start_console,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -149,25 +154,6 @@ def _spawned() -> tuple[int, int]:
 
 
 # --- The server --------------------------------------------------------------------------------
-
-
-def _start_console(log_dir: Path, server: str, workers: int) -> tuple[Child, str]:
-    port = free_port()
-    if server == "daphne":
-        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
-    else:
-        argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--workers", str(workers), "--lifespan", "off"]
-    console = Child(server, [sys.executable, *argv], dict(os.environ), log_dir)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        console.check_alive()
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health") as response:
-            if response.status == 200:
-                return console, url
-        time.sleep(0.1)
-    raise RuntimeError(f"{server} did not start:\n{console.tail()}")
 
 
 # --- Load --------------------------------------------------------------------------------------
@@ -358,7 +344,7 @@ def main() -> None:
             var_dir = Path(tmp)
             _environment(var_dir, args.database_url)
             list_key, spawn_key = _setup(args.agents)
-            server, url = _start_console(var_dir, args.server, args.workers)
+            server, url = start_console(dict(os.environ), var_dir, args.server, args.workers)
             from django.db import connection
 
             print(

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import difflib
 import functools
 import importlib.util
@@ -50,7 +49,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +56,15 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
 import aiohttp
-from harness import Child, close_database, free_port, percentile, recreate_database, report
+from harness import (
+    Child,
+    close_database,
+    percentile,
+    recreate_database,
+    report,
+    start_console,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -130,17 +136,6 @@ def _ledger() -> tuple[int, int]:
 # --- Child processes ---------------------------------------------------------------------------
 
 
-def _wait(child: Child, ready: Callable[[], str | None]) -> str:
-    """What ``ready`` returns once it returns something: the child's URL."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        child.check_alive()
-        if found := ready():
-            return found
-        time.sleep(0.1)
-    raise RuntimeError(f"{child.name} did not start:\n{child.tail()}")
-
-
 def _start_fake(
     env: dict[str, str], log_dir: Path, key: str, chunk_delay: float
 ) -> tuple[Child, str]:
@@ -151,28 +146,7 @@ def _start_fake(
         found = re.search(r"FAKE_ANTHROPIC_URL=(\S+)", fake.log.read_text())
         return found.group(1) if found else None
 
-    return fake, _wait(fake, printed_url)
-
-
-def _start_console(
-    env: dict[str, str], log_dir: Path, server: str, workers: int
-) -> tuple[Child, str]:
-    port = free_port()
-    if server == "daphne":
-        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
-    else:
-        argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
-        # Access log on, as daphne's is: both servers as they run by default.
-        argv += ["--port", str(port), "--workers", str(workers), "--lifespan", "off"]
-    console = Child(server, [sys.executable, *argv], env, log_dir)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> str | None:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health") as response:
-            return url if response.status == 200 else None
-        return None
-
-    return console, _wait(console, healthy)
+    return fake, wait_ready(fake, printed_url)
 
 
 # --- Load --------------------------------------------------------------------------------------
@@ -527,7 +501,7 @@ def main() -> None:
             fake, fake_url = _start_fake(env, var_dir, upstream_key, args.chunk_delay_ms / 1000)
             children.append(fake)
             console_keys = _setup(var_dir, args.database_url, fake_url, upstream_key, args.users)
-            console, console_url = _start_console(
+            console, console_url = start_console(
                 dict(os.environ), var_dir, args.server, args.workers
             )
             children.append(console)

@@ -9,6 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -22,6 +25,8 @@ __all__ = [
     "percentile",
     "recreate_database",
     "report",
+    "start_console",
+    "wait_ready",
 ]
 
 
@@ -133,3 +138,36 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_ready(child: Child, ready: Callable[[], str | None]) -> str:
+    """What ``ready`` returns once it returns something (the child's URL); fails after 60 s."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        child.check_alive()
+        if found := ready():
+            return found
+        time.sleep(0.1)
+    raise RuntimeError(f"{child.name} did not start:\n{child.tail()}")
+
+
+def start_console(
+    env: dict[str, str], log_dir: Path, server: str, workers: int
+) -> tuple[Child, str]:
+    """The console served by daphne (as ``make run`` serves it) or uvicorn, once healthy."""
+    port = free_port()
+    if server == "daphne":
+        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
+    else:
+        argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
+        # Access log on, as daphne's is: both servers as they run by default.
+        argv += ["--port", str(port), "--workers", str(workers), "--lifespan", "off"]
+    console = Child(server, [sys.executable, *argv], env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> str | None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health") as response:
+            return url if response.status == 200 else None
+        return None
+
+    return console, wait_ready(console, healthy)
