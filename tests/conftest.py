@@ -106,7 +106,7 @@ def asgi_server(transactional_db) -> Iterator[str]:
     from django.db import connections
 
     from console.asgi import application
-    from console.gateway import database_threads
+    from console.gateway import database_threads, upstream_close
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -119,6 +119,7 @@ def asgi_server(transactional_db) -> Iterator[str]:
             raise RuntimeError("the ASGI test server did not start")
         threading.Event().wait(0.01)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    upstream_close()
     server.should_exit = True
     thread.join(timeout=5)
     sock.close()

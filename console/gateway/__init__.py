@@ -15,6 +15,7 @@ from console.gateway.calls import (
     gateway_finish,
     validate_body,
 )
+from console.gateway.upstream import upstream_close
 
 __all__ = [
     "OFFLINE_MODEL",
@@ -26,5 +27,6 @@ __all__ = [
     "gateway_authenticate",
     "gateway_begin",
     "gateway_finish",
+    "upstream_close",
     "validate_body",
 ]

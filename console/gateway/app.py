@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
@@ -270,30 +270,30 @@ class _Forward:
             response = await upstream_open(self.raw, forwarded, stream=self.stream)
         self.request_id = response.headers.get("request-id", "")
         try:
-            if self.stream and response.status_code == 200:
+            if self.stream and response.status == 200:
                 await self._relay(response)
                 return
-            content = await response.aread()
-            if response.status_code == 200:
+            content = await response.read()
+            if response.status == 200:
                 self._observe_message(content)
             else:
-                self.timer.status = f"{response.status_code // 100}xx"
+                self.timer.status = f"{response.status // 100}xx"
             await self._settle()
             content_type = response.headers.get("content-type", "application/json")
-            await _answer(self.send, response.status_code, self._headers(content_type), content)
+            await _answer(self.send, response.status, self._headers(content_type), content)
         finally:
-            await response.aclose()
+            response.release()  # back to the pool when read to the end, else closed
 
     def _observe_message(self, content: bytes) -> None:
         with contextlib.suppress(ValueError, AttributeError):
             self.usage.whole(json.loads(content))
 
-    async def _relay(self, response: httpx.Response) -> None:
+    async def _relay(self, response: aiohttp.ClientResponse) -> None:
         """Pass the stream's bytes on as they come, following its events for the usage."""
         await self._start_stream()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""
-        chunks = response.aiter_raw()
+        chunks = response.content.iter_any()
         while True:
             async with self.timer.waiting():
                 chunk = await anext(chunks, None)
