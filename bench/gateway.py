@@ -12,21 +12,24 @@ clients (closed loop); the latency added is the gateway's percentile minus the d
 * streaming: time to first token (the first text delta) and the gap between text deltas, the
   fake pausing ``--chunk-delay-ms`` between deltas;
 * 300 requests/s offered at an even pace (open loop, at most 64 in flight), for the latency
-  added at that rate rather than at saturation;
+  added at that rate rather than at saturation: the target "300 requests/s with added p95
+  ≤ 15 ms". (With 64 clients in a closed loop, 64 calls are always in flight, so by Little's law
+  each waits 64 / throughput, ~200 ms at 300 calls/s, whatever the gateway adds; that p95 is
+  shown, as the saturation figure it is.)
 * 200 concurrent streams of a long echo, each delta checked against what the fake sends;
 * the ledger afterwards: one usage row per call, no reservation left open;
 * the CPU the server and the fake spent per call (from /proc), the figure that moves least when
   other work shares the machine (the load average is shown at the start and the end).
 
-    python bench/gateway.py [--quick] [--server daphne|uvicorn] [--workers N] [--users N]
+    python bench/gateway.py [--quick] [--server gateway|daphne|uvicorn] [--workers N] [--users N]
         [--database-url postgres://…/agent_console_bench_gw] [--seconds S] [--chunk-delay-ms MS]
 
 The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
-names, created (dropped first if it exists) and dropped at the end. The server is daphne, as
-``make run`` runs it, or uvicorn (a dev dependency; h11 and asyncio unless httptools and uvloop
-are installed), which served somewhat more at 64 clients (73 against 62 calls/s on SQLite, 59
-against 45 on PostgreSQL, 2 CPUs) at about the same latency for one client; its ``--workers N``
-(0.54) leaves Nagle's algorithm on (Kludex/uvicorn#3149): ~45 ms more per keep-alive request.
+names, created (dropped first if it exists) and dropped at the end. The server is, by default,
+the gateway process as ``make run`` runs it for agents (uvicorn with uvloop and httptools,
+``console.launch.gateway_command``); ``--server daphne`` measures the same route on the web
+process, and ``--server uvicorn`` plain uvicorn, whose ``--workers N`` (0.54) leaves Nagle's
+algorithm on (Kludex/uvicorn#3149): ~45 ms more per keep-alive request.
 
 Ends with one line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``. The
 lost-chunk count is, over all streams, the expected deltas missing or out of place plus any
@@ -364,7 +367,6 @@ class _Bench:
                 self.targets.append(report("gateway_added_p99_1client", added[2], "ms", "<=", 10))
             if clients == 64:
                 self.targets.append(report("gateway_rps_64clients", rps, "req/s", ">=", 300))
-                self.targets.append(report("gateway_added_p95_64clients", added[1], "ms", "<=", 15))
 
     async def open_loop(self) -> None:
         body = _body("Say hello in a few words.", stream=False)
@@ -374,12 +376,16 @@ class _Bench:
             runs.append(await _open_loop(one, OPEN_LOOP_RATE, self.open_seconds))
             _errors(path.name, runs[-1])
         direct, gateway = (_pcts(run.results) for run in runs)
+        added = _added(gateway, direct)
         achieved = len(runs[1].results) / runs[1].seconds
         print(
             f"\nnon-streaming, {OPEN_LOOP_RATE} req/s offered (open loop, at most 64 in flight):"
             f"\n  direct {_fmt(direct)}; gateway {_fmt(gateway)} ({achieved:.0f} req/s done)"
-            f"\n  added {_fmt(_added(gateway, direct))}"
+            f"\n  added {_fmt(added)}"
         )
+        if runs[1].errors:
+            added = (float("inf"),) * 3  # a call refused at this rate is not a fast one
+        self.targets.append(report("gateway_added_p95_300rps", added[1], "ms", "<=", 15))
 
     async def streaming(self) -> None:
         prompt = " ".join(f"word{n}" for n in range(TIMING_STREAM_WORDS))
@@ -455,7 +461,9 @@ async def _measure(
 
 
 def _server_label(args: argparse.Namespace) -> str:
-    label = args.server
+    label = {"gateway": "the gateway process (uvicorn, uvloop, httptools)"}.get(
+        args.server, args.server
+    )
     if args.server == "uvicorn":
         # uvicorn takes uvloop and httptools when they are installed, asyncio and h11 otherwise.
         http = "httptools" if importlib.util.find_spec("httptools") else "h11"
@@ -467,7 +475,7 @@ def _server_label(args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a run of under a minute")
-    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne")
+    parser.add_argument("--server", choices=("gateway", "daphne", "uvicorn"), default="gateway")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--users", type=int, default=1, help="spread calls over N users' keys")
     parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
@@ -482,7 +490,7 @@ def main() -> None:
         parser.error("--database-url must be a postgres:// URL")
     args.seconds = args.seconds or (1.5 if args.quick else 8.0)
     args.warmup = 0.3 if args.quick else 1.0
-    args.open_seconds = 0.5 if args.quick else args.seconds / 2
+    args.open_seconds = 2.0 if args.quick else args.seconds
     args.lost_words = 40 if args.quick else 300
     # Ctrl-C and SIGTERM raise KeyboardInterrupt (even when started in the background, where
     # SIGINT comes ignored), so `finally` stops the children and drops the database.

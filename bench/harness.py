@@ -154,10 +154,15 @@ def wait_ready(child: Child, ready: Callable[[], str | None]) -> str:
 def start_console(
     env: dict[str, str], log_dir: Path, server: str, workers: int
 ) -> tuple[Child, str]:
-    """The console served by daphne (as ``make run`` serves it) or uvicorn, once healthy."""
+    """The console, once healthy, served as ``make run`` serves its web process (daphne) or its
+    gateway process (``gateway``: uvicorn with uvloop and httptools), or by plain uvicorn."""
     port = free_port()
     if server == "daphne":
         argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
+    elif server == "gateway":
+        from console.launch import gateway_command
+
+        argv = gateway_command("127.0.0.1", port)
     else:
         argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
         # Access log on, as daphne's is: both servers as they run by default.

@@ -1,8 +1,13 @@
-"""ASGI entry point: HTTP through Django (the LLM gateway through its own app), WebSockets
-through Channels."""
+"""ASGI entry points.
+
+``application`` (daphne, the web process): HTTP through Django (the LLM gateway through its own
+app), WebSockets through Channels. ``gateway_application`` (uvicorn, the gateway process that
+agents call): the same HTTP routes, no WebSockets.
+"""
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -37,3 +42,10 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+gateway_application = ProtocolTypeRouter({"http": http_app})
+
+# What is loaded by now (Django, the apps, their modules) lives as long as the process: kept out
+# of the collector's reach, a full collection walks only what requests made, a few ms instead of
+# ~50 ms that every call in flight would wait for.
+gc.freeze()

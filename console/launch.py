@@ -1,7 +1,13 @@
 """``python -m console.launch`` (what ``make run`` runs): the whole console on one machine.
 
-Prepares local state (a secret key, the database, an operator account), then runs web (daphne),
-a Celery worker and Celery beat together until Ctrl-C, which stops all three.
+Prepares local state (a secret key, the database, an operator account), then runs together,
+until Ctrl-C stops them all:
+
+* web: daphne, on ``PORT``: the pages, the APIs and the WebSockets;
+* gateway: uvicorn (uvloop, httptools) on ``GATEWAY_PORT``, the port agents send their calls to
+  Claude through (``GATEWAY_URL``). Every call pays for the server's HTTP handling, and uvicorn's
+  costs a fraction of daphne's; the same routes are served on ``PORT`` too, for anyone else;
+* worker and beat: Celery.
 """
 
 from __future__ import annotations
@@ -39,13 +45,29 @@ def _local_environment(var: Path) -> dict[str, str]:
     env.setdefault("SESSION_COOKIE_SECURE", "false")
     env.setdefault("CSRF_COOKIE_SECURE", "false")
     env["CONSOLE_VAR_DIR"] = str(var)
-    # Every process writes its metrics here, so /metrics shows web, worker and beat together.
+    # Every process writes its metrics here, so /metrics shows all of them together.
     metrics_dir = var / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir()
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     env["DJANGO_SETTINGS_MODULE"] = "console.settings"
+    env.setdefault("PYTHONUNBUFFERED", "1")  # each process's lines shown as they are written
     return env
+
+
+def gateway_command(host: str, port: int | str) -> list[str]:
+    """The gateway process: the console's HTTP routes (no WebSockets) on uvicorn's fastest
+    loop and parser. No access log: the usage ledger records every call, with its request id."""
+    return [
+        *("-m", "uvicorn", "console.asgi:gateway_application"),
+        *("--host", host, "--port", str(port), "--loop", "uvloop", "--http", "httptools"),
+        *("--ws", "none", "--lifespan", "off", "--no-access-log"),
+        *("--timeout-graceful-shutdown", "5"),
+    ]
+
+
+def _loopback_if_any(host: str) -> str:
+    return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
 
 
 def _manage(env: dict[str, str], *args: str) -> None:
@@ -71,6 +93,9 @@ def main() -> int:
     env = _local_environment(var)
     host = env.get("HOST", "127.0.0.1")
     port = env.get("PORT", "8000")
+    gateway_port = env.get("GATEWAY_PORT", str(int(port) + 1))
+    gateway_url = f"http://{_loopback_if_any(host)}:{gateway_port}/gateway"
+    env.setdefault("GATEWAY_URL", gateway_url)
     try:
         _manage(env, "migrate", "--no-input", "-v", "0")
         _manage(env, "collectstatic", "--no-input", "-v", "0")
@@ -84,6 +109,12 @@ def main() -> int:
     manager.add_process(
         "web",
         f"{python} -m daphne -b {host} -p {port} console.asgi:application",
+        env=env,
+        cwd=str(BASE_DIR),
+    )
+    manager.add_process(
+        "gateway",
+        " ".join([python, *gateway_command(host, gateway_port)]),
         env=env,
         cwd=str(BASE_DIR),
     )
@@ -103,7 +134,8 @@ def main() -> int:
     )
     print(
         f"\nAgent Console: open http://{host}:{port}/ (admin at http://{host}:{port}/admin/). "
-        "Ctrl-C stops web, worker and beat.\n",
+        f"Agents reach Claude through the gateway at {env['GATEWAY_URL']}. "
+        "Ctrl-C stops web, gateway, worker and beat.\n",
         flush=True,
     )
     manager.loop()

@@ -1,8 +1,9 @@
-"""``make run`` for real: web (daphne), worker and beat from ``python -m console.launch``.
+"""``make run`` for real: web (daphne), gateway (uvicorn), worker and beat from
+``python -m console.launch``.
 
 A user spawns an agent through the API, the worker boots it through the broker, a chat turn is
-answered by (fake) Claude through the gateway, the cost shows in the stats, the printed operator
-login works, and Ctrl-C stops every process.
+answered by (fake) Claude through the gateway process, the cost shows in the stats, the printed
+operator login works, and Ctrl-C stops every process.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Console:
     def __init__(self, tmp_path: Path, env_overrides: dict[str, str]) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.gateway_port = _free_port()
         self.log = tmp_path / "console.log"
         self.env = {
             k: v
@@ -63,6 +65,7 @@ class Console:
         }
         self.env |= {
             "PORT": str(self.port),
+            "GATEWAY_PORT": str(self.gateway_port),
             "CONSOLE_VAR_DIR": str(tmp_path / "var"),
             "SANDBOX_BOOT_TIMEOUT_SECONDS": "30",
         } | env_overrides
@@ -82,10 +85,7 @@ class Console:
     def healthy(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"the console exited early:\n{self.output()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return _answers(f"{self.url}/health")
 
     def manage(self, *args: str) -> str:
         result = subprocess.run(
@@ -110,6 +110,13 @@ class Console:
             self.proc.wait()
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -125,6 +132,9 @@ def _walk_through(console: Console) -> None:
     )
     assert login, console.output()[-2000:]
     assert f"open http://127.0.0.1:{console.port}/" in console.output()
+    gateway_url = f"http://127.0.0.1:{console.gateway_port}/gateway"
+    assert f"through the gateway at {gateway_url}." in console.output()
+    _wait_for(lambda: _answers(gateway_url.replace("/gateway", "/health")), 30, "the gateway")
 
     key = console.manage("create_api_key", "alice", "--create-user").strip()
     api = httpx.Client(base_url=console.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
@@ -157,6 +167,10 @@ def _walk_through(console: Console) -> None:
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["content"] == "Echo: Hello there"
+    # The agent's call went through the gateway process: the web process logs every request it
+    # serves, and it served no gateway call (the gateway process logs none).
+    assert '"POST /v1/agents/spawn" 201' in console.output()
+    assert "/gateway/v1/messages" not in console.output()
     stats = api.get("/v1/agents/stats").json()
     assert float(stats["cost_usd"]) > 0 and stats["output_tokens"] > 0
 
@@ -186,7 +200,7 @@ def _walk_through(console: Console) -> None:
     )
 
     assert console.interrupt() == 0, console.output()[-2000:]
-    _wait_for(lambda: not _group_alive(console.proc.pid), 15, "web, worker and beat to stop")
+    _wait_for(lambda: not _group_alive(console.proc.pid), 15, "every process to stop")
 
 
 def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path):
