@@ -8,6 +8,7 @@ operator login works, and Ctrl-C stops every process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -105,9 +106,24 @@ class Console:
         return self.proc.wait(timeout=30)
 
     def kill(self) -> None:
+        """SIGKILL the launcher and every process it started (each in its own session)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                children = [int(c) for c in (task / "children").read_text().split()]
+                found += children
+                todo += children
+    return found
 
 
 def _answers(url: str) -> bool:
