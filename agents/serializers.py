@@ -1,16 +1,26 @@
-"""Request and response shapes of the Hypercore-compatible agent routes."""
+"""Request and response shapes of the agent routes: Hypercore's and ``/api/v1/``'s."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from rest_framework import serializers
 
-from agents.models import Agent
+from agents.models import Agent, Message, Session
 
 __all__ = [
+    "AgentFilterSerializer",
     "AgentSerializer",
     "ChatRequestSerializer",
+    "ExecuteRequestSerializer",
+    "ExecuteResponseSerializer",
     "ListQuerySerializer",
+    "LogsSerializer",
+    "MessageSerializer",
+    "SendMessageSerializer",
+    "SessionCreateSerializer",
+    "SessionDetailSerializer",
+    "SessionFilterSerializer",
+    "SessionSerializer",
     "SpawnRequestSerializer",
 ]
 
@@ -95,3 +105,122 @@ class ChatRequestSerializer(serializers.Serializer):
         if not value.strip():
             raise serializers.ValidationError("The prompt may not be blank.")
         return value
+
+
+# --- /api/v1/ ------------------------------------------------------------------------------------
+
+
+class AgentFilterSerializer(serializers.Serializer):
+    user_id = serializers.CharField(
+        required=False, max_length=150, help_text="Owner's username (operators)."
+    )
+    status = serializers.ChoiceField(choices=Agent.Status.choices, required=False)
+    model = serializers.CharField(required=False, max_length=100)
+    q = serializers.CharField(required=False, max_length=100, help_text="In the agent's name.")
+
+
+class LogsSerializer(serializers.Serializer):
+    agent_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=Agent.Status.choices)
+    log = serializers.CharField(help_text="The runtime's last log lines; empty when none.")
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "role",
+            "content",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    session_id = serializers.UUIDField(source="id", read_only=True)
+    agent_id = serializers.UUIDField(read_only=True)
+    user_id = serializers.IntegerField(read_only=True)
+    message_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Session
+        fields = [
+            "session_id",
+            "agent_id",
+            "user_id",
+            "title",
+            "message_count",
+            "created_at",
+            "updated_at",
+            "closed_at",
+        ]
+        read_only_fields = fields
+
+
+class SessionDetailSerializer(SessionSerializer):
+    messages = MessageSerializer(many=True, read_only=True)
+
+    class Meta(SessionSerializer.Meta):
+        fields = [*SessionSerializer.Meta.fields, "messages"]
+        read_only_fields = fields
+
+
+class SessionFilterSerializer(serializers.Serializer):
+    agent_id = serializers.UUIDField(required=False)
+    open = serializers.BooleanField(
+        required=False, allow_null=True, default=None, help_text="Open (true) or closed (false)."
+    )
+    q = serializers.CharField(required=False, max_length=200, help_text="In the title.")
+
+
+class SessionCreateSerializer(serializers.Serializer):
+    agent_id = serializers.UUIDField()
+    title = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
+
+
+class SendMessageSerializer(serializers.Serializer):
+    content = serializers.CharField(max_length=200_000, trim_whitespace=False)
+    max_tokens = serializers.IntegerField(
+        required=False, default=4096, min_value=1, max_value=128_000
+    )
+    stream = serializers.BooleanField(required=False, default=False)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The message may not be blank.")
+        return value
+
+
+class ExecuteRequestSerializer(serializers.Serializer):
+    task_description = serializers.CharField(max_length=5000, trim_whitespace=False)
+    context = serializers.JSONField(required=False, help_text="Any JSON, given to the agent.")
+    agent_id = serializers.UUIDField(
+        required=False, help_text="Default: your running agent with the fewest open sessions."
+    )
+    max_tokens = serializers.IntegerField(
+        required=False, default=4096, min_value=1, max_value=128_000
+    )
+
+    def validate_task_description(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The task may not be blank.")
+        return value
+
+
+class ExecuteMetadataSerializer(serializers.Serializer):
+    agent_id = serializers.UUIDField()
+    session_id = serializers.UUIDField()
+    model = serializers.CharField()
+    tokens_used = serializers.IntegerField()
+    cost_usd = serializers.CharField(help_text="US dollars, a decimal string.")
+    timestamp = serializers.DateTimeField()
+
+
+class ExecuteResponseSerializer(serializers.Serializer):
+    result = serializers.CharField()
+    metadata = ExecuteMetadataSerializer()
+    processing_time_ms = serializers.IntegerField()

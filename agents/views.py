@@ -172,7 +172,7 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
             status=405,
         )
     try:
-        user = await request_user(request)
+        user = await request_user(request, scope="write")
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
+from django.middleware.csrf import CsrfViewMiddleware
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, throttling
@@ -12,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken
 
-from console.errors import NotAuthenticated
+from console.errors import Forbidden, NotAuthenticated
 from console.models import ApiKey, Quota, User
 from console.services import api_key_authenticate, request_admit
 
@@ -104,20 +105,43 @@ class QuotaThrottle(throttling.BaseThrottle):
         return True
 
 
-async def request_user(request: HttpRequest) -> User:
-    """The caller of an async view: an API key, else the browser session; or NotAuthenticated.
-    The request is counted against the caller's request rate, as ``QuotaThrottle`` does."""
+def _authenticate(request: HttpRequest, scope: str) -> tuple[User, ApiKey | None]:
+    """The caller by API key, JWT or browser session (with its CSRF token for a write), with
+    ``scope`` checked; raises ``NotAuthenticated`` or ``Forbidden``."""
     token = bearer_token(request)
     key = None
-    if token:
-        key = await sync_to_async(api_key_authenticate)(raw=token)
+    if token and _looks_like_jwt(token):
+        jwt = JwtAuthentication()
+        try:
+            user = jwt.get_user(jwt.get_validated_token(token.encode()))
+        except (InvalidToken, AuthenticationFailed) as exc:
+            raise NotAuthenticated("the access token is invalid or expired") from exc
+    elif token:
+        key = api_key_authenticate(raw=token)
         user = key.user
     else:
-        user = await request.auser()
+        user = request.user
         if not user.is_authenticated:
             raise NotAuthenticated(
                 "authentication is required: send Authorization: Bearer <API key>"
             )
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+            if reason is not None:
+                raise Forbidden("the CSRF token is missing or wrong")
+    if key is not None and scope not in key.scopes:
+        raise Forbidden(
+            f"this credential lacks the {scope} scope", details={"required_scope": scope}
+        )
+    return user, key
+
+
+async def request_user(request: HttpRequest, *, scope: str = "read") -> User:
+    """The caller of an async view, by API key, JWT or browser session, holding ``scope``;
+    or ``NotAuthenticated``/``Forbidden``. The request is counted against the caller's request
+    rate, as ``QuotaThrottle`` does."""
+    await request.auser()  # the session's user, loaded here where async is allowed
+    user, key = await sync_to_async(_authenticate)(request, scope)
     request.rate_status = await sync_to_async(request_admit)(  # type: ignore[attr-defined]
         user_id=user.pk, api_key=key, quota=_loaded_quota(user)
     )

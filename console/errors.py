@@ -21,6 +21,7 @@ __all__ = [
     "BadRequest",
     "BudgetExceeded",
     "CapacityExhausted",
+    "Conflict",
     "ConsoleError",
     "Forbidden",
     "MethodNotAllowed",
@@ -99,6 +100,12 @@ class AgentNotFound(NotFound):
 
 class AgentNotRunning(ConsoleError):
     status, code = 409, "agent_not_running"
+
+
+class Conflict(ConsoleError):
+    """The request does not fit the current state: a closed session, a turn already stopped."""
+
+    status, code = 409, "conflict"
 
 
 class QuotaExceeded(ConsoleError):

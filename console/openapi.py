@@ -134,7 +134,144 @@ _SSE = {
     }
 }
 
+_SESSION_ID = {
+    "name": "session_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+    "description": "The session's id.",
+}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "A retry with the same key gets the first answer (24 h).",
+}
+_MAX_TOKENS = {"type": "integer", "minimum": 1, "maximum": 128_000, "default": 4096}
+
+COMPONENTS |= {
+    "SendMessageRequest": {
+        "type": "object",
+        "properties": {
+            "content": {"type": "string", "minLength": 1, "maxLength": 200_000},
+            "max_tokens": _MAX_TOKENS,
+            "stream": {
+                "type": "boolean",
+                "default": False,
+                "description": "Answer as server-sent events: `delta`, then `done`, `error` or "
+                "`cancelled`.",
+            },
+        },
+        "required": ["content"],
+    },
+    "ExecuteRequest": {
+        "type": "object",
+        "properties": {
+            "task_description": {"type": "string", "minLength": 1, "maxLength": 5000},
+            "context": {"description": "Any JSON, given to the agent with the task."},
+            "agent_id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "Default: your running agent with the fewest open sessions.",
+            },
+            "max_tokens": _MAX_TOKENS,
+        },
+        "required": ["task_description"],
+    },
+    "ExecuteResult": {
+        "type": "object",
+        "properties": {
+            "result": {"type": "string"},
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "agent_id": {"type": "string", "format": "uuid"},
+                    "session_id": {"type": "string", "format": "uuid"},
+                    "model": {"type": "string"},
+                    "tokens_used": {"type": "integer"},
+                    "cost_usd": {"type": "string", "format": "decimal"},
+                    "timestamp": {"type": "string", "format": "date-time"},
+                },
+                "required": ["agent_id", "session_id", "model", "tokens_used", "timestamp"],
+            },
+            "processing_time_ms": {"type": "integer"},
+        },
+        "required": ["result", "metadata", "processing_time_ms"],
+    },
+    "CancelResult": {
+        "type": "object",
+        "properties": {
+            "session_id": {"type": "string", "format": "uuid"},
+            "cancelled": {"type": "boolean"},
+        },
+        "required": ["session_id", "cancelled"],
+    },
+}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def _post(
+    operation_id: str,
+    summary: str,
+    description: str,
+    *,
+    parameters: list[dict[str, Any]],
+    request: str | None,
+    status: str,
+    answer: dict[str, Any],
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "tags": ["api"],
+        "parameters": parameters,
+        "security": [{"ApiKey": []}, {"Jwt": []}, {"cookieAuth": []}],
+        "responses": {status: answer, "default": _ERROR_RESPONSE},
+    }
+    if request is not None:
+        operation["requestBody"] = {"required": True, "content": _json(request)}
+    return {"post": operation}
+
+
 PATHS: dict[str, Any] = {
+    "/api/v1/sessions/{session_id}/messages": _post(
+        "api_v1_sessions_messages_create",
+        "Send a turn in a session",
+        "The agent's reply as JSON, or as server-sent events with `stream: true`. 409 when the "
+        "session is closed or the agent is not running; a turn stopped through `cancel` answers "
+        "409 `turn_cancelled` (or ends its stream with a `cancelled` event).",
+        parameters=[_SESSION_ID, _IDEMPOTENCY_KEY],
+        request="SendMessageRequest",
+        status="200",
+        answer={
+            "description": "The reply and what the turn cost.",
+            "content": _json("ChatResult") | _SSE,
+        },
+    ),
+    "/api/v1/sessions/{session_id}/cancel": _post(
+        "api_v1_sessions_cancel_create",
+        "Stop the turn in flight in a session",
+        "Its call to Anthropic is cancelled, and only what was used is charged. 409 when no "
+        "turn is in flight.",
+        parameters=[_SESSION_ID],
+        request=None,
+        status="202",
+        answer={"description": "The turn is being stopped.", "content": _json("CancelResult")},
+    ),
+    "/api/v1/execute": _post(
+        "api_v1_execute_create",
+        "Run a one-shot task on an agent",
+        "In a session of its own, closed after. 409 when you have no running agent.",
+        parameters=[_IDEMPOTENCY_KEY],
+        request="ExecuteRequest",
+        status="200",
+        answer={"description": "The agent's answer.", "content": _json("ExecuteResult")},
+    ),
     "/agents/{agent_id}/v1/agent/chat": {
         "post": {
             "operationId": "agent_chat",

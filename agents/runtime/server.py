@@ -449,4 +449,12 @@ def main() -> None:
         if config.socket_path
         else {"host": config.host, "port": config.port}
     )
-    web.run_app(build_app(config, tools), print=None, handle_signals=True, **listen)
+    # A caller that goes away cancels its turn, and with it the call to the gateway (and
+    # Anthropic's): a stopped reply stops being billed.
+    web.run_app(
+        build_app(config, tools),
+        print=None,
+        handle_signals=True,
+        handler_cancellation=True,
+        **listen,
+    )

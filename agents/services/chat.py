@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -21,17 +22,28 @@ from django.utils import timezone
 from agents import sandbox
 from agents.models import Agent, Message, Session
 from agents.runtime.sse import sse_events, sse_frame
+from agents.services.turns import turn_watch
 from console.errors import (
     AgentNotFound,
     AgentNotRunning,
     AgentUnavailable,
+    Conflict,
     ConsoleError,
     NotFound,
 )
 from console.models import UsageRecord, User
 from console.services import user_check_active
 
-__all__ = ["ChatResult", "ChatTurn", "agent_chat", "agent_chat_stream", "agent_for_user"]
+__all__ = [
+    "ChatResult",
+    "ChatTurn",
+    "TurnCancelled",
+    "agent_chat",
+    "agent_chat_stoppable",
+    "agent_chat_stream",
+    "agent_chat_stream_stoppable",
+    "agent_for_user",
+]
 
 _STATUS = Agent.Status
 
@@ -220,6 +232,57 @@ async def agent_chat_stream(*, turn: ChatTurn) -> AsyncIterator[bytes]:
             await opened.close()
 
     return events()
+
+
+class TurnCancelled(Conflict):
+    code = "turn_cancelled"
+
+
+async def agent_chat_stoppable(*, turn: ChatTurn) -> ChatResult:
+    """``agent_chat`` in an existing session, stopped when ``turn_cancel`` asks: then it
+    raises ``TurnCancelled``, and Anthropic's call is cancelled with it."""
+    assert turn.session_id is not None
+    async with turn_watch(turn.session_id) as cancelled:
+        answer = asyncio.ensure_future(agent_chat(turn=turn))
+        stop = asyncio.ensure_future(cancelled.wait())
+        await asyncio.wait({answer, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not answer.done():
+            answer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await answer
+            raise TurnCancelled("the turn was stopped", details={"session_id": turn.session_id})
+        return answer.result()
+
+
+async def agent_chat_stream_stoppable(*, turn: ChatTurn) -> AsyncIterator[bytes]:
+    """``agent_chat_stream`` in an existing session; when ``turn_cancel`` asks, the stream ends
+    with a ``cancelled`` event and Anthropic's call is cancelled."""
+    assert turn.session_id is not None
+    session_id = turn.session_id
+    events = await agent_chat_stream(turn=turn)
+
+    async def stoppable() -> AsyncIterator[bytes]:
+        async with turn_watch(session_id) as cancelled:
+            stop = asyncio.ensure_future(cancelled.wait())
+            try:
+                while True:
+                    frame = asyncio.ensure_future(anext(events, None))
+                    await asyncio.wait({frame, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    if not frame.done():
+                        frame.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await frame
+                        yield sse_frame("cancelled", {"session_id": session_id})
+                        return
+                    if frame.result() is None:
+                        return
+                    yield frame.result()
+            finally:
+                stop.cancel()
+                await events.aclose()
+
+    return stoppable()
 
 
 def _runtime_error(response: httpx.Response) -> ConsoleError:
