@@ -1,0 +1,76 @@
+"""Fixtures for the scaling tests: rules and decisions, an operator's client, and the scaling
+routes."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+import pytest
+from django.urls import NoReverseMatch, reverse
+from rest_framework.test import APIClient
+
+from scaling.models import ScalingDecision, ScalingRule
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _scaling_routes(settings) -> None:
+    """Until console/api/urls.py registers the scaling viewsets, serve them from
+    tests.scaling.urls, which adds them to the console's routes at the same paths."""
+    try:
+        reverse("api-scaling-rule-list")
+    except NoReverseMatch:
+        settings.ROOT_URLCONF = "tests.scaling.urls"
+
+
+@pytest.fixture
+def scoped_client():
+    """``scoped_client(user, *scopes)``: a client holding a new key of ``user`` with ``scopes``."""
+    from console.services import api_key_create
+
+    def make(owner, *scopes: str) -> APIClient:
+        _, raw = api_key_create(user=owner, scopes=scopes or None)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def operator_client(operator, scoped_client) -> APIClient:
+    """An operator's client, with a key holding every scope."""
+    return scoped_client(operator, "read", "write", "admin")
+
+
+@pytest.fixture
+def make_rule():
+    """``make_rule(**fields)``: a saved rule for a pool of its own."""
+
+    def make(**fields) -> ScalingRule:
+        n = next(_numbers)
+        fields.setdefault("name", f"pool-{n}")
+        fields.setdefault("model", "claude-sonnet-4-5")
+        fields.setdefault("system_prompt", f"You are agent template {n}.")
+        return ScalingRule.objects.create(**fields)
+
+    return make
+
+
+@pytest.fixture
+def make_decision():
+    """``make_decision(rule, **fields)``: a saved decision of ``rule``."""
+
+    def make(rule: ScalingRule, **fields) -> ScalingDecision:
+        fields.setdefault("current_agents", 10)
+        fields.setdefault("desired_agents", 10)
+        fields.setdefault("observed_sessions", 500)
+        fields.setdefault("utilization", Decimal("0.5"))
+        fields.setdefault("action", ScalingDecision.Action.HOLD)
+        fields.setdefault("reason", "utilization 0.50 is between the thresholds")
+        fields.setdefault("inputs", {"sessions": fields["observed_sessions"]})
+        return ScalingDecision.objects.create(rule=rule, **fields)
+
+    return make
