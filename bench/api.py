@@ -6,8 +6,8 @@ measured is the API, not its refusals. One aiohttp client in this process (one e
 closed loop, a warm-up before each run) drives it with 16 and 64 concurrent clients:
 
 * list: ``GET /v1/agents/list`` (the Hypercore route) for a user with ``--agents`` running
-  agents, written straight into the database, so every answer is a realistic page; and
-  ``GET /api/v1/keys`` (the console's own REST API, a one-row list) beside it;
+  agents, written straight into the database, so every answer is a realistic page; the same
+  page from ``GET /api/v1/agents``; and ``GET /api/v1/keys`` (a one-row list) beside them;
 * spawn: ``POST /v1/agents/spawn`` with the process backend, by another user. Boots are only
   queued (no Celery worker runs, ``CELERY_TASK_ALWAYS_EAGER`` is unset), so its figure is the
   web process's own part: validation, the quota check, placement on the one registered sandbox
@@ -17,14 +17,14 @@ closed loop, a warm-up before each run) drives it with 16 and 64 concurrent clie
 The CPU the server spent per request (from /proc) is shown with each run: it moves least when
 other work shares the machine (the load average is shown at the start and the end).
 
-    python bench/api.py [--quick] [--server daphne|uvicorn] [--workers N] [--agents N]
+    python bench/api.py [--quick] [--server daphne|gateway|uvicorn] [--workers N] [--agents N]
         [--database-url postgres://…/agent_console_bench_api] [--seconds S]
 
 The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
 names, created (dropped first if it exists) and dropped at the end. The server is daphne, as
-``make run`` runs it, or uvicorn (a dev dependency), which can serve the HTTP side beside
-daphne: ``python -m uvicorn console.asgi:application --port 8001`` with the same environment,
-and a proxy sending plain HTTP there. Access logs are on for both, as they run by default.
+``make run`` runs its web process; or ``gateway``, the uvicorn process (uvloop, httptools, no
+access log) ``make run`` runs beside it, which serves the same HTTP routes and can take the
+API's traffic behind a proxy sending plain HTTP there; or plain uvicorn.
 
 Ends with one line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``, and
 spawn's figures on ``INFO`` lines, which have no target.
@@ -273,6 +273,11 @@ class _Bench:
         self.targets.append(
             report("api_list_p95_64clients", percentile(run.latencies, 95), "ms", "<=", 50)
         )
+        v1_url = f"{self.url}/api/v1/agents?page_size={agents}"
+        await self.measure(
+            f"GET /api/v1/agents ({agents} agents a page, cursor-paginated)",
+            lambda: _request(self.session, "GET", v1_url, key, 200),
+        )
         keys_url = f"{self.url}/api/v1/keys"
         await self.measure(
             "GET /api/v1/keys (one key a page)",
@@ -309,6 +314,8 @@ async def _measure(
 def _server_label(args: argparse.Namespace) -> str:
     if args.server == "daphne":
         return "daphne"
+    if args.server == "gateway":
+        return "make run's gateway process (uvicorn, uvloop, httptools)"
     # uvicorn takes uvloop and httptools when they are installed, asyncio and h11 otherwise.
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
@@ -318,7 +325,7 @@ def _server_label(args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a run of under a minute")
-    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne")
+    parser.add_argument("--server", choices=("daphne", "gateway", "uvicorn"), default="daphne")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--agents", type=int, default=50, help="agents on the listed page")
     parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")

@@ -7,6 +7,7 @@ from rest_framework.routers import SimpleRouter
 
 from agents import api as agents_api
 from console.api import views
+from scaling.api import ScalingDecisionViewSet, ScalingRuleViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("keys", views.ApiKeyViewSet, basename="api-key")
@@ -14,6 +15,8 @@ router.register("quotas", views.QuotaViewSet, basename="api-quota")
 router.register("budgets", views.BudgetViewSet, basename="api-budget")
 router.register("agents", agents_api.AgentViewSet, basename="api-agent")
 router.register("sessions", agents_api.SessionViewSet, basename="api-session")
+router.register("scaling/rules", ScalingRuleViewSet, basename="api-scaling-rule")
+router.register("scaling/decisions", ScalingDecisionViewSet, basename="api-scaling-decision")
 
 urlpatterns = [
     path("auth/login", views.LoginView.as_view(), name="api-login"),

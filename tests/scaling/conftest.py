@@ -1,5 +1,4 @@
-"""Fixtures for the scaling tests: rules and decisions, an operator's client, and the scaling
-routes."""
+"""Fixtures for the scaling tests: rules and decisions, and an operator's client."""
 
 from __future__ import annotations
 
@@ -7,22 +6,11 @@ import itertools
 from decimal import Decimal
 
 import pytest
-from django.urls import NoReverseMatch, reverse
 from rest_framework.test import APIClient
 
 from scaling.models import ScalingDecision, ScalingRule
 
 _numbers = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def _scaling_routes(settings) -> None:
-    """Until console/api/urls.py registers the scaling viewsets, serve them from
-    tests.scaling.urls, which adds them to the console's routes at the same paths."""
-    try:
-        reverse("api-scaling-rule-list")
-    except NoReverseMatch:
-        settings.ROOT_URLCONF = "tests.scaling.urls"
 
 
 @pytest.fixture
