@@ -37,7 +37,7 @@ from agents.serializers import (
     SessionSerializer,
     SpawnRequestSerializer,
 )
-from agents.views import _named_user, _validation_error
+from agents.views import _named_user, _validation_error, spawn_response
 from console.api.pagination import ApiCursorPagination
 from console.api.permissions import HasScope
 from console.authentication import request_user
@@ -120,20 +120,7 @@ class AgentViewSet(
     @extend_schema(request=SpawnRequestSerializer, responses={201: AgentSerializer})
     @idempotent
     def create(self, request: Request) -> Response:
-        params = SpawnRequestSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        data = params.validated_data
-        agent = services.agent_spawn(
-            owner=_named_user(request.user, data.get("user_id")),
-            model=data.get("model"),
-            name=data["name"],
-            system_prompt=data["system_prompt"],
-            vcpus=data["cores"],
-            memory_mib=data["memory"],
-            max_concurrent_sessions=data["max_concurrent"],
-            anthropic_api_key=data.get("anthropic_api_key", ""),
-        )
-        return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
+        return spawn_response(request)
 
     @extend_schema(responses=AgentSerializer)
     def destroy(self, request: Request, pk: str) -> Response:

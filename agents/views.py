@@ -36,7 +36,7 @@ from console.errors import (
 from console.idempotent import idempotent, idempotent_json
 from console.models import User
 
-__all__ = ["HypercoreAgentViewSet", "agent_chat", "agent_metrics"]
+__all__ = ["HypercoreAgentViewSet", "agent_chat", "agent_metrics", "spawn_response"]
 
 _AGENT_ID = OpenApiParameter("agent_id", str, required=True, description="The agent's id.")
 
@@ -66,6 +66,24 @@ def _named_user(viewer: User, username: str | None) -> User:
     return user
 
 
+def spawn_response(request: Request) -> Response:
+    """Spawn the agent a request's body asks for (``SpawnRequestSerializer``): 201 with it."""
+    params = SpawnRequestSerializer(data=request.data)
+    params.is_valid(raise_exception=True)
+    data = params.validated_data
+    agent = services.agent_spawn(
+        owner=_named_user(request.user, data.get("user_id")),
+        model=data.get("model"),
+        name=data["name"],
+        system_prompt=data["system_prompt"],
+        vcpus=data["cores"],
+        memory_mib=data["memory"],
+        max_concurrent_sessions=data["max_concurrent"],
+        anthropic_api_key=data.get("anthropic_api_key", ""),
+    )
+    return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
+
+
 class HypercoreAgentViewSet(viewsets.GenericViewSet):
     """Agents, on the routes Hypercore's agent manager serves: spawn, list, get, delete, stats."""
 
@@ -89,20 +107,7 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     @action(detail=False, methods=["post"], url_path="spawn")
     @idempotent
     def spawn(self, request: Request) -> Response:
-        params = SpawnRequestSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        data = params.validated_data
-        agent = services.agent_spawn(
-            owner=_named_user(request.user, data.get("user_id")),
-            model=data.get("model"),
-            name=data["name"],
-            system_prompt=data["system_prompt"],
-            vcpus=data["cores"],
-            memory_mib=data["memory"],
-            max_concurrent_sessions=data["max_concurrent"],
-            anthropic_api_key=data.get("anthropic_api_key", ""),
-        )
-        return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
+        return spawn_response(request)
 
     @extend_schema(
         parameters=[OpenApiParameter("user_id", str, description="Owner's username.")],
