@@ -204,3 +204,17 @@ def client_for(api_key):
         return client
 
     return make
+
+
+@pytest.fixture
+def scoped_client():
+    """``scoped_client(user, *scopes)``: a client holding a new key of ``user`` with ``scopes``."""
+    from console.services import api_key_create
+
+    def make(owner, *scopes: str) -> APIClient:
+        _, raw = api_key_create(user=owner, scopes=scopes or None)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return client
+
+    return make

@@ -14,20 +14,6 @@ _numbers = itertools.count(1)
 
 
 @pytest.fixture
-def scoped_client():
-    """``scoped_client(user, *scopes)``: a client holding a new key of ``user`` with ``scopes``."""
-    from console.services import api_key_create
-
-    def make(owner, *scopes: str) -> APIClient:
-        _, raw = api_key_create(user=owner, scopes=scopes or None)
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-        return client
-
-    return make
-
-
-@pytest.fixture
 def operator_client(operator, scoped_client) -> APIClient:
     """An operator's client, with a key holding every scope."""
     return scoped_client(operator, "read", "write", "admin")

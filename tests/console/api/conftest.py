@@ -9,20 +9,6 @@ from rest_framework.test import APIClient
 
 
 @pytest.fixture
-def scoped_client():
-    """``scoped_client(user, *scopes)``: a client holding a new key of ``user`` with ``scopes``."""
-    from console.services import api_key_create
-
-    def make(owner, *scopes: str) -> APIClient:
-        _, raw = api_key_create(user=owner, scopes=scopes or None)
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-        return client
-
-    return make
-
-
-@pytest.fixture
 def constant_queries(django_assert_num_queries):
     """``constant_queries(client, url, add_more)``: the list at ``url`` costs as many queries
     once ``add_more()`` has added rows as it did before (no query per row)."""
