@@ -263,8 +263,8 @@ class Turn:
     async def run(self) -> str:
         rounds = 0
         while True:
-            response = await self._post(stream=False)
-            message = await response.json()
+            async with await self._post(stream=False) as response:
+                message = await response.json()
             self._count(message.get("usage", {}))
             uses = self._keep(message["content"], message.get("stop_reason"), rounds)
             if not uses:
@@ -277,17 +277,21 @@ class Turn:
         """The turn as ``delta`` events for the replies' text and a ``tool`` event per tool run."""
         rounds = 0
         while True:
-            response = await self._post(stream=True)
             reply = StreamedReply()
-            async for event, data in sse_events(response.content):
-                if event == "message_start":
-                    self._count(data["message"].get("usage", {}) | {"output_tokens": 0})
-                elif event == "message_delta":
-                    self._count({"output_tokens": data.get("usage", {}).get("output_tokens", 0)})
-                elif event == "error":
-                    raise ChatError(502, "upstream_error", data.get("error", {}).get("message", ""))
-                if text := reply.feed(event, data):
-                    yield "delta", {"text": text}
+            # Leaving the block unfinished (the caller went away) closes the call to the gateway,
+            # which then stops Anthropic's: a stopped reply stops being billed.
+            async with await self._post(stream=True) as response:
+                async for event, data in sse_events(response.content):
+                    if event == "message_start":
+                        self._count(data["message"].get("usage", {}) | {"output_tokens": 0})
+                    elif event == "message_delta":
+                        usage = data.get("usage", {})
+                        self._count({"output_tokens": usage.get("output_tokens", 0)})
+                    elif event == "error":
+                        message = data.get("error", {}).get("message", "")
+                        raise ChatError(502, "upstream_error", message)
+                    if text := reply.feed(event, data):
+                        yield "delta", {"text": text}
             uses = self._keep(reply.content, reply.stop_reason, rounds)
             if not uses:
                 return
