@@ -105,7 +105,9 @@ class QuotaThrottle(throttling.BaseThrottle):
         return True
 
 
-def _authenticate(request: HttpRequest, scope: str) -> tuple[User, ApiKey | None]:
+def _authenticate(
+    request: HttpRequest, session_user: User, scope: str
+) -> tuple[User, ApiKey | None]:
     """The caller by API key, JWT or browser session (with its CSRF token for a write), with
     ``scope`` checked; raises ``NotAuthenticated`` or ``Forbidden``."""
     token = bearer_token(request)
@@ -120,7 +122,7 @@ def _authenticate(request: HttpRequest, scope: str) -> tuple[User, ApiKey | None
         key = api_key_authenticate(raw=token)
         user = key.user
     else:
-        user = request.user
+        user = session_user
         if not user.is_authenticated:
             raise NotAuthenticated(
                 "authentication is required: send Authorization: Bearer <API key>"
@@ -140,8 +142,8 @@ async def request_user(request: HttpRequest, *, scope: str = "read") -> User:
     """The caller of an async view, by API key, JWT or browser session, holding ``scope``;
     or ``NotAuthenticated``/``Forbidden``. The request is counted against the caller's request
     rate, as ``QuotaThrottle`` does."""
-    await request.auser()  # the session's user, loaded here where async is allowed
-    user, key = await sync_to_async(_authenticate)(request, scope)
+    session_user = await request.auser()
+    user, key = await sync_to_async(_authenticate)(request, session_user, scope)
     request.rate_status = await sync_to_async(request_admit)(  # type: ignore[attr-defined]
         user_id=user.pk, api_key=key, quota=_loaded_quota(user)
     )
