@@ -26,9 +26,13 @@ from console.models import Quota
 MAX_EXAMPLES = 25  # per operation and generation mode
 
 
+_RUNTIME_ROUTES = ("/agents/", "/api/v1/execute", "/api/v1/sessions/{session_id}/messages")
+
+
 def _documented_outage(case: Any, response: Any) -> bool:
-    """An agent route's 502: the agent's runtime is unreachable, as the schema documents."""
-    if response.status_code != 502 or not case.operation.path.startswith("/agents/"):
+    """A 502 from a route that calls an agent's runtime, when that runtime is unreachable (the
+    caller's agent here), as the schema documents."""
+    if response.status_code != 502 or not case.operation.path.startswith(_RUNTIME_ROUTES):
         return False
     return response.json().get("error", {}).get("code") == "agent_unavailable"
 
@@ -62,8 +66,11 @@ def _fuzz(operation: Any, strategy: Any, base_url: str, headers: dict[str, str])
 @pytest.mark.timeout(150)
 @pytest.mark.django_db(transaction=True)
 def test_no_operation_answers_a_server_error_or_breaks_its_schema(
-    asgi_server, user, api_key, fake_anthropic
+    asgi_server, user, api_key, fake_anthropic, settings
 ):
+    # Agents the fuzzer spawns boot for real, and reach the gateway of the live app.
+    settings.CONSOLE_BASE_URL = asgi_server
+    settings.GATEWAY_URL = f"{asgi_server}/gateway"
     # Fuzzing sends hundreds of requests a minute: the user's request rate must not hide them.
     Quota.objects.update_or_create(
         user=user,
