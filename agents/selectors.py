@@ -10,17 +10,55 @@ from django.db.models import Count, Q, QuerySet, Sum
 from agents.models import Agent, Session
 from console.models import UsageRecord, User
 
-__all__ = ["agent_list", "agent_stats"]
+__all__ = ["agent_list", "agent_stats", "session_list"]
 
 
-def agent_list(*, viewer: User, owner: User | None = None) -> QuerySet[Agent]:
-    """Live (not deleted) agents ``viewer`` may see, optionally of one owner."""
+def agent_list(
+    *,
+    viewer: User,
+    owner: User | None = None,
+    status: str | None = None,
+    model: str | None = None,
+    q: str | None = None,
+) -> QuerySet[Agent]:
+    """Live (not deleted) agents ``viewer`` may see, optionally of one owner, in one status, of
+    one model, or with ``q`` in their name."""
     agents = Agent.objects.filter(deleted_at__isnull=True).select_related("owner")
     if not viewer.is_staff:
         agents = agents.filter(owner=viewer)
     if owner is not None:
         agents = agents.filter(owner=owner)
+    if status:
+        agents = agents.filter(status=status)
+    if model:
+        agents = agents.filter(model=model)
+    if q:
+        agents = agents.filter(name__icontains=q)
     return agents.order_by("-created_at")
+
+
+def session_list(
+    *,
+    viewer: User,
+    agent_id: object = None,
+    is_open: bool | None = None,
+    q: str | None = None,
+    with_messages: bool = False,
+) -> QuerySet[Session]:
+    """Sessions ``viewer`` may see (an operator, everyone's) with their message counts,
+    optionally of one agent, open or closed, or with ``q`` in their title."""
+    sessions = Session.objects.annotate(message_count=Count("messages"))
+    if not viewer.is_staff:
+        sessions = sessions.filter(user=viewer)
+    if agent_id:
+        sessions = sessions.filter(agent_id=agent_id)
+    if is_open is not None:
+        sessions = sessions.filter(closed_at__isnull=is_open)
+    if q:
+        sessions = sessions.filter(title__icontains=q)
+    if with_messages:
+        sessions = sessions.prefetch_related("messages")
+    return sessions.order_by("-created_at")
 
 
 def agent_stats(*, viewer: User) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -36,7 +37,14 @@ from console.errors import (
 from console.idempotent import idempotent, idempotent_json
 from console.models import User
 
-__all__ = ["HypercoreAgentViewSet", "agent_chat", "agent_metrics", "spawn_response"]
+__all__ = [
+    "HypercoreAgentViewSet",
+    "agent_chat",
+    "agent_metrics",
+    "json_object_body",
+    "spawn_response",
+    "sse_response",
+]
 
 _AGENT_ID = OpenApiParameter("agent_id", str, required=True, description="The agent's id.")
 
@@ -168,6 +176,24 @@ def _validation_error(errors: dict) -> BadRequest:
     return BadRequest(f"{field}: {problems[0]}", details={k: list(v) for k, v in errors.items()})
 
 
+def json_object_body(request: HttpRequest) -> dict[str, Any]:
+    """The request's body, which must be a JSON object; else ``BadRequest``."""
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """Server-sent events, passed on as they come."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
 @csrf_exempt
 async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     """``POST /agents/<id>/v1/agent/chat``: one turn, as JSON or (``stream: true``) SSE."""
@@ -178,11 +204,7 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
         )
     try:
         user = await request_user(request, scope="write")
-        try:
-            body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the body is not valid JSON") from None
-        params = ChatRequestSerializer(data=body if isinstance(body, dict) else None)
+        params = ChatRequestSerializer(data=json_object_body(request))
         if not params.is_valid():
             raise _validation_error(params.errors)
         data = params.validated_data
@@ -196,10 +218,7 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
             max_tokens=data["max_tokens"],
         )
         if data["stream"]:
-            events = await services.agent_chat_stream(turn=turn)
-            response = StreamingHttpResponse(events, content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            return response
+            return sse_response(await services.agent_chat_stream(turn=turn))
 
         async def chat() -> dict[str, Any]:
             return (await services.agent_chat(turn=turn)).as_hypercore()

@@ -22,6 +22,7 @@ from agents.services.lifecycle import (
     agent_boot,
     agent_destroy,
     agent_halt,
+    agent_log_tail,
     agent_record,
     agent_restart,
     agent_spawn,
@@ -30,6 +31,14 @@ from agents.services.lifecycle import (
     agent_teardown,
     agents_reap_idle,
     agents_reconcile,
+)
+from agents.services.sessions import (
+    session_close,
+    session_create,
+    session_for_turn,
+    task_agent,
+    task_execute,
+    task_prompt,
 )
 from agents.services.turns import turn_cancel, turn_in_flight
 from agents.services.warm import AgentTemplate, warm_claim, warm_pool_refill, warm_pools_refill
@@ -47,6 +56,7 @@ __all__ = [
     "agent_destroy",
     "agent_for_user",
     "agent_halt",
+    "agent_log_tail",
     "agent_record",
     "agent_restart",
     "agent_spawn",
@@ -61,6 +71,12 @@ __all__ = [
     "host_set_online",
     "hosts_mark_stale",
     "hosts_usage",
+    "session_close",
+    "session_create",
+    "session_for_turn",
+    "task_agent",
+    "task_execute",
+    "task_prompt",
     "turn_cancel",
     "turn_in_flight",
     "warm_claim",

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _STATUS = Agent.Status
+T = TypeVar("T")
 
 
 def agent_for_user(*, user: User, agent_id: object) -> Agent:
@@ -238,21 +239,27 @@ class TurnCancelled(Conflict):
     code = "turn_cancelled"
 
 
+async def _unless_stopped(work: Awaitable[T], stopped: asyncio.Event, session_id: str) -> T:
+    """``work``'s result, unless ``stopped`` is set first: then ``work`` is cancelled (and with it
+    the calls it made) and ``TurnCancelled`` raised."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopped.wait())
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise TurnCancelled("the turn was stopped", details={"session_id": session_id})
+    return task.result()
+
+
 async def agent_chat_stoppable(*, turn: ChatTurn) -> ChatResult:
     """``agent_chat`` in an existing session, stopped when ``turn_cancel`` asks: then it
     raises ``TurnCancelled``, and Anthropic's call is cancelled with it."""
     assert turn.session_id is not None
-    async with turn_watch(turn.session_id) as cancelled:
-        answer = asyncio.ensure_future(agent_chat(turn=turn))
-        stop = asyncio.ensure_future(cancelled.wait())
-        await asyncio.wait({answer, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not answer.done():
-            answer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await answer
-            raise TurnCancelled("the turn was stopped", details={"session_id": turn.session_id})
-        return answer.result()
+    async with turn_watch(turn.session_id) as stopped:
+        return await _unless_stopped(agent_chat(turn=turn), stopped, turn.session_id)
 
 
 async def agent_chat_stream_stoppable(*, turn: ChatTurn) -> AsyncIterator[bytes]:
@@ -263,23 +270,13 @@ async def agent_chat_stream_stoppable(*, turn: ChatTurn) -> AsyncIterator[bytes]
     events = await agent_chat_stream(turn=turn)
 
     async def stoppable() -> AsyncIterator[bytes]:
-        async with turn_watch(session_id) as cancelled:
-            stop = asyncio.ensure_future(cancelled.wait())
+        async with turn_watch(session_id) as stopped:
             try:
-                while True:
-                    frame = asyncio.ensure_future(anext(events, None))
-                    await asyncio.wait({frame, stop}, return_when=asyncio.FIRST_COMPLETED)
-                    if not frame.done():
-                        frame.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await frame
-                        yield sse_frame("cancelled", {"session_id": session_id})
-                        return
-                    if frame.result() is None:
-                        return
-                    yield frame.result()
+                while frame := await _unless_stopped(anext(events, None), stopped, session_id):
+                    yield frame
+            except TurnCancelled:
+                yield sse_frame("cancelled", {"session_id": session_id})
             finally:
-                stop.cancel()
                 await events.aclose()
 
     return stoppable()

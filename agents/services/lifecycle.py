@@ -31,6 +31,7 @@ __all__ = [
     "agent_boot",
     "agent_destroy",
     "agent_halt",
+    "agent_log_tail",
     "agent_record",
     "agent_restart",
     "agent_spawn",
@@ -303,13 +304,19 @@ def agents_reconcile(*, host_name: str | None = None) -> dict[str, int]:
     return counts
 
 
-def _mark_failed(agent: Agent, reason: str) -> None:
-    drv = sandbox.driver()
+def agent_log_tail(*, agent: Agent, lines: int) -> str:
+    """The last ``lines`` lines of the agent runtime's log on this host; "" when it has none."""
+    if not agent.sandbox_id:
+        return ""
     try:
-        tail = drv.logs(agent.sandbox_id, lines=20)
+        return sandbox.driver().logs(agent.sandbox_id, lines=lines)
     except SandboxNotFound:
-        tail = ""
-    drv.stop(agent.sandbox_id)
+        return ""
+
+
+def _mark_failed(agent: Agent, reason: str) -> None:
+    tail = agent_log_tail(agent=agent, lines=20)
+    sandbox.driver().stop(agent.sandbox_id)
     Agent.objects.filter(pk=agent.pk, status=agent.status).update(
         status=_STATUS.FAILED,
         endpoint="",
