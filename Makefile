@@ -20,10 +20,15 @@ $(VENV)/.system-packages: scripts/system-packages.sh $(wildcard vmdriver/guest/h
 	scripts/system-packages.sh
 	touch $@
 
+# Chromium, for the browser tests only.
+$(VENV)/.browser: scripts/system-packages.sh | $(STAMP)
+	scripts/system-packages.sh browser
+	touch $@
+
 run: install
 	$(BIN)/python -m console.launch
 
-test: install
+test: install $(VENV)/.browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

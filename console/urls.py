@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
@@ -15,6 +16,8 @@ hypercore.register("v1/agents", agent_views.HypercoreAgentViewSet, basename="hyp
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
     path("metrics", views.metrics, name="metrics"),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages the sandboxes need, from Debian's packages, when they are missing.
+# Installs the system packages the sandboxes need, from Debian's packages, when they are missing;
+# with the argument `browser`, also Chromium for the browser tests.
 # Quiet and quick when everything is there; a warning (not a failure) where it cannot install,
 # in which case the backends that need a package refuse with the reason, and their tests skip.
 set -u
@@ -7,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+if [[ ${1:-} == browser ]]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]] && ! command -v sudo >/dev/null 2>&1; then
@@ -21,6 +25,8 @@ if ((${#missing[@]})); then
       echo "warning: installing ${missing[*]} failed; sandboxes need it" >&2
   fi
 fi
+
+[[ ${1:-} == browser ]] && exit 0
 
 # The microVM backend's host tools (QEMU and friends), when that backend is present.
 if [[ -x vmdriver/guest/host-packages.sh ]]; then

@@ -97,7 +97,8 @@ def asgi_server(transactional_db) -> Iterator[str]:
     """The console's ASGI application served on loopback from a thread; yields its base URL.
 
     Unlike pytest-django's WSGI ``live_server``, this runs the async views (the gateway's
-    streams, the chat proxy) on a real event loop, as daphne does in production.
+    streams, the chat proxy) and the WebSockets on a real event loop, as daphne does in
+    production.
     """
     import threading
 
@@ -110,7 +111,9 @@ def asgi_server(transactional_db) -> Iterator[str]:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(application, log_level="warning", lifespan="off", ws="none")
+    config = uvicorn.Config(
+        application, log_level="warning", lifespan="off", ws="websockets-sansio"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -126,7 +129,10 @@ def asgi_server(transactional_db) -> Iterator[str]:
     # No connection may outlive the test database: the gateway's threads', and the one thread
     # that runs sync code for async code outside a request (asgiref's, e.g. metrics labels).
     database_threads.close()
-    asyncio.run(sync_to_async(connections.close_all)())
+    # On a thread of its own: the caller's thread may be running a loop (Playwright's).
+    closer = threading.Thread(target=asyncio.run, args=(sync_to_async(connections.close_all)(),))
+    closer.start()
+    closer.join()
 
 
 @pytest.fixture(scope="session")
