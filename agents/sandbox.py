@@ -14,6 +14,8 @@ from django.core import signing
 
 import agents.runtime
 from agents.models import Agent
+from agents.runtime.logs import HEADER as REQUEST_ID_HEADER
+from agents.runtime.logs import current_request_id
 from vmdriver import Driver, VmDriverError, VmSpec, make_driver
 from vmdriver.isolation import bwrap_problem
 from vmdriver.qemu import QemuDriver
@@ -69,19 +71,32 @@ def _runtime_files() -> list[tuple[str, str]]:
     return [(path, path) for path in sorted(paths)]
 
 
+def _request_id_header() -> dict[str, str]:
+    """The current request id, which the runtime logs and passes on to the gateway."""
+    request_id = current_request_id()
+    return {REQUEST_ID_HEADER: request_id} if request_id else {}
+
+
 def runtime_client(endpoint: str, *, timeout: float) -> httpx.AsyncClient:
-    """An HTTP client for a runtime's endpoint (``http://…`` or ``unix:<socket>``)."""
+    """An HTTP client for a runtime's endpoint (``http://…`` or ``unix:<socket>``), sending the
+    current request id."""
+    headers = _request_id_header()
     if endpoint.startswith("unix:"):
         transport = httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix:"))
-        return httpx.AsyncClient(transport=transport, base_url="http://sandbox", timeout=timeout)
-    return httpx.AsyncClient(base_url=endpoint, timeout=timeout)
+        return httpx.AsyncClient(
+            transport=transport, base_url="http://sandbox", timeout=timeout, headers=headers
+        )
+    return httpx.AsyncClient(base_url=endpoint, timeout=timeout, headers=headers)
 
 
 def runtime_client_sync(endpoint: str, *, timeout: float) -> httpx.Client:
+    headers = _request_id_header()
     if endpoint.startswith("unix:"):
         transport = httpx.HTTPTransport(uds=endpoint.removeprefix("unix:"))
-        return httpx.Client(transport=transport, base_url="http://sandbox", timeout=timeout)
-    return httpx.Client(base_url=endpoint, timeout=timeout)
+        return httpx.Client(
+            transport=transport, base_url="http://sandbox", timeout=timeout, headers=headers
+        )
+    return httpx.Client(base_url=endpoint, timeout=timeout, headers=headers)
 
 
 def agent_token_issue(*, agent: Agent) -> str:

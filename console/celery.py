@@ -16,6 +16,8 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from console import logs  # noqa: F401 - request ids across tasks, the worker's log format
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 app = Celery("console")

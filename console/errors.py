@@ -14,6 +14,8 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from console.metrics import error_count
+
 __all__ = [
     "AgentNotFound",
     "AgentNotRunning",
@@ -138,6 +140,9 @@ class AgentUnavailable(ConsoleError):
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The error shape; every error answer is built here, and so counted in
+    ``agent_errors_total{error_type}`` here."""
+    error_count(code)
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 

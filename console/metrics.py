@@ -23,11 +23,26 @@ Gateway metrics:
 
 Authentication and admission happen before the gateway starts forwarding, in the view, and are
 not in these durations.
+
+Hypercore's names, for the console as a whole (its dashboards and alerts read these):
+
+- ``agent_requests_total{endpoint,status}`` and ``agent_request_duration_seconds{endpoint}``:
+  every request Django routes (the API, the chat routes, the pages), ``endpoint`` being the
+  matched route's pattern (``unmatched`` for a 404 no route matched), ``status`` the HTTP status;
+  the gateway's calls are timed apart, above;
+- ``agent_token_usage_total{type}``: tokens settled by the gateway, ``type`` one of ``input``,
+  ``output``, ``cache_read`` and ``cache_creation``;
+- ``agent_errors_total{error_type}``: every answer in the error shape, by its code (codes the
+  console does not know, which a runtime could make up, count as ``other``);
+- ``hypercore_agent_spawn_total{status}`` and ``hypercore_agent_spawn_duration_seconds``;
+- ``agent_active_sessions`` and ``hypercore_agent_active_count{status}``, read from the
+  database at scrape time (``FleetCollector``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +60,7 @@ if TYPE_CHECKING:
     from console.services import TokenUsage
 
 __all__ = [
+    "ERRORS",
     "GATEWAY_COST",
     "GATEWAY_DURATION",
     "GATEWAY_OVERHEAD",
@@ -52,13 +68,19 @@ __all__ = [
     "GATEWAY_TTFT",
     "GATEWAY_USER_COST",
     "GATEWAY_USER_TOKENS",
+    "REQUESTS",
+    "REQUEST_DURATION",
     "SPAWN_DURATION",
     "SPAWN_TOTAL",
+    "TOKENS",
     "USER_LABELS",
     "BudgetCollector",
+    "FleetCollector",
     "GatewayTimer",
     "UserLabels",
+    "error_count",
     "gateway_count",
+    "request_count",
 ]
 
 SPAWN_TOTAL = Counter("hypercore_agent_spawn", "Agent boots, by outcome.", ["status"])
@@ -100,12 +122,93 @@ GATEWAY_TTFT = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
 )
 
-_TOKEN_KINDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
+REQUESTS = Counter(
+    "agent_requests", "Requests the console served, by route and status.", ["endpoint", "status"]
 )
+REQUEST_DURATION = Histogram(
+    "agent_request_duration_seconds",
+    "Time to answer a request (a stream: to its first byte), by route.",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+TOKENS = Counter("agent_token_usage", "Tokens settled by the gateway, by kind.", ["type"])
+ERRORS = Counter("agent_errors", "Answers in the error shape, by error code.", ["error_type"])
+
+# Each usage field, with its label in the console's metrics and in Hypercore's agent_token_usage.
+_TOKEN_KINDS = (
+    ("input_tokens", "input", "input"),
+    ("output_tokens", "output", "output"),
+    ("cache_creation_input_tokens", "cache_creation_input", "cache_creation"),
+    ("cache_read_input_tokens", "cache_read_input", "cache_read"),
+)
+
+
+# --- Requests and errors -------------------------------------------------------------------------
+
+
+def request_count(*, endpoint: str, status: int, seconds: float) -> None:
+    """Count one request Django answered; ``endpoint`` must be a route pattern, never a path."""
+    REQUESTS.labels(endpoint, str(status)).inc()
+    REQUEST_DURATION.labels(endpoint).observe(seconds)
+
+
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_known_codes: frozenset[str] | None = None
+
+# Codes made outside ConsoleError's subclasses: DRF's mapped exceptions, the error pages, the
+# error types of Anthropic's API (which the gateway passes on), and the runtime's own codes.
+_OTHER_CODES = frozenset(
+    {
+        "malformed_body",
+        "not_acceptable",
+        "unsupported_media_type",
+        "error",
+        "bad_request",
+        "internal_error",
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "overloaded_error",
+        "timeout_error",
+        "billing_error",
+        "gateway_unreachable",
+        "gateway_error",
+        "upstream_error",
+        "agent_at_capacity",
+        "agent_error",
+    }
+)
+
+
+def _codes() -> frozenset[str]:
+    """Every code the console itself raises: a bounded label set."""
+    global _known_codes
+    if _known_codes is None:
+        from console.errors import ConsoleError
+
+        found, todo = set(_OTHER_CODES), [ConsoleError]
+        while todo:
+            cls = todo.pop()
+            found.add(cls.code)
+            todo.extend(cls.__subclasses__())
+        _known_codes = frozenset(found)
+    return _known_codes
+
+
+def error_count(code: str) -> None:
+    """Count one answer in the error shape under its code, or ``other`` for a code the console
+    does not know (a runtime's answer passes its code on, and a runtime is not trusted)."""
+    if code not in _codes():
+        # Subclasses defined after the first count (rare: at import time) are learnt here.
+        global _known_codes
+        _known_codes = None
+        if code not in _codes() or not _CODE.fullmatch(code):
+            code = "other"
+    ERRORS.labels(code).inc()
 
 
 # --- Per-user labels -----------------------------------------------------------------------------
@@ -166,10 +269,11 @@ def _username(user_id: int) -> str:
 async def gateway_count(*, user_id: int, model: str, usage: TokenUsage, cost: Decimal) -> None:
     """Count a settled call's tokens and cost, by model and by user."""
     user = await USER_LABELS.label(user_id)
-    for kind in _TOKEN_KINDS:
-        amount, label = getattr(usage, kind), kind.removesuffix("_tokens")
+    for field, label, kind in _TOKEN_KINDS:
+        amount = getattr(usage, field)
         GATEWAY_TOKENS.labels(model, label).inc(amount)
         GATEWAY_USER_TOKENS.labels(user, label).inc(amount)
+        TOKENS.labels(kind).inc(amount)
     GATEWAY_COST.labels(model).inc(float(cost))
     GATEWAY_USER_COST.labels(user).inc(float(cost))
 
@@ -278,3 +382,30 @@ class BudgetCollector:
             limit.add_metric(values, float(standing.limit))
         yield remaining
         yield limit
+
+
+# --- The fleet, read at scrape time --------------------------------------------------------------
+
+
+class FleetCollector:
+    """``hypercore_agent_active_count{status}`` (agents pending, starting or running) and
+    ``agent_active_sessions`` (open sessions on running agents), from the database: every process
+    reports the same values, whoever changed them."""
+
+    def collect(self) -> Iterator[Any]:
+        from console.selectors import fleet_counts
+
+        counts = fleet_counts()
+        agents = GaugeMetricFamily(
+            "hypercore_agent_active_count",
+            "Agents pending, starting or running.",
+            labels=["status"],
+        )
+        for status, count in counts.agents.items():
+            agents.add_metric([status], count)
+        yield agents
+        yield GaugeMetricFamily(
+            "agent_active_sessions",
+            "Open sessions on running agents.",
+            value=counts.sessions,
+        )

@@ -1,13 +1,128 @@
-"""Middleware: the X-RateLimit-* headers on every API response."""
+"""Middleware: request ids and request metrics on every request; the X-RateLimit-* headers on
+every API response."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import re
+import time
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
-__all__ = ["RateLimitHeadersMiddleware"]
+from agents.runtime.logs import HEADER, request_id_or_new, using_request_id
+from console.metrics import request_count
+
+__all__ = ["RateLimitHeadersMiddleware", "RequestIdMiddleware", "RequestMetricsMiddleware"]
+
+GetResponse = Callable[..., HttpResponseBase | Awaitable[HttpResponseBase]]
+access_log = logging.getLogger("console.requests")
+
+
+class RequestIdMiddleware:
+    """Every request runs under a request id: the caller's ``X-Request-ID`` when it is a sane
+    one, else a new one. Log lines written while it runs carry it, tasks it queues carry it to
+    the worker, calls to an agent runtime carry it on to the gateway; the response returns it.
+    With ``LOG_FORMAT=json`` each request is also logged, as one line (``console.requests``)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        request_id = request_id_or_new(request.headers.get(HEADER))
+        request.request_id = request_id  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        with using_request_id(request_id):
+            response = self.get_response(request)
+            _log(request, response, started)  # type: ignore[arg-type]
+        response.headers[HEADER] = request_id  # type: ignore[union-attr]
+        return response  # type: ignore[return-value]
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        request_id = request_id_or_new(request.headers.get(HEADER))
+        request.request_id = request_id  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        with using_request_id(request_id):
+            response = await self.get_response(request)  # type: ignore[misc]
+            _log(request, response, started)
+        response.headers[HEADER] = request_id
+        return response
+
+
+def _log(request: HttpRequest, response: HttpResponseBase, started: float) -> None:
+    if settings.LOG_FORMAT != "json":
+        return  # the server's own access log says it, for a person to read
+    access_log.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        response.status_code,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every request Django routes, as ``agent_requests_total`` and
+    ``agent_request_duration_seconds``, under its route's pattern (a stream: until its first
+    byte)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        started = time.perf_counter()
+        response = self.get_response(request)
+        _count(request, response, started)  # type: ignore[arg-type]
+        return response  # type: ignore[return-value]
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        started = time.perf_counter()
+        response = await self.get_response(request)  # type: ignore[misc]
+        _count(request, response, started)
+        return response
+
+
+def _count(request: HttpRequest, response: HttpResponseBase, started: float) -> None:
+    match = getattr(request, "resolver_match", None)
+    endpoint = endpoint_label(match.route) if match is not None else "unmatched"
+    request_count(
+        endpoint=endpoint, status=response.status_code, seconds=time.perf_counter() - started
+    )
+
+
+_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
+_CONVERTER = re.compile(r"<\w+:(\w+)>")
+
+
+@functools.lru_cache(maxsize=1024)
+def endpoint_label(route: str) -> str:
+    """A route's pattern as a label: ``/api/v1/agents/<pk>/stop`` for DRF's
+    ``api/v1/agents/(?P<pk>[0-9a-fA-F-]{36})/stop$``, ``/agents/<agent_id>/v1/agent/chat`` for
+    ``agents/<uuid:agent_id>/v1/agent/chat``. Bounded: there are as many as there are routes."""
+    route = _CONVERTER.sub(r"<\1>", _GROUP.sub(r"<\1>", route))
+    return "/" + route.replace("^", "").replace("$", "").replace("\\", "")
 
 
 class RateLimitHeadersMiddleware:

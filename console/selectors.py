@@ -1,5 +1,6 @@
 """Reads over the usage ledger and budgets: summaries and totals for dashboards and reports,
-and the budgets nearest their limits for monitoring.
+and the budgets nearest their limits for monitoring; the fleet's counts for ``/metrics``; the
+audit log, a page at a time.
 
 Summaries read the hourly roll-up (``UsageHourly``), a few rows per user, agent, model and hour,
 instead of every call. The roll-up is written in the same transaction as each ledger row, so for
@@ -28,20 +29,24 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
-from console.models import ApiKey, Budget, Quota, UsageHourly, UsageRecord, User
+from console.models import ApiKey, AuditEvent, Budget, Quota, UsageHourly, UsageRecord, User
 from console.services import budget_window
 
 __all__ = [
+    "AuditPage",
     "BudgetStanding",
     "BudgetWindow",
+    "FleetCounts",
     "GroupBy",
     "api_key_list",
+    "audit_events",
     "budget_list",
     "budget_windows",
     "budgets_nearest_limit",
+    "fleet_counts",
     "quota_list",
     "usage_summary",
     "usage_totals",
@@ -371,3 +376,104 @@ def _rolling_used(budgets: list[Budget], *, now: datetime) -> dict[int, Decimal]
             else:
                 used[budget.pk] = Decimal(sum(row[kind] or 0 for kind in _TOKEN_KINDS))
     return used
+
+
+# --- The fleet -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """Agents by active status (every one of them, zero included), and the open sessions of
+    running agents."""
+
+    agents: dict[str, int]
+    sessions: int
+
+
+def fleet_counts() -> FleetCounts:
+    """Two counting queries, whatever the fleet's size: what ``/metrics`` shows of the fleet."""
+    from agents.models import Agent, Session
+
+    by_status = dict(
+        Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+    )
+    sessions = Session.objects.filter(
+        closed_at__isnull=True,
+        agent__status=Agent.Status.RUNNING,
+        agent__deleted_at__isnull=True,
+    ).count()
+    return FleetCounts(
+        agents={str(status): by_status.get(status, 0) for status in Agent.ACTIVE_STATUSES},
+        sessions=sessions,
+    )
+
+
+# --- The audit log -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """A page of audit events, newest first, and the cursor of the next page (None: the last)."""
+
+    events: list[AuditEvent]
+    next_cursor: str | None
+
+
+def audit_events(
+    *,
+    actor: User | int | None = None,
+    action: str | None = None,
+    target_type: str | None = None,
+    since: datetime | None = None,
+    cursor: str | None = None,
+    page_size: int = 50,
+) -> AuditPage:
+    """The audit log, newest first, filtered by who acted, what they did (an ``action`` ending
+    in ``.`` is a prefix: ``"budget."`` is every budget action), the kind of row they did it to
+    (``"console.quota"``) and how recently; ``page_size`` events (at most 500) after ``cursor``.
+
+    The cursor is the last event's ``at`` and id, so a page never repeats or skips events
+    written meanwhile; a malformed cursor raises ``BadRequest``. One query per page (the actor
+    comes with each event), served by the ``at`` index.
+    """
+    from console.errors import BadRequest
+
+    page_size = max(1, min(page_size, 500))
+    events = AuditEvent.objects.select_related("actor").only(
+        "action",
+        "target_type",
+        "target_id",
+        "target_repr",
+        "changes",
+        "at",
+        "actor__id",
+        "actor__username",
+    )
+    if actor is not None:
+        events = events.filter(actor_id=actor.pk if isinstance(actor, User) else actor)
+    if action:
+        events = (
+            events.filter(action__startswith=action)
+            if action.endswith(".")
+            else events.filter(action=action)
+        )
+    if target_type:
+        events = events.filter(target_type=target_type)
+    if since is not None:
+        events = events.filter(at__gte=since)
+    if cursor:
+        at_text, _, pk_text = cursor.rpartition("~")
+        try:
+            at, pk = datetime.fromisoformat(at_text), int(pk_text)
+        except ValueError:
+            raise BadRequest("the cursor is malformed", details={"cursor": cursor}) from None
+        events = events.filter(Q(at__lt=at) | Q(at=at, pk__lt=pk))
+    found = list(events.order_by("-at", "-pk")[: page_size + 1])
+    more = len(found) > page_size
+    found = found[:page_size]
+    last = found[-1] if found else None
+    next_cursor = f"{last.at.isoformat()}~{last.pk}" if more and last is not None else None
+    return AuditPage(found, next_cursor)

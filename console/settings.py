@@ -71,8 +71,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "console.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "console.middleware.RequestMetricsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -225,6 +227,12 @@ SANDBOX_BOOT_TIMEOUT_SECONDS = env_float("SANDBOX_BOOT_TIMEOUT_SECONDS", 30.0, m
 AGENT_CHAT_TIMEOUT_SECONDS = env_float("AGENT_CHAT_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 # How long a chat turn waits for an agent that is still booting.
 AGENT_BOOT_WAIT_SECONDS = env_float("AGENT_BOOT_WAIT_SECONDS", 30.0, minimum=0.0)
+# The chat WebSocket: the largest frame a page may send, and how many frames a minute.
+CHAT_WS_MAX_FRAME_BYTES = env_int("CHAT_WS_MAX_FRAME_BYTES", 256 * 1024, minimum=1024)
+CHAT_WS_MESSAGES_PER_MINUTE = env_int("CHAT_WS_MESSAGES_PER_MINUTE", 120, minimum=1)
+# A session's chat events kept for pages that reconnect: the last N, for this long after the last.
+CHAT_REPLAY_EVENTS = env_int("CHAT_REPLAY_EVENTS", 5000, minimum=10)
+CHAT_REPLAY_TTL_SECONDS = env_int("CHAT_REPLAY_TTL_SECONDS", 3600, minimum=10)
 
 # Anthropic accepts request bodies up to 32 MB (images, long documents); so does the gateway.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024)
@@ -235,6 +243,8 @@ METRICS_BEARER_TOKEN = env_secret("METRICS_BEARER_TOKEN")
 METRICS_USER_LABELS = env_int("METRICS_USER_LABELS", 50, minimum=0)
 # Budget gauges are exported for this many budgets, those nearest their limits.
 METRICS_BUDGETS = env_int("METRICS_BUDGETS", 20, minimum=0)
+# /ready gives each check (database, broker, channel layer) this long to answer.
+READY_TIMEOUT_SECONDS = env_float("READY_TIMEOUT_SECONDS", 2.0, minimum=0.1)
 
 # --- DRF and OpenAPI.
 REST_FRAMEWORK = {
@@ -302,11 +312,26 @@ X_FRAME_OPTIONS = "DENY"
 if env_bool("USE_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# Log lines: "plain" for a person at a terminal (make run's default), "json" (one object per line,
+# request_id in each) for a log collector. The worker and beat log the same way in json.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "agents.runtime.logs.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"()": "agents.runtime.logs.PlainFormatter"},
+        "json": {"()": "agents.runtime.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

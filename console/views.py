@@ -9,16 +9,14 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
-from django.db import connection
-from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
 
 from console.authentication import bearer_token
 from console.errors import error_body, json_error_page
-from console.metrics import BudgetCollector
+from console.metrics import BudgetCollector, FleetCollector
+from console.readiness import readiness
 
 __all__ = ["health", "home", "metrics", "ready"]
 
@@ -30,41 +28,15 @@ def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def ready(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database answers."""
-    checks: dict[str, Any] = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"error: {exc.__class__.__name__}"
-    ok = all(value == "ok" for value in checks.values())
-    return JsonResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
-    )
-
-
-class _ActiveAgentsCollector:
-    """``hypercore_agent_active_count``, read from the database at scrape time."""
-
-    def collect(self):
-        from agents.models import Agent
-
-        gauge = GaugeMetricFamily(
-            "hypercore_agent_active_count",
-            "Agents pending, starting or running.",
-            labels=["status"],
-        )
-        counts = dict(
-            Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
-            .values_list("status")
-            .annotate(n=Count("id"))
-            .order_by()
-        )
-        for status in Agent.ACTIVE_STATUSES:
-            gauge.add_metric([status], counts.get(status, 0))
-        yield gauge
+async def ready(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database, the broker and the channel layer answer; else 503, with the
+    failing checks named."""
+    checks = await readiness()
+    failing = [name for name, result in checks.items() if result != "ok"]
+    body: dict[str, Any] = {"status": "unavailable" if failing else "ok", "checks": checks}
+    if failing:
+        body["failing"] = failing
+    return JsonResponse(body, status=503 if failing else 200)
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -87,7 +59,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
 
 def _fleet_registry() -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ActiveAgentsCollector())
+    registry.register(FleetCollector())
     registry.register(BudgetCollector())
     return registry
 

@@ -15,7 +15,9 @@ import codecs
 import contextlib
 import functools
 import json
+import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -24,6 +26,7 @@ import aiohttp
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
+from agents.runtime.logs import current_request_id, request_id_or_new, using_request_id
 from console.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, error_body
 from console.gateway.calls import (
     GatewayCall,
@@ -44,6 +47,8 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 T = TypeVar("T")
+
+log = logging.getLogger("console.gateway")
 
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -133,7 +138,17 @@ async def _refuse(send: Send, exc: ConsoleError, rate: dict[str, str] | None = N
     body["error"]["type"] = getattr(exc, "error_type", None) or _ANTHROPIC_TYPES.get(
         exc.status, "api_error"
     )
-    headers = {"content-type": "application/json"} | (rate or {}) | exc.headers()
+    log.info(
+        "gateway refused: %s %s",
+        exc.status,
+        exc.code,
+        extra={"status": exc.status, "code": exc.code},
+    )
+    headers = (
+        {"content-type": "application/json", "x-request-id": current_request_id()}
+        | (rate or {})
+        | exc.headers()
+    )
     await _answer(send, exc.status, headers, json.dumps(body).encode())
 
 
@@ -172,15 +187,24 @@ def _bearer(headers: dict[str, str]) -> str:
 
 
 class GatewayApp:
-    """Anthropic's Messages API, metered: ``POST /gateway/v1/messages``."""
+    """Anthropic's Messages API, metered: ``POST /gateway/v1/messages``.
+
+    Each call runs under the caller's ``X-Request-ID`` (a runtime sends the console request's
+    id on), or a new one: the call's log lines carry it, and its answer returns it."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
+        with using_request_id(request_id_or_new(headers.get("x-request-id"))):
+            await self._serve(scope["method"], headers, receive, send)
+
+    async def _serve(
+        self, method: str, headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
         try:
-            if scope["method"] != "POST":
+            if method != "POST":
                 raise MethodNotAllowed("use POST")
             raw = await _read_body(receive)
             if raw is None:
@@ -257,9 +281,26 @@ class _Forward:
                 user_id=self.call.caller.user_id, model=model, usage=used, cost=record.cost_usd
             )
         self.timer.observe(model)
+        log.info(
+            "gateway call settled: %s %s",
+            model,
+            self.timer.status,
+            extra={
+                "model": model,
+                "stream": self.stream,
+                "status": self.timer.status,
+                "user_id": self.call.caller.user_id,
+                "agent_id": self.call.caller.agent_id,
+                "input_tokens": used.input_tokens,
+                "output_tokens": used.output_tokens,
+                "cost_usd": str(record.cost_usd) if record is not None else "0",
+                "duration_ms": round((time.perf_counter() - self.timer.started) * 1000, 2),
+                "upstream_request_id": self.request_id,
+            },
+        )
 
     def _headers(self, content_type: str) -> dict[str, str]:
-        headers = {"content-type": content_type} | self.rate
+        headers = {"content-type": content_type, "x-request-id": current_request_id()} | self.rate
         if self.request_id:
             headers["request-id"] = self.request_id
         return headers

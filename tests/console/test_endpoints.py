@@ -33,7 +33,10 @@ def test_health_answers_ok(client):
 def test_ready_checks_the_database(client):
     response = client.get("/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "broker": "ok", "channel_layer": "ok"},
+    }
 
 
 def test_metrics_are_prometheus_text_with_the_active_agent_gauge(client, user, settings):
