@@ -1,5 +1,6 @@
 /* Agent Console: the little the pages need beyond htmx.
-   Toasts close themselves after a while (or on a click); a failed htmx request becomes a toast. */
+   Toasts close themselves after a while (or on a click); a failed htmx request becomes a toast;
+   a dialog that a fragment brings opens as a modal. */
 (function () {
   "use strict";
   var TOAST_MS = 6000;
@@ -40,12 +41,20 @@
 
   window.consoleToast = toast;
 
+  // A fragment that brings a <dialog data-modal> opens it as a modal; closing removes it.
+  function openDialogs(root) {
+    (root || document).querySelectorAll("dialog[data-modal]:not([open])").forEach(function (dialog) {
+      dialog.addEventListener("close", function () { dialog.remove(); });
+      dialog.showModal();
+    });
+  }
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-dismiss]");
     if (button) dismiss(button.closest(".toast"));
   });
   document.addEventListener("DOMContentLoaded", function () { arm(document); });
-  document.addEventListener("htmx:afterSettle", function () { arm(document); });
+  document.addEventListener("htmx:afterSettle", function () { arm(document); openDialogs(document); });
   document.addEventListener("htmx:oobAfterSwap", function () { arm(document); });
   document.addEventListener("htmx:responseError", function (event) {
     var xhr = event.detail.xhr;

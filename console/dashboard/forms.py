@@ -1,0 +1,126 @@
+"""The dashboard's forms: list filters, and a scaling rule as operators edit it inline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from agents.models import Agent
+from scaling.models import ScalingRule
+
+__all__ = ["AgentFilterForm", "AuditFilterForm", "DecisionFilterForm", "ScalingRuleForm"]
+
+
+class AgentFilterForm(forms.Form):
+    status = forms.ChoiceField(required=False, choices=[("", "Any status"), *Agent.Status.choices])
+    model = forms.CharField(required=False, max_length=100)
+    owner = forms.CharField(required=False, max_length=150)
+    q = forms.CharField(required=False, max_length=100, label="Search")
+    page = forms.IntegerField(required=False, min_value=1)
+
+    def filters(self) -> dict[str, Any]:
+        """The valid filters, for the selector (an invalid one is ignored)."""
+        data = self.cleaned_data if self.is_valid() else {}
+        return {name: data.get(name) or None for name in ("status", "model", "owner", "q")}
+
+
+class DecisionFilterForm(forms.Form):
+    rule = forms.IntegerField(required=False, min_value=1)
+    page = forms.IntegerField(required=False, min_value=1)
+
+
+class AuditFilterForm(forms.Form):
+    actor = forms.IntegerField(required=False, min_value=1)
+    action = forms.CharField(required=False, max_length=60)
+    target_type = forms.CharField(required=False, max_length=60)
+    cursor = forms.CharField(required=False, max_length=100)
+
+
+class ScalingRuleForm(forms.ModelForm):
+    """Every setting of a rule. Validation is the model's own: its fields' validators,
+    ``ScalingRule.clean`` and its constraints (one rule per pool among them)."""
+
+    class Meta:
+        model = ScalingRule
+        fields = [
+            "name",
+            "model",
+            "system_prompt",
+            "min_agents",
+            "max_agents",
+            "target_sessions_per_agent",
+            "scale_up_threshold",
+            "scale_down_threshold",
+            "evaluation_interval_seconds",
+            "scale_up_cooldown_seconds",
+            "scale_up_max_step",
+            "scale_up_step_unit",
+            "scale_up_period_seconds",
+            "scale_down_cooldown_seconds",
+            "scale_down_max_step",
+            "scale_down_step_unit",
+            "scale_down_period_seconds",
+            "warm_pool_size",
+            "on_metrics_failure",
+            "fallback_agents",
+            "predictive",
+            "predictive_window_minutes",
+            "enabled",
+        ]
+        widgets = {"system_prompt": forms.Textarea(attrs={"rows": 2})}
+
+    # How the edit form groups the settings.
+    SECTIONS = [
+        ("Pool", ["name", "model", "system_prompt"]),
+        (
+            "Size and load",
+            [
+                "min_agents",
+                "max_agents",
+                "target_sessions_per_agent",
+                "scale_up_threshold",
+                "scale_down_threshold",
+                "evaluation_interval_seconds",
+                "warm_pool_size",
+            ],
+        ),
+        (
+            "Scaling up",
+            [
+                "scale_up_cooldown_seconds",
+                "scale_up_max_step",
+                "scale_up_step_unit",
+                "scale_up_period_seconds",
+            ],
+        ),
+        (
+            "Scaling down",
+            [
+                "scale_down_cooldown_seconds",
+                "scale_down_max_step",
+                "scale_down_step_unit",
+                "scale_down_period_seconds",
+            ],
+        ),
+        (
+            "When metrics fail, forecasting",
+            [
+                "on_metrics_failure",
+                "fallback_agents",
+                "predictive",
+                "predictive_window_minutes",
+                "enabled",
+            ],
+        ),
+    ]
+
+    def sections(self) -> list[tuple[str, list[forms.BoundField]]]:
+        return [(title, [self[name] for name in names]) for title, names in self.SECTIONS]
+
+    def changed_values(self) -> dict[str, Any]:
+        """The settings the operator changed, for the update service."""
+        return {name: self.cleaned_data[name] for name in self.changed_data}
+
+    def values(self) -> dict[str, Any]:
+        return {name: self.cleaned_data[name] for name in self.Meta.fields}

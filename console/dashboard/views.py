@@ -1,0 +1,331 @@
+"""The operator dashboard: thin views over the selectors and services.
+
+Each URL has one view. It renders the whole page, or only its fragment when htmx asks (but not
+for a boosted navigation, which wants the page). Actions answer with the fragment they changed
+and a toast, appended out of band.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from agents.models import Agent
+from agents.services import lifecycle
+from console.dashboard import selectors
+from console.dashboard.forms import (
+    AgentFilterForm,
+    AuditFilterForm,
+    DecisionFilterForm,
+    ScalingRuleForm,
+)
+from console.errors import BadRequest, ConsoleError
+from scaling import services as scaling_services
+from scaling.models import ScalingRule
+from scaling.selectors import scaling_rule_list
+
+__all__ = [
+    "agent_action",
+    "agent_logs",
+    "agents",
+    "audit",
+    "decisions",
+    "overview",
+    "rule_create",
+    "rule_delete",
+    "rule_edit",
+    "rule_row",
+    "rule_toggle",
+    "scaling",
+]
+
+AGENTS_PER_PAGE = 25
+DECISIONS_PER_PAGE = 30
+AUDIT_PER_PAGE = 40
+LOG_LINES = 200
+
+
+def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Anonymous visitors go to the login page; signed-in non-operators get 403."""
+
+    @wraps(view)
+    @login_required
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_staff:
+            raise PermissionDenied("operators only")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _wants_fragment(request: HttpRequest) -> bool:
+    return bool(request.htmx) and not request.htmx.boosted
+
+
+def _page_or_fragment(
+    request: HttpRequest, page: str, fragment: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    template = fragment if _wants_fragment(request) else page
+    return render(request, template, context, status=status)
+
+
+def _with_toast(
+    request: HttpRequest, response: HttpResponse, level: str, text: str
+) -> HttpResponse:
+    """Append a toast to an htmx response, out of band."""
+    toast = render_to_string(
+        "console/partials/_toasts_oob.html", {"level": level, "text": text}, request=request
+    )
+    response.content += toast.encode()
+    return response
+
+
+def _query_without(query: QueryDict, *names: str) -> str:
+    kept = query.copy()
+    for name in names:
+        kept.pop(name, None)
+    return kept.urlencode()
+
+
+# --- Overview -----------------------------------------------------------------------------------
+
+
+@staff_required
+@require_GET
+def overview(request: HttpRequest) -> HttpResponse:
+    context = {"o": selectors.fleet_overview()}
+    return _page_or_fragment(
+        request, "dashboard/overview.html", "dashboard/partials/_overview.html", context
+    )
+
+
+# --- Agents -------------------------------------------------------------------------------------
+
+
+@staff_required
+@require_GET
+def agents(request: HttpRequest) -> HttpResponse:
+    form = AgentFilterForm(request.GET)
+    filters = form.filters()
+    number = form.cleaned_data.get("page") or 1 if form.is_valid() else 1
+    page = selectors.page_of(
+        selectors.dashboard_agent_list(viewer=request.user, **filters),
+        number=number,
+        size=AGENTS_PER_PAGE,
+    )
+    context = {
+        "form": form,
+        "filters": filters,
+        "page": page,
+        "query": _query_without(request.GET, "page"),
+    }
+    if not _wants_fragment(request):
+        context["models"] = selectors.agent_models()
+    return _page_or_fragment(
+        request, "dashboard/agents.html", "dashboard/partials/_agent_table.html", context
+    )
+
+
+_AGENT_ACTIONS: dict[str, tuple[Callable[..., Agent], str]] = {
+    "stop": (lifecycle.agent_stop, "is stopping"),
+    "start": (lifecycle.agent_start, "is starting"),
+    "restart": (lifecycle.agent_restart, "is restarting"),
+    "delete": (lifecycle.agent_destroy, "is deleted; its sandbox is being torn down"),
+}
+
+
+@staff_required
+@require_POST
+def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpResponse:
+    """Stop, start, restart or delete an agent; answers with its row (none once deleted)."""
+    agent = get_object_or_404(
+        Agent.objects.select_related("owner", "host"), pk=agent_id, deleted_at__isnull=True
+    )
+    service, done = _AGENT_ACTIONS[action]
+    label = agent.name or str(agent.pk)[:8]
+    try:
+        agent = service(agent=agent)
+    except ConsoleError as exc:
+        response = render(request, "dashboard/partials/_agent_row.html", {"agent": agent})
+        return _with_toast(request, response, "error", f"{label}: {exc.message}")
+    if action == "delete":
+        response = HttpResponse("")
+    else:
+        response = render(request, "dashboard/partials/_agent_row.html", {"agent": agent})
+    return _with_toast(request, response, "success", f"Agent {label} {done}.")
+
+
+@staff_required
+@require_GET
+def agent_logs(request: HttpRequest, agent_id: str) -> HttpResponse:
+    """The last lines of the agent runtime's log, in a dialog."""
+    agent = get_object_or_404(Agent.objects.select_related("owner", "host"), pk=agent_id)
+    context = {
+        "agent": agent,
+        "log": lifecycle.agent_log_tail(agent=agent, lines=LOG_LINES),
+        "lines": LOG_LINES,
+    }
+    return render(request, "dashboard/partials/_agent_logs.html", context)
+
+
+# --- Scaling rules ------------------------------------------------------------------------------
+
+
+def _rules_context(request: HttpRequest) -> dict[str, Any]:
+    return {"rules": list(scaling_rule_list()), "new_form": None}
+
+
+@staff_required
+@require_GET
+def scaling(request: HttpRequest) -> HttpResponse:
+    return _page_or_fragment(
+        request,
+        "dashboard/scaling.html",
+        "dashboard/partials/_rule_table.html",
+        _rules_context(request),
+    )
+
+
+def _rule_row(request: HttpRequest, rule: ScalingRule, status: int = 200) -> HttpResponse:
+    return render(request, "dashboard/partials/_rule_row.html", {"rule": rule}, status=status)
+
+
+def _rule_form(
+    request: HttpRequest, form: ScalingRuleForm, rule: ScalingRule | None, status: int = 200
+) -> HttpResponse:
+    return render(
+        request,
+        "dashboard/partials/_rule_form.html",
+        {"form": form, "rule": rule},
+        status=status,
+    )
+
+
+@staff_required
+@require_GET
+def rule_row(request: HttpRequest, rule_id: int) -> HttpResponse:
+    """The rule's row as it is saved (what Cancel brings back)."""
+    return _rule_row(request, get_object_or_404(ScalingRule, pk=rule_id))
+
+
+@staff_required
+def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
+    """GET: the row as a form. POST: save it, or show the errors in place (422)."""
+    rule = get_object_or_404(ScalingRule, pk=rule_id)
+    if request.method == "GET":
+        return _rule_form(request, ScalingRuleForm(instance=rule), rule)
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    form = ScalingRuleForm(request.POST, instance=rule)
+    if not form.is_valid():
+        return _rule_form(request, form, rule, status=422)
+    changed = form.changed_values()
+    rule = scaling_services.scaling_rule_update(rule=rule, values=changed, actor=request.user)
+    text = f"Rule {rule.name} saved." if changed else f"Rule {rule.name}: nothing changed."
+    return _with_toast(request, _rule_row(request, rule), "success", text)
+
+
+@staff_required
+def rule_create(request: HttpRequest) -> HttpResponse:
+    """GET: an empty rule form. POST: create the rule, or show the errors in place (422)."""
+    if request.method == "GET":
+        return _rule_form(request, ScalingRuleForm(), None)
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    form = ScalingRuleForm(request.POST)
+    if not form.is_valid():
+        return _rule_form(request, form, None, status=422)
+    rule = scaling_services.scaling_rule_create(actor=request.user, values=form.values())
+    response = render(request, "dashboard/partials/_rule_table.html", _rules_context(request))
+    response["HX-Retarget"] = "#rules"
+    response["HX-Reswap"] = "outerHTML"
+    return _with_toast(request, response, "success", f"Rule {rule.name} created.")
+
+
+@staff_required
+@require_POST
+def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
+    """Enable a paused rule or pause an enabled one."""
+    rule = get_object_or_404(ScalingRule, pk=rule_id)
+    enabled = not rule.enabled
+    rule = scaling_services.scaling_rule_set_enabled(rule=rule, enabled=enabled, actor=request.user)
+    text = f"Rule {rule.name} {'enabled' if rule.enabled else 'paused'}."
+    return _with_toast(request, _rule_row(request, rule), "success", text)
+
+
+@staff_required
+@require_POST
+def rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
+    rule = get_object_or_404(ScalingRule, pk=rule_id)
+    name = rule.name
+    scaling_services.scaling_rule_delete(rule=rule, actor=request.user)
+    return _with_toast(request, HttpResponse(""), "success", f"Rule {name} deleted.")
+
+
+# --- Decisions ----------------------------------------------------------------------------------
+
+
+@staff_required
+@require_GET
+def decisions(request: HttpRequest) -> HttpResponse:
+    form = DecisionFilterForm(request.GET)
+    data = form.cleaned_data if form.is_valid() else {}
+    rule_id = data.get("rule")
+    page = selectors.page_of(
+        selectors.decision_list(rule_id=rule_id),
+        number=data.get("page") or 1,
+        size=DECISIONS_PER_PAGE,
+    )
+    context = {
+        "page": page,
+        "rule_id": rule_id,
+        "query": _query_without(request.GET, "page"),
+    }
+    if not _wants_fragment(request):
+        context["rules"] = list(scaling_rule_list().only("id", "name"))
+    return _page_or_fragment(
+        request, "dashboard/decisions.html", "dashboard/partials/_decision_list.html", context
+    )
+
+
+# --- Audit log ----------------------------------------------------------------------------------
+
+
+@staff_required
+@require_GET
+def audit(request: HttpRequest) -> HttpResponse:
+    from console.selectors import audit_events
+
+    form = AuditFilterForm(request.GET)
+    data = form.cleaned_data if form.is_valid() else {}
+    try:
+        events = audit_events(
+            actor=data.get("actor"),
+            action=data.get("action") or None,
+            target_type=data.get("target_type") or None,
+            cursor=data.get("cursor") or None,
+            page_size=AUDIT_PER_PAGE,
+        )
+    except BadRequest:
+        events = audit_events(page_size=AUDIT_PER_PAGE)
+    context = {
+        "events": events,
+        "data": data,
+        "query": _query_without(request.GET, "cursor"),
+        "first_page": not data.get("cursor"),
+        "audit_url": reverse("dashboard:audit"),
+    }
+    if not _wants_fragment(request):
+        context["choices"] = selectors.audit_filter_choices()
+    return _page_or_fragment(
+        request, "dashboard/audit.html", "dashboard/partials/_audit_list.html", context
+    )
