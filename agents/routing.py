@@ -1,5 +1,11 @@
-"""WebSocket routes served by Channels (the chat consumer joins them here)."""
+"""WebSocket routes served by Channels."""
 
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from agents.consumers import ChatConsumer
+
+websocket_urlpatterns = [
+    path("ws/chat/", ChatConsumer.as_asgi(), name="chat-socket"),
+]

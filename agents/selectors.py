@@ -7,10 +7,19 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from agents.models import Agent, Session
-from console.models import UsageRecord, User
+from agents.models import Agent, Message, Session
+from console.models import Budget, UsageRecord, User
+from console.selectors import budget_windows
 
-__all__ = ["agent_list", "agent_stats", "session_list"]
+__all__ = [
+    "agent_list",
+    "agent_stats",
+    "chat_budgets",
+    "chat_session",
+    "chat_sessions",
+    "message_data",
+    "session_list",
+]
 
 
 def agent_list(
@@ -90,3 +99,71 @@ def agent_stats(*, viewer: User) -> dict[str, Any]:
         "output_tokens": totals["output"] or 0,
         "cost_usd": str(totals["cost"] or Decimal(0)),
     }
+
+
+# --- The chat page -------------------------------------------------------------------------------
+
+
+def chat_sessions(*, user: User, q: str | None = None, limit: int = 100) -> QuerySet[Session]:
+    """The user's own sessions with live agents, most recently active first, optionally with
+    ``q`` in their title."""
+    sessions = Session.objects.filter(user=user, agent__deleted_at__isnull=True)
+    if q:
+        sessions = sessions.filter(title__icontains=q)
+    return (
+        sessions.select_related("agent")
+        .only("id", "title", "updated_at", "closed_at", "agent__name", "agent__status")
+        .order_by("-updated_at")[:limit]
+    )
+
+
+def chat_session(*, user: User, session_id: object) -> Session | None:
+    """One of the user's own sessions, with its agent and messages."""
+    return (
+        Session.objects.filter(pk=session_id, user=user, agent__deleted_at__isnull=True)
+        .select_related("agent")
+        .prefetch_related("messages")
+        .first()
+    )
+
+
+def message_data(message: Message) -> dict[str, Any]:
+    """A message as the chat's events carry it (``agents.events.MessageData``)."""
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "input_tokens": message.input_tokens,
+        "output_tokens": message.output_tokens,
+        "cost_usd": str(message.cost_usd),
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+def chat_budgets(*, user: User) -> list[dict[str, str]]:
+    """The user's budgets in their current windows, with what is left
+    (``agents.events.BudgetLeft``): reserved calls in flight count as used."""
+    budgets = list(Budget.objects.filter(user=user).select_related("user__quota"))
+    if not budgets:
+        return []
+    quota = getattr(user, "quota", None)
+    windows = budget_windows(
+        budgets=budgets, timezones={user.pk: quota.timezone if quota else "UTC"}
+    )
+    found = []
+    for budget in budgets:
+        used = windows[budget.pk].used + budget.reserved
+        found.append(
+            {
+                "metric": budget.metric,
+                "window": budget.get_window_display()
+                if budget.window != Budget.Window.ROLLING
+                else f"{budget.rolling_hours} h",
+                "limit": str(budget.limit.normalize()),
+                "used": str(used.quantize(Decimal("0.0001")).normalize()),
+                "remaining": str(
+                    max(budget.limit - used, Decimal(0)).quantize(Decimal("0.0001")).normalize()
+                ),
+            }
+        )
+    return found

@@ -34,6 +34,7 @@ from agents.runtime.loop import (
 )
 from agents.runtime.sse import sse_events, sse_frame
 from agents.runtime.tools import Toolbox, ToolConfig
+from agents.runtime.tracing import configure_logging, request_id_header, request_ids
 
 __all__ = ["build_app", "main"]
 
@@ -85,6 +86,22 @@ class ChatSession:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
 
+    def keep_turns(self, turns: int | None) -> list[dict[str, Any]]:
+        """Drop every turn after the first ``turns`` (a turn starts at a user prompt; a tool
+        loop's results are user entries too, but not prompts); return what was dropped."""
+        if turns is None:
+            return []
+        starts = [
+            i
+            for i, entry in enumerate(self.history)
+            if entry["role"] == "user" and isinstance(entry["content"], str)
+        ]
+        if turns >= len(starts):
+            return []
+        dropped = self.history[starts[turns] :]
+        del self.history[starts[turns] :]
+        return dropped
+
 
 class ChatError(Exception):
     """A chat turn failed; ``status`` and ``code`` become the error response."""
@@ -122,9 +139,13 @@ class RuntimeState:
         self.sessions.setdefault(session.id, session)
         self.metrics.active_sessions.set(len(self.sessions))
 
-    def roll_back(self, session: ChatSession, history_length: int) -> None:
-        """Undo a failed turn; a session left with no history frees its slot."""
+    def roll_back(
+        self, session: ChatSession, history_length: int, dropped: list[dict[str, Any]]
+    ) -> None:
+        """Undo a failed turn, with the turns it replaced (``dropped``) put back; a session
+        left with no history frees its slot."""
         del session.history[history_length:]
+        session.history.extend(dropped)
         if not session.history:
             self.sessions.pop(session.id, None)
             self.metrics.active_sessions.set(len(self.sessions))
@@ -157,10 +178,21 @@ def _parse_chat(body: Any) -> dict[str, Any]:
     session_id = body.get("session_id")
     if session_id is not None and not isinstance(session_id, str):
         raise ChatError(400, "invalid_request", "session_id must be a string")
+    keep_turns = body.get("keep_turns")
+    if keep_turns is not None and (
+        isinstance(keep_turns, bool) or not isinstance(keep_turns, int) or keep_turns < 0
+    ):
+        raise ChatError(
+            400,
+            "invalid_request",
+            "keep_turns must be a non-negative integer",
+            {"keep_turns": ["Must be a non-negative integer."]},
+        )
     return {
         "prompt": prompt,
         "max_tokens": max_tokens,
         "session_id": session_id,
+        "keep_turns": keep_turns,
         "stream": bool(body.get("stream", False)),
     }
 
@@ -196,6 +228,7 @@ class Turn:
             "x-api-key": config.gateway_token,
             "anthropic-version": ANTHROPIC_VERSION,
             "x-console-session": self.session.id,
+            **request_id_header(),
         }
         if config.gateway.host_header:
             headers["Host"] = config.gateway.host_header
@@ -325,24 +358,29 @@ async def chat(request: web.Request) -> web.StreamResponse:
     async with session.lock:
         state.hold(session)
         session.last_used = time.monotonic()
+        # A regenerated or edited turn replaces the turns after ``keep_turns``; they come back
+        # if it fails.
+        dropped = session.keep_turns(params["keep_turns"])
         history_length = len(session.history)
         session.history.append({"role": "user", "content": params["prompt"]})
         turn = Turn(state, session, params["max_tokens"])
         if params["stream"]:
-            return await _chat_stream(request, turn, history_length)
+            return await _chat_stream(request, turn, history_length, dropped)
         try:
             content = await turn.run()
         except ChatError as exc:
-            state.roll_back(session, history_length)
+            state.roll_back(session, history_length, dropped)
             state.metrics.errors.labels(exc.code).inc()
             return _error(exc.status, exc.code, exc.message, exc.details)
         except BaseException:
-            state.roll_back(session, history_length)  # no dangling user turn on any failure
+            state.roll_back(session, history_length, dropped)  # no dangling user turn
             raise
         return web.json_response(turn.result(content))
 
 
-async def _chat_stream(request: web.Request, turn: Turn, history_length: int):
+async def _chat_stream(
+    request: web.Request, turn: Turn, history_length: int, dropped: list[dict[str, Any]]
+):
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -351,11 +389,11 @@ async def _chat_stream(request: web.Request, turn: Turn, history_length: int):
         async for event, data in turn.stream():
             await response.write(sse_frame(event, data))
     except ChatError as exc:
-        turn.state.roll_back(turn.session, history_length)
+        turn.state.roll_back(turn.session, history_length, dropped)
         turn.state.metrics.errors.labels(exc.code).inc()
         await response.write(sse_frame("error", {"code": exc.code, "message": exc.message}))
     except BaseException:
-        turn.state.roll_back(turn.session, history_length)  # e.g. the client went away
+        turn.state.roll_back(turn.session, history_length, dropped)  # the client went away
         raise
     else:
         await response.write(sse_frame("done", turn.result(turn.content)))
@@ -406,7 +444,7 @@ async def _measure(
 
 def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.Application:
     """The runtime's app; ``tools`` is read from the environment when not given."""
-    app = web.Application(middlewares=[_measure], client_max_size=4 * 1024 * 1024)
+    app = web.Application(middlewares=[request_ids, _measure], client_max_size=4 * 1024 * 1024)
     app[CONFIG_KEY] = config
     toolbox = Toolbox(tools or ToolConfig.from_env(), gateway_token=config.gateway_token)
     app[STATE_KEY] = state = RuntimeState(config, toolbox)
@@ -436,7 +474,7 @@ def _hide_environment() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     _hide_environment()
     config = RuntimeConfig.from_env()
     tools = ToolConfig.from_env()

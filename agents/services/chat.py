@@ -39,6 +39,7 @@ __all__ = [
     "ChatTurn",
     "TurnCancelled",
     "agent_chat",
+    "agent_chat_events_stoppable",
     "agent_chat_stoppable",
     "agent_chat_stream",
     "agent_chat_stream_stoppable",
@@ -67,6 +68,7 @@ class ChatResult:
     input_tokens: int
     output_tokens: int
     cost_usd: Decimal
+    messages: tuple[Message, ...] = ()  # the turn's two recorded messages: prompt, reply
 
     def as_hypercore(self) -> dict[str, Any]:
         return {
@@ -97,6 +99,9 @@ def _turn_begin(*, user: User, agent: Agent, session_id: str | None, prompt: str
             raise NotFound(f"no session {session_id} with this agent")
         if session.closed_at is not None:
             raise AgentNotRunning("this session is closed", details={"session_id": session_id})
+        if not session.title:
+            session.title = prompt.strip()[:80]
+            Session.objects.filter(pk=session.pk, title="").update(title=session.title)
     else:
         session = Session.objects.create(agent=agent, user=user, title=prompt.strip()[:80])
     return session
@@ -107,14 +112,23 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-def _turn_finish(*, session: Session, prompt: str, content: str, since: datetime) -> ChatResult:
-    """Record both sides of a completed turn, with the tokens and cost the gateway ledgered."""
+def _turn_finish(
+    *, session: Session, prompt: str, content: str, since: datetime, keep_turns: int | None
+) -> ChatResult:
+    """Record both sides of a completed turn, with the tokens and cost the gateway ledgered;
+    a turn that replaced later ones (``keep_turns``) deletes their messages with it."""
     totals = UsageRecord.objects.filter(session_id=session.pk, created_at__gte=since).aggregate(
         input=Sum("input_tokens"), output=Sum("output_tokens"), cost=Sum("cost_usd")
     )
     with transaction.atomic():
-        Message.objects.create(session=session, role=Message.Role.USER, content=_storable(prompt))
-        Message.objects.create(
+        if keep_turns is not None:
+            messages = Message.objects.filter(session=session)
+            kept = list(messages.values_list("pk", flat=True)[: 2 * keep_turns])
+            messages.exclude(pk__in=kept).delete()
+        asked = Message.objects.create(
+            session=session, role=Message.Role.USER, content=_storable(prompt)
+        )
+        answer = Message.objects.create(
             session=session,
             role=Message.Role.ASSISTANT,
             content=_storable(content),
@@ -130,6 +144,7 @@ def _turn_finish(*, session: Session, prompt: str, content: str, since: datetime
         input_tokens=totals["input"] or 0,
         output_tokens=totals["output"] or 0,
         cost_usd=totals["cost"] or Decimal(0),
+        messages=(asked, answer),
     )
 
 
@@ -158,6 +173,7 @@ class _OpenTurn:
     since: datetime
     client: httpx.AsyncClient
     response: httpx.Response
+    keep_turns: int | None
 
     async def close(self) -> None:
         await self.response.aclose()
@@ -165,19 +181,26 @@ class _OpenTurn:
 
     async def finish(self, content: str) -> ChatResult:
         return await sync_to_async(_turn_finish)(
-            session=self.session, prompt=self.prompt, content=content, since=self.since
+            session=self.session,
+            prompt=self.prompt,
+            content=content,
+            since=self.since,
+            keep_turns=self.keep_turns,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ChatTurn:
-    """What a user asks of an agent: one prompt, in a session (a new one when None)."""
+    """What a user asks of an agent: one prompt, in a session (a new one when None). With
+    ``keep_turns``, the prompt replaces every turn of the session after the first
+    ``keep_turns`` (regenerating a reply, or editing a prompt and sending it again)."""
 
     user: User
     agent_id: object
     prompt: str
     session_id: str | None = None
     max_tokens: int = 4096
+    keep_turns: int | None = None
 
 
 async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
@@ -193,6 +216,8 @@ async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
         "max_tokens": turn.max_tokens,
         "stream": stream,
     }
+    if turn.keep_turns is not None:
+        body["keep_turns"] = turn.keep_turns
     client = sandbox.runtime_client(agent.endpoint, timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
     request = client.build_request("POST", "/v1/agent/chat", json=body)
     try:
@@ -200,7 +225,10 @@ async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
     except httpx.HTTPError as exc:
         await client.aclose()
         raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
-    opened = _OpenTurn(session, turn.prompt, since, client, response)
+    except BaseException:  # stopped while connecting
+        await client.aclose()
+        raise
+    opened = _OpenTurn(session, turn.prompt, since, client, response, turn.keep_turns)
     if response.status_code != 200:
         await response.aread()
         await opened.close()
@@ -218,21 +246,35 @@ async def agent_chat(*, turn: ChatTurn) -> ChatResult:
     return await opened.finish(reply["content"])
 
 
-async def agent_chat_stream(*, turn: ChatTurn) -> AsyncIterator[bytes]:
-    """Like ``agent_chat``, but the reply streams as SSE: ``delta`` events, then ``done`` with
-    the recorded result (or ``error``). Refusals raise before the first event."""
+async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
+    """The runtime's events for a turn: ``delta`` and ``tool`` (dicts), then ``done`` (the
+    recorded ``ChatResult``) or ``error``. Refusals raise before the first event."""
     opened = await _turn_open(turn=turn, stream=True)
 
-    async def events() -> AsyncIterator[bytes]:
+    async def events() -> AsyncIterator[tuple[str, Any]]:
         try:
             async for event, data in sse_events(opened.response.aiter_lines()):
                 if event == "done":
-                    data = (await opened.finish(data["content"])).as_hypercore()
-                yield sse_frame(event, data)
+                    data = await opened.finish(data["content"])
+                yield event, data
         finally:
             await opened.close()
 
     return events()
+
+
+async def _sse_frames(events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[bytes]:
+    try:
+        async for event, data in events:
+            yield sse_frame(event, data.as_hypercore() if event == "done" else data)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def agent_chat_stream(*, turn: ChatTurn) -> AsyncIterator[bytes]:
+    """Like ``agent_chat``, but the reply streams as SSE: ``delta`` events, then ``done`` with
+    the recorded result (or ``error``). Refusals raise before the first event."""
+    return _sse_frames(await _chat_events(turn=turn))
 
 
 class TurnCancelled(Conflict):
@@ -262,24 +304,48 @@ async def agent_chat_stoppable(*, turn: ChatTurn) -> ChatResult:
         return await _unless_stopped(agent_chat(turn=turn), stopped, turn.session_id)
 
 
+async def _stoppable(
+    events: AsyncIterator[tuple[str, Any]], stopped: asyncio.Event, session_id: str
+) -> AsyncIterator[tuple[str, Any]]:
+    try:
+        while item := await _unless_stopped(anext(events, None), stopped, session_id):
+            yield item
+    except TurnCancelled:
+        yield "cancelled", {"session_id": session_id}
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
 async def agent_chat_stream_stoppable(*, turn: ChatTurn) -> AsyncIterator[bytes]:
     """``agent_chat_stream`` in an existing session; when ``turn_cancel`` asks, the stream ends
     with a ``cancelled`` event and Anthropic's call is cancelled."""
     assert turn.session_id is not None
     session_id = turn.session_id
-    events = await agent_chat_stream(turn=turn)
+    events = await _chat_events(turn=turn)
 
-    async def stoppable() -> AsyncIterator[bytes]:
+    async def stoppable() -> AsyncIterator[tuple[str, Any]]:
         async with turn_watch(session_id) as stopped:
-            try:
-                while frame := await _unless_stopped(anext(events, None), stopped, session_id):
-                    yield frame
-            except TurnCancelled:
-                yield sse_frame("cancelled", {"session_id": session_id})
-            finally:
-                await events.aclose()
+            async for item in _stoppable(events, stopped, session_id):
+                yield item
 
-    return stoppable()
+    return _sse_frames(stoppable())
+
+
+async def agent_chat_events_stoppable(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
+    """A turn in an existing session as ``(event, data)`` pairs: ``delta`` and ``tool``, then
+    ``done`` (the recorded ``ChatResult``), ``error`` (the runtime's or the gateway's refusal)
+    or ``cancelled``. ``turn_cancel`` stops it at any point, while the agent boots too.
+    Refusals before the reply starts raise ``ConsoleError``."""
+    assert turn.session_id is not None
+    session_id = turn.session_id
+    async with turn_watch(session_id) as stopped:
+        try:
+            events = await _unless_stopped(_chat_events(turn=turn), stopped, session_id)
+        except TurnCancelled:
+            yield "cancelled", {"session_id": session_id}
+            return
+        async for item in _stoppable(events, stopped, session_id):
+            yield item
 
 
 def _runtime_error(response: httpx.Response) -> ConsoleError:

@@ -1,0 +1,318 @@
+"""The chat WebSocket (``/ws/chat/``): transport only.
+
+A socket follows at most one session at a time. Frames are JSON objects whose ``type`` names
+the handler (``client_<type>``); their payloads, and every event sent back, are the TypedDicts
+of ``agents.events``. The work is the services': ``live_turn_prepare``/``live_turn_start`` run a
+turn that outlives the socket, ``live_replay`` gives what a page missed, ``turn_cancel`` stops a
+turn from any process. Refusals become ``error`` events here, in ``receive``, and the socket
+stays open. An idle socket costs its channel-layer membership and nothing else: no timer, no
+task, no database work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from rest_framework import serializers
+
+from agents import events as ev
+from agents.selectors import chat_budgets, chat_session, message_data
+from agents.services import session_for_turn, turn_cancel
+from agents.services.live import live_claimed, live_replay, live_turn_prepare, live_turn_start
+from console.errors import (
+    BadRequest,
+    Conflict,
+    ConsoleError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    UserSuspended,
+)
+from console.services import user_check_active
+
+__all__ = ["CLOSE_ANONYMOUS", "CLOSE_SUSPENDED", "ChatConsumer"]
+
+log = logging.getLogger(__name__)
+CLOSE_ANONYMOUS = 4401
+CLOSE_SUSPENDED = 4403
+
+
+# --- Frames a page sends -------------------------------------------------------------------------
+
+
+class _SessionFrame(serializers.Serializer):
+    session_id = serializers.UUIDField()
+
+
+class _ResumeFrame(_SessionFrame):
+    after = serializers.IntegerField(min_value=0)
+
+
+class _TurnFrame(_SessionFrame):
+    max_tokens = serializers.IntegerField(
+        required=False, default=4096, min_value=1, max_value=128_000
+    )
+
+
+class _PromptFrame(_TurnFrame):
+    content = serializers.CharField(max_length=200_000, trim_whitespace=False)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The message may not be blank.")
+        return value
+
+
+class _EditFrame(_PromptFrame):
+    message_id = serializers.IntegerField(min_value=1)
+
+
+def _valid(frame_class: type[serializers.Serializer], frame: dict[str, Any]) -> dict[str, Any]:
+    found = frame_class(data=frame)
+    if not found.is_valid():
+        field, problems = next(iter(found.errors.items()))
+        raise BadRequest(
+            f"{field}: {problems[0]}", details={k: list(v) for k, v in found.errors.items()}
+        )
+    return dict(found.validated_data) | {"session_id": str(found.validated_data["session_id"])}
+
+
+class _RateWindow:
+    """At most ``per_minute`` frames in any minute, as a bucket that refills continuously."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = float(per_minute)
+        self.tokens = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.at = time.monotonic()
+
+    def take(self) -> float:
+        """0 when a frame may pass, else the seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+# --- The consumer --------------------------------------------------------------------------------
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    """One browser tab's chat socket."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_ANONYMOUS)
+            return
+        try:
+            await database_sync_to_async(user_check_active)(user=user)
+        except UserSuspended:
+            await self.close(code=CLOSE_SUSPENDED)
+            return
+        self.user = user
+        self.following: str | None = None
+        self.last_seq = 0
+        self.rate = _RateWindow(settings.CHAT_WS_MESSAGES_PER_MINUTE)
+        await self.accept()
+        ready: ev.ReadyEvent = {
+            "type": "ready",
+            "user": user.get_username(),
+            "max_frame_bytes": settings.CHAT_WS_MAX_FRAME_BYTES,
+            "messages_per_minute": settings.CHAT_WS_MESSAGES_PER_MINUTE,
+        }
+        await self.send_json(ready)
+
+    async def disconnect(self, code: int) -> None:
+        if getattr(self, "following", None):
+            await self.channel_layer.group_discard(
+                ev.session_group(self.following), self.channel_name
+            )
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Every frame: its size and rate, its JSON and type; then its handler. The one place
+        where refusals become ``error`` events."""
+        try:
+            frame = self._decode(text_data, bytes_data)
+            handler = getattr(self, f"client_{frame['type']}", None)
+            await handler(frame)  # type: ignore[misc]
+        except ConsoleError as exc:
+            await self.send_json(_error_event(exc))
+        except Exception:
+            log.exception("chat frame failed")
+            await self.send_json(
+                _error_event(ConsoleError("the console failed; it is logged"), "internal_error")
+            )
+
+    def _decode(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+        if wait := self.rate.take():
+            raise RateLimited(
+                "too many frames on this socket: slow down",
+                details={
+                    "limit": "messages_per_minute",
+                    "value": settings.CHAT_WS_MESSAGES_PER_MINUTE,
+                    "retry_after_seconds": round(wait, 2),
+                },
+            )
+        if text_data is None:
+            raise BadRequest("frames are JSON text, not binary")
+        size = len(text_data.encode())
+        if size > settings.CHAT_WS_MAX_FRAME_BYTES:
+            raise PayloadTooLarge(
+                f"the frame is larger than {settings.CHAT_WS_MAX_FRAME_BYTES} bytes",
+                details={"limit": settings.CHAT_WS_MAX_FRAME_BYTES, "size": size},
+            )
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            exc = BadRequest("the frame is not valid JSON")
+            exc.code = "malformed_frame"
+            raise exc from None
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            exc = BadRequest('a frame is a JSON object with a "type"')
+            exc.code = "malformed_frame"
+            raise exc
+        if not callable(getattr(self, f"client_{frame['type']}", None)):
+            exc = BadRequest(
+                f"unknown frame type {frame['type'][:40]!r}",
+                details={"types": ["open", "resume", "send", "stop", "regenerate", "edit"]},
+            )
+            exc.code = "unknown_type"
+            raise exc
+        return frame
+
+    # --- Handlers, one per client event type ------------------------------------------------
+
+    async def client_open(self, frame: dict[str, Any]) -> None:
+        await self._open(_valid(_SessionFrame, frame)["session_id"])
+
+    async def client_resume(self, frame: dict[str, Any]) -> None:
+        data = _valid(_ResumeFrame, frame)
+        session_id = data["session_id"]
+        if (
+            await database_sync_to_async(chat_session)(user=self.user, session_id=session_id)
+            is None
+        ):
+            raise NotFound(f"you have no session {session_id}")
+        await self._follow(session_id)
+        replay = await live_replay(session_id, after=data["after"])
+        if not replay.complete:  # the log no longer holds all of it: start from a snapshot
+            await self._open(session_id)
+            return
+        self.last_seq = data["after"]
+        await self._send_events(replay.events)
+
+    async def client_send(self, frame: dict[str, Any]) -> None:
+        data = _valid(_PromptFrame, frame)
+        await self._start(data, kind="send", content=data["content"])
+
+    async def client_regenerate(self, frame: dict[str, Any]) -> None:
+        await self._start(_valid(_TurnFrame, frame), kind="regenerate")
+
+    async def client_edit(self, frame: dict[str, Any]) -> None:
+        data = _valid(_EditFrame, frame)
+        await self._start(data, kind="edit", content=data["content"], message_id=data["message_id"])
+
+    async def client_stop(self, frame: dict[str, Any]) -> None:
+        session_id = _valid(_SessionFrame, frame)["session_id"]
+        await database_sync_to_async(session_for_turn)(user=self.user, session_id=session_id)
+        if not await turn_cancel(session_id):
+            raise Conflict("no reply is being written in this session")
+
+    # --- Channel-layer messages ----------------------------------------------------------------
+
+    async def chat_event(self, message: dict[str, Any]) -> None:
+        """An event of a session's stream, from whichever process runs the turn."""
+        event = message["event"]
+        if event["session_id"] != self.following or event["seq"] <= self.last_seq:
+            return
+        if event["seq"] > self.last_seq + 1:  # one overtook another: fill in from the log
+            replay = await live_replay(self.following, after=self.last_seq)
+            await self._send_events([e for e in replay.events if e["seq"] < event["seq"]])
+        await self._send_events([event])
+
+    # --- Helpers ---------------------------------------------------------------------------------
+
+    async def _send_events(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            if event["seq"] > self.last_seq:
+                await self.send_json(event)
+                self.last_seq = event["seq"]
+
+    async def _follow(self, session_id: str) -> None:
+        if self.following == session_id:
+            return
+        if self.following:
+            await self.channel_layer.group_discard(
+                ev.session_group(self.following), self.channel_name
+            )
+        # Joined before the log is read: whatever is published meanwhile arrives after.
+        await self.channel_layer.group_add(ev.session_group(session_id), self.channel_name)
+        self.following, self.last_seq = session_id, 0
+
+    async def _open(self, session_id: str) -> None:
+        if (
+            await database_sync_to_async(chat_session)(user=self.user, session_id=session_id)
+            is None
+        ):
+            raise NotFound(f"you have no session {session_id}")
+        await self._follow(session_id)
+        # The log before the messages: a turn that completes in between is in the replay.
+        replay = await live_replay(session_id, after=0)
+        running = await live_claimed(session_id)
+        snapshot = await database_sync_to_async(_snapshot)(user=self.user, session_id=session_id)
+        started = [
+            e["seq"]
+            for e in replay.events
+            if e["type"] == "turn_started" and e.get("turn_id") == running
+        ]
+        seq = started[0] - 1 if started else replay.last
+        await self.send_json(snapshot | {"seq": seq, "running": running})
+        self.last_seq = seq
+        await self._send_events(replay.events)
+
+    async def _start(self, data: dict[str, Any], *, kind: str, **fields: Any) -> None:
+        session_id = data["session_id"]
+        live = await database_sync_to_async(live_turn_prepare)(
+            user=self.user,
+            session_id=session_id,
+            kind=kind,
+            max_tokens=data["max_tokens"],
+            **fields,
+        )
+        if self.following != session_id:
+            await self._open(session_id)
+        await live_turn_start(live=live)
+
+
+def _snapshot(*, user: Any, session_id: str) -> dict[str, Any]:
+    session = chat_session(user=user, session_id=session_id)
+    if session is None:
+        raise NotFound(f"you have no session {session_id}")
+    return {
+        "type": "session",
+        "session_id": str(session.pk),
+        "title": session.title,
+        "agent_id": str(session.agent_id),
+        "agent_name": session.agent.name,
+        "agent_status": session.agent.status,
+        "closed": session.closed_at is not None,
+        "messages": [message_data(m) for m in session.messages.all()],
+        "budgets": chat_budgets(user=user),
+    }
+
+
+def _error_event(exc: ConsoleError, code: str | None = None) -> ev.ErrorEvent:
+    return {
+        "type": "error",
+        "error": {"code": code or exc.code, "message": exc.message, "details": exc.details},
+    }

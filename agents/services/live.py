@@ -1,0 +1,379 @@
+"""Live chat turns: replies that belong to no socket, numbered, kept for a while, and
+broadcast to every socket that follows the session, in any web process.
+
+A turn runs as a task of the web process that received it, so a page may reload, lose its
+connection or close while the reply goes on. Each of a session's events gets the next ``seq``,
+is appended to the session's replay log and sent to the session's channel-layer group. The log
+(``REDIS_URL``: a Redis list per session, shared by every process; otherwise in this process's
+memory) keeps the last ``CHAT_REPLAY_EVENTS`` events for ``CHAT_REPLAY_TTL_SECONDS`` after the
+last one, so a page that comes back gets what it missed from ``live_replay`` and then follows
+the group. One turn at a time per session: ``live_turn_start`` claims the session atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+import weakref
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from agents import events as ev
+from agents.models import Message
+from agents.selectors import chat_budgets, message_data
+from agents.services.chat import ChatResult, ChatTurn, agent_chat_events_stoppable
+from agents.services.sessions import session_for_turn
+from console.errors import Conflict, ConsoleError, NotFound
+from console.models import User
+
+__all__ = [
+    "LiveTurn",
+    "live_claimed",
+    "live_publish",
+    "live_replay",
+    "live_turn_prepare",
+    "live_turn_start",
+]
+
+log = logging.getLogger(__name__)
+_GROUP_MESSAGE = "chat.event"  # the consumer's ``chat_event`` handler
+_running: set[asyncio.Task[None]] = set()  # turns in flight here, held against collection
+
+
+# --- The replay log ------------------------------------------------------------------------------
+
+
+@dataclass
+class _MemorySession:
+    seq: int = 0
+    events: deque[dict[str, Any]] = field(default_factory=deque)
+    touched: float = field(default_factory=time.monotonic)
+    claim: tuple[str, float] | None = None  # (turn id, until)
+
+
+class _MemoryLog:
+    """The log in this process's memory, for a console without Redis (one web process)."""
+
+    def __init__(self) -> None:
+        self._sessions: OrderedDict[str, _MemorySession] = OrderedDict()
+
+    def _get(self, session_id: str) -> _MemorySession:
+        now = time.monotonic()
+        ttl = settings.CHAT_REPLAY_TTL_SECONDS
+        while self._sessions:  # forget sessions quiet for longer than the TTL, oldest first
+            oldest_id, oldest = next(iter(self._sessions.items()))
+            if now - oldest.touched < ttl or oldest.claim:
+                break
+            del self._sessions[oldest_id]
+        found = self._sessions.setdefault(session_id, _MemorySession())
+        self._sessions.move_to_end(session_id)
+        found.touched = now
+        return found
+
+    async def append(self, session_id: str, event: dict[str, Any], release: str | None) -> int:
+        found = self._get(session_id)
+        found.seq += 1
+        found.events.append(event | {"seq": found.seq})
+        while len(found.events) > settings.CHAT_REPLAY_EVENTS:
+            found.events.popleft()
+        if release and found.claim and found.claim[0] == release:
+            found.claim = None
+        return found.seq
+
+    async def read(self, session_id: str) -> tuple[int, list[dict[str, Any]]]:
+        found = self._sessions.get(session_id)
+        if found is None:
+            return 0, []
+        return found.seq, list(found.events)
+
+    async def claim(self, session_id: str, turn_id: str, seconds: float) -> bool:
+        found = self._get(session_id)
+        if found.claim and found.claim[1] > time.monotonic():
+            return False
+        found.claim = (turn_id, time.monotonic() + seconds)
+        return True
+
+    async def claimed(self, session_id: str) -> str | None:
+        found = self._sessions.get(session_id)
+        if found and found.claim and found.claim[1] > time.monotonic():
+            return found.claim[0]
+        return None
+
+    async def release(self, session_id: str, turn_id: str) -> None:
+        found = self._sessions.get(session_id)
+        if found and found.claim and found.claim[0] == turn_id:
+            found.claim = None
+
+
+# Numbers the event and appends it, trimmed to the cap, in one step: "<seq> <json>". A turn's
+# last event also releases its claim on the session, so no next turn's events can come first.
+_APPEND = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('RPUSH', KEYS[2], tostring(seq) .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+return seq
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class _RedisLog:
+    """The log in Redis, shared by every web process."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        # A client's connections belong to the event loop that opened them.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _redis(self) -> Any:
+        import redis.asyncio as redis
+
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = redis.Redis.from_url(self._url)
+        return client
+
+    async def append(self, session_id: str, event: dict[str, Any], release: str | None) -> int:
+        return int(
+            await self._redis().eval(
+                _APPEND,
+                3,
+                f"chat:seq:{session_id}",
+                f"chat:log:{session_id}",
+                f"chat:turn:{session_id}",
+                json.dumps(event, separators=(",", ":")),
+                settings.CHAT_REPLAY_EVENTS,
+                settings.CHAT_REPLAY_TTL_SECONDS,
+                release or "",
+            )
+        )
+
+    async def read(self, session_id: str) -> tuple[int, list[dict[str, Any]]]:
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.get(f"chat:seq:{session_id}")
+            pipe.lrange(f"chat:log:{session_id}", 0, -1)
+            seq, entries = await pipe.execute()
+        found = []
+        for entry in entries:
+            number, _, body = entry.partition(b" ")
+            found.append(json.loads(body) | {"seq": int(number)})
+        return int(seq or 0), found
+
+    async def claim(self, session_id: str, turn_id: str, seconds: float) -> bool:
+        key = f"chat:turn:{session_id}"
+        return bool(await self._redis().set(key, turn_id, nx=True, ex=max(1, int(seconds))))
+
+    async def claimed(self, session_id: str) -> str | None:
+        found = await self._redis().get(f"chat:turn:{session_id}")
+        return found.decode() if found else None
+
+    async def release(self, session_id: str, turn_id: str) -> None:
+        await self._redis().eval(_RELEASE, 1, f"chat:turn:{session_id}", turn_id)
+
+
+_logs: dict[str, _MemoryLog | _RedisLog] = {}
+
+
+def _log() -> _MemoryLog | _RedisLog:
+    url = settings.REDIS_URL or ""
+    if url not in _logs:
+        _logs[url] = _RedisLog(url) if url else _MemoryLog()
+    return _logs[url]
+
+
+# --- Publishing and replaying --------------------------------------------------------------------
+
+
+async def live_publish(
+    session_id: str, event: dict[str, Any], *, ending: str | None = None
+) -> dict[str, Any]:
+    """Number ``event`` in its session, keep it for replay, and send it to the session's
+    followers; returns it with its ``seq``. ``ending``: the id of the turn this event ends,
+    whose claim on the session goes with it."""
+    event = {key: value for key, value in event.items() if key != "seq"}
+    numbered = event | {"seq": await _log().append(session_id, event, ending)}
+    await get_channel_layer().group_send(
+        ev.session_group(session_id), {"type": _GROUP_MESSAGE, "event": numbered}
+    )
+    return numbered
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a session's log holds after a point: ``complete`` when nothing in between is
+    missing (else the page needs a snapshot); ``last`` is the session's latest ``seq``."""
+
+    events: list[dict[str, Any]]
+    complete: bool
+    last: int
+
+
+async def live_replay(session_id: str, *, after: int) -> Replay:
+    """The session's events numbered above ``after``, as far as the log still holds them."""
+    last, kept = await _log().read(session_id)
+    missed = [event for event in kept if event["seq"] > after]
+    first = missed[0]["seq"] if missed else last + 1
+    return Replay(missed, complete=after <= last and first == after + 1, last=last)
+
+
+async def live_claimed(session_id: str) -> str | None:
+    """The id of the turn being written in the session, if one is."""
+    return await _log().claimed(session_id)
+
+
+# --- Turns ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTurn:
+    """A turn ready to start: what to ask, and how many of the session's messages it keeps."""
+
+    turn: ChatTurn
+    kept_messages: int
+
+
+def live_turn_prepare(
+    *,
+    user: User,
+    session_id: str,
+    kind: Literal["send", "regenerate", "edit"],
+    content: str | None = None,
+    message_id: int | None = None,
+    max_tokens: int = 4096,
+) -> LiveTurn:
+    """A new prompt (``send``), the last prompt asked again (``regenerate``), or the user
+    message ``message_id`` replaced by ``content`` (``edit``), in the user's open session."""
+    session = session_for_turn(user=user, session_id=session_id)
+    messages = list(
+        Message.objects.filter(session=session).values_list("pk", "role", "content")
+    )  # user, assistant, user, assistant…: a turn records both at once
+    keep_turns = None
+    if kind == "send":
+        assert content is not None
+        kept, prompt = len(messages), content
+    elif kind == "regenerate":
+        asked = [i for i, (_, role, _) in enumerate(messages) if role == Message.Role.USER]
+        if not asked:
+            raise Conflict(
+                "there is no reply to regenerate yet", details={"session_id": session_id}
+            )
+        kept = asked[-1]
+        prompt = messages[kept][2]
+        keep_turns = kept // 2
+    else:
+        assert content is not None
+        where = [
+            i
+            for i, (pk, role, _) in enumerate(messages)
+            if pk == message_id and role == Message.Role.USER
+        ]
+        if not where:
+            raise NotFound(
+                f"this session has no message {message_id} of yours",
+                details={"message_id": message_id},
+            )
+        kept, prompt, keep_turns = where[0], content, where[0] // 2
+    turn = ChatTurn(
+        user=user,
+        agent_id=session.agent_id,
+        prompt=prompt,
+        session_id=str(session.pk),
+        max_tokens=max_tokens,
+        keep_turns=keep_turns,
+    )
+    return LiveTurn(turn, kept)
+
+
+async def live_turn_start(*, live: LiveTurn) -> str:
+    """Start the turn as a task of this process that outlives the socket that asked; its
+    events go to the session's followers. ``Conflict`` while another turn is being written."""
+    turn = live.turn
+    assert turn.session_id is not None
+    session_id, turn_id = turn.session_id, uuid.uuid4().hex
+    hold = settings.AGENT_CHAT_TIMEOUT_SECONDS + settings.AGENT_BOOT_WAIT_SECONDS
+    if not await _log().claim(session_id, turn_id, hold):
+        raise Conflict(
+            "a reply is still being written in this session: stop it or wait for it",
+            details={"session_id": session_id},
+        )
+    try:
+        await live_publish(
+            session_id,
+            {
+                "type": "turn_started",
+                "session_id": session_id,
+                "turn_id": turn_id,
+                "prompt": turn.prompt,
+                "kept_messages": live.kept_messages,
+            },
+        )
+    except BaseException:
+        await _log().release(session_id, turn_id)
+        raise
+    task = asyncio.create_task(_run(live, turn_id), name=f"chat-turn-{turn_id}")
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return turn_id
+
+
+def _error_body(code: str, message: str, details: dict[str, Any] | None) -> ev.ErrorBody:
+    return {"code": code, "message": message, "details": details or {}}
+
+
+def _done_data(*, user: User, result: ChatResult) -> dict[str, Any]:
+    return {
+        "messages": [message_data(message) for message in result.messages],
+        "budgets": chat_budgets(user=user),
+    }
+
+
+async def _run(live: LiveTurn, turn_id: str) -> None:
+    turn = live.turn
+    session_id = str(turn.session_id)
+    head = {"session_id": session_id, "turn_id": turn_id}
+
+    async def end(event: dict[str, Any]) -> None:
+        await live_publish(session_id, event | head, ending=turn_id)
+
+    try:
+        async for name, data in agent_chat_events_stoppable(turn=turn):
+            if name == "delta":
+                await live_publish(session_id, {"type": "delta", **head, "text": data["text"]})
+            elif name == "tool":
+                await live_publish(session_id, {"type": "tool", **head, "tool": data})
+            elif name == "done":
+                done = await sync_to_async(_done_data)(user=turn.user, result=data)
+                await end({"type": "done", "kept_messages": live.kept_messages, **done})
+            elif name == "cancelled":
+                await end({"type": "cancelled"})
+            elif name == "error":
+                error = _error_body(
+                    data.get("code") or "agent_error",
+                    data.get("message") or "the agent failed",
+                    data.get("details"),
+                )
+                await end({"type": "error", "error": error})
+    except ConsoleError as exc:
+        await end({"type": "error", "error": _error_body(exc.code, exc.message, exc.details)})
+    except Exception:
+        log.exception("chat turn %s in session %s failed", turn_id, session_id)
+        error = _error_body("internal_error", "the console failed; it is logged", None)
+        await end({"type": "error", "error": error})
+    finally:
+        await _log().release(session_id, turn_id)  # when even the last event could not be sent
