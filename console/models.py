@@ -21,7 +21,9 @@ __all__ = [
     "ModelPrice",
     "Quota",
     "RateCounter",
+    "Refusal",
     "Reservation",
+    "UsageDaily",
     "UsageHourly",
     "UsageRecord",
     "User",
@@ -327,6 +329,55 @@ class UsageHourly(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} {self.hour:%Y-%m-%d %H}h: ${self.cost_usd}"
+
+
+class UsageDaily(models.Model):
+    """The ledger rolled up per user, agent, model and UTC day, kept current as each call lands
+    (beside ``UsageHourly``), so that ranges of weeks read a few rows per day."""
+
+    day = models.DateField(help_text="The UTC day.")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    agent_id = models.CharField(max_length=36, blank=True, help_text="Empty: no agent.")
+    model = models.CharField(max_length=100)
+    requests = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_input_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "day", "agent_id", "model"], name="usage_daily_key"
+            )
+        ]
+        indexes = [models.Index(fields=["day"], name="usage_daily_day")]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.day:%Y-%m-%d}: ${self.cost_usd}"
+
+
+class Refusal(models.Model):
+    """Calls of one user refused over one limit in one clock minute, counted: a budget, a rate
+    or concurrency limit (of the user or of an API key), or a suspension."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    limit = models.CharField(
+        max_length=40, help_text="usd_per_month, requests_per_minute, suspended, …"
+    )
+    scope = models.CharField(max_length=16, help_text="user or API key")
+    minute = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "limit", "scope", "minute"], name="refusal_key")
+        ]
+        indexes = [models.Index(fields=["minute"], name="refusal_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.count} refused over {self.limit} at {self.minute:%H:%M}"
 
 
 class IdempotentRequest(models.Model):

@@ -27,6 +27,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("console.api.urls")),
     path("dashboard/", include("console.dashboard.urls")),
+    path("usage/", include("console.usage.urls")),
     path("admin/", admin.site.urls),
     path("", include(hypercore.urls)),
 ]

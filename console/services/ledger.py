@@ -1,14 +1,14 @@
-"""The usage ledger: prices, and every priced call written with its hourly roll-up.
+"""The usage ledger: prices, and every priced call written with its hourly and daily roll-ups.
 
-The ledger row and its roll-up are written on every gateway call, as SQL (``ledger_sql.py``):
-two statements, the roll-up one upsert, where the ORM needed an update, perhaps an insert, and
-~0.6 ms of compiling them."""
+The ledger row and its roll-ups are written on every gateway call, as SQL (``ledger_sql.py``):
+three statements, each roll-up one upsert, where the ORM needed an update, perhaps an insert,
+and ~0.6 ms of compiling them."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -136,21 +136,19 @@ def usage_record(
 
 
 def _roll_up(record: UsageRecord) -> None:
-    """Add one ledger row to its hour's roll-up: an increment, or the first row of that hour
-    (one upsert, so two processes writing an hour's first row at once both count)."""
-    ledger_sql.hourly_add(
-        key={
-            "user_id": record.user_id,
-            "hour": record.created_at.replace(minute=0, second=0, microsecond=0),
-            "agent_id": str(record.agent_id or ""),
-            "model": record.model,
-        },
-        amounts={
-            "requests": 1,
-            "input_tokens": record.input_tokens,
-            "output_tokens": record.output_tokens,
-            "cache_creation_input_tokens": record.cache_creation_input_tokens,
-            "cache_read_input_tokens": record.cache_read_input_tokens,
-            "cost_usd": record.cost_usd,
-        },
-    )
+    """Add one ledger row to its hour's and its UTC day's roll-ups: an increment, or the first
+    row of that hour or day (one upsert each, so two processes writing the first row at once
+    both count)."""
+    hour = record.created_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    agent_id = str(record.agent_id or "")
+    amounts = {
+        "requests": 1,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cache_creation_input_tokens": record.cache_creation_input_tokens,
+        "cache_read_input_tokens": record.cache_read_input_tokens,
+        "cost_usd": record.cost_usd,
+    }
+    common = {"user_id": record.user_id, "agent_id": agent_id, "model": record.model}
+    ledger_sql.hourly_add(key={**common, "hour": hour}, amounts=amounts)
+    ledger_sql.daily_add(key={**common, "day": hour.date()}, amounts=amounts)

@@ -37,7 +37,9 @@ from console.models import (
     Budget,
     Quota,
     RateCounter,
+    Refusal,
     Reservation,
+    UsageDaily,
     UsageHourly,
     UsageRecord,
     User,
@@ -52,6 +54,7 @@ __all__ = [
     "budgets_reserve",
     "budgets_settle",
     "columns",
+    "daily_add",
     "fetchone",
     "fields",
     "hourly_add",
@@ -63,6 +66,7 @@ __all__ = [
     "rate_bump",
     "rate_requests",
     "rate_tokens_add",
+    "refusal_count",
     "reservation_insert",
     "reservation_take",
     "usage_insert",
@@ -524,15 +528,43 @@ def usage_insert(values: dict[str, Any]) -> UsageRecord:
 def hourly_add(*, key: dict[str, object], amounts: dict[str, object]) -> None:
     """Add ``amounts`` to the roll-up row of ``key`` (user, hour, agent, model), the first of
     its hour included: one upsert on the roll-up's unique key."""
-    h = names(UsageHourly)
+    _rollup_add(UsageHourly, "usage_hourly_key", key, amounts)
+
+
+def daily_add(*, key: dict[str, object], amounts: dict[str, object]) -> None:
+    """Add ``amounts`` to the daily roll-up row of ``key`` (user, UTC day, agent, model), as
+    ``hourly_add`` does to the hour's."""
+    _rollup_add(UsageDaily, "usage_daily_key", key, amounts)
+
+
+def _rollup_add(
+    model: type[Model], constraint: str, key: dict[str, object], amounts: dict[str, object]
+) -> None:
+    h = names(model)
     values = {**key, **{name: amounts[name] for name in _HOURLY_AMOUNTS}}
     increments = ", ".join(
         f"{getattr(h, name)} = {h.table}.{getattr(h, name)} + excluded.{getattr(h, name)}"
         for name in _HOURLY_AMOUNTS
     )
     _execute(
-        f"INSERT INTO {h.table} ({columns(UsageHourly, list(values))}) "
+        f"INSERT INTO {h.table} ({columns(model, list(values))}) "
         f"VALUES ({_marks(len(values))}) "
-        f"ON CONFLICT ({_unique(UsageHourly, 'usage_hourly_key')}) DO UPDATE SET {increments}",
-        _binds(UsageHourly, values),
+        f"ON CONFLICT ({_unique(model, constraint)}) DO UPDATE SET {increments}",
+        _binds(model, values),
+    )
+
+
+# --- Refusals ------------------------------------------------------------------------------------
+
+
+def refusal_count(*, user_id: int, limit: str, scope: str, minute: datetime) -> None:
+    """Count one refusal of the user over ``limit`` in ``minute``: one upsert."""
+    r = names(Refusal)
+    values = {"user_id": user_id, "limit": limit, "scope": scope, "minute": minute, "count": 1}
+    _execute(
+        f"INSERT INTO {r.table} ({columns(Refusal, list(values))}) "
+        f"VALUES ({_marks(len(values))}) "
+        f"ON CONFLICT ({_unique(Refusal, 'refusal_key')}) "
+        f"DO UPDATE SET {r.count} = {r.table}.{r.count} + 1",
+        _binds(Refusal, values),
     )

@@ -308,12 +308,16 @@ def request_admit(
     now = timezone.now()
     if quota is None:
         quota, _ = Quota.objects.get_or_create(user_id=user_id)
-    if quota.is_suspended:
-        raise UserSuspended("this account is suspended; ask an operator")
-    with transaction.atomic():
-        api_key = _api_key(api_key, api_key_id)
-        scopes = _scopes(quota, api_key)
-        requests, resets_at = _count_request(scopes, now)
+    try:
+        if quota.is_suspended:
+            raise UserSuspended("this account is suspended; ask an operator")
+        with transaction.atomic():
+            api_key = _api_key(api_key, api_key_id)
+            scopes = _scopes(quota, api_key)
+            requests, resets_at = _count_request(scopes, now)
+    except (QuotaExceeded, UserSuspended) as refusal:
+        _refusal_count(user_id, refusal, now)
+        raise
     return _rate_status(scopes, requests, resets_at)
 
 
@@ -349,6 +353,36 @@ def gateway_admit(
     ``BudgetExceeded`` (which say which limit, its value, what is used and when it resets)."""
     worst = worst_case(model=model, body_bytes=body_bytes, max_tokens=max_tokens)
     now = timezone.now()
+    try:
+        return _admit(user_id, api_key, api_key_id, worst, now)
+    except (QuotaExceeded, UserSuspended) as refusal:
+        _refusal_count(user_id, refusal, now)
+        raise
+
+
+def _refusal_count(user_id: int, refusal: QuotaExceeded | UserSuspended, now: datetime) -> None:
+    """Count a refusal for the operators' quota views. It is written after the refused
+    transaction rolled back, so that it stays."""
+    if isinstance(refusal, UserSuspended):
+        limit, scope = "suspended", "user"
+    else:
+        limit = str(refusal.details.get("limit") or refusal.code)
+        scope = str(refusal.details.get("scope") or "user")
+    ledger_sql.refusal_count(
+        user_id=user_id,
+        limit=limit[:40],
+        scope=scope[:16],
+        minute=now.replace(second=0, microsecond=0),
+    )
+
+
+def _admit(
+    user_id: int,
+    api_key: ApiKey | None,
+    api_key_id: int | None,
+    worst: WorstCase,
+    now: datetime,
+) -> Admission:
     with transaction.atomic():
         quota = _lock(user_id)
         api_key = _api_key(api_key, api_key_id)
