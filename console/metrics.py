@@ -36,7 +36,8 @@ Hypercore's names, for the console as a whole (its dashboards and alerts read th
   console does not know, which a runtime could make up, count as ``other``);
 - ``hypercore_agent_spawn_total{status}`` and ``hypercore_agent_spawn_duration_seconds``;
 - ``agent_active_sessions`` and ``hypercore_agent_active_count{status}``, read from the
-  database at scrape time (``FleetCollector``).
+  database at scrape time (``FleetCollector``), with ``console_sandbox_capacity{resource}`` and
+  ``console_sandbox_used{resource}`` (``vcpus``, ``memory_mib``) of the hosts taking agents.
 """
 
 from __future__ import annotations
@@ -388,9 +389,9 @@ class BudgetCollector:
 
 
 class FleetCollector:
-    """``hypercore_agent_active_count{status}`` (agents pending, starting or running) and
-    ``agent_active_sessions`` (open sessions on running agents), from the database: every process
-    reports the same values, whoever changed them."""
+    """``hypercore_agent_active_count{status}`` (agents pending, starting or running),
+    ``agent_active_sessions`` (open sessions on running agents) and the sandbox capacity, from
+    the database: every process reports the same values, whoever changed them."""
 
     def collect(self) -> Iterator[Any]:
         from console.selectors import fleet_counts
@@ -409,3 +410,18 @@ class FleetCollector:
             "Open sessions on running agents.",
             value=counts.sessions,
         )
+        capacity = GaugeMetricFamily(
+            "console_sandbox_capacity",
+            "What the hosts taking agents (online, not draining) can hold, by resource.",
+            labels=["resource"],
+        )
+        used = GaugeMetricFamily(
+            "console_sandbox_used",
+            "What active agents hold on the hosts taking agents, by resource.",
+            labels=["resource"],
+        )
+        for resource in ("vcpus", "memory_mib"):
+            capacity.add_metric([resource], counts.capacity[resource])
+            used.add_metric([resource], counts.used[resource])
+        yield capacity
+        yield used

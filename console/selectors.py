@@ -383,16 +383,19 @@ def _rolling_used(budgets: list[Budget], *, now: datetime) -> dict[int, Decimal]
 
 @dataclass(frozen=True, slots=True)
 class FleetCounts:
-    """Agents by active status (every one of them, zero included), and the open sessions of
-    running agents."""
+    """Agents by active status (every one of them, zero included), the open sessions of
+    running agents, and the sandbox capacity of the hosts taking agents (online, not draining)
+    with what active agents hold of it, by resource (``vcpus``, ``memory_mib``)."""
 
     agents: dict[str, int]
     sessions: int
+    capacity: dict[str, int]
+    used: dict[str, int]
 
 
 def fleet_counts() -> FleetCounts:
-    """Two counting queries, whatever the fleet's size: what ``/metrics`` shows of the fleet."""
-    from agents.models import Agent, Session
+    """Four aggregate queries, whatever the fleet's size: what ``/metrics`` shows of it."""
+    from agents.models import Agent, SandboxHost, Session
 
     by_status = dict(
         Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
@@ -405,9 +408,16 @@ def fleet_counts() -> FleetCounts:
         agent__status=Agent.Status.RUNNING,
         agent__deleted_at__isnull=True,
     ).count()
+    hosts = SandboxHost.objects.filter(is_online=True, is_draining=False)
+    capacity = hosts.aggregate(vcpus=Sum("capacity_vcpus"), memory_mib=Sum("capacity_memory_mib"))
+    used = Agent.objects.filter(
+        status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True, host__in=hosts
+    ).aggregate(vcpus=Sum("vcpus"), memory_mib=Sum("memory_mib"))
     return FleetCounts(
         agents={str(status): by_status.get(status, 0) for status in Agent.ACTIVE_STATUSES},
         sessions=sessions,
+        capacity={name: value or 0 for name, value in capacity.items()},
+        used={name: value or 0 for name, value in used.items()},
     )
 
 

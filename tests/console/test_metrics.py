@@ -34,6 +34,8 @@ HYPERCORE = {
     "console_gateway_user_cost_usd_total": {"user"},
     "console_budget_remaining": {"user", "budget", "metric", "window"},
     "console_budget_limit": {"user", "budget", "metric", "window"},
+    "console_sandbox_capacity": {"resource"},
+    "console_sandbox_used": {"resource"},
 }
 
 
@@ -81,6 +83,9 @@ def test_every_hypercore_metric_is_exported_with_its_labels(
     value = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in found}
     assert value[("agent_active_sessions", ())] == 1
     assert value[("hypercore_agent_active_count", (("status", "running"),))] == 1
+    # The test machine's host (64 vCPUs), taking agents; the agent has no host, so holds none.
+    assert value[("console_sandbox_capacity", (("resource", "vcpus"),))] == 64
+    assert value[("console_sandbox_used", (("resource", "vcpus"),))] == 0
     tokens = {s.labels["type"]: s.value for s in found if s.name == "agent_token_usage_total"}
     assert set(tokens) == {"input", "output", "cache_read", "cache_creation"}
     assert tokens["input"] > 0 and tokens["output"] > 0
