@@ -28,6 +28,7 @@ urlpatterns = [
     path("api/v1/", include("console.api.urls")),
     path("dashboard/", include("console.dashboard.urls")),
     path("usage/", include("console.usage.urls")),
+    path("chat/", include("agents.chat_urls")),
     path("admin/", admin.site.urls),
     path("", include(hypercore.urls)),
 ]
