@@ -69,6 +69,34 @@ class ScalingRuleForm(forms.ModelForm):
             "enabled",
         ]
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 2})}
+        # Short labels: each sits in a section that says which direction it is about.
+        labels = {
+            "target_sessions_per_agent": "Sessions per agent",
+            "scale_up_threshold": "Grow above",
+            "scale_down_threshold": "Shrink below",
+            "evaluation_interval_seconds": "Evaluate every (s)",
+            "warm_pool_size": "Warm agents",
+            "scale_up_cooldown_seconds": "Cooldown (s)",
+            "scale_up_max_step": "Largest step",
+            "scale_up_step_unit": "Step in",
+            "scale_up_period_seconds": "Per period (s)",
+            "scale_down_cooldown_seconds": "Cooldown (s)",
+            "scale_down_max_step": "Largest step",
+            "scale_down_step_unit": "Step in",
+            "scale_down_period_seconds": "Per period (s)",
+            "on_metrics_failure": "When metrics fail",
+            "predictive": "Predictive",
+            "predictive_window_minutes": "Forecast window (min)",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        for direction in ("up", "down"):
+            self.fields[f"scale_{direction}_step_unit"].choices = [
+                ("percent", "% of the count"),
+                ("agents", "agents"),
+            ]
 
     # How the edit form groups the settings.
     SECTIONS = [
@@ -104,7 +132,7 @@ class ScalingRuleForm(forms.ModelForm):
             ],
         ),
         (
-            "When metrics fail, forecasting",
+            "Failures and forecasting",
             [
                 "on_metrics_failure",
                 "fallback_agents",

@@ -29,6 +29,7 @@ from console.dashboard.forms import (
     ScalingRuleForm,
 )
 from console.errors import BadRequest, ConsoleError
+from console.selectors import audit_events
 from scaling import services as scaling_services
 from scaling.models import ScalingRule
 from scaling.selectors import scaling_rule_list
@@ -303,8 +304,6 @@ def decisions(request: HttpRequest) -> HttpResponse:
 @staff_required
 @require_GET
 def audit(request: HttpRequest) -> HttpResponse:
-    from console.selectors import audit_events
-
     form = AuditFilterForm(request.GET)
     data = form.cleaned_data if form.is_valid() else {}
     try:

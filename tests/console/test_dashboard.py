@@ -411,7 +411,7 @@ def test_the_audit_page_lists_and_filters_events(staff, operator, user):
     )
     page = staff.get(reverse("dashboard:audit")).content.decode()
     assert "scalingrule.pause" in page and "scalingrule.change" in page
-    assert "<del>1000</del>" in page and "<ins>99</ins>" in page
+    assert "<del>1000</del>" in page and "<del>on</del>" in page and "<ins>99</ins>" in page
     assert operator.username in page
     html = staff.get(reverse("dashboard:audit"), {"action": "scalingrule.pause"}, **HX)
     assert "scalingrule.pause" in html.content.decode()
