@@ -103,6 +103,12 @@ class Agent(models.Model):
         help_text="Set while the agent waits, unclaimed, in this pool.",
     )
     last_active_at = models.DateTimeField(null=True, blank=True, help_text="Its last chat turn.")
+    draining_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while the autoscaler retires the agent: it takes no new session and is "
+        "stopped once its open sessions have closed.",
+    )
     sandbox_id = models.CharField(max_length=64, blank=True)
     endpoint = models.CharField(max_length=255, blank=True, help_text="Where the runtime listens.")
     anthropic_key_encrypted = models.TextField(

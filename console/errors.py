@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from console.metrics import error_count
 
 __all__ = [
+    "AgentDraining",
     "AgentNotFound",
     "AgentNotRunning",
     "AgentUnavailable",
@@ -102,6 +103,12 @@ class AgentNotFound(NotFound):
 
 class AgentNotRunning(ConsoleError):
     status, code = 409, "agent_not_running"
+
+
+class AgentDraining(AgentNotRunning):
+    """The autoscaler is retiring the agent: its open sessions go on, it takes no new one."""
+
+    code = "agent_draining"
 
 
 class Conflict(ConsoleError):

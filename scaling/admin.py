@@ -27,9 +27,10 @@ class ScalingRuleAdmin(AuditedAdmin):
     )
     list_filter = ("enabled", "model", "predictive")
     search_fields = ("name", "model")
-    readonly_fields = ("created_at", "updated_at")
+    readonly_fields = ("last_evaluated_at", "created_at", "updated_at")
+    raw_id_fields = ("owner",)
     fieldsets = (
-        (None, {"fields": ("name", "model", "system_prompt", "enabled")}),
+        (None, {"fields": ("name", "owner", "model", "system_prompt", "enabled")}),
         (
             "Size and load",
             {
@@ -77,7 +78,7 @@ class ScalingRuleAdmin(AuditedAdmin):
                 )
             },
         ),
-        (None, {"fields": ("created_at", "updated_at")}),
+        (None, {"fields": ("last_evaluated_at", "created_at", "updated_at")}),
     )
     actions = ("enable_rules", "pause_rules")
 
@@ -109,6 +110,7 @@ class ScalingDecisionAdmin(admin.ModelAdmin):
         "action",
         "current_agents",
         "desired_agents",
+        "recommended_agents",
         "observed_sessions",
         "utilization",
     )

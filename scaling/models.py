@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -59,6 +60,16 @@ class ScalingRule(models.Model):
         FIXED = "fixed", "Go to the fallback count"
 
     name = models.CharField(max_length=100, unique=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The account whose agents of this template form the pool: it owns the agents "
+        "spawned for it, under its quota, and its sessions are spread over them. Empty: the "
+        "console's own autoscaler account.",
+    )
     model = models.CharField(max_length=100, help_text="The Claude model the pool's agents run.")
     system_prompt = models.TextField(blank=True, help_text="The pool's system-prompt template.")
 
@@ -104,6 +115,9 @@ class ScalingRule(models.Model):
     )
     predictive_window_minutes = models.PositiveIntegerField(default=30, validators=_AT_LEAST_ONE)
     enabled = models.BooleanField(default=True, help_text="A paused rule is not evaluated.")
+    last_evaluated_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When beat last evaluated the rule."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -198,6 +212,11 @@ class ScalingDecision(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     current_agents = models.PositiveIntegerField()
     desired_agents = models.PositiveIntegerField()
+    recommended_agents = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="What the load alone called for, before cooldowns, step limits and bounds.",
+    )
     observed_sessions = models.PositiveIntegerField(null=True, blank=True)
     utilization = models.DecimalField(
         max_digits=12,

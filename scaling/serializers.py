@@ -48,6 +48,7 @@ class ScalingRuleSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "name",
+            "owner",
             "model",
             "system_prompt",
             "enabled",
@@ -70,10 +71,11 @@ class ScalingRuleSerializer(serializers.ModelSerializer):
             "fallback_agents",
             "predictive",
             "predictive_window_minutes",
+            "last_evaluated_at",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "enabled", "created_at", "updated_at"]
+        read_only_fields = ["id", "enabled", "last_evaluated_at", "created_at", "updated_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if self.instance is None:
@@ -111,6 +113,7 @@ class ScalingDecisionSerializer(serializers.ModelSerializer):
             "action",
             "current_agents",
             "desired_agents",
+            "recommended_agents",
             "observed_sessions",
             "utilization",
             "reason",

@@ -24,6 +24,7 @@ from agents.models import Agent, Message, Session
 from agents.runtime.sse import sse_events, sse_frame
 from agents.services.turns import turn_watch
 from console.errors import (
+    AgentDraining,
     AgentNotFound,
     AgentNotRunning,
     AgentUnavailable,
@@ -44,6 +45,7 @@ __all__ = [
     "agent_chat_stream",
     "agent_chat_stream_stoppable",
     "agent_for_user",
+    "draining_check",
 ]
 
 _STATUS = Agent.Status
@@ -84,6 +86,15 @@ class ChatResult:
         }
 
 
+def draining_check(*, agent: Agent) -> None:
+    """Refuse a new session on an agent the autoscaler is retiring."""
+    if agent.draining_since is not None:
+        raise AgentDraining(
+            "the agent is draining: it takes no new sessions; use another agent",
+            details={"agent_id": str(agent.pk)},
+        )
+
+
 def _chat_agent(*, user: User, agent_id: object) -> Agent:
     user_check_active(user=user)
     agent = Agent.objects.filter(pk=agent_id, owner=user, deleted_at__isnull=True).first()
@@ -103,6 +114,7 @@ def _turn_begin(*, user: User, agent: Agent, session_id: str | None, prompt: str
             session.title = prompt.strip()[:80]
             Session.objects.filter(pk=session.pk, title="").update(title=session.title)
     else:
+        draining_check(agent=agent)
         session = Session.objects.create(agent=agent, user=user, title=prompt.strip()[:80])
     return session
 

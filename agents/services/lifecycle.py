@@ -206,7 +206,7 @@ def agent_start(*, agent: Agent) -> Agent:
     with transaction.atomic():
         started = Agent.objects.filter(
             pk=agent.pk, status__in=[_STATUS.STOPPED, _STATUS.FAILED], deleted_at__isnull=True
-        ).update(status=_STATUS.PENDING, last_error="")
+        ).update(status=_STATUS.PENDING, last_error="", draining_since=None)
         if not started:
             raise AgentNotRunning(
                 f"the agent is {agent.status}; only a stopped or failed agent can be started",

@@ -15,7 +15,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from agents.models import Agent, Session
-from agents.services.chat import ChatResult, ChatTurn, agent_chat
+from agents.services.chat import ChatResult, ChatTurn, agent_chat, draining_check
 from console.errors import AgentNotRunning, Conflict, NotFound
 from console.models import User
 
@@ -37,7 +37,9 @@ def _own_agent(user: User, agent_id: uuid.UUID) -> Agent:
 
 
 def session_create(*, user: User, agent_id: uuid.UUID, title: str) -> Session:
-    session = Session.objects.create(agent=_own_agent(user, agent_id), user=user, title=title)
+    agent = _own_agent(user, agent_id)
+    draining_check(agent=agent)
+    session = Session.objects.create(agent=agent, user=user, title=title)
     session.message_count = 0  # as the lists annotate it
     return session
 
@@ -65,11 +67,19 @@ def session_for_turn(*, user: User, session_id: uuid.UUID | str) -> Session:
 
 
 def task_agent(*, user: User, agent_id: uuid.UUID | None) -> Agent:
-    """The named agent of the user's, or their running agent with the fewest open sessions."""
+    """The named agent of the user's, or their running agent with the fewest open sessions
+    (never one that is draining)."""
     if agent_id is not None:
-        return _own_agent(user, agent_id)
+        agent = _own_agent(user, agent_id)
+        draining_check(agent=agent)
+        return agent
     agent = (
-        Agent.objects.filter(owner=user, deleted_at__isnull=True, status=Agent.Status.RUNNING)
+        Agent.objects.filter(
+            owner=user,
+            deleted_at__isnull=True,
+            status=Agent.Status.RUNNING,
+            draining_since__isnull=True,
+        )
         .annotate(open_sessions=Count("sessions", filter=Q(sessions__closed_at__isnull=True)))
         .order_by("open_sessions", "-last_active_at")
         .first()
