@@ -14,7 +14,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, QueryDict
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -48,6 +48,8 @@ __all__ = [
     "rule_toggle",
     "scaling",
 ]
+
+View = Callable[..., HttpResponse]
 
 AGENTS_PER_PAGE = 25
 DECISIONS_PER_PAGE = 30
@@ -88,6 +90,22 @@ def _with_toast(
     )
     response.content += toast.encode()
     return response
+
+
+def _fragment_only(page: str) -> Callable[[View], View]:
+    """For URLs that only serve fragments: a plain browser visit goes to the page they belong
+    to instead of a bare fragment."""
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method == "GET" and not _wants_fragment(request):
+                return redirect(page)
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorate
 
 
 def _query_without(query: QueryDict, *names: str) -> str:
@@ -166,6 +184,7 @@ def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpRespon
 
 
 @staff_required
+@_fragment_only("dashboard:agents")
 @require_GET
 def agent_logs(request: HttpRequest, agent_id: str) -> HttpResponse:
     """The last lines of the agent runtime's log, in a dialog."""
@@ -212,6 +231,7 @@ def _rule_form(
 
 
 @staff_required
+@_fragment_only("dashboard:scaling")
 @require_GET
 def rule_row(request: HttpRequest, rule_id: int) -> HttpResponse:
     """The rule's row as it is saved (what Cancel brings back)."""
@@ -219,6 +239,7 @@ def rule_row(request: HttpRequest, rule_id: int) -> HttpResponse:
 
 
 @staff_required
+@_fragment_only("dashboard:scaling")
 def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     """GET: the row as a form. POST: save it, or show the errors in place (422)."""
     rule = get_object_or_404(ScalingRule, pk=rule_id)
@@ -236,6 +257,7 @@ def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
 
 
 @staff_required
+@_fragment_only("dashboard:scaling")
 def rule_create(request: HttpRequest) -> HttpResponse:
     """GET: an empty rule form. POST: create the rule, or show the errors in place (422)."""
     if request.method == "GET":

@@ -186,6 +186,18 @@ def test_the_overview_takes_the_same_queries_however_big_the_fleet(
         staff.get(reverse("dashboard:overview"), **HX)
 
 
+def test_a_fragment_url_visited_plainly_leads_to_its_page(staff, user):
+    rule = _rule()
+    agent = _agent(user)
+    for url, page in [
+        (reverse("dashboard:rule-edit", args=[rule.pk]), reverse("dashboard:scaling")),
+        (reverse("dashboard:rule-create"), reverse("dashboard:scaling")),
+        (reverse("dashboard:agent-logs", args=[agent.pk]), reverse("dashboard:agents")),
+    ]:
+        response = staff.get(url)
+        assert response.status_code == 302 and response["Location"] == page
+
+
 # --- Agents -------------------------------------------------------------------------------------
 
 
