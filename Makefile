@@ -25,10 +25,15 @@ $(VENV)/.browser: scripts/system-packages.sh | $(STAMP)
 	scripts/system-packages.sh browser
 	touch $@
 
+# promtool, for the tests of deploy/'s alert rules only (no Prometheus server is installed).
+$(VENV)/.promtool: scripts/promtool.sh | $(STAMP)
+	scripts/promtool.sh
+	touch $@
+
 run: install
 	$(BIN)/python -m console.launch
 
-test: install $(VENV)/.browser
+test: install $(VENV)/.browser $(VENV)/.promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

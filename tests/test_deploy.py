@@ -1,0 +1,194 @@
+"""deploy/: the Prometheus alert rules, their unit tests, the scrape configuration and the
+Grafana dashboard. Every metric they name must be one the console exports (read from its own
+/metrics); promtool checks the rules, runs their tests and checks the configuration and every
+panel's query, where it is installed (``scripts/promtool.sh`` fetches it; ``make test`` runs
+that)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+DASHBOARD = DEPLOY / "grafana" / "agent-console.json"
+
+REQUIRED_ALERTS = {
+    "HighAgentErrorRate",
+    "HighAgentLatency",
+    "AgentSpawnFailures",
+    "HighAgentSessionCount",
+    "CriticalAgentCapacity",
+    "LowAgentSuccessRate",
+    "BudgetNearlySpent",
+    "BudgetExhausted",
+    "CostRateSpike",
+}
+# Each panel the dashboard must have, by a word of its title, and a metric its queries read.
+REQUIRED_PANELS = {
+    "active sessions": "agent_active_sessions",
+    "request rate": "agent_requests_total",
+    "latency": "agent_request_duration_seconds_bucket",
+    "tokens": "agent_token_usage_total",
+    "errors": "agent_errors_total",
+    "spawn rate": "hypercore_agent_spawn_total",
+    "spawn duration": "hypercore_agent_spawn_duration_seconds_bucket",
+    "success rate": "agent_requests_total",
+    "cost": "console_gateway_cost_usd_total",
+    "budgets": "console_budget_remaining",
+}
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("_count", "_sum", "_created", ""),
+    "gauge": ("",),
+}
+# PromQL's words that look like metric names.
+_PROMQL_WORDS = {
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "topk",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "clamp_min",
+    "by",
+    "on",
+    "without",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+}
+
+
+@pytest.fixture
+def exported(client, db) -> set[str]:
+    """Every sample name the console's /metrics can show, labelled series not yet seen included."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    names = set()
+    for family in text_string_to_metric_families(response.content.decode()):
+        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
+    return names
+
+
+def metrics_in(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # label values
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
+    expr = re.sub(r"\b(by|on|without|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\boffset\s+\w+", "", expr)
+    words = set(re.findall(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
+    return words - _PROMQL_WORDS
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def panels() -> list[dict]:
+    return json.loads(DASHBOARD.read_text())["panels"]
+
+
+def test_metrics_in_reads_a_query_as_prometheus_does():
+    expr = (
+        "histogram_quantile(0.95, sum by (le) (rate(agent_request_duration_seconds_bucket"
+        '{endpoint!~"/metrics|/health"}[5m]))) > 2 and on (x) console_budget_limit offset 1h'
+    )
+    assert metrics_in(expr) == {"agent_request_duration_seconds_bucket", "console_budget_limit"}
+
+
+def test_every_named_alert_is_there_with_a_duration_a_severity_and_a_summary():
+    rules = alert_rules()
+
+    assert {rule["alert"] for rule in rules} >= REQUIRED_ALERTS
+    for rule in rules:
+        assert rule.get("for"), rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        assert rule["annotations"]["description"], rule["alert"]
+
+
+def test_alerts_read_only_metrics_the_console_exports(exported):
+    for rule in alert_rules():
+        used = metrics_in(rule["expr"])
+        assert used, rule["alert"]
+        assert used <= exported, (rule["alert"], used - exported)
+
+
+def test_the_dashboard_has_every_panel_and_reads_only_exported_metrics(exported):
+    found = panels()
+    for panel in found:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used = metrics_in(target["expr"])
+            assert used, panel["title"]
+            assert used <= exported, (panel["title"], used - exported)
+    for word, metric in REQUIRED_PANELS.items():
+        matching = [p for p in found if word in p["title"].lower()]
+        assert matching, f"no panel about {word}"
+        assert any(metric in t["expr"] for p in matching for t in p["targets"]), word
+    ids = [panel["id"] for panel in found]
+    assert len(ids) == len(set(ids))
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool") or shutil.which("promtool", path=str(ROOT / ".venv" / "bin"))
+    if found is None:
+        pytest.skip("promtool is not installed: scripts/promtool.sh fetches it (make test runs it)")
+    return found
+
+
+def _run(*args: str, cwd: Path) -> None:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_rules_and_their_tests_pass():
+    promtool = _promtool()
+    _run(promtool, "check", "rules", str(ALERTS), cwd=ALERTS.parent)
+    _run(promtool, "test", "rules", "alerts_test.yml", cwd=ALERTS.parent)
+
+
+def test_promtool_accepts_the_scrape_configuration(tmp_path):
+    promtool = _promtool()
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    token = tmp_path / "token"
+    token.write_text("a-metrics-token")
+    for job in config["scrape_configs"]:
+        job["authorization"]["credentials_file"] = str(token)
+    config["rule_files"] = [str(ALERTS)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    _run(promtool, "check", "config", "prometheus.yml", cwd=tmp_path)
+
+
+def test_promtool_accepts_every_panels_query(tmp_path):
+    promtool = _promtool()
+    rules = [
+        {"record": f"panel_{panel['id']}_{target['refId']}", "expr": target["expr"]}
+        for panel in panels()
+        for target in panel["targets"]
+    ]
+    (tmp_path / "panels.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]})
+    )
+    _run(promtool, "check", "rules", "panels.yml", cwd=tmp_path)
