@@ -1,26 +1,31 @@
-"""Usage summaries over a ledger of a million calls: how long ``console.selectors.usage_summary``
-takes for one user's month and for everyone's month.
+"""Usage summaries and the usage pages over a ledger of a million calls: how long
+``console.selectors.usage_summary`` takes for one user's month and for everyone's month, and how
+long each usage page takes to answer an operator.
 
 Loads 1,000,000 ledger rows (200 users with 10 agents each, 4 models, 90 days) into a fresh
 database, as a restore would: bulk inserts (``executemany`` on SQLite, ``COPY`` on PostgreSQL)
-with the indexes built after, then the hourly roll-up built from the ledger with one
-``INSERT … SELECT … GROUP BY``, not call by call. Calls come in agent turns of a few calls
-within minutes (``--uniform``: each call on its own at a random moment, the roll-up's worst
-case, where it is hardly smaller than the ledger).
+with the indexes built after, then the hourly roll-up built from the ledger and the daily one
+from the hourly, each with one ``INSERT … SELECT … GROUP BY``, not call by call. Calls come in
+agent turns of a few calls within minutes (``--uniform``: each call on its own at a random
+moment, the roll-ups' worst case, where the hourly one is hardly smaller than the ledger).
 
 Then times summaries of 30-day ranges that start and end mid-hour (so each reads the roll-up
 and the ledger at both edges), for a random user, the busiest user, or everyone, and checks
-them against the ledger.
+them against the ledger. Then requests each usage page through Django's test client, signed in
+as an operator who sees everyone: ``/usage/`` in each grouping over the last 30 days and the
+last 24 hours (both ranges unaligned, so every piece is read: days, hours and the ledger's
+edges), and ``/usage/quotas/``.
 
-    python bench/usage.py [--quick] [--runs N] [--uniform]
+    python bench/usage.py [--quick] [--runs N] [--page-runs N] [--uniform]
                           [--database-url postgres://postgres@127.0.0.1:5432/agent_console_bench]
 
 By default the database is SQLite in a temporary folder; with ``--database-url`` it is that
 PostgreSQL database, created (dropped first if it exists) and dropped at the end. ``--quick``
-keeps the million rows and only times fewer runs.
+loads 200,000 rows instead of a million and times fewer runs (its figures say so).
 
 Ends with one line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``; the
-line ``TARGET usage_summary_p95`` is the worst of the per-case p95s. Targets are on wall time;
+line ``TARGET usage_summary_p95`` is the worst of the per-case p95s, ``TARGET usage_page_p95``
+the worst of the pages'. Targets are on wall time;
 each case also reports this process's CPU time, which on SQLite (run in process) is the query's
 own cost whatever else the machine runs, and on PostgreSQL leaves out the server's work.
 """
@@ -58,6 +63,7 @@ AGENTS_PER_USER = 10
 DAYS = 90
 MODELS = ("claude-opus-5-5", "claude-sonnet-5-5", "claude-sonnet-4-5", "claude-haiku-5-5")
 TARGET_MS = 100.0
+PAGE_TARGET_MS = 200.0
 _CHUNK = 100_000
 # SQLite sums USD amounts in floating point (PostgreSQL exactly): allow for its rounding.
 _COST_TOLERANCE = Decimal("1e-9")
@@ -270,6 +276,24 @@ def _build_rollup() -> int:
         return cursor.rowcount
 
 
+def _build_daily() -> int:
+    """The daily roll-up, from the hourly one, in one statement."""
+    from django.db import connection, transaction
+
+    from console.models import UsageDaily, UsageHourly
+
+    day = "hour::date" if connection.vendor == "postgresql" else "substr(hour, 1, 10)"
+    amounts = ("requests", *_LEDGER_COLUMNS[3:8])
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {UsageDaily._meta.db_table} (day, user_id, agent_id, model, "
+            f"{', '.join(amounts)}) SELECT {day}, user_id, agent_id, model, "
+            f"{', '.join(f'SUM({name})' for name in amounts)} "
+            f"FROM {UsageHourly._meta.db_table} GROUP BY 1, 2, 3, 4"
+        )
+        return cursor.rowcount
+
+
 def _analyze() -> None:
     """PostgreSQL: fresh statistics for the planner, as autovacuum gathers them after a load.
     SQLite keeps none unless asked (Django never asks), and none are gathered here: with them
@@ -340,7 +364,7 @@ def _fast_writes() -> None:
 
 
 def generate(rng: random.Random, end: datetime, *, uniform: bool) -> None:
-    from console.models import UsageHourly, UsageRecord
+    from console.models import UsageDaily, UsageHourly, UsageRecord
 
     started = time.perf_counter()
     _fast_writes()
@@ -351,12 +375,15 @@ def generate(rng: random.Random, end: datetime, *, uniform: bool) -> None:
     loaded = time.perf_counter()
     with _indexes_built_after(UsageHourly):
         rollup_rows = _build_rollup()
+    with _indexes_built_after(UsageDaily):
+        daily_rows = _build_daily()
     done = time.perf_counter()
     _analyze()
     print(
         f"ledger: {ROWS:,} rows in {loaded - started:.1f} s "
-        f"({ROWS / (loaded - started):,.0f} rows/s, indexes included); roll-up: "
-        f"{rollup_rows:,} rows ({ROWS / rollup_rows:.1f} calls per row) in {done - loaded:.1f} s;"
+        f"({ROWS / (loaded - started):,.0f} rows/s, indexes included); roll-ups: "
+        f"{rollup_rows:,} hourly rows ({ROWS / rollup_rows:.1f} calls per row), {daily_rows:,} "
+        f"daily rows ({ROWS / daily_rows:.1f} calls per row) in {done - loaded:.1f} s;"
         f" statistics in {time.perf_counter() - done:.1f} s",
         flush=True,
     )
@@ -445,10 +472,52 @@ def measure(rng: random.Random, end: datetime, runs: int) -> list[str]:
     return lines
 
 
+def measure_pages(runs: int) -> list[str]:
+    """Each usage page as an operator sees it (everyone's usage), through the test client."""
+    from django.test import Client
+
+    from console.models import User
+    from console.usage.selectors import GROUPINGS
+
+    operator = User.objects.create_user("bench-operator", password="!", is_staff=True)
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(operator)
+    cases = [
+        (f"{group_by}_{span}", f"/usage/?range={span}&group_by={group_by}")
+        for span in ("30d", "24h")
+        for group_by in GROUPINGS
+    ]
+    cases.append(("quotas", "/usage/quotas/"))
+    lines, worst = [], 0.0
+    for name, url in cases:
+        client.get(url)  # the first request compiles the templates
+        timings, size = [], 0
+        for _ in range(runs):
+            began = time.perf_counter()
+            response = client.get(url)
+            timings.append((time.perf_counter() - began) * 1000)
+            assert response.status_code == 200, (url, response.status_code)
+            size = len(response.content)
+        p95 = percentile(timings, 95)
+        worst = max(worst, p95)
+        print(
+            f"page {name}: p50 {statistics.median(timings):.1f} ms, p95 {p95:.1f} ms, "
+            f"max {max(timings):.1f} ms over {runs} runs ({size / 1024:.0f} KiB)",
+            flush=True,
+        )
+        lines.append(report(f"usage_page_{name}_p95", p95, "ms", "<=", PAGE_TARGET_MS))
+    lines.append(report("usage_page_p95", worst, "ms", "<=", PAGE_TARGET_MS))
+    return lines
+
+
 def main() -> None:
+    global ROWS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a run of under a minute")
     parser.add_argument("--runs", type=int, help="timed runs per case (default 200; quick 30)")
+    parser.add_argument(
+        "--page-runs", type=int, help="timed requests per page (default 40; quick 8)"
+    )
     parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
     parser.add_argument(
         "--uniform",
@@ -458,6 +527,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     runs = args.runs or (30 if args.quick else 200)
+    page_runs = args.page_runs or (8 if args.quick else 40)
+    if args.quick:
+        ROWS = 200_000
+        print(f"quick: {ROWS:,} ledger rows, not the full run's million", flush=True)
     if args.database_url:
         if urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
             sys.exit("--database-url must be a postgres:// URL")
@@ -474,6 +547,7 @@ def main() -> None:
             generate(rng, end, uniform=args.uniform)
             check_exact(rng, end)
             lines = measure(rng, end, runs)
+            lines += measure_pages(page_runs)
             connection.close()
             if connection.vendor == "postgresql":
                 connection.close_pool()

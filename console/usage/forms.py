@@ -15,7 +15,14 @@ from console.usage.selectors import GROUPINGS, Grouping
 __all__ = ["MAX_RANGE", "UsageQuery", "UsageQueryForm"]
 
 MAX_RANGE = timedelta(days=366)
-PRESETS = (("today", "Today"), ("7d", "7 days"), ("30d", "30 days"), ("custom", "Custom"))
+PRESETS = (
+    ("today", "Today"),
+    ("24h", "24 hours"),
+    ("7d", "7 days"),
+    ("30d", "30 days"),
+    ("custom", "Custom"),
+)
+_LAST = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 ROW_LIMITS = (("100", "100 rows"), ("500", "500 rows"), ("all", "All rows"))
 
 
@@ -67,7 +74,7 @@ class UsageQueryForm(forms.Form):
         elif preset == "today":
             start, end = now.replace(hour=0, minute=0, second=0, microsecond=0), now
         else:
-            start, end = now - timedelta(days=7 if preset == "7d" else 30), now
+            start, end = now - _LAST.get(preset, _LAST["30d"]), now
         rows = data.get("rows") or "100"
         return UsageQuery(
             start=start,

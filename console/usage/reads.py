@@ -84,9 +84,10 @@ def usage_grouped(
                 key = (*key[:i], key[i].astimezone(zone).date(), *key[i + 1 :])
         into = found.get(key)
         if into is None:
-            into = found[key] = zero(amounts)
-        for name in amounts:
-            into[name] += row[name] or 0
+            found[key] = {name: row[name] or 0 for name in amounts}
+        else:
+            for name in amounts:
+                into[name] += row[name] or 0
     if "cost_usd" in amounts:  # SQLite sums in floating point: back to the ledger's places
         for sums in found.values():
             sums["cost_usd"] = Decimal(sums["cost_usd"]).quantize(_CENT_MILLIONTHS)

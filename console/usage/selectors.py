@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from console.models import Budget, Quota, RateCounter, Refusal, Reservation, User
 from console.selectors import budget_windows
-from console.usage.reads import AMOUNTS, TOKEN_KINDS, finish, usage_grouped, zero
+from console.usage.reads import TOKEN_KINDS, finish, usage_grouped, zero
 
 __all__ = [
     "GROUPINGS",
@@ -94,34 +94,22 @@ def usage_report(
     """Usage in ``[start, end)`` of ``user_ids`` (``None``: everyone) for the usage page.
 
     The table holds at most ``limit`` rows (``None``: all): the dearest groups for users,
-    agents and models, the earliest for days and hours. Days and hours are UTC. At most four
-    range reads (by user, agent and model once, then by time and model, then the table's own time
-    grouping when it is not the chart's) and two for names."""
+    agents and models, the earliest for days and hours. Days and hours are UTC. Two range reads
+    (by user and agent, then by time and model), a third when the table's grouping in time is
+    not the chart's, and two for names."""
     if group_by not in GROUPINGS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPINGS)}, not {group_by!r}")
     bucket: Literal["day", "hour"] = "hour" if end - start <= HOURLY_CHART_UP_TO else "day"
-    breakdown = usage_grouped(
-        user_ids=user_ids, start=start, end=end, keys=("user", "agent", "model")
-    )
-    by_time = usage_grouped(
-        user_ids=user_ids,
-        start=start,
-        end=end,
-        keys=(bucket, "model"),
-        amounts=AMOUNTS if group_by == bucket else ("cost_usd",),
-    )
+    by_agent = usage_grouped(user_ids=user_ids, start=start, end=end, keys=("user", "agent"))
+    by_time = usage_grouped(user_ids=user_ids, start=start, end=end, keys=(bucket, "model"))
     by_user: dict[Any, dict[str, Any]] = {}
-    by_agent: dict[Any, dict[str, Any]] = {}
-    by_model: dict[Any, dict[str, Any]] = {}
     totals = zero()
-    for (user_id, agent_id, model), sums in breakdown.items():
-        for groups, key in (
-            (by_user, user_id),
-            (by_agent, (user_id, agent_id)),
-            (by_model, model),
-        ):
-            _add(groups.setdefault(key, zero()), sums)
+    for (user_id, _agent_id), sums in by_agent.items():
+        _add(by_user.setdefault(user_id, zero()), sums)
         _add(totals, sums)
+    by_model: dict[Any, dict[str, Any]] = {}
+    for (_moment, model), sums in by_time.items():
+        _add(by_model.setdefault(model, zero()), sums)
     models = [model for model, _ in _dearest(by_model)]
     if group_by in ("day", "hour"):
         if group_by == bucket:
@@ -173,7 +161,7 @@ def usage_report(
 
 def _add(into: dict[str, Any], sums: dict[str, Any]) -> None:
     for name in into:
-        into[name] += sums.get(name) or 0
+        into[name] += sums[name]
 
 
 def _dearest(groups: dict[Any, dict[str, Any]]) -> list[tuple[Any, dict[str, Any]]]:
