@@ -55,7 +55,7 @@ class AgentAdmin(admin.ModelAdmin):
         done, refused = 0, []
         for agent in queryset.select_related("host").filter(deleted_at__isnull=True):
             try:
-                service(agent=agent)
+                service(agent=agent, actor=request.user)
                 done += 1
             except ConsoleError as exc:
                 refused.append(f"{agent}: {exc.message}")

@@ -115,23 +115,26 @@ class AgentViewSet(
 
     @extend_schema(responses=AgentSerializer)
     def destroy(self, request: Request, pk: str) -> Response:
-        agent = services.agent_destroy(agent=self.get_object())
+        agent = services.agent_destroy(agent=self.get_object(), actor=request.user)
         return Response(AgentSerializer(agent).data)
 
     @extend_schema(request=None, responses=AgentSerializer)
     @action(detail=True, methods=["post"])
     def stop(self, request: Request, pk: str) -> Response:
-        return Response(AgentSerializer(services.agent_stop(agent=self.get_object())).data)
+        agent = services.agent_stop(agent=self.get_object(), actor=request.user)
+        return Response(AgentSerializer(agent).data)
 
     @extend_schema(request=None, responses=AgentSerializer)
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str) -> Response:
-        return Response(AgentSerializer(services.agent_start(agent=self.get_object())).data)
+        agent = services.agent_start(agent=self.get_object(), actor=request.user)
+        return Response(AgentSerializer(agent).data)
 
     @extend_schema(request=None, responses=AgentSerializer)
     @action(detail=True, methods=["post"])
     def restart(self, request: Request, pk: str) -> Response:
-        return Response(AgentSerializer(services.agent_restart(agent=self.get_object())).data)
+        agent = services.agent_restart(agent=self.get_object(), actor=request.user)
+        return Response(AgentSerializer(agent).data)
 
     @extend_schema(
         parameters=[OpenApiParameter("lines", int, description="How many (1-1000; 200).")],

@@ -146,7 +146,8 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     def delete_agent(self, request: Request) -> Response:
         agent_id = _query_uuid(request, "agent_id")
         agent = services.agent_destroy(
-            agent=services.agent_for_user(user=request.user, agent_id=agent_id)
+            agent=services.agent_for_user(user=request.user, agent_id=agent_id),
+            actor=request.user,
         )
         return Response(AgentSerializer(agent).data | {"deleted": True})
 

@@ -24,7 +24,7 @@ from console.crypto import encrypt
 from console.errors import AgentNotRunning, QuotaExceeded
 from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
 from console.models import Quota, User
-from console.services import quota_get, user_check_active
+from console.services import audit_record, quota_get, user_check_active
 from vmdriver import SandboxNotFound, VmDriverError, VmState
 
 __all__ = [
@@ -165,15 +165,32 @@ def agent_boot(*, agent_id: str, queued_at: float | None = None) -> None:
         SPAWN_DURATION.observe(max(0.0, time.time() - queued_at))
 
 
-def _request(agent: Agent, *, deleted: bool, then_boot: bool = False) -> Agent:
+def _audit(agent: Agent, actor: User | None, verb: str, changes: dict[str, object]) -> None:
+    """Record an operator's (a staff user's) action on an agent in the audit log; an owner
+    acting on their own agent is not an operator action."""
+    if actor is None or not actor.is_staff:
+        return
+    audit_record(
+        actor=actor,
+        action=f"agent.{verb}",
+        target=agent,
+        changes={field: (getattr(agent, field), new) for field, new in changes.items()},
+    )
+
+
+def _request(
+    agent: Agent, *, deleted: bool, then_boot: bool = False, actor: User | None = None
+) -> Agent:
     """Mark the agent stopping (and deleted) and queue the sandbox work on its host."""
     from agents.tasks import agent_halt_task, agent_teardown_task
 
     changes = {"status": _STATUS.STOPPING, "endpoint": ""}
     if deleted:
         changes["deleted_at"] = timezone.now()
+    verb = "delete" if deleted else "restart" if then_boot else "stop"
     with transaction.atomic():
         Agent.objects.filter(pk=agent.pk).update(**changes)
+        _audit(agent, actor, verb, {k: v for k, v in changes.items() if k != "endpoint"})
         if deleted:
             task, args = agent_teardown_task, (str(agent.pk),)
         else:
@@ -184,23 +201,26 @@ def _request(agent: Agent, *, deleted: bool, then_boot: bool = False) -> Agent:
     return agent
 
 
-def agent_destroy(*, agent: Agent) -> Agent:
-    """Delete the agent: its sandbox is torn down after commit; its row and usage stay."""
-    return _request(agent, deleted=True)
+def agent_destroy(*, agent: Agent, actor: User | None = None) -> Agent:
+    """Delete the agent: its sandbox is torn down after commit; its row and usage stay. An
+    operator's (``actor``, staff) deletion is in the audit log."""
+    return _request(agent, deleted=True, actor=actor)
 
 
-def agent_stop(*, agent: Agent) -> Agent:
-    """Stop a pending, starting or running agent; its workspace is kept for a later start."""
+def agent_stop(*, agent: Agent, actor: User | None = None) -> Agent:
+    """Stop a pending, starting or running agent; its workspace is kept for a later start. An
+    operator's (``actor``, staff) stop is in the audit log."""
     if agent.status not in Agent.ACTIVE_STATUSES:
         raise AgentNotRunning(
             f"the agent is {agent.status}",
             details={"agent_id": str(agent.pk), "status": agent.status},
         )
-    return _request(agent, deleted=False)
+    return _request(agent, deleted=False, actor=actor)
 
 
-def agent_start(*, agent: Agent) -> Agent:
-    """Boot a stopped or failed agent again, on its host."""
+def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
+    """Boot a stopped or failed agent again, on its host. An operator's (``actor``, staff)
+    start is in the audit log."""
     from agents.tasks import agent_boot_task
 
     with transaction.atomic():
@@ -212,6 +232,7 @@ def agent_start(*, agent: Agent) -> Agent:
                 f"the agent is {agent.status}; only a stopped or failed agent can be started",
                 details={"agent_id": str(agent.pk), "status": agent.status},
             )
+        _audit(agent, actor, "start", {"status": _STATUS.PENDING})
         queue, queued_at = _queue(agent), time.time()
         transaction.on_commit(
             lambda: agent_boot_task.apply_async((str(agent.pk), queued_at), queue=queue)
@@ -220,11 +241,12 @@ def agent_start(*, agent: Agent) -> Agent:
     return agent
 
 
-def agent_restart(*, agent: Agent) -> Agent:
-    """Stop the agent's runtime and boot it again (its workspace is kept)."""
+def agent_restart(*, agent: Agent, actor: User | None = None) -> Agent:
+    """Stop the agent's runtime and boot it again (its workspace is kept). An operator's
+    (``actor``, staff) restart is in the audit log."""
     if agent.status not in (*Agent.ACTIVE_STATUSES, _STATUS.FAILED, _STATUS.STOPPED):
         raise AgentNotRunning(f"the agent is {agent.status}", details={"status": agent.status})
-    return _request(agent, deleted=False, then_boot=True)
+    return _request(agent, deleted=False, then_boot=True, actor=actor)
 
 
 def agent_halt(*, agent_id: str, then_boot: bool = False) -> None:
