@@ -59,6 +59,12 @@ def _prepare(sender: Celery, **_: object) -> None:
             "task": "console.tasks.idempotent_requests_expire",
             "schedule": 3600.0,
         },
+        # Every 5 s, the shortest evaluation interval a rule may have; each rule is evaluated
+        # on its own interval.
+        "evaluate-scaling-rules": {
+            "task": "scaling.tasks.evaluate_due",
+            "schedule": 5.0,
+        },
     }
 
 

@@ -142,7 +142,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # An idle consumer blocks in BZPOPMIN for 5 s at a time; redis-py's own default
+            # socket timeout is also 5 s, which would kill idle sockets' receive loops.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
         }
     }
     CACHES = {
@@ -245,6 +247,9 @@ METRICS_USER_LABELS = env_int("METRICS_USER_LABELS", 50, minimum=0)
 METRICS_BUDGETS = env_int("METRICS_BUDGETS", 20, minimum=0)
 # /ready gives each check (database, broker, channel layer) this long to answer.
 READY_TIMEOUT_SECONDS = env_float("READY_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+# The autoscaler reads each pool's load from this Prometheus server when set, else the database.
+PROMETHEUS_URL = env_str("PROMETHEUS_URL").rstrip("/")
+PROMETHEUS_TIMEOUT_SECONDS = env_float("PROMETHEUS_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 
 # --- DRF and OpenAPI.
 REST_FRAMEWORK = {

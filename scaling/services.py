@@ -1,25 +1,55 @@
-"""Operators' changes to scaling rules, each recorded in the audit log with the values before
-and after. The rules' invariants are checked before these are called (``ScalingRule.clean`` via
-the API's serializers and the admin's forms); the database's constraints hold the rest."""
+"""Scaling rules and the autoscaler.
+
+Operators' changes to rules are each recorded in the audit log with the values before and after.
+The rules' invariants are checked before these are called (``ScalingRule.clean`` via the API's
+serializers and the admin's forms); the database's constraints hold the rest.
+
+The autoscaler evaluates rules in passes: ``scaling_evaluate`` claims the enabled rules that are
+due, observes their pools (``scaling.metrics``), asks the policy (``scaling.policy.decide``) and
+records each ``ScalingDecision``, in a fixed number of queries however many rules it takes;
+``scaling_apply`` then carries a decision out on its pool: growth un-drains draining agents and
+spawns the rest through ``agents.services.agent_spawn`` (the owner's quota and the hosts'
+capacity apply); shrinking marks the least busy agents draining, and a draining agent is stopped
+once it holds no open session, at this pass or a later one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from agents.models import Agent
+from agents.services import agent_spawn, agent_stop
+from console.errors import ConsoleError
 from console.models import User
 from console.services import audit_record, audited_delete, audited_save
-from scaling.models import ScalingRule
+from scaling import policy
+from scaling.metrics import PoolKey, PoolReading, pools_observe
+from scaling.models import ScalingDecision, ScalingRule
 
 __all__ = [
+    "AUTOSCALER_ACCOUNT",
+    "scaling_apply",
+    "scaling_evaluate",
     "scaling_rule_create",
     "scaling_rule_delete",
+    "scaling_rule_evaluate",
     "scaling_rule_set_enabled",
     "scaling_rule_update",
+    "scaling_rules_due",
 ]
+
+AUTOSCALER_ACCOUNT = "autoscaler"  # owns the pools of rules that name no owner
+# Beat looks for due rules every few seconds; a rule a little early is due rather than late.
+_DUE_SLACK_SECONDS = 1.0
 
 # What an operator sets on a rule, and what its audit entries show.
 _SETTINGS = [f.name for f in ScalingRule._meta.concrete_fields if f.editable and not f.primary_key]
@@ -66,3 +96,192 @@ def scaling_rule_set_enabled(
             )
     rule.refresh_from_db(fields=["enabled", "updated_at"])
     return rule
+
+
+# --- The autoscaler ------------------------------------------------------------------------------
+
+
+def _autoscaler_account() -> User:
+    account, _ = User.objects.get_or_create(
+        username=AUTOSCALER_ACCOUNT, defaults={"is_active": False}
+    )
+    return account
+
+
+def _due(rule: ScalingRule, now: datetime) -> bool:
+    last = rule.last_evaluated_at
+    if last is None:
+        return True
+    return (now - last).total_seconds() >= rule.evaluation_interval_seconds - _DUE_SLACK_SECONDS
+
+
+def scaling_rules_due(*, now: datetime | None = None) -> list[int]:
+    """The ids of the enabled rules whose interval has passed since their last evaluation."""
+    now = now or timezone.now()
+    rules = ScalingRule.objects.filter(enabled=True).only(
+        "pk", "evaluation_interval_seconds", "last_evaluated_at"
+    )
+    return [rule.pk for rule in rules if _due(rule, now)]
+
+
+def _claim(rule_ids: Sequence[int] | None, now: datetime) -> list[ScalingRule]:
+    """Lock the enabled, due rules among ``rule_ids`` (all when None) and mark them evaluated
+    now: a rule another pass holds is skipped, one evaluated meanwhile is no longer due."""
+    with transaction.atomic():
+        rules = ScalingRule.objects.select_for_update(skip_locked=True).filter(enabled=True)
+        if rule_ids is not None:
+            rules = rules.filter(pk__in=list(rule_ids))
+        claimed = [rule for rule in rules if _due(rule, now)]
+        if claimed:
+            ScalingRule.objects.filter(pk__in=[r.pk for r in claimed]).update(last_evaluated_at=now)
+    for rule in claimed:
+        rule.last_evaluated_at = now
+    return claimed
+
+
+def _history(rules: Sequence[ScalingRule], now: datetime) -> dict[int, list[policy.Past]]:
+    spans = {rule.pk: policy.history_span_seconds(policy.Rule.of(rule)) for rule in rules}
+    since = now - timedelta(seconds=max(spans.values()))
+    rows = ScalingDecision.objects.filter(
+        rule_id__in=list(spans), created_at__gte=since, created_at__lt=now
+    ).values_list(
+        "rule_id",
+        "created_at",
+        "current_agents",
+        "desired_agents",
+        "observed_sessions",
+        "recommended_agents",
+    )
+    history: dict[int, list[policy.Past]] = defaultdict(list)
+    for rule_id, at, agents, target, sessions, recommended in rows:
+        if (now - at).total_seconds() <= spans[rule_id]:
+            history[rule_id].append(policy.Past(at, agents, target, sessions, recommended))
+    return history
+
+
+def _inputs(
+    rule: policy.Rule,
+    reading: PoolReading,
+    now: datetime,
+    history: Sequence[policy.Past],
+    decision: policy.Decision,
+) -> dict[str, Any]:
+    """Everything the policy was given (to replay the decision), and what limited it."""
+    return {
+        "now": now.isoformat(),
+        "rule": dataclasses.asdict(rule),
+        "observation": reading.as_inputs(),
+        "history": [
+            [p.at.isoformat(), p.agents, p.target, p.sessions, p.recommended]
+            for p in sorted(history, key=lambda p: p.at)
+        ],
+        "forecast": decision.forecast,
+        "limits": list(decision.limits),
+    }
+
+
+def _pool_key(rule: ScalingRule, default_owner_id: int) -> PoolKey:
+    return PoolKey(rule.owner_id or default_owner_id, rule.model, rule.system_prompt)
+
+
+def scaling_evaluate(
+    *, rule_ids: Sequence[int] | None = None, now: datetime | None = None
+) -> list[ScalingDecision]:
+    """One pass: observe, decide and record for the enabled rules among ``rule_ids`` (all when
+    None) that are due. The queries are the same few whatever the number of rules."""
+    now = now or timezone.now()
+    rules = _claim(rule_ids, now)
+    if not rules:
+        return []
+    autoscaler_id = _autoscaler_account().pk
+    pools = {rule.name: _pool_key(rule, autoscaler_id) for rule in rules}
+    readings = pools_observe(pools=pools)
+    history = _history(rules, now)
+    decisions = []
+    for rule in rules:
+        reading, past = readings[rule.name], history.get(rule.pk, [])
+        view = policy.Rule.of(rule)
+        observation = policy.Observation(
+            now=now, agents=reading.agents, sessions=reading.sessions, error=reading.error
+        )
+        decision = policy.decide(view, observation, past)
+        utilization = decision.utilization
+        decisions.append(
+            ScalingDecision(
+                rule=rule,
+                created_at=now,
+                current_agents=decision.agents,
+                desired_agents=decision.target,
+                recommended_agents=decision.recommended,
+                observed_sessions=decision.sessions,
+                utilization=None
+                if utilization is None
+                else Decimal(str(round(min(utilization, 99_999_999), 4))),
+                action=decision.direction.value,
+                reason=decision.reason,
+                inputs=_inputs(view, reading, now, past, decision),
+                metrics_error=reading.error,
+            )
+        )
+    return ScalingDecision.objects.bulk_create(decisions)
+
+
+def _pool_agents(rule: ScalingRule, owner_id: int) -> QuerySet[Agent]:
+    return Agent.objects.filter(
+        owner_id=owner_id,
+        model=rule.model,
+        system_prompt=rule.system_prompt,
+        deleted_at__isnull=True,
+        status__in=Agent.ACTIVE_STATUSES,
+    ).annotate(open_sessions=Count("sessions", filter=Q(sessions__closed_at__isnull=True)))
+
+
+def scaling_apply(*, decision: ScalingDecision) -> dict[str, Any]:
+    """Carry out ``decision`` on its rule's pool, then stop the pool's draining agents that no
+    longer hold a session. What was done is added to the decision's inputs and returned."""
+    rule = decision.rule
+    owner = rule.owner or _autoscaler_account()
+    pool = _pool_agents(rule, owner.pk)
+    done: dict[str, Any] = {"undrained": 0, "spawned": 0, "draining": 0, "stopped": 0}
+    change = decision.desired_agents - decision.current_agents
+    if change > 0:
+        draining = pool.filter(draining_since__isnull=False).order_by("-open_sessions")
+        back = [agent.pk for agent in draining[:change]]
+        done["undrained"] = Agent.objects.filter(pk__in=back).update(draining_since=None)
+        for _ in range(change - done["undrained"]):
+            try:
+                agent_spawn(
+                    owner=owner,
+                    model=rule.model,
+                    name=rule.name,
+                    system_prompt=rule.system_prompt,
+                    max_concurrent_sessions=min(max(rule.target_sessions_per_agent, 100), 10_000),
+                )
+            except ConsoleError as exc:  # the quota or the hosts are full: grow on a later pass
+                done["error"] = f"{exc.code}: {exc}"
+                break
+            done["spawned"] += 1
+    elif change < 0:
+        serving = pool.filter(draining_since__isnull=True).order_by("open_sessions", "-created_at")
+        retiring = [agent.pk for agent in serving[:-change]]
+        done["draining"] = Agent.objects.filter(
+            pk__in=retiring, draining_since__isnull=True
+        ).update(draining_since=decision.created_at)
+    idle = pool.filter(draining_since__isnull=False, open_sessions=0)
+    for agent in idle:
+        agent_stop(agent=agent)
+        done["stopped"] += 1
+    if change or done["stopped"]:
+        decision.inputs = {**decision.inputs, "applied": done}
+        ScalingDecision.objects.filter(pk=decision.pk).update(inputs=decision.inputs)
+    return done
+
+
+def scaling_rule_evaluate(*, rule_id: int, now: datetime | None = None) -> ScalingDecision | None:
+    """Evaluate one rule if it is enabled and due, and apply its decision; None otherwise
+    (paused, deleted, or evaluated within its interval already)."""
+    decisions = scaling_evaluate(rule_ids=[rule_id], now=now)
+    if not decisions:
+        return None
+    scaling_apply(decision=decisions[0])
+    return decisions[0]

@@ -1,0 +1,38 @@
+"""Celery tasks of the autoscaler. Beat runs ``evaluate_due`` every few seconds; it queues one
+``evaluate`` per rule whose interval has passed. Each takes a rule id, and evaluating a rule
+that is not due (a redelivery, a second queueing) does nothing, so both are safe to repeat."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import OperationalError
+
+from scaling import services
+
+__all__ = ["evaluate", "evaluate_due"]
+
+
+@shared_task(name="scaling.tasks.evaluate_due", soft_time_limit=30, time_limit=60)
+def evaluate_due() -> int:
+    """Queue an evaluation of each enabled rule that is due."""
+    rule_ids = services.scaling_rules_due()
+    for rule_id in rule_ids:
+        evaluate.delay(rule_id)
+    return len(rule_ids)
+
+
+@shared_task(
+    name="scaling.tasks.evaluate",
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=3,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def evaluate(rule_id: int) -> str | None:
+    """Evaluate one rule and apply its decision; the decision's action, or None when the rule
+    was not due."""
+    decision = services.scaling_rule_evaluate(rule_id=rule_id)
+    return None if decision is None else decision.action
