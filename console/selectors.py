@@ -2,38 +2,33 @@
 and the budgets nearest their limits for monitoring; the fleet's counts for ``/metrics``; the
 audit log, a page at a time.
 
-Summaries read the hourly roll-up (``UsageHourly``), a few rows per user, agent, model and hour,
-instead of every call. The roll-up is written in the same transaction as each ledger row, so for
-a range made of whole hours it is exact. A range that starts or ends inside an hour reads its
-whole hours from the roll-up and its partial hours at the edges from the ledger itself
-(``UsageRecord``, at most one hour of rows at each end), so the answer is exact for any range.
+Summaries read the roll-ups, kept current in the same transaction as each ledger row: whole
+UTC days from the daily one (``UsageDaily``), whole hours around them from the hourly one
+(``UsageHourly``), and the partial hours at the edges from the ledger itself (``UsageRecord``,
+at most one hour of rows at each end), so the answer is exact for any range. How a range is cut
+and which indexes serve each piece: ``console.usage.reads``.
 
-Ranges are half-open, ``start <= t < end``, with aware datetimes. Which indexes serve which read:
-
-- the roll-up, for some users: the unique key ``(user, hour, agent_id, model)``, whose prefix
-  ``(user, hour)`` is a range scan per user; for every user: the ``(hour)`` index;
-- the ledger edges, for some users: ``(user, created_at)``; for every user: ``(created_at)``.
-
-On SQLite, sums of USD amounts are computed in floating point by the database (and quantized to
-eight places when read); PostgreSQL sums them exactly. An agent removed from the database (not
-merely marked deleted) keeps its id in the roll-up but loses it in the ledger, so its calls in
-the partial hours of a range count under no agent.
+Ranges are half-open, ``start <= t < end``, with aware datetimes. On SQLite, sums of USD amounts
+are computed in floating point by the database (and quantized to eight places when read);
+PostgreSQL sums them exactly. An agent removed from the database (not merely marked deleted)
+keeps its id in the roll-ups but loses it in the ledger, so its calls in the partial hours of a
+range count under no agent.
 """
 
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
-from console.models import ApiKey, AuditEvent, Budget, Quota, UsageHourly, UsageRecord, User
+from console.models import ApiKey, AuditEvent, Budget, Quota, UsageHourly, User
 from console.services import budget_window
+from console.usage.reads import usage_grouped
 
 __all__ = [
     "AuditPage",
@@ -54,23 +49,12 @@ __all__ = [
 
 GroupBy = Literal["user", "agent", "model", "day", "hour"]
 
-_HOUR = timedelta(hours=1)
 _TOKEN_KINDS = (
     "input_tokens",
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
 )
-# The column each grouping reads from the roll-up; "day" folds hours into days in Python, so
-# that days may be local to any time zone without a per-row conversion in the database.
-_ROLLUP_COLUMN = {
-    "user": "user_id",
-    "agent": "agent_id",
-    "model": "model",
-    "day": "hour",
-    "hour": "hour",
-}
-_LEDGER_COLUMN = {"user": "user_id", "agent": "agent_id", "model": "model"}
 _KEY_NAME = {"user": "user_id", "agent": "agent_id", "model": "model", "day": "day", "hour": "hour"}
 
 
@@ -91,17 +75,13 @@ def usage_summary(
     usage appear. Days in ``tz`` are exact for zones whose offset from UTC is a whole number of
     hours; in the others (a few, such as Asia/Kolkata) each hour counts in the day it began in.
 
-    Takes one query over the roll-up plus one per partial hour at the edges of the range.
+    Takes one query over each roll-up the range needs plus one per partial hour at its edges.
     """
     if group_by not in _KEY_NAME:
         raise ValueError(f"group_by must be one of {', '.join(_KEY_NAME)}, not {group_by!r}")
-    zone = zoneinfo.ZoneInfo(tz)
-    totals: dict[Any, dict[str, Any]] = {}
-    for key, row in _grouped(user_ids=user_ids, start=start, end=end, group_by=group_by):
-        if group_by == "day":
-            key = _day_of(key, zone)
-        _add(totals.setdefault(key, _zero()), row)
-    rows = [{_KEY_NAME[group_by]: key, **_finish(values)} for key, values in totals.items()]
+    zoneinfo.ZoneInfo(tz)  # an unknown zone fails here, even for a range with no usage
+    totals = usage_grouped(user_ids=user_ids, start=start, end=end, keys=(group_by,), tz=tz)
+    rows = [{_KEY_NAME[group_by]: key, **_finish(values)} for (key,), values in totals.items()]
     if group_by in ("day", "hour"):
         rows.sort(key=lambda row: row[_KEY_NAME[group_by]])
     else:
@@ -113,10 +93,8 @@ def usage_summary(
 def usage_totals(*, user_ids: list[int] | None, start: datetime, end: datetime) -> dict[str, Any]:
     """Usage in ``[start, end)`` for ``user_ids`` (``None``: everyone), in one row: ``requests``,
     the four token kinds, ``total_tokens`` and ``cost_usd``; exact as ``usage_summary`` is."""
-    values = _zero()
-    for _, row in _grouped(user_ids=user_ids, start=start, end=end, group_by=None):
-        _add(values, row)
-    return _finish(values)
+    found = usage_grouped(user_ids=user_ids, start=start, end=end, keys=())
+    return _finish(found.get((), _zero()))
 
 
 # --- Lists for the API --------------------------------------------------------------------------
@@ -138,91 +116,11 @@ def budget_list(*, user_id: int | None = None) -> QuerySet[Budget]:
     return budgets if user_id is None else budgets.filter(user_id=user_id)
 
 
-# --- How a range is read -------------------------------------------------------------------------
-
-
-def _grouped(
-    *, user_ids: list[int] | None, start: datetime, end: datetime, group_by: str | None
-) -> Iterable[tuple[Any, dict[str, Any]]]:
-    """(key, sums) pairs from the roll-up's whole hours and the ledger's partial ones; a key may
-    come more than once (from the roll-up and from an edge), and the caller adds them up."""
-    for moment in (start, end):
-        if moment.tzinfo is None or moment.utcoffset() is None:
-            raise ValueError("start and end must be aware datetimes")
-    if user_ids is not None and not user_ids:
-        return
-    if end <= start:
-        return
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    first_whole = _ceil_hour(start)
-    last_whole = _floor_hour(end)
-    if first_whole >= last_whole:  # no whole hour inside: only ledger rows
-        edges = [(start, end)]
-    else:
-        yield from _rollup(user_ids, first_whole, last_whole, group_by)
-        edges = [(start, first_whole), (last_whole, end)]
-    for lo, hi in edges:
-        if lo < hi:
-            yield from _ledger(user_ids, lo, hi, group_by)
-
-
-def _rollup(
-    user_ids: list[int] | None, start: datetime, end: datetime, group_by: str | None
-) -> Iterable[tuple[Any, dict[str, Any]]]:
-    rows: QuerySet[Any] = UsageHourly.objects.filter(hour__gte=start, hour__lt=end)
-    if user_ids is not None:
-        rows = rows.filter(user_id__in=user_ids)
-    sums = {
-        "requests": Sum("requests"),
-        **{kind: Sum(kind) for kind in _TOKEN_KINDS},
-        "cost_usd": Sum("cost_usd"),
-    }
-    if group_by is None:
-        yield None, rows.aggregate(**sums)
-        return
-    column = _ROLLUP_COLUMN[group_by]
-    for row in rows.order_by().values(column).annotate(**sums):
-        key = row.pop(column)
-        if group_by == "agent":
-            key = key or None
-        yield key, row
-
-
-def _ledger(
-    user_ids: list[int] | None, start: datetime, end: datetime, group_by: str | None
-) -> Iterable[tuple[Any, dict[str, Any]]]:
-    """The ledger's rows of one partial hour (``start`` and ``end`` lie within one hour)."""
-    rows: QuerySet[Any] = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
-    if user_ids is not None:
-        rows = rows.filter(user_id__in=user_ids)
-    sums = {
-        "requests": Count("id"),
-        **{kind: Sum(kind) for kind in _TOKEN_KINDS},
-        "cost_usd": Sum("cost_usd"),
-    }
-    if group_by in (None, "day", "hour"):  # one hour: a single group
-        row = rows.aggregate(**sums)
-        if row["requests"]:
-            yield _floor_hour(start), row
-        return
-    column = _LEDGER_COLUMN[group_by]
-    for row in rows.order_by().values(column).annotate(**sums):
-        key = row.pop(column)
-        if group_by == "agent" and key is not None:
-            key = str(key)
-        yield key, row
-
-
 # --- Arithmetic ----------------------------------------------------------------------------------
 
 
 def _zero() -> dict[str, Any]:
     return {"requests": 0, **dict.fromkeys(_TOKEN_KINDS, 0), "cost_usd": Decimal(0)}
-
-
-def _add(into: dict[str, Any], row: dict[str, Any]) -> None:
-    for name in into:
-        into[name] += row[name] or 0
 
 
 def _finish(values: dict[str, Any]) -> dict[str, Any]:
@@ -237,15 +135,6 @@ def _finish(values: dict[str, Any]) -> dict[str, Any]:
 
 def _floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def _ceil_hour(moment: datetime) -> datetime:
-    floor = _floor_hour(moment)
-    return floor if floor == moment else floor + _HOUR
-
-
-def _day_of(hour: datetime, zone: zoneinfo.ZoneInfo) -> date:
-    return hour.astimezone(zone).date()
 
 
 # --- Budgets -------------------------------------------------------------------------------------
