@@ -106,9 +106,12 @@ def main() -> int:
         return 1
     python = sys.executable
     manager = Manager()
+    # In JSON, the console logs each request itself (with its request id): daphne's plain
+    # access log would only repeat it.
+    quiet = " -v 0" if env.get("LOG_FORMAT") == "json" else ""
     manager.add_process(
         "web",
-        f"{python} -m daphne -b {host} -p {port} console.asgi:application",
+        f"{python} -m daphne{quiet} -b {host} -p {port} console.asgi:application",
         env=env,
         cwd=str(BASE_DIR),
     )
