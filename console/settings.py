@@ -142,9 +142,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # An idle consumer blocks in BZPOPMIN for 5 s at a time; redis-py's own default
-            # socket timeout is also 5 s, which would kill idle sockets' receive loops.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
     CACHES = {
