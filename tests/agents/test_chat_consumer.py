@@ -513,3 +513,21 @@ def test_events_are_json_objects_with_a_type(user, quiet_session):
         return raw
 
     assert json.loads(run(scenario))["type"] == "ready"
+
+
+@pytest.mark.redis
+def test_an_idle_socket_outlives_the_channel_layers_blocking_reads(user, quiet_session):
+    """Idle, a socket's channel blocks in Redis 5 s at a time: that must not time it out."""
+    sid = str(quiet_session.pk)
+
+    async def scenario():
+        socket = _socket(user)
+        await _connected(socket)
+        await socket.send_json_to({"type": "open", "session_id": sid})
+        assert (await socket.receive_json_from(timeout=5))["type"] == "session"
+        await asyncio.sleep(12)
+        await socket.send_json_to({"type": "open", "session_id": sid})
+        assert (await socket.receive_json_from(timeout=5))["type"] == "session"
+        await socket.disconnect()
+
+    run(scenario)
