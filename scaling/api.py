@@ -12,8 +12,9 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import viewsets
+from rest_framework import generics, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,9 +29,12 @@ from scaling.serializers import (
     ScalingDecisionSerializer,
     ScalingRuleQuerySerializer,
     ScalingRuleSerializer,
+    SimulationRequestSerializer,
+    SimulationResultSerializer,
 )
+from scaling.simulator import TraceError, simulate, simulation_svg
 
-__all__ = ["ScalingDecisionViewSet", "ScalingRuleViewSet"]
+__all__ = ["ScalingDecisionViewSet", "ScalingRuleViewSet", "ScalingSimulateView"]
 
 _OPERATORS = [IsAuthenticated, HasScope, IsOperator]
 
@@ -105,3 +109,27 @@ class ScalingDecisionViewSet(viewsets.ReadOnlyModelViewSet):
         return selectors.scaling_decision_list(
             rule_id=filters.get("rule"), action=filters.get("action")
         )
+
+
+class ScalingSimulateView(generics.GenericAPIView):
+    """Replay a load trace (a built-in shape or CSV rows) through a rule's settings, before the
+    rule is saved: the agents it would run, their utilization, and every move with its reason.
+    Nothing is written."""
+
+    serializer_class = SimulationRequestSerializer
+    permission_classes = _OPERATORS
+
+    @extend_schema(request=SimulationRequestSerializer, responses=SimulationResultSerializer)
+    def post(self, request: Request) -> Response:
+        params = self.get_serializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        rule = ScalingRule(**data.get("rule", {}))
+        try:
+            result = simulate(
+                rule=rule, trace=data["trace"]["points"], start_agents=data.get("start_agents")
+            )
+        except TraceError as exc:  # too long a replay for the rule's interval
+            raise ValidationError({"trace": [str(exc)]}) from exc
+        body = {**result.as_dict(), "svg": simulation_svg(result)}
+        return Response(SimulationResultSerializer(body).data)

@@ -11,12 +11,15 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from scaling.models import ScalingDecision, ScalingRule
+from scaling.simulator import SHAPES, TraceError, trace_from_csv, trace_shape
 
 __all__ = [
     "ScalingDecisionQuerySerializer",
     "ScalingDecisionSerializer",
     "ScalingRuleQuerySerializer",
     "ScalingRuleSerializer",
+    "SimulationRequestSerializer",
+    "SimulationResultSerializer",
 ]
 
 
@@ -130,3 +133,135 @@ class ScalingDecisionQuerySerializer(serializers.Serializer):
     action = serializers.ChoiceField(
         choices=ScalingDecision.Action.choices, required=False, allow_null=True, default=None
     )
+
+
+# --- The simulator -------------------------------------------------------------------------------
+
+_POLICY_FIELDS = [
+    "min_agents",
+    "max_agents",
+    "target_sessions_per_agent",
+    "scale_up_threshold",
+    "scale_down_threshold",
+    "evaluation_interval_seconds",
+    "scale_up_cooldown_seconds",
+    "scale_up_max_step",
+    "scale_up_step_unit",
+    "scale_up_period_seconds",
+    "scale_down_cooldown_seconds",
+    "scale_down_max_step",
+    "scale_down_step_unit",
+    "scale_down_period_seconds",
+    "warm_pool_size",
+    "on_metrics_failure",
+    "fallback_agents",
+    "predictive",
+    "predictive_window_minutes",
+]
+
+
+class SimulationRuleSerializer(serializers.ModelSerializer):
+    """A rule's scaling settings, as a rule would have them (the rest at the defaults); checked
+    against the rule's invariants, never saved."""
+
+    scale_up_step_unit = _StepUnitField()
+    scale_down_step_unit = _StepUnitField()
+
+    class Meta:
+        model = ScalingRule
+        fields = _POLICY_FIELDS
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ScalingRule(**attrs).clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        return attrs
+
+
+class SimulationTraceSerializer(serializers.Serializer):
+    """The load to replay: a built-in ``shape`` with its parameters, or ``csv`` rows of
+    ``seconds,sessions``."""
+
+    shape = serializers.ChoiceField(choices=list(SHAPES), required=False)
+    csv = serializers.CharField(
+        required=False,
+        trim_whitespace=False,
+        max_length=1_000_000,
+        help_text="Rows of seconds,sessions (a header row is allowed); times increasing.",
+    )
+    low = serializers.IntegerField(required=False, min_value=0, help_text="Sessions; default 100.")
+    high = serializers.IntegerField(
+        required=False, min_value=0, help_text="Sessions; default 5000."
+    )
+    duration_seconds = serializers.IntegerField(
+        required=False,
+        min_value=60,
+        max_value=7 * 86_400,
+        help_text="Default: an hour; daily: a day.",
+    )
+    step_seconds = serializers.IntegerField(required=False, min_value=1, max_value=86_400)
+    spike_at_seconds = serializers.IntegerField(required=False, min_value=0)
+    spike_seconds = serializers.IntegerField(required=False, min_value=1)
+    peak_hour = serializers.FloatField(required=False, min_value=0, max_value=24)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        shape, text = attrs.pop("shape", None), attrs.pop("csv", None)
+        if (shape is None) == (text is None):
+            raise serializers.ValidationError(
+                {"non_field_errors": ["give either a shape or a csv, not both"]}
+            )
+        try:
+            if text is not None:
+                if attrs:
+                    raise serializers.ValidationError(
+                        {"csv": [f"a CSV trace takes no shape parameters ({', '.join(attrs)})"]}
+                    )
+                return {"points": trace_from_csv(text)}
+            return {"points": trace_shape(shape, **attrs)}
+        except TraceError as exc:
+            raise serializers.ValidationError({"csv" if text else "shape": [str(exc)]}) from exc
+
+
+class SimulationRequestSerializer(serializers.Serializer):
+    rule = SimulationRuleSerializer(required=False, help_text="Unset settings: the defaults.")
+    trace = SimulationTraceSerializer()
+    start_agents = serializers.IntegerField(
+        required=False, min_value=0, help_text="The pool's size at the start; default: min_agents."
+    )
+
+
+class _SimulationPointSerializer(serializers.Serializer):
+    seconds = serializers.FloatField()
+    sessions = serializers.IntegerField()
+    agents = serializers.IntegerField(help_text="Running after the evaluation's decision.")
+    utilization = serializers.FloatField(allow_null=True)
+
+
+class _SimulationDecisionSerializer(serializers.Serializer):
+    seconds = serializers.FloatField()
+    direction = serializers.ChoiceField(choices=["scale_up", "scale_down"])
+    from_agents = serializers.IntegerField()
+    to_agents = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
+class _SimulationSummarySerializer(serializers.Serializer):
+    evaluations = serializers.IntegerField()
+    moves = serializers.IntegerField()
+    peak_agents = serializers.IntegerField()
+    peak_sessions = serializers.IntegerField()
+    peak_utilization = serializers.FloatField()
+    mean_utilization = serializers.FloatField(allow_null=True)
+    overloaded_evaluations = serializers.IntegerField(help_text="Evaluations past utilization 1.")
+    agent_hours = serializers.FloatField()
+
+
+class SimulationResultSerializer(serializers.Serializer):
+    """Each evaluation's load and agents, the moves with their reasons, a summary, and the
+    series drawn as an SVG document."""
+
+    points = _SimulationPointSerializer(many=True)
+    decisions = _SimulationDecisionSerializer(many=True, help_text="The moves only.")
+    summary = _SimulationSummarySerializer()
+    svg = serializers.CharField()

@@ -7,7 +7,7 @@ from rest_framework.routers import SimpleRouter
 
 from agents import api as agents_api
 from console.api import views
-from scaling.api import ScalingDecisionViewSet, ScalingRuleViewSet
+from scaling.api import ScalingDecisionViewSet, ScalingRuleViewSet, ScalingSimulateView
 
 router = SimpleRouter(trailing_slash=False)
 router.register("keys", views.ApiKeyViewSet, basename="api-key")
@@ -29,5 +29,6 @@ urlpatterns = [
         name="api-session-messages",
     ),
     path("sessions/<uuid:session_id>/cancel", agents_api.session_cancel, name="api-session-cancel"),
+    path("scaling/simulate", ScalingSimulateView.as_view(), name="api-scaling-simulate"),
     path("", include(router.urls)),
 ]
