@@ -259,6 +259,9 @@ def test_gateway_token_and_session_id_are_sent_as_headers(
         (b'{"prompt": "hi", "max_tokens": 0}', "invalid_request", "max_tokens"),
         (b'{"prompt": "hi", "max_tokens": true}', "invalid_request", "max_tokens"),
         (b'{"prompt": "hi", "session_id": 7}', "invalid_request", None),
+        (b'{"prompt": "hi", "keep_turns": -1}', "invalid_request", "keep_turns"),
+        (b'{"prompt": "hi", "keep_turns": "1"}', "invalid_request", "keep_turns"),
+        (b'{"prompt": "hi", "keep_turns": true}', "invalid_request", "keep_turns"),
     ],
 )
 def test_bad_input_is_refused_with_400(
@@ -315,6 +318,38 @@ def test_a_gateway_error_mid_session_keeps_the_earlier_turns(
     messages = _chat_requests(fake_gateway)[-1]["messages"]
     assert len(messages) == 3
     assert [m["content"] for m in messages if m["role"] == "user"] == ["turn one", "turn two"]
+
+
+def test_keep_turns_replaces_the_later_turns_and_a_failed_turn_puts_them_back(
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
+) -> None:
+    session = _session()
+    for prompt in ("one", "two", "three"):
+        runtime_http.post(CHAT, json={"prompt": prompt, "session_id": session})
+
+    # Regenerating the last turn: keep the first two, ask "three" again.
+    again = runtime_http.post(
+        CHAT, json={"prompt": "three", "session_id": session, "keep_turns": 2}
+    )
+    assert again.status_code == 200
+    sent = _chat_requests(fake_gateway)[-1]["messages"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == ["one", "two", "three"]
+    assert len(sent) == 5
+
+    # Editing the first prompt fails upstream: the session is left exactly as it was.
+    fake_gateway.enqueue(Error(529))
+    failed = runtime_http.post(
+        CHAT, json={"prompt": "uno", "session_id": session, "keep_turns": 0, "stream": True}
+    )
+    assert _sse(failed)[-1][0] == "error"
+    runtime_http.post(CHAT, json={"prompt": "four", "session_id": session})
+    sent = _chat_requests(fake_gateway)[-1]["messages"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == ["one", "two", "three", "four"]
+
+    # Keeping more turns than there are keeps them all.
+    runtime_http.post(CHAT, json={"prompt": "five", "session_id": session, "keep_turns": 99})
+    sent = _chat_requests(fake_gateway)[-1]["messages"]
+    assert [m["content"] for m in sent if m["role"] == "user"][-2:] == ["four", "five"]
 
 
 def test_stream_deltas_concatenate_to_the_done_content(
