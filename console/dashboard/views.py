@@ -172,7 +172,7 @@ def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpRespon
     service, done = _AGENT_ACTIONS[action]
     label = agent.name or str(agent.pk)[:8]
     try:
-        agent = service(agent=agent)
+        agent = service(agent=agent, actor=request.user)
     except ConsoleError as exc:
         response = render(request, "dashboard/partials/_agent_row.html", {"agent": agent})
         return _with_toast(request, response, "error", f"{label}: {exc.message}")

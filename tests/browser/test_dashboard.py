@@ -155,11 +155,12 @@ def test_an_operator_runs_the_fleet_from_the_dashboard(page, log_in, fleet, scre
     decisions.first.locator("summary").click()
     screenshot(page, "decisions")
 
-    # The audit log holds the edit and the pause, with the values before and after.
+    # The audit log holds the stop, the edit and the pause, with the values before and after.
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit").click()
     table = page.locator("#audit-list")
     expect(table).to_contain_text("scalingrule.pause")
     expect(table).to_contain_text("scalingrule.change")
+    expect(table).to_contain_text("agent.stop")
     expect(table.locator("ins").first).to_be_visible()
     screenshot(page, "audit")
 

@@ -247,6 +247,9 @@ def test_stopping_an_agent_answers_with_its_row_and_a_toast(
     assert len(callbacks) == 1  # the halt task, queued after commit
     agent.refresh_from_db()
     assert agent.status == "stopping"
+    event = AuditEvent.objects.get()
+    assert event.action == "agent.stop" and event.target_id == str(agent.pk)
+    assert event.actor.username == "olivia"
 
 
 def test_a_refused_action_shows_why_and_changes_nothing(staff, user):
@@ -257,6 +260,7 @@ def test_a_refused_action_shows_why_and_changes_nothing(staff, user):
     assert "toast-error" in html and "the agent is stopped" in html
     agent.refresh_from_db()
     assert agent.status == "stopped"
+    assert not AuditEvent.objects.exists()
 
 
 def test_deleting_an_agent_removes_its_row(staff, user, django_capture_on_commit_callbacks):
@@ -267,6 +271,7 @@ def test_deleting_an_agent_removes_its_row(staff, user, django_capture_on_commit
     assert "Agent doomed is deleted" in response.content.decode()
     agent.refresh_from_db()
     assert agent.deleted_at is not None
+    assert AuditEvent.objects.get().action == "agent.delete"
     assert (
         staff.post(reverse("dashboard:agent-action", args=[agent.pk, "delete"]), **HX).status_code
         == 404
