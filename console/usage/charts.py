@@ -17,19 +17,24 @@ __all__ = ["Bars", "Stacked", "bars", "money", "stacked"]
 SERIES = 8  # colour classes usage-s0 … usage-s7; more models reuse them in turn
 
 
+def _n(value: float) -> str:
+    """A coordinate, as the SVG gets it: a string, so that templates do not localize it."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
 @dataclass(frozen=True, slots=True)
 class Segment:
-    x: float
-    y: float
-    width: float
-    height: float
+    x: str
+    y: str
+    width: str
+    height: str
     series: int
     title: str
 
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    at: float
+    at: str
     label: str
 
 
@@ -48,6 +53,14 @@ class Stacked:
     x_ticks: list[Tick]
     legend: list[tuple[int, str]]
     empty: bool
+
+    @property
+    def y_label_x(self) -> str:
+        return str(self.left - 6)
+
+    @property
+    def x_label_y(self) -> str:
+        return str(self.height - 8)
 
 
 def money(value: Decimal) -> str:
@@ -97,20 +110,20 @@ def stacked(buckets: list[Bucket], models: list[str], *, hourly: bool) -> Stacke
             y -= h
             segments.append(
                 Segment(
-                    x=round(left + i * step + gap / 2, 2),
-                    y=round(y, 2),
-                    width=round(max(step - gap, 0.5), 2),
-                    height=round(h, 2),
+                    x=_n(left + i * step + gap / 2),
+                    y=_n(y),
+                    width=_n(max(step - gap, 0.5)),
+                    height=_n(h),
                     series=series % SERIES,
                     title=f"{_bucket_label(bucket.at, hourly)} · {model}: {money(cost)}",
                 )
             )
     y_ticks = [
-        Tick(round(top + plot_height * (1 - n / 4), 2), money(scale * n / 4)) for n in range(5)
+        Tick(_n(top + plot_height * (1 - n / 4)), money(scale * n / 4)) for n in range(5)
     ]
     every = max(1, math.ceil(len(buckets) / 8))
     x_ticks = [
-        Tick(round(left + (i + 0.5) * step, 2), _bucket_label(bucket.at, hourly))
+        Tick(_n(left + (i + 0.5) * step), _bucket_label(bucket.at, hourly))
         for i, bucket in enumerate(buckets)
         if i % every == 0
     ]
@@ -131,8 +144,8 @@ def stacked(buckets: list[Bucket], models: list[str], *, hourly: bool) -> Stacke
 
 @dataclass(frozen=True, slots=True)
 class Bar:
-    y: float
-    width: float
+    y: str
+    width: str
     label: str
     value: str
 
@@ -154,8 +167,8 @@ def bars(ranked: list[Ranked]) -> Bars:
     highest = max((item.cost_usd for item in ranked), default=Decimal(0))
     found = [
         Bar(
-            y=i * row,
-            width=round(float(item.cost_usd / highest) * plot, 2) if highest > 0 else 0,
+            y=str(i * row),
+            width=_n(float(item.cost_usd / highest) * plot) if highest > 0 else "0",
             label=item.label if len(item.label) <= 18 else item.label[:17] + "…",
             value=money(item.cost_usd),
         )
