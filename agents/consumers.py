@@ -22,7 +22,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from agents import events as ev
-from agents.selectors import chat_budgets, chat_session, message_data
+from agents.selectors import chat_session_owned, chat_snapshot
 from agents.services import session_for_turn, turn_cancel
 from agents.services.live import live_claimed, live_replay, live_turn_prepare, live_turn_start
 from console.errors import (
@@ -198,11 +198,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def client_resume(self, frame: dict[str, Any]) -> None:
         data = _valid(_ResumeFrame, frame)
         session_id = data["session_id"]
-        if (
-            await database_sync_to_async(chat_session)(user=self.user, session_id=session_id)
-            is None
-        ):
-            raise NotFound(f"you have no session {session_id}")
+        await self._check_owned(session_id)
         await self._follow(session_id)
         replay = await live_replay(session_id, after=data["after"])
         if not replay.complete:  # the log no longer holds all of it: start from a snapshot
@@ -259,17 +255,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(ev.session_group(session_id), self.channel_name)
         self.following, self.last_seq = session_id, 0
 
-    async def _open(self, session_id: str) -> None:
-        if (
-            await database_sync_to_async(chat_session)(user=self.user, session_id=session_id)
-            is None
-        ):
+    async def _check_owned(self, session_id: str) -> None:
+        owned = await database_sync_to_async(chat_session_owned)(
+            user=self.user, session_id=session_id
+        )
+        if not owned:
             raise NotFound(f"you have no session {session_id}")
+
+    async def _open(self, session_id: str) -> None:
+        await self._check_owned(session_id)
         await self._follow(session_id)
         # The log before the messages: a turn that completes in between is in the replay.
         replay = await live_replay(session_id, after=0)
         running = await live_claimed(session_id)
-        snapshot = await database_sync_to_async(_snapshot)(user=self.user, session_id=session_id)
+        snapshot = await database_sync_to_async(chat_snapshot)(
+            user=self.user, session_id=session_id
+        )
+        if snapshot is None:  # deleted meanwhile
+            raise NotFound(f"you have no session {session_id}")
         started = [
             e["seq"]
             for e in replay.events
@@ -292,23 +295,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.following != session_id:
             await self._open(session_id)
         await live_turn_start(live=live)
-
-
-def _snapshot(*, user: Any, session_id: str) -> dict[str, Any]:
-    session = chat_session(user=user, session_id=session_id)
-    if session is None:
-        raise NotFound(f"you have no session {session_id}")
-    return {
-        "type": "session",
-        "session_id": str(session.pk),
-        "title": session.title,
-        "agent_id": str(session.agent_id),
-        "agent_name": session.agent.name,
-        "agent_status": session.agent.status,
-        "closed": session.closed_at is not None,
-        "messages": [message_data(m) for m in session.messages.all()],
-        "budgets": chat_budgets(user=user),
-    }
 
 
 def _error_event(exc: ConsoleError, code: str | None = None) -> ev.ErrorEvent:

@@ -13,10 +13,13 @@ from console.selectors import budget_windows
 
 __all__ = [
     "agent_list",
+    "agent_rows",
     "agent_stats",
     "chat_budgets",
     "chat_session",
+    "chat_session_owned",
     "chat_sessions",
+    "chat_snapshot",
     "message_data",
     "session_list",
 ]
@@ -44,6 +47,28 @@ def agent_list(
     if q:
         agents = agents.filter(name__icontains=q)
     return agents.order_by("-created_at")
+
+
+AGENT_ROW_FIELDS = (
+    "id",
+    "status",
+    "created_at",
+    "owner__username",
+    "vcpus",
+    "memory_mib",
+    "max_concurrent_sessions",
+    "name",
+    "model",
+    "backend",
+    "accel",
+    "last_error",
+)
+
+
+def agent_rows(agents: QuerySet[Agent]) -> QuerySet[Agent, dict[str, Any]]:
+    """``agents`` as plain rows of what a list shows (``serializers.agent_row_data``): no model
+    instances to build, which is most of a list's cost."""
+    return agents.values(*AGENT_ROW_FIELDS)
 
 
 def session_list(
@@ -125,6 +150,30 @@ def chat_session(*, user: User, session_id: object) -> Session | None:
         .prefetch_related("messages")
         .first()
     )
+
+
+def chat_session_owned(*, user: User, session_id: object) -> bool:
+    """Whether the session is the user's own (with a live agent)."""
+    return Session.objects.filter(pk=session_id, user=user, agent__deleted_at__isnull=True).exists()
+
+
+def chat_snapshot(*, user: User, session_id: object) -> dict[str, Any] | None:
+    """One of the user's sessions as the chat's ``session`` event carries it
+    (``agents.events.SessionEvent``, without ``seq`` and ``running``)."""
+    session = chat_session(user=user, session_id=session_id)
+    if session is None:
+        return None
+    return {
+        "type": "session",
+        "session_id": str(session.pk),
+        "title": session.title,
+        "agent_id": str(session.agent_id),
+        "agent_name": session.agent.name,
+        "agent_status": session.agent.status,
+        "closed": session.closed_at is not None,
+        "messages": [message_data(m) for m in session.messages.all()],
+        "budgets": chat_budgets(user=user),
+    }
 
 
 def message_data(message: Message) -> dict[str, Any]:
