@@ -121,3 +121,28 @@ def test_the_chat_page_fits_a_phone(new_page, log_in, user, fake_anthropic, scre
     expect(page.locator(".msg-usage")).to_have_count(1, timeout=20_000)
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     screenshot(page, "phone")
+
+
+def test_regenerate_and_edit_replace_the_turn_in_place(
+    logged_in_page, user, fake_anthropic, screenshot
+):
+    page = logged_in_page(user)
+    _start_chat(page)
+    _ask(page, "First question")
+    expect(page.locator(".msg-usage")).to_have_count(1, timeout=20_000)
+
+    fake_anthropic.enqueue(Text("A *better* answer"))
+    page.click("[data-regenerate]")
+    expect(page.locator(REPLY)).to_have_text(["A better answer"], timeout=20_000)
+    assert page.locator(f"{REPLY} em").inner_text() == "better"
+
+    page.click("[data-edit]")
+    page.fill(".msg-edit textarea", "The question, edited")
+    page.click(".msg-edit [type=submit]")
+    expect(page.locator(REPLY)).to_have_text(["Echo: The question, edited"], timeout=20_000)
+    expect(page.locator(".msg-user .msg-body")).to_have_text(["The question, edited"])
+    assert [m.content for m in Message.objects.all()] == [
+        "The question, edited",
+        "Echo: The question, edited",
+    ]
+    screenshot(page, "edited")
