@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 
 from agents.models import Agent
+from console.models import User
 from scaling.models import ScalingRule
 
 __all__ = ["AgentFilterForm", "AuditFilterForm", "DecisionFilterForm", "ScalingRuleForm"]
@@ -39,12 +40,23 @@ class AuditFilterForm(forms.Form):
 
 class ScalingRuleForm(forms.ModelForm):
     """Every setting of a rule. Validation is the model's own: its fields' validators,
-    ``ScalingRule.clean`` and its constraints (one rule per pool among them)."""
+    ``ScalingRule.clean`` and its constraints (one rule per pool among them). The pool's owner
+    is typed as a username, so the form never lists every account."""
+
+    owner = forms.ModelChoiceField(
+        queryset=User.objects.all(),
+        to_field_name="username",
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "the autoscaler's account"}),
+        help_text="The account that owns the pool's agents; empty: the console's own.",
+        error_messages={"invalid_choice": "There is no account with this username."},
+    )
 
     class Meta:
         model = ScalingRule
         fields = [
             "name",
+            "owner",
             "model",
             "system_prompt",
             "min_agents",
@@ -92,6 +104,8 @@ class ScalingRuleForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+        if self.instance.owner_id is not None:  # shown by username, not by id
+            self.initial["owner"] = self.instance.owner.username
         for direction in ("up", "down"):
             self.fields[f"scale_{direction}_step_unit"].choices = [
                 ("percent", "% of the count"),
@@ -100,7 +114,7 @@ class ScalingRuleForm(forms.ModelForm):
 
     # How the edit form groups the settings.
     SECTIONS = [
-        ("Pool", ["name", "model", "system_prompt"]),
+        ("Pool", ["name", "owner", "model", "system_prompt"]),
         (
             "Size and load",
             [
@@ -152,3 +166,45 @@ class ScalingRuleForm(forms.ModelForm):
 
     def values(self) -> dict[str, Any]:
         return {name: self.cleaned_data[name] for name in self.Meta.fields}
+
+
+class SimulationForm(forms.Form):
+    """The load to replay through a rule: a built-in shape between two session counts, or a
+    CSV of ``seconds,sessions`` rows."""
+
+    SHAPES = [
+        ("daily", "Daily cycle (24 h)"),
+        ("ramp", "Ramp (1 h)"),
+        ("spike", "Spike (1 h)"),
+        ("csv", "CSV trace"),
+    ]
+
+    shape = forms.ChoiceField(choices=SHAPES, initial="daily", label="Load")
+    low = forms.IntegerField(min_value=0, max_value=10_000_000, label="From (sessions)")
+    high = forms.IntegerField(min_value=0, max_value=10_000_000, label="To (sessions)")
+    csv = forms.CharField(
+        required=False,
+        max_length=400_000,
+        label="CSV trace",
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "seconds,sessions\n0,120\n60,340"}),
+        help_text="One row per time: seconds,sessions.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        kwargs.setdefault("prefix", "sim")
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def initial_for(rule: ScalingRule) -> dict[str, Any]:
+        """A load that exercises the rule: from a tenth of to most of its largest pool's
+        capacity."""
+        capacity = (rule.max_agents or 1) * (rule.target_sessions_per_agent or 1)
+        high = max(10, min(capacity * 7 // 10, 1_000_000))
+        return {"shape": "daily", "low": max(1, high // 10), "high": high}
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("shape") == "csv" and not (data.get("csv") or "").strip():
+            self.add_error("csv", "Paste the trace's rows, or pick a built-in load.")
+        return data

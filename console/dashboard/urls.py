@@ -23,6 +23,8 @@ urlpatterns = [
     path("scaling/rules/<int:rule_id>/edit", views.rule_edit, name="rule-edit"),
     path("scaling/rules/<int:rule_id>/toggle", views.rule_toggle, name="rule-toggle"),
     path("scaling/rules/<int:rule_id>/delete", views.rule_delete, name="rule-delete"),
+    path("scaling/rules/<int:rule_id>/simulate", views.rule_simulate, name="rule-simulate"),
+    path("scaling/simulate", views.rule_simulate_draft, name="rule-simulate-draft"),
     path("scaling/decisions/", views.decisions, name="decisions"),
     path("audit/", views.audit, name="audit"),
 ]

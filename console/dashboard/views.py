@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.models import Agent
@@ -27,10 +28,12 @@ from console.dashboard.forms import (
     AuditFilterForm,
     DecisionFilterForm,
     ScalingRuleForm,
+    SimulationForm,
 )
 from console.errors import BadRequest, ConsoleError
 from console.selectors import audit_events
 from scaling import services as scaling_services
+from scaling import simulator
 from scaling.models import ScalingRule
 from scaling.selectors import scaling_rule_list
 
@@ -45,6 +48,8 @@ __all__ = [
     "rule_delete",
     "rule_edit",
     "rule_row",
+    "rule_simulate",
+    "rule_simulate_draft",
     "rule_toggle",
     "scaling",
 ]
@@ -200,8 +205,11 @@ def agent_logs(request: HttpRequest, agent_id: str) -> HttpResponse:
 # --- Scaling rules ------------------------------------------------------------------------------
 
 
+_RULES = ScalingRule.objects.select_related("owner")
+
+
 def _rules_context(request: HttpRequest) -> dict[str, Any]:
-    return {"rules": list(scaling_rule_list()), "new_form": None}
+    return {"rules": list(scaling_rule_list().select_related("owner"))}
 
 
 @staff_required
@@ -235,14 +243,14 @@ def _rule_form(
 @require_GET
 def rule_row(request: HttpRequest, rule_id: int) -> HttpResponse:
     """The rule's row as it is saved (what Cancel brings back)."""
-    return _rule_row(request, get_object_or_404(ScalingRule, pk=rule_id))
+    return _rule_row(request, get_object_or_404(_RULES, pk=rule_id))
 
 
 @staff_required
 @_fragment_only("dashboard:scaling")
 def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     """GET: the row as a form. POST: save it, or show the errors in place (422)."""
-    rule = get_object_or_404(ScalingRule, pk=rule_id)
+    rule = get_object_or_404(_RULES, pk=rule_id)
     if request.method == "GET":
         return _rule_form(request, ScalingRuleForm(instance=rule), rule)
     if request.method != "POST":
@@ -278,7 +286,7 @@ def rule_create(request: HttpRequest) -> HttpResponse:
 @require_POST
 def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
     """Enable a paused rule or pause an enabled one."""
-    rule = get_object_or_404(ScalingRule, pk=rule_id)
+    rule = get_object_or_404(_RULES, pk=rule_id)
     enabled = not rule.enabled
     rule = scaling_services.scaling_rule_set_enabled(rule=rule, enabled=enabled, actor=request.user)
     text = f"Rule {rule.name} {'enabled' if rule.enabled else 'paused'}."
@@ -288,10 +296,93 @@ def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
 @staff_required
 @require_POST
 def rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
-    rule = get_object_or_404(ScalingRule, pk=rule_id)
+    rule = get_object_or_404(_RULES, pk=rule_id)
     name = rule.name
     scaling_services.scaling_rule_delete(rule=rule, actor=request.user)
     return _with_toast(request, HttpResponse(""), "success", f"Rule {name} deleted.")
+
+
+# --- Simulation ---------------------------------------------------------------------------------
+
+SIMULATION_MOVES = 40
+
+
+def _trace(data: dict[str, Any]) -> tuple[simulator.TracePoint, ...]:
+    if data["shape"] == "csv":
+        return simulator.trace_from_csv(data["csv"])
+    return simulator.trace_shape(data["shape"], low=data["low"], high=data["high"])
+
+
+def _simulation(
+    request: HttpRequest,
+    *,
+    rule: ScalingRule,
+    form: SimulationForm,
+    url: str,
+    draft: list[tuple[str, str]] | None = None,
+    rule_errors: Any = None,
+) -> HttpResponse:
+    """The simulation dialog, or only its result when its own form asks again."""
+    context: dict[str, Any] = {
+        "rule": rule,
+        "form": form,
+        "url": url,
+        "draft": draft,
+        "rule_errors": rule_errors,
+    }
+    if rule_errors is None and form.is_valid():
+        try:
+            result = simulator.simulate(rule=rule, trace=_trace(form.cleaned_data))
+        except simulator.TraceError as exc:
+            form.add_error(None, str(exc))
+        else:
+            # The simulator escapes every text it draws and writes no script.
+            context["svg"] = mark_safe(simulator.simulation_svg(result, title=rule.name))
+            context["summary"] = result.summary
+            context["moves"] = result.moves[:SIMULATION_MOVES]
+            context["more_moves"] = max(0, len(result.moves) - SIMULATION_MOVES)
+    result_only = request.htmx and request.htmx.target == "sim-result"
+    template = "_simulation_result.html" if result_only else "_simulation.html"
+    return render(request, f"dashboard/partials/{template}", context)
+
+
+def _simulation_form(request: HttpRequest, rule: ScalingRule) -> SimulationForm:
+    if "sim-shape" in request.POST:
+        return SimulationForm(request.POST)
+    return SimulationForm({f"sim-{k}": v for k, v in SimulationForm.initial_for(rule).items()})
+
+
+@staff_required
+@_fragment_only("dashboard:scaling")
+def rule_simulate(request: HttpRequest, rule_id: int) -> HttpResponse:
+    """Replay a load through a saved rule (GET: a load sized to the rule)."""
+    rule = get_object_or_404(_RULES, pk=rule_id)
+    url = reverse("dashboard:rule-simulate", args=[rule.pk])
+    return _simulation(request, rule=rule, form=_simulation_form(request, rule), url=url)
+
+
+@staff_required
+@require_POST
+def rule_simulate_draft(request: HttpRequest) -> HttpResponse:
+    """Replay a load through the rule as its form stands, unsaved (a new rule, or an edit)."""
+    base = _RULES.filter(pk=request.POST.get("draft_of") or None).first() or ScalingRule()
+    rule_form = ScalingRuleForm(request.POST, instance=base)
+    valid = rule_form.is_valid()  # fills the unsaved instance; nothing is written
+    rule = rule_form.instance
+    draft = [
+        (name, value)
+        for name, values in request.POST.lists()
+        if not name.startswith("sim-") and name != "csrfmiddlewaretoken"
+        for value in values
+    ]
+    return _simulation(
+        request,
+        rule=rule,
+        form=_simulation_form(request, rule),
+        url=reverse("dashboard:rule-simulate-draft"),
+        draft=draft,
+        rule_errors=None if valid else rule_form.errors,
+    )
 
 
 # --- Decisions ----------------------------------------------------------------------------------

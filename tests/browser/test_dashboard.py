@@ -1,6 +1,7 @@
 """An operator runs the fleet from the dashboard in a real browser: the overview refreshes by
 itself, the agent list filters and stops an agent, a scaling rule is edited inline (an error
-first, then a fix) and paused, the decision timeline and the audit log read back what happened.
+first, then a fix), paused and simulated (saved, and as an unsaved edit), the decision timeline
+and the audit log read back what happened.
 Every page is saved as a screenshot at desktop and phone widths."""
 
 from __future__ import annotations
@@ -144,6 +145,31 @@ def test_an_operator_runs_the_fleet_from_the_dashboard(page, log_in, fleet, scre
     rule.refresh_from_db()
     assert rule.min_agents == 5 and not rule.enabled
     screenshot(page, "scaling")
+
+    # Simulate the rule: a day's load replayed through it, drawn as a chart.
+    rule_row.get_by_role("button", name="Simulate").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog.locator("svg")).to_be_visible()
+    expect(dialog).to_contain_text("Peak agents")
+    page.select_option("#id_sim-shape", "spike")
+    dialog.get_by_role("button", name="Run").click()
+    expect(dialog.locator("#sim-result svg")).to_be_visible()
+    screenshot(page, "simulation")
+    dialog.get_by_role("button", name="Close").click()
+    expect(page.locator("dialog")).to_have_count(0)
+
+    # And an edit before it is saved: the unsaved values are simulated, nothing is written.
+    rule_row.get_by_role("button", name="Edit").click()
+    page.fill(f"#rule-{rule.pk} [name=max_agents]", "300")
+    page.locator(f"#rule-{rule.pk}").get_by_role("button", name="Simulate").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog).to_contain_text("unsaved")
+    expect(dialog.locator("svg")).to_be_visible()
+    dialog.get_by_role("button", name="Close").click()
+    page.locator(f"#rule-{rule.pk}").get_by_role("button", name="Cancel").click()
+    expect(rule_row).to_contain_text("5\u2013100")
+    rule.refresh_from_db()
+    assert rule.max_agents == 100
 
     # The decision timeline, by rule.
     page.goto("/dashboard/scaling/decisions/")

@@ -401,6 +401,61 @@ def test_deleting_a_rule_removes_its_row_and_is_audited(staff, operator):
     assert AuditEvent.objects.get().action == "scalingrule.delete"
 
 
+# --- Simulation ---------------------------------------------------------------------------------
+
+
+def test_simulating_a_saved_rule_draws_its_chart(staff):
+    rule = _rule(name="<script>alert(1)</script>", min_agents=2, max_agents=100)
+    rule.target_sessions_per_agent = 20
+    rule.save()
+    response = staff.get(reverse("dashboard:rule-simulate", args=[rule.pk]), **HX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<dialog" in html and "<svg" in html
+    assert "Peak agents" in html and "The moves, with their reasons" in html
+    assert "<script>" not in html  # the rule's name is text, in the dialog and in the chart
+
+
+def test_rerunning_a_simulation_answers_with_the_result_only(staff):
+    rule = _rule()
+    data = {"sim-shape": "spike", "sim-low": "10", "sim-high": "900", "sim-csv": ""}
+    headers = {**HX, "HTTP_HX_TARGET": "sim-result"}
+    html = staff.post(
+        reverse("dashboard:rule-simulate", args=[rule.pk]), data, **headers
+    ).content.decode()
+    assert "<dialog" not in html and "<svg" in html
+
+
+def test_a_bad_trace_is_explained(staff):
+    rule = _rule()
+    data = {"sim-shape": "csv", "sim-low": "1", "sim-high": "2", "sim-csv": "0,10\n60,lots"}
+    headers = {**HX, "HTTP_HX_TARGET": "sim-result"}
+    html = staff.post(
+        reverse("dashboard:rule-simulate", args=[rule.pk]), data, **headers
+    ).content.decode()
+    assert "<svg" not in html
+    assert "row 2: sessions &#x27;lots&#x27; is not a whole number of sessions" in html
+
+
+def test_an_unsaved_edit_is_simulated_without_being_saved(staff):
+    rule = _rule(name="pool-sim", min_agents=2, max_agents=20)
+    data = {**_rule_post(rule, max_agents="60"), "draft_of": str(rule.pk)}
+    html = staff.post(reverse("dashboard:rule-simulate-draft"), data, **HX).content.decode()
+    assert "<svg" in html and "unsaved" in html
+    assert 'name="max_agents" value="60"' in html  # carried along for the next run
+    rule.refresh_from_db()
+    assert rule.max_agents == 20
+    assert not AuditEvent.objects.exists()
+
+
+def test_an_invalid_draft_is_not_simulated(staff):
+    rule = _rule(name="pool-bad", min_agents=2, max_agents=20)
+    data = {**_rule_post(rule, min_agents="50"), "draft_of": str(rule.pk)}
+    html = staff.post(reverse("dashboard:rule-simulate-draft"), data, **HX).content.decode()
+    assert "<svg" not in html
+    assert "correct them in its form first" in html and "must not exceed max_agents" in html
+
+
 # --- Decisions and the audit log ----------------------------------------------------------------
 
 
