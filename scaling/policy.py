@@ -89,6 +89,13 @@ class Rule:
     predictive: bool = False
     predictive_window_seconds: int = 1800
 
+    def as_dict(self) -> dict[str, Any]:
+        """The rule as JSON-ready values (what a recorded decision keeps)."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("scale_up_steps", "scale_down_steps"):
+            values[name] = [[s.value, s.unit, s.period_seconds] for s in values[name]]
+        return values
+
     @classmethod
     def of(cls, rule: Any) -> Rule:
         """The policy's view of a ``ScalingRule`` (or anything with its fields)."""

@@ -15,7 +15,6 @@ once it holds no open session, at this pass or a later one.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -139,8 +138,9 @@ def _claim(rule_ids: Sequence[int] | None, now: datetime) -> list[ScalingRule]:
     return claimed
 
 
-def _history(rules: Sequence[ScalingRule], now: datetime) -> dict[int, list[policy.Past]]:
-    spans = {rule.pk: policy.history_span_seconds(policy.Rule.of(rule)) for rule in rules}
+def _history(views: Mapping[int, policy.Rule], now: datetime) -> dict[int, list[policy.Past]]:
+    """Each rule's decisions as far back as its policy looks, in one query."""
+    spans = {rule_id: policy.history_span_seconds(view) for rule_id, view in views.items()}
     since = now - timedelta(seconds=max(spans.values()))
     rows = ScalingDecision.objects.filter(
         rule_id__in=list(spans), created_at__gte=since, created_at__lt=now
@@ -169,7 +169,7 @@ def _inputs(
     """Everything the policy was given (to replay the decision), and what limited it."""
     return {
         "now": now.isoformat(),
-        "rule": dataclasses.asdict(rule),
+        "rule": rule.as_dict(),
         "observation": reading.as_inputs(),
         "history": [
             [p.at.isoformat(), p.agents, p.target, p.sessions, p.recommended]
@@ -196,11 +196,11 @@ def scaling_evaluate(
     autoscaler_id = _autoscaler_account().pk
     pools = {rule.name: _pool_key(rule, autoscaler_id) for rule in rules}
     readings = pools_observe(pools=pools)
-    history = _history(rules, now)
+    views = {rule.pk: policy.Rule.of(rule) for rule in rules}
+    history = _history(views, now)
     decisions = []
     for rule in rules:
-        reading, past = readings[rule.name], history.get(rule.pk, [])
-        view = policy.Rule.of(rule)
+        reading, past, view = readings[rule.name], history.get(rule.pk, []), views[rule.pk]
         observation = policy.Observation(
             now=now, agents=reading.agents, sessions=reading.sessions, error=reading.error
         )
