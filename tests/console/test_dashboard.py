@@ -358,6 +358,20 @@ def test_a_valid_edit_is_saved_audited_and_shown(staff, operator):
     assert event.changes == {"max_agents": [20, 40], "scale_up_threshold": ["0.8", "0.75"]}
 
 
+def test_a_rule_names_its_pools_owner_by_username(staff, user):
+    rule = _rule(name="pool-owned")
+    url = reverse("dashboard:rule-edit", args=[rule.pk])
+    response = staff.post(url, _rule_post(rule, owner="nobody"), **HX)
+    assert response.status_code == 422
+    assert "There is no account with this username." in response.content.decode()
+    response = staff.post(url, _rule_post(rule, owner=user.username), **HX)
+    assert response.status_code == 200 and f"for {user.username}" in response.content.decode()
+    rule.refresh_from_db()
+    assert rule.owner == user
+    form = staff.get(url, **HX).content.decode()
+    assert f'name="owner" value="{user.username}"' in form
+
+
 def test_pausing_and_enabling_a_rule_is_audited(staff, operator):
     rule = _rule(name="pool-f")
     html = staff.post(reverse("dashboard:rule-toggle", args=[rule.pk]), **HX).content.decode()
