@@ -34,6 +34,7 @@ from agents.serializers import (
     SessionFilterSerializer,
     SessionSerializer,
     SpawnRequestSerializer,
+    agent_row_data,
 )
 from agents.views import (
     _named_user,
@@ -107,6 +108,11 @@ class AgentViewSet(
         username = found.pop("user_id", None)
         owner = _named_user(self.request.user, username) if username else None
         return selectors.agent_list(viewer=self.request.user, owner=owner, **found)
+
+    def list(self, request: Request) -> Response:
+        rows = selectors.agent_rows(self.get_queryset())
+        page = self.paginate_queryset(rows)
+        return self.get_paginated_response([agent_row_data(row) for row in page])
 
     @extend_schema(request=SpawnRequestSerializer, responses={201: AgentSerializer})
     @idempotent

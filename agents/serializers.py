@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
 from django.conf import settings
 from rest_framework import serializers
 
@@ -22,6 +26,7 @@ __all__ = [
     "SessionFilterSerializer",
     "SessionSerializer",
     "SpawnRequestSerializer",
+    "agent_row_data",
 ]
 
 
@@ -90,6 +95,34 @@ class AgentSerializer(serializers.ModelSerializer):
 
     def get_metrics_url(self, agent: Agent) -> str:
         return f"{settings.CONSOLE_BASE_URL}/agents/{agent.pk}/metrics"
+
+
+def _timestamp(value: datetime) -> str:
+    # As DRF's DateTimeField writes it (UTC, "Z").
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def agent_row_data(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``AgentSerializer``'s representation of an agent read as a row (``selectors.agent_rows``):
+    the same JSON, for a fraction of the work, so a page of agents costs a query and a loop."""
+    agent_id = str(row["id"])
+    url = f"{settings.CONSOLE_BASE_URL}/agents/{agent_id}"
+    return {
+        "agent_id": agent_id,
+        "url": url,
+        "metrics_url": f"{url}/metrics",
+        "status": row["status"],
+        "created_at": _timestamp(row["created_at"]),
+        "user_id": row["owner__username"],
+        "cores": row["vcpus"],
+        "memory": row["memory_mib"],
+        "max_concurrent": row["max_concurrent_sessions"],
+        "name": row["name"],
+        "model": row["model"],
+        "backend": row["backend"],
+        "accel": row["accel"],
+        "last_error": row["last_error"],
+    }
 
 
 class ChatRequestSerializer(serializers.Serializer):

@@ -24,6 +24,7 @@ from agents.serializers import (
     ChatRequestSerializer,
     ListQuerySerializer,
     SpawnRequestSerializer,
+    agent_row_data,
 )
 from console.authentication import request_user
 from console.errors import (
@@ -131,7 +132,7 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
         username = query.validated_data.get("user_id")
         owner = _named_user(request.user, username) if username else None
         agents = selectors.agent_list(viewer=request.user, owner=owner)
-        data = AgentSerializer(agents, many=True).data
+        data = [agent_row_data(row) for row in selectors.agent_rows(agents)]
         return Response({"agents": data, "count": len(data)})
 
     @extend_schema(parameters=[_AGENT_ID], responses=AgentSerializer)
