@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# A turn holds its session for this long, renewed while it runs: a web process that dies
+# mid-turn frees the session within this time.
+CLAIM_SECONDS = 30.0
 _GROUP_MESSAGE = "chat.event"  # the consumer's ``chat_event`` handler
 _running: set[asyncio.Task[None]] = set()  # turns in flight here, held against collection
 
@@ -101,6 +104,11 @@ class _MemoryLog:
         found.claim = (turn_id, time.monotonic() + seconds)
         return True
 
+    async def renew(self, session_id: str, turn_id: str, seconds: float) -> None:
+        found = self._sessions.get(session_id)
+        if found and found.claim and found.claim[0] == turn_id:
+            found.claim = (turn_id, time.monotonic() + seconds)
+
     async def claimed(self, session_id: str) -> str | None:
         found = self._sessions.get(session_id)
         if found and found.claim and found.claim[1] > time.monotonic():
@@ -126,6 +134,10 @@ return seq
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -178,6 +190,10 @@ class _RedisLog:
     async def claim(self, session_id: str, turn_id: str, seconds: float) -> bool:
         key = f"chat:turn:{session_id}"
         return bool(await self._redis().set(key, turn_id, nx=True, ex=max(1, int(seconds))))
+
+    async def renew(self, session_id: str, turn_id: str, seconds: float) -> None:
+        key = f"chat:turn:{session_id}"
+        await self._redis().eval(_RENEW, 1, key, turn_id, max(1, int(seconds)))
 
     async def claimed(self, session_id: str) -> str | None:
         found = await self._redis().get(f"chat:turn:{session_id}")
@@ -306,8 +322,7 @@ async def live_turn_start(*, live: LiveTurn) -> str:
     turn = live.turn
     assert turn.session_id is not None
     session_id, turn_id = turn.session_id, uuid.uuid4().hex
-    hold = settings.AGENT_CHAT_TIMEOUT_SECONDS + settings.AGENT_BOOT_WAIT_SECONDS
-    if not await _log().claim(session_id, turn_id, hold):
+    if not await _log().claim(session_id, turn_id, CLAIM_SECONDS):
         raise Conflict(
             "a reply is still being written in this session: stop it or wait for it",
             details={"session_id": session_id},
@@ -351,6 +366,12 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
     async def end(event: dict[str, Any]) -> None:
         await live_publish(session_id, event | head, ending=turn_id)
 
+    async def hold() -> None:
+        while True:
+            await asyncio.sleep(CLAIM_SECONDS / 3)
+            await _log().renew(session_id, turn_id, CLAIM_SECONDS)
+
+    holding = asyncio.create_task(hold())
     try:
         async for name, data in agent_chat_events_stoppable(turn=turn):
             if name == "delta":
@@ -376,4 +397,5 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
         error = _error_body("internal_error", "the console failed; it is logged", None)
         await end({"type": "error", "error": error})
     finally:
+        holding.cancel()
         await _log().release(session_id, turn_id)  # when even the last event could not be sent
