@@ -46,6 +46,14 @@ CLOSE_SUSPENDED = 4403
 # --- Frames a page sends -------------------------------------------------------------------------
 
 
+class MalformedFrame(BadRequest):
+    code = "malformed_frame"
+
+
+class UnknownFrameType(BadRequest):
+    code = "unknown_type"
+
+
 class _SessionFrame(serializers.Serializer):
     session_id = serializers.UUIDField()
 
@@ -164,7 +172,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 },
             )
         if text_data is None:
-            raise BadRequest("frames are JSON text, not binary")
+            raise MalformedFrame("frames are JSON text, not binary")
         size = len(text_data.encode())
         if size > settings.CHAT_WS_MAX_FRAME_BYTES:
             raise PayloadTooLarge(
@@ -174,20 +182,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             frame = json.loads(text_data)
         except ValueError:
-            exc = BadRequest("the frame is not valid JSON")
-            exc.code = "malformed_frame"
-            raise exc from None
+            raise MalformedFrame("the frame is not valid JSON") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            exc = BadRequest('a frame is a JSON object with a "type"')
-            exc.code = "malformed_frame"
-            raise exc
+            raise MalformedFrame('a frame is a JSON object with a "type"')
         if not callable(getattr(self, f"client_{frame['type']}", None)):
-            exc = BadRequest(
+            raise UnknownFrameType(
                 f"unknown frame type {frame['type'][:40]!r}",
                 details={"types": ["open", "resume", "send", "stop", "regenerate", "edit"]},
             )
-            exc.code = "unknown_type"
-            raise exc
         return frame
 
     # --- Handlers, one per client event type ------------------------------------------------

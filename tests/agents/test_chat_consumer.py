@@ -190,7 +190,7 @@ def test_malformed_frames_get_an_error_event_and_the_socket_stays_up(user, quiet
         )
         assert list(bad["details"]) == ["content"]
         await socket.send_to(bytes_data=b"\x00\x01")
-        assert (await socket.receive_json_from(timeout=5))["error"]["code"] == "invalid_request"
+        assert (await socket.receive_json_from(timeout=5))["error"]["code"] == "malformed_frame"
         # Still up, and still serving.
         await socket.send_json_to({"type": "open", "session_id": str(quiet_session.pk)})
         snapshot = await socket.receive_json_from(timeout=5)
