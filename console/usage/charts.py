@@ -118,8 +118,9 @@ def stacked(buckets: list[Bucket], models: list[str], *, hourly: bool) -> Stacke
                     title=f"{_bucket_label(bucket.at, hourly)} · {model}: {money(cost)}",
                 )
             )
+    tick_label = (lambda v: f"${v:,.2f}") if scale >= 1 else money
     y_ticks = [
-        Tick(_n(top + plot_height * (1 - n / 4)), money(scale * n / 4)) for n in range(5)
+        Tick(_n(top + plot_height * (1 - n / 4)), tick_label(scale * n / 4)) for n in range(5)
     ]
     every = max(1, math.ceil(len(buckets) / 8))
     x_ticks = [

@@ -365,6 +365,21 @@ class LimitStanding:
             return 100.0
         return float(self.used * 100 / self.value)
 
+    @property
+    def used_text(self) -> str:
+        return _plain(self.used)
+
+    @property
+    def value_text(self) -> str:
+        return _plain(self.value)
+
+
+def _plain(value: Decimal) -> str:
+    """1234 → 1,234; 12.5000 → 12.5 (never 4E+1)."""
+    if value == value.to_integral_value():
+        return f"{int(value):,}"
+    return f"{value.normalize():,f}"
+
 
 _AGENT_LIMITS = (
     ("agents", "max_agents", "count"),
