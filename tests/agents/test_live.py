@@ -1,0 +1,78 @@
+"""The live-turn replay log (``agents.services.live``): numbering, the cap, the claim, in this
+process's memory and in Redis alike."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from agents.services import live
+
+BACKENDS = [
+    pytest.param("", id="memory"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, settings) -> str:
+    settings.REDIS_URL = os.environ.get("REDIS_URL", "") if request.param else ""
+    settings.CHAT_REPLAY_EVENTS = 10
+    return request.param
+
+
+def _publish(session_id: str, count: int) -> list[int]:
+    async def go() -> list[int]:
+        return [
+            (await live.live_publish(session_id, {"type": "delta", "session_id": session_id}))[
+                "seq"
+            ]
+            for _ in range(count)
+        ]
+
+    return async_to_sync(go)()
+
+
+def test_events_are_numbered_per_session_and_replayed_after_a_seq(backend):
+    one, two = str(uuid.uuid4()), str(uuid.uuid4())
+    assert _publish(one, 3) == [1, 2, 3]
+    assert _publish(two, 2) == [1, 2]
+    assert _publish(one, 1) == [4]
+
+    replay = async_to_sync(live.live_replay)(one, after=2)
+    assert ([e["seq"] for e in replay.events], replay.complete, replay.last) == ([3, 4], True, 4)
+    caught_up = async_to_sync(live.live_replay)(one, after=4)
+    assert (caught_up.events, caught_up.complete) == ([], True)
+
+
+def test_a_replay_past_the_cap_or_ahead_of_the_log_is_incomplete(backend):
+    session = str(uuid.uuid4())
+    _publish(session, 25)  # the log keeps the last 10: 16 to 25
+
+    assert not async_to_sync(live.live_replay)(session, after=5).complete
+    kept = async_to_sync(live.live_replay)(session, after=15)
+    assert kept.complete and [e["seq"] for e in kept.events] == list(range(16, 26))
+    # A page that saw more than the log knows (the log expired and started again).
+    assert not async_to_sync(live.live_replay)(session, after=40).complete
+    assert not async_to_sync(live.live_replay)(str(uuid.uuid4()), after=3).complete
+
+
+def test_a_session_is_claimed_by_one_turn_and_its_last_event_releases_it(backend):
+    session = str(uuid.uuid4())
+
+    async def go() -> None:
+        log = live._log()
+        assert await log.claim(session, "turn-a", 30)
+        assert not await log.claim(session, "turn-b", 30)
+        assert await live.live_claimed(session) == "turn-a"
+        await live.live_publish(session, {"type": "delta", "session_id": session}, ending="turn-b")
+        assert await live.live_claimed(session) == "turn-a"  # only its own turn ends it
+        await live.live_publish(session, {"type": "done", "session_id": session}, ending="turn-a")
+        assert await live.live_claimed(session) is None
+        assert await log.claim(session, "turn-b", 30)
+        await log.release(session, "turn-b")
+
+    async_to_sync(go)()
