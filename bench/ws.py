@@ -1,0 +1,786 @@
+"""The chat WebSocket under load: thousands of idle sockets on one daphne process, and hundreds
+of replies streamed at once.
+
+Starts, on loopback, against a fresh database: the fake Anthropic (``tests.fakes.anthropic``,
+pausing ``--chunk-delay-ms`` between text deltas), the gateway process as ``make run`` runs it
+(uvicorn, uvloop, httptools), one daphne process serving ``console.asgi:application`` (the web
+process), and ``--agents`` agents booted through the console's own spawn path on the ``process``
+backend (real ``python -m agents.runtime`` processes in their sandboxes, reaching the gateway
+through their sandbox's relay). No Celery worker runs: the boots run inline in this process,
+and a chat turn needs none. Each agent belongs to its own user; the ``--sockets`` chats are
+spread over them, one session each.
+
+* Idle: this process (asyncio, aiohttp's client) opens ``--sockets`` sockets (5,000; ``--quick``
+  1,000), each authenticated with its user's session cookie and doing what the chat page does
+  on load: wait for ``ready``, send ``open`` for its session, read the ``session`` snapshot. The
+  daphne process's resident memory (RSS) before and after, divided by the sockets, is the
+  memory per idle connection. The sockets then stay idle for a while, and every one must still
+  answer a WebSocket ping.
+* Streaming: ``--streams`` of them (500; ``--quick`` 100) send a prompt at the same moment. The
+  fake answers each with ``Echo: <prompt>``, one delta per word (``--words`` words), and each
+  delta must reach its socket exactly once, in order, between ``turn_started`` and ``done``, and
+  ``done`` must carry the whole reply as recorded.
+
+How the added latency of a chunk is measured: the fake runs in a process of its own (so that
+neither this client's work nor its GIL delays it), and it notes the moment it writes each text
+delta to the gateway, with ``time.monotonic()``; this process notes, with the same clock (Linux's
+``CLOCK_MONOTONIC`` is one clock for every process), the moment the chunk's frame is read off
+its socket. The difference is everything the console adds between Anthropic and the browser:
+the gateway, the agent's relay and runtime, the web process's turn, replay log, channel layer
+and socket, and this client's own reading (which only makes the figure larger). Which chunk is
+which: every prompt starts with a word naming its chat, and the fake, which sees the prompt,
+labels each delta it writes with it. The fake has no hook for this, so its child process here
+wraps the function that frames each SSE event (``tests.fakes.anthropic._sse``), which is called
+right before the write.
+
+The figures are those of a machine shared by everything started here (fake, gateway, relays,
+runtimes, daphne, this client): the load average is shown at the start and the end, and the
+CPU each part spent. Targets (issue 6): 5,000 idle connections at <= 100 KiB of server memory
+each; 500 concurrent streaming chats with added chunk latency p99 <= 50 ms; no lost chunk.
+
+    python bench/ws.py [--quick] [--sockets N] [--streams M] [--agents A] [--words W]
+        [--chunk-delay-ms MS] [--idle-seconds S] [--database-url postgres://…/agent_console_bench_ws]
+        [--redis-url redis://127.0.0.1:6379/N]
+
+The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
+names, created (dropped first if it exists) and dropped at the end. Without ``--redis-url`` the
+channel layer and the replay log are the web process's memory, as ``make run`` has them; with
+it, Redis's (that database is flushed before and after), as several web processes need.
+Everything started here (fake, gateway, daphne, the agents' sandboxes) is stopped however the
+run ends, Ctrl-C too.
+
+Ends with one line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``. The
+lost-chunk count is, over all streamed replies, the deltas the fake wrote that did not arrive in
+their place (missing, repeated or out of order) plus any that arrived without being written; a
+reply that never ended counts what it missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import contextvars
+import difflib
+import json
+import logging
+import math
+import os
+import re
+import resource
+import secrets
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+from harness import (
+    Child,
+    close_database,
+    percentile,
+    recreate_database,
+    report,
+    start_console,
+    wait_ready,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CONNECTS_IN_FLIGHT = 50  # daphne listens with Twisted's default backlog of 50
+ENDINGS = {"done", "error", "cancelled"}
+
+
+# --- The fake Anthropic, noting when it writes each delta -------------------------------------
+
+
+def _serve_fake(record: Path, chunk_delay: float, api_key: str) -> None:
+    """The child process: a ``FakeAnthropic`` that appends ``<monotonic> <chat> <json text>``
+    to ``record`` for each text delta, as it writes it; serves until SIGTERM."""
+    from tests.fakes import anthropic as fakes
+
+    chat: contextvars.ContextVar[str] = contextvars.ContextVar("chat", default="?")
+    out = record.open("w", buffering=1 << 16)
+    plain_sse = fakes._sse
+
+    def stamped_sse(event: str, data: dict[str, Any]) -> bytes:
+        if event == "content_block_delta" and data["delta"].get("type") == "text_delta":
+            text = json.dumps(data["delta"]["text"])
+            out.write(f"{time.monotonic():.6f} {chat.get()} {text}\n")
+        return plain_sse(event, data)
+
+    fakes._sse = stamped_sse
+
+    class StampingFake(fakes.FakeAnthropic):
+        async def _messages(self, request: Any, body: dict[str, Any]) -> Any:
+            last = body["messages"][-1].get("content")
+            chat.set(last.split(" ", 1)[0] if isinstance(last, str) else "?")
+            return await super()._messages(request, body)
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    fake = StampingFake(chunk_delay=chunk_delay, required_api_key=api_key).start()
+    print(f"FAKE_ANTHROPIC_URL={fake.base_url}", flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+        out.close()
+
+
+def _start_fake(
+    env: dict[str, str], log_dir: Path, key: str, chunk_delay: float, record: Path
+) -> tuple[Child, str]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-fake", str(record)]
+    argv += ["--chunk-delay-ms", str(chunk_delay * 1000), "--fake-key", key]
+    fake = Child("fake-anthropic", argv, env, log_dir)
+
+    def printed_url() -> str | None:
+        found = re.search(r"FAKE_ANTHROPIC_URL=(\S+)", fake.log.read_text())
+        return found.group(1) if found else None
+
+    return fake, wait_ready(fake, printed_url)
+
+
+def _emitted(record: Path) -> dict[str, list[tuple[float, str]]]:
+    """Each chat's deltas as the fake wrote them: (when, text), in order."""
+    found: dict[str, list[tuple[float, str]]] = {}
+    for line in record.read_text().splitlines():
+        when, chat, text = line.split(" ", 2)
+        found.setdefault(chat, []).append((float(when), json.loads(text)))
+    return found
+
+
+# --- The database ------------------------------------------------------------------------------
+
+
+def _environment(var_dir: Path, database_url: str | None, redis_url: str | None) -> None:
+    """The console's environment, in this process and so in the servers'."""
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "CONSOLE_VAR_DIR": str(var_dir),
+            "SANDBOX_STATE_DIR": str(var_dir / "sandboxes"),
+            "SANDBOX_BACKEND": "process",
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "ANTHROPIC_MAX_RETRIES": "0",
+            # No worker heartbeats the host registered below, and no beat reaps idle agents.
+            "SANDBOX_HOST_STALE_SECONDS": "86400",
+        }
+    )
+    # Without --redis-url, make run's defaults: the in-memory channel layer and replay log.
+    for name in (
+        "REDIS_URL",
+        "PROMETHEUS_MULTIPROC_DIR",
+        "CELERY_TASK_ALWAYS_EAGER",
+        "ANTHROPIC_API_KEY_FILE",
+        "GATEWAY_URL",
+    ):
+        os.environ.pop(name, None)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
+
+
+def _flush_redis(url: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+
+
+@dataclass(frozen=True)
+class _Chat:
+    """One socket's chat: whose cookie, which session."""
+
+    user: int
+    cookie: str
+    session_id: str
+
+
+def _setup(users: int, sockets: int) -> list[_Chat]:
+    """Migrate a fresh database; ``users`` users without rate limits or budgets, each with a
+    session cookie, and ``sockets`` chats spread over them (their agents come later)."""
+    import django
+
+    # Boots run inline in this process, as a worker would run them, and quietly.
+    os.environ |= {"CELERY_TASK_ALWAYS_EAGER": "true", "LOG_LEVEL": "WARNING"}
+    django.setup()
+    logging.getLogger("kombu").setLevel(logging.ERROR)  # no broker is used
+    from django.core.management import call_command
+    from django.test import Client
+
+    from agents.services import host_register
+    from console.models import Budget, Quota, User
+    from console.services import quota_get
+
+    call_command("migrate", verbosity=0)
+    host_register(
+        name="bench-ws", backend="process", capacity_vcpus=10_000, capacity_memory_mib=10_000_000
+    )
+    cookies = []
+    for n in range(users):
+        user = User.objects.create_user(username=f"bench-ws-{n}")
+        quota_get(user=user)
+        Quota.objects.filter(user=user).update(
+            requests_per_minute=None,
+            tokens_per_minute=None,
+            concurrent_requests=None,
+            max_concurrent_sessions=1_000_000,
+        )
+        Budget.objects.filter(user=user).delete()
+        browser = Client()
+        browser.force_login(user)
+        cookies.append(f"sessionid={browser.cookies['sessionid'].value}")
+    close_database()
+    return [_Chat(n % users, cookies[n % users], "") for n in range(sockets)]
+
+
+def _spawn_agents(chats: list[_Chat], sessions_per_agent: int) -> list[_Chat]:
+    """One running agent per user, and a session for each chat with its user's agent."""
+    from agents.models import Agent, Session
+    from agents.services import agent_spawn
+    from console.models import User
+
+    agents = []
+    for user in User.objects.filter(username__startswith="bench-ws-").order_by("username"):
+        agent = agent_spawn(
+            owner=user,
+            name=f"bench-{user.username}",
+            memory_mib=512,
+            max_concurrent_sessions=sessions_per_agent,
+        )
+        agent.refresh_from_db()
+        if agent.status != Agent.Status.RUNNING:
+            raise RuntimeError(f"agent {agent.name} did not boot: {agent.last_error[:500]}")
+        agents.append(agent)
+    sessions = Session.objects.bulk_create(
+        [
+            Session(agent=agents[chat.user], user=agents[chat.user].owner, title=f"chat {n}")
+            for n, chat in enumerate(chats)
+        ],
+        batch_size=500,
+    )
+    close_database()
+    return [
+        _Chat(chat.user, chat.cookie, str(session.pk))
+        for chat, session in zip(chats, sessions, strict=True)
+    ]
+
+
+def _destroy_sandboxes() -> None:
+    """Stop every sandbox this run started, whatever state the run ended in."""
+    from agents import sandbox
+
+    drv = sandbox.driver()
+    for status in drv.list():
+        with contextlib.suppress(Exception):
+            drv.destroy(status.id)
+
+
+def _sandbox_pids() -> list[int]:
+    from agents import sandbox
+
+    return [status.pid for status in sandbox.driver().list() if status.pid]
+
+
+# --- Processes ---------------------------------------------------------------------------------
+
+
+def _tree_cpu(pid: int, *, descendants: bool = True) -> float:
+    """User and system CPU seconds of a process (and its descendants)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
+            for task in Path(f"/proc/{current}/task").iterdir() if descendants else ():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+@dataclass
+class _Cpu:
+    """CPU seconds of each part of the system, between two readings."""
+
+    parts: dict[str, list[int]]  # name -> pids (each with its descendants)
+    start: dict[str, float] = field(default_factory=dict)
+    began: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.began = time.monotonic()
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        # This client's own process only: the others are its children.
+        return {
+            name: sum(_tree_cpu(pid, descendants=name != "client") for pid in pids)
+            for name, pids in self.parts.items()
+        }
+
+    def spent(self) -> tuple[float, dict[str, float]]:
+        now = self._read()
+        return time.monotonic() - self.began, {k: now[k] - self.start[k] for k in now}
+
+
+def _describe_cpu(wall: float, spent: dict[str, float]) -> str:
+    parts = ", ".join(f"{name} {seconds / wall:.0%}" for name, seconds in spent.items())
+    return f"CPU (share of one core): {parts}; {os.cpu_count()} cores"
+
+
+def _raise_file_limit() -> int:
+    """As many open files as allowed, for this process and the servers it starts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# --- Sockets -----------------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """A socket refused, closed, or answered out of protocol."""
+
+
+@dataclass(eq=False)
+class _Socket:
+    chat: _Chat
+    ws: aiohttp.ClientWebSocketResponse
+    seq: int  # the snapshot's
+    frames: list[tuple[float, str]] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    pong: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: str = ""
+
+    async def read(self) -> None:
+        """Note every frame with the moment it was read; answer the server's pings."""
+        ws = self.ws
+        while True:
+            message = await ws.receive()
+            now = time.monotonic()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                self.frames.append((now, message.data))
+                if json.loads(message.data).get("type") in ENDINGS:
+                    self.ended.set()
+            elif message.type == aiohttp.WSMsgType.PING:
+                await ws.pong(message.data)
+            elif message.type == aiohttp.WSMsgType.PONG:
+                self.pong.set()
+            else:
+                self.closed = f"{message.type.name} {ws.close_code}"
+                self.ended.set()
+                return
+
+
+async def _expect(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    message = await asyncio.wait_for(ws.receive(), 60)
+    if message.type != aiohttp.WSMsgType.TEXT:
+        raise _Failed(f"expected {kind}, got {message.type.name} {ws.close_code}")
+    event = json.loads(message.data)
+    if event.get("type") != kind:
+        raise _Failed(f"expected {kind}, got {message.data[:300]}")
+    return event
+
+
+async def _open(session: aiohttp.ClientSession, url: str, origin: str, chat: _Chat) -> _Socket:
+    """A socket as the chat page opens it: ``ready``, then ``open`` and its snapshot."""
+    ws = await session.ws_connect(
+        url,
+        headers={"Origin": origin, "Cookie": chat.cookie},
+        autoping=False,
+        heartbeat=None,
+        max_msg_size=0,
+    )
+    try:
+        await _expect(ws, "ready")
+        await ws.send_str(json.dumps({"type": "open", "session_id": chat.session_id}))
+        snapshot = await _expect(ws, "session")
+    except BaseException:
+        await ws.close()
+        raise
+    return _Socket(chat, ws, snapshot["seq"])
+
+
+@dataclass
+class _Score:
+    """What the streamed replies came to: each chunk's (fake write time, added ms), the first
+    chunks' added ms, when each reply's first chunk was written, and what went wrong."""
+
+    latencies: list[tuple[float, float]] = field(default_factory=list)
+    firsts: list[float] = field(default_factory=list)
+    began: list[float] = field(default_factory=list)
+    received: int = 0
+    lost: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _score(prompts: dict[_Socket, str], emitted: dict[str, list[tuple[float, str]]]) -> _Score:
+    """Check each socket's events against the deltas the fake wrote for its prompt."""
+    score = _Score()
+    for sock, prompt in prompts.items():
+        tag = prompt.split(" ", 1)[0]
+        wrote = emitted.get(tag, [])
+        reply = "".join(text for _, text in wrote)
+        events = [(when, json.loads(raw)) for when, raw in sock.frames]
+        deltas = [(when, e["text"]) for when, e in events if e["type"] == "delta"]
+        score.received += len(deltas)
+        seqs = [e.get("seq") for _, e in events]
+        expected = list(range(sock.seq + 1, sock.seq + 1 + len(events)))
+        if seqs != expected:
+            score.problems.append(f"{tag}: seq {seqs[:5]}… instead of {expected[:5]}…")
+        last = events[-1][1] if events else {}
+        if not events or events[0][1]["type"] != "turn_started":
+            score.problems.append(f"{tag}: began with {json.dumps(events[:1])[:300]}")
+        if last.get("type") != "done":
+            score.problems.append(f"{tag}: ended with {json.dumps(last)[:300]}")
+        elif last["messages"][-1]["content"] != reply:
+            score.problems.append(f"{tag}: done recorded another reply")
+        if reply != f"Echo: {prompt}":
+            score.problems.append(f"{tag}: the fake wrote {len(wrote)} deltas, not the echo")
+        if wrote:
+            score.began.append(wrote[0][0])
+        matcher = difflib.SequenceMatcher(
+            a=[text for _, text in wrote], b=[text for _, text in deltas], autojunk=False
+        )
+        matched = 0
+        for block in matcher.get_matching_blocks():
+            for k in range(block.size):
+                at = wrote[block.a + k][0]
+                added = (deltas[block.b + k][0] - at) * 1000
+                score.latencies.append((at, added))
+                if block.a + k == 0:
+                    score.firsts.append(added)
+            matched += block.size
+        score.lost += (len(wrote) - matched) + (len(deltas) - matched)
+    return score
+
+
+# --- The bench ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Bench:
+    args: argparse.Namespace
+    url: str
+    daphne: Child
+    cpu_parts: dict[str, list[int]]
+    record: Path
+    fake: Child
+    targets: list[str] = field(default_factory=list)
+    sockets: list[_Socket] = field(default_factory=list)
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def idle(self, session: aiohttp.ClientSession, chats: list[_Chat]) -> None:
+        args = self.args
+        ws_url = self.url.replace("http://", "ws://") + "/ws/chat/"
+        # Warm up: the first sockets load code and fill caches that every later one shares.
+        warm = [await _open(session, ws_url, self.url, chat) for chat in chats[:20]]
+        for sock in warm:
+            await sock.ws.close()
+        await asyncio.sleep(1)
+        before = _rss_kib(self.daphne.proc.pid)
+        print(
+            f"\nidle: opening {len(chats)} sockets "
+            f"({CONNECTS_IN_FLIGHT} handshakes at a time); daphne RSS {before / 1024:.1f} MiB",
+            flush=True,
+        )
+        gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
+        times: list[float] = []
+        failures: list[str] = []
+        cpu = _Cpu({"daphne": [self.daphne.proc.pid]})
+        started = time.monotonic()
+
+        async def one(chat: _Chat) -> None:
+            async with gate:
+                began = time.monotonic()
+                try:
+                    sock = await _open(session, ws_url, self.url, chat)
+                except (_Failed, aiohttp.ClientError, TimeoutError) as exc:
+                    failures.append(str(exc) or type(exc).__name__)
+                    return
+                times.append((time.monotonic() - began) * 1000)
+                self.sockets.append(sock)
+                self.readers.append(asyncio.create_task(sock.read()))
+                if len(self.sockets) % 1000 == 0:
+                    print(f"  {len(self.sockets)} open", flush=True)
+
+        await asyncio.gather(*(one(chat) for chat in chats))
+        seconds = time.monotonic() - started
+        wall, spent = cpu.spent()
+        print(
+            f"  {len(self.sockets)} open in {seconds:.1f} s ({len(self.sockets) / seconds:.0f}/s);"
+            f" connect+ready+open+snapshot p50 {percentile(times, 50):.0f} "
+            f"p99 {percentile(times, 99):.0f} ms; daphne CPU {spent['daphne'] / wall:.0%} of a "
+            f"core, {spent['daphne'] / max(1, len(times)) * 1000:.1f} ms per socket"
+        )
+        if failures:
+            print(f"  {len(failures)} failed, e.g. {failures[0][:300]}")
+        await asyncio.sleep(2)  # let the last handshakes' garbage go
+        after = _rss_kib(self.daphne.proc.pid)
+        per = (after - before) / max(1, len(self.sockets))
+        print(
+            f"  daphne RSS {after / 1024:.1f} MiB: +{(after - before) / 1024:.1f} MiB for "
+            f"{len(self.sockets)} sockets, {per:.1f} KiB each"
+        )
+        cpu = _Cpu({"daphne": [self.daphne.proc.pid]})
+        await asyncio.sleep(args.idle_seconds)
+        wall, spent = cpu.spent()
+        for sock in self.sockets:
+            sock.pong.clear()
+        await asyncio.gather(*(sock.ws.ping() for sock in self.sockets if not sock.ws.closed))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(sock.pong.wait() for sock in self.sockets)), 30)
+        alive = sum(1 for sock in self.sockets if sock.pong.is_set() and not sock.closed)
+        closed = [sock.closed for sock in self.sockets if sock.closed]
+        print(
+            f"  after {args.idle_seconds:g} s idle: {alive} of {len(chats)} answer a ping"
+            + (f"; {len(closed)} closed, e.g. {closed[0]}" if closed else "")
+            + f"; daphne CPU while idle {spent['daphne'] / wall:.1%} of a core",
+            flush=True,
+        )
+        if args.sockets < 5000:
+            print(f"  (--quick: {args.sockets} sockets, not the target's 5,000)")
+        self.targets.append(report("ws_idle_memory_per_conn", per, "KiB", "<=", 100))
+        self.targets.append(report("ws_idle_sockets_lost", len(chats) - alive, "sockets", "<=", 0))
+
+    async def stream(self) -> None:
+        args = self.args
+        chosen = self.sockets[: args.streams]
+        if len(chosen) < args.streams:
+            raise RuntimeError(f"only {len(chosen)} sockets are open, {args.streams} needed")
+        prompts = {
+            sock: " ".join(f"c{n}w{k}" for k in range(args.words)) for n, sock in enumerate(chosen)
+        }
+        for sock in chosen:
+            sock.frames.clear()
+            sock.ended.clear()
+        print(
+            f"\nstreaming: {len(chosen)} sockets send a prompt at once; the fake writes "
+            f"{args.words + 1} deltas each, {args.chunk_delay_ms:g} ms apart",
+            flush=True,
+        )
+        cpu = _Cpu(self.cpu_parts)
+        started = time.monotonic()
+        await asyncio.gather(
+            *(
+                sock.ws.send_str(
+                    json.dumps(
+                        {"type": "send", "session_id": sock.chat.session_id, "content": prompt}
+                    )
+                )
+                for sock, prompt in prompts.items()
+            )
+        )
+        budget = 60 + args.words * args.chunk_delay_ms / 1000 * 3
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(sock.ended.wait() for sock in chosen)), budget)
+        seconds = time.monotonic() - started
+        wall, spent = cpu.spent()
+        self.fake.stop()  # its record is complete once it has stopped
+        score = _score(prompts, _emitted(self.record))
+        chunks = len(score.latencies)
+        latencies = [lat for _, lat in score.latencies]
+        p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
+        print(
+            f"  {sum(1 for s in chosen if s.ended.is_set())} of {len(chosen)} replies ended in "
+            f"{seconds:.1f} s; {score.received} chunks received, {chunks / seconds:.0f} chunks/s"
+        )
+        print(
+            f"  added latency per chunk (socket read - fake write): p50 {p50:.1f} p95 {p95:.1f} "
+            f"p99 {p99:.1f} max {max(latencies, default=math.nan):.1f} ms"
+        )
+        # The replies start together: chunks written while other turns were still starting
+        # wait behind that work; the steady state is once every reply has begun.
+        all_begun = max(score.began, default=math.inf)
+        steady = [lat for at, lat in score.latencies if at > all_begun]
+        print(
+            f"  first chunk of each reply: p50 {percentile(score.firsts, 50):.1f} "
+            f"p99 {percentile(score.firsts, 99):.1f} ms; once every reply had begun "
+            f"({len(steady)} chunks): p50 {percentile(steady, 50):.1f} "
+            f"p95 {percentile(steady, 95):.1f} p99 {percentile(steady, 99):.1f} ms"
+        )
+        print(f"  {_describe_cpu(wall, spent)}")
+        print(
+            f"  daphne: {spent['daphne'] / max(1, chunks) * 1000:.2f} ms CPU per chunk "
+            "(the turns' starts and ends included)"
+        )
+        if problems := score.problems:
+            print(f"  {len(problems)} problems, e.g.:")
+            for problem in problems[:5]:
+                print(f"    {problem}")
+        idle_closed = [s.closed for s in self.sockets if s.closed]
+        if idle_closed:
+            print(f"  {len(idle_closed)} sockets closed meanwhile, e.g. {idle_closed[0]}")
+        n = len(chosen)
+        self.targets.append(report(f"ws_stream_added_p99_{n}chats", p99, "ms", "<=", 50))
+        self.targets.append(report(f"ws_lost_chunks_{n}chats", score.lost, "chunks", "<=", 0))
+        self.targets.append(
+            report(f"ws_unfinished_replies_{n}chats", len(problems), "replies", "<=", 0)
+        )
+
+    async def close(self) -> None:
+        for reader in self.readers:
+            reader.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(s.ws.close() for s in self.sockets), return_exceptions=True), 30
+            )
+
+
+async def _measure(bench: _Bench, chats: list[_Chat]) -> None:
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=60)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
+    ) as session:
+        try:
+            await bench.idle(session, chats)
+            await bench.stream()
+        finally:
+            await bench.close()
+
+
+def _run(args: argparse.Namespace, var_dir: Path, files: int) -> list[str]:
+    """Start everything in ``var_dir``, measure, and stop it all again; the TARGET lines."""
+    children: list[Child] = []
+    set_up = False
+    bench: _Bench | None = None
+    try:
+        _environment(var_dir, args.database_url, args.redis_url)
+        key = f"sk-ant-bench-{secrets.token_hex(8)}"
+        record = var_dir / "emitted.txt"
+        server_env = dict(os.environ)
+        fake, fake_url = _start_fake(server_env, var_dir, key, args.chunk_delay_ms / 1000, record)
+        children.append(fake)
+        chats = _setup(args.agents, args.sockets)
+        set_up = True
+        server_env |= {"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": fake_url}
+        gateway, gateway_url = start_console(server_env, var_dir, "gateway", 1)
+        children.append(gateway)
+        server_env["GATEWAY_URL"] = f"{gateway_url}/gateway"
+        daphne, url = start_console(server_env, var_dir, "daphne", 1)
+        children.append(daphne)
+        from django.conf import settings
+        from django.db import connection
+
+        settings.GATEWAY_URL = server_env["GATEWAY_URL"]  # where the agents call Claude
+        chats = _spawn_agents(chats, math.ceil(args.streams / args.agents) + 50)
+        print(
+            f"chat WebSocket on daphne, database {connection.vendor}, "
+            f"{'Redis' if args.redis_url else 'in-memory'} channel layer and replay log; "
+            f"{args.agents} agents (process backend), the gateway process; "
+            f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); "
+            f"open files limit {files}",
+            flush=True,
+        )
+        parts = {
+            "daphne": [daphne.proc.pid],
+            "gateway": [gateway.proc.pid],
+            "agents": _sandbox_pids(),
+            "fake": [fake.proc.pid],
+            "client": [os.getpid()],
+        }
+        bench = _Bench(args, url, daphne, parts, record, fake)
+        asyncio.run(_measure(bench, chats))
+        daphne.check_alive()  # a crash under load would void the figures
+        if error := daphne.first_error():
+            print(f"\nthe web process logged errors; the first ends:\n{error}")
+        if error := gateway.first_error():
+            print(f"\nthe gateway logged errors; the first ends:\n{error}")
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if set_up:
+            _destroy_sandboxes()
+            close_database()
+    return bench.targets if bench else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a run of about a minute")
+    parser.add_argument("--sockets", type=int, help="idle sockets (default 5000; quick 1000)")
+    parser.add_argument("--streams", type=int, help="replies streamed at once (500; quick 100)")
+    parser.add_argument("--agents", type=int, default=5, help="agents (and users) to spread over")
+    parser.add_argument("--words", type=int, default=20, help="words in each prompt and reply")
+    parser.add_argument(
+        "--chunk-delay-ms", type=float, default=100.0, help="the fake's pause between deltas"
+    )
+    parser.add_argument("--idle-seconds", type=float, help="how long the sockets stay idle")
+    parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
+    parser.add_argument("--redis-url", help="a Redis database to use and flush (before and after)")
+    parser.add_argument("--serve-fake", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--fake-key", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_fake:
+        _serve_fake(args.serve_fake, args.chunk_delay_ms / 1000, args.fake_key)
+        return
+    args.sockets = args.sockets or (1000 if args.quick else 5000)
+    args.streams = args.streams or (100 if args.quick else 500)
+    args.idle_seconds = args.idle_seconds or (3.0 if args.quick else 10.0)
+    if args.streams > args.sockets:
+        parser.error("--streams cannot exceed --sockets")
+    if args.database_url and urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
+        parser.error("--database-url must be a postgres:// URL")
+    # Each agent's runtime reaches the gateway through one aiohttp pool of 100 connections.
+    per_agent = math.ceil(args.streams / args.agents)
+    if per_agent > 100:
+        parser.error(f"{per_agent} streams per agent: use at least {math.ceil(args.streams / 100)}")
+    files = _raise_file_limit()
+    if files < args.sockets + 1000:
+        parser.error(f"{args.sockets} sockets need more open files than the limit of {files}")
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt, so `finally` stops everything started here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    began = time.perf_counter()
+    targets: list[str] = []
+    if args.database_url:
+        recreate_database(args.database_url)
+    if args.redis_url:
+        _flush_redis(args.redis_url)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp:
+            targets = _run(args, Path(tmp), files)
+    finally:
+        if args.database_url:
+            recreate_database(args.database_url, drop_only=True)
+        if args.redis_url:
+            _flush_redis(args.redis_url)
+    print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
+    for line in targets:
+        print(line)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted; everything it started is stopped")

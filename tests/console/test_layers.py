@@ -1,0 +1,36 @@
+"""The in-memory channel layer sweeps expired memberships at most once a second."""
+
+from __future__ import annotations
+
+import asyncio
+
+from django.conf import settings
+
+from console.layers import SweptInMemoryChannelLayer
+
+
+def test_the_console_without_redis_uses_the_swept_layer():
+    if not settings.REDIS_URL:
+        backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
+        assert backend == "console.layers.SweptInMemoryChannelLayer"
+
+
+def test_group_sends_within_the_sweep_interval_walk_the_groups_once():
+    async def scenario() -> tuple[dict, dict, dict]:
+        layer = SweptInMemoryChannelLayer(group_expiry=1)
+        layer.sweep_seconds = 60
+        channel = await layer.new_channel()
+        await layer.group_add("chat.a", channel)
+        await layer.group_send("chat.a", {"type": "one"})  # the first send sweeps
+        first = await layer.receive(channel)
+        await asyncio.sleep(2.1)  # the membership has expired, but no sweep is due
+        await layer.group_send("chat.a", {"type": "two"})
+        second = await asyncio.wait_for(layer.receive(channel), 1)
+        layer.sweep_seconds = 0  # a sweep is due: the expired membership goes
+        await layer.group_send("chat.a", {"type": "three"})
+        return first, second, layer.groups.get("chat.a", {})
+
+    first, second, members = asyncio.run(scenario())
+
+    assert (first["type"], second["type"]) == ("one", "two")
+    assert members == {}
