@@ -9,6 +9,7 @@ from decimal import Decimal
 import anthropic
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.models import Agent, Session
@@ -70,6 +71,15 @@ def test_every_hypercore_metric_is_exported_with_its_labels(
         model="claude-sonnet-5-5", max_tokens=50, messages=[{"role": "user", "content": "Hi"}]
     )
     auth = {"Authorization": f"Bearer {key}"}
+    # Counters live as long as the test process: earlier tests' requests are in them.
+    counted = [("/api/v1/agents", "200"), ("/api/v1/agents/<pk>", "404")]
+    before = {
+        route: REGISTRY.get_sample_value(
+            "agent_requests_total", {"endpoint": route[0], "status": route[1]}
+        )
+        or 0
+        for route in counted
+    }
     assert httpx.get(f"{asgi_server}/api/v1/agents", headers=auth).status_code == 200
     missing = uuid.uuid4()
     assert httpx.get(f"{asgi_server}/api/v1/agents/{missing}", headers=auth).status_code == 404
@@ -94,8 +104,8 @@ def test_every_hypercore_metric_is_exported_with_its_labels(
         for s in found
         if s.name == "agent_requests_total"
     }
-    assert requests[("/api/v1/agents", "200")] == 1
-    assert requests[("/api/v1/agents/<pk>", "404")] == 1
+    for route in counted:
+        assert requests[route] - before[route] == 1, route
     assert not any(str(missing) in endpoint for endpoint, _ in requests)  # never a raw path
     errors = {s.labels["error_type"]: s.value for s in found if s.name == "agent_errors_total"}
     assert errors["not_found"] >= 1
