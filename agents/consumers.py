@@ -34,6 +34,7 @@ from console.errors import (
     RateLimited,
     UserSuspended,
 )
+from console.metrics import error_count
 from console.services import user_check_active
 
 __all__ = ["CLOSE_ANONYMOUS", "CLOSE_SUSPENDED", "ChatConsumer"]
@@ -300,7 +301,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
 
 def _error_event(exc: ConsoleError, code: str | None = None) -> ev.ErrorEvent:
+    code = code or exc.code
+    error_count(code)  # in agent_errors_total, as every answer in the error shape is
     return {
         "type": "error",
-        "error": {"code": code or exc.code, "message": exc.message, "details": exc.details},
+        "error": {"code": code, "message": exc.message, "details": exc.details},
     }

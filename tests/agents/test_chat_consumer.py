@@ -18,6 +18,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
+from prometheus_client import REGISTRY
 
 from agents import services
 from agents.consumers import CLOSE_ANONYMOUS
@@ -172,10 +173,17 @@ def test_a_suspended_user_is_refused(user):
 
 
 def test_malformed_frames_get_an_error_event_and_the_socket_stays_up(user, quiet_session):
+    def malformed() -> float:
+        found = REGISTRY.get_sample_value("agent_errors_total", {"error_type": "malformed_frame"})
+        return found or 0
+
+    counted = malformed()
+
     async def scenario():
         socket = _socket(user)
         await _connected(socket)
         assert (await _error(socket, "{not json"))["code"] == "malformed_frame"
+        assert malformed() == counted + 1  # in agent_errors_total, as every error answer
         assert (await _error(socket, [1, 2]))["code"] == "malformed_frame"
         assert (await _error(socket, {"no": "type"}))["code"] == "malformed_frame"
         assert (await _error(socket, {"type": 7}))["code"] == "malformed_frame"
