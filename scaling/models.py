@@ -19,7 +19,7 @@ from django.db.models import F, Q
 from django.db.models.functions import MD5
 from django.utils import timezone
 
-__all__ = ["MAX_PERCENT_STEP", "ScalingDecision", "ScalingRule"]
+__all__ = ["MAX_PERCENT_STEP", "POLICY_FIELDS", "ScalingDecision", "ScalingRule"]
 
 # A percent step above this is a typo rather than a policy: 1000 % already grows a pool
 # elevenfold in one period.
@@ -37,6 +37,31 @@ def _ratio_field(default: str, help_text: str) -> models.DecimalField:
         validators=_RATIO,
         help_text=help_text,
     )
+
+
+# What a rule decides with (the pool and its name apart): every form, serializer and simulation
+# of a rule takes these.
+POLICY_FIELDS = (
+    "min_agents",
+    "max_agents",
+    "target_sessions_per_agent",
+    "scale_up_threshold",
+    "scale_down_threshold",
+    "evaluation_interval_seconds",
+    "scale_up_cooldown_seconds",
+    "scale_up_max_step",
+    "scale_up_step_unit",
+    "scale_up_period_seconds",
+    "scale_down_cooldown_seconds",
+    "scale_down_max_step",
+    "scale_down_step_unit",
+    "scale_down_period_seconds",
+    "warm_pool_size",
+    "on_metrics_failure",
+    "fallback_agents",
+    "predictive",
+    "predictive_window_minutes",
+)
 
 
 class ScalingRule(models.Model):

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from scaling.models import ScalingDecision, ScalingRule
+from scaling.models import POLICY_FIELDS, ScalingDecision, ScalingRule
 from scaling.simulator import SHAPES, TraceError, trace_from_csv, trace_shape
 
 __all__ = [
@@ -55,25 +55,7 @@ class ScalingRuleSerializer(serializers.ModelSerializer):
             "model",
             "system_prompt",
             "enabled",
-            "min_agents",
-            "max_agents",
-            "target_sessions_per_agent",
-            "scale_up_threshold",
-            "scale_down_threshold",
-            "evaluation_interval_seconds",
-            "scale_up_cooldown_seconds",
-            "scale_up_max_step",
-            "scale_up_step_unit",
-            "scale_up_period_seconds",
-            "scale_down_cooldown_seconds",
-            "scale_down_max_step",
-            "scale_down_step_unit",
-            "scale_down_period_seconds",
-            "warm_pool_size",
-            "on_metrics_failure",
-            "fallback_agents",
-            "predictive",
-            "predictive_window_minutes",
+            *POLICY_FIELDS,
             "last_evaluated_at",
             "created_at",
             "updated_at",
@@ -137,27 +119,7 @@ class ScalingDecisionQuerySerializer(serializers.Serializer):
 
 # --- The simulator -------------------------------------------------------------------------------
 
-_POLICY_FIELDS = [
-    "min_agents",
-    "max_agents",
-    "target_sessions_per_agent",
-    "scale_up_threshold",
-    "scale_down_threshold",
-    "evaluation_interval_seconds",
-    "scale_up_cooldown_seconds",
-    "scale_up_max_step",
-    "scale_up_step_unit",
-    "scale_up_period_seconds",
-    "scale_down_cooldown_seconds",
-    "scale_down_max_step",
-    "scale_down_step_unit",
-    "scale_down_period_seconds",
-    "warm_pool_size",
-    "on_metrics_failure",
-    "fallback_agents",
-    "predictive",
-    "predictive_window_minutes",
-]
+_POLICY_FIELDS = list(POLICY_FIELDS)
 
 
 class SimulationRuleSerializer(serializers.ModelSerializer):

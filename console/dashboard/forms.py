@@ -8,7 +8,7 @@ from django import forms
 
 from agents.models import Agent
 from console.models import User
-from scaling.models import ScalingRule
+from scaling.models import POLICY_FIELDS, ScalingRule
 
 __all__ = ["AgentFilterForm", "AuditFilterForm", "DecisionFilterForm", "ScalingRuleForm"]
 
@@ -59,25 +59,7 @@ class ScalingRuleForm(forms.ModelForm):
             "owner",
             "model",
             "system_prompt",
-            "min_agents",
-            "max_agents",
-            "target_sessions_per_agent",
-            "scale_up_threshold",
-            "scale_down_threshold",
-            "evaluation_interval_seconds",
-            "scale_up_cooldown_seconds",
-            "scale_up_max_step",
-            "scale_up_step_unit",
-            "scale_up_period_seconds",
-            "scale_down_cooldown_seconds",
-            "scale_down_max_step",
-            "scale_down_step_unit",
-            "scale_down_period_seconds",
-            "warm_pool_size",
-            "on_metrics_failure",
-            "fallback_agents",
-            "predictive",
-            "predictive_window_minutes",
+            *POLICY_FIELDS,
             "enabled",
         ]
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 2})}
