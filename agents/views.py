@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from agents import selectors, services
+from agents.models import Agent
 from agents.sandbox import runtime_client
 from agents.serializers import (
     AgentSerializer,
@@ -28,6 +29,7 @@ from agents.serializers import (
 )
 from console.authentication import request_user
 from console.errors import (
+    AgentNotFound,
     AgentUnavailable,
     BadRequest,
     ConsoleError,
@@ -37,6 +39,7 @@ from console.errors import (
 )
 from console.idempotent import idempotent, idempotent_json
 from console.models import User
+from console.views import metrics_token_presented
 
 __all__ = [
     "HypercoreAgentViewSet",
@@ -230,11 +233,27 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
         return error_response(exc)
 
 
+def _scraped_agent(agent_id: uuid.UUID) -> Agent:
+    agent = (
+        Agent.objects.filter(pk=agent_id, deleted_at__isnull=True)
+        .only("endpoint", "status")
+        .first()
+    )
+    if agent is None:
+        raise AgentNotFound(f"no agent {agent_id}")
+    return agent
+
+
 async def agent_metrics(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
-    """``GET /agents/<id>/metrics``: the agent runtime's own Prometheus metrics."""
+    """``GET /agents/<id>/metrics``: the agent runtime's own Prometheus metrics, for its owner,
+    an operator, or Prometheus with the METRICS_BEARER_TOKEN (``/metrics/targets`` lists the
+    agents for it to scrape here)."""
     try:
-        user = await request_user(request)
-        agent = await sync_to_async(services.agent_for_user)(user=user, agent_id=agent_id)
+        if metrics_token_presented(request):
+            agent = await sync_to_async(_scraped_agent)(agent_id)
+        else:
+            user = await request_user(request)
+            agent = await sync_to_async(services.agent_for_user)(user=user, agent_id=agent_id)
         if not agent.endpoint:
             raise AgentUnavailable("the agent is not running", details={"status": agent.status})
         try:

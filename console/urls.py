@@ -21,6 +21,7 @@ urlpatterns = [
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
     path("metrics", views.metrics, name="metrics"),
+    path("metrics/targets", views.metrics_targets, name="metrics-targets"),
     path("agents/<uuid:agent_id>/v1/agent/chat", agent_views.agent_chat, name="agent-chat"),
     path("agents/<uuid:agent_id>/metrics", agent_views.agent_metrics, name="agent-metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

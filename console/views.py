@@ -17,8 +17,9 @@ from console.authentication import bearer_token
 from console.errors import error_body, json_error_page
 from console.metrics import BudgetCollector, FleetCollector
 from console.readiness import readiness
+from scaling.metrics import agent_scrape_targets
 
-__all__ = ["health", "home", "metrics", "ready"]
+__all__ = ["health", "home", "metrics", "metrics_targets", "metrics_token_presented", "ready"]
 
 _API_PREFIXES = ("/v1/", "/api/", "/gateway/", "/agents/", "/health", "/ready", "/metrics")
 
@@ -55,6 +56,43 @@ def metrics(request: HttpRequest) -> HttpResponse:
         registry = REGISTRY
     body = generate_latest(registry) + generate_latest(_fleet_registry())
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_token_presented(request: HttpRequest) -> bool:
+    """Whether the request carries the METRICS_BEARER_TOKEN, which must be set: Prometheus."""
+    expected = settings.METRICS_BEARER_TOKEN
+    return bool(expected) and hmac.compare_digest(bearer_token(request).encode(), expected.encode())
+
+
+def metrics_targets(request: HttpRequest) -> JsonResponse:
+    """Prometheus' HTTP service discovery (``http_sd_configs``): every running agent, as a
+    target scraped through this console's ``/agents/<id>/metrics``, at the address Prometheus
+    reached the console at, labelled ``agent_id``, ``model``, ``owner`` and ``pool``
+    (``scaling.metrics.agent_scrape_targets``). Only for the METRICS_BEARER_TOKEN, which must
+    be set: the agents' metrics are served to no one else but their owners and operators."""
+    if not metrics_token_presented(request):
+        message = (
+            "the metrics bearer token is required"
+            if settings.METRICS_BEARER_TOKEN
+            else "set METRICS_BEARER_TOKEN to let Prometheus discover and scrape the agents"
+        )
+        return JsonResponse(error_body("not_authenticated", message), status=401)
+    host, scheme = request.get_host(), request.scheme
+    groups = [
+        {
+            "targets": [host],
+            "labels": {
+                "__scheme__": scheme,
+                "__metrics_path__": f"/agents/{target.agent_id}/metrics",
+                "agent_id": str(target.agent_id),
+                "model": target.model,
+                "owner": target.owner,
+                "pool": target.pool,
+            },
+        }
+        for target in agent_scrape_targets()
+    ]
+    return JsonResponse(groups, safe=False)
 
 
 def _fleet_registry() -> CollectorRegistry:

@@ -11,9 +11,11 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from django.urls import reverse
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,10 +177,29 @@ def test_promtool_accepts_the_scrape_configuration(tmp_path):
     token = tmp_path / "token"
     token.write_text("a-metrics-token")
     for job in config["scrape_configs"]:
-        job["authorization"]["credentials_file"] = str(token)
+        for client in [job, *job.get("http_sd_configs", [])]:
+            client["authorization"]["credentials_file"] = str(token)
     config["rule_files"] = [str(ALERTS)]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     _run(promtool, "check", "config", "prometheus.yml", cwd=tmp_path)
+
+
+def test_the_agent_runtimes_job_discovers_the_agents_at_the_console_and_keeps_their_sessions():
+    from scaling.metrics import AGENTS_QUERY, SESSIONS_QUERY
+
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    job = jobs["agent-runtimes"]
+    (discovery,) = job["http_sd_configs"]
+
+    assert urlsplit(discovery["url"]).path == reverse("metrics-targets")
+    for client in (job, discovery):  # the token, for the targets and for every scrape
+        assert client["authorization"] == jobs["agent-console"]["authorization"]
+    (keep,) = [r for r in job["metric_relabel_configs"] if r["action"] == "keep"]
+    assert keep["source_labels"] == ["__name__"]
+    for query in (SESSIONS_QUERY, AGENTS_QUERY):
+        for metric in metrics_in(query):
+            assert re.fullmatch(keep["regex"], metric), (query, metric)
 
 
 def test_promtool_accepts_every_panels_query(tmp_path):

@@ -15,6 +15,7 @@ from django.utils import timezone
 from agents.models import Agent, Session
 from console.models import Quota, User
 from scaling import services, tasks
+from scaling.metrics import AGENTS_QUERY, SESSIONS_QUERY
 from scaling.models import ScalingDecision
 from tests.scaling import prometheus
 
@@ -178,8 +179,8 @@ def test_prometheus_sessions_drive_the_decision(pool_rule, settings):
     pool_agents(rule, 4)
     with prometheus.serve() as fake:
         fake.series = {
-            "sum by (pool) (agent_active_sessions)": {"support": 90},
-            "sum by (pool) (hypercore_agent_active_count)": {"support": 4},
+            SESSIONS_QUERY: {"support": 90},
+            AGENTS_QUERY: {"support": 4},
         }
         settings.PROMETHEUS_URL = fake.url
         (decision,) = services.scaling_evaluate(rule_ids=[rule.pk])
