@@ -135,6 +135,15 @@ def asgi_server(transactional_db) -> Iterator[str]:
     closer.join()
 
 
+@pytest.fixture
+def live_console(asgi_server: str, settings, fake_anthropic) -> str:
+    """The console's base URL, with agents' Claude calls going through its gateway to the fake
+    Anthropic."""
+    settings.CONSOLE_BASE_URL = asgi_server
+    settings.GATEWAY_URL = f"{asgi_server}/gateway"
+    return asgi_server
+
+
 @pytest.fixture(scope="session")
 def fake_anthropic_server() -> Iterator[FakeAnthropic]:
     with FakeAnthropic() as fake:

@@ -27,19 +27,12 @@ API = "/api/v1"
 
 
 @pytest.fixture
-def console(asgi_server, settings, fake_anthropic):
-    settings.CONSOLE_BASE_URL = asgi_server
-    settings.GATEWAY_URL = f"{asgi_server}/gateway"
-    return asgi_server
-
-
-@pytest.fixture
-def alice(user, api_key, console):
+def alice(user, api_key, live_console):
     """A client of alice's; ``alice.second()`` is another, on connections of its own."""
 
     def connect() -> httpx.Client:
         return httpx.Client(
-            base_url=f"{console}{API}",
+            base_url=f"{live_console}{API}",
             timeout=30,
             headers={"Authorization": f"Bearer {api_key(user)}"},
         )

@@ -98,14 +98,7 @@ def _in_order(events: list[dict]) -> bool:
 
 
 @pytest.fixture
-def console(asgi_server, settings, fake_anthropic):
-    settings.CONSOLE_BASE_URL = asgi_server
-    settings.GATEWAY_URL = f"{asgi_server}/gateway"
-    return asgi_server
-
-
-@pytest.fixture
-def agent(user, console) -> Agent:
+def agent(user, live_console) -> Agent:
     agent = services.agent_spawn(owner=user, name="chatty", memory_mib=256)
     agent.refresh_from_db()
     assert agent.status == Agent.Status.RUNNING, agent.last_error

@@ -23,16 +23,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def console(asgi_server, settings, fake_anthropic):
-    settings.CONSOLE_BASE_URL = asgi_server
-    settings.GATEWAY_URL = f"{asgi_server}/gateway"
-    return asgi_server
-
-
-@pytest.fixture
-def alice(user, api_key, console):
+def alice(user, api_key, live_console):
     return httpx.Client(
-        base_url=console, timeout=30, headers={"Authorization": f"Bearer {api_key(user)}"}
+        base_url=live_console, timeout=30, headers={"Authorization": f"Bearer {api_key(user)}"}
     )
 
 

@@ -56,15 +56,6 @@ def _require_browser(request: pytest.FixtureRequest) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def live_console(asgi_server: str, settings, fake_anthropic) -> str:
-    """The console's base URL, with agents' Claude calls going through its gateway to the fake
-    Anthropic."""
-    settings.CONSOLE_BASE_URL = asgi_server
-    settings.GATEWAY_URL = f"{asgi_server}/gateway"
-    return asgi_server
-
-
 @pytest.fixture(scope="module")
 def _chromium() -> Iterator[object]:
     """One Chromium per test module. Playwright's sync API keeps an event loop running on the
