@@ -1,0 +1,185 @@
+"""The autoscaler's Prometheus source, end to end and for real: a Prometheus server (Debian's
+``prometheus`` binary) runs the ``agent-runtimes`` job of ``deploy/prometheus/prometheus.yml``,
+discovers the agents at the console's ``/metrics/targets`` and scrapes each one's runtime through
+the console with the metrics token; ``pools_observe`` then reads each pool's open sessions from
+it. The console is served over ASGI, the agents boot as real ``python -m agents.runtime``
+processes, and Claude is the fake Anthropic server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from agents.models import Agent
+from scaling.metrics import PoolKey, pools_observe
+from scaling.models import ScalingRule
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "a-metrics-token-for-prometheus"
+PROMPT = "You answer support questions."
+
+
+def _prometheus_binary() -> str:
+    found = shutil.which("prometheus") or shutil.which(
+        "prometheus", path=str(ROOT / ".venv" / "bin")
+    )
+    if found is None:
+        pytest.skip(
+            "no prometheus server binary: it comes with Debian's prometheus package "
+            "(apt-get install prometheus, or its /usr/bin/prometheus put in .venv/bin)"
+        )
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def console(asgi_server, settings, fake_anthropic):
+    settings.CONSOLE_BASE_URL = asgi_server
+    settings.GATEWAY_URL = f"{asgi_server}/gateway"
+    settings.METRICS_BEARER_TOKEN = TOKEN
+    return asgi_server
+
+
+@pytest.fixture
+def prometheus_url(console, tmp_path) -> Iterator[str]:
+    """A Prometheus on loopback running the shipped agent-runtimes job against ``console``,
+    every second; its data in ``tmp_path``; stopped at teardown."""
+    binary = _prometheus_binary()
+    shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "agent-runtimes"]
+    token = tmp_path / "metrics-token"
+    token.write_text(TOKEN)
+    job["scrape_interval"] = job["scrape_timeout"] = "1s"
+    job["authorization"]["credentials_file"] = str(token)
+    (discovery,) = job["http_sd_configs"]
+    discovery["url"] = discovery["url"].replace("http://127.0.0.1:8000", console)
+    discovery["refresh_interval"] = "1s"
+    discovery["authorization"]["credentials_file"] = str(token)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"scrape_configs": [job]}))
+    port = _free_port()
+    log = (tmp_path / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not become ready"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def alice(user, api_key, console) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=console, timeout=30, headers={"Authorization": f"Bearer {api_key(user)}"}
+    ) as client:
+        yield client
+
+
+def _spawn_with_sessions(client: httpx.Client, *, system_prompt: str, sessions: int) -> Agent:
+    """A running agent whose runtime holds ``sessions`` sessions, one turn each."""
+    response = client.post(
+        "/v1/agents/spawn",
+        json={"user_id": "alice", "memory": 256, "system_prompt": system_prompt},
+    )
+    assert response.status_code == 201, response.text
+    spawned = response.json()
+    agent = Agent.objects.get(pk=spawned["agent_id"])
+    assert agent.status == "running", agent.last_error
+    for n in range(sessions):
+        turn = client.post(
+            f"{spawned['url']}/v1/agent/chat", json={"prompt": f"hello {n}", "user_id": "alice"}
+        )
+        assert turn.status_code == 200, turn.text
+    return agent
+
+
+def test_prometheus_discovers_the_agents_and_the_autoscaler_reads_a_pools_sessions(
+    alice, prometheus_url, user, tmp_path
+):
+    pooled = [
+        _spawn_with_sessions(alice, system_prompt=PROMPT, sessions=3),
+        _spawn_with_sessions(alice, system_prompt=PROMPT, sessions=2),
+    ]
+    elsewhere = _spawn_with_sessions(alice, system_prompt="Something else.", sessions=4)
+    model = pooled[0].model
+    ScalingRule.objects.create(name="support", owner=user, model=model, system_prompt=PROMPT)
+    pools = {
+        "support": PoolKey(user.pk, model, PROMPT),
+        "unscaled": PoolKey(user.pk, model, "Something else."),
+    }
+
+    deadline = time.monotonic() + 60
+    while True:
+        readings = pools_observe(pools=pools, prometheus_url=prometheus_url)
+        if readings["support"].sessions == 5 and readings["support"].prometheus_agents == 2:
+            break
+        if time.monotonic() > deadline:
+            targets = httpx.get(f"{prometheus_url}/api/v1/targets", timeout=5).json()
+            log = (tmp_path / "prometheus.log").read_text()
+            pytest.fail(f"never read 5 sessions: {readings!r}\n{targets!r}\n{log}")
+        time.sleep(0.5)
+
+    support = readings["support"]
+    assert (support.source, support.error, support.agents) == ("prometheus", "", 2)
+    # No rule names the other template: Prometheus scrapes its agent with no pool, so the
+    # autoscaler finds no series for that pool, and says so rather than reading zero.
+    assert readings["unscaled"].sessions is None
+    assert "no agent_active_sessions series for pool 'unscaled'" in readings["unscaled"].error
+
+    series = httpx.get(
+        f"{prometheus_url}/api/v1/query", params={"query": "agent_active_sessions"}, timeout=5
+    ).json()["data"]["result"]
+    labels = {s["metric"]["agent_id"]: s["metric"] for s in series}
+    values = {s["metric"]["agent_id"]: s["value"][1] for s in series}
+    assert set(labels) == {str(a.pk) for a in [*pooled, elsewhere]}
+    assert "pool" not in labels[str(elsewhere.pk)]  # Prometheus drops a label left empty
+    assert values == {str(pooled[0].pk): "3", str(pooled[1].pk): "2", str(elsewhere.pk): "4"}
+    for agent in [*pooled, elsewhere]:
+        assert labels[str(agent.pk)]["owner"] == "alice"
+        assert labels[str(agent.pk)]["model"] == model
+        assert labels[str(agent.pk)]["job"] == "agent-runtimes"
+    # Only the sessions are kept of what the runtimes export.
+    names = httpx.get(f"{prometheus_url}/api/v1/label/__name__/values", timeout=5).json()["data"]
+    assert "agent_active_sessions" in names
+    assert "agent_requests_total" not in names
