@@ -229,6 +229,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     # --- Channel-layer messages ----------------------------------------------------------------
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale database connections before every handler, through the one
+        # thread that runs all sync code: each chunk of every reply would queue there behind
+        # the database work of other sockets. A chunk needs no database, and the handlers that
+        # do (database_sync_to_async) close stale connections themselves.
+        if message["type"] == "chat.event":
+            await self.chat_event(message)
+        else:
+            await super().dispatch(message)
+
     async def chat_event(self, message: dict[str, Any]) -> None:
         """An event of a session's stream, from whichever process runs the turn."""
         event = message["event"]

@@ -532,3 +532,31 @@ def test_an_idle_socket_outlives_the_channel_layers_blocking_reads(user, quiet_s
         await socket.disconnect()
 
     run(scenario)
+
+
+def test_a_reply_chunk_does_not_wait_for_the_thread_that_runs_sync_code(user, quiet_session):
+    """A chunk reaches the socket while the one thread that runs the console's sync code (the
+    database work of every socket) is busy: nothing on a chunk's way waits for it."""
+    from agents.services.live import live_publish
+
+    sid = str(quiet_session.pk)
+
+    async def scenario():
+        socket = _socket(user)
+        await _connected(socket)
+        await socket.send_json_to({"type": "open", "session_id": sid})
+        snapshot = await socket.receive_json_from(timeout=5)
+        busy = asyncio.ensure_future(sync_to_async(time.sleep)(2))
+        await asyncio.sleep(0.1)  # the sync thread is asleep from here on
+        started = time.monotonic()
+        chunk = {"type": "delta", "session_id": sid, "turn_id": "t1", "text": "hi"}
+        await live_publish(sid, chunk)
+        event = await socket.receive_json_from(timeout=5)
+        waited = time.monotonic() - started
+        await busy
+        await socket.disconnect()
+        return snapshot, event, waited
+
+    snapshot, event, waited = run(scenario)
+    assert (event["type"], event["seq"]) == ("delta", snapshot["seq"] + 1)
+    assert waited < 1.0
