@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Any
 
+from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 
 __all__ = ["SweptInMemoryChannelLayer"]
@@ -11,18 +14,19 @@ __all__ = ["SweptInMemoryChannelLayer"]
 
 class SweptInMemoryChannelLayer(InMemoryChannelLayer):
     """Channels' in-memory layer, with its sweep for expired messages and group memberships
-    run at most once a second.
+    run at most once a second, and group sends made in place.
 
     Channels sweeps on every ``send`` to a group and every ``receive``, walking every channel
     and every membership of every group. With one group per chat socket, each chunk of a reply
     (one group send, one receive) cost two walks over all the process's sockets: with 5,000 of
     them, ~5 ms of CPU per chunk. Messages expire after a minute and memberships after a day,
-    so sweeping once a second changes nothing a socket can see.
+    so sweeping once a second changes nothing a socket can see. A group send also started a
+    task per member to put the message on its queue, which never waits: here it is put at once.
     """
 
     sweep_seconds = 1.0
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._swept = 0.0
 
@@ -31,3 +35,11 @@ class SweptInMemoryChannelLayer(InMemoryChannelLayer):
         if now - self._swept >= self.sweep_seconds:
             self._swept = now
             super()._clean_expired()
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "Message is not a dict"
+        self.require_valid_group_name(group)
+        self._clean_expired()
+        for channel in list(self.groups.get(group, ())):
+            with contextlib.suppress(ChannelFull):  # as Channels does: a full channel misses it
+                await self.send(channel, message)

@@ -34,3 +34,21 @@ def test_group_sends_within_the_sweep_interval_walk_the_groups_once():
 
     assert (first["type"], second["type"]) == ("one", "two")
     assert members == {}
+
+
+def test_a_group_send_reaches_every_member_except_a_full_one():
+    async def scenario() -> tuple[list[dict], dict]:
+        layer = SweptInMemoryChannelLayer(capacity=1)
+        channels = [await layer.new_channel() for _ in range(3)]
+        for channel in channels:
+            await layer.group_add("chat.b", channel)
+        await layer.send(channels[2], {"type": "filler"})  # its queue is now full
+        await layer.group_send("chat.b", {"type": "chunk"})
+        got = [await asyncio.wait_for(layer.receive(channel), 1) for channel in channels]
+        await layer.group_send("chat.b", {"type": "next"})
+        return got, await asyncio.wait_for(layer.receive(channels[2]), 1)
+
+    got, later = asyncio.run(scenario())
+
+    assert [m["type"] for m in got] == ["chunk", "chunk", "filler"]
+    assert later["type"] == "next"
