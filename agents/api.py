@@ -6,8 +6,11 @@ a session is its user's. Lists are cursor-paginated, newest first, with filters.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -23,6 +26,7 @@ from rest_framework.response import Response
 
 from agents import selectors, services
 from agents.models import Agent, Session
+from agents.runtime.sse import sse_frame
 from agents.serializers import (
     AgentFilterSerializer,
     AgentSerializer,
@@ -35,6 +39,13 @@ from agents.serializers import (
     SessionSerializer,
     SpawnRequestSerializer,
     agent_row_data,
+)
+from agents.services.live import (
+    FollowedTurn,
+    live_error,
+    live_result,
+    live_turn_result,
+    live_turn_send,
 )
 from agents.views import (
     _named_user,
@@ -53,7 +64,7 @@ from console.errors import (
     MethodNotAllowed,
     error_response,
 )
-from console.idempotent import idempotent, idempotent_json
+from console.idempotent import idempotent, idempotent_followed, idempotent_json
 
 __all__ = [
     "AgentViewSet",
@@ -218,22 +229,63 @@ async def session_messages(request: HttpRequest, session_id: uuid.UUID) -> HttpR
             raise _validation_error(params.errors)
         data = params.validated_data
         session = await sync_to_async(services.session_for_turn)(user=user, session_id=session_id)
-        turn = services.ChatTurn(
+        ask = functools.partial(
+            live_turn_send,
             user=user,
-            agent_id=session.agent_id,
-            prompt=data["content"],
             session_id=str(session.pk),
+            content=data["content"],
             max_tokens=data["max_tokens"],
         )
         if data["stream"]:
-            return sse_response(await services.agent_chat_stream_stoppable(turn=turn))
+
+            async def start() -> dict[str, Any]:
+                return dataclasses.asdict(await ask())
+
+            async def follow(reference: dict[str, Any]) -> HttpResponse:
+                return await _turn_stream(FollowedTurn(**reference))
+
+            return await idempotent_followed(request, user.pk, start, follow)
 
         async def reply() -> dict[str, Any]:
-            return (await services.agent_chat_stoppable(turn=turn)).as_hypercore()
+            return (await live_turn_result(await ask())).as_hypercore()
 
         return await idempotent_json(request, user.pk, reply)
     except ConsoleError as exc:
         return error_response(exc)
+
+
+def _sse_of(event: dict[str, Any]) -> bytes:
+    """A turn's event as the REST stream writes it."""
+    kind = event["type"]
+    if kind == "delta":
+        return sse_frame("delta", {"text": event["text"]})
+    if kind == "tool":
+        return sse_frame("tool", event["tool"])
+    if kind == "done":
+        return sse_frame("done", live_result(event).as_hypercore())
+    if kind == "error":
+        return sse_frame("error", event["error"])
+    return sse_frame(kind, {"session_id": event["session_id"]})  # cancelled
+
+
+async def _turn_stream(followed: FollowedTurn) -> HttpResponse:
+    """A turn as SSE, from its first event on; a refusal before the reply's first word
+    answers with its own status instead."""
+    events = followed.events()
+    first = await anext(events)
+    if first["type"] == "error":
+        await events.aclose()  # type: ignore[attr-defined]
+        return error_response(live_error(first))
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            yield _sse_of(first)
+            async for event in events:
+                yield _sse_of(event)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    return sse_response(frames())
 
 
 @csrf_exempt

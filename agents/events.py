@@ -221,6 +221,8 @@ class ErrorEvent(TypedDict):
 
     type: Literal["error"]
     error: ErrorBody
+    status: NotRequired[int]  # a turn's: the HTTP status the REST API answers it with
+    retry_after: NotRequired[int]  # seconds, for a refusal that passes (a rate limit)
     seq: NotRequired[int]
     session_id: NotRequired[str]
     turn_id: NotRequired[str]

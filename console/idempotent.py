@@ -1,9 +1,11 @@
-"""``Idempotency-Key`` for views that create: DRF actions (``idempotent``) and async views
-(``idempotent_json``). The rules are in ``console.services.idempotency``."""
+"""``Idempotency-Key`` for views that create: DRF actions (``idempotent``), async views
+(``idempotent_json``) and streams (``idempotent_followed``). The rules are in
+``console.services.idempotency``."""
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +22,7 @@ from console.services import (
     idempotent_requests_forget,
 )
 
-__all__ = ["HEADER", "idempotent", "idempotent_json"]
+__all__ = ["HEADER", "idempotent", "idempotent_followed", "idempotent_json"]
 
 HEADER = "Idempotency-Key"
 
@@ -98,3 +100,46 @@ async def idempotent_json(
         body=response.content,
     )
     return response
+
+
+# What is kept for a stream: where to follow its work, not its bytes.
+_REFERENCE = "application/vnd.agent-console.reference+json"
+
+
+async def idempotent_followed(
+    request: HttpRequest,
+    user_id: int,
+    start: Callable[[], Awaitable[dict[str, Any]]],
+    follow: Callable[[dict[str, Any]], Awaitable[HttpResponse]],
+) -> HttpResponse:
+    """For work whose answer is a stream: ``start`` begins it and returns a JSON reference to
+    it, kept for the ``Idempotency-Key``; ``follow`` answers from a reference. A retry with
+    the key follows the first request's work (from its start, then live) instead of doing it
+    again."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return await follow(await start())
+    claim, replay = await sync_to_async(idempotency_begin)(
+        user_id=user_id,
+        key=key,
+        method=request.method or "POST",
+        path=request.path,
+        body=request.body,
+    )
+    if replay is not None:
+        response = await follow(json.loads(replay.body))
+        response["Idempotent-Replayed"] = "true"
+        return response
+    assert claim is not None
+    try:
+        reference = await start()
+    except BaseException:
+        await sync_to_async(idempotent_requests_forget)(claim_id=claim)
+        raise
+    await sync_to_async(idempotency_finish)(
+        claim_id=claim,
+        status_code=200,
+        content_type=_REFERENCE,
+        body=json.dumps(reference).encode(),
+    )
+    return await follow(reference)

@@ -13,13 +13,16 @@ the group. One turn at a time per session: ``live_turn_start`` claims the sessio
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
@@ -28,18 +31,30 @@ from django.conf import settings
 
 from agents import events as ev
 from agents.models import Message
+from agents.runtime.logs import current_request_id, using_request_id
 from agents.selectors import chat_budgets, message_data
-from agents.services.chat import ChatResult, ChatTurn, agent_chat_events_stoppable
+from agents.services.chat import (
+    ChatResult,
+    ChatTurn,
+    TurnCancelled,
+    agent_chat_events_stoppable,
+)
 from agents.services.sessions import session_for_turn
 from console.errors import Conflict, ConsoleError, NotFound
 from console.models import User
 
 __all__ = [
+    "FollowedTurn",
     "LiveTurn",
     "live_claimed",
+    "live_error",
+    "live_follow",
     "live_publish",
     "live_replay",
+    "live_result",
     "live_turn_prepare",
+    "live_turn_result",
+    "live_turn_send",
     "live_turn_start",
 ]
 
@@ -316,9 +331,10 @@ def live_turn_prepare(
     return LiveTurn(turn, kept)
 
 
-async def live_turn_start(*, live: LiveTurn) -> str:
-    """Start the turn as a task of this process that outlives the socket that asked; its
-    events go to the session's followers. ``Conflict`` while another turn is being written."""
+async def live_turn_start(*, live: LiveTurn) -> dict[str, Any]:
+    """Start the turn as a task of this process that outlives the socket (or request) that
+    asked; its events go to the session's followers. Returns its ``turn_started`` event (its
+    ``turn_id`` and ``seq``). ``Conflict`` while another turn is being written."""
     turn = live.turn
     assert turn.session_id is not None
     session_id, turn_id = turn.session_id, uuid.uuid4().hex
@@ -328,7 +344,7 @@ async def live_turn_start(*, live: LiveTurn) -> str:
             details={"session_id": session_id},
         )
     try:
-        await live_publish(
+        started = await live_publish(
             session_id,
             {
                 "type": "turn_started",
@@ -341,10 +357,68 @@ async def live_turn_start(*, live: LiveTurn) -> str:
     except BaseException:
         await _log().release(session_id, turn_id)
         raise
-    task = asyncio.create_task(_run(live, turn_id), name=f"chat-turn-{turn_id}")
+    # A context of its own, but for the request id: what the asker's context holds (its
+    # request's thread for sync work, above all) ends with the request, the turn does not.
+    request_id = current_request_id()
+    task = asyncio.create_task(
+        _run_detached(live, turn_id, request_id),
+        name=f"chat-turn-{turn_id}",
+        context=contextvars.Context(),
+    )
     _running.add(task)
     task.add_done_callback(_running.discard)
-    return turn_id
+    return started
+
+
+_ENDS = frozenset({"done", "cancelled", "error"})
+
+
+def _ends(events: list[dict[str, Any]], turn_id: str) -> bool:
+    return any(e["type"] in _ENDS and e.get("turn_id") == turn_id for e in events)
+
+
+async def live_follow(
+    session_id: str, *, turn_id: str, after: int
+) -> AsyncIterator[dict[str, Any]]:
+    """The events of the turn ``turn_id`` numbered above ``after``, in order and once each:
+    what the log holds, then live from the session's group (any process may run the turn),
+    until the turn's last event (``done``, ``cancelled`` or ``error``)."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = ev.session_group(session_id)
+    await layer.group_add(group, channel)  # before reading the log: nothing falls in between
+    seen = after
+
+    def fresh(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_seq = {e["seq"]: e for e in events if e["seq"] > seen}
+        return [by_seq[seq] for seq in sorted(by_seq)]
+
+    try:
+        replay = await live_replay(session_id, after=after)
+        if not _ends(replay.events, turn_id) and await live_claimed(session_id) != turn_id:
+            replay = await live_replay(session_id, after=after)  # it may have ended meanwhile
+            if not (replay.complete and _ends(replay.events, turn_id)):
+                raise Conflict(
+                    "this turn's events are no longer kept: read the session's messages",
+                    details={"session_id": session_id, "turn_id": turn_id},
+                )
+        pending = fresh(replay.events)
+        while True:
+            for event in pending:
+                seen = event["seq"]
+                if event.get("turn_id") != turn_id:
+                    continue
+                yield event
+                if event["type"] in _ENDS:
+                    return
+            message = await layer.receive(channel)
+            event = message["event"]
+            if event["seq"] > seen + 1:  # one overtook another: fill in from the log
+                pending = fresh([*(await live_replay(session_id, after=seen)).events, event])
+            else:
+                pending = fresh([event])
+    finally:
+        await layer.group_discard(group, channel)
 
 
 def _error_body(code: str, message: str, details: dict[str, Any] | None) -> ev.ErrorBody:
@@ -356,6 +430,11 @@ def _done_data(*, user: User, result: ChatResult) -> dict[str, Any]:
         "messages": [message_data(message) for message in result.messages],
         "budgets": chat_budgets(user=user),
     }
+
+
+async def _run_detached(live: LiveTurn, turn_id: str, request_id: str) -> None:
+    with using_request_id(request_id):
+        await _run(live, turn_id)
 
 
 async def _run(live: LiveTurn, turn_id: str) -> None:
@@ -389,13 +468,81 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
                     data.get("message") or "the agent failed",
                     data.get("details"),
                 )
-                await end({"type": "error", "error": error})
+                # Mid-reply: the runtime's stream ended with it, its call having begun well.
+                await end({"type": "error", "error": error, "status": 502})
     except ConsoleError as exc:
-        await end({"type": "error", "error": _error_body(exc.code, exc.message, exc.details)})
+        error = _error_body(exc.code, exc.message, exc.details)
+        refusal = {"type": "error", "error": error, "status": exc.status}
+        if exc.retry_after is not None:
+            refusal["retry_after"] = exc.retry_after
+        await end(refusal)
     except Exception:
         log.exception("chat turn %s in session %s failed", turn_id, session_id)
         error = _error_body("internal_error", "the console failed; it is logged", None)
-        await end({"type": "error", "error": error})
+        await end({"type": "error", "error": error, "status": 500})
     finally:
         holding.cancel()
         await _log().release(session_id, turn_id)  # when even the last event could not be sent
+
+
+# --- Turns asked through the REST API ------------------------------------------------------------
+
+
+def live_error(event: dict[str, Any]) -> ConsoleError:
+    """The refusal a turn's ``error`` event stands for, with the HTTP status it answers with."""
+    body = event["error"]
+    exc = ConsoleError(
+        body["message"], details=body.get("details"), retry_after=event.get("retry_after")
+    )
+    exc.code, exc.status = body["code"], event.get("status", 502)
+    return exc
+
+
+def live_result(event: dict[str, Any]) -> ChatResult:
+    """The recorded turn a ``done`` event reports (its reply is the last message)."""
+    reply = event["messages"][-1]
+    return ChatResult(
+        session_id=event["session_id"],
+        content=reply["content"],
+        input_tokens=reply["input_tokens"],
+        output_tokens=reply["output_tokens"],
+        cost_usd=Decimal(reply["cost_usd"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FollowedTurn:
+    """A live turn as one caller follows it: where it started, and its events from there."""
+
+    session_id: str
+    turn_id: str
+    after: int
+
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        return live_follow(self.session_id, turn_id=self.turn_id, after=self.after)
+
+
+async def live_turn_send(
+    *, user: User, session_id: str, content: str, max_tokens: int
+) -> FollowedTurn:
+    """Start a turn asked through the REST API: a live turn like the page's, so a page that
+    follows the session sees it, a stop from anywhere ends it, and it keeps the session to
+    itself (``Conflict`` while another is being written)."""
+    live = await sync_to_async(live_turn_prepare)(
+        user=user, session_id=session_id, kind="send", content=content, max_tokens=max_tokens
+    )
+    started = await live_turn_start(live=live)
+    return FollowedTurn(session_id, started["turn_id"], started["seq"])
+
+
+async def live_turn_result(followed: FollowedTurn) -> ChatResult:
+    """Wait for a followed turn to end: its recorded result, or its refusal raised
+    (``TurnCancelled`` when it was stopped)."""
+    async for event in followed.events():
+        if event["type"] == "done":
+            return live_result(event)
+        if event["type"] == "cancelled":
+            raise TurnCancelled("the turn was stopped", details={"session_id": followed.session_id})
+        if event["type"] == "error":
+            raise live_error(event)
+    raise ConsoleError("the turn ended without an outcome")  # live_follow stops only at one

@@ -287,3 +287,80 @@ def test_the_logs_of_a_running_agent_are_its_runtimes(alice):
     logs = response.json()
     assert (logs["agent_id"], logs["status"]) == (agent_id, "running")
     assert len(logs["log"].splitlines()) <= 3
+
+
+def test_a_stream_stopped_before_its_first_word_ends_with_cancelled(
+    alice, session_id, fake_anthropic
+):
+    fake_anthropic.enqueue(Hang(30))  # Claude says nothing yet
+    received: list[tuple[str, dict]] = []
+    body = {"content": "Think hard", "stream": True}
+
+    def ask() -> None:
+        with alice.stream("POST", f"/sessions/{session_id}/messages", json=body) as response:
+            assert response.status_code == 200
+            received.extend(_sse(response.iter_lines()))
+
+    turn = threading.Thread(target=ask)
+    turn.start()
+    try:
+        _eventually(lambda: fake_anthropic.requests)
+        with alice.second() as other:
+            assert other.post(f"/sessions/{session_id}/cancel").status_code == 202
+    finally:
+        turn.join(timeout=10)
+    assert not turn.is_alive(), "the stopped stream did not end"
+    assert received == [("cancelled", {"session_id": session_id})]
+    _eventually(lambda: fake_anthropic.disconnects == 1)
+
+
+def test_a_second_turn_in_a_session_waits_for_the_first(alice, session_id, fake_anthropic):
+    release = threading.Event()
+    fake_anthropic.enqueue(Hang(30, release=release))
+    first: list[httpx.Response] = []
+    turn = threading.Thread(
+        target=lambda: first.append(
+            alice.post(f"/sessions/{session_id}/messages", json={"content": "First"})
+        )
+    )
+    turn.start()
+    try:
+        _eventually(lambda: fake_anthropic.requests)
+        with alice.second() as other:
+            second = other.post(f"/sessions/{session_id}/messages", json={"content": "Second"})
+        assert second.status_code == 409, second.text
+        assert second.json()["error"]["details"] == {"session_id": session_id}
+    finally:
+        release.set()
+        turn.join(timeout=10)
+    assert first[0].status_code == 200, first[0].text
+    calls = [r for r in fake_anthropic.requests if r.path == "/v1/messages"]
+    assert len(calls) == 1  # the refused turn never reached Claude
+
+
+def test_a_retried_stream_with_the_same_idempotency_key_follows_the_first_turn(
+    alice, session_id, fake_anthropic
+):
+    url = f"/sessions/{session_id}/messages"
+    body, headers = {"content": "Only once, streamed", "stream": True}, {"Idempotency-Key": "s-1"}
+    with alice.stream("POST", url, json=body, headers=headers) as response:
+        assert response.status_code == 200
+        first = _events(response.iter_lines())
+    with alice.stream("POST", url, json=body, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["Idempotent-Replayed"] == "true"
+        again = _events(response.iter_lines())
+    assert again == first
+    assert first[-1][0] == "done"
+    assert first[-1][1]["content"] == "Echo: Only once, streamed"
+    calls = [r for r in fake_anthropic.requests if r.path == "/v1/messages"]
+    assert len(calls) == 1
+    assert Message.objects.filter(session_id=session_id).count() == 2
+
+
+def test_a_refusal_before_the_first_word_keeps_its_status(alice, session_id, fake_anthropic):
+    Agent.objects.filter(sessions__pk=session_id).update(status=Agent.Status.STOPPED)
+    body = {"content": "Anyone there?", "stream": True}
+    response = alice.post(f"/sessions/{session_id}/messages", json=body)
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "agent_not_running"
