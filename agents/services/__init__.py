@@ -6,9 +6,7 @@ from agents.services.chat import (
     TurnCancelled,
     agent_chat,
     agent_chat_events_stoppable,
-    agent_chat_stoppable,
     agent_chat_stream,
-    agent_chat_stream_stoppable,
     agent_for_user,
 )
 from agents.services.hosts import (
@@ -52,9 +50,7 @@ __all__ = [
     "agent_boot",
     "agent_chat",
     "agent_chat_events_stoppable",
-    "agent_chat_stoppable",
     "agent_chat_stream",
-    "agent_chat_stream_stoppable",
     "agent_destroy",
     "agent_for_user",
     "agent_halt",

@@ -41,9 +41,7 @@ __all__ = [
     "TurnCancelled",
     "agent_chat",
     "agent_chat_events_stoppable",
-    "agent_chat_stoppable",
     "agent_chat_stream",
-    "agent_chat_stream_stoppable",
     "agent_for_user",
     "draining_check",
 ]
@@ -308,14 +306,6 @@ async def _unless_stopped(work: Awaitable[T], stopped: asyncio.Event, session_id
     return task.result()
 
 
-async def agent_chat_stoppable(*, turn: ChatTurn) -> ChatResult:
-    """``agent_chat`` in an existing session, stopped when ``turn_cancel`` asks: then it
-    raises ``TurnCancelled``, and Anthropic's call is cancelled with it."""
-    assert turn.session_id is not None
-    async with turn_watch(turn.session_id) as stopped:
-        return await _unless_stopped(agent_chat(turn=turn), stopped, turn.session_id)
-
-
 async def _stoppable(
     events: AsyncIterator[tuple[str, Any]], stopped: asyncio.Event, session_id: str
 ) -> AsyncIterator[tuple[str, Any]]:
@@ -326,21 +316,6 @@ async def _stoppable(
         yield "cancelled", {"session_id": session_id}
     finally:
         await events.aclose()  # type: ignore[attr-defined]
-
-
-async def agent_chat_stream_stoppable(*, turn: ChatTurn) -> AsyncIterator[bytes]:
-    """``agent_chat_stream`` in an existing session; when ``turn_cancel`` asks, the stream ends
-    with a ``cancelled`` event and Anthropic's call is cancelled."""
-    assert turn.session_id is not None
-    session_id = turn.session_id
-    events = await _chat_events(turn=turn)
-
-    async def stoppable() -> AsyncIterator[tuple[str, Any]]:
-        async with turn_watch(session_id) as stopped:
-            async for item in _stoppable(events, stopped, session_id):
-                yield item
-
-    return _sse_frames(stoppable())
 
 
 async def agent_chat_events_stoppable(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
