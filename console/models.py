@@ -352,7 +352,8 @@ class UsageDaily(models.Model):
                 fields=["user", "day", "agent_id", "model"], name="usage_daily_key"
             )
         ]
-        indexes = [models.Index(fields=["day"], name="usage_daily_day")]
+        # Everyone's days in a range; by day then model, so a chart's grouping reads in order.
+        indexes = [models.Index(fields=["day", "model"], name="usage_daily_day_model")]
 
     def __str__(self) -> str:
         return f"{self.model} {self.day:%Y-%m-%d}: ${self.cost_usd}"

@@ -13,24 +13,45 @@ So a 30-day range of everyone's usage reads some thirty days of daily rows, up t
 hourly rows and two hours of calls, and is as exact as the ledger. Both roll-ups are written in
 the same transaction as each ledger row (``console.services.ledger``).
 
+Two ways to read: ``usage_grouped`` sums every group of the range (one query per piece, their
+small grouped results added up here), for figures that draw every group (a chart, a summary);
+``usage_listed`` answers ranked lists (the dearest users and agents, a table's first rows) in
+one statement: the pieces joined with ``UNION ALL``, grouped, ordered and cut with ``LIMIT`` by
+the database, which also counts the groups past the limit, so only the rows shown come back.
+
 Indexes: the roll-ups' unique keys start with ``(user, day|hour)`` (a range scan per user) and
-each has a ``(day|hour)`` index for everyone; the ledger has ``(user, created_at)`` and
-``(created_at)``.
+for everyone each has a ``(day|hour, model)`` index, which also hands a grouping by time and
+model its rows in order (no sort); the ledger has ``(user, created_at)`` and ``(created_at)``.
 """
 
 from __future__ import annotations
 
+import decimal
 import zoneinfo
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 
 from console.models import UsageDaily, UsageHourly, UsageRecord
+from console.services.ledger_sql import bind, names
 
-__all__ = ["AMOUNTS", "TOKEN_KINDS", "Key", "finish", "usage_grouped", "zero"]
+__all__ = [
+    "AMOUNTS",
+    "TOKEN_KINDS",
+    "Key",
+    "Listed",
+    "Listing",
+    "finish",
+    "usage_grouped",
+    "usage_hours",
+    "usage_listed",
+    "zero",
+]
 
 Key = Literal["user", "agent", "model", "day", "hour"]
 
@@ -45,6 +66,7 @@ _HOUR = timedelta(hours=1)
 _DAY = timedelta(days=1)
 _CENT_MILLIONTHS = Decimal("0.00000001")
 _COLUMN = {"user": "user_id", "agent": "agent_id", "model": "model"}
+_Span = tuple[datetime, datetime]
 
 
 def usage_grouped(
@@ -112,6 +134,26 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
 # --- The pieces of a range -----------------------------------------------------------------------
 
 
+def _spans(
+    start: datetime, end: datetime, days_fit: bool
+) -> tuple[_Span | None, list[_Span], list[_Span]]:
+    """How ``[start, end)`` (UTC) is read: whole days from the daily roll-up (if ``days_fit``),
+    whole hours from the hourly one, and partial hours from the ledger (each within one hour)."""
+    first_hour, last_hour = _ceil(start, _HOUR), _floor(end, _HOUR)
+    if first_hour > last_hour:  # start and end lie within one hour
+        return None, [], [(start, end)]
+    ledger = [(lo, hi) for lo, hi in ((start, first_hour), (last_hour, end)) if lo < hi]
+    if first_hour == last_hour:
+        return None, [], ledger
+    days = None
+    hours = [(first_hour, last_hour)]
+    first_day, last_day = _ceil(first_hour, _DAY), _floor(last_hour, _DAY)
+    if days_fit and first_day < last_day:
+        days = (first_day, last_day)
+        hours = [(first_hour, first_day), (last_day, last_hour)]
+    return days, [(lo, hi) for lo, hi in hours if lo < hi], ledger
+
+
 def _pieces(
     user_ids: list[int] | None,
     start: datetime,
@@ -120,19 +162,12 @@ def _pieces(
     amounts: tuple[str, ...],
     days_fit: bool,
 ) -> Iterable[tuple[tuple[Any, ...], dict[str, Any]]]:
-    first_hour, last_hour = _ceil(start, _HOUR), _floor(end, _HOUR)
-    if first_hour >= last_hour:  # no whole hour inside: only ledger rows
-        yield from _ledger(user_ids, start, end, keys, amounts)
-        return
-    hours = [(first_hour, last_hour)]
-    first_day, last_day = _ceil(first_hour, _DAY), _floor(last_hour, _DAY)
-    if days_fit and first_day < last_day:
-        yield from _daily(user_ids, first_day, last_day, keys, amounts)
-        hours = [(first_hour, first_day), (last_day, last_hour)]
-    yield from _hourly(user_ids, [(lo, hi) for lo, hi in hours if lo < hi], keys, amounts)
-    for lo, hi in ((start, first_hour), (last_hour, end)):
-        if lo < hi:
-            yield from _ledger(user_ids, lo, hi, keys, amounts)
+    days, hours, edges = _spans(start, end, days_fit)
+    if days is not None:
+        yield from _daily(user_ids, *days, keys, amounts)
+    yield from _hourly(user_ids, hours, keys, amounts)
+    for lo, hi in edges:
+        yield from _ledger(user_ids, lo, hi, keys, amounts)
 
 
 def _sums(amounts: tuple[str, ...], *, ledger: bool) -> dict[str, Any]:
@@ -215,6 +250,307 @@ def _ledger(
                 value = next(given)
                 key.append(str(value) if name == "agent" and value is not None else value)
         yield tuple(key), sums
+
+
+# --- Ranked lists in one statement ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One list of a range's usage: its groups by ``keys`` (some of user, agent, model and day
+    or hour), dearest first (``by="cost"``: by cost, then by tokens, then by key) or in the order
+    of their keys (``by="key"``), at most ``limit`` of them (``None``: all). ``agents_only``
+    (with ``agent`` among the keys) leaves out the calls made without an agent. Counting the
+    groups past the limit costs a little: ``counted=False`` when that is not wanted."""
+
+    keys: tuple[Key, ...]
+    limit: int | None = None
+    by: Literal["cost", "key"] = "cost"
+    agents_only: bool = False
+    counted: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A listing's rows, each its key (a tuple in the order of the listing's keys, valued as
+    ``usage_grouped`` values them) and its sums of every amount; and how many groups the range
+    has in all, those past the limit included (``None`` for a listing not ``counted``)."""
+
+    rows: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    groups: int | None
+
+
+_KEY_ORDER: tuple[Key, ...] = ("user", "agent", "model", "day", "hour")
+# The type of each key column, for the NULLs a listing holds for the keys it is not grouped by.
+_KEY_TYPE = {
+    "user": "bigint",
+    "agent": "text",
+    "model": "text",
+    "day": "date",
+    "hour": "timestamp with time zone",
+}
+# SQLite sums decimals in floating point; the ORM reads such a sum to 15 significant digits.
+_FLOAT_SUMS = decimal.Context(prec=15)
+
+
+def usage_listed(
+    *,
+    user_ids: list[int] | None,
+    start: datetime,
+    end: datetime,
+    listings: Sequence[Listing],
+) -> list[Listed]:
+    """Each of ``listings`` over the usage in ``[start, end)`` of ``user_ids`` (``None``:
+    everyone), in one statement: the range's pieces (cut as ``usage_grouped`` cuts them; days
+    are UTC days) joined with ``UNION ALL`` and grouped once by every key any listing names;
+    each listing groups those groups by its own keys, orders them, keeps its first ``limit``
+    and counts them all. Only the rows kept come back. Ties in cost and tokens go to the
+    smaller key (the calls of a user without an agent before those of its agents)."""
+    for moment in (start, end):
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError("start and end must be aware datetimes")
+    named = {key for listing in listings for key in listing.keys}
+    if not named <= set(_KEY_ORDER) or {"day", "hour"} <= named:
+        raise ValueError(f"keys must be some of user, agent, model and day or hour, not {named}")
+    if any(listing.agents_only and "agent" not in listing.keys for listing in listings):
+        raise ValueError("agents_only needs agent among the listing's keys")
+    if (user_ids is not None and not user_ids) or end <= start or not listings:
+        return [Listed([], 0 if listing.counted else None) for listing in listings]
+    base = tuple(key for key in _KEY_ORDER if key in named)
+    pieces, params = _union(user_ids, start.astimezone(UTC), end.astimezone(UTC), base)
+    with connection.cursor() as cursor:
+        cursor.execute(_listings_sql(pieces, base, listings), params)
+        rows = cursor.fetchall()
+    found: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in listings]
+    groups: list[int | None] = [0 if listing.counted else None for listing in listings]
+    width, counts = len(base), len(AMOUNTS) - 1  # the requests and the token kinds
+    for row in rows:
+        index, amounts = row[0], row[1 + width :]
+        if amounts[0] is None:  # a listing by no key, over no rows
+            continue
+        keyed = dict(zip(base, row[1 : 1 + width], strict=True))
+        sums = {name: int(amounts[i]) for i, name in enumerate(AMOUNTS[:counts])}
+        sums["cost_usd"] = _money(amounts[counts])
+        found[index].append((tuple(_KEY_VALUE[k](keyed[k]) for k in listings[index].keys), sums))
+        if listings[index].counted:
+            groups[index] = int(row[-2])
+    return [Listed(rows, count) for rows, count in zip(found, groups, strict=True)]
+
+
+def usage_hours(
+    *, user_ids: list[int] | None, start: datetime, end: datetime, limit: int | None
+) -> Listed:
+    """The first ``limit`` hours of ``[start, end)`` with usage (``None``: all) in time order,
+    each with its sums, and how many hours have usage; in one statement.
+
+    Each hour comes from one piece only: a whole hour from the hourly roll-up, a partial one at
+    either end from the ledger. So no piece needs adding to another: the roll-up is grouped in
+    the order of its hour index and read only as far as the limit reaches, and its hours are
+    counted on that index."""
+    for moment in (start, end):
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError("start and end must be aware datetimes")
+    if (user_ids is not None and not user_ids) or end <= start:
+        return Listed([], 0)
+    _days, hours, edges = _spans(start.astimezone(UTC), end.astimezone(UTC), False)
+    selects: list[str] = []
+    params: list[object] = []
+
+    def where(model: type[Any], column: str, lo: datetime, hi: datetime) -> str:
+        n = names(model)
+        params.extend([bind(model, column, lo), bind(model, column, hi)])
+        sql = f"{getattr(n, column)} >= %s AND {getattr(n, column)} < %s"
+        if user_ids is not None:
+            params.extend(bind(model, "user_id", pk) for pk in user_ids)
+            sql += f" AND {n.user_id} IN ({', '.join(['%s'] * len(user_ids))})"
+        return sql
+
+    u = names(UsageRecord)
+    ledger_sums = ", ".join(f"SUM({getattr(u, name)}) AS a_{name}" for name in AMOUNTS[1:])
+    for lo, hi in edges:  # a partial hour: a row if it has calls
+        params.append(bind(UsageHourly, "hour", _floor(lo, _HOUR)))
+        edge = f"SELECT 0 AS n_part, %s AS k_hour, COUNT(*) AS a_requests, {ledger_sums}, "
+        edge += f"1 AS n_hours FROM {u.table} WHERE "
+        edge += where(UsageRecord, "created_at", lo, hi)
+        selects.append(f"SELECT * FROM ({edge}) AS edge WHERE a_requests > 0")
+    if hours:  # the whole hours, each row with the count of them all
+        ((lo, hi),) = hours
+        h = names(UsageHourly)
+        count = f"SELECT COUNT(DISTINCT {h.hour}) FROM {h.table} WHERE "
+        count += where(UsageHourly, "hour", lo, hi)
+        sums = ", ".join(f"SUM({getattr(h, name)}) AS a_{name}" for name in AMOUNTS)
+        grouped = f"SELECT {h.hour} AS k_hour, {sums} FROM {h.table} WHERE "
+        grouped += f"{where(UsageHourly, 'hour', lo, hi)} GROUP BY {h.hour} ORDER BY {h.hour}"
+        if limit is not None:
+            grouped += f" LIMIT {int(limit)}"
+        # The count's parameters were bound first, as it comes first.
+        selects.append(
+            f"SELECT 1 AS n_part, whole.*, ({count}) AS n_hours FROM ({grouped}) AS whole"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(selects), params)
+        rows = cursor.fetchall()
+    found = []
+    counted = {0: 0, 1: 0}
+    for part, hour, *amounts, count in rows:
+        sums = {name: int(amounts[i]) for i, name in enumerate(AMOUNTS[:-1])}
+        sums["cost_usd"] = _money(amounts[-1])
+        found.append(((_as_hour(hour),), sums))
+        counted[part] = counted[part] + 1 if part == 0 else int(count)
+    found.sort(key=lambda item: item[0])
+    return Listed(found if limit is None else found[:limit], counted[0] + counted[1])
+
+
+def _money(value: Any) -> Decimal:
+    if isinstance(value, float):
+        value = _FLOAT_SUMS.create_decimal_from_float(value)
+    return Decimal(value).quantize(_CENT_MILLIONTHS)
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(value)
+
+
+def _as_hour(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)  # SQLite: naive UTC text
+
+
+_KEY_VALUE: dict[str, Any] = {
+    "user": int,
+    "agent": lambda value: value or None,
+    "model": str,
+    "day": _as_date,
+    "hour": _as_hour,
+}
+
+
+def _listings_sql(pieces: str, base: tuple[Key, ...], listings: Sequence[Listing]) -> str:
+    """``pieces`` grouped by ``base``, then each listing from those groups, in order: columns
+    ``n_listing``, every base key (NULL where the listing is not grouped by it), the sums of
+    ``AMOUNTS``, ``n_groups`` (NULL where not counted) and ``n_place``."""
+    base_columns = [f"k_{key}" for key in base]
+    sums = ", ".join(f"SUM(a_{name}) AS a_{name}" for name in AMOUNTS)
+    grouped = f"SELECT {', '.join([*base_columns, sums])} FROM ({pieces}) AS pieces"
+    if base:
+        grouped += f" GROUP BY {', '.join(base_columns)}"
+    tokens = " + ".join(f"SUM(a_{kind})" for kind in TOKEN_KINDS)
+    branches = []
+    for i, listing in enumerate(listings):
+        keys = [f"k_{key}" for key in base if key in listing.keys]
+        if listing.by == "cost":
+            order = ", ".join(["SUM(a_cost_usd) DESC", f"{tokens} DESC", *keys])
+        else:
+            order = ", ".join(keys) or "1"
+        columns = [
+            f"k_{key}" if key in listing.keys else f"CAST(NULL AS {_KEY_TYPE[key]}) AS k_{key}"
+            for key in base
+        ]
+        count = "COUNT(*) OVER ()" if listing.counted else "CAST(NULL AS bigint)"
+        branch = (
+            f"SELECT {i} AS n_listing, {', '.join([*columns, sums])}, {count} AS n_groups, "
+            f"ROW_NUMBER() OVER (ORDER BY {order}) AS n_place FROM grouped"
+        )
+        if listing.agents_only:
+            branch += " WHERE k_agent <> ''"
+        if keys:
+            branch += f" GROUP BY {', '.join(keys)}"
+        branch += f" ORDER BY {order}"
+        if listing.limit is not None:
+            branch += f" LIMIT {int(listing.limit)}"
+        branches.append(f"SELECT * FROM ({branch}) AS listing_{i}")
+    union = " UNION ALL ".join(branches)
+    return f"WITH grouped AS ({grouped}) {union} ORDER BY n_listing, n_place"
+
+
+def _union(
+    user_ids: list[int] | None, start: datetime, end: datetime, keys: tuple[Key, ...]
+) -> tuple[str, list[object]]:
+    """The rows of ``[start, end)`` (UTC) from each piece, as one ``UNION ALL``: columns
+    ``k_<key>`` for ``keys``, then ``a_<amount>`` for every amount (a ledger row is one
+    request; its partial hour gives its day and hour)."""
+    days, hours, edges = _spans(start, end, "hour" not in keys)
+    selects: list[str] = []
+    params: list[object] = []
+
+    def add(
+        model: type[Any],
+        columns: dict[str, str],
+        where: str,
+        where_params: list[object],
+        column_params: dict[str, object] | None = None,
+    ) -> None:
+        n = names(model)
+        listed = [f"{columns[key]} AS k_{key}" for key in keys]
+        listed += [f"{columns.get(name) or getattr(n, name)} AS a_{name}" for name in AMOUNTS]
+        params.extend((column_params or {})[key] for key in keys if columns[key] == "%s")
+        params.extend(where_params)
+        sql = f"SELECT {', '.join(listed)} FROM {n.table} WHERE {where}"
+        if user_ids is not None:
+            sql += f" AND {n.user_id} IN ({', '.join(['%s'] * len(user_ids))})"
+            params.extend(bind(model, "user_id", pk) for pk in user_ids)
+        selects.append(sql)
+
+    if days is not None:
+        d = names(UsageDaily)
+        add(
+            UsageDaily,
+            {"user": d.user_id, "agent": d.agent_id, "model": d.model, "day": d.day},
+            f"{d.day} >= %s AND {d.day} < %s",
+            [bind(UsageDaily, "day", days[0].date()), bind(UsageDaily, "day", days[1].date())],
+        )
+    if hours:
+        h = names(UsageHourly)
+        add(
+            UsageHourly,
+            {
+                "user": h.user_id,
+                "agent": h.agent_id,
+                "model": h.model,
+                "day": _day_of(h.hour),
+                "hour": h.hour,
+            },
+            "(" + " OR ".join(f"({h.hour} >= %s AND {h.hour} < %s)" for _ in hours) + ")",
+            [bind(UsageHourly, "hour", moment) for span in hours for moment in span],
+        )
+    u = names(UsageRecord)
+    ledger = {
+        "user": u.user_id,
+        "agent": _agent_text(u.agent_id),
+        "model": u.model,
+        "day": "%s",
+        "hour": "%s",
+        "requests": "1",
+    }
+    for lo, hi in edges:
+        hour = _floor(lo, _HOUR)
+        add(
+            UsageRecord,
+            ledger,
+            f"{u.created_at} >= %s AND {u.created_at} < %s",
+            [bind(UsageRecord, "created_at", lo), bind(UsageRecord, "created_at", hi)],
+            {"day": bind(UsageDaily, "day", hour.date()), "hour": bind(UsageHourly, "hour", hour)},
+        )
+    return " UNION ALL ".join(selects), params
+
+
+def _day_of(hour: str) -> str:
+    """The UTC day of an hour column, as the daily roll-up holds days."""
+    if connection.vendor == "postgresql":
+        return f"CAST({hour} AT TIME ZONE 'UTC' AS date)"
+    return f"substr({hour}, 1, 10)"  # SQLite holds 'YYYY-MM-DD HH:MM:SS'
+
+
+def _agent_text(agent_id: str) -> str:
+    """The ledger's agent as the roll-ups hold it: the UUID's text, or '' for none."""
+    if connection.vendor == "postgresql":
+        return f"COALESCE(CAST({agent_id} AS text), '')"
+    # SQLite holds a UUID as its 32 hex digits; NULL (no agent) stays NULL through ||.
+    parts = " || '-' || ".join(
+        f"substr({agent_id}, {at}, {n})" for at, n in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+    )
+    return f"COALESCE({parts}, '')"
 
 
 def _floor(moment: datetime, step: timedelta) -> datetime:

@@ -18,7 +18,15 @@ from django.utils import timezone
 
 from console.models import Budget, Quota, RateCounter, Refusal, Reservation, User
 from console.selectors import budget_windows
-from console.usage.reads import TOKEN_KINDS, finish, usage_grouped, zero
+from console.usage.reads import (
+    TOKEN_KINDS,
+    Listing,
+    finish,
+    usage_grouped,
+    usage_hours,
+    usage_listed,
+    zero,
+)
 
 __all__ = [
     "GROUPINGS",
@@ -94,43 +102,56 @@ def usage_report(
     """Usage in ``[start, end)`` of ``user_ids`` (``None``: everyone) for the usage page.
 
     The table holds at most ``limit`` rows (``None``: all): the dearest groups for users,
-    agents and models, the earliest for days and hours. Days and hours are UTC. Two range reads
-    (by user and agent, then by time and model), a third when the table's grouping in time is
-    not the chart's, and two for names."""
+    agents and models, the earliest for days and hours. Days and hours are UTC.
+
+    Each figure is grouped by the database by what it shows: the chart by time and model
+    (``usage_grouped``: every bar is drawn, so every group is read; the totals, the models and
+    a table by model, by the chart's time or by days of its hours are those groups added up);
+    in one statement (``usage_listed``) the top users, the top agents and a table by user or by
+    agent, each ordered and cut by the database; a table by hour over days in one more
+    (``usage_hours``). Then two queries for names."""
     if group_by not in GROUPINGS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPINGS)}, not {group_by!r}")
     bucket: Literal["day", "hour"] = "hour" if end - start <= HOURLY_CHART_UP_TO else "day"
-    by_agent = usage_grouped(user_ids=user_ids, start=start, end=end, keys=("user", "agent"))
     by_time = usage_grouped(user_ids=user_ids, start=start, end=end, keys=(bucket, "model"))
-    by_user: dict[Any, dict[str, Any]] = {}
     totals = zero()
-    for (user_id, _agent_id), sums in by_agent.items():
-        _add(by_user.setdefault(user_id, zero()), sums)
-        _add(totals, sums)
     by_model: dict[Any, dict[str, Any]] = {}
-    for (_moment, model), sums in by_time.items():
+    by_bucket: dict[Any, dict[str, Any]] = {}
+    for (moment, model), sums in by_time.items():
+        _add(totals, sums)
         _add(by_model.setdefault(model, zero()), sums)
+        _add(by_bucket.setdefault(moment, zero()), sums)
     models = [model for model, _ in _dearest(by_model)]
-    if group_by in ("day", "hour"):
-        if group_by == bucket:
-            by_table: dict[Any, dict[str, Any]] = {}
-            for (moment, _model), sums in by_time.items():
-                _add(by_table.setdefault(moment, zero()), sums)
-        else:
-            by_table = {
-                key[0]: sums
-                for key, sums in usage_grouped(
-                    user_ids=user_ids, start=start, end=end, keys=(group_by,)
-                ).items()
-            }
-        ordered = sorted(by_table.items(), key=lambda item: item[0])
+    listings = [
+        Listing(("user",), limit=top, counted=False),
+        Listing(("user", "agent"), limit=top, agents_only=True, counted=False),
+    ]
+    if group_by in ("user", "agent"):
+        listings.append(
+            Listing(("user",) if group_by == "user" else ("user", "agent"), limit=limit)
+        )
+    top_users, top_agents, *table = usage_listed(
+        user_ids=user_ids, start=start, end=end, listings=listings
+    )
+    if group_by == "hour" and bucket == "day":
+        table = [usage_hours(user_ids=user_ids, start=start, end=end, limit=limit)]
+    if table:
+        shown = [(key[0] if len(key) == 1 else key, sums) for key, sums in table[0].rows]
+        groups = table[0].groups or 0
     else:
-        ordered = _dearest({"user": by_user, "agent": by_agent, "model": by_model}[group_by])
-    shown = ordered if limit is None else ordered[:limit]
-    top_users = _dearest(by_user)[:top]
-    top_agents = [item for item in _dearest(by_agent) if item[0][1] is not None][:top]
-    user_keys = {key for key, _ in top_users} | {key[0] for key, _ in top_agents}
-    agent_keys = {key[1] for key, _ in top_agents}
+        if group_by == "model":
+            ordered = _dearest(by_model)
+        elif group_by == bucket:
+            ordered = sorted(by_bucket.items(), key=lambda item: item[0])
+        else:  # days of the chart's hours
+            by_day: dict[Any, dict[str, Any]] = {}
+            for moment, sums in by_bucket.items():
+                _add(by_day.setdefault(moment.date(), zero()), sums)
+            ordered = sorted(by_day.items(), key=lambda item: item[0])
+        shown = ordered if limit is None else ordered[:limit]
+        groups = len(ordered)
+    user_keys = {key[0] for key, _ in top_users.rows} | {key[0] for key, _ in top_agents.rows}
+    agent_keys = {key[1] for key, _ in top_agents.rows}
     if group_by == "user":
         user_keys |= {key for key, _ in shown}
     elif group_by == "agent":
@@ -144,17 +165,17 @@ def usage_report(
         group_by=group_by,
         bucket=bucket,
         rows=rows,
-        hidden=len(ordered) - len(shown),
+        hidden=groups - len(shown),
         totals=finish(totals),
         models=models,
         buckets=_buckets(by_time, bucket, start, end, models),
         top_users=[
-            Ranked(key, _label("user", key, names)["label"], sums["cost_usd"], key)
-            for key, sums in top_users
+            Ranked(key[0], _label("user", key[0], names)["label"], sums["cost_usd"], key[0])
+            for key, sums in top_users.rows
         ],
         top_agents=[
             Ranked(key[1], _label("agent", key, names)["label"], sums["cost_usd"], key[0])
-            for key, sums in top_agents
+            for key, sums in top_agents.rows
         ],
     )
 

@@ -7,16 +7,17 @@ import importlib
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.apps import apps
 from django.db.models import Count, Sum
-from django.db.models.functions import TruncDate
+from django.db.models.functions import TruncDate, TruncHour
 
 from agents.models import Agent
 from console.models import UsageDaily, UsageHourly, UsageRecord
 from console.services import TokenUsage, usage_record
-from console.usage.reads import AMOUNTS, usage_grouped
+from console.usage.reads import AMOUNTS, Listing, usage_grouped, usage_hours, usage_listed
 
 pytestmark = pytest.mark.django_db
 
@@ -57,8 +58,16 @@ def expected(start, end, keys, user_ids=None):
     rows = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
     if user_ids is not None:
         rows = rows.filter(user_id__in=user_ids)
-    columns = {"user": "user_id", "agent": "agent_id", "model": "model", "day": "day"}
-    rows = rows.annotate(day=TruncDate("created_at", tzinfo=UTC))
+    columns = {
+        "user": "user_id",
+        "agent": "agent_id",
+        "model": "model",
+        "day": "day",
+        "hour": "hour",
+    }
+    rows = rows.annotate(
+        day=TruncDate("created_at", tzinfo=UTC), hour=TruncHour("created_at", tzinfo=UTC)
+    )
     found = {}
     sums = {"requests": Count("id"), **{k: Sum(k) for k in KINDS}, "cost_usd": Sum("cost_usd")}
     if not keys:
@@ -137,3 +146,99 @@ def test_the_daily_rollup_is_kept_current_and_the_migration_rebuilds_it(ledger):
     migration = importlib.import_module("console.migrations.0006_usage_daily_and_refusals")
     migration.roll_up_the_days(apps, None)
     assert daily() == current
+
+
+def dearest(groups):
+    """Groups dearest first, as a listing orders them: cost, then tokens, then key."""
+    return sorted(
+        groups.items(),
+        key=lambda item: (
+            -item[1]["cost_usd"],
+            -sum(item[1][kind] for kind in KINDS),
+            tuple("" if value is None else value for value in item[0]),
+        ),
+    )
+
+
+@pytest.mark.parametrize("keys", [("user",), ("user", "agent"), ("model",), ("hour",), ("day",)])
+def test_a_listing_is_the_ledgers_groups_in_order_cut_at_its_limit_and_counted(ledger, keys):
+    rng = random.Random(len(keys) + 10)
+    by = "key" if keys[0] in ("day", "hour") else "cost"
+    for _ in range(12):
+        start = T0 + timedelta(seconds=rng.randrange(2 * 86_400), microseconds=7)
+        end = start + timedelta(seconds=rng.randrange(1, 2 * 86_400))
+        limit = rng.choice([None, 1, 2, 3])
+        (listed,) = usage_listed(
+            user_ids=None,
+            start=start,
+            end=end,
+            listings=[Listing(keys, limit=limit, by=by)],
+        )
+        want = expected(start, end, keys if keys != ("hour",) else ("hour",))
+        for sums in want.values():
+            sums["cost_usd"] = sums["cost_usd"].quantize(Decimal("0.00000001"))
+        ordered = sorted(want.items()) if by == "key" else dearest(want)
+        assert listed.groups == len(want)
+        assert listed.rows == ordered[:limit]
+
+
+def test_listings_share_one_statement_and_keep_their_own_order_and_filter(
+    ledger, django_assert_num_queries
+):
+    _user, bob = ledger
+    start = T0 - timedelta(days=20, minutes=-17)
+    end = T0 + timedelta(days=3, hours=5, minutes=31)
+    with django_assert_num_queries(1):
+        users, agents, table = usage_listed(
+            user_ids=None,
+            start=start,
+            end=end,
+            listings=[
+                Listing(("user",), limit=1),
+                Listing(("user", "agent"), limit=8, agents_only=True),
+                Listing(("user", "agent")),
+            ],
+        )
+    by_agent = dearest(expected(start, end, ("user", "agent")))
+    assert users.rows == dearest(expected(start, end, ("user",)))[:1] and users.groups == 2
+    assert agents.rows == [item for item in by_agent if item[0][1] is not None]
+    assert table.rows == by_agent and table.groups == len(by_agent) > len(agents.rows)
+    (mine,) = usage_listed(
+        user_ids=[bob.pk], start=start, end=end, listings=[Listing(("user", "agent"))]
+    )
+    assert mine.rows == [item for item in by_agent if item[0][0] == bob.pk]
+
+
+def test_a_range_within_an_hour_or_across_one_reads_the_ledger_by_its_hours(ledger):
+    calls = UsageRecord.objects.order_by("created_at")
+    first = calls[10].created_at
+    for start, end in (
+        (first - timedelta(minutes=1), first + timedelta(minutes=1)),
+        # From half past the hour before the first call's to just after it: across an hour.
+        (first.replace(minute=0, second=0) - timedelta(minutes=30), first + timedelta(seconds=1)),
+    ):
+        (listed,) = usage_listed(
+            user_ids=None, start=start, end=end, listings=[Listing(("hour",), by="key")]
+        )
+        want = sorted(
+            (key, sums["requests"]) for key, sums in expected(start, end, ("hour",)).items()
+        )
+        assert [(key, sums["requests"]) for key, sums in listed.rows] == want
+        grouped = usage_grouped(user_ids=None, start=start, end=end, keys=("hour",))
+        assert sorted((key, sums["requests"]) for key, sums in grouped.items()) == want
+
+
+def test_the_first_hours_of_a_range_in_order_cut_at_a_limit_and_counted(ledger):
+    user, _bob = ledger
+    rng = random.Random(5)
+    for n in range(16):
+        start = T0 + timedelta(seconds=rng.randrange(2 * 86_400), microseconds=7)
+        end = start + timedelta(seconds=rng.randrange(1, 2 * 86_400))
+        limit = rng.choice([None, 1, 2, 5])
+        user_ids = [user.pk] if n % 3 == 0 else None
+        got = usage_hours(user_ids=user_ids, start=start, end=end, limit=limit)
+        want = expected(start, end, ("hour",), user_ids=user_ids)
+        for sums in want.values():
+            sums["cost_usd"] = sums["cost_usd"].quantize(Decimal("0.00000001"))
+        assert got.groups == len(want)
+        assert got.rows == sorted(want.items())[:limit]
