@@ -25,7 +25,8 @@ $(VENV)/.browser: scripts/system-packages.sh | $(STAMP)
 	scripts/system-packages.sh browser
 	touch $@
 
-# promtool, for the tests of deploy/'s alert rules only (no Prometheus server is installed).
+# promtool and prometheus, for the tests of deploy/ and of the autoscaler's Prometheus source
+# (taken from Debian's package; no Prometheus service is installed or started).
 $(VENV)/.promtool: scripts/promtool.sh | $(STAMP)
 	scripts/promtool.sh
 	touch $@

@@ -36,7 +36,7 @@ def _prometheus_binary() -> str:
     if found is None:
         pytest.skip(
             "no prometheus server binary: it comes with Debian's prometheus package "
-            "(apt-get install prometheus, or its /usr/bin/prometheus put in .venv/bin)"
+            "(scripts/promtool.sh, run by make test, puts it in .venv/bin)"
         )
     return found
 
