@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from django import template
+from django.utils.safestring import mark_safe
+
+from console.templatetags.console_format import usd
 
 register = template.Library()
 
@@ -14,3 +20,28 @@ def grouped(value: object) -> str:
         return f"{int(value):,}"  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return "" if value is None else str(value)
+
+
+_COUNTS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "total_tokens",
+)
+
+
+@register.simple_tag
+def usage_cells(row: dict[str, Any]) -> str:
+    """A usage table row's amounts as its cells, each with its exact value in ``data-value``
+    (what the CSV holds) and shown for reading: counts with separators, the cost in dollars
+    (its exact amount in the title). One tag for a row's fourteen figures keeps a table of
+    hundreds of rows cheap to render; its text is only digits, signs, commas and points,
+    nothing to escape."""
+    cells = [
+        f'<td class="num" data-value="{int(row[name])}">{int(row[name]):,}</td>' for name in _COUNTS
+    ]
+    cost = Decimal(row["cost_usd"])
+    cells.append(f'<td class="num" data-value="{cost}" title="${cost}">{usd(cost)}</td>')
+    return mark_safe("".join(cells))

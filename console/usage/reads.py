@@ -299,13 +299,15 @@ def usage_listed(
     start: datetime,
     end: datetime,
     listings: Sequence[Listing],
+    amounts: tuple[str, ...] = AMOUNTS,
 ) -> list[Listed]:
     """Each of ``listings`` over the usage in ``[start, end)`` of ``user_ids`` (``None``:
     everyone), in one statement: the range's pieces (cut as ``usage_grouped`` cuts them; days
     are UTC days) joined with ``UNION ALL`` and grouped once by every key any listing names;
     each listing groups those groups by its own keys, orders them, keeps its first ``limit``
-    and counts them all. Only the rows kept come back. Ties in cost and tokens go to the
-    smaller key (the calls of a user without an agent before those of its agents)."""
+    and counts them all. Only the rows kept come back, with the sums of ``amounts`` (fewer
+    amounts, less to add up: ranking needs none). Ties in cost and tokens go to the smaller
+    key (the calls of a user without an agent before those of its agents)."""
     for moment in (start, end):
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise ValueError("start and end must be aware datetimes")
@@ -314,23 +316,27 @@ def usage_listed(
         raise ValueError(f"keys must be some of user, agent, model and day or hour, not {named}")
     if any(listing.agents_only and "agent" not in listing.keys for listing in listings):
         raise ValueError("agents_only needs agent among the listing's keys")
+    if not amounts or not set(amounts) <= set(AMOUNTS):
+        raise ValueError(f"amounts must be some of {', '.join(AMOUNTS)}, not {amounts}")
     if (user_ids is not None and not user_ids) or end <= start or not listings:
         return [Listed([], 0 if listing.counted else None) for listing in listings]
     base = tuple(key for key in _KEY_ORDER if key in named)
-    pieces, params = _union(user_ids, start.astimezone(UTC), end.astimezone(UTC), base)
+    pieces, params = _union(user_ids, start.astimezone(UTC), end.astimezone(UTC), base, amounts)
     with connection.cursor() as cursor:
-        cursor.execute(_listings_sql(pieces, base, listings), params)
+        cursor.execute(_listings_sql(pieces, base, listings, amounts), params)
         rows = cursor.fetchall()
     found: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [[] for _ in listings]
     groups: list[int | None] = [0 if listing.counted else None for listing in listings]
-    width, counts = len(base), len(AMOUNTS) - 1  # the requests and the token kinds
+    width = len(base)
     for row in rows:
-        index, amounts = row[0], row[1 + width :]
-        if amounts[0] is None:  # a listing by no key, over no rows
+        index, values = row[0], row[1 + width : 1 + width + len(amounts)]
+        if values[0] is None:  # a listing by no key, over no rows
             continue
         keyed = dict(zip(base, row[1 : 1 + width], strict=True))
-        sums = {name: int(amounts[i]) for i, name in enumerate(AMOUNTS[:counts])}
-        sums["cost_usd"] = _money(amounts[counts])
+        sums = {
+            name: _money(value) if name == "cost_usd" else int(value)
+            for name, value in zip(amounts, values, strict=True)
+        }
         found[index].append((tuple(_KEY_VALUE[k](keyed[k]) for k in listings[index].keys), sums))
         if listings[index].counted:
             groups[index] = int(row[-2])
@@ -426,21 +432,22 @@ _KEY_VALUE: dict[str, Any] = {
 }
 
 
-def _listings_sql(pieces: str, base: tuple[Key, ...], listings: Sequence[Listing]) -> str:
+def _listings_sql(
+    pieces: str, base: tuple[Key, ...], listings: Sequence[Listing], amounts: tuple[str, ...]
+) -> str:
     """``pieces`` grouped by ``base``, then each listing from those groups, in order: columns
     ``n_listing``, every base key (NULL where the listing is not grouped by it), the sums of
-    ``AMOUNTS``, ``n_groups`` (NULL where not counted) and ``n_place``."""
+    ``amounts`` and of ``a_tokens``, ``n_groups`` (NULL where not counted) and ``n_place``."""
     base_columns = [f"k_{key}" for key in base]
-    sums = ", ".join(f"SUM(a_{name}) AS a_{name}" for name in AMOUNTS)
+    sums = ", ".join(f"SUM(a_{name}) AS a_{name}" for name in (*amounts, "tokens"))
     grouped = f"SELECT {', '.join([*base_columns, sums])} FROM ({pieces}) AS pieces"
     if base:
         grouped += f" GROUP BY {', '.join(base_columns)}"
-    tokens = " + ".join(f"SUM(a_{kind})" for kind in TOKEN_KINDS)
     branches = []
     for i, listing in enumerate(listings):
         keys = [f"k_{key}" for key in base if key in listing.keys]
         if listing.by == "cost":
-            order = ", ".join(["SUM(a_cost_usd) DESC", f"{tokens} DESC", *keys])
+            order = ", ".join(["SUM(a_cost_usd) DESC", "SUM(a_tokens) DESC", *keys])
         else:
             order = ", ".join(keys) or "1"
         columns = [
@@ -465,11 +472,15 @@ def _listings_sql(pieces: str, base: tuple[Key, ...], listings: Sequence[Listing
 
 
 def _union(
-    user_ids: list[int] | None, start: datetime, end: datetime, keys: tuple[Key, ...]
+    user_ids: list[int] | None,
+    start: datetime,
+    end: datetime,
+    keys: tuple[Key, ...],
+    amounts: tuple[str, ...],
 ) -> tuple[str, list[object]]:
     """The rows of ``[start, end)`` (UTC) from each piece, as one ``UNION ALL``: columns
-    ``k_<key>`` for ``keys``, then ``a_<amount>`` for every amount (a ledger row is one
-    request; its partial hour gives its day and hour)."""
+    ``k_<key>`` for ``keys``, ``a_<amount>`` for ``amounts`` and ``a_tokens``, the four kinds
+    added up (a ledger row is one request; its partial hour gives its day and hour)."""
     days, hours, edges = _spans(start, end, "hour" not in keys)
     selects: list[str] = []
     params: list[object] = []
@@ -483,7 +494,8 @@ def _union(
     ) -> None:
         n = names(model)
         listed = [f"{columns[key]} AS k_{key}" for key in keys]
-        listed += [f"{columns.get(name) or getattr(n, name)} AS a_{name}" for name in AMOUNTS]
+        listed += [f"{columns.get(name) or getattr(n, name)} AS a_{name}" for name in amounts]
+        listed.append(f"{' + '.join(getattr(n, kind) for kind in TOKEN_KINDS)} AS a_tokens")
         params.extend((column_params or {})[key] for key in keys if columns[key] == "%s")
         params.extend(where_params)
         sql = f"SELECT {', '.join(listed)} FROM {n.table} WHERE {where}"

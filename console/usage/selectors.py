@@ -19,6 +19,7 @@ from django.utils import timezone
 from console.models import Budget, Quota, RateCounter, Refusal, Reservation, User
 from console.selectors import budget_windows
 from console.usage.reads import (
+    AMOUNTS,
     TOKEN_KINDS,
     Listing,
     finish,
@@ -131,7 +132,11 @@ def usage_report(
             Listing(("user",) if group_by == "user" else ("user", "agent"), limit=limit)
         )
     top_users, top_agents, *table = usage_listed(
-        user_ids=user_ids, start=start, end=end, listings=listings
+        user_ids=user_ids,
+        start=start,
+        end=end,
+        listings=listings,
+        amounts=AMOUNTS if len(listings) > 2 else ("cost_usd",),  # the top lists show cost
     )
     if group_by == "hour" and bucket == "day":
         table = [usage_hours(user_ids=user_ids, start=start, end=end, limit=limit)]

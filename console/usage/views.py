@@ -66,7 +66,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         "query": query,
         "report": report,
         "operator": operator,
-        "users": User.objects.order_by("username").only("username") if operator else [],
+        "users": _user_choices(query.user_id) if operator else [],
         "chart": charts.stacked(report.buckets, report.models, hourly=report.bucket == "hour"),
         "top_users": charts.bars(report.top_users),
         "top_agents": charts.bars(report.top_agents),
@@ -77,6 +77,12 @@ def usage(request: HttpRequest) -> HttpResponse:
     }
     template = "usage/partials/_report.html" if _wants_fragment(request) else "usage/usage.html"
     return render(request, template, context)
+
+
+def _user_choices(chosen: int | None) -> list[tuple[str, str, bool]]:
+    """Every user for the User filter: its value, its name and whether it is the one chosen."""
+    users = User.objects.order_by("username").values_list("pk", "username")
+    return [(str(pk), username, pk == chosen) for pk, username in users]
 
 
 def _with(params: Any, **changes: str) -> str:

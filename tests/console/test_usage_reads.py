@@ -207,6 +207,14 @@ def test_listings_share_one_statement_and_keep_their_own_order_and_filter(
         user_ids=[bob.pk], start=start, end=end, listings=[Listing(("user", "agent"))]
     )
     assert mine.rows == [item for item in by_agent if item[0][0] == bob.pk]
+    (costs,) = usage_listed(
+        user_ids=None,
+        start=start,
+        end=end,
+        listings=[Listing(("user", "agent"))],
+        amounts=("cost_usd",),
+    )
+    assert costs.rows == [(key, {"cost_usd": sums["cost_usd"]}) for key, sums in by_agent]
 
 
 def test_a_range_within_an_hour_or_across_one_reads_the_ledger_by_its_hours(ledger):
@@ -242,3 +250,22 @@ def test_the_first_hours_of_a_range_in_order_cut_at_a_limit_and_counted(ledger):
             sums["cost_usd"] = sums["cost_usd"].quantize(Decimal("0.00000001"))
         assert got.groups == len(want)
         assert got.rows == sorted(want.items())[:limit]
+
+
+@pytest.mark.parametrize("time_key", ["day", "hour"])
+def test_listings_by_time_and_by_model_in_one_statement(ledger, time_key):
+    start = T0 + timedelta(hours=5, minutes=3)
+    end = T0 + timedelta(days=3, hours=2, minutes=41)
+    by_time, by_model = usage_listed(
+        user_ids=None,
+        start=start,
+        end=end,
+        listings=[Listing((time_key,), limit=3, by="key"), Listing(("model",))],
+    )
+    want = {keys: expected(start, end, keys) for keys in ((time_key,), ("model",))}
+    for groups in want.values():
+        for sums in groups.values():
+            sums["cost_usd"] = sums["cost_usd"].quantize(Decimal("0.00000001"))
+    assert by_time.rows == sorted(want[(time_key,)].items())[:3]
+    assert by_time.groups == len(want[(time_key,)])
+    assert by_model.rows == dearest(want[("model",)])
