@@ -187,6 +187,15 @@ def test_agent_names_in_charts_and_tables_are_escaped(client, operator, user):
     assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
 
 
+def test_names_in_the_user_filter_are_escaped_and_the_chosen_one_selected(
+    client, operator, make_user
+):
+    eve = make_user("<i>eve</i>")
+    html = page(client, operator, f"{DAY}&user={eve.pk}")
+    assert "<i>eve</i>" not in html
+    assert f'<option value="{eve.pk}" selected>&lt;i&gt;eve&lt;/i&gt;</option>' in html
+
+
 # --- CSV -----------------------------------------------------------------------------------------
 
 
