@@ -443,11 +443,17 @@ def _listings_sql(
     grouped = f"SELECT {', '.join([*base_columns, sums])} FROM ({pieces}) AS pieces"
     if base:
         grouped += f" GROUP BY {', '.join(base_columns)}"
+    sums_as_grouped = ", ".join(f"a_{name}" for name in (*amounts, "tokens"))
     branches = []
     for i, listing in enumerate(listings):
         keys = [f"k_{key}" for key in base if key in listing.keys]
+        # A listing by every base key takes the groups as they are; another adds them up.
+        regroup = len(keys) < len(base)
+        cost, tokens = (
+            ("SUM(a_cost_usd)", "SUM(a_tokens)") if regroup else ("a_cost_usd", "a_tokens")
+        )
         if listing.by == "cost":
-            order = ", ".join(["SUM(a_cost_usd) DESC", "SUM(a_tokens) DESC", *keys])
+            order = ", ".join([f"{cost} DESC", f"{tokens} DESC", *keys])
         else:
             order = ", ".join(keys) or "1"
         columns = [
@@ -456,12 +462,13 @@ def _listings_sql(
         ]
         count = "COUNT(*) OVER ()" if listing.counted else "CAST(NULL AS bigint)"
         branch = (
-            f"SELECT {i} AS n_listing, {', '.join([*columns, sums])}, {count} AS n_groups, "
+            f"SELECT {i} AS n_listing, {', '.join(columns)}, "
+            f"{sums if regroup else sums_as_grouped}, {count} AS n_groups, "
             f"ROW_NUMBER() OVER (ORDER BY {order}) AS n_place FROM grouped"
         )
         if listing.agents_only:
             branch += " WHERE k_agent <> ''"
-        if keys:
+        if regroup and keys:
             branch += f" GROUP BY {', '.join(keys)}"
         branch += f" ORDER BY {order}"
         if listing.limit is not None:
