@@ -147,7 +147,14 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # An idle consumer blocks in BZPOPMIN for 5 s at a time; redis-py's own default
             # socket timeout is also 5 s, which would kill idle sockets' receive loops.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            # Every socket of a web process shares one inbox in Redis, and a message for a full
+            # inbox is dropped: it must hold the chunks in flight to all of them (default 100).
+            # redis-py fails a command past its pool's size (default 100), and every socket and
+            # turn of the process sends through this pool.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 1000}],
+                "capacity": 10_000,
+            },
         }
     }
     CACHES = {

@@ -173,7 +173,10 @@ class _RedisLog:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = self._clients[loop] = redis.Redis.from_url(self._url)
+            # redis-py's plain pool fails a command past 100 connections in use; every turn
+            # in flight publishes through this one, so commands wait for a free connection.
+            pool = redis.BlockingConnectionPool.from_url(self._url, max_connections=100)
+            client = self._clients[loop] = redis.Redis(connection_pool=pool)
         return client
 
     async def append(self, session_id: str, event: dict[str, Any], release: str | None) -> int:

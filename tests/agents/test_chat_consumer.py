@@ -560,3 +560,40 @@ def test_a_reply_chunk_does_not_wait_for_the_thread_that_runs_sync_code(user, qu
     snapshot, event, waited = run(scenario)
     assert (event["type"], event["seq"]) == ("delta", snapshot["seq"] + 1)
     assert waited < 1.0
+
+
+@pytest.mark.redis
+def test_a_burst_of_events_for_many_sockets_of_one_process_loses_none(user, quiet_session):
+    """Every socket of a web process shares one inbox in Redis, and one pool of connections
+    to it: a burst of chunks for many sockets at once overflows neither."""
+    from agents.services.live import live_publish
+
+    sessions = [str(quiet_session.pk)] + [
+        str(Session.objects.create(agent=quiet_session.agent, user=user, title=f"s{n}").pk)
+        for n in range(9)
+    ]
+    chunks = 15
+
+    async def scenario():
+        sockets = []
+        for sid in sessions:
+            socket = _socket(user)
+            await _connected(socket)
+            await socket.send_json_to({"type": "open", "session_id": sid})
+            assert (await socket.receive_json_from(timeout=5))["type"] == "session"
+            sockets.append(socket)
+        chunk = {"type": "delta", "turn_id": "t", "text": "w"}
+        await asyncio.gather(  # hundreds of publishes at once, as many replies make
+            *(
+                live_publish(sid, chunk | {"session_id": sid})
+                for _ in range(chunks)
+                for sid in sessions
+            )
+        )
+        got = [[await s.receive_json_from(timeout=10) for _ in range(chunks)] for s in sockets]
+        for socket in sockets:
+            await socket.disconnect()
+        return got
+
+    for events in run(scenario):
+        assert [e["seq"] for e in events] == list(range(1, chunks + 1))
