@@ -273,8 +273,9 @@ class Listing:
 @dataclass(frozen=True, slots=True)
 class Listed:
     """A listing's rows, each its key (a tuple in the order of the listing's keys, valued as
-    ``usage_grouped`` values them) and its sums of every amount; and how many groups the range
-    has in all, those past the limit included (``None`` for a listing not ``counted``)."""
+    ``usage_grouped`` values them) and its sums of the amounts asked for; and how many groups
+    the range has in all, those past the limit included (``None`` for a listing not
+    ``counted``)."""
 
     rows: list[tuple[tuple[Any, ...], dict[str, Any]]]
     groups: int | None
@@ -318,6 +319,8 @@ def usage_listed(
         raise ValueError("agents_only needs agent among the listing's keys")
     if not amounts or not set(amounts) <= set(AMOUNTS):
         raise ValueError(f"amounts must be some of {', '.join(AMOUNTS)}, not {amounts}")
+    if "cost_usd" not in amounts and any(listing.by == "cost" for listing in listings):
+        raise ValueError("a listing by cost needs cost_usd among the amounts")
     if (user_ids is not None and not user_ids) or end <= start or not listings:
         return [Listed([], 0 if listing.counted else None) for listing in listings]
     base = tuple(key for key in _KEY_ORDER if key in named)

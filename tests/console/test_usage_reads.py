@@ -215,6 +215,14 @@ def test_listings_share_one_statement_and_keep_their_own_order_and_filter(
         amounts=("cost_usd",),
     )
     assert costs.rows == [(key, {"cost_usd": sums["cost_usd"]}) for key, sums in by_agent]
+    with pytest.raises(ValueError, match="cost_usd"):
+        usage_listed(
+            user_ids=None,
+            start=start,
+            end=end,
+            listings=[Listing(("user",))],
+            amounts=("requests",),
+        )
 
 
 def test_a_range_within_an_hour_or_across_one_reads_the_ledger_by_its_hours(ledger):
