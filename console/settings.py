@@ -58,7 +58,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "servestatic.runserver_nostatic",
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
@@ -71,11 +71,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First, and async: static files are answered on the event loop, streamed, before the rest
-    # of the chain (sync, see SyncChainMiddleware) takes its one hop to a thread.
-    "servestatic.middleware.ServeStaticMiddleware",
     "console.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "console.middleware.RequestMetricsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -303,13 +301,12 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
-# --- Static files from static/ (everything vendored, no CDN), served by ServeStatic, the fork
-# of WhiteNoise that serves them asynchronously under ASGI.
+# --- Static files, served by WhiteNoise from static/ (everything vendored, no CDN).
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Straight from static/ without collectstatic: in development and in tests (`make run` collects).
-SERVESTATIC_USE_FINDERS = env_bool("SERVESTATIC_USE_FINDERS", DEBUG)
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

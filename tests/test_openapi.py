@@ -115,7 +115,7 @@ class _Assets(HTMLParser):
 
 @pytest.mark.django_db
 def test_the_swagger_ui_is_served_from_vendored_assets(tmp_path: Path, settings) -> None:
-    # As `make run` serves it: collected static files, through ServeStatic.
+    # As `make run` serves it: collected static files, through WhiteNoise.
     settings.STATIC_ROOT = tmp_path / "static"
     call_command("collectstatic", interactive=False, verbosity=0)
     client = Client()
