@@ -49,3 +49,7 @@ gateway_application = ProtocolTypeRouter({"http": http_app})
 # of the collector's reach, a full collection walks only what requests made, a few ms instead of
 # ~50 ms that every call in flight would wait for.
 gc.freeze()
+# What requests and sockets keep (5,000 open chat sockets, say) would otherwise make the
+# collector's full passes run every few seconds, each stopping the process for 0.2-1.5 s to walk
+# every socket's objects: collect the young often, the old rarely.
+gc.set_threshold(50_000, 20, 100)
