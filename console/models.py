@@ -304,11 +304,9 @@ class UsageRecord(models.Model):
         )
 
 
-class UsageHourly(models.Model):
-    """The ledger rolled up per user, agent, model and hour, kept current as each call lands,
-    so that summaries read a few rows per hour instead of every call."""
+class UsageRollup(models.Model):
+    """What a roll-up row holds for its user, agent and model: calls, tokens by kind, cost."""
 
-    hour = models.DateTimeField()
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
     agent_id = models.CharField(max_length=36, blank=True, help_text="Empty: no agent.")
     model = models.CharField(max_length=100)
@@ -318,6 +316,16 @@ class UsageHourly(models.Model):
     cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
     cache_read_input_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+
+    class Meta:
+        abstract = True
+
+
+class UsageHourly(UsageRollup):
+    """The ledger rolled up per user, agent, model and hour, kept current as each call lands,
+    so that summaries read a few rows per hour instead of every call."""
+
+    hour = models.DateTimeField()
 
     class Meta:
         constraints = [
@@ -331,20 +339,11 @@ class UsageHourly(models.Model):
         return f"{self.model} {self.hour:%Y-%m-%d %H}h: ${self.cost_usd}"
 
 
-class UsageDaily(models.Model):
+class UsageDaily(UsageRollup):
     """The ledger rolled up per user, agent, model and UTC day, kept current as each call lands
     (beside ``UsageHourly``), so that ranges of weeks read a few rows per day."""
 
     day = models.DateField(help_text="The UTC day.")
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
-    agent_id = models.CharField(max_length=36, blank=True, help_text="Empty: no agent.")
-    model = models.CharField(max_length=100)
-    requests = models.PositiveIntegerField(default=0)
-    input_tokens = models.PositiveBigIntegerField(default=0)
-    output_tokens = models.PositiveBigIntegerField(default=0)
-    cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
-    cache_read_input_tokens = models.PositiveBigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
 
     class Meta:
         constraints = [

@@ -186,6 +186,18 @@ def _grouped_rows(
     yield from rows.order_by().values_list(*columns).annotate(**sums)
 
 
+def _keyed(
+    grouped: Iterable[tuple[Any, ...]], keys: tuple[Key, ...], amounts: tuple[str, ...]
+) -> Iterable[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """Grouped rows (the keys' values, then the amounts') as (key, amounts); a roll-up's ""
+    agent is no agent."""
+    for values in grouped:
+        key = tuple(
+            (values[i] or None) if name == "agent" else values[i] for i, name in enumerate(keys)
+        )
+        yield key, dict(zip(amounts, values[len(keys) :], strict=True))
+
+
 def _daily(
     user_ids: list[int] | None,
     start: datetime,
@@ -197,11 +209,7 @@ def _daily(
     if user_ids is not None:
         rows = rows.filter(user_id__in=user_ids)
     columns = [_COLUMN.get(key, "day") for key in keys]
-    for values in _grouped_rows(rows, columns, amounts):
-        key = tuple(
-            (values[i] or None) if name == "agent" else values[i] for i, name in enumerate(keys)
-        )
-        yield key, dict(zip(amounts, values[len(keys) :], strict=True))
+    yield from _keyed(_grouped_rows(rows, columns, amounts), keys, amounts)
 
 
 def _hourly(
@@ -219,11 +227,7 @@ def _hourly(
     if user_ids is not None:
         rows = rows.filter(user_id__in=user_ids)
     columns = [_COLUMN.get(key, "hour") for key in keys]
-    for values in _grouped_rows(rows, columns, amounts):
-        key = tuple(
-            (values[i] or None) if name == "agent" else values[i] for i, name in enumerate(keys)
-        )
-        yield key, dict(zip(amounts, values[len(keys) :], strict=True))
+    yield from _keyed(_grouped_rows(rows, columns, amounts), keys, amounts)
 
 
 def _ledger(
