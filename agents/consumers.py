@@ -24,7 +24,13 @@ from rest_framework import serializers
 from agents import events as ev
 from agents.selectors import chat_session_owned, chat_snapshot
 from agents.services import session_for_turn, turn_cancel
-from agents.services.live import live_claimed, live_replay, live_turn_prepare, live_turn_start
+from agents.services.live import (
+    live_claimed,
+    live_end_abandoned,
+    live_replay,
+    live_turn_prepare,
+    live_turn_start,
+)
 from console.errors import (
     BadRequest,
     Conflict,
@@ -203,6 +209,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         session_id = data["session_id"]
         await self._check_owned(session_id)
         await self._follow(session_id)
+        await live_end_abandoned(session_id)
         replay = await live_replay(session_id, after=data["after"])
         if not replay.complete:  # the log no longer holds all of it: start from a snapshot
             await self._open(session_id)
@@ -278,6 +285,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _open(self, session_id: str) -> None:
         await self._check_owned(session_id)
         await self._follow(session_id)
+        await live_end_abandoned(session_id)
         # The log before the messages: a turn that completes in between is in the replay.
         replay = await live_replay(session_id, after=0)
         running = await live_claimed(session_id)

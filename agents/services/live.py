@@ -47,6 +47,7 @@ __all__ = [
     "FollowedTurn",
     "LiveTurn",
     "live_claimed",
+    "live_end_abandoned",
     "live_error",
     "live_follow",
     "live_publish",
@@ -269,6 +270,42 @@ async def live_replay(session_id: str, *, after: int) -> Replay:
 async def live_claimed(session_id: str) -> str | None:
     """The id of the turn being written in the session, if one is."""
     return await _log().claimed(session_id)
+
+
+def _unended(events: list[dict[str, Any]]) -> str | None:
+    """The last turn the events show begun and not ended."""
+    started = [e["turn_id"] for e in events if e["type"] == "turn_started"]
+    if not started or _ends(events, started[-1]):
+        return None
+    return started[-1]
+
+
+async def live_end_abandoned(session_id: str) -> None:
+    """End, for every follower, a turn the log shows begun and not ended that no longer holds
+    its session: the web process writing it stopped mid-turn (its claim lapsed). Without this,
+    pages would wait on it for ever."""
+    _, events = await _log().read(session_id)
+    turn_id = _unended(events)
+    if turn_id is None or await live_claimed(session_id) == turn_id:
+        return
+    _, events = await _log().read(session_id)  # it may have ended meanwhile
+    if _unended(events) != turn_id:
+        return
+    error = _error_body(
+        "turn_lost",
+        "this reply stopped when the web process writing it did; send it again",
+        {"turn_id": turn_id},
+    )
+    await live_publish(
+        session_id,
+        {
+            "type": "error",
+            "session_id": session_id,
+            "turn_id": turn_id,
+            "error": error,
+            "status": 502,
+        },
+    )
 
 
 # --- Turns ---------------------------------------------------------------------------------------

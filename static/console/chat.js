@@ -274,7 +274,20 @@
     },
   };
 
+  // A reply that goes quiet is asked after: the server replays what this page missed, or ends
+  // the turn if the web process writing it stopped.
+  const QUIET_MS = 15000;
+  let heardAt = Date.now();
+  setInterval(() => {
+    if (!running || Date.now() - heardAt < QUIET_MS) return;
+    heardAt = Date.now();
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "resume", session_id: sessionId, after: lastSeq }));
+    }
+  }, 5000);
+
   function receive(message) {
+    heardAt = Date.now();
     let event;
     try { event = JSON.parse(message.data); } catch (e) { return; }
     if (typeof event.seq === "number" && event.type !== "session") {

@@ -76,3 +76,37 @@ def test_a_session_is_claimed_by_one_turn_and_its_last_event_releases_it(backend
         await log.release(session, "turn-b")
 
     async_to_sync(go)()
+
+
+def _events(session_id: str) -> list[dict]:
+    return async_to_sync(live.live_replay)(session_id, after=0).events
+
+
+def _started(session_id: str, turn_id: str) -> None:
+    event = {"type": "turn_started", "session_id": session_id, "turn_id": turn_id}
+    async_to_sync(live.live_publish)(session_id, event)
+
+
+def test_a_turn_whose_writer_stopped_is_ended_for_its_followers(backend):
+    session, turn = str(uuid.uuid4()), uuid.uuid4().hex
+    _started(session, turn)  # begun, and no process holds the session any more
+
+    async_to_sync(live.live_end_abandoned)(session)
+    last = _events(session)[-1]
+    assert (last["type"], last["turn_id"], last["error"]["code"]) == ("error", turn, "turn_lost")
+    assert last["status"] == 502
+    async_to_sync(live.live_end_abandoned)(session)  # once: it has ended now
+    assert len(_events(session)) == 2
+
+
+def test_a_turn_still_being_written_or_ended_is_left_alone(backend):
+    session, turn = str(uuid.uuid4()), uuid.uuid4().hex
+    assert async_to_sync(live._log().claim)(session, turn, 30)
+    _started(session, turn)
+    async_to_sync(live.live_end_abandoned)(session)
+    assert [e["type"] for e in _events(session)] == ["turn_started"]
+
+    done = {"type": "done", "session_id": session, "turn_id": turn, "messages": []}
+    async_to_sync(live.live_publish)(session, done, ending=turn)
+    async_to_sync(live.live_end_abandoned)(session)
+    assert [e["type"] for e in _events(session)] == ["turn_started", "done"]
