@@ -50,7 +50,10 @@ from urllib.parse import urlparse
 import aiohttp
 from harness import (
     Child,
+    Failed,
+    Run,
     close_database,
+    closed_loop,
     percentile,
     recreate_database,
     report,
@@ -153,35 +156,7 @@ def _spawned() -> tuple[int, int]:
     return agents, queued
 
 
-# --- The server --------------------------------------------------------------------------------
-
-
 # --- Load --------------------------------------------------------------------------------------
-
-
-class _Failed(Exception):
-    """A request answered with an unexpected status."""
-
-
-_CLIENT_ERRORS = (_Failed, aiohttp.ClientError, TimeoutError)
-
-
-@dataclass
-class _Run:
-    """One measured run: latencies in ms in the order they ended, failures, its length and the
-    server's CPU meanwhile."""
-
-    latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    cpu: float = 0.0
-
-    @property
-    def rps(self) -> float:
-        return len(self.latencies) / self.seconds
-
-    def cpu_ms_per_request(self) -> float:
-        return self.cpu / max(1, len(self.latencies)) * 1000
 
 
 async def _request(
@@ -197,40 +172,19 @@ async def _request(
     async with session.request(method, url, data=body, headers=headers) as response:
         data = await response.read()
         if response.status != expect:
-            raise _Failed(f"{method} {url}: HTTP {response.status}: {data[:300]!r}")
+            raise Failed(f"{method} {url}: HTTP {response.status}: {data[:300]!r}")
     return (time.perf_counter() - started) * 1000
-
-
-async def _closed_loop(
-    one: Callable[[], Awaitable[float]], clients: int, seconds: float, server: Child | None
-) -> _Run:
-    """``clients`` concurrent clients, each sending its next request when its last one ends."""
-    run = _Run()
-    cpu = server.cpu_seconds() if server else 0.0
-    started = time.perf_counter()
-    end = started + seconds
-
-    async def client() -> None:
-        while time.perf_counter() < end:
-            try:
-                run.latencies.append(await one())
-            except _CLIENT_ERRORS as exc:
-                run.errors.append(str(exc) or type(exc).__name__)
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    run.seconds = time.perf_counter() - started
-    run.cpu = server.cpu_seconds() - cpu if server else 0.0
-    return run
 
 
 # --- Figures -----------------------------------------------------------------------------------
 
 
-def _describe(clients: int, run: _Run) -> str:
-    p50, p95, p99 = (percentile(run.latencies, q) for q in (50, 95, 99))
+def _describe(clients: int, run: Run[float]) -> str:
+    p50, p95, p99 = (percentile(run.results, q) for q in (50, 95, 99))
+    cpu = sum(run.cpu_ms_each().values())
     line = (
         f"  {clients:>2} clients: {run.rps:.0f} req/s, p50 {p50:.1f} p95 {p95:.1f} "
-        f"p99 {p99:.1f} ms; server CPU {run.cpu_ms_per_request():.2f} ms per request"
+        f"p99 {p99:.1f} ms; server CPU {cpu:.2f} ms per request"
     )
     if run.errors:
         line += f"\n     {len(run.errors)} failed, e.g. {run.errors[0][:300]}"
@@ -250,12 +204,14 @@ class _Bench:
     targets: list[str] = field(default_factory=list)
     info: list[str] = field(default_factory=list)
 
-    async def measure(self, title: str, one: Callable[[], Awaitable[float]]) -> dict[int, _Run]:
+    async def measure(
+        self, title: str, one: Callable[[], Awaitable[float]]
+    ) -> dict[int, Run[float]]:
         print(f"\n{title} (closed loop)", flush=True)
         runs = {}
         for clients in LEVELS:
-            await _closed_loop(one, clients, self.warmup, None)
-            runs[clients] = await _closed_loop(one, clients, self.seconds, self.server)
+            await closed_loop(one, clients, self.warmup, [])
+            runs[clients] = await closed_loop(one, clients, self.seconds, [self.server])
             print(_describe(clients, runs[clients]), flush=True)
         return runs
 
@@ -271,7 +227,7 @@ class _Bench:
         run = runs[64]
         self.targets.append(report("api_list_rps_64clients", run.rps, "req/s", ">=", 500))
         self.targets.append(
-            report("api_list_p95_64clients", percentile(run.latencies, 95), "ms", "<=", 50)
+            report("api_list_p95_64clients", percentile(run.results, 95), "ms", "<=", 50)
         )
         v1_url = f"{self.url}/api/v1/agents?page_size={agents}"
         await self.measure(
@@ -294,7 +250,7 @@ class _Bench:
             lambda: _request(self.session, "POST", url, key, 201, body),
         )
         for clients, run in runs.items():
-            p95 = percentile(run.latencies, 95)
+            p95 = percentile(run.results, 95)
             self.info.append(f"INFO api_spawn_rps_{clients}clients {run.rps:.1f} req/s")
             self.info.append(f"INFO api_spawn_p95_{clients}clients {p95:.1f} ms")
 

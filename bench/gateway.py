@@ -55,13 +55,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import aiohttp
 from harness import (
+    CLIENT_ERRORS,
     Child,
+    Failed,
+    Run,
     close_database,
+    closed_loop,
     percentile,
     recreate_database,
     report,
@@ -155,11 +159,6 @@ def _start_fake(
 # --- Load --------------------------------------------------------------------------------------
 
 
-class _Failed(Exception):
-    """A call that did not answer 200 or whose stream did not end."""
-
-
-_CLIENT_ERRORS = (_Failed, aiohttp.ClientError, TimeoutError)
 _HEADERS = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
 
 
@@ -181,17 +180,6 @@ class _Stream:
     texts: list[str]
 
 
-@dataclass
-class _Run(Generic[T]):
-    """One measured run: its results in the order they ended, its failures, how long it took
-    and the CPU each child process spent meanwhile."""
-
-    results: list[T] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    cpu: dict[str, float] = field(default_factory=dict)
-
-
 def _body(prompt: str, *, stream: bool, max_tokens: int = 256) -> bytes:
     messages = [{"role": "user", "content": prompt}]
     body = {"model": MODEL, "max_tokens": max_tokens, "messages": messages, "stream": stream}
@@ -203,7 +191,7 @@ async def _call(session: aiohttp.ClientSession, path: _Path, body: bytes) -> flo
     async with session.post(path.url, data=body, headers=path.headers()) as response:
         data = await response.read()
         if response.status != 200:
-            raise _Failed(f"{path.name}: HTTP {response.status}: {data[:300]!r}")
+            raise Failed(f"{path.name}: HTTP {response.status}: {data[:300]!r}")
     path.calls += 1
     return (time.perf_counter() - started) * 1000
 
@@ -215,7 +203,7 @@ async def _stream(session: aiohttp.ClientSession, path: _Path, body: bytes) -> _
     event, ended = "", False
     async with session.post(path.url, data=body, headers=path.headers()) as response:
         if response.status != 200:
-            raise _Failed(f"{path.name}: HTTP {response.status}: {(await response.read())[:300]!r}")
+            raise Failed(f"{path.name}: HTTP {response.status}: {(await response.read())[:300]!r}")
         async for raw in response.content:
             now = time.perf_counter()
             line = raw.decode().rstrip("\r\n")
@@ -229,38 +217,16 @@ async def _stream(session: aiohttp.ClientSession, path: _Path, body: bytes) -> _
             elif line.startswith("data:") and event == "message_stop":
                 ended = True
     if not ended or not times:
-        raise _Failed(f"{path.name}: the stream ended without message_stop")
+        raise Failed(f"{path.name}: the stream ended without message_stop")
     path.calls += 1
     gaps = [(b - a) * 1000 for a, b in itertools.pairwise(times)]
     return _Stream((times[0] - started) * 1000, gaps, texts)
 
 
-async def _closed_loop(
-    one: Callable[[], Awaitable[T]], clients: int, seconds: float, children: list[Child]
-) -> _Run[T]:
-    """``clients`` concurrent clients, each sending its next request when its last one ends."""
-    run: _Run[T] = _Run()
-    cpu = {child.name: child.cpu_seconds() for child in children}
-    started = time.perf_counter()
-    end = started + seconds
-
-    async def client() -> None:
-        while time.perf_counter() < end:
-            try:
-                run.results.append(await one())
-            except _CLIENT_ERRORS as exc:
-                run.errors.append(str(exc) or type(exc).__name__)
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    run.seconds = time.perf_counter() - started
-    run.cpu = {child.name: child.cpu_seconds() - cpu[child.name] for child in children}
-    return run
-
-
-async def _open_loop(one: Callable[[], Awaitable[Any]], rate: int, seconds: float) -> _Run[float]:
+async def _open_loop(one: Callable[[], Awaitable[Any]], rate: int, seconds: float) -> Run[float]:
     """``rate`` requests a second at an even pace, at most 64 in flight; each latency counts
     from when its request was due, so queueing behind a slow server is not hidden."""
-    run: _Run[float] = _Run()
+    run: Run[float] = Run()
     slots = asyncio.Semaphore(max(LEVELS))
     started = time.perf_counter()
 
@@ -269,7 +235,7 @@ async def _open_loop(one: Callable[[], Awaitable[Any]], rate: int, seconds: floa
             async with slots:
                 await one()
             run.results.append((time.perf_counter() - due) * 1000)
-        except _CLIENT_ERRORS as exc:
+        except CLIENT_ERRORS as exc:
             run.errors.append(str(exc) or type(exc).__name__)
 
     tasks = []
@@ -296,7 +262,7 @@ def _added(gateway: tuple[float, ...], direct: tuple[float, ...]) -> tuple[float
     return tuple(g - d for g, d in zip(gateway, direct, strict=True))  # type: ignore[return-value]
 
 
-def _errors(name: str, run: _Run[Any]) -> None:
+def _errors(name: str, run: Run[Any]) -> None:
     if run.errors:
         print(f"  {name}: {len(run.errors)} failed calls, e.g. {run.errors[0][:300]}")
 
@@ -332,21 +298,20 @@ class _Bench:
 
     async def compare(
         self, clients: int, one: Callable[[_Path], Awaitable[T]]
-    ) -> tuple[_Run[T], _Run[T]]:
+    ) -> tuple[Run[T], Run[T]]:
         """Warm up and measure the direct path, then the gateway, with ``clients`` clients."""
         runs = []
         for path in self.paths():
-            await _closed_loop(functools.partial(one, path), clients, self.warmup, [])
-            run = await _closed_loop(
+            await closed_loop(functools.partial(one, path), clients, self.warmup, [])
+            run = await closed_loop(
                 functools.partial(one, path), clients, self.seconds, self.children
             )
             _errors(path.name, run)
             runs.append(run)
         return runs[0], runs[1]
 
-    def cpu_per_call(self, run: _Run[Any]) -> str:
-        calls = max(1, len(run.results))
-        return ", ".join(f"{name} {cpu / calls * 1000:.2f}" for name, cpu in run.cpu.items())
+    def cpu_per_call(self, run: Run[Any]) -> str:
+        return ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms_each().items())
 
     async def non_streaming(self) -> None:
         body = _body("Say hello in a few words.", stream=False)
@@ -355,7 +320,7 @@ class _Bench:
             runs = await self.compare(clients, lambda path: _call(self.session, path, body))
             direct, gateway = (_pcts(run.results) for run in runs)
             added = _added(gateway, direct)
-            direct_rps, rps = (len(run.results) / run.seconds for run in runs)
+            direct_rps, rps = (run.rps for run in runs)
             print(
                 f"  {clients:>2} clients: direct {_fmt(direct)} ({direct_rps:.0f} req/s); "
                 f"gateway {_fmt(gateway)} ({rps:.0f} req/s)\n"
@@ -377,7 +342,7 @@ class _Bench:
             _errors(path.name, runs[-1])
         direct, gateway = (_pcts(run.results) for run in runs)
         added = _added(gateway, direct)
-        achieved = len(runs[1].results) / runs[1].seconds
+        achieved = runs[1].rps
         print(
             f"\nnon-streaming, {OPEN_LOOP_RATE} req/s offered (open loop, at most 64 in flight):"
             f"\n  direct {_fmt(direct)}; gateway {_fmt(gateway)} ({achieved:.0f} req/s done)"

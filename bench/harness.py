@@ -1,8 +1,10 @@
-"""What the benchmarks share: percentiles, the TARGET line, a scratch PostgreSQL database, and
-child processes (the console, the fake Anthropic) that are always stopped."""
+"""What the benchmarks share: percentiles, the TARGET line, a scratch PostgreSQL database, child
+processes (the console, the fake Anthropic) that are always stopped, and the closed-loop load
+that drives them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -11,16 +13,24 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 from urllib.parse import urlparse, urlunparse
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = [
+    "CLIENT_ERRORS",
     "ROOT",
     "Child",
+    "Failed",
+    "Run",
     "close_database",
+    "closed_loop",
     "free_port",
     "percentile",
     "recreate_database",
@@ -28,6 +38,8 @@ __all__ = [
     "start_console",
     "wait_ready",
 ]
+
+T = TypeVar("T")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -176,3 +188,57 @@ def start_console(
         return None
 
     return console, wait_ready(console, healthy)
+
+
+# --- Load ------------------------------------------------------------------------------------
+
+
+class Failed(Exception):
+    """A request or message other than the one expected (an unexpected status, a stream that did
+    not end)."""
+
+
+CLIENT_ERRORS = (Failed, aiohttp.ClientError, TimeoutError)
+
+
+@dataclass
+class Run(Generic[T]):
+    """One measured run: its results in the order they ended, its failures, how long it took
+    and the CPU each child process spent meanwhile."""
+
+    results: list[T] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rps(self) -> float:
+        return len(self.results) / self.seconds
+
+    def cpu_ms_each(self) -> dict[str, float]:
+        """Each child's CPU milliseconds per result."""
+        done = max(1, len(self.results))
+        return {name: seconds / done * 1000 for name, seconds in self.cpu.items()}
+
+
+async def closed_loop(
+    one: Callable[[], Awaitable[T]], clients: int, seconds: float, children: list[Child]
+) -> Run[T]:
+    """``clients`` concurrent clients, each sending its next request when its last one ends;
+    the CPU of ``children`` is measured meanwhile."""
+    run: Run[T] = Run()
+    cpu = {child.name: child.cpu_seconds() for child in children}
+    started = time.perf_counter()
+    end = started + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < end:
+            try:
+                run.results.append(await one())
+            except CLIENT_ERRORS as exc:
+                run.errors.append(str(exc) or type(exc).__name__)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    run.seconds = time.perf_counter() - started
+    run.cpu = {child.name: child.cpu_seconds() - cpu[child.name] for child in children}
+    return run

@@ -82,7 +82,9 @@ from urllib.parse import urlparse
 
 import aiohttp
 from harness import (
+    CLIENT_ERRORS,
     Child,
+    Failed,
     close_database,
     percentile,
     recreate_database,
@@ -365,10 +367,6 @@ def _raise_file_limit() -> int:
 # --- Sockets -----------------------------------------------------------------------------------
 
 
-class _Failed(Exception):
-    """A socket refused, closed, or answered out of protocol."""
-
-
 @dataclass(eq=False)
 class _Socket:
     chat: _Chat
@@ -402,10 +400,10 @@ class _Socket:
 async def _expect(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
     message = await asyncio.wait_for(ws.receive(), 60)
     if message.type != aiohttp.WSMsgType.TEXT:
-        raise _Failed(f"expected {kind}, got {message.type.name} {ws.close_code}")
+        raise Failed(f"expected {kind}, got {message.type.name} {ws.close_code}")
     event = json.loads(message.data)
     if event.get("type") != kind:
-        raise _Failed(f"expected {kind}, got {message.data[:300]}")
+        raise Failed(f"expected {kind}, got {message.data[:300]}")
     return event
 
 
@@ -524,7 +522,7 @@ class _Bench:
                 began = time.monotonic()
                 try:
                     sock = await _open(session, ws_url, self.url, chat)
-                except (_Failed, aiohttp.ClientError, TimeoutError) as exc:
+                except CLIENT_ERRORS as exc:
                     failures.append(str(exc) or type(exc).__name__)
                     return
                 times.append((time.monotonic() - began) * 1000)
