@@ -17,7 +17,7 @@ from console.authentication import bearer_token
 from console.errors import error_body, json_error_page
 from console.metrics import BudgetCollector, FleetCollector
 from console.readiness import readiness
-from scaling.metrics import agent_scrape_targets
+from scaling.selectors import agent_scrape_targets
 
 __all__ = ["health", "home", "metrics", "metrics_targets", "metrics_token_presented", "ready"]
 
@@ -68,7 +68,7 @@ def metrics_targets(request: HttpRequest) -> JsonResponse:
     """Prometheus' HTTP service discovery (``http_sd_configs``): every running agent, as a
     target scraped through this console's ``/agents/<id>/metrics``, at the address Prometheus
     reached the console at, labelled ``agent_id``, ``model``, ``owner`` and ``pool``
-    (``scaling.metrics.agent_scrape_targets``). Only for the METRICS_BEARER_TOKEN, which must
+    (``scaling.selectors.agent_scrape_targets``). Only for the METRICS_BEARER_TOKEN, which must
     be set: the agents' metrics are served to no one else but their owners and operators."""
     if not metrics_token_presented(request):
         message = (

@@ -7,24 +7,23 @@ Every pool of a pass is read at once (two aggregate queries, or one query and tw
 requests), whatever the number of rules. A read that fails gives each pool an observation
 marked failed, with the error, which the policy meets with the rule's fallback.
 
-Prometheus learns the agents from the console: ``agent_scrape_targets`` lists every running
-agent, served to Prometheus' HTTP service discovery (``http_sd_configs``) at
-``/metrics/targets``, as a target scraped through the console's ``/agents/<id>/metrics`` route
-and labelled ``agent_id``, ``model``, ``owner`` (a username) and ``pool``: the name of the
-scaling rule, enabled or paused, whose pool the agent is in ("" when none). Each runtime exports
-``agent_active_sessions``, the sessions it holds, so Prometheus is asked, with the instant query
-API (``/api/v1/query``), for ``sum by (pool) (agent_active_sessions{pool!=""})``, a pool's
-sessions, and ``count by (pool) (agent_active_sessions{pool!=""})``, how many of its runtimes it
-scrapes. (The console's own ``/metrics`` has a fleet-wide ``agent_active_sessions`` too, with no
-``pool``: the matcher leaves it out; ``hypercore_agent_active_count`` is fleet-wide, by status,
-and has no pool to be summed by.) The agent count the policy acts on is always the database's;
-Prometheus' count is kept beside it in the decision's inputs.
+Prometheus learns the agents from the console: ``scaling.selectors.agent_scrape_targets``
+lists every running agent, served to Prometheus' HTTP service discovery (``http_sd_configs``)
+at ``/metrics/targets``, as a target scraped through the console's ``/agents/<id>/metrics``
+route and labelled ``agent_id``, ``model``, ``owner`` (a username) and ``pool``: the name of
+the scaling rule, enabled or paused, whose pool the agent is in ("" when none). Each runtime
+exports ``agent_active_sessions``, the sessions it holds, so Prometheus is asked, with the
+instant query API (``/api/v1/query``), for ``sum by (pool) (agent_active_sessions{pool!=""})``,
+a pool's sessions, and ``count by (pool) (agent_active_sessions{pool!=""})``, how many of its
+runtimes it scrapes. (The console's own ``/metrics`` has a fleet-wide ``agent_active_sessions``
+too, with no ``pool``: the matcher leaves it out; ``hypercore_agent_active_count`` is
+fleet-wide, by status, and has no pool to be summed by.) The agent count the policy acts on is
+always the database's; Prometheus' count is kept beside it in the decision's inputs.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,10 +32,8 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.db.models import Count, Q
-from django.db.models.functions import MD5
 
 from agents.models import Agent, Session
-from scaling.models import ScalingRule
 
 __all__ = [
     "AGENTS_QUERY",
@@ -44,8 +41,6 @@ __all__ = [
     "PoolKey",
     "PoolReading",
     "PrometheusError",
-    "ScrapeTarget",
-    "agent_scrape_targets",
     "pools_observe",
     "prometheus_query",
 ]
@@ -88,51 +83,6 @@ class PoolReading:
             "prometheus_agents": self.prometheus_agents,
             "error": self.error,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class ScrapeTarget:
-    """A running agent as Prometheus scrapes it: its ``pool`` is the name of the scaling rule
-    whose pool it is in, "" when none."""
-
-    agent_id: uuid.UUID
-    model: str
-    owner: str
-    pool: str
-
-
-def agent_scrape_targets() -> list[ScrapeTarget]:
-    """Every running agent (draining ones too: their sessions are their pool's load), oldest
-    first, with its pool; two queries however many agents and rules there are.
-
-    A rule's pool is its owner's agents of its template, the autoscaler's account standing for
-    a rule that names no owner; a template is matched on the model and the system prompt's
-    digest, as the rules' one-rule-per-pool constraint matches it, so no prompt is read."""
-    from scaling.services import AUTOSCALER_ACCOUNT  # scaling.services imports this module
-
-    rules = {
-        (model, digest): (name, owner_id)
-        for name, owner_id, model, digest in ScalingRule.objects.annotate(
-            digest=MD5("system_prompt")
-        )
-        .values_list("name", "owner_id", "model", "digest")
-        .order_by()
-    }
-    agents = (
-        Agent.objects.filter(deleted_at__isnull=True, status=Agent.Status.RUNNING)
-        .exclude(endpoint="")
-        .annotate(digest=MD5("system_prompt"))
-        .values_list("id", "model", "digest", "owner_id", "owner__username")
-        .order_by("created_at", "id")
-    )
-    targets = []
-    for agent_id, model, digest, owner_id, username in agents:
-        name, rule_owner_id = rules.get((model, digest), ("", None))
-        mine = owner_id == rule_owner_id or (
-            rule_owner_id is None and username == AUTOSCALER_ACCOUNT
-        )
-        targets.append(ScrapeTarget(agent_id, model, username, name if mine else ""))
-    return targets
 
 
 class PrometheusError(Exception):

@@ -19,7 +19,16 @@ from django.db.models import F, Q
 from django.db.models.functions import MD5
 from django.utils import timezone
 
-__all__ = ["MAX_PERCENT_STEP", "POLICY_FIELDS", "ScalingDecision", "ScalingRule"]
+__all__ = [
+    "AUTOSCALER_ACCOUNT",
+    "MAX_PERCENT_STEP",
+    "POLICY_FIELDS",
+    "ScalingDecision",
+    "ScalingRule",
+]
+
+# The username of the account that owns the pools of rules naming no owner.
+AUTOSCALER_ACCOUNT = "autoscaler"
 
 # A percent step above this is a typo rather than a policy: 1000 % already grows a pool
 # elevenfold in one period.

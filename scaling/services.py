@@ -32,10 +32,9 @@ from console.models import User
 from console.services import audit_record, audited_delete, audited_save
 from scaling import policy
 from scaling.metrics import PoolKey, PoolReading, pools_observe
-from scaling.models import ScalingDecision, ScalingRule
+from scaling.models import AUTOSCALER_ACCOUNT, ScalingDecision, ScalingRule
 
 __all__ = [
-    "AUTOSCALER_ACCOUNT",
     "scaling_apply",
     "scaling_evaluate",
     "scaling_rule_create",
@@ -46,7 +45,6 @@ __all__ = [
     "scaling_rules_due",
 ]
 
-AUTOSCALER_ACCOUNT = "autoscaler"  # owns the pools of rules that name no owner
 # Beat looks for due rules every few seconds; a rule a little early is due rather than late.
 _DUE_SLACK_SECONDS = 1.0
 

@@ -16,7 +16,7 @@ from agents.models import Agent, Session
 from console.models import Quota, User
 from scaling import services, tasks
 from scaling.metrics import AGENTS_QUERY, SESSIONS_QUERY
-from scaling.models import ScalingDecision
+from scaling.models import AUTOSCALER_ACCOUNT, ScalingDecision
 from tests.scaling import prometheus
 
 pytestmark = pytest.mark.django_db
@@ -45,7 +45,7 @@ def pool_rule(make_rule, user):
 
 
 def pool_agents(rule, n, *, status=_S.RUNNING, **fields):
-    owner = rule.owner or User.objects.get(username=services.AUTOSCALER_ACCOUNT)
+    owner = rule.owner or User.objects.get(username=AUTOSCALER_ACCOUNT)
     return [
         Agent.objects.create(
             owner=owner, model=rule.model, system_prompt=rule.system_prompt, status=status, **fields
@@ -217,7 +217,7 @@ def test_a_rule_without_an_owner_scales_the_autoscalers_own_pool(pool_rule):
     services.scaling_rule_evaluate(rule_id=rule.pk)
 
     owners = set(serving(rule).values_list("owner__username", flat=True))
-    assert owners == {services.AUTOSCALER_ACCOUNT}
+    assert owners == {AUTOSCALER_ACCOUNT}
 
 
 def test_growth_stops_at_the_owners_quota_and_says_so(pool_rule, user):

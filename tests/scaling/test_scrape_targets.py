@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from agents.models import Agent
 from console.models import User
-from scaling.services import AUTOSCALER_ACCOUNT
+from scaling.models import AUTOSCALER_ACCOUNT
 
 pytestmark = pytest.mark.django_db
 
