@@ -37,7 +37,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import secrets
 import signal
 import sys
 import tempfile
@@ -54,6 +53,8 @@ from harness import (
     Run,
     close_database,
     closed_loop,
+    console_environment,
+    migrate,
     percentile,
     recreate_database,
     report,
@@ -72,43 +73,31 @@ HOST_NAME = "bench-api"
 
 def _environment(var_dir: Path, database_url: str | None) -> None:
     """The console's environment, in this process and so in the server's."""
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            "CONSOLE_VAR_DIR": str(var_dir),
-            "SANDBOX_STATE_DIR": str(var_dir / "sandboxes"),
-            "SANDBOX_BACKEND": "process",
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            # No worker heartbeats the host registered below.
-            "SANDBOX_HOST_STALE_SECONDS": "86400",
-        }
+    console_environment(
+        var_dir,
+        database_url,
+        # Boots stay queued: spawn is timed as the web process sees it.
+        unset=("PROMETHEUS_MULTIPROC_DIR", "CELERY_TASK_ALWAYS_EAGER"),
+        SANDBOX_STATE_DIR=str(var_dir / "sandboxes"),
+        SANDBOX_BACKEND="process",
+        DEBUG="false",
+        ALLOWED_HOSTS="127.0.0.1",
+        # No worker heartbeats the host registered below.
+        SANDBOX_HOST_STALE_SECONDS="86400",
     )
-    # Boots stay queued: spawn is timed as the web process sees it.
-    for name in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "CELERY_TASK_ALWAYS_EAGER"):
-        os.environ.pop(name, None)
-    if database_url:
-        os.environ["DATABASE_URL"] = database_url
-    else:
-        os.environ.pop("DATABASE_URL", None)
 
 
 def _setup(agents: int) -> tuple[str, str]:
     """Migrate a fresh database, register a roomy sandbox host, and return the API keys of a
     user with ``agents`` running agents and of a user who spawns, both without limits."""
-    import django
-
-    django.setup()
+    migrate()
     from django.conf import settings
-    from django.core.management import call_command
 
     from agents.models import Agent
     from agents.services import host_register
     from console.models import Quota, User
     from console.services import api_key_create, quota_get
 
-    call_command("migrate", verbosity=0)
     host = host_register(
         name=HOST_NAME, backend="process", capacity_vcpus=1_000_000, capacity_memory_mib=2**31 - 1
     )

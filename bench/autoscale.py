@@ -22,9 +22,7 @@ Ends with ``TARGET autoscale_pass_1000_rules <seconds> s <= 1 PASS|FAIL``, the s
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import secrets
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
-from harness import close_database, recreate_database, report
+from harness import close_database, console_environment, migrate, recreate_database, report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,29 +41,6 @@ AGENTS_PER_POOL = 10
 MODELS = ("claude-sonnet-4-5", "claude-opus-5-5", "claude-haiku-5-5")
 INTERVAL = 30
 TARGET_SECONDS = 1.0
-
-
-def _setup(var_dir: Path, database_url: str | None) -> None:
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            "CONSOLE_VAR_DIR": str(var_dir),
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "CELERY_TASK_ALWAYS_EAGER": "true",
-        }
-    )
-    for name in ("REDIS_URL", "PROMETHEUS_URL"):
-        os.environ.pop(name, None)
-    if database_url:
-        os.environ["DATABASE_URL"] = database_url
-    else:
-        os.environ.pop("DATABASE_URL", None)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 def build(rng: random.Random, now: datetime) -> None:
@@ -175,7 +150,13 @@ def main() -> None:
     began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-autoscale-") as var_dir:
-            _setup(Path(var_dir), args.database_url)
+            console_environment(
+                Path(var_dir),
+                args.database_url,
+                unset=("PROMETHEUS_URL",),
+                CELERY_TASK_ALWAYS_EAGER="true",
+            )
+            migrate()
             from django.db import connection
 
             print(f"database: {connection.vendor}", flush=True)

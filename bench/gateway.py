@@ -66,6 +66,8 @@ from harness import (
     Run,
     close_database,
     closed_loop,
+    console_environment,
+    migrate,
     percentile,
     recreate_database,
     report,
@@ -92,32 +94,19 @@ def _setup(
 ) -> list[str]:
     """Migrate a fresh database and return one API key for each of ``users`` users without
     limits or budgets."""
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            "CONSOLE_VAR_DIR": str(var_dir),
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "ANTHROPIC_API_KEY": upstream_key,
-            "ANTHROPIC_BASE_URL": upstream_url,
-        }
+    console_environment(
+        var_dir,
+        database_url,
+        unset=("PROMETHEUS_MULTIPROC_DIR", "ANTHROPIC_API_KEY_FILE"),
+        DEBUG="false",
+        ALLOWED_HOSTS="127.0.0.1",
+        ANTHROPIC_API_KEY=upstream_key,
+        ANTHROPIC_BASE_URL=upstream_url,
     )
-    for name in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "ANTHROPIC_API_KEY_FILE"):
-        os.environ.pop(name, None)
-    if database_url:
-        os.environ["DATABASE_URL"] = database_url
-    else:
-        os.environ.pop("DATABASE_URL", None)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    migrate()
     from console.models import Budget, Quota, User
     from console.services import api_key_create, quota_get
 
-    call_command("migrate", verbosity=0)
     keys = []
     for n in range(users):
         user = User.objects.create_user(username=f"bench-gateway-{n}")

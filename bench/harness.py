@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,7 +32,9 @@ __all__ = [
     "Run",
     "close_database",
     "closed_loop",
+    "console_environment",
     "free_port",
+    "migrate",
     "percentile",
     "recreate_database",
     "report",
@@ -55,6 +58,37 @@ def report(name: str, value: float, unit: str, op: str, target: float) -> str:
     """``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``."""
     ok = value <= target if op == "<=" else value >= target
     return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
+
+
+def console_environment(
+    var_dir: Path, database_url: str | None, *, unset: tuple[str, ...] = (), **variables: str
+) -> None:
+    """The console's environment, in this process and so in those it starts: its settings, its
+    files in ``var_dir``, a fresh secret key, the PostgreSQL database ``database_url`` names
+    (SQLite in ``var_dir`` without one), no Redis, then ``variables``; the variables ``unset``
+    names are removed."""
+    for name in ("DATABASE_URL", "REDIS_URL", *unset):
+        os.environ.pop(name, None)
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "CONSOLE_VAR_DIR": str(var_dir),
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            **variables,
+        }
+    )
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+
+
+def migrate() -> None:
+    """Django, set up in this process, on a freshly migrated database."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
 
 
 def recreate_database(url: str, *, drop_only: bool = False) -> None:

@@ -14,41 +14,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import percentile, report
+from harness import console_environment, migrate, percentile, report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
 def _setup(var_dir: Path) -> None:
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            "CONSOLE_VAR_DIR": str(var_dir),
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "CELERY_TASK_ALWAYS_EAGER": "true",
-            "AGENT_IDLE_TIMEOUT_SECONDS": "0",
-            # This process boots agents itself, as a worker would, but runs no heartbeat.
-            "SANDBOX_HOST_STALE_SECONDS": "86400",
-        }
+    console_environment(
+        var_dir,
+        None,
+        CELERY_TASK_ALWAYS_EAGER="true",
+        AGENT_IDLE_TIMEOUT_SECONDS="0",
+        # This process boots agents itself, as a worker would, but runs no heartbeat.
+        SANDBOX_HOST_STALE_SECONDS="86400",
     )
     # The microVM guest image is the checkout's own (built once, cached by its recipe).
     os.environ.setdefault("SANDBOX_GUEST_DIR", str(ROOT / "var" / "guest"))
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        os.environ.pop(name, None)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    migrate()
 
 
 def _tree_pss_kib(pid: int) -> int:

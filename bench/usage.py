@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import random
-import secrets
 import statistics
 import sys
 import tempfile
@@ -49,7 +47,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from harness import percentile, recreate_database, report
+from harness import (
+    close_database,
+    console_environment,
+    migrate,
+    percentile,
+    recreate_database,
+    report,
+)
 
 if TYPE_CHECKING:
     from django.db.models import Model
@@ -67,31 +72,6 @@ PAGE_TARGET_MS = 200.0
 _CHUNK = 100_000
 # SQLite sums USD amounts in floating point (PostgreSQL exactly): allow for its rounding.
 _COST_TOLERANCE = Decimal("1e-9")
-
-
-# --- The database --------------------------------------------------------------------------------
-
-
-def _setup(var_dir: Path, database_url: str | None) -> None:
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            "CONSOLE_VAR_DIR": str(var_dir),
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "CELERY_TASK_ALWAYS_EAGER": "true",
-        }
-    )
-    os.environ.pop("REDIS_URL", None)
-    if database_url:
-        os.environ["DATABASE_URL"] = database_url
-    else:
-        os.environ.pop("DATABASE_URL", None)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 # --- The data ------------------------------------------------------------------------------------
@@ -540,7 +520,8 @@ def main() -> None:
     began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-usage-") as var_dir:
-            _setup(Path(var_dir), args.database_url)
+            console_environment(Path(var_dir), args.database_url, CELERY_TASK_ALWAYS_EAGER="true")
+            migrate()
             from django.db import connection
 
             print(f"database: {connection.vendor}", flush=True)
@@ -550,9 +531,7 @@ def main() -> None:
             check_exact(rng, end)
             lines = measure(rng, end, runs)
             lines += measure_pages(page_runs)
-            connection.close()
-            if connection.vendor == "postgresql":
-                connection.close_pool()
+            close_database()
     finally:
         if args.database_url:
             recreate_database(args.database_url, drop_only=True)

@@ -86,6 +86,8 @@ from harness import (
     Child,
     Failed,
     close_database,
+    console_environment,
+    migrate,
     percentile,
     recreate_database,
     report,
@@ -167,33 +169,24 @@ def _emitted(record: Path) -> dict[str, list[tuple[float, str]]]:
 
 def _environment(var_dir: Path, database_url: str | None, redis_url: str | None) -> None:
     """The console's environment, in this process and so in the servers'."""
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            "CONSOLE_VAR_DIR": str(var_dir),
-            "SANDBOX_STATE_DIR": str(var_dir / "sandboxes"),
-            "SANDBOX_BACKEND": "process",
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "ANTHROPIC_MAX_RETRIES": "0",
-            # No worker heartbeats the host registered below, and no beat reaps idle agents.
-            "SANDBOX_HOST_STALE_SECONDS": "86400",
-        }
+    console_environment(
+        var_dir,
+        database_url,
+        unset=(
+            "PROMETHEUS_MULTIPROC_DIR",
+            "CELERY_TASK_ALWAYS_EAGER",
+            "ANTHROPIC_API_KEY_FILE",
+            "GATEWAY_URL",
+        ),
+        SANDBOX_STATE_DIR=str(var_dir / "sandboxes"),
+        SANDBOX_BACKEND="process",
+        DEBUG="false",
+        ALLOWED_HOSTS="127.0.0.1",
+        ANTHROPIC_MAX_RETRIES="0",
+        # No worker heartbeats the host registered below, and no beat reaps idle agents.
+        SANDBOX_HOST_STALE_SECONDS="86400",
     )
     # Without --redis-url, make run's defaults: the in-memory channel layer and replay log.
-    for name in (
-        "REDIS_URL",
-        "PROMETHEUS_MULTIPROC_DIR",
-        "CELERY_TASK_ALWAYS_EAGER",
-        "ANTHROPIC_API_KEY_FILE",
-        "GATEWAY_URL",
-    ):
-        os.environ.pop(name, None)
-    if database_url:
-        os.environ["DATABASE_URL"] = database_url
-    else:
-        os.environ.pop("DATABASE_URL", None)
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
 
@@ -217,20 +210,16 @@ class _Chat:
 def _setup(users: int, sockets: int) -> list[_Chat]:
     """Migrate a fresh database; ``users`` users without rate limits or budgets, each with a
     session cookie, and ``sockets`` chats spread over them (their agents come later)."""
-    import django
-
     # Boots run inline in this process, as a worker would run them, and quietly.
     os.environ |= {"CELERY_TASK_ALWAYS_EAGER": "true", "LOG_LEVEL": "WARNING"}
-    django.setup()
+    migrate()
     logging.getLogger("kombu").setLevel(logging.ERROR)  # no broker is used
-    from django.core.management import call_command
     from django.test import Client
 
     from agents.services import host_register
     from console.models import Budget, Quota, User
     from console.services import quota_get
 
-    call_command("migrate", verbosity=0)
     host_register(
         name="bench-ws", backend="process", capacity_vcpus=10_000, capacity_memory_mib=10_000_000
     )
