@@ -9,6 +9,7 @@ largest step per period, in each direction. The policy that applies a rule is a 
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -29,6 +30,9 @@ __all__ = [
 
 # The username of the account that owns the pools of rules naming no owner.
 AUTOSCALER_ACCOUNT = "autoscaler"
+
+# Beat looks for due rules every few seconds; a rule a little early is due rather than late.
+_DUE_SLACK_SECONDS = 1.0
 
 # A percent step above this is a typo rather than a policy: 1000 % already grows a pool
 # elevenfold in one period.
@@ -193,6 +197,14 @@ class ScalingRule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def is_due(self, now: datetime) -> bool:
+        """Whether its evaluation interval has passed since its last evaluation."""
+        last = self.last_evaluated_at
+        if last is None:
+            return True
+        elapsed = (now - last).total_seconds()
+        return elapsed >= self.evaluation_interval_seconds - _DUE_SLACK_SECONDS
 
     def clean(self) -> None:
         errors: dict[str, str] = {}

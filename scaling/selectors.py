@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db.models import QuerySet
 from django.db.models.functions import MD5
+from django.utils import timezone
 
 from agents.models import Agent
 from scaling.models import AUTOSCALER_ACCOUNT, ScalingDecision, ScalingRule
 
-__all__ = ["ScrapeTarget", "agent_scrape_targets", "scaling_decision_list", "scaling_rule_list"]
+__all__ = [
+    "ScrapeTarget",
+    "agent_scrape_targets",
+    "scaling_decision_list",
+    "scaling_rule_list",
+    "scaling_rules_due",
+]
 
 
 def scaling_rule_list(*, enabled: bool | None = None, model: str | None = None) -> QuerySet:
@@ -23,6 +31,15 @@ def scaling_rule_list(*, enabled: bool | None = None, model: str | None = None) 
     if model is not None:
         rules = rules.filter(model=model)
     return rules
+
+
+def scaling_rules_due(*, now: datetime | None = None) -> list[int]:
+    """The ids of the enabled rules whose interval has passed since their last evaluation."""
+    now = now or timezone.now()
+    rules = ScalingRule.objects.filter(enabled=True).only(
+        "pk", "evaluation_interval_seconds", "last_evaluated_at"
+    )
+    return [rule.pk for rule in rules if rule.is_due(now)]
 
 
 def scaling_decision_list(*, rule_id: int | None = None, action: str | None = None) -> QuerySet:

@@ -42,11 +42,8 @@ __all__ = [
     "scaling_rule_evaluate",
     "scaling_rule_set_enabled",
     "scaling_rule_update",
-    "scaling_rules_due",
 ]
 
-# Beat looks for due rules every few seconds; a rule a little early is due rather than late.
-_DUE_SLACK_SECONDS = 1.0
 
 # What an operator sets on a rule, and what its audit entries show.
 _SETTINGS = [f.name for f in ScalingRule._meta.concrete_fields if f.editable and not f.primary_key]
@@ -105,22 +102,6 @@ def _autoscaler_account() -> User:
     return account
 
 
-def _due(rule: ScalingRule, now: datetime) -> bool:
-    last = rule.last_evaluated_at
-    if last is None:
-        return True
-    return (now - last).total_seconds() >= rule.evaluation_interval_seconds - _DUE_SLACK_SECONDS
-
-
-def scaling_rules_due(*, now: datetime | None = None) -> list[int]:
-    """The ids of the enabled rules whose interval has passed since their last evaluation."""
-    now = now or timezone.now()
-    rules = ScalingRule.objects.filter(enabled=True).only(
-        "pk", "evaluation_interval_seconds", "last_evaluated_at"
-    )
-    return [rule.pk for rule in rules if _due(rule, now)]
-
-
 def _claim(rule_ids: Sequence[int] | None, now: datetime) -> list[ScalingRule]:
     """Lock the enabled, due rules among ``rule_ids`` (all when None) and mark them evaluated
     now: a rule another pass holds is skipped, one evaluated meanwhile is no longer due."""
@@ -128,7 +109,7 @@ def _claim(rule_ids: Sequence[int] | None, now: datetime) -> list[ScalingRule]:
         rules = ScalingRule.objects.select_for_update(skip_locked=True).filter(enabled=True)
         if rule_ids is not None:
             rules = rules.filter(pk__in=list(rule_ids))
-        claimed = [rule for rule in rules if _due(rule, now)]
+        claimed = [rule for rule in rules if rule.is_due(now)]
         if claimed:
             ScalingRule.objects.filter(pk__in=[r.pk for r in claimed]).update(last_evaluated_at=now)
     for rule in claimed:

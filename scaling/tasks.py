@@ -7,7 +7,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import OperationalError
 
-from scaling import services
+from scaling import selectors, services
 
 __all__ = ["evaluate", "evaluate_due"]
 
@@ -15,7 +15,7 @@ __all__ = ["evaluate", "evaluate_due"]
 @shared_task(name="scaling.tasks.evaluate_due", soft_time_limit=30, time_limit=60)
 def evaluate_due() -> int:
     """Queue an evaluation of each enabled rule that is due."""
-    rule_ids = services.scaling_rules_due()
+    rule_ids = selectors.scaling_rules_due()
     for rule_id in rule_ids:
         evaluate.delay(rule_id)
     return len(rule_ids)

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from agents.models import Agent, Session
 from console.models import Quota, User
-from scaling import services, tasks
+from scaling import selectors, services, tasks
 from scaling.metrics import AGENTS_QUERY, SESSIONS_QUERY
 from scaling.models import AUTOSCALER_ACCOUNT, ScalingDecision
 from tests.scaling import prometheus
@@ -105,15 +105,15 @@ def test_a_rule_is_evaluated_once_per_interval(pool_rule):
     assert len(services.scaling_evaluate(rule_ids=[rule.pk], now=now)) == 1
     assert services.scaling_evaluate(rule_ids=[rule.pk], now=now) == []
     assert services.scaling_evaluate(now=now + timedelta(seconds=20)) == []
-    assert services.scaling_rules_due(now=now + timedelta(seconds=20)) == []
-    assert services.scaling_rules_due(now=now + timedelta(seconds=30)) == [rule.pk]
+    assert selectors.scaling_rules_due(now=now + timedelta(seconds=20)) == []
+    assert selectors.scaling_rules_due(now=now + timedelta(seconds=30)) == [rule.pk]
     assert len(services.scaling_evaluate(now=now + timedelta(seconds=30))) == 1
 
 
 def test_a_paused_rule_is_not_evaluated(pool_rule):
     rule = pool_rule(enabled=False)
 
-    assert services.scaling_rules_due() == []
+    assert selectors.scaling_rules_due() == []
     assert services.scaling_evaluate(rule_ids=[rule.pk]) == []
     assert services.scaling_rule_evaluate(rule_id=rule.pk) is None
 
