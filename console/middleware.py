@@ -7,9 +7,8 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
@@ -18,7 +17,8 @@ from console.metrics import request_count
 
 __all__ = ["RateLimitHeadersMiddleware", "RequestIdMiddleware", "RequestMetricsMiddleware"]
 
-GetResponse = Callable[..., HttpResponseBase | Awaitable[HttpResponseBase]]
+# Sync only, as every middleware above SyncChainMiddleware runs (see its docstring).
+GetResponse = Callable[[HttpRequest], HttpResponseBase]
 access_log = logging.getLogger("console.requests")
 
 
@@ -28,32 +28,15 @@ class RequestIdMiddleware:
     the worker, calls to an agent runtime carry it on to the gateway; the response returns it.
     With ``LOG_FORMAT=json`` each request is also logged, as one line (``console.requests``)."""
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: GetResponse):
         self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
-        if iscoroutinefunction(self):
-            return self._acall(request)
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         request_id = request_id_or_new(request.headers.get(HEADER))
         request.request_id = request_id  # type: ignore[attr-defined]
         started = time.perf_counter()
         with using_request_id(request_id):
             response = self.get_response(request)
-            _log(request, response, started)  # type: ignore[arg-type]
-        response.headers[HEADER] = request_id  # type: ignore[union-attr]
-        return response  # type: ignore[return-value]
-
-    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        request_id = request_id_or_new(request.headers.get(HEADER))
-        request.request_id = request_id  # type: ignore[attr-defined]
-        started = time.perf_counter()
-        with using_request_id(request_id):
-            response = await self.get_response(request)  # type: ignore[misc]
             _log(request, response, started)
         response.headers[HEADER] = request_id
         return response
@@ -81,25 +64,12 @@ class RequestMetricsMiddleware:
     ``agent_request_duration_seconds``, under its route's pattern (a stream: until its first
     byte)."""
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: GetResponse):
         self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
-        if iscoroutinefunction(self):
-            return self._acall(request)
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()
         response = self.get_response(request)
-        _count(request, response, started)  # type: ignore[arg-type]
-        return response  # type: ignore[return-value]
-
-    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        started = time.perf_counter()
-        response = await self.get_response(request)  # type: ignore[misc]
         _count(request, response, started)
         return response
 
@@ -129,24 +99,11 @@ class RateLimitHeadersMiddleware:
     """Copies the request rate a view counted the request against (``request.rate_status``,
     set by ``QuotaThrottle``, ``request_user`` and the gateway) onto its response."""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[..., HttpResponseBase | Awaitable[HttpResponseBase]]):
+    def __init__(self, get_response: GetResponse):
         self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        return self._headers(request, self.get_response(request))  # type: ignore[arg-type]
-
-    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        return self._headers(request, await self.get_response(request))  # type: ignore[misc]
-
-    @staticmethod
-    def _headers(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
         status = getattr(request, "rate_status", None)
         if status is not None:
             for name, value in status.headers().items():
@@ -173,4 +130,4 @@ class SyncChainMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        return self.get_response(request)  # type: ignore[return-value]
+        return self.get_response(request)
