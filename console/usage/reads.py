@@ -87,9 +87,7 @@ def usage_grouped(
     datetime. At most one of ``day`` and ``hour``. Days in a zone other than UTC are read from
     hours (each hour counts in the day it began in, exact for whole-hour offsets).
     """
-    for moment in (start, end):
-        if moment.tzinfo is None or moment.utcoffset() is None:
-            raise ValueError("start and end must be aware datetimes")
+    _require_aware(start, end)
     unknown = set(keys) - {"user", "agent", "model", "day", "hour"}
     if unknown or ("day" in keys and "hour" in keys):
         raise ValueError(f"keys must be some of user, agent, model and day or hour, not {keys}")
@@ -114,6 +112,12 @@ def usage_grouped(
         for sums in found.values():
             sums["cost_usd"] = Decimal(sums["cost_usd"]).quantize(_CENT_MILLIONTHS)
     return found
+
+
+def _require_aware(start: datetime, end: datetime) -> None:
+    for moment in (start, end):
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError("start and end must be aware datetimes")
 
 
 def zero(amounts: tuple[str, ...] = AMOUNTS) -> dict[str, Any]:
@@ -170,6 +174,10 @@ def _pieces(
         yield from _ledger(user_ids, lo, hi, keys, amounts)
 
 
+def _of_users(rows: QuerySet[Any], user_ids: list[int] | None) -> QuerySet[Any]:
+    return rows if user_ids is None else rows.filter(user_id__in=user_ids)
+
+
 def _sums(amounts: tuple[str, ...], *, ledger: bool) -> dict[str, Any]:
     return {name: Count("id") if ledger and name == "requests" else Sum(name) for name in amounts}
 
@@ -205,9 +213,7 @@ def _daily(
     keys: tuple[Key, ...],
     amounts: tuple[str, ...],
 ) -> Iterable[tuple[tuple[Any, ...], dict[str, Any]]]:
-    rows: QuerySet[Any] = UsageDaily.objects.filter(day__gte=start.date(), day__lt=end.date())
-    if user_ids is not None:
-        rows = rows.filter(user_id__in=user_ids)
+    rows = _of_users(UsageDaily.objects.filter(day__gte=start.date(), day__lt=end.date()), user_ids)
     columns = [_COLUMN.get(key, "day") for key in keys]
     yield from _keyed(_grouped_rows(rows, columns, amounts), keys, amounts)
 
@@ -223,9 +229,7 @@ def _hourly(
     within = Q()
     for lo, hi in spans:
         within |= Q(hour__gte=lo, hour__lt=hi)
-    rows: QuerySet[Any] = UsageHourly.objects.filter(within)
-    if user_ids is not None:
-        rows = rows.filter(user_id__in=user_ids)
+    rows = _of_users(UsageHourly.objects.filter(within), user_ids)
     columns = [_COLUMN.get(key, "hour") for key in keys]
     yield from _keyed(_grouped_rows(rows, columns, amounts), keys, amounts)
 
@@ -238,9 +242,9 @@ def _ledger(
     amounts: tuple[str, ...],
 ) -> Iterable[tuple[tuple[Any, ...], dict[str, Any]]]:
     """The ledger's rows of one partial hour (``start`` and ``end`` lie within one hour)."""
-    rows: QuerySet[Any] = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
-    if user_ids is not None:
-        rows = rows.filter(user_id__in=user_ids)
+    rows = _of_users(
+        UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end), user_ids
+    )
     columns = [_COLUMN[key] for key in keys if key in _COLUMN]
     hour = _floor(start, _HOUR)
     for values in _grouped_rows(rows, columns, amounts, ledger=True):
@@ -313,9 +317,7 @@ def usage_listed(
     and counts them all. Only the rows kept come back, with the sums of ``amounts`` (fewer
     amounts, less to add up: ranking needs none). Ties in cost and tokens go to the smaller
     key (the calls of a user without an agent before those of its agents)."""
-    for moment in (start, end):
-        if moment.tzinfo is None or moment.utcoffset() is None:
-            raise ValueError("start and end must be aware datetimes")
+    _require_aware(start, end)
     named = {key for listing in listings for key in listing.keys}
     if not named <= set(_KEY_ORDER) or {"day", "hour"} <= named:
         raise ValueError(f"keys must be some of user, agent, model and day or hour, not {named}")
@@ -360,9 +362,7 @@ def usage_hours(
     either end from the ledger. So no piece needs adding to another: the roll-up is grouped in
     the order of its hour index and read only as far as the limit reaches, and its hours are
     counted on that index."""
-    for moment in (start, end):
-        if moment.tzinfo is None or moment.utcoffset() is None:
-            raise ValueError("start and end must be aware datetimes")
+    _require_aware(start, end)
     if (user_ids is not None and not user_ids) or end <= start:
         return Listed([], 0)
     _days, hours, edges = _spans(start.astimezone(UTC), end.astimezone(UTC), False)
@@ -373,10 +373,7 @@ def usage_hours(
         n = names(model)
         params.extend([bind(model, column, lo), bind(model, column, hi)])
         sql = f"{getattr(n, column)} >= %s AND {getattr(n, column)} < %s"
-        if user_ids is not None:
-            params.extend(bind(model, "user_id", pk) for pk in user_ids)
-            sql += f" AND {n.user_id} IN ({', '.join(['%s'] * len(user_ids))})"
-        return sql
+        return sql + _users_sql(model, user_ids, params)
 
     u = names(UsageRecord)
     ledger_sums = ", ".join(f"SUM({getattr(u, name)}) AS a_{name}" for name in AMOUNTS[1:])
@@ -513,10 +510,7 @@ def _union(
         params.extend((column_params or {})[key] for key in keys if columns[key] == "%s")
         params.extend(where_params)
         sql = f"SELECT {', '.join(listed)} FROM {n.table} WHERE {where}"
-        if user_ids is not None:
-            sql += f" AND {n.user_id} IN ({', '.join(['%s'] * len(user_ids))})"
-            params.extend(bind(model, "user_id", pk) for pk in user_ids)
-        selects.append(sql)
+        selects.append(sql + _users_sql(model, user_ids, params))
 
     if days is not None:
         d = names(UsageDaily)
@@ -559,6 +553,15 @@ def _union(
             {"day": bind(UsageDaily, "day", hour.date()), "hour": bind(UsageHourly, "hour", hour)},
         )
     return " UNION ALL ".join(selects), params
+
+
+def _users_sql(model: type[Any], user_ids: list[int] | None, params: list[object]) -> str:
+    """The condition `` AND user_id IN (...)`` on ``model``'s table ("" for everyone), its
+    parameters appended to ``params``."""
+    if user_ids is None:
+        return ""
+    params.extend(bind(model, "user_id", pk) for pk in user_ids)
+    return f" AND {names(model).user_id} IN ({', '.join(['%s'] * len(user_ids))})"
 
 
 def _day_of(hour: str) -> str:
