@@ -44,7 +44,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import aiohttp
 from harness import (
@@ -54,10 +53,11 @@ from harness import (
     close_database,
     closed_loop,
     console_environment,
+    database_url,
     migrate,
     percentile,
-    recreate_database,
     report,
+    scratch_database,
     start_console,
 )
 
@@ -273,13 +273,13 @@ def main() -> None:
     parser.add_argument("--server", choices=("daphne", "gateway", "uvicorn"), default="daphne")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--agents", type=int, default=50, help="agents on the listed page")
-    parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
+    parser.add_argument(
+        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
+    )
     parser.add_argument("--seconds", type=float, help="per measured run (default 8; quick 2)")
     args = parser.parse_args()
     if args.workers != 1 and args.server != "uvicorn":
         parser.error("--workers needs --server uvicorn (daphne runs one process)")
-    if args.database_url and urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
-        parser.error("--database-url must be a postgres:// URL")
     args.seconds = args.seconds or (2.0 if args.quick else 8.0)
     args.warmup = 0.5 if args.quick else 1.5
     # Ctrl-C and SIGTERM raise KeyboardInterrupt, so `finally` stops the server and drops the
@@ -289,10 +289,11 @@ def main() -> None:
 
     began = time.perf_counter()
     server: Child | None = None
-    if args.database_url:
-        recreate_database(args.database_url)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+    with (
+        scratch_database(args.database_url),
+        tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
+    ):
+        try:
             var_dir = Path(tmp)
             _environment(var_dir, args.database_url)
             list_key, spawn_key = _setup(args.agents)
@@ -311,11 +312,9 @@ def main() -> None:
             server.check_alive()  # a crash under load would void the figures
             if error := server.first_error():
                 print(f"\nthe console logged errors; the first ends:\n{error}")
-    finally:
-        if server is not None:
-            server.stop()
-        if args.database_url:
-            recreate_database(args.database_url, drop_only=True)
+        finally:
+            if server is not None:
+                server.stop()
     print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
     for line in bench.info + bench.targets:
         print(line)

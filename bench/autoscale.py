@@ -28,9 +28,15 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlparse
 
-from harness import close_database, console_environment, migrate, recreate_database, report
+from harness import (
+    close_database,
+    console_environment,
+    database_url,
+    migrate,
+    report,
+    scratch_database,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -139,34 +145,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a run of under a minute")
     parser.add_argument("--passes", type=int, help="timed passes (default 5; quick 2)")
-    parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
+    parser.add_argument(
+        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     passes = args.passes or (2 if args.quick else 5)
-    if args.database_url:
-        if urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
-            sys.exit("--database-url must be a postgres:// URL")
-        recreate_database(args.database_url)
     began = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-autoscale-") as var_dir:
-            console_environment(
-                Path(var_dir),
-                args.database_url,
-                unset=("PROMETHEUS_URL",),
-                CELERY_TASK_ALWAYS_EAGER="true",
-            )
-            migrate()
-            from django.db import connection
+    with (
+        scratch_database(args.database_url),
+        tempfile.TemporaryDirectory(prefix="bench-autoscale-") as var_dir,
+    ):
+        console_environment(
+            Path(var_dir),
+            args.database_url,
+            unset=("PROMETHEUS_URL",),
+            CELERY_TASK_ALWAYS_EAGER="true",
+        )
+        migrate()
+        from django.db import connection
 
-            print(f"database: {connection.vendor}", flush=True)
-            now = datetime.now(UTC)
-            build(random.Random(args.seed), now)
-            timings = measure(now + timedelta(seconds=1), passes)
-            close_database()
-    finally:
-        if args.database_url:
-            recreate_database(args.database_url, drop_only=True)
+        print(f"database: {connection.vendor}", flush=True)
+        now = datetime.now(UTC)
+        build(random.Random(args.seed), now)
+        timings = measure(now + timedelta(seconds=1), passes)
+        close_database()
     print(f"total: {time.perf_counter() - began:.1f} s")
     print(f"slowest pass: {max(timings):.3f} s; fastest {min(timings):.3f} s")
     print(report("autoscale_pass_1000_rules", max(timings), "s", "<=", TARGET_SECONDS))

@@ -56,7 +56,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import aiohttp
 from harness import (
@@ -67,10 +66,11 @@ from harness import (
     close_database,
     closed_loop,
     console_environment,
+    database_url,
     migrate,
     percentile,
-    recreate_database,
     report,
+    scratch_database,
     start_console,
     wait_ready,
 )
@@ -432,7 +432,9 @@ def main() -> None:
     parser.add_argument("--server", choices=("gateway", "daphne", "uvicorn"), default="gateway")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--users", type=int, default=1, help="spread calls over N users' keys")
-    parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
+    parser.add_argument(
+        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
+    )
     parser.add_argument("--seconds", type=float, help="per measured run (default 8; quick 1.5)")
     parser.add_argument(
         "--chunk-delay-ms", type=float, default=10.0, help="the fake's pause between deltas"
@@ -440,8 +442,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.workers != 1 and args.server != "uvicorn":
         parser.error("--workers needs --server uvicorn (daphne runs one process)")
-    if args.database_url and urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
-        parser.error("--database-url must be a postgres:// URL")
     args.seconds = args.seconds or (1.5 if args.quick else 8.0)
     args.warmup = 0.3 if args.quick else 1.0
     args.open_seconds = 2.0 if args.quick else args.seconds
@@ -453,10 +453,11 @@ def main() -> None:
 
     began = time.perf_counter()
     children: list[Child] = []
-    if args.database_url:
-        recreate_database(args.database_url)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+    with (
+        scratch_database(args.database_url),
+        tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp,
+    ):
+        try:
             var_dir = Path(tmp)
             upstream_key = f"sk-ant-bench-{secrets.token_hex(8)}"
             env = dict(os.environ)
@@ -488,11 +489,9 @@ def main() -> None:
                 child.check_alive()  # a crash under load would void the figures
             if error := console.first_error():
                 print(f"\nthe console logged errors; the first ends:\n{error}")
-    finally:
-        for child in reversed(children):
-            child.stop()
-        if args.database_url:
-            recreate_database(args.database_url, drop_only=True)
+        finally:
+            for child in reversed(children):
+                child.stop()
     print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
     for line in targets:
         print(line)

@@ -4,6 +4,7 @@ that drives them."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -33,11 +34,12 @@ __all__ = [
     "close_database",
     "closed_loop",
     "console_environment",
+    "database_url",
     "free_port",
     "migrate",
     "percentile",
-    "recreate_database",
     "report",
+    "scratch_database",
     "start_console",
     "wait_ready",
 ]
@@ -91,15 +93,37 @@ def migrate() -> None:
     call_command("migrate", verbosity=0)
 
 
-def recreate_database(url: str, *, drop_only: bool = False) -> None:
+def database_url(value: str) -> str:
+    """``--database-url``'s type: a PostgreSQL URL that names a database."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise argparse.ArgumentTypeError("must be a postgres:// URL")
+    if not parsed.path.lstrip("/"):
+        raise argparse.ArgumentTypeError("must name a database, e.g. …/agent_console_bench")
+    return value
+
+
+@contextlib.contextmanager
+def scratch_database(url: str | None) -> Iterator[None]:
+    """The PostgreSQL database ``url`` names, created for the block (dropped first if it exists)
+    and dropped when the block ends, however it ends; nothing without ``url`` (SQLite then)."""
+    if not url:
+        yield
+        return
+    _recreate_database(url)
+    try:
+        yield
+    finally:
+        _recreate_database(url, drop_only=True)
+
+
+def _recreate_database(url: str, *, drop_only: bool = False) -> None:
     """Drop the PostgreSQL database ``url`` names (and create it afresh unless ``drop_only``)."""
     import psycopg
     from psycopg import sql
 
     parsed = urlparse(url)
     name = parsed.path.lstrip("/")
-    if not name:
-        sys.exit("--database-url must name a database, e.g. …/agent_console_bench")
     maintenance = urlunparse(parsed._replace(path="/postgres"))
     with psycopg.connect(maintenance, autocommit=True) as conn:
         conn.execute(

@@ -45,15 +45,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 from harness import (
     close_database,
     console_environment,
+    database_url,
     migrate,
     percentile,
-    recreate_database,
     report,
+    scratch_database,
 )
 
 if TYPE_CHECKING:
@@ -500,7 +500,9 @@ def main() -> None:
     parser.add_argument(
         "--page-runs", type=int, help="timed requests per page (default 40; quick 8)"
     )
-    parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
+    parser.add_argument(
+        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
+    )
     parser.add_argument(
         "--uniform",
         action="store_true",
@@ -513,28 +515,23 @@ def main() -> None:
     if args.quick:
         ROWS = 200_000
         print(f"quick: {ROWS:,} ledger rows, not the full run's million", flush=True)
-    if args.database_url:
-        if urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
-            sys.exit("--database-url must be a postgres:// URL")
-        recreate_database(args.database_url)
     began = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-usage-") as var_dir:
-            console_environment(Path(var_dir), args.database_url, CELERY_TASK_ALWAYS_EAGER="true")
-            migrate()
-            from django.db import connection
+    with (
+        scratch_database(args.database_url),
+        tempfile.TemporaryDirectory(prefix="bench-usage-") as var_dir,
+    ):
+        console_environment(Path(var_dir), args.database_url, CELERY_TASK_ALWAYS_EAGER="true")
+        migrate()
+        from django.db import connection
 
-            print(f"database: {connection.vendor}", flush=True)
-            rng = random.Random(args.seed)
-            end = datetime.now(UTC)
-            generate(rng, end, uniform=args.uniform)
-            check_exact(rng, end)
-            lines = measure(rng, end, runs)
-            lines += measure_pages(page_runs)
-            close_database()
-    finally:
-        if args.database_url:
-            recreate_database(args.database_url, drop_only=True)
+        print(f"database: {connection.vendor}", flush=True)
+        rng = random.Random(args.seed)
+        end = datetime.now(UTC)
+        generate(rng, end, uniform=args.uniform)
+        check_exact(rng, end)
+        lines = measure(rng, end, runs)
+        lines += measure_pages(page_runs)
+        close_database()
     print(f"total: {time.perf_counter() - began:.1f} s")
     for line in lines:
         print(line)

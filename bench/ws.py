@@ -78,7 +78,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import aiohttp
 from harness import (
@@ -87,10 +86,11 @@ from harness import (
     Failed,
     close_database,
     console_environment,
+    database_url,
     migrate,
     percentile,
-    recreate_database,
     report,
+    scratch_database,
     start_console,
     wait_ready,
 )
@@ -729,7 +729,9 @@ def main() -> None:
     parser.add_argument(
         "--latencies-csv", type=Path, help="write each chunk's write time and added latency here"
     )
-    parser.add_argument("--database-url", help="a PostgreSQL database to create, use and drop")
+    parser.add_argument(
+        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
+    )
     parser.add_argument("--redis-url", help="a Redis database to use and flush (before and after)")
     parser.add_argument("--serve-fake", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fake-key", help=argparse.SUPPRESS)
@@ -742,8 +744,6 @@ def main() -> None:
     args.idle_seconds = args.idle_seconds or (3.0 if args.quick else 10.0)
     if args.streams > args.sockets:
         parser.error("--streams cannot exceed --sockets")
-    if args.database_url and urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
-        parser.error("--database-url must be a postgres:// URL")
     # Each agent's runtime reaches the gateway through one aiohttp pool of 100 connections.
     per_agent = math.ceil(args.streams / args.agents)
     if per_agent > 100:
@@ -757,18 +757,17 @@ def main() -> None:
 
     began = time.perf_counter()
     targets: list[str] = []
-    if args.database_url:
-        recreate_database(args.database_url)
-    if args.redis_url:
-        _flush_redis(args.redis_url)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp:
-            targets = _run(args, Path(tmp), files)
-    finally:
-        if args.database_url:
-            recreate_database(args.database_url, drop_only=True)
+    with (
+        scratch_database(args.database_url),
+        tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp,
+    ):
         if args.redis_url:
             _flush_redis(args.redis_url)
+        try:
+            targets = _run(args, Path(tmp), files)
+        finally:
+            if args.redis_url:
+                _flush_redis(args.redis_url)
     print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
     for line in targets:
         print(line)
