@@ -34,6 +34,7 @@ __all__ = [
     "close_database",
     "closed_loop",
     "console_environment",
+    "cpu_seconds",
     "database_url",
     "free_port",
     "migrate",
@@ -191,17 +192,22 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User and system CPU of the process and its descendants (uvicorn's workers)."""
-        total, todo = 0, [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-        return total / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
+
+
+def cpu_seconds(pid: int, *, descendants: bool = True) -> float:
+    """User and system CPU seconds of a process (and of its descendants)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
+            for task in Path(f"/proc/{current}/task").iterdir() if descendants else ():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

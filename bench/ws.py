@@ -86,6 +86,7 @@ from harness import (
     Failed,
     close_database,
     console_environment,
+    cpu_seconds,
     database_url,
     migrate,
     percentile,
@@ -292,21 +293,6 @@ def _sandbox_pids() -> list[int]:
 # --- Processes ---------------------------------------------------------------------------------
 
 
-def _tree_cpu(pid: int, *, descendants: bool = True) -> float:
-    """User and system CPU seconds of a process (and its descendants)."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-            total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13])
-            for task in Path(f"/proc/{current}/task").iterdir() if descendants else ():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -329,7 +315,7 @@ class _Cpu:
     def _read(self) -> dict[str, float]:
         # This client's own process only: the others are its children.
         return {
-            name: sum(_tree_cpu(pid, descendants=name != "client") for pid in pids)
+            name: sum(cpu_seconds(pid, descendants=name != "client") for pid in pids)
             for name, pids in self.parts.items()
         }
 
