@@ -10,6 +10,7 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 from console.templatetags.console_format import usd
+from console.usage.reads import FIGURES
 
 register = template.Library()
 
@@ -23,14 +24,7 @@ def grouped(value: object) -> str:
         return "" if value is None else str(value)
 
 
-_COUNTS = (
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-    "total_tokens",
-)
+_COUNTS = FIGURES[:-1]  # then the cost
 
 
 @register.simple_tag

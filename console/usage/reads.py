@@ -42,6 +42,7 @@ from console.services.ledger_sql import bind, names
 
 __all__ = [
     "AMOUNTS",
+    "FIGURES",
     "TOKEN_KINDS",
     "Key",
     "Listed",
@@ -62,6 +63,8 @@ TOKEN_KINDS = (
     "cache_read_input_tokens",
 )
 AMOUNTS = ("requests", *TOKEN_KINDS, "cost_usd")
+# A row's figures as ``finish`` gives them, in order: what a usage table and its CSV show.
+FIGURES = ("requests", *TOKEN_KINDS, "total_tokens", "cost_usd")
 _HOUR = timedelta(hours=1)
 _DAY = timedelta(days=1)
 _CENT_MILLIONTHS = Decimal("0.00000001")

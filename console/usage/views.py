@@ -20,19 +20,11 @@ from django.views.decorators.http import require_GET
 from console.models import User
 from console.usage import charts, selectors
 from console.usage.forms import UsageQuery, UsageQueryForm
+from console.usage.reads import FIGURES
 
 __all__ = ["quotas", "usage"]
 
 BURNDOWNS_SHOWN = 12
-_AMOUNT_COLUMNS = (
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-    "total_tokens",
-    "cost_usd",
-)
 
 
 def _wants_fragment(request: HttpRequest) -> bool:
@@ -121,10 +113,10 @@ def _csv(report: selectors.UsageReport, query: UsageQuery) -> HttpResponse:
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
     writer = csv.writer(response)
-    writer.writerow([*_key_columns(query.group_by), *_AMOUNT_COLUMNS])
+    writer.writerow([*_key_columns(query.group_by), *FIGURES])
     for row in report.rows:
         writer.writerow(
-            [*_key_values(query.group_by, row), *(str(row[column]) for column in _AMOUNT_COLUMNS)]
+            [*_key_values(query.group_by, row), *(str(row[column]) for column in FIGURES)]
         )
     return response
 
