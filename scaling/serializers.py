@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import NON_FIELD_ERRORS
@@ -38,6 +39,18 @@ class _StepUnitField(serializers.ChoiceField):
         super().__init__(choices=ScalingRule.StepUnit.choices, required=False, **kwargs)
 
 
+def _check(validate: Callable[[], None]) -> None:
+    """Run a rule's model validation; its errors answer in the API's shape, those of no one
+    field (a constraint across fields) under ``non_field_errors``."""
+    try:
+        validate()
+    except DjangoValidationError as exc:
+        errors = exc.message_dict
+        if NON_FIELD_ERRORS in errors:
+            errors["non_field_errors"] = errors.pop(NON_FIELD_ERRORS)
+        raise serializers.ValidationError(errors) from exc
+
+
 class ScalingRuleSerializer(serializers.ModelSerializer):
     """A rule as operators read and write it. A write is checked against every invariant of
     the model (``ScalingRule.clean`` and its constraints) as the row would be once saved, so a
@@ -69,13 +82,7 @@ class ScalingRuleSerializer(serializers.ModelSerializer):
             candidate = copy.copy(self.instance)  # the row as saved, not yet changed
             for field, value in attrs.items():
                 setattr(candidate, field, value)
-        try:
-            candidate.full_clean()
-        except DjangoValidationError as exc:
-            errors = exc.message_dict
-            if NON_FIELD_ERRORS in errors:
-                errors["non_field_errors"] = errors.pop(NON_FIELD_ERRORS)
-            raise serializers.ValidationError(errors) from exc
+        _check(candidate.full_clean)
         return attrs
 
 
@@ -119,8 +126,6 @@ class ScalingDecisionQuerySerializer(serializers.Serializer):
 
 # --- The simulator -------------------------------------------------------------------------------
 
-_POLICY_FIELDS = list(POLICY_FIELDS)
-
 
 class SimulationRuleSerializer(serializers.ModelSerializer):
     """A rule's scaling settings, as a rule would have them (the rest at the defaults); checked
@@ -131,13 +136,10 @@ class SimulationRuleSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ScalingRule
-        fields = _POLICY_FIELDS
+        fields = POLICY_FIELDS
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        try:
-            ScalingRule(**attrs).clean()
-        except DjangoValidationError as exc:
-            raise serializers.ValidationError(exc.message_dict) from exc
+        _check(ScalingRule(**attrs).clean)
         return attrs
 
 
