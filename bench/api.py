@@ -61,9 +61,6 @@ from harness import (
     start_console,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 LEVELS = (16, 64)
 HOST_NAME = "bench-api"
 

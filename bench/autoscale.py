@@ -38,9 +38,6 @@ from harness import (
     scratch_database,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 RULES = 1000
 OWNERS = 100
 AGENTS_PER_POOL = 10

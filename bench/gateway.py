@@ -75,9 +75,6 @@ from harness import (
     wait_ready,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 MODEL = "claude-sonnet-5-5"
 LEVELS = (1, 16, 64)
 TIMING_STREAM_WORDS = 20  # a 22-delta echo per timed stream

@@ -20,10 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import console_environment, migrate, percentile, report
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, console_environment, migrate, percentile, report
 
 
 def _setup(var_dir: Path) -> None:

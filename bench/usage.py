@@ -37,7 +37,6 @@ import contextlib
 import io
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -59,8 +58,6 @@ from harness import (
 if TYPE_CHECKING:
     from django.db.models import Model
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 ROWS = 1_000_000
 USERS = 200

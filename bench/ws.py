@@ -96,9 +96,6 @@ from harness import (
     wait_ready,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 CONNECTS_IN_FLIGHT = 50  # daphne listens with Twisted's default backlog of 50
 ENDINGS = {"done", "error", "cancelled"}
 
