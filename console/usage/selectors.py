@@ -39,6 +39,7 @@ __all__ = [
     "limits_nearest",
     "refusals_by_limit",
     "usage_report",
+    "user_choices",
 ]
 
 Grouping = Literal["user", "agent", "model", "day", "hour"]
@@ -265,6 +266,13 @@ def _buckets(
 
 
 # --- Budgets burning down ------------------------------------------------------------------------
+
+
+def user_choices(*, chosen: int | None) -> list[tuple[str, str, bool]]:
+    """Every user for the User filter, by name: its value, its name and whether it is the one
+    ``chosen``; plain rows, one query."""
+    users = User.objects.order_by("username").values_list("pk", "username")
+    return [(str(pk), username, pk == chosen) for pk, username in users]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from console.models import User
 from console.usage import charts, selectors
 from console.usage.forms import UsageQuery, UsageQueryForm
 from console.usage.reads import FIGURES
@@ -58,7 +57,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         "query": query,
         "report": report,
         "operator": operator,
-        "users": _user_choices(query.user_id) if operator else [],
+        "users": selectors.user_choices(chosen=query.user_id) if operator else [],
         "chart": charts.stacked(report.buckets, report.models, hourly=report.bucket == "hour"),
         "top_users": charts.bars(report.top_users),
         "top_agents": charts.bars(report.top_agents),
@@ -69,12 +68,6 @@ def usage(request: HttpRequest) -> HttpResponse:
     }
     template = "usage/partials/_report.html" if _wants_fragment(request) else "usage/usage.html"
     return render(request, template, context)
-
-
-def _user_choices(chosen: int | None) -> list[tuple[str, str, bool]]:
-    """Every user for the User filter: its value, its name and whether it is the one chosen."""
-    users = User.objects.order_by("username").values_list("pk", "username")
-    return [(str(pk), username, pk == chosen) for pk, username in users]
 
 
 def _with(params: Any, **changes: str) -> str:
