@@ -72,7 +72,7 @@ from harness import (
     report,
     scratch_database,
     start_console,
-    wait_ready,
+    start_fake_anthropic,
 )
 
 MODEL = "claude-sonnet-5-5"
@@ -133,13 +133,7 @@ def _start_fake(
     env: dict[str, str], log_dir: Path, key: str, chunk_delay: float
 ) -> tuple[Child, str]:
     argv = [sys.executable, "-m", "tests.fakes.anthropic", "--port", "0", "--api-key", key]
-    fake = Child("fake-anthropic", [*argv, "--chunk-delay", str(chunk_delay)], env, log_dir)
-
-    def printed_url() -> str | None:
-        found = re.search(r"FAKE_ANTHROPIC_URL=(\S+)", fake.log.read_text())
-        return found.group(1) if found else None
-
-    return fake, wait_ready(fake, printed_url)
+    return start_fake_anthropic([*argv, "--chunk-delay", str(chunk_delay)], env, log_dir)
 
 
 # --- Load --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -44,6 +45,7 @@ __all__ = [
     "report",
     "scratch_database",
     "start_console",
+    "start_fake_anthropic",
     "wait_ready",
 ]
 
@@ -227,6 +229,18 @@ def wait_ready(child: Child, ready: Callable[[], str | None]) -> str:
             return found
         time.sleep(0.1)
     raise RuntimeError(f"{child.name} did not start:\n{child.tail()}")
+
+
+def start_fake_anthropic(argv: list[str], env: dict[str, str], log_dir: Path) -> tuple[Child, str]:
+    """The fake Anthropic ``argv`` starts, once it has printed its ``FAKE_ANTHROPIC_URL``, and
+    that URL."""
+    fake = Child("fake-anthropic", argv, env, log_dir)
+
+    def printed_url() -> str | None:
+        found = re.search(r"FAKE_ANTHROPIC_URL=(\S+)", fake.log.read_text())
+        return found.group(1) if found else None
+
+    return fake, wait_ready(fake, printed_url)
 
 
 def start_console(

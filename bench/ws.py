@@ -67,7 +67,6 @@ import json
 import logging
 import math
 import os
-import re
 import resource
 import secrets
 import signal
@@ -93,7 +92,7 @@ from harness import (
     report,
     scratch_database,
     start_console,
-    wait_ready,
+    start_fake_anthropic,
 )
 
 CONNECTS_IN_FLIGHT = 50  # daphne listens with Twisted's default backlog of 50
@@ -144,13 +143,7 @@ def _start_fake(
 ) -> tuple[Child, str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve-fake", str(record)]
     argv += ["--chunk-delay-ms", str(chunk_delay * 1000), "--fake-key", key]
-    fake = Child("fake-anthropic", argv, env, log_dir)
-
-    def printed_url() -> str | None:
-        found = re.search(r"FAKE_ANTHROPIC_URL=(\S+)", fake.log.read_text())
-        return found.group(1) if found else None
-
-    return fake, wait_ready(fake, printed_url)
+    return start_fake_anthropic(argv, env, log_dir)
 
 
 def _emitted(record: Path) -> dict[str, list[tuple[float, str]]]:
