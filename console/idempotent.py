@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -75,35 +76,7 @@ async def idempotent_json(
 ) -> HttpResponse:
     """Answer an async view's JSON result, keeping it for retries that send the same
     ``Idempotency-Key``; without the header, just answer it."""
-    key = request.headers.get(HEADER)
-    if key is None:
-        return JsonResponse(await run())
-    claim, replay = await sync_to_async(idempotency_begin)(
-        user_id=user_id,
-        key=key,
-        method=request.method or "POST",
-        path=request.path,
-        body=request.body,
-    )
-    if replay is not None:
-        return _replayed(replay)
-    assert claim is not None
-    try:
-        response = JsonResponse(await run())
-    except BaseException:
-        await sync_to_async(idempotent_requests_forget)(claim_id=claim)
-        raise
-    await sync_to_async(idempotency_finish)(
-        claim_id=claim,
-        status_code=response.status_code,
-        content_type=response["Content-Type"],
-        body=response.content,
-    )
-    return response
-
-
-# What is kept for a stream: where to follow its work, not its bytes.
-_REFERENCE = "application/vnd.agent-console.reference+json"
+    return await _kept(request, user_id, run, _json, kept_as="application/json")
 
 
 async def idempotent_followed(
@@ -116,9 +89,30 @@ async def idempotent_followed(
     it, kept for the ``Idempotency-Key``; ``follow`` answers from a reference. A retry with
     the key follows the first request's work (from its start, then live) instead of doing it
     again."""
+    return await _kept(request, user_id, start, follow, kept_as=_REFERENCE)
+
+
+# What is kept for a stream: where to follow its work, not its bytes.
+_REFERENCE = "application/vnd.agent-console.reference+json"
+
+
+async def _json(result: dict[str, Any]) -> HttpResponse:
+    return JsonResponse(result)
+
+
+async def _kept(
+    request: HttpRequest,
+    user_id: int,
+    work: Callable[[], Awaitable[dict[str, Any]]],
+    answer: Callable[[dict[str, Any]], Awaitable[HttpResponse]],
+    *,
+    kept_as: str,
+) -> HttpResponse:
+    """Do ``work`` once per ``Idempotency-Key`` and keep its JSON result; ``answer`` makes the
+    response from a result, the first request's or the one kept for a retry."""
     key = request.headers.get(HEADER)
     if key is None:
-        return await follow(await start())
+        return await answer(await work())
     claim, replay = await sync_to_async(idempotency_begin)(
         user_id=user_id,
         key=key,
@@ -127,19 +121,17 @@ async def idempotent_followed(
         body=request.body,
     )
     if replay is not None:
-        response = await follow(json.loads(replay.body))
+        response = await answer(json.loads(replay.body))
         response["Idempotent-Replayed"] = "true"
         return response
     assert claim is not None
     try:
-        reference = await start()
+        result = await work()
+        body = json.dumps(result, cls=DjangoJSONEncoder).encode()
     except BaseException:
         await sync_to_async(idempotent_requests_forget)(claim_id=claim)
         raise
     await sync_to_async(idempotency_finish)(
-        claim_id=claim,
-        status_code=200,
-        content_type=_REFERENCE,
-        body=json.dumps(reference).encode(),
+        claim_id=claim, status_code=200, content_type=kept_as, body=body
     )
-    return await follow(reference)
+    return await answer(result)
