@@ -347,15 +347,7 @@ def run(rule: Rule, start: int, trace: list[int | None]) -> list[tuple[float, De
         recent = [p for p in history if (obs.now - p.at).total_seconds() <= span]
         decision = decide(rule, obs, recent)
         out.append((t, decision))
-        history.append(
-            Past(
-                at=at(t),
-                agents=agents,
-                target=decision.target,
-                sessions=sessions,
-                recommended=decision.recommended,
-            )
-        )
+        history.append(past(t, agents, decision.target, sessions, decision.recommended))
         agents = decision.target
     return out
 
