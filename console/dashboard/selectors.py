@@ -15,12 +15,13 @@ from agents.selectors import agent_list
 from agents.services.hosts import hosts_usage
 from console.models import AuditEvent, RateCounter, User
 from console.selectors import usage_totals
-from scaling.models import ScalingDecision
-from scaling.selectors import scaling_decision_list
+from scaling.models import ScalingDecision, ScalingRule
+from scaling.selectors import scaling_decision_list, scaling_rule_list
 
 __all__ = [
     "HostLoad",
     "Page",
+    "agent_lookup",
     "agent_models",
     "audit_filter_choices",
     "dashboard_agent_list",
@@ -28,6 +29,7 @@ __all__ = [
     "fleet_overview",
     "host_loads",
     "page_of",
+    "rule_list",
 ]
 
 
@@ -191,6 +193,13 @@ def _hexish(text: str) -> bool:
     return all(c in "0123456789abcdef-" for c in text.lower())
 
 
+def agent_lookup(*, live: bool) -> QuerySet[Agent]:
+    """Agents with their owners and hosts, to fetch one by id: only those not deleted when
+    ``live``."""
+    agents = Agent.objects.select_related("owner", "host")
+    return agents.filter(deleted_at__isnull=True) if live else agents
+
+
 def agent_models() -> list[str]:
     """The models live agents run, for the list's filter; one query."""
     return list(
@@ -199,6 +208,11 @@ def agent_models() -> list[str]:
         .values_list("model", flat=True)
         .distinct()
     )
+
+
+def rule_list() -> QuerySet[ScalingRule]:
+    """Scaling rules with their owners: the rules' table, and a rule fetched by id."""
+    return scaling_rule_list().select_related("owner")
 
 
 def decision_list(*, rule_id: int | None = None) -> QuerySet[ScalingDecision]:

@@ -171,9 +171,7 @@ _AGENT_ACTIONS: dict[str, tuple[Callable[..., Agent], str]] = {
 @require_POST
 def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpResponse:
     """Stop, start, restart or delete an agent; answers with its row (none once deleted)."""
-    agent = get_object_or_404(
-        Agent.objects.select_related("owner", "host"), pk=agent_id, deleted_at__isnull=True
-    )
+    agent = get_object_or_404(selectors.agent_lookup(live=True), pk=agent_id)
     service, done = _AGENT_ACTIONS[action]
     label = agent.name or str(agent.pk)[:8]
     try:
@@ -193,7 +191,7 @@ def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpRespon
 @require_GET
 def agent_logs(request: HttpRequest, agent_id: str) -> HttpResponse:
     """The last lines of the agent runtime's log, in a dialog."""
-    agent = get_object_or_404(Agent.objects.select_related("owner", "host"), pk=agent_id)
+    agent = get_object_or_404(selectors.agent_lookup(live=False), pk=agent_id)
     context = {
         "agent": agent,
         "log": lifecycle.agent_log_tail(agent=agent, lines=LOG_LINES),
@@ -205,11 +203,8 @@ def agent_logs(request: HttpRequest, agent_id: str) -> HttpResponse:
 # --- Scaling rules ------------------------------------------------------------------------------
 
 
-_RULES = ScalingRule.objects.select_related("owner")
-
-
-def _rules_context(request: HttpRequest) -> dict[str, Any]:
-    return {"rules": list(scaling_rule_list().select_related("owner"))}
+def _rules_context() -> dict[str, Any]:
+    return {"rules": list(selectors.rule_list())}
 
 
 @staff_required
@@ -219,7 +214,7 @@ def scaling(request: HttpRequest) -> HttpResponse:
         request,
         "dashboard/scaling.html",
         "dashboard/partials/_rule_table.html",
-        _rules_context(request),
+        _rules_context(),
     )
 
 
@@ -243,14 +238,14 @@ def _rule_form(
 @require_GET
 def rule_row(request: HttpRequest, rule_id: int) -> HttpResponse:
     """The rule's row as it is saved (what Cancel brings back)."""
-    return _rule_row(request, get_object_or_404(_RULES, pk=rule_id))
+    return _rule_row(request, get_object_or_404(selectors.rule_list(), pk=rule_id))
 
 
 @staff_required
 @_fragment_only("dashboard:scaling")
 def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     """GET: the row as a form. POST: save it, or show the errors in place (422)."""
-    rule = get_object_or_404(_RULES, pk=rule_id)
+    rule = get_object_or_404(selectors.rule_list(), pk=rule_id)
     if request.method == "GET":
         return _rule_form(request, ScalingRuleForm(instance=rule), rule)
     if request.method != "POST":
@@ -276,7 +271,7 @@ def rule_create(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _rule_form(request, form, None, status=422)
     rule = scaling_services.scaling_rule_create(actor=request.user, values=form.values())
-    response = render(request, "dashboard/partials/_rule_table.html", _rules_context(request))
+    response = render(request, "dashboard/partials/_rule_table.html", _rules_context())
     response["HX-Retarget"] = "#rules"
     response["HX-Reswap"] = "outerHTML"
     return _with_toast(request, response, "success", f"Rule {rule.name} created.")
@@ -286,7 +281,7 @@ def rule_create(request: HttpRequest) -> HttpResponse:
 @require_POST
 def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
     """Enable a paused rule or pause an enabled one."""
-    rule = get_object_or_404(_RULES, pk=rule_id)
+    rule = get_object_or_404(selectors.rule_list(), pk=rule_id)
     enabled = not rule.enabled
     rule = scaling_services.scaling_rule_set_enabled(rule=rule, enabled=enabled, actor=request.user)
     text = f"Rule {rule.name} {'enabled' if rule.enabled else 'paused'}."
@@ -296,7 +291,7 @@ def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
 @staff_required
 @require_POST
 def rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
-    rule = get_object_or_404(_RULES, pk=rule_id)
+    rule = get_object_or_404(selectors.rule_list(), pk=rule_id)
     name = rule.name
     scaling_services.scaling_rule_delete(rule=rule, actor=request.user)
     return _with_toast(request, HttpResponse(""), "success", f"Rule {name} deleted.")
@@ -356,7 +351,7 @@ def _simulation_form(request: HttpRequest, rule: ScalingRule) -> SimulationForm:
 @_fragment_only("dashboard:scaling")
 def rule_simulate(request: HttpRequest, rule_id: int) -> HttpResponse:
     """Replay a load through a saved rule (GET: a load sized to the rule)."""
-    rule = get_object_or_404(_RULES, pk=rule_id)
+    rule = get_object_or_404(selectors.rule_list(), pk=rule_id)
     url = reverse("dashboard:rule-simulate", args=[rule.pk])
     return _simulation(request, rule=rule, form=_simulation_form(request, rule), url=url)
 
@@ -365,7 +360,10 @@ def rule_simulate(request: HttpRequest, rule_id: int) -> HttpResponse:
 @require_POST
 def rule_simulate_draft(request: HttpRequest) -> HttpResponse:
     """Replay a load through the rule as its form stands, unsaved (a new rule, or an edit)."""
-    base = _RULES.filter(pk=request.POST.get("draft_of") or None).first() or ScalingRule()
+    base = (
+        selectors.rule_list().filter(pk=request.POST.get("draft_of") or None).first()
+        or ScalingRule()
+    )
     rule_form = ScalingRuleForm(request.POST, instance=base)
     valid = rule_form.is_valid()  # fills the unsaved instance; nothing is written
     rule = rule_form.instance
