@@ -14,7 +14,7 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
-from console.metrics import error_count
+from console.metrics import ERROR_CODES, error_count
 
 __all__ = [
     "AgentDraining",
@@ -60,6 +60,10 @@ class ConsoleError(Exception):
         if retry_after is not None:
             self.retry_after = retry_after
         self.extra_headers: dict[str, str] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ERROR_CODES.add(cls.code)  # a known label of agent_errors_total
 
     def headers(self) -> dict[str, str]:
         """HTTP headers the refusal carries: Retry-After, and any the raiser added."""
@@ -171,6 +175,8 @@ _DRF_CODES = {
     drf.UnsupportedMediaType: "unsupported_media_type",
     drf.Throttled: "rate_limited",
 }
+_UNMAPPED = "error"  # a DRF exception not in _DRF_CODES
+ERROR_CODES.update({ConsoleError.code, _UNMAPPED, *_DRF_CODES.values()})
 
 
 def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -189,7 +195,7 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     response = drf_default_handler(exc, context)
     if response is None or not isinstance(exc, drf.APIException):
         return response
-    code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
+    code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), _UNMAPPED)
     if isinstance(exc, drf.ValidationError):
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         message = "The request is not valid: " + _first_problem(details)

@@ -43,7 +43,6 @@ Hypercore's names, for the console as a whole (its dashboards and alerts read th
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -62,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERRORS",
+    "ERROR_CODES",
     "GATEWAY_COST",
     "GATEWAY_DURATION",
     "GATEWAY_OVERHEAD",
@@ -153,63 +153,34 @@ def request_count(*, endpoint: str, status: int, seconds: float) -> None:
     REQUEST_DURATION.labels(endpoint).observe(seconds)
 
 
-_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_known_codes: frozenset[str] | None = None
-
-# Codes made outside ConsoleError's subclasses: DRF's mapped exceptions, the error pages, the
-# error types of Anthropic's API (which the gateway passes on), and the runtime's own codes.
-_OTHER_CODES = frozenset(
-    {
-        "malformed_body",
-        "not_acceptable",
-        "unsupported_media_type",
-        "error",
-        "bad_request",
-        "internal_error",
-        "invalid_request_error",
-        "authentication_error",
-        "permission_error",
-        "not_found_error",
-        "request_too_large",
-        "rate_limit_error",
-        "api_error",
-        "overloaded_error",
-        "timeout_error",
-        "billing_error",
-        "gateway_unreachable",
-        "gateway_error",
-        "upstream_error",
-        "agent_at_capacity",
-        "agent_error",
-    }
-)
-
-
-def _codes() -> frozenset[str]:
-    """Every code the console itself raises: a bounded label set."""
-    global _known_codes
-    if _known_codes is None:
-        from console.errors import ConsoleError
-
-        found, todo = set(_OTHER_CODES), [ConsoleError]
-        while todo:
-            cls = todo.pop()
-            found.add(cls.code)
-            todo.extend(cls.__subclasses__())
-        _known_codes = frozenset(found)
-    return _known_codes
+# Every code an answer in the error shape may carry, so a bounded label set. ``console.errors``
+# adds the codes of ConsoleError and each of its subclasses (as it is defined) and of DRF's
+# mapped exceptions; these are made elsewhere: by the error pages, by Anthropic's API (its error
+# types, which the gateway passes on) and by the agent runtime.
+ERROR_CODES: set[str] = {
+    "internal_error",
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+    "timeout_error",
+    "billing_error",
+    "gateway_unreachable",
+    "gateway_error",
+    "upstream_error",
+    "agent_at_capacity",
+    "agent_error",
+}
 
 
 def error_count(code: str) -> None:
     """Count one answer in the error shape under its code, or ``other`` for a code the console
     does not know (a runtime's answer passes its code on, and a runtime is not trusted)."""
-    if code not in _codes():
-        # Subclasses defined after the first count (rare: at import time) are learnt here.
-        global _known_codes
-        _known_codes = None
-        if code not in _codes() or not _CODE.fullmatch(code):
-            code = "other"
-    ERRORS.labels(code).inc()
+    ERRORS.labels(code if code in ERROR_CODES else "other").inc()
 
 
 # --- Per-user labels -----------------------------------------------------------------------------
