@@ -1,8 +1,8 @@
 """The operator dashboard: thin views over the selectors and services.
 
-Each URL has one view. It renders the whole page, or only its fragment when htmx asks (but not
-for a boosted navigation, which wants the page). Actions answer with the fragment they changed
-and a toast, appended out of band.
+Each URL has one view, which renders the whole page or only its fragment
+(``console.dashboard.pages``). Actions answer with the fragment they changed and a toast,
+appended out of band.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -30,6 +28,7 @@ from console.dashboard.forms import (
     ScalingRuleForm,
     SimulationForm,
 )
+from console.dashboard.pages import page_or_fragment, staff_required, wants_fragment
 from console.errors import BadRequest, ConsoleError
 from console.selectors import audit_events
 from scaling import services as scaling_services
@@ -62,30 +61,6 @@ AUDIT_PER_PAGE = 40
 LOG_LINES = 200
 
 
-def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Anonymous visitors go to the login page; signed-in non-operators get 403."""
-
-    @wraps(view)
-    @login_required
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_staff:
-            raise PermissionDenied("operators only")
-        return view(request, *args, **kwargs)
-
-    return wrapped
-
-
-def _wants_fragment(request: HttpRequest) -> bool:
-    return bool(request.htmx) and not request.htmx.boosted
-
-
-def _page_or_fragment(
-    request: HttpRequest, page: str, fragment: str, context: dict[str, Any], status: int = 200
-) -> HttpResponse:
-    template = fragment if _wants_fragment(request) else page
-    return render(request, template, context, status=status)
-
-
 def _with_toast(
     request: HttpRequest, response: HttpResponse, level: str, text: str
 ) -> HttpResponse:
@@ -104,7 +79,7 @@ def _fragment_only(page: str) -> Callable[[View], View]:
     def decorate(view: View) -> View:
         @wraps(view)
         def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if request.method == "GET" and not _wants_fragment(request):
+            if request.method == "GET" and not wants_fragment(request):
                 return redirect(page)
             return view(request, *args, **kwargs)
 
@@ -127,7 +102,7 @@ def _query_without(query: QueryDict, *names: str) -> str:
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     context = {"o": selectors.fleet_overview()}
-    return _page_or_fragment(
+    return page_or_fragment(
         request, "dashboard/overview.html", "dashboard/partials/_overview.html", context
     )
 
@@ -152,9 +127,9 @@ def agents(request: HttpRequest) -> HttpResponse:
         "page": page,
         "query": _query_without(request.GET, "page"),
     }
-    if not _wants_fragment(request):
+    if not wants_fragment(request):
         context["models"] = selectors.agent_models()
-    return _page_or_fragment(
+    return page_or_fragment(
         request, "dashboard/agents.html", "dashboard/partials/_agent_table.html", context
     )
 
@@ -210,7 +185,7 @@ def _rules_context() -> dict[str, Any]:
 @staff_required
 @require_GET
 def scaling(request: HttpRequest) -> HttpResponse:
-    return _page_or_fragment(
+    return page_or_fragment(
         request,
         "dashboard/scaling.html",
         "dashboard/partials/_rule_table.html",
@@ -402,9 +377,9 @@ def decisions(request: HttpRequest) -> HttpResponse:
         "rule_id": rule_id,
         "query": _query_without(request.GET, "page"),
     }
-    if not _wants_fragment(request):
+    if not wants_fragment(request):
         context["rules"] = list(scaling_rule_list().only("id", "name"))
-    return _page_or_fragment(
+    return page_or_fragment(
         request, "dashboard/decisions.html", "dashboard/partials/_decision_list.html", context
     )
 
@@ -434,8 +409,8 @@ def audit(request: HttpRequest) -> HttpResponse:
         "first_page": not data.get("cursor"),
         "audit_url": reverse("dashboard:audit"),
     }
-    if not _wants_fragment(request):
+    if not wants_fragment(request):
         context["choices"] = selectors.audit_filter_choices()
-    return _page_or_fragment(
+    return page_or_fragment(
         request, "dashboard/audit.html", "dashboard/partials/_audit_list.html", context
     )

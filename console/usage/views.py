@@ -11,12 +11,11 @@ import csv
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from console.dashboard.pages import page_or_fragment, staff_required
 from console.usage import charts, selectors
 from console.usage.forms import UsageQuery, UsageQueryForm
 from console.usage.reads import FIGURES
@@ -24,10 +23,6 @@ from console.usage.reads import FIGURES
 __all__ = ["quotas", "usage"]
 
 BURNDOWNS_SHOWN = 12
-
-
-def _wants_fragment(request: HttpRequest) -> bool:
-    return bool(request.htmx) and not request.htmx.boosted
 
 
 @require_GET
@@ -66,8 +61,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         "csv_query": _with(params, format="csv"),
         "now": timezone.now(),
     }
-    template = "usage/partials/_report.html" if _wants_fragment(request) else "usage/usage.html"
-    return render(request, template, context)
+    return page_or_fragment(request, "usage/usage.html", "usage/partials/_report.html", context)
 
 
 def _with(params: Any, **changes: str) -> str:
@@ -115,10 +109,8 @@ def _csv(report: selectors.UsageReport, query: UsageQuery) -> HttpResponse:
 
 
 @require_GET
-@login_required
+@staff_required
 def quotas(request: HttpRequest) -> HttpResponse:
-    if not request.user.is_staff:
-        raise PermissionDenied("operators only")
     now = timezone.now()
     by_limit, by_user = selectors.refusals_by_limit(now=now)
     context = {
@@ -129,5 +121,4 @@ def quotas(request: HttpRequest) -> HttpResponse:
         "burndowns": selectors.budget_burndowns(user_ids=None, now=now)[:BURNDOWNS_SHOWN],
         "now": now,
     }
-    template = "usage/partials/_quotas.html" if _wants_fragment(request) else "usage/quotas.html"
-    return render(request, template, context)
+    return page_or_fragment(request, "usage/quotas.html", "usage/partials/_quotas.html", context)

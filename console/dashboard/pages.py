@@ -1,0 +1,40 @@
+"""What the console's HTML pages share: operators-only access, and one view per URL that
+renders the whole page, or only its fragment when htmx asks (but not for a boosted navigation,
+which wants the page)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+__all__ = ["page_or_fragment", "staff_required", "wants_fragment"]
+
+
+def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Anonymous visitors go to the login page; signed-in non-operators get 403."""
+
+    @wraps(view)
+    @login_required
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_staff:
+            raise PermissionDenied("operators only")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def wants_fragment(request: HttpRequest) -> bool:
+    return bool(request.htmx) and not request.htmx.boosted
+
+
+def page_or_fragment(
+    request: HttpRequest, page: str, fragment: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    template = fragment if wants_fragment(request) else page
+    return render(request, template, context, status=status)
