@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from console.models import ApiKey, AuditEvent, Budget, Quota, UsageHourly, User
 from console.services import budget_window
-from console.usage.reads import usage_grouped
+from console.usage.reads import TOKEN_KINDS, finish, usage_grouped, zero
 
 __all__ = [
     "AuditPage",
@@ -49,12 +49,6 @@ __all__ = [
 
 GroupBy = Literal["user", "agent", "model", "day", "hour"]
 
-_TOKEN_KINDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 _KEY_NAME = {"user": "user_id", "agent": "agent_id", "model": "model", "day": "day", "hour": "hour"}
 
 
@@ -81,7 +75,7 @@ def usage_summary(
         raise ValueError(f"group_by must be one of {', '.join(_KEY_NAME)}, not {group_by!r}")
     zoneinfo.ZoneInfo(tz)  # an unknown zone fails here, even for a range with no usage
     totals = usage_grouped(user_ids=user_ids, start=start, end=end, keys=(group_by,), tz=tz)
-    rows = [{_KEY_NAME[group_by]: key, **_finish(values)} for (key,), values in totals.items()]
+    rows = [{_KEY_NAME[group_by]: key, **finish(values)} for (key,), values in totals.items()]
     if group_by in ("day", "hour"):
         rows.sort(key=lambda row: row[_KEY_NAME[group_by]])
     else:
@@ -94,7 +88,7 @@ def usage_totals(*, user_ids: list[int] | None, start: datetime, end: datetime) 
     """Usage in ``[start, end)`` for ``user_ids`` (``None``: everyone), in one row: ``requests``,
     the four token kinds, ``total_tokens`` and ``cost_usd``; exact as ``usage_summary`` is."""
     found = usage_grouped(user_ids=user_ids, start=start, end=end, keys=())
-    return _finish(found.get((), _zero()))
+    return finish(found.get((), zero()))
 
 
 # --- Lists for the API --------------------------------------------------------------------------
@@ -117,20 +111,6 @@ def budget_list(*, user_id: int | None = None) -> QuerySet[Budget]:
 
 
 # --- Arithmetic ----------------------------------------------------------------------------------
-
-
-def _zero() -> dict[str, Any]:
-    return {"requests": 0, **dict.fromkeys(_TOKEN_KINDS, 0), "cost_usd": Decimal(0)}
-
-
-def _finish(values: dict[str, Any]) -> dict[str, Any]:
-    total = sum(values[kind] for kind in _TOKEN_KINDS)
-    return {
-        "requests": values["requests"],
-        **{kind: values[kind] for kind in _TOKEN_KINDS},
-        "total_tokens": total,
-        "cost_usd": values["cost_usd"],
-    }
 
 
 def _floor_hour(moment: datetime) -> datetime:
@@ -254,7 +234,7 @@ def _rolling_used(budgets: list[Budget], *, now: datetime) -> dict[int, Decimal]
             )
             .order_by()
             .values("user_id")
-            .annotate(cost=Sum("cost_usd"), **{kind: Sum(kind) for kind in _TOKEN_KINDS})
+            .annotate(cost=Sum("cost_usd"), **{kind: Sum(kind) for kind in TOKEN_KINDS})
         }
         for budget in group:
             row = sums.get(budget.user_id)
@@ -263,7 +243,7 @@ def _rolling_used(budgets: list[Budget], *, now: datetime) -> dict[int, Decimal]
             elif budget.metric == Budget.Metric.USD:
                 used[budget.pk] = row["cost"] or Decimal(0)
             else:
-                used[budget.pk] = Decimal(sum(row[kind] or 0 for kind in _TOKEN_KINDS))
+                used[budget.pk] = Decimal(sum(row[kind] or 0 for kind in TOKEN_KINDS))
     return used
 
 
