@@ -27,6 +27,7 @@ from agents.services import session_for_turn, turn_cancel
 from agents.services.live import (
     live_claimed,
     live_end_abandoned,
+    live_next,
     live_replay,
     live_turn_prepare,
     live_turn_start,
@@ -249,12 +250,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_event(self, message: dict[str, Any]) -> None:
         """An event of a session's stream, from whichever process runs the turn."""
         event = message["event"]
-        if event["session_id"] != self.following or event["seq"] <= self.last_seq:
-            return
-        if event["seq"] > self.last_seq + 1:  # one overtook another: fill in from the log
-            replay = await live_replay(self.following, after=self.last_seq)
-            await self._send_events([e for e in replay.events if e["seq"] < event["seq"]])
-        await self._send_events([event])
+        if event["session_id"] == self.following:
+            await self._send_events(
+                await live_next(self.following, after=self.last_seq, event=event)
+            )
 
     # --- Helpers ---------------------------------------------------------------------------------
 

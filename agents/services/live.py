@@ -50,6 +50,7 @@ __all__ = [
     "live_end_abandoned",
     "live_error",
     "live_follow",
+    "live_next",
     "live_publish",
     "live_replay",
     "live_result",
@@ -267,6 +268,17 @@ async def live_replay(session_id: str, *, after: int) -> Replay:
     return Replay(missed, complete=after <= last and first == after + 1, last=last)
 
 
+async def live_next(session_id: str, *, after: int, event: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a follower that has shown the session's events up to ``after`` shows next on
+    receiving ``event`` from the session's group: nothing when it has it already, else the
+    events in between that the log holds (one may overtake another on its way through the
+    channel layer), then ``event``; in order, once each."""
+    if event["seq"] <= after + 1:
+        return [event] if event["seq"] > after else []
+    missed = (await live_replay(session_id, after=after)).events
+    return [*(e for e in missed if e["seq"] < event["seq"]), event]
+
+
 async def live_claimed(session_id: str) -> str | None:
     """The id of the turn being written in the session, if one is."""
     return await _log().claimed(session_id)
@@ -428,11 +440,6 @@ async def live_follow(
     group = ev.session_group(session_id)
     await layer.group_add(group, channel)  # before reading the log: nothing falls in between
     seen = after
-
-    def fresh(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        by_seq = {e["seq"]: e for e in events if e["seq"] > seen}
-        return [by_seq[seq] for seq in sorted(by_seq)]
-
     try:
         replay = await live_replay(session_id, after=after)
         if not _ends(replay.events, turn_id) and await live_claimed(session_id) != turn_id:
@@ -442,7 +449,7 @@ async def live_follow(
                     "this turn's events are no longer kept: read the session's messages",
                     details={"session_id": session_id, "turn_id": turn_id},
                 )
-        pending = fresh(replay.events)
+        pending = replay.events
         while True:
             for event in pending:
                 seen = event["seq"]
@@ -452,11 +459,7 @@ async def live_follow(
                 if event["type"] in _ENDS:
                     return
             message = await layer.receive(channel)
-            event = message["event"]
-            if event["seq"] > seen + 1:  # one overtook another: fill in from the log
-                pending = fresh([*(await live_replay(session_id, after=seen)).events, event])
-            else:
-                pending = fresh([event])
+            pending = await live_next(session_id, after=seen, event=message["event"])
     finally:
         await layer.group_discard(group, channel)
 
