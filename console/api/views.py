@@ -106,14 +106,12 @@ class ApiKeyViewSet(
         params = ApiKeyCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        scopes = data.get("scopes")
-        if scopes is not None and not set(scopes) <= scopes_of(request):
-            raise Forbidden(
-                "a key cannot grant scopes its creator's credential lacks",
-                details={"scopes": sorted(set(scopes) - scopes_of(request))},
-            )
         key, raw = api_key_create(
-            user=request.user, name=data["name"], expires_at=data["expires_at"], scopes=scopes
+            user=request.user,
+            name=data["name"],
+            expires_at=data["expires_at"],
+            scopes=data.get("scopes"),
+            granted_by=scopes_of(request),
         )
         body = ApiKeyCreatedSerializer(key, context={"raw_key": raw}).data
         return Response(body, status=status.HTTP_201_CREATED)

@@ -40,9 +40,12 @@ def api_key_create(
     name: str = "",
     expires_at: datetime | None = None,
     scopes: Iterable[str] | None = None,
+    granted_by: Iterable[str] | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never shown again. ``scopes``
-    defaults to read and write; only a staff user's key may hold ``admin``."""
+    defaults to read and write; only a staff user's key may hold ``admin``. ``granted_by``:
+    the scopes of the credential asking (None: the user themselves), which the new key's,
+    defaults included, may not exceed."""
     scopes = sorted(set(scopes)) if scopes is not None else default_api_key_scopes()
     unknown = set(scopes) - set(ApiKey.Scope.values)
     if unknown or not scopes:
@@ -52,6 +55,12 @@ def api_key_create(
         )
     if ApiKey.Scope.ADMIN in scopes and not user.is_staff:
         raise Forbidden("only an operator's key may have the admin scope")
+    beyond = set(scopes) - set(granted_by) if granted_by is not None else set()
+    if beyond:
+        raise Forbidden(
+            "a key cannot grant scopes its creator's credential lacks",
+            details={"scopes": sorted(beyond)},
+        )
     prefix = API_KEY_PREFIX + secrets.token_hex(4)
     raw = f"{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(

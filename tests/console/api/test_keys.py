@@ -68,6 +68,14 @@ def test_an_operator_grants_admin_only_from_a_credential_that_has_it(operator, s
     assert response.json()["scopes"] == ["admin", "read"]
 
 
+def test_a_write_only_key_cannot_mint_a_key_that_reads(user, scoped_client):
+    writer = scoped_client(user, "write")
+    defaults = writer.post(KEYS, {"name": "more"}, format="json")  # read and write by default
+    assert defaults.status_code == 403
+    assert error_of(defaults)["details"] == {"scopes": ["read"]}
+    assert writer.post(KEYS, {"scopes": ["write"]}, format="json").status_code == 201
+
+
 def test_unknown_scopes_and_past_expiry_are_invalid(user, client_for):
     client = client_for(user)
     bad_scope = client.post(KEYS, {"scopes": ["root"]}, format="json")
