@@ -29,7 +29,7 @@ from agents.models import Agent
 from agents.services import agent_spawn, agent_stop
 from console.errors import ConsoleError
 from console.models import User
-from console.services import audit_record, audited_delete, audited_save
+from console.services import audit_record, audited_delete, audited_save, audited_update
 from scaling import policy
 from scaling.metrics import PoolKey, PoolReading, pools_observe
 from scaling.models import AUTOSCALER_ACCOUNT, ScalingDecision, ScalingRule
@@ -61,10 +61,7 @@ def scaling_rule_update(
     *, rule: ScalingRule, values: Mapping[str, Any], actor: User | None
 ) -> ScalingRule:
     """Change the settings in ``values``; only those that differ are written and recorded."""
-    for field, value in values.items():
-        setattr(rule, field, value)
-    audited_save(instance=rule, fields=values, actor=actor)
-    return rule
+    return audited_update(instance=rule, values=values, actor=actor)
 
 
 def scaling_rule_delete(*, rule: ScalingRule, actor: User | None) -> None:

@@ -42,6 +42,7 @@ from console.services import (
     api_key_revoke,
     audited_delete,
     audited_save,
+    audited_update,
     budgets_reset,
     quota_get,
 )
@@ -158,9 +159,7 @@ class QuotaViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         quota = self.get_object()
         params = QuotaLimitsSerializer(quota, data=request.data, partial=True)
         params.is_valid(raise_exception=True)
-        for field, value in params.validated_data.items():
-            setattr(quota, field, value)
-        audited_save(instance=quota, fields=params.validated_data, actor=request.user)
+        audited_update(instance=quota, values=params.validated_data, actor=request.user)
         return Response(QuotaSerializer(quota).data)
 
     @action(detail=False, methods=["get"], permission_classes=_SIGNED_IN)
@@ -197,9 +196,7 @@ class BudgetViewSet(
         budget = self.get_object()
         params = BudgetUpdateSerializer(budget, data=request.data, partial=True)
         params.is_valid(raise_exception=True)
-        for field, value in params.validated_data.items():
-            setattr(budget, field, value)
-        audited_save(instance=budget, fields=params.validated_data, actor=request.user)
+        audited_update(instance=budget, values=params.validated_data, actor=request.user)
         return Response(BudgetSerializer(budget).data)
 
     def destroy(self, request: Request, pk: str) -> Response:

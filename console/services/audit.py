@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import models, transaction
 from django.utils import timezone
@@ -25,12 +25,14 @@ __all__ = [
     "audit_record",
     "audited_delete",
     "audited_save",
+    "audited_update",
     "budgets_reset",
     "model_changes",
     "users_set_suspended",
 ]
 
 Changes = Mapping[str, tuple[Any, Any]]
+M = TypeVar("M", bound=models.Model)
 
 
 def _json_safe(value: Any) -> Any:
@@ -135,6 +137,15 @@ def audited_save(
         return audit_record(
             actor=actor, action=_action(instance, "change"), target=instance, changes=changes
         )
+
+
+def audited_update(*, instance: M, values: Mapping[str, Any], actor: User | None) -> M:
+    """An operator's change of ``values`` on ``instance``: the fields that differ are written
+    and recorded (``audited_save``)."""
+    for field, value in values.items():
+        setattr(instance, field, value)
+    audited_save(instance=instance, fields=values, actor=actor)
+    return instance
 
 
 def audited_delete(*, instance: models.Model, actor: User | None) -> AuditEvent:
