@@ -39,6 +39,7 @@ from agents.serializers import (
     SessionSerializer,
     SpawnRequestSerializer,
     agent_row_data,
+    validated,
 )
 from agents.services.live import (
     FollowedTurn,
@@ -49,7 +50,6 @@ from agents.services.live import (
 )
 from agents.views import (
     _named_user,
-    _validation_error,
     json_object_body,
     spawn_response,
     sse_response,
@@ -224,10 +224,7 @@ async def session_messages(request: HttpRequest, session_id: uuid.UUID) -> HttpR
         if request.method != "POST":
             raise MethodNotAllowed("use POST")
         user = await request_user(request, scope="write")
-        params = SendMessageSerializer(data=json_object_body(request))
-        if not params.is_valid():
-            raise _validation_error(params.errors)
-        data = params.validated_data
+        data = validated(SendMessageSerializer, json_object_body(request))
         session = await sync_to_async(services.session_for_turn)(user=user, session_id=session_id)
         ask = functools.partial(
             live_turn_send,
@@ -330,10 +327,7 @@ async def execute(request: HttpRequest) -> HttpResponse:
         if request.method != "POST":
             raise MethodNotAllowed("use POST")
         user = await request_user(request, scope="write")
-        params = ExecuteRequestSerializer(data=json_object_body(request))
-        if not params.is_valid():
-            raise _validation_error(params.errors)
-        data = params.validated_data
+        data = validated(ExecuteRequestSerializer, json_object_body(request))
 
         async def run() -> dict[str, Any]:
             agent, result = await services.task_execute(

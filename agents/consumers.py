@@ -23,6 +23,7 @@ from rest_framework import serializers
 
 from agents import events as ev
 from agents.selectors import chat_session_owned, chat_snapshot
+from agents.serializers import validated
 from agents.services import session_for_turn, turn_cancel
 from agents.services.live import (
     live_claimed,
@@ -90,13 +91,8 @@ class _EditFrame(_PromptFrame):
 
 
 def _valid(frame_class: type[serializers.Serializer], frame: dict[str, Any]) -> dict[str, Any]:
-    found = frame_class(data=frame)
-    if not found.is_valid():
-        field, problems = next(iter(found.errors.items()))
-        raise BadRequest(
-            f"{field}: {problems[0]}", details={k: list(v) for k, v in found.errors.items()}
-        )
-    return dict(found.validated_data) | {"session_id": str(found.validated_data["session_id"])}
+    data = validated(frame_class, frame)
+    return data | {"session_id": str(data["session_id"])}
 
 
 class _RateWindow:

@@ -10,6 +10,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from agents.models import Agent, Message, Session
+from console.errors import BadRequest
 
 __all__ = [
     "AgentFilterSerializer",
@@ -27,7 +28,20 @@ __all__ = [
     "SessionSerializer",
     "SpawnRequestSerializer",
     "agent_row_data",
+    "validated",
 ]
+
+
+def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    """``data`` as ``serializer_class`` validates it, for views and consumers outside DRF's
+    request handling; else ``BadRequest`` naming the first problem, with all of them."""
+    found = serializer_class(data=data)
+    if not found.is_valid():
+        field, problems = next(iter(found.errors.items()))
+        raise BadRequest(
+            f"{field}: {problems[0]}", details={k: list(v) for k, v in found.errors.items()}
+        )
+    return dict(found.validated_data)
 
 
 class SpawnRequestSerializer(serializers.Serializer):

@@ -26,6 +26,7 @@ from agents.serializers import (
     ListQuerySerializer,
     SpawnRequestSerializer,
     agent_row_data,
+    validated,
 )
 from console.authentication import request_user
 from console.errors import (
@@ -176,11 +177,6 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
         return Response(selectors.agent_stats(viewer=request.user))
 
 
-def _validation_error(errors: dict) -> BadRequest:
-    field, problems = next(iter(errors.items()))
-    return BadRequest(f"{field}: {problems[0]}", details={k: list(v) for k, v in errors.items()})
-
-
 def json_object_body(request: HttpRequest) -> dict[str, Any]:
     """The request's body, which must be a JSON object; else ``BadRequest``."""
     try:
@@ -209,10 +205,7 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
         )
     try:
         user = await request_user(request, scope="write")
-        params = ChatRequestSerializer(data=json_object_body(request))
-        if not params.is_valid():
-            raise _validation_error(params.errors)
-        data = params.validated_data
+        data = validated(ChatRequestSerializer, json_object_body(request))
         if data.get("user_id") and data["user_id"] != user.username:
             raise Forbidden("you may only chat as yourself", details={"user_id": data["user_id"]})
         turn = services.ChatTurn(
