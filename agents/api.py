@@ -49,8 +49,9 @@ from agents.services.live import (
     live_turn_send,
 )
 from agents.views import (
-    _named_user,
+    IDEMPOTENCY_KEY,
     json_object_body,
+    named_user,
     spawn_response,
     sse_response,
 )
@@ -75,12 +76,6 @@ __all__ = [
 ]
 
 _SIGNED_IN = [IsAuthenticated, HasScope]
-_IDEMPOTENCY_KEY = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    location=OpenApiParameter.HEADER,
-    description="A retry with the same key gets the first answer (24 h).",
-)
 
 
 class _NewestFirst(ApiCursorPagination):
@@ -117,7 +112,7 @@ class AgentViewSet(
             return selectors.agent_list(viewer=self.request.user)
         found = _filters(AgentFilterSerializer, self.request)
         username = found.pop("user_id", None)
-        owner = _named_user(self.request.user, username) if username else None
+        owner = named_user(self.request.user, username) if username else None
         return selectors.agent_list(viewer=self.request.user, owner=owner, **found)
 
     def list(self, request: Request) -> Response:
@@ -125,7 +120,11 @@ class AgentViewSet(
         page = self.paginate_queryset(rows)
         return self.get_paginated_response([agent_row_data(row) for row in page])
 
-    @extend_schema(request=SpawnRequestSerializer, responses={201: AgentSerializer})
+    @extend_schema(
+        request=SpawnRequestSerializer,
+        responses={201: AgentSerializer},
+        parameters=[IDEMPOTENCY_KEY],
+    )
     @idempotent
     def create(self, request: Request) -> Response:
         return spawn_response(request)

@@ -43,15 +43,23 @@ from console.models import User
 from console.views import metrics_token_presented
 
 __all__ = [
+    "IDEMPOTENCY_KEY",
     "HypercoreAgentViewSet",
     "agent_chat",
     "agent_metrics",
     "json_object_body",
+    "named_user",
     "spawn_response",
     "sse_response",
 ]
 
 _AGENT_ID = OpenApiParameter("agent_id", str, required=True, description="The agent's id.")
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    location=OpenApiParameter.HEADER,
+    description="A retry with the same key gets the first answer (24 h).",
+)
 
 
 def _query_uuid(request: Request, name: str) -> uuid.UUID:
@@ -67,7 +75,7 @@ def _query_uuid(request: Request, name: str) -> uuid.UUID:
         raise BadRequest(f"{name} is not a valid id", details={name: ["Must be a UUID."]}) from None
 
 
-def _named_user(viewer: User, username: str | None) -> User:
+def named_user(viewer: User, username: str | None) -> User:
     """The user a request names by ``user_id``: the caller, or anyone for an operator."""
     if not username or username == viewer.username:
         return viewer
@@ -85,7 +93,7 @@ def spawn_response(request: Request) -> Response:
     params.is_valid(raise_exception=True)
     data = params.validated_data
     agent = services.agent_spawn(
-        owner=_named_user(request.user, data.get("user_id")),
+        owner=named_user(request.user, data.get("user_id")),
         model=data.get("model"),
         name=data["name"],
         system_prompt=data["system_prompt"],
@@ -108,14 +116,7 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     @extend_schema(
         request=SpawnRequestSerializer,
         responses={201: AgentSerializer},
-        parameters=[
-            OpenApiParameter(
-                "Idempotency-Key",
-                str,
-                location=OpenApiParameter.HEADER,
-                description="A retry with the same key gets the first answer (24 h).",
-            )
-        ],
+        parameters=[IDEMPOTENCY_KEY],
     )
     @action(detail=False, methods=["post"], url_path="spawn")
     @idempotent
@@ -134,7 +135,7 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
         query = ListQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         username = query.validated_data.get("user_id")
-        owner = _named_user(request.user, username) if username else None
+        owner = named_user(request.user, username) if username else None
         agents = selectors.agent_list(viewer=request.user, owner=owner)
         data = [agent_row_data(row) for row in selectors.agent_rows(agents)]
         return Response({"agents": data, "count": len(data)})
