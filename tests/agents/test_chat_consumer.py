@@ -65,6 +65,14 @@ async def _connected(socket: WebsocketCommunicator) -> dict[str, Any]:
     return ready
 
 
+async def _opened(socket: WebsocketCommunicator, session_id: str) -> dict[str, Any]:
+    """Open the session on the socket: its ``session`` snapshot."""
+    await socket.send_json_to({"type": "open", "session_id": session_id})
+    snapshot = await socket.receive_json_from(timeout=5)
+    assert snapshot["type"] == "session", snapshot
+    return snapshot
+
+
 async def _until(socket: WebsocketCommunicator, types: set[str], timeout: float = 30) -> list[dict]:
     """Every event up to and including the first of ``types``."""
     found = []
@@ -193,8 +201,7 @@ def test_malformed_frames_get_an_error_event_and_the_socket_stays_up(user, quiet
         await socket.send_to(bytes_data=b"\x00\x01")
         assert (await socket.receive_json_from(timeout=5))["error"]["code"] == "malformed_frame"
         # Still up, and still serving.
-        await socket.send_json_to({"type": "open", "session_id": str(quiet_session.pk)})
-        snapshot = await socket.receive_json_from(timeout=5)
+        snapshot = await _opened(socket, str(quiet_session.pk))
         assert (snapshot["type"], snapshot["title"], snapshot["messages"]) == (
             "session",
             "quiet",
@@ -215,8 +222,7 @@ def test_a_frame_over_the_size_limit_is_refused(user, quiet_session, settings):
         error = await _error(socket, frame)
         assert error["code"] == "request_too_large"
         assert error["details"]["limit"] == 2048 and error["details"]["size"] > 2048
-        await socket.send_json_to({"type": "open", "session_id": str(quiet_session.pk)})
-        assert (await socket.receive_json_from(timeout=5))["type"] == "session"
+        await _opened(socket, str(quiet_session.pk))
         await socket.disconnect()
 
     run(scenario)
@@ -228,16 +234,14 @@ def test_frames_past_the_rate_limit_are_refused_until_it_refills(user, quiet_ses
     async def scenario():
         socket = _socket(user)
         await _connected(socket)
-        frame = {"type": "open", "session_id": str(quiet_session.pk)}
+        sid = str(quiet_session.pk)
         for _ in range(5):
-            await socket.send_json_to(frame)
-            assert (await socket.receive_json_from(timeout=5))["type"] == "session"
-        error = await _error(socket, frame)
+            await _opened(socket, sid)
+        error = await _error(socket, {"type": "open", "session_id": sid})
         assert error["code"] == "rate_limited"
         assert error["details"]["value"] == 5 and error["details"]["retry_after_seconds"] > 0
         await asyncio.sleep(error["details"]["retry_after_seconds"] + 0.1)
-        await socket.send_json_to(frame)
-        assert (await socket.receive_json_from(timeout=5))["type"] == "session"
+        await _opened(socket, sid)
         await socket.disconnect()
 
     run(scenario)
@@ -276,8 +280,7 @@ def test_a_turn_streams_deltas_then_done_with_tokens_cost_and_budget(user, sessi
     async def scenario():
         socket = _socket(user)
         await _connected(socket)
-        await socket.send_json_to({"type": "open", "session_id": sid})
-        snapshot = await socket.receive_json_from(timeout=5)
+        snapshot = await _opened(socket, sid)
         assert (snapshot["seq"], snapshot["running"], snapshot["agent_name"]) == (0, None, "chatty")
         assert snapshot["budgets"][0]["remaining"] == "5"
         await socket.send_json_to({"type": "send", "session_id": sid, "content": "Hello **you**"})
@@ -393,8 +396,7 @@ def test_opening_a_session_mid_reply_replays_the_turn_so_far_then_follows(
         await _until(first, {"delta"})
         second = _socket(user)
         await _connected(second)
-        await second.send_json_to({"type": "open", "session_id": sid})
-        snapshot = await second.receive_json_from(timeout=5)
+        snapshot = await _opened(second, sid)
         events = await _until(second, TERMINAL)
         await _until(first, TERMINAL)
         await first.disconnect()
@@ -524,11 +526,9 @@ def test_an_idle_socket_outlives_the_channel_layers_blocking_reads(user, quiet_s
     async def scenario():
         socket = _socket(user)
         await _connected(socket)
-        await socket.send_json_to({"type": "open", "session_id": sid})
-        assert (await socket.receive_json_from(timeout=5))["type"] == "session"
+        await _opened(socket, sid)
         await asyncio.sleep(12)
-        await socket.send_json_to({"type": "open", "session_id": sid})
-        assert (await socket.receive_json_from(timeout=5))["type"] == "session"
+        await _opened(socket, sid)
         await socket.disconnect()
 
     run(scenario)
@@ -544,8 +544,7 @@ def test_a_reply_chunk_does_not_wait_for_the_thread_that_runs_sync_code(user, qu
     async def scenario():
         socket = _socket(user)
         await _connected(socket)
-        await socket.send_json_to({"type": "open", "session_id": sid})
-        snapshot = await socket.receive_json_from(timeout=5)
+        snapshot = await _opened(socket, sid)
         busy = asyncio.ensure_future(sync_to_async(time.sleep)(2))
         await asyncio.sleep(0.1)  # the sync thread is asleep from here on
         started = time.monotonic()
@@ -579,8 +578,7 @@ def test_a_burst_of_events_for_many_sockets_of_one_process_loses_none(user, quie
         for sid in sessions:
             socket = _socket(user)
             await _connected(socket)
-            await socket.send_json_to({"type": "open", "session_id": sid})
-            assert (await socket.receive_json_from(timeout=5))["type"] == "session"
+            await _opened(socket, sid)
             sockets.append(socket)
         chunk = {"type": "delta", "turn_id": "t", "text": "w"}
         await asyncio.gather(  # hundreds of publishes at once, as many replies make
