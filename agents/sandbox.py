@@ -9,6 +9,7 @@ import time
 from functools import cache
 from pathlib import Path
 
+import aiohttp
 import httpx
 from django.conf import settings
 from django.core import signing
@@ -26,8 +27,8 @@ __all__ = [
     "agent_token_verify",
     "driver",
     "host_accel",
-    "runtime_client",
     "runtime_client_sync",
+    "runtime_session",
     "runtime_spec",
     "wait_healthy",
 ]
@@ -80,21 +81,27 @@ def _request_id_header() -> dict[str, str]:
 
 @cache
 def _tls() -> ssl.SSLContext:
-    """One TLS context for every runtime client: httpx builds a new one per client otherwise,
-    loading the CA bundle each time (~30 ms of CPU), and every chat turn opens a client."""
+    """One TLS context for every runtime client: a client builds a new one otherwise, loading
+    the CA bundle each time (~30 ms of CPU), and every chat turn opens a client."""
     return httpx.create_ssl_context()
 
 
-def runtime_client(endpoint: str, *, timeout: float) -> httpx.AsyncClient:
-    """An HTTP client for a runtime's endpoint (``http://…`` or ``unix:<socket>``), sending the
-    current request id."""
-    headers = _request_id_header()
+def runtime_session(endpoint: str, *, timeout: float) -> aiohttp.ClientSession:
+    """An HTTP session for a runtime's endpoint (``http://…`` or ``unix:<socket>``), its paths
+    relative to the runtime's root, sending the current request id; ``timeout`` bounds the
+    connect and each read. aiohttp's: it reads a streamed reply for a fraction of the CPU per
+    chunk of httpx's, and a chat turn's every chunk passes through it."""
     if endpoint.startswith("unix:"):
-        transport = httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix:"), verify=_tls())
-        return httpx.AsyncClient(
-            transport=transport, base_url="http://sandbox", timeout=timeout, headers=headers
-        )
-    return httpx.AsyncClient(base_url=endpoint, timeout=timeout, headers=headers, verify=_tls())
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(endpoint.removeprefix("unix:"))
+        base_url = "http://sandbox"
+    else:
+        connector, base_url = aiohttp.TCPConnector(ssl=_tls()), endpoint
+    return aiohttp.ClientSession(
+        base_url=base_url,
+        connector=connector,
+        headers=_request_id_header(),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+    )
 
 
 def runtime_client_sync(endpoint: str, *, timeout: float) -> httpx.Client:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -19,7 +19,7 @@ from rest_framework.response import Response
 
 from agents import selectors, services
 from agents.models import Agent
-from agents.sandbox import runtime_client
+from agents.sandbox import runtime_session
 from agents.serializers import (
     AgentSerializer,
     ChatRequestSerializer,
@@ -251,10 +251,13 @@ async def agent_metrics(request: HttpRequest, agent_id: uuid.UUID) -> HttpRespon
         if not agent.endpoint:
             raise AgentUnavailable("the agent is not running", details={"status": agent.status})
         try:
-            async with runtime_client(agent.endpoint, timeout=5.0) as client:
-                upstream = await client.get("/metrics")
-        except httpx.HTTPError as exc:
+            async with (
+                runtime_session(agent.endpoint, timeout=5.0) as client,
+                client.get("/metrics") as upstream,
+            ):
+                content = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
     except ConsoleError as exc:
         return error_response(exc)
-    return HttpResponse(upstream.content, content_type=upstream.headers.get("content-type"))
+    return HttpResponse(content, content_type=upstream.headers.get("content-type"))

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
@@ -181,13 +181,15 @@ class _OpenTurn:
     session: Session
     prompt: str
     since: datetime
-    client: httpx.AsyncClient
-    response: httpx.Response
+    client: aiohttp.ClientSession
+    response: aiohttp.ClientResponse
     keep_turns: int | None
 
     async def close(self) -> None:
-        await self.response.aclose()
-        await self.client.aclose()
+        """Drop the connection, whatever is left unread: a turn stopped mid-reply cancels the
+        runtime's call (and the gateway's, and Anthropic's) this way."""
+        self.response.close()
+        await self.client.close()
 
     async def finish(self, content: str) -> ChatResult:
         return await sync_to_async(_turn_finish)(
@@ -228,21 +230,21 @@ async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
     }
     if turn.keep_turns is not None:
         body["keep_turns"] = turn.keep_turns
-    client = sandbox.runtime_client(agent.endpoint, timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
-    request = client.build_request("POST", "/v1/agent/chat", json=body)
+    client = sandbox.runtime_session(agent.endpoint, timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
-        await client.aclose()
+        response = await client.post("/v1/agent/chat", json=body)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        await client.close()
         raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
     except BaseException:  # stopped while connecting
-        await client.aclose()
+        await client.close()
         raise
     opened = _OpenTurn(session, turn.prompt, since, client, response, turn.keep_turns)
-    if response.status_code != 200:
-        await response.aread()
-        await opened.close()
-        raise _runtime_error(response)
+    if response.status != 200:
+        try:
+            raise _runtime_error(response.status, await response.read())
+        finally:
+            await opened.close()
     return opened
 
 
@@ -250,7 +252,7 @@ async def agent_chat(*, turn: ChatTurn) -> ChatResult:
     """Run one turn on a running agent and record it."""
     opened = await _turn_open(turn=turn, stream=False)
     try:
-        reply = json.loads(await opened.response.aread())
+        reply = json.loads(await opened.response.read())
     finally:
         await opened.close()
     return await opened.finish(reply["content"])
@@ -263,10 +265,12 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
 
     async def events() -> AsyncIterator[tuple[str, Any]]:
         try:
-            async for event, data in sse_events(opened.response.aiter_lines()):
+            async for event, data in sse_events(opened.response.content):
                 if event == "done":
                     data = await opened.finish(data["content"])
                 yield event, data
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AgentUnavailable(f"the agent's runtime stopped answering: {exc}") from exc
         finally:
             await opened.close()
 
@@ -306,16 +310,47 @@ async def _unless_stopped(work: Awaitable[T], stopped: asyncio.Event, session_id
     return task.result()
 
 
+_READ_ALL = object()  # the reader's last word
+
+
 async def _stoppable(
     events: AsyncIterator[tuple[str, Any]], stopped: asyncio.Event, session_id: str
 ) -> AsyncIterator[tuple[str, Any]]:
+    """``events`` until ``stopped`` is set; then ``("cancelled", …)``. A task of its own reads
+    them into a queue, and a stop cancels that task: it ends the reading (and with it the calls
+    it made) but never interrupts what the caller does with an event, and an event costs a
+    queue's put and get, not tasks of its own."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for item in events:
+                queue.put_nowait(item)
+        except Exception as exc:
+            queue.put_nowait(exc)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+            queue.put_nowait(_READ_ALL)
+
+    async def stop() -> None:
+        await stopped.wait()
+        if not reader.done():
+            reader.cancel()
+            queue.put_nowait(("cancelled", {"session_id": session_id}))
+
+    reader = asyncio.create_task(read())
+    stopper = asyncio.create_task(stop())
     try:
-        while item := await _unless_stopped(anext(events, None), stopped, session_id):
+        while (item := await queue.get()) is not _READ_ALL:
+            if isinstance(item, Exception):
+                raise item
             yield item
-    except TurnCancelled:
-        yield "cancelled", {"session_id": session_id}
+            if item[0] == "cancelled":
+                return
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        stopper.cancel()
+        reader.cancel()
+        await asyncio.wait([reader])  # closed; a cancellation of this generator still raises
 
 
 async def agent_chat_events_stoppable(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
@@ -335,14 +370,15 @@ async def agent_chat_events_stoppable(*, turn: ChatTurn) -> AsyncIterator[tuple[
             yield item
 
 
-def _runtime_error(response: httpx.Response) -> ConsoleError:
+def _runtime_error(status: int, body: bytes) -> ConsoleError:
+    """The refusal a runtime's (or, through it, the gateway's) error answer stands for."""
     try:
-        error = response.json()["error"]
+        error = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError):
-        error = {"code": "agent_error", "message": response.text[:500]}
+        error = {"code": "agent_error", "message": body.decode(errors="replace")[:500]}
     exc = AgentUnavailable(error.get("message") or "the agent failed", details=error.get("details"))
     exc.code = error.get("code") or exc.code
     # Refusals the gateway made (quota, bad input) keep their status; runtime faults are a 502.
-    if response.status_code in (400, 403, 409, 413, 429, 503):
-        exc.status = response.status_code
+    if status in (400, 403, 409, 413, 429, 503):
+        exc.status = status
     return exc
