@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -53,3 +54,9 @@ gc.freeze()
 # collector's full passes run every few seconds, each stopping the process for 0.2-1.5 s to walk
 # every socket's objects: collect the young often, the old rarely.
 gc.set_threshold(50_000, 20, 100)
+# Sync code (the ORM) runs in a thread beside the event loop, and the two take turns at the GIL.
+# Each query lets the GIL go and must wait to get it back, for as long as Python's switch
+# interval (5 ms) when the loop is busy: a chat turn's dozen queries then took tens of ms while
+# the loop streamed other replies, and every turn behind it waited for them. At 0.5 ms, a
+# turn's start waits a few ms and the loop's chunks hardly more.
+sys.setswitchinterval(0.0005)

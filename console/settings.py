@@ -133,6 +133,11 @@ else:
             "timeout": 20,
         },
         "TEST": {"NAME": VAR_DIR / "test.sqlite3"},
+        # Kept open for the life of the thread that opened it. Opening one (the file, the
+        # PRAGMAs above, Django's SQL functions) costs ~1 ms, and the web process's one thread
+        # for sync code (chat sockets, live turns) would otherwise pay it at every step of a
+        # turn. A thread that ends (an ASGI request's) closes its connection as it goes.
+        "CONN_MAX_AGE": None,
     }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -93,28 +93,45 @@ def draining_check(*, agent: Agent) -> None:
         )
 
 
-def _chat_agent(*, user: User, agent_id: object) -> Agent:
-    user_check_active(user=user)
-    agent = Agent.objects.filter(pk=agent_id, owner=user, deleted_at__isnull=True).first()
+def _turn_begin(
+    *, user: User, agent_id: object, session_id: str | None, prompt: str
+) -> tuple[Agent, Session | None]:
+    """A turn's checks and its session, in one step and one query when all is well: the user
+    may act (read afresh, since a chat socket's user object outlives a suspension), the agent
+    is theirs and, once it runs, the session named (titled by the prompt when it has no title)
+    or a new one. No session while the agent is not running: the caller waits for it."""
+    session = None
+    if session_id:
+        session = (
+            Session.objects.select_related("agent", "user__quota")
+            .filter(pk=session_id, user=user, agent_id=agent_id, agent__deleted_at__isnull=True)
+            .first()
+        )
+    if session is not None:
+        agent, acting = session.agent, session.user
+    else:
+        agent = (
+            Agent.objects.select_related("owner__quota")
+            .filter(pk=agent_id, owner=user, deleted_at__isnull=True)
+            .first()
+        )
+        acting = agent.owner if agent else User.objects.get(pk=user.pk)
+    user_check_active(user=acting)
     if agent is None:
         raise AgentNotFound(f"no agent {agent_id}")
-    return agent
-
-
-def _turn_begin(*, user: User, agent: Agent, session_id: str | None, prompt: str) -> Session:
-    if session_id:
-        session = Session.objects.filter(pk=session_id, agent=agent, user=user).first()
-        if session is None:
-            raise NotFound(f"no session {session_id} with this agent")
-        if session.closed_at is not None:
-            raise AgentNotRunning("this session is closed", details={"session_id": session_id})
-        if not session.title:
-            session.title = prompt.strip()[:80]
-            Session.objects.filter(pk=session.pk, title="").update(title=session.title)
-    else:
+    if agent.status != _STATUS.RUNNING:
+        return agent, None
+    if session is None and session_id:
+        raise NotFound(f"no session {session_id} with this agent")
+    if session is None:
         draining_check(agent=agent)
-        session = Session.objects.create(agent=agent, user=user, title=prompt.strip()[:80])
-    return session
+        return agent, Session.objects.create(agent=agent, user=user, title=prompt.strip()[:80])
+    if session.closed_at is not None:
+        raise AgentNotRunning("this session is closed", details={"session_id": session_id})
+    if not session.title:
+        session.title = prompt.strip()[:80]
+        Session.objects.filter(pk=session.pk, title="").update(title=session.title)
+    return agent, session
 
 
 def _storable(text: str) -> str:
@@ -158,13 +175,16 @@ def _turn_finish(
     )
 
 
-async def _wait_running(*, user: User, agent_id: object) -> Agent:
-    """The agent once it runs; a turn sent right after spawning waits for the boot to finish."""
+async def _turn_begun(*, turn: ChatTurn) -> tuple[Agent, Session]:
+    """The turn's running agent and its session; a turn sent right after spawning waits for
+    the boot to finish."""
     deadline = time.monotonic() + settings.AGENT_BOOT_WAIT_SECONDS
     while True:
-        agent = await sync_to_async(_chat_agent)(user=user, agent_id=agent_id)
-        if agent.status == _STATUS.RUNNING:
-            return agent
+        agent, session = await sync_to_async(_turn_begin)(
+            user=turn.user, agent_id=turn.agent_id, session_id=turn.session_id, prompt=turn.prompt
+        )
+        if session is not None:
+            return agent, session
         booting = agent.status in (_STATUS.PENDING, _STATUS.STARTING)
         if not booting or time.monotonic() >= deadline:
             raise AgentNotRunning(
@@ -217,10 +237,7 @@ class ChatTurn:
 
 async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
     """Send a turn to a running agent; refusals (from here or the runtime) raise before reading."""
-    agent = await _wait_running(user=turn.user, agent_id=turn.agent_id)
-    session = await sync_to_async(_turn_begin)(
-        user=turn.user, agent=agent, session_id=turn.session_id, prompt=turn.prompt
-    )
+    agent, session = await _turn_begun(turn=turn)
     since = timezone.now()
     body = {
         "prompt": turn.prompt,

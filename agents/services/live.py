@@ -343,35 +343,35 @@ def live_turn_prepare(
     """A new prompt (``send``), the last prompt asked again (``regenerate``), or the user
     message ``message_id`` replaced by ``content`` (``edit``), in the user's open session."""
     session = session_for_turn(user=user, session_id=session_id)
-    messages = list(
-        Message.objects.filter(session=session).values_list("pk", "role", "content")
-    )  # user, assistant, user, assistant…: a turn records both at once
+    messages = Message.objects.filter(session=session)  # user, assistant, user, assistant…
     keep_turns = None
     if kind == "send":
         assert content is not None
-        kept, prompt = len(messages), content
-    elif kind == "regenerate":
-        asked = [i for i, (_, role, _) in enumerate(messages) if role == Message.Role.USER]
-        if not asked:
-            raise Conflict(
-                "there is no reply to regenerate yet", details={"session_id": session_id}
-            )
-        kept = asked[-1]
-        prompt = messages[kept][2]
-        keep_turns = kept // 2
+        kept, prompt = messages.count(), content
     else:
-        assert content is not None
-        where = [
-            i
-            for i, (pk, role, _) in enumerate(messages)
-            if pk == message_id and role == Message.Role.USER
-        ]
-        if not where:
-            raise NotFound(
-                f"this session has no message {message_id} of yours",
-                details={"message_id": message_id},
-            )
-        kept, prompt, keep_turns = where[0], content, where[0] // 2
+        roles = list(messages.values_list("pk", "role"))  # a turn records both at once
+        if kind == "regenerate":
+            asked = [i for i, (_, role) in enumerate(roles) if role == Message.Role.USER]
+            if not asked:
+                raise Conflict(
+                    "there is no reply to regenerate yet", details={"session_id": session_id}
+                )
+            kept = asked[-1]
+            prompt = messages.get(pk=roles[kept][0]).content
+        else:
+            assert content is not None
+            where = [
+                i
+                for i, (pk, role) in enumerate(roles)
+                if pk == message_id and role == Message.Role.USER
+            ]
+            if not where:
+                raise NotFound(
+                    f"this session has no message {message_id} of yours",
+                    details={"message_id": message_id},
+                )
+            kept, prompt = where[0], content
+        keep_turns = kept // 2
     turn = ChatTurn(
         user=user,
         agent_id=session.agent_id,

@@ -505,6 +505,29 @@ def test_refusals_end_the_turn_with_a_clear_error(user, session, agent, fake_ant
     assert not Message.objects.exists()
 
 
+def test_a_user_suspended_while_their_socket_is_open_is_refused_their_next_turn(
+    user, session, fake_anthropic
+):
+    from console.services import quota_set_suspended
+
+    sid = str(session.pk)
+
+    async def scenario():
+        socket = _socket(user)
+        await _connected(socket)  # the socket's user object is loaded, and checked, here
+        await sync_to_async(quota_set_suspended)(user_ids=[user.pk], suspended=True)
+        await socket.send_json_to({"type": "send", "session_id": sid, "content": "hi"})
+        events = await _until(socket, TERMINAL)
+        await socket.disconnect()
+        return events[-1]
+
+    refused = run(scenario)
+    assert (refused["type"], refused["error"]["code"]) == ("error", "user_suspended"), refused
+    assert refused["status"] == 403
+    assert not fake_anthropic.requests
+    assert not Message.objects.exists()
+
+
 def test_events_are_json_objects_with_a_type(user, quiet_session):
     """Every event the socket sends is a JSON text frame."""
 
