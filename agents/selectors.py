@@ -195,7 +195,7 @@ def chat_budgets(*, user: User) -> list[dict[str, str]]:
     budgets = list(Budget.objects.filter(user=user).select_related("user__quota"))
     if not budgets:
         return []
-    quota = getattr(user, "quota", None)
+    quota = getattr(budgets[0].user, "quota", None)  # joined above, fresh
     windows = budget_windows(
         budgets=budgets, timezones={user.pk: quota.timezone if quota else "UTC"}
     )
