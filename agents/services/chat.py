@@ -128,10 +128,15 @@ def _turn_begin(
         return agent, Session.objects.create(agent=agent, user=user, title=prompt.strip()[:80])
     if session.closed_at is not None:
         raise AgentNotRunning("this session is closed", details={"session_id": session_id})
+    return agent, _titled(session, prompt)
+
+
+def _titled(session: Session, prompt: str) -> Session:
+    """The session, titled by the prompt if it has no title yet."""
     if not session.title:
         session.title = prompt.strip()[:80]
         Session.objects.filter(pk=session.pk, title="").update(title=session.title)
-    return agent, session
+    return session
 
 
 def _storable(text: str) -> str:
@@ -178,6 +183,11 @@ def _turn_finish(
 async def _turn_begun(*, turn: ChatTurn) -> tuple[Agent, Session]:
     """The turn's running agent and its session; a turn sent right after spawning waits for
     the boot to finish."""
+    read = turn.session
+    if read is not None and read.agent.status == _STATUS.RUNNING:
+        if read.title:
+            return read.agent, read
+        return read.agent, await sync_to_async(_titled)(read, turn.prompt)
     deadline = time.monotonic() + settings.AGENT_BOOT_WAIT_SECONDS
     while True:
         agent, session = await sync_to_async(_turn_begin)(
@@ -233,6 +243,9 @@ class ChatTurn:
     session_id: str | None = None
     max_tokens: int = 4096
     keep_turns: int | None = None
+    # The open session as the caller has just read it, with its agent, having checked that the
+    # user may act (``live_turn_prepare``): the turn begins without reading them again.
+    session: Session | None = None
 
 
 async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:

@@ -42,6 +42,7 @@ from agents.services.chat import (
 from agents.services.sessions import session_for_turn
 from console.errors import Conflict, ConsoleError, NotFound
 from console.models import User
+from console.services import user_check_active
 
 __all__ = [
     "FollowedTurn",
@@ -343,6 +344,7 @@ def live_turn_prepare(
     """A new prompt (``send``), the last prompt asked again (``regenerate``), or the user
     message ``message_id`` replaced by ``content`` (``edit``), in the user's open session."""
     session = session_for_turn(user=user, session_id=session_id)
+    user_check_active(user=session.user)  # afresh: a chat socket's user object outlives a change
     messages = Message.objects.filter(session=session)  # user, assistant, user, assistant…
     keep_turns = None
     if kind == "send":
@@ -379,6 +381,7 @@ def live_turn_prepare(
         session_id=str(session.pk),
         max_tokens=max_tokens,
         keep_turns=keep_turns,
+        session=session,
     )
     return LiveTurn(turn, kept)
 

@@ -57,8 +57,13 @@ def session_close(*, user: User, session: Session) -> Session:
 
 
 def session_for_turn(*, user: User, session_id: uuid.UUID | str) -> Session:
-    """The user's open session with a live agent, for a turn or a cancel."""
-    session = Session.objects.filter(pk=session_id, user=user).select_related("agent").first()
+    """The user's open session with a live agent, for a turn or a cancel; its agent and its
+    user's quota come with it, read afresh."""
+    session = (
+        Session.objects.filter(pk=session_id, user=user)
+        .select_related("agent", "user__quota")
+        .first()
+    )
     if session is None or session.agent.deleted_at is not None:
         raise NotFound(f"you have no session {session_id}")
     if session.closed_at is not None:
