@@ -292,7 +292,7 @@ async def session_cancel(request: HttpRequest, session_id: uuid.UUID) -> HttpRes
             raise MethodNotAllowed("use POST")
         user = await request_user(request, scope="write")
         session = await sync_to_async(services.session_for_turn)(user=user, session_id=session_id)
-        if not await services.turn_cancel(str(session.pk)):
+        if not await services.live_stop(str(session.pk)):
             raise Conflict("no turn is in flight in this session")
     except ConsoleError as exc:
         return error_response(exc)

@@ -31,6 +31,7 @@ from agents.services.lifecycle import (
     agents_reap_idle,
     agents_reconcile,
 )
+from agents.services.live import live_stop
 from agents.services.sessions import (
     session_close,
     session_create,
@@ -39,7 +40,6 @@ from agents.services.sessions import (
     task_execute,
     task_prompt,
 )
-from agents.services.turns import turn_cancel, turn_in_flight
 from agents.services.warm import AgentTemplate, warm_claim, warm_pool_refill, warm_pools_refill
 
 __all__ = [
@@ -69,14 +69,13 @@ __all__ = [
     "host_set_online",
     "hosts_mark_stale",
     "hosts_usage",
+    "live_stop",
     "session_close",
     "session_create",
     "session_for_turn",
     "task_agent",
     "task_execute",
     "task_prompt",
-    "turn_cancel",
-    "turn_in_flight",
     "warm_claim",
     "warm_pool_refill",
     "warm_pools_refill",

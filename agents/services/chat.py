@@ -22,7 +22,6 @@ from django.utils import timezone
 from agents import sandbox
 from agents.models import Agent, Message, Session
 from agents.runtime.sse import sse_events, sse_frame
-from agents.services.turns import turn_watch
 from console.errors import (
     AgentDraining,
     AgentNotFound,
@@ -383,21 +382,22 @@ async def _stoppable(
         await asyncio.wait([reader])  # closed; a cancellation of this generator still raises
 
 
-async def agent_chat_events_stoppable(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
+async def agent_chat_events_stoppable(
+    *, turn: ChatTurn, stopped: asyncio.Event
+) -> AsyncIterator[tuple[str, Any]]:
     """A turn in an existing session as ``(event, data)`` pairs: ``delta`` and ``tool``, then
     ``done`` (the recorded ``ChatResult``), ``error`` (the runtime's or the gateway's refusal)
-    or ``cancelled``. ``turn_cancel`` stops it at any point, while the agent boots too.
+    or ``cancelled``: setting ``stopped`` stops it at any point, while the agent boots too.
     Refusals before the reply starts raise ``ConsoleError``."""
     assert turn.session_id is not None
     session_id = turn.session_id
-    async with turn_watch(session_id) as stopped:
-        try:
-            events = await _unless_stopped(_chat_events(turn=turn), stopped, session_id)
-        except TurnCancelled:
-            yield "cancelled", {"session_id": session_id}
-            return
-        async for item in _stoppable(events, stopped, session_id):
-            yield item
+    try:
+        events = await _unless_stopped(_chat_events(turn=turn), stopped, session_id)
+    except TurnCancelled:
+        yield "cancelled", {"session_id": session_id}
+        return
+    async for item in _stoppable(events, stopped, session_id):
+        yield item
 
 
 def _runtime_error(status: int, body: bytes) -> ConsoleError:

@@ -13,6 +13,7 @@ the group. One turn at a time per session: ``live_turn_start`` claims the sessio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -55,6 +56,7 @@ __all__ = [
     "live_publish",
     "live_replay",
     "live_result",
+    "live_stop",
     "live_turn_prepare",
     "live_turn_result",
     "live_turn_send",
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 # mid-turn frees the session within this time.
 CLAIM_SECONDS = 30.0
 _GROUP_MESSAGE = "chat.event"  # the consumer's ``chat_event`` handler
+_STOP_MESSAGE = "turn.stop"
 _running: set[asyncio.Task[None]] = set()  # turns in flight here, held against collection
 
 
@@ -78,6 +81,7 @@ class _MemorySession:
     events: deque[dict[str, Any]] = field(default_factory=deque)
     touched: float = field(default_factory=time.monotonic)
     claim: tuple[str, float] | None = None  # (turn id, until)
+    stop: str | None = None  # the turn asked to stop
 
 
 class _MemoryLog:
@@ -106,7 +110,7 @@ class _MemoryLog:
         while len(found.events) > settings.CHAT_REPLAY_EVENTS:
             found.events.popleft()
         if release and found.claim and found.claim[0] == release:
-            found.claim = None
+            found.claim = found.stop = None
         return found.seq
 
     async def read(self, session_id: str) -> tuple[int, list[dict[str, Any]]]:
@@ -136,7 +140,16 @@ class _MemoryLog:
     async def release(self, session_id: str, turn_id: str) -> None:
         found = self._sessions.get(session_id)
         if found and found.claim and found.claim[0] == turn_id:
-            found.claim = None
+            found.claim = found.stop = None
+
+    async def ask_stop(self, session_id: str, turn_id: str) -> None:
+        found = self._sessions.get(session_id)
+        if found:
+            found.stop = turn_id
+
+    async def stop_asked(self, session_id: str, turn_id: str) -> bool:
+        found = self._sessions.get(session_id)
+        return bool(found and found.stop == turn_id)
 
 
 # Numbers the event and appends it, trimmed to the cap, in one step: "<seq> <json>". A turn's
@@ -222,6 +235,12 @@ class _RedisLog:
 
     async def release(self, session_id: str, turn_id: str) -> None:
         await self._redis().eval(_RELEASE, 1, f"chat:turn:{session_id}", turn_id)
+
+    async def ask_stop(self, session_id: str, turn_id: str) -> None:
+        await self._redis().set(f"chat:stop:{session_id}", turn_id, ex=int(CLAIM_SECONDS))
+
+    async def stop_asked(self, session_id: str, turn_id: str) -> bool:
+        return await self._redis().get(f"chat:stop:{session_id}") == turn_id.encode()
 
 
 _logs: dict[str, _MemoryLog | _RedisLog] = {}
@@ -319,6 +338,51 @@ async def live_end_abandoned(session_id: str) -> None:
             "status": 502,
         },
     )
+
+
+# --- Stopping a turn ------------------------------------------------------------------------------
+
+
+def _stop_group(session_id: str) -> str:
+    return f"turn.{session_id}"
+
+
+async def live_stop(session_id: str) -> bool:
+    """Ask the turn being written in the session to stop, from any process; False when none
+    is. The request is kept beside the turn's claim as well as sent to it, so a turn that has
+    not begun to listen yet (it has just been started) finds it when it does."""
+    turn_id = await _log().claimed(session_id)
+    if turn_id is None:
+        return False
+    await _log().ask_stop(session_id, turn_id)
+    await get_channel_layer().group_send(
+        _stop_group(session_id), {"type": _STOP_MESSAGE, "turn_id": turn_id}
+    )
+    return True
+
+
+@contextlib.asynccontextmanager
+async def _stop_watch(session_id: str, turn_id: str) -> AsyncIterator[asyncio.Event]:
+    """While the block runs, an event that is set once someone asks the turn to stop."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = _stop_group(session_id)
+    await layer.group_add(group, channel)  # before reading the request: nothing falls between
+    stopped = asyncio.Event()
+
+    async def listen() -> None:
+        if not await _log().stop_asked(session_id, turn_id):
+            while (await layer.receive(channel)).get("turn_id") != turn_id:
+                pass
+        stopped.set()
+
+    listener = asyncio.create_task(listen())
+    try:
+        yield stopped
+    finally:
+        listener.cancel()
+        await asyncio.wait([listener])
+        await layer.group_discard(group, channel)
 
 
 # --- Turns ---------------------------------------------------------------------------------------
@@ -496,26 +560,30 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
             await asyncio.sleep(CLAIM_SECONDS / 3)
             await _log().renew(session_id, turn_id, CLAIM_SECONDS)
 
+    async def publish(name: str, data: Any) -> None:
+        if name == "delta":
+            await live_publish(session_id, {"type": "delta", **head, "text": data["text"]})
+        elif name == "tool":
+            await live_publish(session_id, {"type": "tool", **head, "tool": data})
+        elif name == "done":
+            done = await sync_to_async(_done_data)(user=turn.user, result=data)
+            await end({"type": "done", "kept_messages": live.kept_messages, **done})
+        elif name == "cancelled":
+            await end({"type": "cancelled"})
+        elif name == "error":
+            error = _error_body(
+                data.get("code") or "agent_error",
+                data.get("message") or "the agent failed",
+                data.get("details"),
+            )
+            # Mid-reply: the runtime's stream ended with it, its call having begun well.
+            await end({"type": "error", "error": error, "status": 502})
+
     holding = asyncio.create_task(hold())
     try:
-        async for name, data in agent_chat_events_stoppable(turn=turn):
-            if name == "delta":
-                await live_publish(session_id, {"type": "delta", **head, "text": data["text"]})
-            elif name == "tool":
-                await live_publish(session_id, {"type": "tool", **head, "tool": data})
-            elif name == "done":
-                done = await sync_to_async(_done_data)(user=turn.user, result=data)
-                await end({"type": "done", "kept_messages": live.kept_messages, **done})
-            elif name == "cancelled":
-                await end({"type": "cancelled"})
-            elif name == "error":
-                error = _error_body(
-                    data.get("code") or "agent_error",
-                    data.get("message") or "the agent failed",
-                    data.get("details"),
-                )
-                # Mid-reply: the runtime's stream ended with it, its call having begun well.
-                await end({"type": "error", "error": error, "status": 502})
+        async with _stop_watch(session_id, turn_id) as stopped:
+            async for name, data in agent_chat_events_stoppable(turn=turn, stopped=stopped):
+                await publish(name, data)
     except ConsoleError as exc:
         error = _error_body(exc.code, exc.message, exc.details)
         refusal = {"type": "error", "error": error, "status": exc.status}

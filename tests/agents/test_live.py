@@ -10,6 +10,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from agents.services import live
+from agents.services.chat import ChatTurn
 
 BACKENDS = [
     pytest.param("", id="memory"),
@@ -110,3 +111,23 @@ def test_a_turn_still_being_written_or_ended_is_left_alone(backend):
     async_to_sync(live.live_publish)(session, done, ending=turn)
     async_to_sync(live.live_end_abandoned)(session)
     assert [e["type"] for e in _events(session)] == ["turn_started", "done"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_asked_as_a_turn_starts_stops_it_before_it_listens(backend, user):
+    """A stop that arrives between the turn's claim and its first step (its task has not run
+    yet, so it listens for nothing) still stops it; a stop asked of no turn is refused."""
+    session = str(uuid.uuid4())
+    turn = ChatTurn(user=user, agent_id=uuid.uuid4(), prompt="hi", session_id=session)
+
+    async def go() -> tuple[bool, bool, list[dict]]:
+        nothing_to_stop = await live.live_stop(session)
+        started = await live.live_turn_start(live=live.LiveTurn(turn, kept_messages=0))
+        stopped = await live.live_stop(session)  # no await between: the turn has not run
+        followed = live.live_follow(session, turn_id=started["turn_id"], after=started["seq"])
+        return nothing_to_stop, stopped, [event async for event in followed]
+
+    nothing_to_stop, stopped, events = async_to_sync(go)()
+    assert (nothing_to_stop, stopped) == (False, True)
+    assert [event["type"] for event in events] == ["cancelled"]
+    assert async_to_sync(live.live_claimed)(session) is None
