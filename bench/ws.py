@@ -16,10 +16,12 @@ spread over them, one session each.
   daphne process's resident memory (RSS) before and after, divided by the sockets, is the
   memory per idle connection. The sockets then stay idle for a while, and every one must still
   answer a WebSocket ping.
-* Streaming: ``--streams`` of them (500; ``--quick`` 100) send a prompt at the same moment. The
-  fake answers each with ``Echo: <prompt>``, one delta per word (``--words`` words), and each
-  delta must reach its socket exactly once, in order, between ``turn_started`` and ``done``, and
-  ``done`` must carry the whole reply as recorded.
+* Streaming: ``--streams`` of them (500; ``--quick`` 100) send a prompt at the same moment
+  (``--spread-ms``: one after another, evenly over that time). The fake answers each with
+  ``Echo: <prompt>``, one delta per word (``--words`` words), and each delta must reach its
+  socket exactly once, in order, between ``turn_started`` and ``done``, and ``done`` must carry
+  the whole reply as recorded. Sent at once, the replies' deltas come in waves, every reply's
+  at the same moment: the last chunk of a wave waits for the whole wave.
 
 How the added latency of a chunk is measured: the fake runs in a process of its own (so that
 neither this client's work nor its GIL delays it), and it notes the moment it writes each text
@@ -39,7 +41,7 @@ CPU each part spent. Targets (issue 6): 5,000 idle connections at <= 100 KiB of 
 each; 500 concurrent streaming chats with added chunk latency p99 <= 50 ms; no lost chunk.
 
     python bench/ws.py [--quick] [--sockets N] [--streams M] [--agents A] [--words W]
-        [--chunk-delay-ms MS] [--idle-seconds S] [--database-url postgres://…/agent_console_bench_ws]
+        [--chunk-delay-ms MS] [--spread-ms MS] [--idle-seconds S] [--database-url postgres://…/agent_console_bench_ws]
         [--redis-url redis://127.0.0.1:6379/N] [--latencies-csv PATH]
 
 The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
@@ -546,23 +548,21 @@ class _Bench:
         for sock in chosen:
             sock.frames.clear()
             sock.ended.clear()
+        when = "at once" if not args.spread_ms else f"spread evenly over {args.spread_ms:g} ms"
         print(
-            f"\nstreaming: {len(chosen)} sockets send a prompt at once; the fake writes "
+            f"\nstreaming: {len(chosen)} sockets send a prompt {when}; the fake writes "
             f"{args.words + 1} deltas each, {args.chunk_delay_ms:g} ms apart",
             flush=True,
         )
         cpu = _Cpu(self.cpu_parts)
         started = time.monotonic()
-        await asyncio.gather(
-            *(
-                sock.ws.send_str(
-                    json.dumps(
-                        {"type": "send", "session_id": sock.chat.session_id, "content": prompt}
-                    )
-                )
-                for sock, prompt in prompts.items()
-            )
-        )
+
+        async def send(n: int, sock: _Socket, prompt: str) -> None:
+            await asyncio.sleep(args.spread_ms / 1000 * n / len(prompts))
+            frame = {"type": "send", "session_id": sock.chat.session_id, "content": prompt}
+            await sock.ws.send_str(json.dumps(frame))
+
+        await asyncio.gather(*(send(n, *item) for n, item in enumerate(prompts.items())))
         budget = 60 + args.words * args.chunk_delay_ms / 1000 * 3
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(sock.ended.wait() for sock in chosen)), budget)
@@ -702,6 +702,12 @@ def main() -> None:
         "--chunk-delay-ms", type=float, default=100.0, help="the fake's pause between deltas"
     )
     parser.add_argument("--idle-seconds", type=float, help="how long the sockets stay idle")
+    parser.add_argument(
+        "--spread-ms",
+        type=float,
+        default=0.0,
+        help="send the prompts spread evenly over this long, not at once (default 0: at once)",
+    )
     parser.add_argument(
         "--latencies-csv", type=Path, help="write each chunk's write time and added latency here"
     )
