@@ -149,15 +149,27 @@ def test_prometheus_discovers_the_agents_and_the_autoscaler_reads_a_pools_sessio
         "unscaled": PoolKey(user.pk, model, "Something else."),
     }
 
+    def scraped() -> list[dict]:
+        return httpx.get(
+            f"{prometheus_url}/api/v1/query", params={"query": "agent_active_sessions"}, timeout=5
+        ).json()["data"]["result"]
+
+    # Prometheus finds and scrapes each agent in its own time: wait for all three.
+    everyone = {str(a.pk) for a in [*pooled, elsewhere]}
     deadline = time.monotonic() + 60
     while True:
         readings = pools_observe(pools=pools, prometheus_url=prometheus_url)
-        if readings["support"].sessions == 5 and readings["support"].prometheus_agents == 2:
+        series = scraped()
+        if (
+            readings["support"].sessions == 5
+            and readings["support"].prometheus_agents == 2
+            and {s["metric"]["agent_id"] for s in series} == everyone
+        ):
             break
         if time.monotonic() > deadline:
             targets = httpx.get(f"{prometheus_url}/api/v1/targets", timeout=5).json()
             log = (tmp_path / "prometheus.log").read_text()
-            pytest.fail(f"never read 5 sessions: {readings!r}\n{targets!r}\n{log}")
+            pytest.fail(f"never read 5 sessions: {readings!r}\n{series!r}\n{targets!r}\n{log}")
         time.sleep(0.5)
 
     support = readings["support"]
@@ -167,12 +179,9 @@ def test_prometheus_discovers_the_agents_and_the_autoscaler_reads_a_pools_sessio
     assert readings["unscaled"].sessions is None
     assert "no agent_active_sessions series for pool 'unscaled'" in readings["unscaled"].error
 
-    series = httpx.get(
-        f"{prometheus_url}/api/v1/query", params={"query": "agent_active_sessions"}, timeout=5
-    ).json()["data"]["result"]
     labels = {s["metric"]["agent_id"]: s["metric"] for s in series}
     values = {s["metric"]["agent_id"]: s["value"][1] for s in series}
-    assert set(labels) == {str(a.pk) for a in [*pooled, elsewhere]}
+    assert set(labels) == everyone
     assert "pool" not in labels[str(elsewhere.pk)]  # Prometheus drops a label left empty
     assert values == {str(pooled[0].pk): "3", str(pooled[1].pk): "2", str(elsewhere.pk): "4"}
     for agent in [*pooled, elsewhere]:
