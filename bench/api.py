@@ -37,7 +37,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -54,8 +53,10 @@ from harness import (
     closed_loop,
     console_environment,
     database_url,
+    interrupt_on_signals,
     migrate,
     percentile,
+    print_summary,
     report,
     scratch_database,
     start_console,
@@ -279,10 +280,7 @@ def main() -> None:
         parser.error("--workers needs --server uvicorn (daphne runs one process)")
     args.seconds = args.seconds or (2.0 if args.quick else 8.0)
     args.warmup = 0.5 if args.quick else 1.5
-    # Ctrl-C and SIGTERM raise KeyboardInterrupt, so `finally` stops the server and drops the
-    # database.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupt_on_signals()
 
     began = time.perf_counter()
     server: Child | None = None
@@ -312,9 +310,7 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
-    print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
-    for line in bench.info + bench.targets:
-        print(line)
+    print_summary(began, bench.info + bench.targets)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import sys
 import tempfile
 import time
@@ -67,8 +66,10 @@ from harness import (
     closed_loop,
     console_environment,
     database_url,
+    interrupt_on_signals,
     migrate,
     percentile,
+    print_summary,
     report,
     scratch_database,
     start_console,
@@ -437,10 +438,7 @@ def main() -> None:
     args.warmup = 0.3 if args.quick else 1.0
     args.open_seconds = 2.0 if args.quick else args.seconds
     args.lost_words = 40 if args.quick else 300
-    # Ctrl-C and SIGTERM raise KeyboardInterrupt (even when started in the background, where
-    # SIGINT comes ignored), so `finally` stops the children and drops the database.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupt_on_signals()
 
     began = time.perf_counter()
     children: list[Child] = []
@@ -483,9 +481,7 @@ def main() -> None:
         finally:
             for child in reversed(children):
                 child.stop()
-    print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
-    for line in targets:
-        print(line)
+    print_summary(began, targets)
 
 
 if __name__ == "__main__":

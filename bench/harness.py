@@ -67,6 +67,21 @@ def report(name: str, value: float, unit: str, op: str, target: float) -> str:
     return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
 
 
+def interrupt_on_signals() -> None:
+    """Make Ctrl-C and SIGTERM raise ``KeyboardInterrupt``, even in a bench started in the
+    background (where SIGINT comes ignored), so that its ``finally`` blocks stop what it
+    started and drop its database."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def print_summary(began: float, lines: list[str]) -> None:
+    """The run's length and the load average at its end, then ``lines`` (its TARGET lines)."""
+    print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
+    for line in lines:
+        print(line)
+
+
 def console_environment(
     var_dir: Path, database_url: str | None, *, unset: tuple[str, ...] = (), **variables: str
 ) -> None:

@@ -89,8 +89,10 @@ from harness import (
     console_environment,
     cpu_seconds,
     database_url,
+    interrupt_on_signals,
     migrate,
     percentile,
+    print_summary,
     report,
     scratch_database,
     start_console,
@@ -733,9 +735,7 @@ def main() -> None:
     files = _raise_file_limit()
     if files < args.sockets + 1000:
         parser.error(f"{args.sockets} sockets need more open files than the limit of {files}")
-    # Ctrl-C and SIGTERM raise KeyboardInterrupt, so `finally` stops everything started here.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupt_on_signals()
 
     began = time.perf_counter()
     targets: list[str] = []
@@ -750,9 +750,7 @@ def main() -> None:
         finally:
             if args.redis_url:
                 _flush_redis(args.redis_url)
-    print(f"total: {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.1f}")
-    for line in targets:
-        print(line)
+    print_summary(began, targets)
 
 
 if __name__ == "__main__":
