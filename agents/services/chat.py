@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 from asgiref.sync import sync_to_async
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 _STATUS = Agent.Status
-T = TypeVar("T")
 
 
 def agent_for_user(*, user: User, agent_id: object) -> Agent:
@@ -324,41 +323,33 @@ class TurnCancelled(Conflict):
     code = "turn_cancelled"
 
 
-async def _unless_stopped(work: Awaitable[T], stopped: asyncio.Event, session_id: str) -> T:
-    """``work``'s result, unless ``stopped`` is set first: then ``work`` is cancelled (and with it
-    the calls it made) and ``TurnCancelled`` raised."""
-    task = asyncio.ensure_future(work)
-    stop = asyncio.ensure_future(stopped.wait())
-    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-    stop.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise TurnCancelled("the turn was stopped", details={"session_id": session_id})
-    return task.result()
-
-
 _READ_ALL = object()  # the reader's last word
 
 
-async def _stoppable(
-    events: AsyncIterator[tuple[str, Any]], stopped: asyncio.Event, session_id: str
+async def agent_chat_events_stoppable(
+    *, turn: ChatTurn, stopped: asyncio.Event
 ) -> AsyncIterator[tuple[str, Any]]:
-    """``events`` until ``stopped`` is set; then ``("cancelled", …)``. A task of its own reads
-    them into a queue, and a stop cancels that task: it ends the reading (and with it the calls
-    it made) but never interrupts what the caller does with an event, and an event costs a
-    queue's put and get, not tasks of its own."""
+    """A turn in an existing session as ``(event, data)`` pairs: ``delta`` and ``tool``, then
+    ``done`` (the recorded ``ChatResult``), ``error`` (the runtime's or the gateway's refusal)
+    or ``cancelled``: setting ``stopped`` stops it at any point, while the agent boots too.
+    Refusals before the reply starts raise ``ConsoleError``.
+
+    A task of its own opens the turn and reads its events into a queue, and a stop cancels that
+    task: it ends the opening or the reading (and with them the calls they made) but never
+    interrupts what the caller does with an event, and an event costs a queue's put and get,
+    not tasks of its own."""
+    assert turn.session_id is not None
+    session_id = turn.session_id
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def read() -> None:
         try:
-            async for item in events:
-                queue.put_nowait(item)
+            async with contextlib.aclosing(await _chat_events(turn=turn)) as events:
+                async for item in events:
+                    queue.put_nowait(item)
         except Exception as exc:
             queue.put_nowait(exc)
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
             queue.put_nowait(_READ_ALL)
 
     async def stop() -> None:
@@ -380,24 +371,6 @@ async def _stoppable(
         stopper.cancel()
         reader.cancel()
         await asyncio.wait([reader])  # closed; a cancellation of this generator still raises
-
-
-async def agent_chat_events_stoppable(
-    *, turn: ChatTurn, stopped: asyncio.Event
-) -> AsyncIterator[tuple[str, Any]]:
-    """A turn in an existing session as ``(event, data)`` pairs: ``delta`` and ``tool``, then
-    ``done`` (the recorded ``ChatResult``), ``error`` (the runtime's or the gateway's refusal)
-    or ``cancelled``: setting ``stopped`` stops it at any point, while the agent boots too.
-    Refusals before the reply starts raise ``ConsoleError``."""
-    assert turn.session_id is not None
-    session_id = turn.session_id
-    try:
-        events = await _unless_stopped(_chat_events(turn=turn), stopped, session_id)
-    except TurnCancelled:
-        yield "cancelled", {"session_id": session_id}
-        return
-    async for item in _stoppable(events, stopped, session_id):
-        yield item
 
 
 def _runtime_error(status: int, body: bytes) -> ConsoleError:
