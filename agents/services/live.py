@@ -362,27 +362,36 @@ async def live_stop(session_id: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _stop_watch(session_id: str, turn_id: str) -> AsyncIterator[asyncio.Event]:
-    """While the block runs, an event that is set once someone asks the turn to stop."""
+async def _in_group(group: str) -> AsyncIterator[str]:
+    """A new channel of this process, a member of ``group`` while the block runs. Join before
+    reading what the group's messages would tell: then nothing falls in between."""
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    group = _stop_group(session_id)
-    await layer.group_add(group, channel)  # before reading the request: nothing falls between
-    stopped = asyncio.Event()
-
-    async def listen() -> None:
-        if not await _log().stop_asked(session_id, turn_id):
-            while (await layer.receive(channel)).get("turn_id") != turn_id:
-                pass
-        stopped.set()
-
-    listener = asyncio.create_task(listen())
+    await layer.group_add(group, channel)
     try:
-        yield stopped
+        yield channel
     finally:
-        listener.cancel()
-        await asyncio.wait([listener])
         await layer.group_discard(group, channel)
+
+
+@contextlib.asynccontextmanager
+async def _stop_watch(session_id: str, turn_id: str) -> AsyncIterator[asyncio.Event]:
+    """While the block runs, an event that is set once someone asks the turn to stop."""
+    stopped = asyncio.Event()
+    async with _in_group(_stop_group(session_id)) as channel:
+
+        async def listen() -> None:
+            if not await _log().stop_asked(session_id, turn_id):
+                while (await get_channel_layer().receive(channel)).get("turn_id") != turn_id:
+                    pass
+            stopped.set()
+
+        listener = asyncio.create_task(listen())
+        try:
+            yield stopped
+        finally:
+            listener.cancel()
+            await asyncio.wait([listener])
 
 
 # --- Turns ---------------------------------------------------------------------------------------
@@ -502,12 +511,7 @@ async def live_follow(
     """The events of the turn ``turn_id`` numbered above ``after``, in order and once each:
     what the log holds, then live from the session's group (any process may run the turn),
     until the turn's last event (``done``, ``cancelled`` or ``error``)."""
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    group = ev.session_group(session_id)
-    await layer.group_add(group, channel)  # before reading the log: nothing falls in between
-    seen = after
-    try:
+    async with _in_group(ev.session_group(session_id)) as channel:
         replay = await live_replay(session_id, after=after)
         if not _ends(replay.events, turn_id) and await live_claimed(session_id) != turn_id:
             replay = await live_replay(session_id, after=after)  # it may have ended meanwhile
@@ -516,7 +520,7 @@ async def live_follow(
                     "this turn's events are no longer kept: read the session's messages",
                     details={"session_id": session_id, "turn_id": turn_id},
                 )
-        pending = replay.events
+        pending, seen = replay.events, after
         while True:
             for event in pending:
                 seen = event["seq"]
@@ -525,10 +529,8 @@ async def live_follow(
                 yield event
                 if event["type"] in _ENDS:
                     return
-            message = await layer.receive(channel)
+            message = await get_channel_layer().receive(channel)
             pending = await live_next(session_id, after=seen, event=message["event"])
-    finally:
-        await layer.group_discard(group, channel)
 
 
 def _error_body(code: str, message: str, details: dict[str, Any] | None) -> ev.ErrorBody:
