@@ -47,6 +47,7 @@ from agents.services.live import (
     live_result,
     live_turn_result,
     live_turn_send,
+    live_turn_stop,
 )
 from agents.views import (
     IDEMPOTENCY_KEY,
@@ -60,7 +61,6 @@ from console.api.permissions import HasScope
 from console.authentication import request_user
 from console.errors import (
     BadRequest,
-    Conflict,
     ConsoleError,
     MethodNotAllowed,
     error_response,
@@ -291,12 +291,10 @@ async def session_cancel(request: HttpRequest, session_id: uuid.UUID) -> HttpRes
         if request.method != "POST":
             raise MethodNotAllowed("use POST")
         user = await request_user(request, scope="write")
-        session = await sync_to_async(services.session_for_turn)(user=user, session_id=session_id)
-        if not await services.live_stop(str(session.pk)):
-            raise Conflict("no turn is in flight in this session")
+        await live_turn_stop(user=user, session_id=str(session_id))
     except ConsoleError as exc:
         return error_response(exc)
-    return JsonResponse({"session_id": str(session.pk), "cancelled": True}, status=202)
+    return JsonResponse({"session_id": str(session_id), "cancelled": True}, status=202)
 
 
 # --- One-shot tasks ------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 A socket follows at most one session at a time. Frames are JSON objects whose ``type`` names
 the handler (``client_<type>``); their payloads, and every event sent back, are the TypedDicts
 of ``agents.events``. The work is the services': ``live_turn_prepare``/``live_turn_start`` run a
-turn that outlives the socket, ``live_replay`` gives what a page missed, ``live_stop`` stops a
-turn from any process. Refusals become ``error`` events here, in ``receive``, and the socket
+turn that outlives the socket, ``live_replay`` gives what a page missed, ``live_turn_stop`` stops
+a turn from any process. Refusals become ``error`` events here, in ``receive``, and the socket
 stays open. An idle socket costs its channel-layer membership and nothing else: no timer, no
 task, no database work.
 """
@@ -24,19 +24,17 @@ from rest_framework import serializers
 from agents import events as ev
 from agents.selectors import chat_session_owned, chat_snapshot
 from agents.serializers import validated
-from agents.services import session_for_turn
 from agents.services.live import (
     live_claimed,
     live_end_abandoned,
     live_next,
     live_replay,
-    live_stop,
     live_turn_prepare,
     live_turn_start,
+    live_turn_stop,
 )
 from console.errors import (
     BadRequest,
-    Conflict,
     ConsoleError,
     NotFound,
     PayloadTooLarge,
@@ -227,10 +225,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self._start(data, kind="edit", content=data["content"], message_id=data["message_id"])
 
     async def client_stop(self, frame: dict[str, Any]) -> None:
-        session_id = _valid(_SessionFrame, frame)["session_id"]
-        await database_sync_to_async(session_for_turn)(user=self.user, session_id=session_id)
-        if not await live_stop(session_id):
-            raise Conflict("no reply is being written in this session")
+        await live_turn_stop(user=self.user, session_id=_valid(_SessionFrame, frame)["session_id"])
 
     # --- Channel-layer messages ----------------------------------------------------------------
 

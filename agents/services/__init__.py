@@ -31,7 +31,6 @@ from agents.services.lifecycle import (
     agents_reap_idle,
     agents_reconcile,
 )
-from agents.services.live import live_stop
 from agents.services.sessions import (
     session_close,
     session_create,
@@ -69,7 +68,6 @@ __all__ = [
     "host_set_online",
     "hosts_mark_stale",
     "hosts_usage",
-    "live_stop",
     "session_close",
     "session_create",
     "session_for_turn",

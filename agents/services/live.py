@@ -61,6 +61,7 @@ __all__ = [
     "live_turn_result",
     "live_turn_send",
     "live_turn_start",
+    "live_turn_stop",
 ]
 
 log = logging.getLogger(__name__)
@@ -359,6 +360,15 @@ async def live_stop(session_id: str) -> bool:
         _stop_group(session_id), {"type": _STOP_MESSAGE, "turn_id": turn_id}
     )
     return True
+
+
+async def live_turn_stop(*, user: User, session_id: str) -> None:
+    """Stop the turn being written in the user's open session; ``Conflict`` when none is."""
+    await sync_to_async(session_for_turn)(user=user, session_id=session_id)
+    if not await live_stop(session_id):
+        raise Conflict(
+            "no reply is being written in this session", details={"session_id": session_id}
+        )
 
 
 @contextlib.asynccontextmanager
