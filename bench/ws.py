@@ -71,10 +71,8 @@ import math
 import os
 import resource
 import secrets
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,16 +127,9 @@ def _serve_fake(record: Path, chunk_delay: float, api_key: str) -> None:
             chat.set(last.split(" ", 1)[0] if isinstance(last, str) else "?")
             return await super()._messages(request, body)
 
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    fake = StampingFake(chunk_delay=chunk_delay, required_api_key=api_key).start()
-    print(f"FAKE_ANTHROPIC_URL={fake.base_url}", flush=True)
     try:
-        while not done.wait(0.5):
-            pass
+        fakes.serve_until_signalled(StampingFake(chunk_delay=chunk_delay, required_api_key=api_key))
     finally:
-        fake.stop()
         out.close()
 
 

@@ -545,12 +545,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=None, help="require this x-api-key")
     args = parser.parse_args(argv)
 
+    serve_until_signalled(
+        FakeAnthropic(
+            chunk_delay=args.chunk_delay,
+            required_api_key=args.api_key,
+            host=args.host,
+            port=args.port,
+        )
+    )
+
+
+def serve_until_signalled(fake: FakeAnthropic) -> None:
+    """Start ``fake``, print ``FAKE_ANTHROPIC_URL=<its address>`` for the process that started
+    this one, and serve until SIGINT or SIGTERM."""
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    fake = FakeAnthropic(
-        chunk_delay=args.chunk_delay, required_api_key=args.api_key, host=args.host, port=args.port
-    ).start()
+    fake.start()
     print(f"FAKE_ANTHROPIC_URL={fake.base_url}", flush=True)
     try:
         while not done.wait(0.5):
