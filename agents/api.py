@@ -57,7 +57,7 @@ from agents.views import (
     sse_response,
 )
 from console.api.pagination import ApiCursorPagination
-from console.api.permissions import HasScope
+from console.api.permissions import HasScope, is_operator
 from console.authentication import request_user
 from console.errors import (
     BadRequest,
@@ -108,12 +108,13 @@ class AgentViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Agent.objects.none()
+        viewer, operator = self.request.user, is_operator(self.request)
         if self.action != "list":
-            return selectors.agent_list(viewer=self.request.user)
+            return selectors.agent_list(viewer=viewer, operator=operator)
         found = _filters(AgentFilterSerializer, self.request)
         username = found.pop("user_id", None)
-        owner = named_user(self.request.user, username) if username else None
-        return selectors.agent_list(viewer=self.request.user, owner=owner, **found)
+        owner = named_user(viewer, username, operator=operator) if username else None
+        return selectors.agent_list(viewer=viewer, operator=operator, owner=owner, **found)
 
     def list(self, request: Request) -> Response:
         rows = selectors.agent_rows(self.get_queryset())
@@ -190,12 +191,18 @@ class SessionViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Session.objects.none()
-        viewer = self.request.user
+        viewer, operator = self.request.user, is_operator(self.request)
         if self.action != "list":
-            return selectors.session_list(viewer=viewer, with_messages=self.action == "retrieve")
+            return selectors.session_list(
+                viewer=viewer, operator=operator, with_messages=self.action == "retrieve"
+            )
         found = _filters(SessionFilterSerializer, self.request)
         return selectors.session_list(
-            viewer=viewer, agent_id=found.get("agent_id"), is_open=found["open"], q=found.get("q")
+            viewer=viewer,
+            operator=operator,
+            agent_id=found.get("agent_id"),
+            is_open=found["open"],
+            q=found.get("q"),
         )
 
     @extend_schema(request=SessionCreateSerializer, responses={201: SessionSerializer})

@@ -28,15 +28,17 @@ __all__ = [
 def agent_list(
     *,
     viewer: User,
+    operator: bool = False,
     owner: User | None = None,
     status: str | None = None,
     model: str | None = None,
     q: str | None = None,
 ) -> QuerySet[Agent]:
-    """Live (not deleted) agents ``viewer`` may see, optionally of one owner, in one status, of
-    one model, or with ``q`` in their name."""
+    """Live (not deleted) agents ``viewer`` may see (``operator``, as ``is_operator`` decided:
+    everyone's), optionally of one owner, in one status, of one model, or with ``q`` in their
+    name."""
     agents = Agent.objects.filter(deleted_at__isnull=True).select_related("owner")
-    if not viewer.is_staff:
+    if not operator:
         agents = agents.filter(owner=viewer)
     if owner is not None:
         agents = agents.filter(owner=owner)
@@ -74,15 +76,16 @@ def agent_rows(agents: QuerySet[Agent]) -> QuerySet[Agent, dict[str, Any]]:
 def session_list(
     *,
     viewer: User,
+    operator: bool = False,
     agent_id: object = None,
     is_open: bool | None = None,
     q: str | None = None,
     with_messages: bool = False,
 ) -> QuerySet[Session]:
-    """Sessions ``viewer`` may see (an operator, everyone's) with their message counts,
+    """Sessions ``viewer`` may see (``operator``: everyone's) with their message counts,
     optionally of one agent, open or closed, or with ``q`` in their title."""
     sessions = Session.objects.annotate(message_count=Count("messages"))
-    if not viewer.is_staff:
+    if not operator:
         sessions = sessions.filter(user=viewer)
     if agent_id:
         sessions = sessions.filter(agent_id=agent_id)
@@ -95,12 +98,12 @@ def session_list(
     return sessions.order_by("-created_at")
 
 
-def agent_stats(*, viewer: User) -> dict[str, Any]:
+def agent_stats(*, viewer: User, operator: bool = False) -> dict[str, Any]:
     """Counts of agents by status, sessions, tokens and cost: everyone's for an operator."""
     agents = Agent.objects.filter(deleted_at__isnull=True)
     sessions = Session.objects.all()
     usage = UsageRecord.objects.all()
-    if not viewer.is_staff:
+    if not operator:
         agents, sessions, usage = (
             agents.filter(owner=viewer),
             sessions.filter(user=viewer),
@@ -114,7 +117,7 @@ def agent_stats(*, viewer: User) -> dict[str, Any]:
         input=Sum("input_tokens"), output=Sum("output_tokens"), cost=Sum("cost_usd")
     )
     return {
-        "scope": "all" if viewer.is_staff else "own",
+        "scope": "all" if operator else "own",
         "total_agents": sum(by_status.values()),
         "active_agents": sum(by_status.get(s, 0) for s in Agent.ACTIVE_STATUSES),
         "by_status": {status: by_status.get(status, 0) for status in Agent.Status.values},

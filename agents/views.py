@@ -28,6 +28,7 @@ from agents.serializers import (
     agent_row_data,
     validated,
 )
+from console.api.permissions import is_operator
 from console.authentication import request_user
 from console.errors import (
     AgentNotFound,
@@ -75,11 +76,11 @@ def _query_uuid(request: Request, name: str) -> uuid.UUID:
         raise BadRequest(f"{name} is not a valid id", details={name: ["Must be a UUID."]}) from None
 
 
-def named_user(viewer: User, username: str | None) -> User:
-    """The user a request names by ``user_id``: the caller, or anyone for an operator."""
+def named_user(viewer: User, username: str | None, *, operator: bool) -> User:
+    """The user a request names by ``user_id``: the caller, or anyone for an ``operator``."""
     if not username or username == viewer.username:
         return viewer
-    if not viewer.is_staff:
+    if not operator:
         raise Forbidden("you may only act for yourself", details={"user_id": username})
     user = User.objects.filter(username=username).first()
     if user is None:
@@ -93,7 +94,7 @@ def spawn_response(request: Request) -> Response:
     params.is_valid(raise_exception=True)
     data = params.validated_data
     agent = services.agent_spawn(
-        owner=named_user(request.user, data.get("user_id")),
+        owner=named_user(request.user, data.get("user_id"), operator=is_operator(request)),
         model=data.get("model"),
         name=data["name"],
         system_prompt=data["system_prompt"],
@@ -111,7 +112,7 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     serializer_class = AgentSerializer
 
     def get_queryset(self):
-        return selectors.agent_list(viewer=self.request.user)
+        return selectors.agent_list(viewer=self.request.user, operator=is_operator(self.request))
 
     @extend_schema(
         request=SpawnRequestSerializer,
@@ -135,8 +136,9 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
         query = ListQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         username = query.validated_data.get("user_id")
-        owner = named_user(request.user, username) if username else None
-        agents = selectors.agent_list(viewer=request.user, owner=owner)
+        operator = is_operator(request)
+        owner = named_user(request.user, username, operator=operator) if username else None
+        agents = selectors.agent_list(viewer=request.user, operator=operator, owner=owner)
         data = [agent_row_data(row) for row in selectors.agent_rows(agents)]
         return Response({"agents": data, "count": len(data)})
 
@@ -144,7 +146,9 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     @action(detail=False, methods=["get"], url_path="get")
     def get_agent(self, request: Request) -> Response:
         agent_id = _query_uuid(request, "agent_id")
-        agent = services.agent_for_user(user=request.user, agent_id=agent_id)
+        agent = services.agent_for_user(
+            user=request.user, agent_id=agent_id, operator=is_operator(request)
+        )
         return Response(AgentSerializer(agent).data)
 
     @extend_schema(parameters=[_AGENT_ID], responses=AgentSerializer)
@@ -152,7 +156,9 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     def delete_agent(self, request: Request) -> Response:
         agent_id = _query_uuid(request, "agent_id")
         agent = services.agent_destroy(
-            agent=services.agent_for_user(user=request.user, agent_id=agent_id),
+            agent=services.agent_for_user(
+                user=request.user, agent_id=agent_id, operator=is_operator(request)
+            ),
             actor=request.user,
         )
         return Response(AgentSerializer(agent).data | {"deleted": True})
@@ -175,7 +181,7 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
     )
     @action(detail=False, methods=["get"], url_path="stats")
     def stats(self, request: Request) -> Response:
-        return Response(selectors.agent_stats(viewer=request.user))
+        return Response(selectors.agent_stats(viewer=request.user, operator=is_operator(request)))
 
 
 def json_object_body(request: HttpRequest) -> dict[str, Any]:
@@ -247,7 +253,9 @@ async def agent_metrics(request: HttpRequest, agent_id: uuid.UUID) -> HttpRespon
             agent = await sync_to_async(_scraped_agent)(agent_id)
         else:
             user = await request_user(request)
-            agent = await sync_to_async(services.agent_for_user)(user=user, agent_id=agent_id)
+            agent = await sync_to_async(services.agent_for_user)(
+                user=user, agent_id=agent_id, operator=is_operator(request)
+            )
         if not agent.endpoint:
             raise AgentUnavailable("the agent is not running", details={"status": agent.status})
         try:

@@ -18,7 +18,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402 - needs Django set up first
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.security.websocket import WebsocketDenier  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.http.request import split_domain_port, validate_host  # noqa: E402
 
 from agents.routing import websocket_urlpatterns  # noqa: E402
 from console.gateway import GatewayApp  # noqa: E402
@@ -35,12 +37,63 @@ async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
         await django_asgi_app(scope, receive, send)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """``scheme://host[:port]`` as (scheme, host, port), default ports filled in; or None."""
+    scheme, sep, rest = url.strip().lower().partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not rest:
+        return None
+    host, port = split_domain_port(rest.split("/", 1)[0])
+    if not host:
+        return None
+    if not port:
+        return scheme, host, _DEFAULT_PORTS[scheme]
+    return (scheme, host, int(port)) if port.isdigit() else None
+
+
+def _page_origin(scope: dict) -> tuple[str, str, int] | None:
+    """The origin a page on this console was served from: the socket's Host (one of
+    ALLOWED_HOSTS) and its scheme (https behind a TLS proxy that says so)."""
+    headers = dict(scope.get("headers") or [])
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not host or not validate_host(split_domain_port(host)[0], settings.ALLOWED_HOSTS):
+        return None
+    secure = scope.get("scheme") == "wss"
+    if proxy := getattr(settings, "SECURE_PROXY_SSL_HEADER", None):
+        name = proxy[0].removeprefix("HTTP_").replace("_", "-").lower().encode()
+        secure = secure or headers.get(name, b"").decode("latin-1") == proxy[1]
+    return _origin(("https://" if secure else "http://") + host)
+
+
+def origin_allowed(scope: dict) -> bool:
+    """Whether a socket comes from one of the console's own pages: its Origin is exactly (scheme,
+    host and port) the page's own, CONSOLE_BASE_URL's, or one of CSRF_TRUSTED_ORIGINS."""
+    raw = dict(scope.get("headers") or []).get(b"origin")
+    origin = _origin(raw.decode("latin-1")) if raw else None
+    if origin is None:
+        return False
+    trusted = [settings.CONSOLE_BASE_URL, *settings.CSRF_TRUSTED_ORIGINS]
+    return origin == _page_origin(scope) or origin in {_origin(url) for url in trusted}
+
+
+class OriginValidator:
+    """Refuses a WebSocket whose Origin is not the console's own (see ``origin_allowed``)."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "websocket" and not origin_allowed(scope):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

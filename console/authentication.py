@@ -1,10 +1,17 @@
-"""API key authentication, for DRF views and for the plain async views (chat, gateway)."""
+"""Authentication: API keys and JWTs for DRF views and the plain async views (chat, gateway),
+and the password backend that counts sign-in attempts (the API, the login page, the admin)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest
+from django.contrib.auth.backends import ModelBackend
+from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
+from django.shortcuts import render
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, throttling
@@ -12,16 +19,26 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken
+from rest_framework_simplejwt.tokens import Token
 
-from console.errors import Forbidden, NotAuthenticated
+from console.errors import Forbidden, NotAuthenticated, RateLimited
 from console.models import ApiKey, Quota, User
-from console.services import api_key_authenticate, request_admit
+from console.services import (
+    api_key_authenticate,
+    client_address,
+    jwt_user,
+    login_attempt_admit,
+    login_attempt_succeeded,
+    request_admit,
+)
 
 __all__ = [
     "ApiKeyAuthentication",
     "JwtAuthentication",
     "QuotaThrottle",
+    "ThrottledModelBackend",
     "bearer_token",
+    "login_page_throttled",
     "request_user",
 ]
 
@@ -65,6 +82,13 @@ class JwtAuthentication(JWTAuthentication):
             return super().authenticate(request)
         except InvalidToken as exc:
             raise AuthenticationFailed("the access token is invalid or expired") from exc
+
+    def get_user(self, validated_token: Token) -> User:
+        """The token's user while its sign-in stands (see ``console.services.credentials``)."""
+        try:
+            return jwt_user(token=validated_token)
+        except NotAuthenticated as exc:
+            raise AuthenticationFailed(exc.message) from exc
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
@@ -144,7 +168,46 @@ async def request_user(request: HttpRequest, *, scope: str = "read") -> User:
     rate, as ``QuotaThrottle`` does."""
     session_user = await request.auser()
     user, key = await sync_to_async(_authenticate)(request, session_user, scope)
+    request.auth = key  # type: ignore[attr-defined]  # for is_operator, as DRF's request.auth
     request.rate_status = await sync_to_async(request_admit)(  # type: ignore[attr-defined]
         user_id=user.pk, api_key=key, quota=_loaded_quota(user)
     )
     return user
+
+
+class ThrottledModelBackend(ModelBackend):
+    """Username and password, each attempt counted per account and per client address first:
+    over the limit, ``RateLimited`` (429) whether the password is right or not."""
+
+    def authenticate(
+        self,
+        request: HttpRequest | None,
+        username: str | None = None,
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> User | None:
+        if username is None:
+            username = kwargs.get(User.USERNAME_FIELD)
+        if username is None or password is None:
+            return None
+        meta = request.META if request is not None else {}
+        attempt = login_attempt_admit(username=username, address=client_address(meta))
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is not None:
+            login_attempt_succeeded(attempt=attempt)
+        return user
+
+
+def login_page_throttled(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A login page (the console's, the admin's) that answers a throttled attempt with 429,
+    its Retry-After and a sentence, instead of the form."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except RateLimited as exc:
+            context = {"message": exc.message, "retry_after": exc.retry_after}
+            return render(request, "429.html", context, status=429, headers=exc.headers())
+
+    return wrapped

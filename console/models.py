@@ -23,6 +23,7 @@ __all__ = [
     "RateCounter",
     "Refusal",
     "Reservation",
+    "TokenFamily",
     "UsageDaily",
     "UsageHourly",
     "UsageRecord",
@@ -403,3 +404,21 @@ class IdempotentRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.method} {self.path} ({self.key})"
+
+
+class TokenFamily(models.Model):
+    """One password sign-in's JWTs: every refresh token rotated from it, and their access
+    tokens. Only the newest refresh token (``current_jti``) may be exchanged; presenting an
+    older one revokes the family, and with it every token it issued."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    current_jti = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    revoked_reason = models.CharField(max_length=40, blank=True)
+
+    def __str__(self) -> str:
+        state = f"revoked ({self.revoked_reason})" if self.revoked_at else "live"
+        return f"sign-in of {self.user_id} at {self.created_at:%Y-%m-%d %H:%M}: {state}"

@@ -45,6 +45,8 @@ if not SECRET_KEY:
 
 PORT = env_int("PORT", 8000, minimum=1)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+# Origins (scheme://host[:port]) trusted for unsafe requests and the chat WebSocket, besides
+# the one a page is served from and CONSOLE_BASE_URL's.
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # The address users and integrations reach the console at; agent URLs are built from it.
 CONSOLE_BASE_URL = env_str("CONSOLE_BASE_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
@@ -284,13 +286,27 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 # JWTs for integrations that sign in with a password: short-lived access, a day's refresh.
+# Refresh tokens rotate; each sign-in is a TokenFamily row that a reused refresh token, a
+# password change or a suspension ends (console.services.credentials).
 JWT_ACCESS_MINUTES = env_int("JWT_ACCESS_MINUTES", 15, minimum=1)
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=JWT_ACCESS_MINUTES),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=1),
+    "ROTATE_REFRESH_TOKENS": True,
+    "ALGORITHM": "HS256",  # verified against this one only: "none" and other keys are refused
+    "SIGNING_KEY": SECRET_KEY,
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": False,
 }
+# Password sign-ins (the API, the login page, the admin), counted exactly across processes:
+# at most this many attempts per account and per client address in any window.
+AUTHENTICATION_BACKENDS = ["console.authentication.ThrottledModelBackend"]
+LOGIN_WINDOW_MINUTES = env_int("LOGIN_WINDOW_MINUTES", 15, minimum=1)
+LOGIN_ATTEMPTS_PER_ACCOUNT = env_int("LOGIN_ATTEMPTS_PER_ACCOUNT", 10, minimum=1)
+LOGIN_ATTEMPTS_PER_ADDRESS = env_int("LOGIN_ATTEMPTS_PER_ADDRESS", 50, minimum=1)
+# How many proxies (nginx) stand in front and append to X-Forwarded-For; 0: none, and the
+# header, which any client can write, is ignored.
+TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0, minimum=0)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent Console API",
     "DESCRIPTION": "Spawn Claude agents in isolated sandboxes, chat with them, and count the cost.",

@@ -10,13 +10,14 @@ from rest_framework.routers import SimpleRouter
 
 from agents import views as agent_views
 from console import views
+from console.authentication import login_page_throttled
 
 hypercore = SimpleRouter(trailing_slash=False)
 hypercore.register("v1/agents", agent_views.HypercoreAgentViewSet, basename="hypercore-agent")
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", login_page_throttled(auth_views.LoginView.as_view()), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
@@ -30,6 +31,7 @@ urlpatterns = [
     path("dashboard/", include("console.dashboard.urls")),
     path("usage/", include("console.usage.urls")),
     path("chat/", include("agents.chat_urls")),
+    path("admin/login/", login_page_throttled(admin.site.login)),
     path("admin/", admin.site.urls),
     path("", include(hypercore.urls)),
 ]

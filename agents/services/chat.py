@@ -48,10 +48,11 @@ __all__ = [
 _STATUS = Agent.Status
 
 
-def agent_for_user(*, user: User, agent_id: object) -> Agent:
-    """The agent if ``user`` may see it (its owner, or an operator); otherwise it does not exist."""
+def agent_for_user(*, user: User, agent_id: object, operator: bool = False) -> Agent:
+    """The agent if ``user`` may see it (its owner, or an ``operator`` as ``is_operator``
+    decided); otherwise it does not exist."""
     agents = Agent.objects.filter(deleted_at__isnull=True)
-    if not user.is_staff:
+    if not operator:
         agents = agents.filter(owner=user)
     agent = agents.select_related("owner").filter(pk=agent_id).first()
     if agent is None:

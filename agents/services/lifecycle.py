@@ -166,9 +166,9 @@ def agent_boot(*, agent_id: str, queued_at: float | None = None) -> None:
 
 
 def _audit(agent: Agent, actor: User | None, verb: str, changes: dict[str, object]) -> None:
-    """Record an operator's (a staff user's) action on an agent in the audit log; an owner
-    acting on their own agent is not an operator action."""
-    if actor is None or not actor.is_staff:
+    """Record an operator's action on an agent in the audit log: acting on another user's agent
+    takes the operator check; an owner acting on their own agent is not an operator action."""
+    if actor is None or actor.pk == agent.owner_id:
         return
     audit_record(
         actor=actor,

@@ -2,34 +2,42 @@
 
 An API key grants the scopes it holds, bounded by its user's role; a browser session or a JWT
 grants everything the role allows. Every user may ``read`` and ``write`` their own things;
-``admin`` (operator endpoints) needs a staff user, whatever a key says.
+``admin`` (operator endpoints) needs a staff user, whatever a key says. ``is_operator`` is the
+one operator check: views pass its answer down to the selectors and services that widen what
+a caller sees or may do, and nothing else looks at ``is_staff`` for it.
 """
 
 from __future__ import annotations
 
+from django.http import HttpRequest
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from console.errors import Forbidden
 from console.models import ApiKey
+from console.services import role_scopes
 
 __all__ = ["HasScope", "IsOperator", "is_operator", "scopes_of"]
 
 READ, WRITE, ADMIN = ApiKey.Scope.READ.value, ApiKey.Scope.WRITE.value, ApiKey.Scope.ADMIN.value
 
 
-def scopes_of(request: Request) -> frozenset[str]:
-    """The scopes the request carries: its key's, within what its user's role allows."""
+def scopes_of(request: Request | HttpRequest) -> frozenset[str]:
+    """The scopes the request carries: its key's, within what its user's role allows. A DRF
+    request, or a plain one (``request_user`` sets its ``auth`` to the key it came with)."""
     user = request.user
     if not user or not user.is_authenticated:
         return frozenset()
-    role = {READ, WRITE, ADMIN} if user.is_staff else {READ, WRITE}
-    if isinstance(request.auth, ApiKey):
-        return frozenset(role.intersection(request.auth.scopes))
-    return frozenset(role)
+    role = role_scopes(user)
+    key = getattr(request, "auth", None)
+    if isinstance(key, ApiKey):
+        return role.intersection(key.scopes)
+    return role
 
 
-def is_operator(request: Request) -> bool:
+def is_operator(request: Request | HttpRequest) -> bool:
+    """Whether the request may use operator powers: a staff user whose credential carries
+    ``admin`` (a browser session or JWT of a staff user does)."""
     return ADMIN in scopes_of(request)
 
 

@@ -9,14 +9,15 @@ from typing import Any
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from rest_framework_simplejwt.exceptions import InvalidToken
+from rest_framework_simplejwt.serializers import TokenObtainSerializer
+from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from console import selectors
@@ -35,7 +36,7 @@ from console.api.serializers import (
     UsageQuerySerializer,
     UsageRowSerializer,
 )
-from console.errors import BadRequest, Forbidden, NotAuthenticated
+from console.errors import BadRequest, Forbidden
 from console.models import ApiKey, Budget, Quota, User
 from console.services import (
     api_key_create,
@@ -44,6 +45,9 @@ from console.services import (
     audited_save,
     audited_update,
     budgets_reset,
+    jwt_families_revoke,
+    jwt_login,
+    jwt_refresh,
     quota_get,
 )
 
@@ -63,23 +67,36 @@ _OPERATORS = [IsAuthenticated, HasScope, IsOperator]
 # --- JWT -----------------------------------------------------------------------------------------
 
 
-class _CleanTokenErrors:
-    """simplejwt's token errors carry a dict as their detail; answer a plain sentence."""
+class _LoginSerializer(TokenObtainSerializer):
+    """``username`` and ``password`` (each attempt counted: 429 past the limit) → a new
+    sign-in's ``access`` and ``refresh`` tokens."""
 
-    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        try:
-            return super().post(request, *args, **kwargs)  # type: ignore[misc]
-        except InvalidToken as exc:
-            detail = exc.detail.get("detail") if isinstance(exc.detail, dict) else exc.detail
-            raise NotAuthenticated(str(detail or "the token is invalid or expired")) from exc
+    token_class = RefreshToken
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
+        super().validate(attrs)  # authenticates, or 401
+        return jwt_login(user=self.user)
 
 
-class LoginView(_CleanTokenErrors, TokenObtainPairView):
+class _RefreshSerializer(serializers.Serializer):
+    refresh = serializers.CharField()
+    access = serializers.CharField(read_only=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
+        return jwt_refresh(raw=attrs["refresh"])
+
+
+class LoginView(TokenObtainPairView):
     """``username`` and ``password`` → a short-lived ``access`` token and a ``refresh`` one."""
 
+    serializer_class = _LoginSerializer
 
-class RefreshView(_CleanTokenErrors, TokenRefreshView):
-    """``refresh`` → a new ``access`` token."""
+
+class RefreshView(TokenRefreshView):
+    """``refresh`` → a new ``access`` token and a new ``refresh`` token; the one sent is spent,
+    and sending it again ends the sign-in (every token descended from it)."""
+
+    serializer_class = _RefreshSerializer
 
 
 # --- API keys ------------------------------------------------------------------------------------
@@ -160,6 +177,8 @@ class QuotaViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         params = QuotaLimitsSerializer(quota, data=request.data, partial=True)
         params.is_valid(raise_exception=True)
         audited_update(instance=quota, values=params.validated_data, actor=request.user)
+        if params.validated_data.get("is_suspended"):
+            jwt_families_revoke(user_ids=[quota.user_id], reason="suspended")
         return Response(QuotaSerializer(quota).data)
 
     @action(detail=False, methods=["get"], permission_classes=_SIGNED_IN)

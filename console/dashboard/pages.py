@@ -1,6 +1,6 @@
-"""What the console's HTML pages share: operators-only access, and one view per URL that
-renders the whole page, or only its fragment when htmx asks (but not for a boosted navigation,
-which wants the page)."""
+"""What the console's HTML pages share: operators-only access (``is_operator``), and one view
+per URL that renders the whole page, or only its fragment when htmx asks (but not for a boosted
+navigation, which wants the page)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,18 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-__all__ = ["page_or_fragment", "staff_required", "wants_fragment"]
+from console.api.permissions import is_operator
+
+__all__ = ["operator_required", "page_or_fragment", "wants_fragment"]
 
 
-def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def operator_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Anonymous visitors go to the login page; signed-in non-operators get 403."""
 
     @wraps(view)
     @login_required
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_staff:
+        if not is_operator(request):
             raise PermissionDenied("operators only")
         return view(request, *args, **kwargs)
 

@@ -176,9 +176,10 @@ def dashboard_agent_list(
     owner: str | None = None,
     q: str | None = None,
 ) -> QuerySet[Agent]:
-    """Live agents for the operator's list, with their owners and hosts; ``owner`` is a
-    username, ``q`` part of the agent's name or its id."""
-    agents = agent_list(viewer=viewer, status=status, model=model).select_related("host")
+    """Live agents for the operator's list (its views are behind ``operator_required``), with
+    their owners and hosts; ``owner`` is a username, ``q`` part of the agent's name or its id."""
+    agents = agent_list(viewer=viewer, operator=True, status=status, model=model)
+    agents = agents.select_related("host")
     if owner:
         agents = agents.filter(owner__username=owner)
     if q:

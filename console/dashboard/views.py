@@ -28,7 +28,7 @@ from console.dashboard.forms import (
     ScalingRuleForm,
     SimulationForm,
 )
-from console.dashboard.pages import page_or_fragment, staff_required, wants_fragment
+from console.dashboard.pages import operator_required, page_or_fragment, wants_fragment
 from console.errors import BadRequest, ConsoleError
 from console.selectors import audit_events
 from scaling import services as scaling_services
@@ -98,7 +98,7 @@ def _query_without(query: QueryDict, *names: str) -> str:
 # --- Overview -----------------------------------------------------------------------------------
 
 
-@staff_required
+@operator_required
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     context = {"o": selectors.fleet_overview()}
@@ -110,7 +110,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 # --- Agents -------------------------------------------------------------------------------------
 
 
-@staff_required
+@operator_required
 @require_GET
 def agents(request: HttpRequest) -> HttpResponse:
     form = AgentFilterForm(request.GET)
@@ -142,7 +142,7 @@ _AGENT_ACTIONS: dict[str, tuple[Callable[..., Agent], str]] = {
 }
 
 
-@staff_required
+@operator_required
 @require_POST
 def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpResponse:
     """Stop, start, restart or delete an agent; answers with its row (none once deleted)."""
@@ -161,7 +161,7 @@ def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpRespon
     return _with_toast(request, response, "success", f"Agent {label} {done}.")
 
 
-@staff_required
+@operator_required
 @_fragment_only("dashboard:agents")
 @require_GET
 def agent_logs(request: HttpRequest, agent_id: str) -> HttpResponse:
@@ -182,7 +182,7 @@ def _rules_context() -> dict[str, Any]:
     return {"rules": list(selectors.rule_list())}
 
 
-@staff_required
+@operator_required
 @require_GET
 def scaling(request: HttpRequest) -> HttpResponse:
     return page_or_fragment(
@@ -208,7 +208,7 @@ def _rule_form(
     )
 
 
-@staff_required
+@operator_required
 @_fragment_only("dashboard:scaling")
 @require_GET
 def rule_row(request: HttpRequest, rule_id: int) -> HttpResponse:
@@ -216,7 +216,7 @@ def rule_row(request: HttpRequest, rule_id: int) -> HttpResponse:
     return _rule_row(request, get_object_or_404(selectors.rule_list(), pk=rule_id))
 
 
-@staff_required
+@operator_required
 @_fragment_only("dashboard:scaling")
 def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     """GET: the row as a form. POST: save it, or show the errors in place (422)."""
@@ -234,7 +234,7 @@ def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     return _with_toast(request, _rule_row(request, rule), "success", text)
 
 
-@staff_required
+@operator_required
 @_fragment_only("dashboard:scaling")
 def rule_create(request: HttpRequest) -> HttpResponse:
     """GET: an empty rule form. POST: create the rule, or show the errors in place (422)."""
@@ -252,7 +252,7 @@ def rule_create(request: HttpRequest) -> HttpResponse:
     return _with_toast(request, response, "success", f"Rule {rule.name} created.")
 
 
-@staff_required
+@operator_required
 @require_POST
 def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
     """Enable a paused rule or pause an enabled one."""
@@ -263,7 +263,7 @@ def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
     return _with_toast(request, _rule_row(request, rule), "success", text)
 
 
-@staff_required
+@operator_required
 @require_POST
 def rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
     rule = get_object_or_404(selectors.rule_list(), pk=rule_id)
@@ -322,7 +322,7 @@ def _simulation_form(request: HttpRequest, rule: ScalingRule) -> SimulationForm:
     return SimulationForm({f"sim-{k}": v for k, v in SimulationForm.initial_for(rule).items()})
 
 
-@staff_required
+@operator_required
 @_fragment_only("dashboard:scaling")
 def rule_simulate(request: HttpRequest, rule_id: int) -> HttpResponse:
     """Replay a load through a saved rule (GET: a load sized to the rule)."""
@@ -331,7 +331,7 @@ def rule_simulate(request: HttpRequest, rule_id: int) -> HttpResponse:
     return _simulation(request, rule=rule, form=_simulation_form(request, rule), url=url)
 
 
-@staff_required
+@operator_required
 @require_POST
 def rule_simulate_draft(request: HttpRequest) -> HttpResponse:
     """Replay a load through the rule as its form stands, unsaved (a new rule, or an edit)."""
@@ -361,7 +361,7 @@ def rule_simulate_draft(request: HttpRequest) -> HttpResponse:
 # --- Decisions ----------------------------------------------------------------------------------
 
 
-@staff_required
+@operator_required
 @require_GET
 def decisions(request: HttpRequest) -> HttpResponse:
     form = DecisionFilterForm(request.GET)
@@ -387,7 +387,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
 # --- Audit log ----------------------------------------------------------------------------------
 
 
-@staff_required
+@operator_required
 @require_GET
 def audit(request: HttpRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET)

@@ -18,7 +18,7 @@ from agents.models import Agent
 from agents.runtime.sse import sse_frame
 from agents.sandbox import agent_token_verify
 from console.crypto import decrypt
-from console.errors import BadRequest, ConsoleError, NotAuthenticated
+from console.errors import BadRequest, ConsoleError, Forbidden, NotAuthenticated
 from console.models import ApiKey, Quota, UsageRecord, User
 from console.services import (
     Admission,
@@ -79,11 +79,18 @@ class UpstreamError(ConsoleError):
 
 
 def gateway_authenticate(*, token: str) -> GatewayCaller:
+    """The caller of a gateway call: an agent's token, or an API key holding ``write`` (a call
+    spends money); ``NotAuthenticated`` or ``Forbidden`` (403, permission_error) otherwise."""
     if not token:
         raise NotAuthenticated("send an agent token or API key in x-api-key or Authorization")
     agent_id = agent_token_verify(token=token)
     if agent_id is None:
         key = api_key_authenticate(raw=token)
+        if ApiKey.Scope.WRITE not in key.scopes:
+            raise Forbidden(
+                "this API key lacks the write scope: gateway calls spend money",
+                details={"required_scope": ApiKey.Scope.WRITE.value},
+            )
         user_check_active(user=key.user)
         return GatewayCaller(key.user_id, None, settings.ANTHROPIC_API_KEY, key)
     agent = _running_agent(agent_id)

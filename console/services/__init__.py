@@ -5,9 +5,11 @@ from console.services.accounts import (
     api_key_authenticate,
     api_key_create,
     api_key_revoke,
+    jwt_families_revoke,
     operator_ensure,
     quota_get,
     quota_set_suspended,
+    role_scopes,
     user_check_active,
 )
 from console.services.audit import (
@@ -19,6 +21,15 @@ from console.services.audit import (
     budgets_reset,
     model_changes,
     users_set_suspended,
+)
+from console.services.credentials import (
+    LoginAttempt,
+    client_address,
+    jwt_login,
+    jwt_refresh,
+    jwt_user,
+    login_attempt_admit,
+    login_attempt_succeeded,
 )
 from console.services.idempotency import (
     IdempotencyConflict,
@@ -50,6 +61,7 @@ from console.services.limits import (
 __all__ = [
     "Admission",
     "IdempotencyConflict",
+    "LoginAttempt",
     "RateStatus",
     "Replay",
     "TokenUsage",
@@ -64,6 +76,7 @@ __all__ = [
     "audited_update",
     "budget_window",
     "budgets_reset",
+    "client_address",
     "cost_of",
     "gateway_admit",
     "gateway_settle",
@@ -71,6 +84,12 @@ __all__ = [
     "idempotency_finish",
     "idempotent_requests_expire",
     "idempotent_requests_forget",
+    "jwt_families_revoke",
+    "jwt_login",
+    "jwt_refresh",
+    "jwt_user",
+    "login_attempt_admit",
+    "login_attempt_succeeded",
     "model_changes",
     "operator_ensure",
     "price_cache_clear",
@@ -79,6 +98,7 @@ __all__ = [
     "quota_set_suspended",
     "request_admit",
     "reservations_release_expired",
+    "role_scopes",
     "usage_record",
     "user_check_active",
     "users_set_suspended",

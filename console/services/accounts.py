@@ -11,16 +11,18 @@ from decimal import Decimal
 from django.utils import timezone
 
 from console.errors import BadRequest, Forbidden, NotAuthenticated, UserSuspended
-from console.models import ApiKey, Quota, User, default_api_key_scopes
+from console.models import ApiKey, Quota, TokenFamily, User, default_api_key_scopes
 from console.services import ledger_sql
 
 __all__ = [
     "api_key_authenticate",
     "api_key_create",
     "api_key_revoke",
+    "jwt_families_revoke",
     "operator_ensure",
     "quota_get",
     "quota_set_suspended",
+    "role_scopes",
     "user_check_active",
 ]
 
@@ -32,6 +34,15 @@ _MILLION = Decimal(1_000_000)
 def _hash_key(raw: str) -> str:
     # Keys carry 256 random bits, so a fast hash is safe; it must be fast to check every request.
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def role_scopes(user: User) -> frozenset[str]:
+    """The most any credential of ``user`` may carry: ``read`` and ``write`` for everyone,
+    ``admin`` too for staff. The one place a user's role becomes powers."""
+    scopes = {ApiKey.Scope.READ.value, ApiKey.Scope.WRITE.value}
+    if user.is_staff and user.is_active:
+        scopes.add(ApiKey.Scope.ADMIN.value)
+    return frozenset(scopes)
 
 
 def api_key_create(
@@ -53,7 +64,7 @@ def api_key_create(
             f"scopes must be some of {', '.join(ApiKey.Scope.values)}",
             details={"scopes": sorted(unknown)},
         )
-    if ApiKey.Scope.ADMIN in scopes and not user.is_staff:
+    if not set(scopes) <= role_scopes(user):
         raise Forbidden("only an operator's key may have the admin scope")
     beyond = set(scopes) - set(granted_by) if granted_by is not None else set()
     if beyond:
@@ -110,9 +121,19 @@ def user_check_active(*, user: User) -> Quota:
 
 
 def quota_set_suspended(*, user_ids: list[int], suspended: bool) -> int:
+    """Suspend users (ending their sign-ins: JWTs do not outlive a suspension) or lift it."""
     for user_id in user_ids:
         Quota.objects.get_or_create(user_id=user_id)
+    if suspended:
+        jwt_families_revoke(user_ids=user_ids, reason="suspended")
     return Quota.objects.filter(user_id__in=user_ids).update(is_suspended=suspended)
+
+
+def jwt_families_revoke(*, user_ids: list[int], reason: str) -> int:
+    """End every password sign-in of these users: their refresh and access tokens stop."""
+    return TokenFamily.objects.filter(user_id__in=user_ids, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_reason=reason[:40]
+    )
 
 
 def operator_ensure(*, username: str) -> str | None:

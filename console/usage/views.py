@@ -15,7 +15,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from console.dashboard.pages import page_or_fragment, staff_required
+from console.api.permissions import is_operator
+from console.dashboard.pages import operator_required, page_or_fragment
 from console.usage import charts, selectors
 from console.usage.forms import UsageQuery, UsageQueryForm
 from console.usage.reads import FIGURES
@@ -30,7 +31,7 @@ BURNDOWNS_SHOWN = 12
 def usage(request: HttpRequest) -> HttpResponse:
     form = UsageQueryForm(request.GET)
     query = form.query()
-    operator = request.user.is_staff
+    operator = is_operator(request)
     if operator:
         user_ids = [query.user_id] if query.user_id is not None else None
     else:
@@ -109,7 +110,7 @@ def _csv(report: selectors.UsageReport, query: UsageQuery) -> HttpResponse:
 
 
 @require_GET
-@staff_required
+@operator_required
 def quotas(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     by_limit, by_user = selectors.refusals_by_limit(now=now)
