@@ -208,6 +208,9 @@ def login_page_throttled(view: Callable[..., HttpResponse]) -> Callable[..., Htt
             return view(request, *args, **kwargs)
         except RateLimited as exc:
             context = {"message": exc.message, "retry_after": exc.retry_after}
-            return render(request, "429.html", context, status=429, headers=exc.headers())
+            response = render(request, "429.html", context, status=429)
+            for name, value in exc.headers().items():
+                response[name] = value
+            return response
 
     return wrapped
