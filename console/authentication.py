@@ -168,7 +168,8 @@ async def request_user(request: HttpRequest, *, scope: str = "read") -> User:
     rate, as ``QuotaThrottle`` does."""
     session_user = await request.auser()
     user, key = await sync_to_async(_authenticate)(request, session_user, scope)
-    request.auth = key  # type: ignore[attr-defined]  # for is_operator, as DRF's request.auth
+    # As DRF's request.user and request.auth, for is_operator: the caller, and their key.
+    request.user, request.auth = user, key  # type: ignore[attr-defined]
     request.rate_status = await sync_to_async(request_admit)(  # type: ignore[attr-defined]
         user_id=user.pk, api_key=key, quota=_loaded_quota(user)
     )

@@ -1,0 +1,114 @@
+"""The gateway and the chat socket (apps of their own, beside Django's URL configuration)
+against every kind of credential."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from agents.routing import websocket_urlpatterns
+from console.asgi import GATEWAY_PATH
+from console.models import User
+from tests.security.world import (
+    ADMIN_NONSTAFF,
+    AGENT,
+    ANON,
+    DELETED,
+    EXPIRED,
+    JWT,
+    KINDS,
+    OUTSIDER,
+    READ,
+    REVOKED,
+    SESSIONS,
+    STAFF_ADMIN,
+    STAFF_NOADMIN,
+    SUSPENDED,
+    WRITE,
+    build_world,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# --- The gateway and the WebSockets: their own ASGI apps ----------------------------------------
+
+GATEWAY_EXPECTED = {
+    ANON: 401,
+    READ: 403,  # a call spends money: write, or an agent's token
+    WRITE: 200,
+    ADMIN_NONSTAFF: 200,  # bob's own calls, billed to bob
+    STAFF_NOADMIN: 200,
+    STAFF_ADMIN: 200,
+    JWT: 401,  # for the REST API, not for the gateway
+    AGENT: 200,
+    EXPIRED: 401,
+    REVOKED: 401,
+    SUSPENDED: 403,
+    DELETED: 401,
+    OUTSIDER: 200,
+}
+
+
+def test_every_credential_gets_its_status_at_the_gateway(asgi_server, fake_anthropic):
+    world = build_world()
+    body = {
+        "model": "claude-sonnet-5-5",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    wrong = {}
+    for kind in KINDS:
+        if kind in SESSIONS:
+            continue  # the gateway reads no cookie: as anonymous
+        headers = {"x-api-key": world.tokens[kind]} if kind in world.tokens else {}
+        response = httpx.post(f"{asgi_server}{GATEWAY_PATH}", json=body, headers=headers)
+        if response.status_code != GATEWAY_EXPECTED[kind]:
+            wrong[kind] = (response.status_code, GATEWAY_EXPECTED[kind], response.text[:200])
+        if response.status_code >= 400:  # Anthropic's error shape, and the console's
+            error = response.json()
+            assert error["type"] == "error" and error["error"]["type"], error
+            assert {"code", "message", "details"} <= set(error["error"]), error
+    assert not wrong, wrong
+    refusal = httpx.post(
+        f"{asgi_server}{GATEWAY_PATH}", json=body, headers={"x-api-key": world.tokens[READ]}
+    ).json()
+    assert refusal["error"]["type"] == "permission_error"
+    assert refusal["error"]["details"] == {"required_scope": "write"}
+
+
+def test_the_websocket_routes_are_the_ones_in_the_table():
+    assert [str(route.pattern) for route in websocket_urlpatterns] == ["ws/chat/"]
+
+
+def test_every_credential_gets_its_status_on_the_chat_socket(settings):
+    from console.asgi import application
+
+    settings.CONSOLE_BASE_URL = "http://127.0.0.1:8000"
+    world = build_world()
+    sam = User.objects.get(username="sam")
+    world.sessions[SUSPENDED] = sam
+
+    def opens(kind: str) -> bool:
+        headers = [(b"origin", b"http://127.0.0.1:8000")]
+        if kind in world.sessions:
+            browser = Client()
+            browser.force_login(world.sessions[kind])
+            headers.append((b"cookie", f"sessionid={browser.cookies['sessionid'].value}".encode()))
+        elif kind in world.tokens:  # a key or token is no way into the socket
+            headers.append((b"authorization", f"Bearer {world.tokens[kind]}".encode()))
+
+        async def connect() -> bool:
+            socket = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+            connected, _ = await socket.connect(timeout=5)
+            if connected:
+                await socket.disconnect()
+            return connected
+
+        return async_to_sync(connect)()
+
+    found = {kind: opens(kind) for kind in KINDS}
+    assert found == {kind: kind in SESSIONS for kind in KINDS}
+    assert not opens(SUSPENDED)
