@@ -30,7 +30,7 @@ def test_a_row_reads_as_the_serializer_writes(user, operator, settings):
         last_error="boot timed out\nlast line",
         created_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
     )
-    agents = selectors.agent_list(viewer=operator)
+    agents = selectors.agent_list(viewer=operator, operator=True)
     expected = json.loads(json.dumps(AgentSerializer(agents, many=True).data))
     rows = [agent_row_data(row) for row in selectors.agent_rows(agents)]
     assert len(rows) == 2

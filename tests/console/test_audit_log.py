@@ -33,11 +33,12 @@ def _agent(owner, status: str = "running") -> Agent:
     ],
 )
 def test_an_operators_lifecycle_action_on_an_agent_is_audited(
-    user, operator, client_for, route, action, status
+    user, operator, scoped_client, route, action, status
 ):
     agent = _agent(user, status)
 
-    response = client_for(operator).post(f"/api/v1/agents/{agent.pk}/{route}")
+    admin = scoped_client(operator, "read", "write", "admin")
+    response = admin.post(f"/api/v1/agents/{agent.pk}/{route}")
 
     assert response.status_code == 200, response.content
     event = AuditEvent.objects.get()
@@ -50,11 +51,12 @@ def test_an_operators_lifecycle_action_on_an_agent_is_audited(
     assert event.changes["status"][0] == status
 
 
-def test_an_operators_deletion_through_either_api_is_audited(user, operator, client_for):
+def test_an_operators_deletion_through_either_api_is_audited(user, operator, scoped_client):
     first, second = _agent(user), _agent(user)
 
-    assert client_for(operator).delete(f"/api/v1/agents/{first.pk}").status_code == 200
-    hypercore = client_for(operator).delete(f"/v1/agents/delete?agent_id={second.pk}")
+    admin = scoped_client(operator, "read", "write", "admin")
+    assert admin.delete(f"/api/v1/agents/{first.pk}").status_code == 200
+    hypercore = admin.delete(f"/v1/agents/delete?agent_id={second.pk}")
     assert hypercore.status_code == 200, hypercore.content
 
     events = AuditEvent.objects.filter(action="agent.delete").order_by("at")

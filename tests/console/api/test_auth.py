@@ -85,8 +85,12 @@ def test_an_expired_access_token_is_refused(user):
 
 
 def test_a_jwt_has_its_users_role_scopes_only(user, operator):
-    plain = _bearer(str(AccessToken.for_user(user)))
+    def access(username: str) -> str:
+        login = {"username": username, "password": "pw"}
+        return APIClient().post(LOGIN, login, format="json").json()["access"]
+
+    plain = _bearer(access("alice"))
     assert plain.post("/api/v1/keys", {}, format="json").status_code == 201
     assert plain.get("/api/v1/quotas").status_code == 403
-    staff = _bearer(str(AccessToken.for_user(operator)))
+    staff = _bearer(access("olivia"))
     assert staff.get("/api/v1/quotas").status_code == 200
