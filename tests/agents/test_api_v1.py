@@ -24,6 +24,12 @@ pytestmark = pytest.mark.django_db
 API = "/api/v1"
 
 
+def _operator_client(scoped_client, operator):
+    """An operator's client: a staff user's key with the admin scope (without it, a staff
+    user's key is a user's key)."""
+    return scoped_client(operator, "read", "write", "admin")
+
+
 def _error(response, status: int) -> dict:
     assert response.status_code == status, response.content
     body = response.json()
@@ -162,11 +168,13 @@ def test_your_own_name_is_no_filter_at_all(user, client_for, alices):
     assert [a["agent_id"] for a in response.json()["results"]] == [str(agent.pk)]
 
 
-def test_operators_see_everyones_agents_and_sessions(user, outsider, operator, client_for, alices):
+def test_operators_see_everyones_agents_and_sessions(
+    user, outsider, operator, client_for, alices, scoped_client
+):
     agent, session = alices
     other = _agent(outsider)
     other_session = _session(other)
-    client = client_for(operator)
+    client = _operator_client(scoped_client, operator)
 
     agents = client.get(f"{API}/agents").json()["results"]
     assert {a["agent_id"] for a in agents} == {str(agent.pk), str(other.pk)}
@@ -180,13 +188,17 @@ def test_operators_see_everyones_agents_and_sessions(user, outsider, operator, c
     assert [m["content"] for m in detail["messages"]] == ["hi", "hello"]
 
 
-def test_operators_name_only_users_that_exist(operator, client_for):
-    error = _error(client_for(operator).get(f"{API}/agents", {"user_id": "nobody"}), 404)
+def test_operators_name_only_users_that_exist(operator, client_for, scoped_client):
+    error = _error(
+        _operator_client(scoped_client, operator).get(f"{API}/agents", {"user_id": "nobody"}), 404
+    )
     assert error["details"] == {"user_id": "nobody"}
 
 
-def test_an_operator_spawns_for_another_user(user, operator, client_for):
-    response = client_for(operator).post(f"{API}/agents", {"user_id": "alice"}, format="json")
+def test_an_operator_spawns_for_another_user(user, operator, client_for, scoped_client):
+    response = _operator_client(scoped_client, operator).post(
+        f"{API}/agents", {"user_id": "alice"}, format="json"
+    )
     assert response.status_code == 201, response.content
     assert Agent.objects.get().owner == user
 
@@ -201,10 +213,12 @@ def test_an_operator_spawns_for_another_user(user, operator, client_for):
     ],
 )
 def test_operators_read_sessions_but_never_chat_for_others(
-    method, path, body, operator, client_for, alices
+    method, path, body, operator, client_for, alices, scoped_client
 ):
     agent, session = alices
-    response = _call(client_for(operator), (method, path, body), agent, session)
+    response = _call(
+        _operator_client(scoped_client, operator), (method, path, body), agent, session
+    )
     _error(response, 404)
     _unchanged(agent, session)
 
@@ -552,11 +566,11 @@ def _query_count(client: APIClient, url: str) -> int:
 
 
 def test_agent_list_query_count_does_not_grow_with_agents(
-    user, outsider, operator, client_for, django_assert_num_queries
+    user, outsider, operator, client_for, django_assert_num_queries, scoped_client
 ):
     for owner in (user, outsider, user):
         _agent(owner)
-    client = client_for(operator)
+    client = _operator_client(scoped_client, operator)
     queries = _query_count(client, f"{API}/agents")
     for n in range(27):
         _agent(user if n % 2 else outsider, name=f"more {n}")
@@ -637,12 +651,12 @@ def test_sessions_page_by_cursor_with_their_message_counts(user, client_for, ali
 
 
 def test_session_list_query_count_does_not_grow_with_sessions(
-    user, operator, outsider, client_for, django_assert_num_queries
+    user, operator, outsider, client_for, django_assert_num_queries, scoped_client
 ):
     agents = [_agent(user), _agent(outsider)]
     for n in range(3):
         _message(_session(agents[n % 2]), "user", "hi")
-    client = client_for(operator)
+    client = _operator_client(scoped_client, operator)
     queries = _query_count(client, f"{API}/sessions")
     for n in range(27):
         session = _session(agents[n % 2], title=f"more {n}")

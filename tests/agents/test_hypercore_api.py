@@ -14,6 +14,12 @@ pytestmark = pytest.mark.django_db
 SPAWN = "/v1/agents/spawn"
 
 
+def _operator_client(scoped_client, operator):
+    """An operator's client: a staff user's key with the admin scope (without it, a staff
+    user's key is a user's key)."""
+    return scoped_client(operator, "read", "write", "admin")
+
+
 def _error(response) -> dict:
     body = response.json()
     assert set(body) == {"error"}, body
@@ -118,11 +124,15 @@ def test_spawn_over_the_vcpu_quota_is_refused(user, client_for):
     assert _error(response)["details"]["limit"] == "max_total_vcpus"
 
 
-def test_spawning_for_another_user_is_refused_unless_operator(user, outsider, operator, client_for):
+def test_spawning_for_another_user_is_refused_unless_operator(
+    user, outsider, operator, client_for, scoped_client
+):
     response = client_for(outsider).post(SPAWN, {"user_id": "alice"}, format="json")
     assert response.status_code == 403
     assert _error(response)["code"] == "forbidden"
-    response = client_for(operator).post(SPAWN, {"user_id": "alice"}, format="json")
+    response = _operator_client(scoped_client, operator).post(
+        SPAWN, {"user_id": "alice"}, format="json"
+    )
     assert response.status_code == 201
     assert Agent.objects.get().owner == user
 
@@ -143,9 +153,11 @@ def test_list_of_another_users_agents_is_refused(user, outsider, client_for):
     assert response.status_code == 403
 
 
-def test_operator_lists_anyones_agents(user, operator, client_for):
+def test_operator_lists_anyones_agents(user, operator, client_for, scoped_client):
     agent = _agent(user)
-    response = client_for(operator).get("/v1/agents/list", {"user_id": "alice"})
+    response = _operator_client(scoped_client, operator).get(
+        "/v1/agents/list", {"user_id": "alice"}
+    )
     assert [a["agent_id"] for a in response.json()["agents"]] == [str(agent.pk)]
 
 
@@ -211,14 +223,16 @@ def test_delete_marks_the_agent_deleted_and_tears_it_down_after_commit(
     assert client.get("/v1/agents/list").json()["count"] == 0
 
 
-def test_stats_count_your_agents_and_operators_see_all(user, outsider, operator, client_for):
+def test_stats_count_your_agents_and_operators_see_all(
+    user, outsider, operator, client_for, scoped_client
+):
     _agent(user, status="running")
     _agent(user, status="failed")
     _agent(outsider, status="running")
     mine = client_for(user).get("/v1/agents/stats").json()
     assert (mine["scope"], mine["total_agents"], mine["active_agents"]) == ("own", 2, 1)
     assert mine["by_status"]["failed"] == 1
-    everyone = client_for(operator).get("/v1/agents/stats").json()
+    everyone = _operator_client(scoped_client, operator).get("/v1/agents/stats").json()
     assert (everyone["scope"], everyone["total_agents"]) == ("all", 3)
 
 
