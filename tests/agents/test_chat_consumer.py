@@ -47,7 +47,8 @@ def _logged_in(user, outsider) -> None:
 
 
 def _socket(user=None, origin: tuple[bytes, bytes] | None = ORIGIN) -> WebsocketCommunicator:
-    headers = [origin] if origin else []
+    # As a browser sends them: the page's Host, and its Origin (which must match it).
+    headers = [(b"host", b"127.0.0.1:8000"), *([origin] if origin else [])]
     if user is not None:
         headers.append((b"cookie", _cookies[user.pk]))
     return WebsocketCommunicator(application, "/ws/chat/", headers=headers)
