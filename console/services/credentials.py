@@ -26,7 +26,7 @@ from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 from console.errors import NotAuthenticated, RateLimited
 from console.models import RateCounter, TokenFamily, User
 from console.services import ledger_sql
-from console.services.accounts import user_check_active
+from console.services.accounts import jwt_families_revoke, user_check_active
 
 __all__ = [
     "LoginAttempt",
@@ -112,6 +112,9 @@ def _token_user(token: RefreshToken | AccessToken) -> User:
         raise _refused("revoked")
     quota = user._state.fields_cache.get("quota")
     if quota is not None and quota.is_suspended:
+        # However the suspension was set (a service, the admin's form): lifting it later does
+        # not bring this sign-in back.
+        jwt_families_revoke(user_ids=[user.pk], reason="suspended")
         raise _refused("for a suspended account")
     return user
 

@@ -20,7 +20,7 @@ from agents.models import Agent
 from agents.sandbox import agent_token_issue
 from console.errors import RateLimited
 from console.models import TokenFamily
-from console.services import login_attempt_admit, users_set_suspended
+from console.services import login_attempt_admit, quota_get, users_set_suspended
 from tests.console.api.conftest import error_of
 
 pytestmark = pytest.mark.django_db
@@ -76,6 +76,18 @@ def test_a_suspension_through_the_api_ends_jwts_too(user, operator, scoped_clien
     assert patched.status_code == 200
     admin.patch(f"/api/v1/quotas/{user.pk}", {"is_suspended": False}, format="json")
     assert _me(tokens["access"]).status_code == 401
+
+
+def test_a_suspension_set_anywhere_ends_the_jwts_it_meets(user):
+    tokens = _login()
+    quota = quota_get(user=user)
+    quota.is_suspended = True  # as the admin's quota form saves it
+    quota.save()
+    assert _me(tokens["access"]).status_code == 401
+    quota.is_suspended = False
+    quota.save()
+    assert _me(tokens["access"]).status_code == 401
+    assert _refresh(tokens["refresh"]).status_code == 401
 
 
 def test_a_suspended_user_cannot_sign_in(user, operator):
