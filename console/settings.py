@@ -302,6 +302,10 @@ SIMPLE_JWT = {
 # at most this many attempts per account and per client address in any window.
 AUTHENTICATION_BACKENDS = ["console.authentication.ThrottledModelBackend"]
 LOGIN_WINDOW_MINUTES = env_int("LOGIN_WINDOW_MINUTES", 15, minimum=1)
+if LOGIN_WINDOW_MINUTES > 60:  # rate counters are kept for an hour
+    raise ImproperlyConfigured(
+        f"LOGIN_WINDOW_MINUTES must be at most 60, not {LOGIN_WINDOW_MINUTES}"
+    )
 LOGIN_ATTEMPTS_PER_ACCOUNT = env_int("LOGIN_ATTEMPTS_PER_ACCOUNT", 10, minimum=1)
 LOGIN_ATTEMPTS_PER_ADDRESS = env_int("LOGIN_ATTEMPTS_PER_ADDRESS", 50, minimum=1)
 # How many proxies (nginx) stand in front and append to X-Forwarded-For; 0: none, and the
