@@ -12,7 +12,7 @@ import hashlib
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -140,6 +140,9 @@ def _scope(kind: str, value: str) -> str:
     return f"login:{kind}:" + hashlib.sha256(value.encode()).hexdigest()[:24]
 
 
+_LOCK_MINUTE = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 def _window(now: datetime) -> tuple[datetime, datetime]:
     minute = now.replace(second=0, microsecond=0)
     return minute - timedelta(minutes=settings.LOGIN_WINDOW_MINUTES - 1), minute
@@ -149,8 +152,8 @@ def login_attempt_admit(*, username: str, address: str) -> LoginAttempt:
     """Count a sign-in attempt for the account and for the client address, before the password
     is checked; ``RateLimited`` (not counted) when either has had its fill in the window.
 
-    Each minute's counter is bumped by one statement that holds its row until commit, so
-    concurrent attempts in any number of processes are counted one at a time."""
+    Each counter is bumped by one statement that holds its row until commit, so concurrent
+    attempts in any number of processes are counted one at a time."""
     attempt = LoginAttempt(_scope("acct", username.strip().lower()), _scope("addr", address))
     limits = (
         (attempt.account_scope, settings.LOGIN_ATTEMPTS_PER_ACCOUNT, "this account"),
@@ -160,6 +163,9 @@ def login_attempt_admit(*, username: str, address: str) -> LoginAttempt:
     start, minute = _window(now)
     with transaction.atomic():
         for scope, limit, whose in limits:
+            # The scope's row at a fixed past minute is its lock: attempts in different minutes
+            # are counted one at a time too (the hourly prune recreates it as needed).
+            ledger_sql.rate_bump(scope, _LOCK_MINUTE, 0)
             ledger_sql.rate_bump(scope, minute, 0)
             counted = RateCounter.objects.filter(scope=scope, minute__gte=start)
             used = counted.aggregate(n=Sum("requests"))["n"] or 0
