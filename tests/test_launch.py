@@ -267,3 +267,47 @@ def test_make_run_serves_the_thin_path_on_postgres_and_redis(tmp_path):
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_SUPERVISED = """
+import os, sys
+from pathlib import Path
+from console.launch import Supervisor
+
+python = sys.executable
+supervisor = Supervisor(env=dict(os.environ), cwd=Path.cwd(), backoff=(0.2, 0.8), stable_after=30)
+supervisor.add("flaky", [python, "-c", "print('flaky up', flush=True); raise SystemExit(3)"])
+steady = "import time; print('steady up', flush=True); time.sleep(60)"
+supervisor.add("steady", [python, "-c", steady])
+sys.exit(supervisor.run())
+"""
+
+
+def test_a_process_that_dies_is_restarted_with_backoff_while_the_others_run_on(tmp_path):
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", _SUPERVISED],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for(lambda: log.read_text().count("flaky died") >= 4, 20, "four deaths")
+        assert launcher.poll() is None
+        os.kill(launcher.pid, signal.SIGTERM)
+        assert launcher.wait(timeout=20) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+    output = log.read_text()
+    delays = re.findall(
+        r"flaky died \(exit code 3\) after [\d.]+ s; restarting it in ([\d.]+) s", output
+    )
+    assert delays[:4] == ["0.2", "0.4", "0.8", "0.8"]  # doubling, up to the cap
+    assert re.search(r"flaky started \(pid=\d+, restart 3\)", output)
+    assert output.count("steady started") == 1  # untouched by its neighbour's deaths
+    assert output.count("steady | steady up") == 1
+    assert "SIGTERM received: stopping every process" in output
+    assert "steady stopped (exit code -15, SIGTERM)" in output
