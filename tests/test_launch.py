@@ -46,10 +46,11 @@ def _wait_for(predicate, timeout: float, what: str):
 class Console:
     """A running ``console.launch`` with its own state folder and port."""
 
-    def __init__(self, tmp_path: Path, env_overrides: dict[str, str]) -> None:
-        self.port = _free_port()
+    def __init__(
+        self, tmp_path: Path, env_overrides: dict[str, str], ports: tuple[int, int] | None = None
+    ) -> None:
+        self.port, self.gateway_port = ports or (_free_port(), _free_port())
         self.url = f"http://127.0.0.1:{self.port}"
-        self.gateway_port = _free_port()
         self.log = tmp_path / "console.log"
         self.env = {
             k: v
