@@ -53,8 +53,8 @@ def agent_teardown_task(agent_id: str) -> None:
 
 
 @shared_task(name="agents.tasks.agents_reconcile_host", soft_time_limit=120, time_limit=180)
-def agents_reconcile_host(host_name: str) -> dict[str, int]:
-    return services.agents_reconcile(host_name=host_name)
+def agents_reconcile_host(host_name: str, restarted: bool = False) -> dict[str, int]:
+    return services.agents_reconcile(host_name=host_name, restarted=restarted)
 
 
 @shared_task(name="agents.tasks.agents_reconcile", soft_time_limit=30, time_limit=60)

@@ -11,8 +11,8 @@ closed loop, a warm-up before each run) drives it with 16 and 64 concurrent clie
 * spawn: ``POST /v1/agents/spawn`` with the process backend, by another user. Boots are only
   queued (no Celery worker runs, ``CELERY_TASK_ALWAYS_EAGER`` is unset), so its figure is the
   web process's own part: validation, the quota check, placement on the one registered sandbox
-  host, the insert and the queueing on the filesystem broker. A boot itself is
-  ``bench/spawn.py``'s to time.
+  host, the insert and the queueing on ``make run``'s broker (its private Redis server). A boot
+  itself is ``bench/spawn.py``'s to time.
 
 The CPU the server spent per request (from /proc) is shown with each run: it moves least when
 other work shares the machine (the load average is shown at the start and the end).
@@ -61,6 +61,8 @@ from harness import (
     scratch_database,
     start_console,
 )
+
+from console import broker
 
 LEVELS = (16, 64)
 HOST_NAME = "bench-api"
@@ -132,14 +134,17 @@ def _setup(agents: int) -> tuple[str, str]:
 
 
 def _spawned() -> tuple[int, int]:
-    """Agents the spawn runs recorded, and boots queued on the filesystem broker."""
+    """Agents the spawn runs recorded, and boots queued on the broker."""
+    import redis
     from django.conf import settings
 
     from agents.models import Agent
 
     agents = Agent.objects.filter(owner__username="bench-spawn").count()
     close_database()
-    queued = sum(1 for path in Path(settings.CELERY_BROKER_DIR).glob("*") if path.is_file())
+    sock = broker.embedded_socket(settings.VAR_DIR)
+    with redis.Redis(unix_socket_path=str(sock)) as client:
+        queued = int(client.llen(f"sandboxes.{HOST_NAME}"))
     return agents, queued
 
 
@@ -284,6 +289,7 @@ def main() -> None:
 
     began = time.perf_counter()
     server: Child | None = None
+    queue: Child | None = None
     with (
         scratch_database(args.database_url),
         tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
@@ -292,6 +298,9 @@ def main() -> None:
             var_dir = Path(tmp)
             _environment(var_dir, args.database_url)
             list_key, spawn_key = _setup(args.agents)
+            queue = Child("broker", broker.server_command(var_dir), dict(os.environ), var_dir)
+            if not broker.wait_answers(broker.embedded_socket(var_dir), timeout=15):
+                raise RuntimeError(f"the broker did not answer:\n{queue.tail()}")
             server, url = start_console(dict(os.environ), var_dir, args.server, args.workers)
             from django.db import connection
 
@@ -310,6 +319,8 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
+            if queue is not None:
+                queue.stop()
     print_summary(began, bench.info + bench.targets)
 
 

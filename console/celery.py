@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 
 from celery import Celery
 from celery.signals import (
@@ -31,9 +30,6 @@ log = logging.getLogger(__name__)
 def _prepare(sender: Celery, **_: object) -> None:
     from django.conf import settings
 
-    # The server-less broker keeps its queue in a folder that must exist before anyone publishes.
-    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
-        Path(settings.CELERY_BROKER_DIR, "control").mkdir(parents=True, exist_ok=True)
     sender.conf.beat_schedule = {
         "reconcile-sandboxes": {
             "task": "agents.tasks.agents_reconcile",
@@ -133,6 +129,7 @@ def _register_this_host(**_: object) -> None:
     from django.db import OperationalError
 
     from agents import sandbox, services
+    from agents.tasks import agents_reconcile_host, this_host_queue
 
     global _heartbeat
     accel = sandbox.host_accel()
@@ -152,6 +149,11 @@ def _register_this_host(**_: object) -> None:
         raise RuntimeError(f"could not register sandbox host {settings.SANDBOX_HOST_NAME}")
     _heartbeat = HostHeartbeat(settings.SANDBOX_HOST_NAME, settings.SANDBOX_HOST_HEARTBEAT_SECONDS)
     _heartbeat.start()
+    # Boots and stops that a killed predecessor left half-done are taken up now, not at the
+    # next reconcile: this host's sandboxes are only ever this worker's.
+    agents_reconcile_host.apply_async(
+        (settings.SANDBOX_HOST_NAME,), {"restarted": True}, queue=this_host_queue()
+    )
 
 
 @worker_shutdown.connect

@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from console import broker
 from console.env import env_bool, env_float, env_int, env_list, env_secret, env_str
 
 
@@ -169,17 +170,13 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "console.layers.SweptInMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
-# --- Celery. Without REDIS_URL the broker is a folder on disk: no server needed.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
-CELERY_BROKER_DIR = VAR_DIR / "broker"
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(CELERY_BROKER_DIR),
-        "data_folder_out": str(CELERY_BROKER_DIR),
-        "control_folder": str(CELERY_BROKER_DIR / "control"),
-        "polling_interval": 0.1,  # seconds between looks at the folder: spawn latency
-        "store_processed": False,
-    }
+# --- Celery. Without REDIS_URL the broker is a private Redis server on a socket under VAR_DIR,
+# which `make run` starts (console.broker).
+CELERY_BROKER_DIR = broker.broker_dir(VAR_DIR)
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or broker.embedded_url(VAR_DIR))
+# A task taken by a worker that was then killed goes back on its queue after this long, longer
+# than any task's time limit (a boot's is 120 s), so that a running task is never handed out twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300, "unacked_restore_interval": 10}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_IGNORE_RESULT = True

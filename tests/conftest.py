@@ -144,6 +144,23 @@ def live_console(asgi_server: str, settings, fake_anthropic) -> str:
     return asgi_server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_broker() -> Iterator[None]:
+    """The broker ``make run`` starts (a private Redis server under ``var/``), for the whole
+    session: ``/ready`` checks it, and real workers share it with the tests' process."""
+    from django.conf import settings
+
+    from console import broker
+    from tests.agents.workers import embedded_broker
+
+    embedded = broker.embedded_url(settings.VAR_DIR)
+    if embedded != settings.CELERY_BROKER_URL or broker.server_problem():
+        yield  # REDIS_URL (or CELERY_BROKER_URL) names another; or /ready's tests will say why
+        return
+    with embedded_broker(settings.VAR_DIR):
+        yield
+
+
 @pytest.fixture(scope="session")
 def fake_anthropic_server() -> Iterator[FakeAnthropic]:
     with FakeAnthropic() as fake:

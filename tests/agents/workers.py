@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+
+from console import broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,6 +93,23 @@ def start_worker(name: str, tmp_path: Path, *, vcpus: int, **env: str) -> Worker
             start_new_session=True,
         )
     return Worker(name, state_dir, proc, log)
+
+
+@contextlib.contextmanager
+def embedded_broker(var_dir: Path) -> Iterator[str]:
+    """The private Redis server ``make run`` starts as its broker, for the block; its URL."""
+    if problem := broker.server_problem():
+        raise RuntimeError(problem)
+    server = subprocess.Popen(
+        broker.server_command(var_dir), stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        if not broker.wait_answers(broker.embedded_socket(var_dir), timeout=15):
+            raise RuntimeError("the embedded broker did not answer")
+        yield broker.embedded_url(var_dir)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def wait_for(predicate, timeout: float, what, *workers: Worker):  # type: ignore[no-untyped-def]
