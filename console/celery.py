@@ -51,6 +51,10 @@ def _prepare(sender: Celery, **_: object) -> None:
             "task": "console.tasks.reservations_release_expired",
             "schedule": 60.0,
         },
+        "purge-ended-sign-ins": {
+            "task": "console.tasks.jwt_families_purge",
+            "schedule": 3600.0,
+        },
         "expire-idempotency-keys": {
             "task": "console.tasks.idempotent_requests_expire",
             "schedule": 3600.0,

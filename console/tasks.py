@@ -1,4 +1,4 @@
-"""Celery tasks for budgets, rate limits and idempotency keys. Each calls one service and
+"""Celery tasks for budgets, rate limits, idempotency keys and sign-ins. Each calls one service and
 returns."""
 
 from __future__ import annotations
@@ -8,7 +8,11 @@ from django.db import OperationalError
 
 from console import services
 
-__all__ = ["idempotent_requests_expire_task", "reservations_release_expired_task"]
+__all__ = [
+    "idempotent_requests_expire_task",
+    "jwt_families_purge_task",
+    "reservations_release_expired_task",
+]
 
 
 # Both sweeps are idempotent, so a retried or redelivered one is harmless, and one that never
@@ -36,3 +40,9 @@ def reservations_release_expired_task() -> int:
 def idempotent_requests_expire_task() -> int:
     """Beat's entry point: forget Idempotency-Keys past their time."""
     return services.idempotent_requests_expire()
+
+
+@shared_task(name="console.tasks.jwt_families_purge", soft_time_limit=60, time_limit=120, **_SWEEP)
+def jwt_families_purge_task() -> int:
+    """Beat's entry point: forget sign-ins that can issue no more tokens."""
+    return services.jwt_families_purge()

@@ -25,6 +25,7 @@ from console.services.audit import (
 from console.services.credentials import (
     LoginAttempt,
     client_address,
+    jwt_families_purge,
     jwt_login,
     jwt_refresh,
     jwt_user,
@@ -84,6 +85,7 @@ __all__ = [
     "idempotency_finish",
     "idempotent_requests_expire",
     "idempotent_requests_forget",
+    "jwt_families_purge",
     "jwt_families_revoke",
     "jwt_login",
     "jwt_refresh",

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Sum
+from django.db.models import Exists, OuterRef, Q, Sum
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 from rest_framework_simplejwt.exceptions import TokenError
@@ -31,6 +31,7 @@ from console.services.accounts import jwt_families_revoke, user_check_active
 __all__ = [
     "LoginAttempt",
     "client_address",
+    "jwt_families_purge",
     "jwt_login",
     "jwt_refresh",
     "jwt_user",
@@ -87,6 +88,20 @@ def jwt_refresh(*, raw: str) -> dict[str, str]:
     refresh.set_iat()
     refresh.set_exp()
     return {"refresh": str(refresh), "access": str(refresh.access_token)}
+
+
+def jwt_families_purge(*, now: datetime | None = None) -> int:
+    """Forget sign-ins that can issue nothing more: revoked, or whose newest refresh token has
+    expired. Beat runs it every hour; returns how many went."""
+    now = now or timezone.now()
+    expired = now - settings.SIMPLE_JWT["REFRESH_TOKEN_LIFETIME"]
+    ended = (
+        Q(revoked_at__isnull=False)
+        | Q(rotated_at__isnull=True, created_at__lt=expired)
+        | Q(rotated_at__lt=expired)
+    )
+    deleted, _ = TokenFamily.objects.filter(ended).delete()
+    return deleted
 
 
 def _token_user(token: RefreshToken | AccessToken) -> User:

@@ -123,6 +123,24 @@ def test_a_reused_refresh_token_ends_its_whole_family_and_only_it(user):
     assert family.revoked_reason == "refresh token reused"
 
 
+def test_sign_ins_that_can_issue_nothing_more_are_purged_and_the_live_one_kept(user):
+    from django.utils import timezone
+
+    from console.services import jwt_families_purge
+
+    live, reused, idle = _login(), _login(), _login()
+    _refresh(reused["refresh"])
+    assert _refresh(reused["refresh"]).status_code == 401  # revoked
+    idle_family = pyjwt.decode(idle["refresh"], options={"verify_signature": False})["fam"]
+    TokenFamily.objects.filter(pk=idle_family).update(created_at=timezone.now() - timedelta(days=2))
+    assert jwt_families_purge() == 2
+    assert TokenFamily.objects.count() == 1
+    assert _me(live["access"]).status_code == 200
+    assert _refresh(live["refresh"]).status_code == 200
+    assert _me(idle["access"]).status_code == 401
+    assert _refresh(reused["refresh"]).status_code == 401
+
+
 @pytest.mark.django_db(transaction=True)
 def test_racing_refreshes_of_one_token_leave_at_most_one_winner_and_end_the_family(user):
     refresh = _login()["refresh"]
