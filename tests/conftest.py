@@ -64,7 +64,9 @@ def _price_table(request: pytest.FixtureRequest) -> None:
         return
     from django.apps import apps
 
-    seed = importlib.import_module("console.migrations.0002_seed_prices").seed
+    seed = importlib.import_module(
+        "console.migrations.0008_price_cache_lifetimes_and_web_search"
+    ).seed
     request.getfixturevalue("transactional_db")
     seed(apps, None)
 

@@ -6,10 +6,14 @@ serialized anyway), so concurrent requests, in any number of processes, are admi
 time against the same counters: nothing is read-then-written unlocked.
 
 A gateway call is admitted with its worst case: the request body's size in bytes bounds its input
-tokens (a text token is at least one byte), priced at the dearest input rate, plus ``max_tokens``
-at the output rate. That worst case is reserved against each budget and the token rate until the
-call settles to Anthropic's reported usage, so spend never exceeds a budget, even when many calls
-are in flight at once.
+tokens (a text token is at least one byte), plus what the body holds that Anthropic adds to
+(``InputBounds``: its tool prompts, an allowance per image), priced at the dearest input rate,
+plus ``max_tokens`` at the output rate, plus the web searches it may make. What the body cannot
+bound (a file or URL source, a server tool, a very long tool list) is reserved at the operator's
+``GATEWAY_UNBOUNDED_INPUT_TOKENS``, or refused under a budget when there is none. That worst case
+is reserved against each budget and the token rate until the call settles to Anthropic's
+reported usage, so spend never exceeds a budget, even when many calls are in flight at once
+(as long as the caps hold: a call that uses more is still charged in full).
 
 Admission and settlement run on every gateway call, so their statements are SQL, in
 ``ledger_sql.py`` (the ORM spent ~3.5 ms of a call's 3.7 ms compiling querysets); the rest of
@@ -19,36 +23,54 @@ this module is the rules, and reads no row twice.
 from __future__ import annotations
 
 import calendar
+import logging
 import math
 import uuid
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal
+from time import sleep
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from console.errors import BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
-from console.models import ApiKey, Budget, Quota, RateCounter, Reservation, UsageRecord
+from console.errors import BadRequest, BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
+from console.models import ApiKey, Budget, ModelPrice, Quota, RateCounter, Reservation, UsageRecord
 from console.services import ledger_sql
-from console.services.ledger import TokenUsage, cost_of, price_for, usage_record
+from console.services.ledger import (
+    ModelNotPriced,
+    TokenUsage,
+    cost_of,
+    price_for,
+    priced_models,
+    usage_record,
+)
 
 __all__ = [
     "Admission",
+    "InputBounds",
     "RateStatus",
+    "UnboundedCall",
     "WorstCase",
     "budget_window",
     "gateway_admit",
     "gateway_settle",
+    "model_price",
     "request_admit",
     "reservations_release_expired",
     "worst_case",
 ]
 
 _MINUTE = timedelta(minutes=1)
+_MILLION, _THOUSAND = Decimal(1_000_000), Decimal(1_000)
+# Settling a call is retried this many times over a database error, waiting between tries.
+_SETTLE_TRIES = 5
+_SETTLE_BACKOFF = 0.2
+
+log = logging.getLogger("console.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,33 +90,96 @@ class RateStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class InputBounds:
+    """What a call's body says about its input beyond its bytes: the tokens Anthropic adds
+    (``extra_tokens``), what the bytes do not bound at all (``unbounded``, named for people),
+    the web searches it may make (``None``: a search tool without ``max_uses``), and output
+    beyond ``max_tokens`` (a thinking budget above it)."""
+
+    extra_tokens: int = 0
+    unbounded: tuple[str, ...] = ()
+    web_searches: int | None = 0
+    extra_output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class WorstCase:
-    """The most a call can cost: tokens and USD."""
+    """The most a call can cost: tokens and USD. ``uncapped`` and ``unpriced_fees`` say what it
+    could not bound for want of an operator's cap; under a budget, such a call is refused."""
 
     tokens: int
     usd: Decimal
+    uncapped: str = ""
+    unpriced_fees: str = ""
 
 
 @dataclass(slots=True)
 class Admission:
-    """An admitted gateway call: its reservation, settled (or released) when it ends."""
+    """An admitted gateway call: its reservation, settled (or released) when it ends, the
+    (priced) model it asked for, and its worst case."""
 
     reservation_id: uuid.UUID
     user_id: int
     api_key_id: int | None
     rate: RateStatus | None = None
     settled: bool = False
+    model: str = ""
+    worst: WorstCase | None = None
 
 
-def worst_case(*, model: str, body_bytes: int, max_tokens: int) -> WorstCase:
-    """The most a call can use and cost (see the module's docstring)."""
-    price = price_for(model=model, at=timezone.now())
-    tokens = body_bytes + max_tokens
-    if price is None:
-        return WorstCase(tokens, Decimal(0))
-    dearest_input = max(price.input_per_mtok, price.cache_write_per_mtok)
-    usd = (body_bytes * dearest_input + max_tokens * price.output_per_mtok) / Decimal(1_000_000)
-    return WorstCase(tokens, usd.quantize(Decimal("0.00000001")))
+class UnboundedCall(BadRequest):
+    """The call may use more than its body shows, and no cap bounds it under the caller's
+    budget."""
+
+    code = "unbounded_call"
+
+
+def model_price(*, model: str, at: datetime) -> ModelPrice:
+    """The model's price in force at ``at``; ``ModelNotPriced`` (naming the priced models)
+    when it has none."""
+    price = price_for(model=model, at=at) if len(model) <= 100 else None
+    if price is not None:
+        return price
+    priced = priced_models(at=at)
+    shown = model if len(model) <= 100 else f"{model[:40]}… ({len(model)} characters)"
+    raise ModelNotPriced(
+        f"the model {shown!r} has no price on this console, so calls to it are refused; "
+        f"an operator can price it in the admin. Priced: {', '.join(priced)}",
+        details={"model": [f"{shown} has no price."], "priced_models": priced},
+    )
+
+
+def worst_case(
+    *, model: str, body_bytes: int, max_tokens: int, inputs: InputBounds | None = None
+) -> WorstCase:
+    """The most a call can use and cost (see the module's docstring); ``ModelNotPriced`` for
+    a model without a price."""
+    inputs = inputs or InputBounds()
+    price = model_price(model=model, at=timezone.now())
+    input_tokens, uncapped = body_bytes + inputs.extra_tokens, ""
+    if inputs.unbounded:
+        cap = settings.GATEWAY_UNBOUNDED_INPUT_TOKENS
+        input_tokens += cap
+        if not cap:
+            uncapped = ", ".join(inputs.unbounded)
+    searches, unpriced_fees = inputs.web_searches, ""
+    if searches is None:
+        searches = settings.GATEWAY_UNBOUNDED_SERVER_TOOL_USES
+        if not searches:
+            unpriced_fees = "a web_search tool without max_uses"
+    dearest_input = max(
+        price.input_per_mtok,
+        price.cache_write_per_mtok,
+        price.cache_write_1h_per_mtok,
+        price.cache_read_per_mtok,
+    )
+    output_tokens = max_tokens + inputs.extra_output_tokens
+    usd = (
+        input_tokens * dearest_input + output_tokens * price.output_per_mtok
+    ) / _MILLION + searches * price.web_search_per_1k / _THOUSAND
+    return WorstCase(
+        input_tokens + output_tokens, usd.quantize(Decimal("0.00000001")), uncapped, unpriced_fees
+    )
 
 
 # --- Windows -----------------------------------------------------------------------------------
@@ -346,18 +431,39 @@ def gateway_admit(
     model: str,
     body_bytes: int,
     max_tokens: int,
+    inputs: InputBounds | None = None,
     api_key_id: int | None = None,
     api_key: ApiKey | None = None,
 ) -> Admission:
     """Admit one gateway call, reserving its worst case; raises ``RateLimited`` or
-    ``BudgetExceeded`` (which say which limit, its value, what is used and when it resets)."""
-    worst = worst_case(model=model, body_bytes=body_bytes, max_tokens=max_tokens)
+    ``BudgetExceeded`` (which say which limit, its value, what is used and when it resets),
+    ``ModelNotPriced``, or ``UnboundedCall``."""
+    worst = worst_case(model=model, body_bytes=body_bytes, max_tokens=max_tokens, inputs=inputs)
     now = timezone.now()
     try:
-        return _admit(user_id, api_key, api_key_id, worst, now)
+        admission = _admit(user_id, api_key, api_key_id, worst, now)
     except (QuotaExceeded, UserSuspended) as refusal:
         _refusal_count(user_id, refusal, now)
         raise
+    admission.model, admission.worst = model, worst
+    return admission
+
+
+def _refuse_unbounded(windows: list[_Window], worst: WorstCase) -> None:
+    """Refuse a call that a budget applies to when its worst case is not bounded."""
+    if worst.uncapped and windows:
+        raise UnboundedCall(
+            f"this call may use more input than its body shows ({worst.uncapped}), and your "
+            "budget needs a bound: the operator has set no GATEWAY_UNBOUNDED_INPUT_TOKENS",
+            details={"unbounded": [worst.uncapped]},
+        )
+    if worst.unpriced_fees and any(w.budget.metric == Budget.Metric.USD for w in windows):
+        raise UnboundedCall(
+            f"this call's server-tool fees are not bounded ({worst.unpriced_fees}), and your "
+            "budget needs a bound: set max_uses on the tool (the operator has set no "
+            "GATEWAY_UNBOUNDED_SERVER_TOOL_USES)",
+            details={"tools": [worst.unpriced_fees]},
+        )
 
 
 def _refusal_count(user_id: int, refusal: QuotaExceeded | UserSuspended, now: datetime) -> None:
@@ -390,6 +496,7 @@ def _admit(
         scopes = _scopes(quota, api_key)
         try:
             windows = _windows(quota, now)
+            _refuse_unbounded(windows, worst)
             amounts = [_amount(window.budget, worst.tokens, worst.usd) for window in windows]
             for window, cost in zip(windows, amounts, strict=True):
                 used = _used(window)
@@ -445,34 +552,97 @@ def gateway_settle(
     *,
     admission: Admission,
     model: str,
-    usage: TokenUsage,
+    usage: TokenUsage | None,
     agent_id: object | None = None,
     session_id: object | None = None,
     request_id: str = "",
 ) -> UsageRecord | None:
     """Replace the call's reservation by what it really used: the ledger row, each budget's
-    spend, the token rate. Runs once per admission; a call that used nothing writes no row."""
+    spend, the token rate. ``usage`` is None when the call returned none (it failed): then the
+    reservation is only released. Runs once per admission.
+
+    A call that returned usage always leaves its row: the answered model is charged at its
+    price, or at the price of the model asked for when it has none; a session or agent that
+    went meanwhile is left off the row; a database error is retried, and logged when the
+    retries run out (with everything needed to write the row by hand)."""
     if admission.settled:
         return None
-    admission.settled = True
     now = timezone.now()
-    cost = cost_of(usage=usage, price=price_for(model=model, at=now))
+    model, price = _charged_model(model, admission.model, now)
+    for attempt in range(_SETTLE_TRIES):
+        try:
+            record = _settle(admission, model, price, usage, agent_id, session_id, request_id, now)
+        except IntegrityError:
+            if agent_id is None and session_id is None:
+                raise
+            log.warning(
+                "gateway settlement: the call's agent or session is gone; recorded without them",
+                extra={"agent_id": str(agent_id), "session_id": str(session_id)},
+            )
+            agent_id = session_id = None
+            continue
+        except DatabaseError:
+            if attempt == _SETTLE_TRIES - 1:
+                log.critical(
+                    "gateway settlement failed: usage NOT in the ledger",
+                    extra={
+                        "user_id": admission.user_id,
+                        "model": model,
+                        "usage": usage.as_dict() if usage is not None else None,
+                        "reservation_id": str(admission.reservation_id),
+                        "request_id": request_id,
+                    },
+                    exc_info=True,
+                )
+                raise
+            log.error("gateway settlement: database error, retrying", exc_info=True)
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()  # the server closed it: the next try connects afresh
+            sleep(_SETTLE_BACKOFF * 2**attempt)
+            continue
+        admission.settled = True
+        return record
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _charged_model(answered: str, asked: str, at: datetime) -> tuple[str, ModelPrice]:
+    """The model a call is charged as: the one that answered, when it is priced, else the one
+    asked for (priced at admission), never nothing."""
+    price = price_for(model=answered, at=at) if answered and len(answered) <= 100 else None
+    if price is not None or not asked:
+        return answered, price or model_price(model=answered, at=at)
+    return asked, model_price(model=asked, at=at)
+
+
+def _settle(
+    admission: Admission,
+    model: str,
+    price: ModelPrice,
+    usage: TokenUsage | None,
+    agent_id: object | None,
+    session_id: object | None,
+    request_id: str,
+    now: datetime,
+) -> UsageRecord | None:
+    used = usage or TokenUsage()
+    cost = cost_of(usage=used, price=price)
     with transaction.atomic():
         quota = ledger_sql.quota_lock(admission.user_id)
         if quota is None:
             raise Quota.DoesNotExist(f"no quota for user {admission.user_id}")
         reservation = ledger_sql.reservation_take(admission.reservation_id)
-        _settle_budgets(_windows(quota, now), reservation, usage.total, cost)
-        if reservation is not None and usage.total != reservation.tokens:
+        _settle_budgets(_windows(quota, now), reservation, used.total, cost)
+        if reservation is not None and used.total != reservation.tokens:
             ledger_sql.rate_tokens_add(
-                _scope_keys(reservation), reservation.minute, usage.total - reservation.tokens
+                _scope_keys(reservation), reservation.minute, used.total - reservation.tokens
             )
-        if usage.total == 0:
+        if usage is None:
             return None
         return usage_record(
             user_id=admission.user_id,
             model=model,
             usage=usage,
+            price=price,
             agent_id=agent_id,
             session_id=session_id,
             request_id=request_id,
