@@ -154,6 +154,7 @@ class _Reply:
     usage: Any
     tool: dict[str, Any] | None = None
     model: str | None = None
+    verbatim: bool = False  # the usage was scripted whole: sent as it is, in every event
 
 
 def _new_id(prefix: str) -> str:
@@ -466,9 +467,12 @@ class FakeAnthropic:
             scripted.cache_creation_1h_input_tokens,
             scripted.web_search_requests,
         )
-        if scripted.usage is not _UNSET:
+        verbatim = scripted.usage is not _UNSET
+        if verbatim:
             usage = scripted.usage
-        return _Reply(text, stop_reason, stop_sequence, usage, model=scripted.model)
+        return _Reply(
+            text, stop_reason, stop_sequence, usage, model=scripted.model, verbatim=verbatim
+        )
 
     @staticmethod
     def _message_json(
@@ -481,7 +485,7 @@ class FakeAnthropic:
             if reply.tool is not None:
                 content.append(reply.tool)
         usage = reply.usage
-        if isinstance(usage, dict) and not final:
+        if isinstance(usage, dict) and not final and not reply.verbatim:
             usage = {k: v for k, v in usage.items() if k != "server_tool_use"}
             usage["output_tokens"] = 1
         return {
