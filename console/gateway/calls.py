@@ -21,6 +21,7 @@ from console.crypto import decrypt
 from console.errors import BadRequest, ConsoleError, NotAuthenticated
 from console.models import ApiKey, Quota, UsageRecord, User
 from console.services import (
+    MAX_COUNT,
     Admission,
     InputBounds,
     TokenUsage,
@@ -357,6 +358,7 @@ def _usage(fields: dict[str, int]) -> TokenUsage:
     five_minutes = max(0, fields.get("ephemeral_5m_input_tokens", 0))
     one_hour = max(0, fields.get("ephemeral_1h_input_tokens", 0))
     writes = max(fields.get("cache_creation_input_tokens", 0), five_minutes + one_hour)
+    writes = min(writes, MAX_COUNT)
     return TokenUsage(
         input_tokens=fields.get("input_tokens", 0),
         output_tokens=fields.get("output_tokens", 0),

@@ -20,6 +20,13 @@ from console.services.audit import (
     model_changes,
     users_set_suspended,
 )
+from console.services.call_bounds import (
+    InputBounds,
+    UnboundedCall,
+    WorstCase,
+    model_price,
+    worst_case,
+)
 from console.services.idempotency import (
     IdempotencyConflict,
     Replay,
@@ -29,6 +36,7 @@ from console.services.idempotency import (
     idempotent_requests_forget,
 )
 from console.services.ledger import (
+    MAX_COUNT,
     ModelNotPriced,
     TokenUsage,
     cost_of,
@@ -39,20 +47,16 @@ from console.services.ledger import (
 )
 from console.services.limits import (
     Admission,
-    InputBounds,
     RateStatus,
-    UnboundedCall,
-    WorstCase,
     budget_window,
     gateway_admit,
     gateway_settle,
-    model_price,
     request_admit,
     reservations_release_expired,
-    worst_case,
 )
 
 __all__ = [
+    "MAX_COUNT",
     "Admission",
     "IdempotencyConflict",
     "InputBounds",

@@ -6,7 +6,13 @@ and ~0.6 ms of compiling them."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
+import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -24,11 +30,15 @@ __all__ = [
     "ModelNotPriced",
     "TokenUsage",
     "cost_of",
+    "ledger_spool",
+    "ledger_spooled",
     "price_cache_clear",
     "price_for",
     "priced_models",
     "usage_record",
 ]
+
+log = logging.getLogger("console.gateway")
 
 _MILLION = Decimal(1_000_000)
 _THOUSAND = Decimal(1_000)
@@ -217,3 +227,57 @@ def _roll_up(record: UsageRecord) -> None:
     common = {"user_id": record.user_id, "agent_id": agent_id, "model": record.model}
     ledger_sql.hourly_add(key={**common, "hour": hour}, amounts=amounts)
     ledger_sql.daily_add(key={**common, "day": hour.date()}, amounts=amounts)
+
+
+# --- The spool -----------------------------------------------------------------------------------
+
+SPOOL_NAME = "gateway-unsettled.jsonl"
+
+
+def _spool_path() -> str:
+    return os.path.join(settings.VAR_DIR, SPOOL_NAME)
+
+
+@contextlib.contextmanager
+def _spool_locked() -> Iterator[int]:
+    """The spool file, open and locked against this machine's other processes."""
+    descriptor = os.open(_spool_path(), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield descriptor
+    finally:
+        os.close(descriptor)  # and with it the lock
+
+
+def ledger_spool(entry: dict[str, object]) -> None:
+    """Keep a settlement the database refused on this machine's disk, one JSON line, until
+    ``ledger_spooled`` hands it back to be settled again."""
+    line = json.dumps(entry, default=str) + "\n"
+    with _spool_locked() as descriptor:
+        os.write(descriptor, line.encode())
+        os.fsync(descriptor)
+
+
+def ledger_spooled(settle: Callable[[dict[str, object]], None]) -> int:
+    """Settle each spooled settlement with ``settle``, keeping those it fails on; returns how
+    many it settled. Cheap when there are none (one ``stat``)."""
+    if not os.path.exists(_spool_path()) or os.path.getsize(_spool_path()) == 0:
+        return 0
+    settled = 0
+    with _spool_locked() as descriptor:
+        with open(_spool_path(), encoding="utf-8") as spool:
+            entries = [json.loads(line) for line in spool if line.strip()]
+        kept = []
+        for entry in entries:
+            try:
+                settle(entry)
+            except Exception:  # kept on disk and logged: tried again later
+                log.exception("a spooled settlement failed again; it stays spooled")
+                kept.append(entry)
+            else:
+                settled += 1
+        os.ftruncate(descriptor, 0)
+        for entry in kept:
+            os.write(descriptor, (json.dumps(entry, default=str) + "\n").encode())
+        os.fsync(descriptor)
+    return settled

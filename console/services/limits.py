@@ -30,42 +30,44 @@ import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal
-from time import sleep
+from time import monotonic, sleep
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from console.errors import BadRequest, BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
+from console.errors import BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
 from console.models import ApiKey, Budget, ModelPrice, Quota, RateCounter, Reservation, UsageRecord
 from console.services import ledger_sql
+from console.services.call_bounds import (
+    InputBounds,
+    UnboundedCall,
+    WorstCase,
+    model_price,
+    worst_case,
+)
 from console.services.ledger import (
-    ModelNotPriced,
     TokenUsage,
     cost_of,
+    ledger_spool,
+    ledger_spooled,
     price_for,
-    priced_models,
     usage_record,
 )
 
 __all__ = [
     "Admission",
-    "InputBounds",
     "RateStatus",
-    "UnboundedCall",
-    "WorstCase",
     "budget_window",
     "gateway_admit",
     "gateway_settle",
-    "model_price",
     "request_admit",
     "reservations_release_expired",
-    "worst_case",
+    "settlements_replay",
 ]
 
 _MINUTE = timedelta(minutes=1)
-_MILLION, _THOUSAND = Decimal(1_000_000), Decimal(1_000)
 # Settling a call is retried this many times over a database error, waiting between tries.
 _SETTLE_TRIES = 5
 _SETTLE_BACKOFF = 0.2
@@ -89,30 +91,6 @@ class RateStatus:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class InputBounds:
-    """What a call's body says about its input beyond its bytes: the tokens Anthropic adds
-    (``extra_tokens``), what the bytes do not bound at all (``unbounded``, named for people),
-    the web searches it may make (``None``: a search tool without ``max_uses``), and output
-    beyond ``max_tokens`` (a thinking budget above it)."""
-
-    extra_tokens: int = 0
-    unbounded: tuple[str, ...] = ()
-    web_searches: int | None = 0
-    extra_output_tokens: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class WorstCase:
-    """The most a call can cost: tokens and USD. ``uncapped`` and ``unpriced_fees`` say what it
-    could not bound for want of an operator's cap; under a budget, such a call is refused."""
-
-    tokens: int
-    usd: Decimal
-    uncapped: str = ""
-    unpriced_fees: str = ""
-
-
 @dataclass(slots=True)
 class Admission:
     """An admitted gateway call: its reservation, settled (or released) when it ends, the
@@ -125,61 +103,6 @@ class Admission:
     settled: bool = False
     model: str = ""
     worst: WorstCase | None = None
-
-
-class UnboundedCall(BadRequest):
-    """The call may use more than its body shows, and no cap bounds it under the caller's
-    budget."""
-
-    code = "unbounded_call"
-
-
-def model_price(*, model: str, at: datetime) -> ModelPrice:
-    """The model's price in force at ``at``; ``ModelNotPriced`` (naming the priced models)
-    when it has none."""
-    price = price_for(model=model, at=at) if len(model) <= 100 else None
-    if price is not None:
-        return price
-    priced = priced_models(at=at)
-    shown = model if len(model) <= 100 else f"{model[:40]}… ({len(model)} characters)"
-    raise ModelNotPriced(
-        f"the model {shown!r} has no price on this console, so calls to it are refused; "
-        f"an operator can price it in the admin. Priced: {', '.join(priced)}",
-        details={"model": [f"{shown} has no price."], "priced_models": priced},
-    )
-
-
-def worst_case(
-    *, model: str, body_bytes: int, max_tokens: int, inputs: InputBounds | None = None
-) -> WorstCase:
-    """The most a call can use and cost (see the module's docstring); ``ModelNotPriced`` for
-    a model without a price."""
-    inputs = inputs or InputBounds()
-    price = model_price(model=model, at=timezone.now())
-    input_tokens, uncapped = body_bytes + inputs.extra_tokens, ""
-    if inputs.unbounded:
-        cap = settings.GATEWAY_UNBOUNDED_INPUT_TOKENS
-        input_tokens += cap
-        if not cap:
-            uncapped = ", ".join(inputs.unbounded)
-    searches, unpriced_fees = inputs.web_searches, ""
-    if searches is None:
-        searches = settings.GATEWAY_UNBOUNDED_SERVER_TOOL_USES
-        if not searches:
-            unpriced_fees = "a web_search tool without max_uses"
-    dearest_input = max(
-        price.input_per_mtok,
-        price.cache_write_per_mtok,
-        price.cache_write_1h_per_mtok,
-        price.cache_read_per_mtok,
-    )
-    output_tokens = max_tokens + inputs.extra_output_tokens
-    usd = (
-        input_tokens * dearest_input + output_tokens * price.output_per_mtok
-    ) / _MILLION + searches * price.web_search_per_1k / _THOUSAND
-    return WorstCase(
-        input_tokens + output_tokens, usd.quantize(Decimal("0.00000001")), uncapped, unpriced_fees
-    )
 
 
 # --- Windows -----------------------------------------------------------------------------------
@@ -567,34 +490,47 @@ def gateway_settle(
     retries run out (with everything needed to write the row by hand)."""
     if admission.settled:
         return None
-    now = timezone.now()
-    model, price = _charged_model(model, admission.model, now)
+    record = _settle_retrying(
+        admission, model, usage, agent_id, session_id, request_id, timezone.now(), spool=True
+    )
+    _replay_now_and_then()
+    return record
+
+
+def _settle_retrying(
+    admission: Admission,
+    answered: str,
+    usage: TokenUsage | None,
+    agent_id: object | None,
+    session_id: object | None,
+    request_id: str,
+    now: datetime,
+    *,
+    spool: bool,
+) -> UsageRecord | None:
+    """Settle, retrying over database errors; when they persist, spool the settlement to disk
+    (or, replaying the spool, raise)."""
     for attempt in range(_SETTLE_TRIES):
         try:
+            model, price = _charged_model(answered, admission.model, now)
             record = _settle(admission, model, price, usage, agent_id, session_id, request_id, now)
         except IntegrityError:
-            if agent_id is None and session_id is None:
+            if agent_id is not None or session_id is not None:
+                log.warning(
+                    "gateway settlement: the call's agent or session is gone; recorded without "
+                    "them",
+                    extra={"agent_id": str(agent_id), "session_id": str(session_id)},
+                )
+                agent_id = session_id = None
+                continue
+            if not spool:
                 raise
-            log.warning(
-                "gateway settlement: the call's agent or session is gone; recorded without them",
-                extra={"agent_id": str(agent_id), "session_id": str(session_id)},
-            )
-            agent_id = session_id = None
-            continue
+            break
         except DatabaseError:
             if attempt == _SETTLE_TRIES - 1:
-                log.critical(
-                    "gateway settlement failed: usage NOT in the ledger",
-                    extra={
-                        "user_id": admission.user_id,
-                        "model": model,
-                        "usage": usage.as_dict() if usage is not None else None,
-                        "reservation_id": str(admission.reservation_id),
-                        "request_id": request_id,
-                    },
-                    exc_info=True,
-                )
-                raise
+                if not spool:
+                    raise
+                break
             log.error("gateway settlement: database error, retrying", exc_info=True)
             if connection.connection is not None and not connection.is_usable():
                 connection.close()  # the server closed it: the next try connects afresh
@@ -602,7 +538,70 @@ def gateway_settle(
             continue
         admission.settled = True
         return record
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    entry = {
+        "reservation_id": str(admission.reservation_id),
+        "user_id": admission.user_id,
+        "api_key_id": admission.api_key_id,
+        "model": answered,
+        "asked": admission.model,
+        "usage": usage.as_dict() if usage is not None else None,
+        "agent_id": agent_id,
+        "session_id": session_id,
+        "request_id": request_id,
+        "at": now.isoformat(),
+    }
+    log.critical(
+        "gateway settlement failed %s times: spooled to disk until the database answers",
+        _SETTLE_TRIES,
+        extra={"settlement": entry},
+        exc_info=True,
+    )
+    ledger_spool(entry)
+    admission.settled = True
+    return None
+
+
+_SPOOL_LOOK_SECONDS = 30.0
+_spool_looked_at = [0.0]
+
+
+def _replay_now_and_then() -> None:
+    """Once the database answers again, settle what this machine spooled (looking every
+    ``_SPOOL_LOOK_SECONDS`` at most)."""
+    now = monotonic()
+    if now - _spool_looked_at[0] < _SPOOL_LOOK_SECONDS:
+        return
+    _spool_looked_at[0] = now
+    settlements_replay()
+
+
+def settlements_replay() -> int:
+    """Settle the gateway calls whose settlement this machine spooled while its database
+    failed; returns how many. A call whose upstream request id is in the ledger already is not
+    written twice."""
+    return ledger_spooled(_replay)
+
+
+def _replay(entry: dict[str, Any]) -> None:
+    request_id = str(entry.get("request_id") or "")
+    if (
+        request_id
+        and UsageRecord.objects.filter(user_id=entry["user_id"], request_id=request_id).exists()
+    ):
+        return
+    admission = Admission(uuid.UUID(entry["reservation_id"]), entry["user_id"], entry["api_key_id"])
+    admission.model = entry["asked"]
+    usage = TokenUsage(**entry["usage"]) if entry["usage"] is not None else None
+    _settle_retrying(
+        admission,
+        entry["model"],
+        usage,
+        entry["agent_id"],
+        entry["session_id"],
+        request_id,
+        datetime.fromisoformat(entry["at"]),
+        spool=False,
+    )
 
 
 def _charged_model(answered: str, asked: str, at: datetime) -> tuple[str, ModelPrice]:
@@ -680,6 +679,7 @@ def reservations_release_expired(*, now: datetime | None = None) -> int:
     """Release reservations whose call never settled (its process died), and forget old
     rate counters. Beat runs it every minute."""
     now = now or timezone.now()
+    settlements_replay()  # what this machine spooled is settled before its reservation goes
     released = 0
     expired_users = set(
         Reservation.objects.filter(expires_at__lte=now).values_list("user_id", flat=True)

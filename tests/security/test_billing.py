@@ -19,7 +19,7 @@ from django.db.models import Sum
 from agents.models import Agent, Session
 from agents.sandbox import agent_token_issue
 from console.models import Budget, ModelPrice, Quota, Reservation, UsageRecord
-from console.services import api_key_create, ledger_sql
+from console.services import api_key_create, ledger, ledger_sql, limits
 from tests.fakes.anthropic import Hang, Text
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -162,6 +162,35 @@ def test_a_settlement_that_meets_a_database_error_is_retried(
     assert post(console, key, body_of()).status_code == 200
     assert len(failures) == 2
     assert UsageRecord.objects.count() == 1 and not Reservation.objects.exists()
+
+
+def test_a_settlement_the_database_keeps_refusing_is_spooled_and_replayed(
+    console, user, key, fake_anthropic, monkeypatch, settings, tmp_path
+):
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setattr(limits, "_SETTLE_BACKOFF", 0.01)
+    real = ledger_sql.usage_insert
+
+    def down(values):
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(ledger_sql, "usage_insert", down)
+    budget = Budget.objects.create(user=user, metric="usd", window="day", limit=Decimal(10))
+    fake_anthropic.enqueue(Text("ok", input_tokens=1000, output_tokens=100))
+    assert post(console, key, body_of()).status_code == 200
+    assert not UsageRecord.objects.exists()
+    spooled = (tmp_path / ledger.SPOOL_NAME).read_text().splitlines()
+    assert len(spooled) == 1 and json.loads(spooled[0])["usage"]["input_tokens"] == 1000
+
+    monkeypatch.setattr(ledger_sql, "usage_insert", real)
+    assert limits.settlements_replay() == 1
+    assert limits.settlements_replay() == 0  # once
+    record = UsageRecord.objects.get()
+    assert (record.user_id, record.cost_usd) == (user.pk, Decimal("0.003"))
+    budget.refresh_from_db()
+    assert (budget.used, budget.reserved) == (Decimal("0.003"), 0)
+    assert not Reservation.objects.exists()
+    assert (tmp_path / ledger.SPOOL_NAME).read_text() == ""
 
 
 # --- Prices fail closed ------------------------------------------------------------------------
