@@ -77,7 +77,8 @@ class Text:
     """Scripted text reply; ``None`` token counts are computed with ``count_tokens``.
 
     ``cache_creation_input_tokens`` are 5-minute cache writes, ``cache_creation_1h_input_tokens``
-    1-hour ones; ``usage`` replaces the whole usage object; ``model`` answers as another model."""
+    1-hour ones; ``usage`` replaces the whole usage object; ``model`` answers as another model;
+    ``cut_after`` breaks a stream's connection off after that many text deltas."""
 
     text: str
     stop_reason: str = "end_turn"
@@ -89,6 +90,7 @@ class Text:
     web_search_requests: int = 0
     usage: Any = _UNSET
     model: str | None = None
+    cut_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class _Reply:
     tool: dict[str, Any] | None = None
     model: str | None = None
     verbatim: bool = False  # the usage was scripted whole: sent as it is, in every event
+    cut_after: int | None = None
 
 
 def _new_id(prefix: str) -> str:
@@ -471,7 +474,13 @@ class FakeAnthropic:
         if verbatim:
             usage = scripted.usage
         return _Reply(
-            text, stop_reason, stop_sequence, usage, model=scripted.model, verbatim=verbatim
+            text,
+            stop_reason,
+            stop_sequence,
+            usage,
+            model=scripted.model,
+            verbatim=verbatim,
+            cut_after=scripted.cut_after,
         )
 
     @staticmethod
@@ -512,8 +521,15 @@ class FakeAnthropic:
         await response.prepare(request)
         start = self._message_json(body, reply, message_id, final=False)
         answer = self._answer(start["usage"])
+        deltas = 0
         try:
             for pause, event, data in _stream_events(start, reply):
+                if event == "content_block_delta":
+                    deltas += 1
+                    if reply.cut_after is not None and deltas > reply.cut_after:
+                        assert request.transport is not None
+                        request.transport.abort()  # Anthropic's end breaks off mid-stream
+                        return response
                 if pause and self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
                 # A closed transport may still swallow writes, so check it explicitly.

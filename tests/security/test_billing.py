@@ -284,6 +284,24 @@ def test_cache_writes_anthropic_does_not_break_down_are_priced_at_the_dearer_rat
     assert UsageRecord.objects.get().cost_usd == Decimal("0.004")
 
 
+def test_a_stream_anthropic_breaks_off_is_charged_what_was_used(console, key, fake_anthropic):
+    reply = " ".join(f"word{i}" for i in range(50))
+    fake_anthropic.enqueue(Text(reply, input_tokens=1000, cut_after=10))
+    with httpx.stream(
+        "POST",
+        f"{console}/gateway/v1/messages",
+        json=body_of(stream=True, max_tokens=500),
+        headers={"x-api-key": key},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200
+        received = "".join(response.iter_text())
+    assert "word9 " in received and "word20" not in received
+    record = UsageRecord.objects.get()
+    assert record.input_tokens == 1000 and 10 <= record.output_tokens < 50
+    assert not Reservation.objects.exists()
+
+
 # --- Hostile usage from upstream -----------------------------------------------------------------
 
 
