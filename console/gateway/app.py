@@ -214,7 +214,7 @@ class GatewayApp:
                 gateway_begin,
                 token=_bearer(headers),
                 body=body,
-                body_bytes=len(raw),
+                raw=raw,
                 session_id=headers.get("x-console-session"),
             )
         except ConsoleError as exc:

@@ -141,7 +141,7 @@ def _running_agent(agent_id: str) -> Agent | None:
 
 
 def gateway_begin(
-    *, token: str, body: dict[str, Any], body_bytes: int, session_id: str | None
+    *, token: str, body: dict[str, Any], raw: bytes, session_id: str | None
 ) -> GatewayCall:
     """Authenticate the caller, check the session they name, and admit the call against
     their limits, reserving its worst case."""
@@ -151,15 +151,15 @@ def gateway_begin(
         user_id=caller.user_id,
         api_key=caller.api_key,
         model=body["model"],
-        body_bytes=body_bytes,
+        body_bytes=len(raw),
         max_tokens=body["max_tokens"],
-        inputs=input_bounds(body),
+        inputs=input_bounds(body, raw),
     )
     worst = admission.worst
     # An answer whose usage cannot be read is charged the input it reserved, and max_tokens.
     output = body["max_tokens"]
     unread = TokenUsage(
-        input_tokens=(worst.tokens - output) if worst is not None else body_bytes,
+        input_tokens=(worst.tokens - output) if worst is not None else len(raw),
         output_tokens=output,
     )
     return GatewayCall(caller, admission, session, unread)
@@ -247,10 +247,11 @@ _WEB_SEARCH = "web_search_"
 _UNBOUNDED_KEYS = ("mcp_servers", "container")
 
 
-def input_bounds(body: dict[str, Any]) -> InputBounds:
-    """What ``body`` says about its input beyond its bytes (see ``InputBounds``): Anthropic's
-    tool prompts, images, and what it does not bound at all (file and URL sources, PDFs, server
-    tools, remote MCP servers, containers, very long tool lists)."""
+def input_bounds(body: dict[str, Any], raw: bytes) -> InputBounds:
+    """What ``body`` (parsed from ``raw``) says about its input beyond its bytes (see
+    ``InputBounds``): Anthropic's tool prompts, images, and what it does not bound at all (file
+    and URL sources, PDFs, server tools, remote MCP servers, containers, very long tool
+    lists)."""
     extra, unbounded, searches = 0, [], 0
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
@@ -272,7 +273,7 @@ def input_bounds(body: dict[str, Any]) -> InputBounds:
                     ok = isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0
                     searches = searches + uses if ok else None
     unbounded += [f"{key}" for key in _UNBOUNDED_KEYS if body.get(key)]
-    images, sources = _sources(body)
+    images, sources = _sources(body) if _may_source(raw) else (0, set())
     extra += images * _IMAGE_TOKENS
     unbounded += sorted(sources)
     thinking = body.get("thinking")
@@ -284,6 +285,12 @@ def input_bounds(body: dict[str, Any]) -> InputBounds:
         web_searches=searches,
         extra_output_tokens=max(0, output),
     )
+
+
+def _may_source(raw: bytes) -> bool:
+    """Whether the body's text could hold a source or an upload at all: walking its blocks costs
+    as much as parsing it, and most bodies are text. A key can hide only behind an escape."""
+    return b'"source"' in raw or b"container_upload" in raw or b"\\u" in raw
 
 
 def _sources(body: dict[str, Any]) -> tuple[int, set[str]]:
