@@ -302,11 +302,12 @@ class UsageRecord(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cache_creation_input_tokens = models.PositiveIntegerField(default=0)
+    # db_default too: writers of the ledger that name only the older columns still work.
     cache_creation_1h_input_tokens = models.PositiveIntegerField(
-        default=0, help_text="The part of the cache writes priced at the 1-hour rate."
+        default=0, db_default=0, help_text="The part of the cache writes priced at the 1-hour rate."
     )
     cache_read_input_tokens = models.PositiveIntegerField(default=0)
-    web_search_requests = models.PositiveIntegerField(default=0)
+    web_search_requests = models.PositiveIntegerField(default=0, db_default=0)
     cost_usd = models.DecimalField(max_digits=18, decimal_places=8)
     request_id = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

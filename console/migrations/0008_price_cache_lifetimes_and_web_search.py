@@ -80,10 +80,14 @@ class Migration(migrations.Migration):
             "usagerecord",
             "cache_creation_1h_input_tokens",
             models.PositiveIntegerField(
-                default=0, help_text="The part of the cache writes priced at the 1-hour rate."
+                default=0,
+                db_default=0,
+                help_text="The part of the cache writes priced at the 1-hour rate.",
             ),
         ),
         migrations.AddField(
-            "usagerecord", "web_search_requests", models.PositiveIntegerField(default=0)
+            "usagerecord",
+            "web_search_requests",
+            models.PositiveIntegerField(default=0, db_default=0),
         ),
     ]

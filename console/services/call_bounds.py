@@ -4,7 +4,7 @@ its worst case, from what its body bounds and the operator's caps for what it do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
@@ -35,13 +35,15 @@ class InputBounds:
 
 @dataclass(frozen=True, slots=True)
 class WorstCase:
-    """The most a call can cost: tokens and USD. ``uncapped`` and ``unpriced_fees`` say what it
-    could not bound for want of an operator's cap; under a budget, such a call is refused."""
+    """The most a call can cost: tokens and USD, at ``price``. ``uncapped`` and
+    ``unpriced_fees`` say what it could not bound for want of an operator's cap; under a
+    budget, such a call is refused."""
 
     tokens: int
     usd: Decimal
     uncapped: str = ""
     unpriced_fees: str = ""
+    price: ModelPrice | None = field(default=None, compare=False, repr=False)
 
 
 class UnboundedCall(BadRequest):
@@ -97,5 +99,9 @@ def worst_case(
         input_tokens * dearest_input + output_tokens * price.output_per_mtok
     ) / _MILLION + searches * price.web_search_per_1k / _THOUSAND
     return WorstCase(
-        input_tokens + output_tokens, usd.quantize(Decimal("0.00000001")), uncapped, unpriced_fees
+        input_tokens + output_tokens,
+        usd.quantize(Decimal("0.00000001")),
+        uncapped,
+        unpriced_fees,
+        price,
     )

@@ -512,7 +512,7 @@ def _settle_retrying(
     (or, replaying the spool, raise)."""
     for attempt in range(_SETTLE_TRIES):
         try:
-            model, price = _charged_model(answered, admission.model, now)
+            model, price = _charged_model(answered, admission, now)
             record = _settle(admission, model, price, usage, agent_id, session_id, request_id, now)
         except IntegrityError:
             if agent_id is not None or session_id is not None:
@@ -536,8 +536,14 @@ def _settle_retrying(
                 connection.close()  # the server closed it: the next try connects afresh
             sleep(_SETTLE_BACKOFF * 2**attempt)
             continue
+        except Exception:
+            # Not the database's doing (a bug): the usage still lands on disk, not nowhere.
+            if not spool:
+                raise
+            break
         admission.settled = True
         return record
+    asked = admission.worst.price if admission.worst is not None else None
     entry = {
         "reservation_id": str(admission.reservation_id),
         "user_id": admission.user_id,
@@ -549,6 +555,7 @@ def _settle_retrying(
         "session_id": session_id,
         "request_id": request_id,
         "at": now.isoformat(),
+        "price": {name: str(getattr(asked, name)) for name in _PRICES} if asked else None,
     }
     log.critical(
         "gateway settlement failed %s times: spooled to disk until the database answers",
@@ -561,6 +568,15 @@ def _settle_retrying(
     return None
 
 
+_PRICES = (
+    "effective_from",
+    "input_per_mtok",
+    "output_per_mtok",
+    "cache_write_per_mtok",
+    "cache_write_1h_per_mtok",
+    "cache_read_per_mtok",
+    "web_search_per_1k",
+)
 _SPOOL_LOOK_SECONDS = 30.0
 _spool_looked_at = [0.0]
 
@@ -591,6 +607,10 @@ def _replay(entry: dict[str, Any]) -> None:
         return
     admission = Admission(uuid.UUID(entry["reservation_id"]), entry["user_id"], entry["api_key_id"])
     admission.model = entry["asked"]
+    if entry.get("price"):
+        rates = {k: v if k == "effective_from" else Decimal(v) for k, v in entry["price"].items()}
+        price = ModelPrice(model=entry["asked"], **rates)
+        admission.worst = WorstCase(0, Decimal(0), price=price)
     usage = TokenUsage(**entry["usage"]) if entry["usage"] is not None else None
     _settle_retrying(
         admission,
@@ -604,13 +624,16 @@ def _replay(entry: dict[str, Any]) -> None:
     )
 
 
-def _charged_model(answered: str, asked: str, at: datetime) -> tuple[str, ModelPrice]:
+def _charged_model(answered: str, admission: Admission, at: datetime) -> tuple[str, ModelPrice]:
     """The model a call is charged as: the one that answered, when it is priced, else the one
-    asked for (priced at admission), never nothing."""
+    asked for, at the price it was admitted at (even if that price went since), never nothing."""
     price = price_for(model=answered, at=at) if answered and len(answered) <= 100 else None
-    if price is not None or not asked:
-        return answered, price or model_price(model=answered, at=at)
-    return asked, model_price(model=asked, at=at)
+    if price is not None:
+        return answered, price
+    asked = admission.worst.price if admission.worst is not None else None
+    if admission.model:
+        return admission.model, asked or model_price(model=admission.model, at=at)
+    return answered, model_price(model=answered, at=at)
 
 
 def _settle(

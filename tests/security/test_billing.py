@@ -183,6 +183,8 @@ def test_a_settlement_the_database_keeps_refusing_is_spooled_and_replayed(
     assert len(spooled) == 1 and json.loads(spooled[0])["usage"]["input_tokens"] == 1000
 
     monkeypatch.setattr(ledger_sql, "usage_insert", real)
+    settings.PRICE_CACHE_SECONDS = 0
+    ModelPrice.objects.filter(model=MODEL).delete()  # the spool kept the price it was admitted at
     assert limits.settlements_replay() == 1
     assert limits.settlements_replay() == 0  # once
     record = UsageRecord.objects.get()
@@ -238,6 +240,25 @@ def test_an_answer_from_an_unpriced_model_is_charged_at_the_requested_models_pri
     assert post(console, key, body_of()).status_code == 200
     record = UsageRecord.objects.get()
     assert record.cost_usd == Decimal("0.003")
+
+
+def test_a_price_removed_during_the_call_still_charges_the_admitted_price(
+    console, key, fake_anthropic, settings
+):
+    settings.PRICE_CACHE_SECONDS = 0
+    release = threading.Event()
+    fake_anthropic.enqueue(Hang(20, release=release))
+    answer: list[httpx.Response] = []
+    caller = threading.Thread(target=lambda: answer.append(post(console, key, body_of())))
+    caller.start()
+    assert eventually(lambda: fake_anthropic.requests)
+    ModelPrice.objects.filter(model=MODEL).delete()
+    release.set()
+    caller.join(20)
+    assert answer[0].status_code == 200
+    record = UsageRecord.objects.get()
+    assert record.model == MODEL and record.cost_usd > 0
+    assert not Reservation.objects.exists()
 
 
 def test_offline_calls_are_recorded_at_no_cost(console, key, settings, fake_anthropic):
