@@ -409,6 +409,9 @@ class StreamUsage:
 
     def line(self, line: str) -> str:
         """Take one line; returns the event's type when a data line completes one."""
+        if not line:  # an event ends: the next one names its own type
+            self._event = ""
+            return ""
         if line.startswith("event:"):
             self._event = line[6:].strip()
             return ""

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from django.db import OperationalError
 from django.db.models import Sum
+from django.urls import reverse
 
 from agents.models import Agent, Session
 from agents.sandbox import agent_token_issue
@@ -225,6 +226,28 @@ def test_an_operator_prices_a_model_and_it_is_admitted(console, key, fake_anthro
     fake_anthropic.enqueue(Text("ok", input_tokens=1000, output_tokens=1000))
     assert post(console, key, body_of(model="claude-new-1")).status_code == 200
     assert UsageRecord.objects.get().cost_usd == Decimal("0.003")
+
+
+def test_an_operator_prices_a_model_in_the_admin_with_every_rate(
+    console, key, make_user, fake_anthropic, client
+):
+    client.force_login(make_user("root", is_staff=True, is_superuser=True))
+    form = {
+        "model": "claude-admin-1",
+        "effective_from": "2026-01-01",
+        "input_per_mtok": "1",
+        "output_per_mtok": "2",
+        "cache_write_per_mtok": "1.25",
+        "cache_read_per_mtok": "0.1",
+    }
+    add = reverse("admin:console_modelprice_add")
+    response = client.post(add, form)  # without the 1-hour and web search rates: refused
+    assert response.status_code == 200 and not ModelPrice.objects.filter(model="claude-admin-1")
+    form |= {"cache_write_1h_per_mtok": "2", "web_search_per_1k": "10"}
+    assert client.post(add, form).status_code == 302
+    fake_anthropic.enqueue(Text("ok", input_tokens=0, output_tokens=0, web_search_requests=2))
+    assert post(console, key, body_of(model="claude-admin-1")).status_code == 200
+    assert UsageRecord.objects.get().cost_usd == Decimal("0.02")
 
 
 def test_a_dated_snapshot_is_priced_as_its_family(console, key, fake_anthropic):
