@@ -404,7 +404,6 @@ class StreamUsage:
         self.answered = False  # a message began: Anthropic bills it
         self.readable = False  # and its usage was an object
         self.deltas = 0
-        self.final = False
         self._event = ""
 
     def line(self, line: str) -> str:
@@ -435,13 +434,13 @@ class StreamUsage:
         elif event == "content_block_delta":
             self.deltas += 1
         elif event == "message_delta":
-            self.answered = self.final = True
+            self.answered = True
             self._take(data.get("usage"))
         return event
 
     def whole(self, content: bytes | dict[str, Any]) -> None:
         """Take a whole (non-streamed) message, as bytes or parsed: its model and usage."""
-        self.answered = self.final = True
+        self.answered = True
         if isinstance(content, bytes):
             try:
                 content = jsonbound.loads(content, max_depth=ANSWER_DEPTH)
@@ -461,17 +460,17 @@ class StreamUsage:
             self.raw.update(_usage_fields(usage))
 
     def used(self) -> TokenUsage | None:
-        """What the call used: None when no answer began; Anthropic's final totals; for a
-        stream cut short, its input and at least one output token per delta received (each
-        delta carries one or more); ``unread`` when its usage could not be read."""
+        """What the call used: None when no answer began; ``unread`` when its usage could not
+        be read; else Anthropic's totals (final, unless the stream was cut short), with at least
+        one output token per delta received (each carries one or more)."""
         if not self.answered:
             return None
         if not self.readable:
             return self.unread
         usage = _usage(self.raw)
-        if self.final or not self.deltas:
+        if usage.output_tokens >= self.deltas:
             return usage
-        output = max(usage.output_tokens, self.deltas)
+        output = self.deltas
         return TokenUsage(**(usage.as_dict() | {"output_tokens": output}))
 
 

@@ -223,6 +223,9 @@ def test_every_upstream_call_with_usage_leaves_one_row_at_the_priced_usage(
         assert record.session_id is None
     assert record.model in (MODEL, f"{MODEL}-20261101")
     counts = expected_counts(fake.answered[0])
+    if counts is not None and response.headers["content-type"].startswith("text/event-stream"):
+        # A stream is charged an output token at least for each delta it carried: one ("ok").
+        counts["output_tokens"] = max(counts["output_tokens"], 1)
     if counts is not None:
         assert {name: getattr(record, name) for name in counts} == counts
     else:  # unreadable usage: charged its worst case, at least max_tokens of output
