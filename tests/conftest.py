@@ -71,6 +71,25 @@ def _price_table(request: pytest.FixtureRequest) -> None:
     seed(apps, None)
 
 
+@pytest.fixture
+def prices_from():
+    """``prices_from(day)``: the seeded prices in force from ``day`` too. The ledger prices every
+    row and refuses a model without a price, so rows written before the seeded date need it."""
+    from console.models import ModelPrice
+
+    def copy(day) -> None:
+        priced = set(
+            ModelPrice.objects.filter(effective_from__lte=day).values_list("model", flat=True)
+        )
+        for price in ModelPrice.objects.order_by("effective_from"):
+            if price.model not in priced:  # its earliest price
+                price.pk, price.effective_from = None, day
+                price.save()
+                priced.add(price.model)
+
+    return copy
+
+
 @pytest.fixture(autouse=True)
 def _sandbox_host(request: pytest.FixtureRequest, settings) -> None:
     """Tests that use the database run with this machine registered as a sandbox host, as a

@@ -12,7 +12,7 @@ import pytest
 from django.db.models import Count, Q, Sum
 
 from agents.models import Agent
-from console.models import Budget, ModelPrice, Quota, UsageHourly, UsageRecord
+from console.models import Budget, Quota, UsageHourly, UsageRecord
 from console.selectors import budgets_nearest_limit, usage_summary, usage_totals
 from console.services import TokenUsage, usage_record
 
@@ -69,12 +69,8 @@ def bob(make_user):
 
 
 @pytest.fixture(autouse=True)
-def _priced_in_march():
-    """The ledger prices every row, and these rows are written in March 2026, before the
-    seeded prices: today's prices, in force from the start of the year."""
-    for price in ModelPrice.objects.filter(model__in=[SONNET, HAIKU]):
-        price.pk, price.effective_from = None, date(2026, 1, 1)
-        price.save()
+def _priced_in_march(prices_from):
+    prices_from(date(2026, 1, 1))  # the rows here are written in March 2026
 
 
 # --- Exactness -----------------------------------------------------------------------------------
