@@ -2,7 +2,8 @@
 
 The ledger row and its roll-ups are written on every gateway call, as SQL (``ledger_sql.py``):
 three statements, each roll-up one upsert, where the ORM needed an update, perhaps an insert,
-and ~0.6 ms of compiling them."""
+and ~0.6 ms of compiling them. A settlement the database keeps refusing waits in a spool file on
+this machine's disk (``ledger_spool``) until it can be written."""
 
 from __future__ import annotations
 
