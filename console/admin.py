@@ -206,7 +206,9 @@ class ModelPriceAdmin(AuditedAdmin):
         "input_per_mtok",
         "output_per_mtok",
         "cache_write_per_mtok",
+        "cache_write_1h_per_mtok",
         "cache_read_per_mtok",
+        "web_search_per_1k",
     )
     list_filter = ("model",)
     search_fields = ("model",)

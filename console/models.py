@@ -243,9 +243,11 @@ class ApiKey(models.Model):
 
 
 class ModelPrice(models.Model):
-    """The price of one model's tokens, in USD per million, from a date on.
+    """The price of one model's tokens, in USD per million, and of its server tools, from a
+    date on.
 
     The price in force at a moment is the row with the latest ``effective_from`` not after it.
+    A model without one is refused by the gateway.
     """
 
     model = models.CharField(max_length=100)
@@ -253,10 +255,28 @@ class ModelPrice(models.Model):
     input_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, validators=_NONNEGATIVE)
     output_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, validators=_NONNEGATIVE)
     cache_write_per_mtok = models.DecimalField(
-        max_digits=12, decimal_places=6, validators=_NONNEGATIVE
+        "cache write (5 minutes) per Mtok",
+        max_digits=12,
+        decimal_places=6,
+        validators=_NONNEGATIVE,
+        help_text="Writes to the 5-minute cache (Anthropic: 1.25 times input).",
+    )
+    cache_write_1h_per_mtok = models.DecimalField(
+        "cache write (1 hour) per Mtok",
+        max_digits=12,
+        decimal_places=6,
+        validators=_NONNEGATIVE,
+        help_text="Writes to the 1-hour cache (Anthropic: 2 times input).",
     )
     cache_read_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, validators=_NONNEGATIVE
+    )
+    web_search_per_1k = models.DecimalField(
+        "web search per 1,000",
+        max_digits=12,
+        decimal_places=6,
+        validators=_NONNEGATIVE,
+        help_text="USD per 1,000 web searches (usage.server_tool_use.web_search_requests).",
     )
 
     class Meta:
@@ -283,7 +303,12 @@ class UsageRecord(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cache_creation_input_tokens = models.PositiveIntegerField(default=0)
+    # db_default too: writers of the ledger that name only the older columns still work.
+    cache_creation_1h_input_tokens = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="The part of the cache writes priced at the 1-hour rate."
+    )
     cache_read_input_tokens = models.PositiveIntegerField(default=0)
+    web_search_requests = models.PositiveIntegerField(default=0, db_default=0)
     cost_usd = models.DecimalField(max_digits=18, decimal_places=8)
     request_id = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

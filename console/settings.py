@@ -207,6 +207,13 @@ GATEWAY_DB_THREADS = env_int("GATEWAY_DB_THREADS", 4, minimum=1)
 GATEWAY_RESERVATION_SECONDS = env_int(
     "GATEWAY_RESERVATION_SECONDS", 2 * int(ANTHROPIC_TIMEOUT_SECONDS) + 60, minimum=60
 )
+# The input tokens reserved for a call whose body cannot bound them (a file or URL source, a
+# server tool such as web search, a very long tool list): set it to the largest context window
+# callers use. 0: no cap, and such calls are refused under a USD or token budget.
+GATEWAY_UNBOUNDED_INPUT_TOKENS = env_int("GATEWAY_UNBOUNDED_INPUT_TOKENS", 0, minimum=0)
+# The web searches reserved for a web search tool without max_uses. 0: no cap, and such calls
+# are refused under a USD budget.
+GATEWAY_UNBOUNDED_SERVER_TOOL_USES = env_int("GATEWAY_UNBOUNDED_SERVER_TOOL_USES", 0, minimum=0)
 DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", "claude-sonnet-5-5")
 # Encrypts users' own Anthropic keys at rest; comma-separated, newest first, for rotation.
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])

@@ -64,9 +64,30 @@ def _price_table(request: pytest.FixtureRequest) -> None:
         return
     from django.apps import apps
 
-    seed = importlib.import_module("console.migrations.0002_seed_prices").seed
+    seed = importlib.import_module(
+        "console.migrations.0009_price_cache_lifetimes_and_web_search"
+    ).seed
     request.getfixturevalue("transactional_db")
     seed(apps, None)
+
+
+@pytest.fixture
+def prices_from():
+    """``prices_from(day)``: the seeded prices in force from ``day`` too. The ledger prices every
+    row and refuses a model without a price, so rows written before the seeded date need it."""
+    from console.models import ModelPrice
+
+    def copy(day) -> None:
+        priced = set(
+            ModelPrice.objects.filter(effective_from__lte=day).values_list("model", flat=True)
+        )
+        for price in ModelPrice.objects.order_by("effective_from"):
+            if price.model not in priced:  # its earliest price
+                price.pk, price.effective_from = None, day
+                price.save()
+                priced.add(price.model)
+
+    return copy
 
 
 @pytest.fixture(autouse=True)

@@ -214,7 +214,7 @@ class GatewayApp:
                 gateway_begin,
                 token=_bearer(headers),
                 body=body,
-                body_bytes=len(raw),
+                raw=raw,
                 session_id=headers.get("x-console-session"),
             )
         except ConsoleError as exc:
@@ -247,9 +247,10 @@ class _Forward:
         self.call, self.body, self.raw, self.headers, self.send = call, body, raw, headers, send
         self.stream = bool(body.get("stream"))
         self.timer = GatewayTimer(stream=self.stream)
-        self.usage = StreamUsage(body["model"])
+        self.usage = StreamUsage(body["model"], call.unread)
         self.request_id = ""
         self.rate = call.admission.rate.headers() if call.admission.rate is not None else {}
+        self._settling: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         try:
@@ -265,21 +266,25 @@ class _Forward:
             await self._settle()  # a no-op when settled already; shielded from cancellation
 
     async def _settle(self) -> None:
-        await asyncio.shield(self._settle_once())
+        # Once per call, however many paths ask: the first starts it, and all wait for it.
+        if self._settling is None:
+            self._settling = asyncio.ensure_future(self._settle_once())
+        await asyncio.shield(self._settling)
 
     async def _settle_once(self) -> None:
-        if self.call.admission.settled:
-            return
         used, model = self.usage.used(), self.usage.model
         record = await database_threads.run(
             gateway_finish, call=self.call, model=model, usage=used, request_id=self.request_id
         )
-        # A call that used nothing is not counted: its model name, from the request, is
-        # unchecked, and would make the model label unbounded.
-        if record is not None:
+        # Only a ledgered call is counted, under the model it was charged as: always a priced
+        # one, so the model label stays bounded.
+        if record is not None and used is not None:
+            model = record.model
             await gateway_count(
                 user_id=self.call.caller.user_id, model=model, usage=used, cost=record.cost_usd
             )
+        else:
+            model = self.call.admission.model or model[:100]
         self.timer.observe(model)
         log.info(
             "gateway call settled: %s %s",
@@ -291,8 +296,8 @@ class _Forward:
                 "status": self.timer.status,
                 "user_id": self.call.caller.user_id,
                 "agent_id": self.call.caller.agent_id,
-                "input_tokens": used.input_tokens,
-                "output_tokens": used.output_tokens,
+                "input_tokens": used.input_tokens if used is not None else 0,
+                "output_tokens": used.output_tokens if used is not None else 0,
                 "cost_usd": str(record.cost_usd) if record is not None else "0",
                 "duration_ms": round((time.perf_counter() - self.timer.started) * 1000, 2),
                 "upstream_request_id": self.request_id,
@@ -309,25 +314,23 @@ class _Forward:
         forwarded = forward_headers(self.headers, self.call.caller.upstream_key)
         async with self.timer.waiting():
             response = await upstream_open(self.raw, forwarded, stream=self.stream)
-        self.request_id = response.headers.get("request-id", "")
+        self.request_id = response.headers.get("request-id", "")[:100]
+        content_type = response.headers.get("content-type", "application/json")
+        events = content_type.startswith("text/event-stream")
         try:
-            if self.stream and response.status == 200:
+            # What the answer is, not what was asked for, says how to read its usage.
+            if events and response.status == 200:
                 await self._relay(response)
                 return
             content = await response.read()
             if response.status == 200:
-                self._observe_message(content)
+                self.usage.whole(content)
             else:
                 self.timer.status = f"{response.status // 100}xx"
             await self._settle()
-            content_type = response.headers.get("content-type", "application/json")
             await _answer(self.send, response.status, self._headers(content_type), content)
         finally:
             response.release()  # back to the pool when read to the end, else closed
-
-    def _observe_message(self, content: bytes) -> None:
-        with contextlib.suppress(ValueError, AttributeError):
-            self.usage.whole(json.loads(content))
 
     async def _relay(self, response: aiohttp.ClientResponse) -> None:
         """Pass the stream's bytes on as they come, following its events for the usage."""
@@ -336,8 +339,14 @@ class _Forward:
         pending = ""
         chunks = response.content.iter_any()
         while True:
-            async with self.timer.waiting():
-                chunk = await anext(chunks, None)
+            try:
+                async with self.timer.waiting():
+                    chunk = await anext(chunks, None)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Anthropic's stream broke off: the caller's ends too, paying what was used.
+                log.warning("gateway: Anthropic's stream broke off: %r", exc)
+                self.timer.status = "5xx"
+                break
             if chunk is None:
                 break
             await self.send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -7,21 +7,23 @@ Without any key it answers from a clearly labelled offline model, so a fresh con
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
-from agents.models import Agent
+from agents.models import Agent, Session
+from agents.runtime import jsonbound
 from agents.runtime.sse import sse_frame
 from agents.sandbox import agent_token_verify
 from console.crypto import decrypt
 from console.errors import BadRequest, ConsoleError, Forbidden, NotAuthenticated
 from console.models import ApiKey, Quota, UsageRecord, User
 from console.services import (
+    MAX_COUNT,
     Admission,
+    InputBounds,
     TokenUsage,
     api_key_authenticate,
     gateway_admit,
@@ -39,6 +41,7 @@ __all__ = [
     "gateway_authenticate",
     "gateway_begin",
     "gateway_finish",
+    "input_bounds",
     "offline_events",
     "offline_message",
     "past_deadline",
@@ -49,6 +52,11 @@ __all__ = [
 OFFLINE_MODEL = "offline"
 # Far above any model's output limit; bounds the worst case the gateway reserves.
 MAX_TOKENS = 1_000_000
+# The longest model name priced (``ModelPrice.model``), and so accepted.
+MAX_MODEL_CHARS = 100
+# Anthropic's answers are parsed with a looser depth bound than callers' bodies: a tool's input
+# may nest, and an answer that cannot be read is charged its worst case.
+ANSWER_DEPTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +71,13 @@ class GatewayCaller:
 
 @dataclass(slots=True)
 class GatewayCall:
-    """One admitted call: who makes it, what it reserved, and the chat session it belongs to."""
+    """One admitted call: who makes it, what it reserved, the chat session it belongs to
+    (checked), and what it is charged when Anthropic's answer says no readable usage."""
 
     caller: GatewayCaller
     admission: Admission
     session_id: str | None = None
+    unread: TokenUsage = field(default_factory=TokenUsage)
 
 
 class UpstreamError(ConsoleError):
@@ -138,24 +148,69 @@ def _running_agent(agent_id: str) -> Agent | None:
 
 
 def gateway_begin(
-    *, token: str, body: dict[str, Any], body_bytes: int, session_id: str | None
+    *, token: str, body: dict[str, Any], raw: bytes, session_id: str | None
 ) -> GatewayCall:
-    """Authenticate the caller and admit the call against their limits, reserving its worst
-    case; one trip to the database for both."""
+    """Authenticate the caller, check the session they name, and admit the call against
+    their limits, reserving its worst case."""
     caller = gateway_authenticate(token=token)
+    session = _session_check(caller, session_id)
     admission = gateway_admit(
         user_id=caller.user_id,
         api_key=caller.api_key,
         model=body["model"],
-        body_bytes=body_bytes,
+        body_bytes=len(raw),
         max_tokens=body["max_tokens"],
+        inputs=input_bounds(body, raw),
     )
-    return GatewayCall(caller, admission, session_id)
+    worst = admission.worst
+    # An answer whose usage cannot be read is charged the input it reserved, and max_tokens.
+    output = body["max_tokens"]
+    unread = TokenUsage(
+        input_tokens=(worst.tokens - output) if worst is not None else len(raw),
+        output_tokens=output,
+    )
+    return GatewayCall(caller, admission, session, unread)
+
+
+_SESSION_REFUSED = (
+    "x-console-session: no session of yours has this id (send the id of one of your sessions, "
+    "or leave the header out)"
+)
+
+
+def _session_check(caller: GatewayCaller, raw: str | None) -> str | None:
+    """The session the caller names, when it is theirs (for an agent's token: that agent's),
+    as a canonical id; ``BadRequest`` otherwise, before anything is spent."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        session_id = uuid.UUID(raw.strip()[:64])
+    except ValueError:
+        details = {"x-console-session": ["Not a session id."]}
+        raise BadRequest(_SESSION_REFUSED, details=details) from None
+    s, a = ledger_sql.names(Session), ledger_sql.names(Agent)
+    row = ledger_sql.fetchone(
+        f"SELECT {s.table}.{s.user_id}, {s.table}.{s.agent_id}, {a.table}.{a.owner_id} "
+        f"FROM {s.table} INNER JOIN {a.table} ON {a.table}.{a.id} = {s.table}.{s.agent_id} "
+        f"WHERE {s.table}.{s.id} = %s",
+        [ledger_sql.bind(Session, "id", session_id)],
+    )
+    if row is not None:
+        user_id, agent_id, owner_id = row[0], str(uuid.UUID(str(row[1]))), row[2]
+        if caller.agent_id is not None:
+            allowed = agent_id == caller.agent_id
+        else:
+            allowed = caller.user_id in (user_id, owner_id)
+        if allowed:
+            return str(session_id)
+    raise BadRequest(_SESSION_REFUSED, details={"x-console-session": ["No such session."]})
 
 
 def validate_body(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = jsonbound.loads(raw)
+    except jsonbound.TooDeep as exc:
+        raise BadRequest(f"the body is not accepted: {exc}") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -163,6 +218,8 @@ def validate_body(raw: bytes) -> dict[str, Any]:
     problems: dict[str, list[str]] = {}
     if not isinstance(body.get("model"), str) or not body["model"]:
         problems["model"] = ["A model name is required."]
+    elif len(body["model"]) > MAX_MODEL_CHARS:
+        problems["model"] = [f"At most {MAX_MODEL_CHARS} characters (no model is named longer)."]
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         problems["max_tokens"] = ["A positive integer is required."]
@@ -170,10 +227,107 @@ def validate_body(raw: bytes) -> dict[str, Any]:
         problems["max_tokens"] = [f"At most {MAX_TOKENS:,} (no model writes more)."]
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         problems["messages"] = ["A non-empty list of messages is required."]
+    if "stream" in body and not isinstance(body["stream"], bool):
+        problems["stream"] = ["true or false."]
     if problems:
         field_name, messages = next(iter(problems.items()))
         raise BadRequest(f"{field_name}: {messages[0]}", details=problems)
     return body
+
+
+# --- What a body bounds ----------------------------------------------------------------------
+
+# Bounds, not estimates, of what Anthropic adds to a body's own tokens: its tool-use prompt
+# (a few hundred tokens), each tool's rendering beyond its JSON, the prompt of a tool it defines
+# and the caller runs (computer use's is about 700), and one inline image (at most about 1,600
+# tokens once resized to 1.15 megapixels, while a flat PNG can be a few hundred bytes).
+_TOOL_PROMPT_TOKENS = 1_000
+_PER_TOOL_TOKENS = 100
+_CLIENT_TOOL_TOKENS = 2_000
+_IMAGE_TOKENS = 5_000
+# More tools than this are more than any agent needs, and their prompt is not bounded here.
+_BOUNDED_TOOLS = 128
+# Anthropic-defined tools that the caller runs: their input comes back in the body.
+_CLIENT_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
+_WEB_SEARCH = "web_search_"
+# Keys of a body (besides tools) that bring in input the body does not hold.
+_UNBOUNDED_KEYS = ("mcp_servers", "container")
+
+
+def input_bounds(body: dict[str, Any], raw: bytes) -> InputBounds:
+    """What ``body`` (parsed from ``raw``) says about its input beyond its bytes (see
+    ``InputBounds``): Anthropic's tool prompts, images, and what it does not bound at all (file
+    and URL sources, PDFs, server tools, remote MCP servers, containers, very long tool
+    lists)."""
+    extra, unbounded, searches = 0, [], 0
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        extra += _TOOL_PROMPT_TOKENS + _PER_TOOL_TOKENS * len(tools)
+        if len(tools) > _BOUNDED_TOOLS:
+            unbounded.append(f"{len(tools)} tools")
+        for tool in tools:
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind is None or kind == "custom":
+                continue
+            if not isinstance(kind, str):
+                unbounded.append("a tool of unknown type")
+            elif kind.startswith(_CLIENT_TOOLS):
+                extra += _CLIENT_TOOL_TOKENS
+            else:
+                unbounded.append(f"the server tool {kind[:40]}")
+                if kind.startswith(_WEB_SEARCH) and searches is not None:
+                    uses = tool.get("max_uses")
+                    ok = isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0
+                    searches = searches + uses if ok else None
+    unbounded += [f"{key}" for key in _UNBOUNDED_KEYS if body.get(key)]
+    images, sources = _sources(body) if _may_source(raw) else (0, set())
+    extra += images * _IMAGE_TOKENS
+    unbounded += sorted(sources)
+    thinking = body.get("thinking")
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    output = budget - body["max_tokens"] if isinstance(budget, int) else 0
+    return InputBounds(
+        extra_tokens=extra,
+        unbounded=tuple(dict.fromkeys(unbounded)),
+        web_searches=searches,
+        extra_output_tokens=max(0, output),
+    )
+
+
+def _may_source(raw: bytes) -> bool:
+    """Whether the body's text could hold a source or an upload at all: walking its blocks costs
+    as much as parsing it, and most bodies are text. A key can hide only behind an escape."""
+    return b'"source"' in raw or b"container_upload" in raw or b"\\u" in raw
+
+
+def _sources(body: dict[str, Any]) -> tuple[int, set[str]]:
+    """Inline images in the system prompt and messages, and what else they source from
+    outside the body (file or URL sources, PDFs, container uploads). Walks every block: the
+    body's depth is bounded."""
+    images, outside = 0, set()
+    stack: list[Any] = [body.get("system"), body.get("messages")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        kind, source = item.get("type"), item.get("source")
+        if kind == "container_upload":
+            outside.add("a container upload")
+        if isinstance(source, dict):
+            where = source.get("type")
+            if where == "base64" and kind == "image":
+                images += 1
+            elif where in ("text", "content"):
+                pass
+            elif where == "base64":
+                outside.add("a PDF document")  # its pages, each an image and its text
+            else:
+                outside.add(f"a {str(where)[:20]}-sourced {str(kind)[:20]}")
+        stack.extend(value for value in item.values() if isinstance(value, list | dict))
+    return images, outside
 
 
 def past_deadline() -> UpstreamError:
@@ -185,96 +339,156 @@ def past_deadline() -> UpstreamError:
     )
 
 
-def usage_of(raw: dict[str, Any] | None) -> TokenUsage:
-    raw = raw or {}
+def usage_of(raw: object) -> TokenUsage:
+    """What Anthropic's ``usage`` object reports (see ``_usage``)."""
+    return _usage(_usage_fields(raw))
+
+
+_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def _usage_fields(raw: object) -> dict[str, int]:
+    """The counts a ``usage`` object holds, flat: whole numbers only, and only those present,
+    so that a later object (a stream's ``message_delta``) updates what an earlier one said."""
+    counts = _ints(raw)
+    if not isinstance(raw, dict):
+        return counts
+    fields = {name: counts[name] for name in _COUNTS if name in counts}
+    fields |= _ints(raw.get("cache_creation"))  # ephemeral_5m_/ephemeral_1h_input_tokens
+    searches = _ints(raw.get("server_tool_use")).get("web_search_requests")
+    if searches is not None:
+        fields["web_search_requests"] = searches
+    return fields
+
+
+def _usage(fields: dict[str, int]) -> TokenUsage:
+    """The usage of flat counts: what is missing counts nothing, and cache writes that are not
+    attributed to the 5-minute cache are charged at the dearer 1-hour rate."""
+    five_minutes = max(0, fields.get("ephemeral_5m_input_tokens", 0))
+    one_hour = max(0, fields.get("ephemeral_1h_input_tokens", 0))
+    writes = max(fields.get("cache_creation_input_tokens", 0), five_minutes + one_hour)
+    writes = min(writes, MAX_COUNT)
     return TokenUsage(
-        input_tokens=int(raw.get("input_tokens") or 0),
-        output_tokens=int(raw.get("output_tokens") or 0),
-        cache_creation_input_tokens=int(raw.get("cache_creation_input_tokens") or 0),
-        cache_read_input_tokens=int(raw.get("cache_read_input_tokens") or 0),
+        input_tokens=fields.get("input_tokens", 0),
+        output_tokens=fields.get("output_tokens", 0),
+        cache_creation_input_tokens=writes,
+        cache_read_input_tokens=fields.get("cache_read_input_tokens", 0),
+        cache_creation_1h_input_tokens=writes - min(five_minutes, writes),
+        web_search_requests=fields.get("web_search_requests", 0),
     )
 
 
 def gateway_finish(
-    *, call: GatewayCall, model: str, usage: TokenUsage, request_id: str = ""
+    *, call: GatewayCall, model: str, usage: TokenUsage | None, request_id: str = ""
 ) -> UsageRecord | None:
-    """Settle the call to what it used (nothing, when it failed): the ledger, the budgets."""
+    """Settle the call to what it used (``None``: it returned no usage): the ledger, the
+    budgets. A call that returned usage always leaves its row (see ``gateway_settle``)."""
     return gateway_settle(
         admission=call.admission,
         model=model,
         usage=usage,
         agent_id=call.caller.agent_id,
-        session_id=_session_or_none(call.session_id),
-        request_id=request_id,
+        session_id=call.session_id,
+        request_id=request_id[:100],
     )
 
 
 class StreamUsage:
-    """Follows a stream's SSE lines for what the call used: Anthropic's totals (in
-    ``message_start``, final in ``message_delta``), and the deltas, for a stream cut short."""
+    """Follows an answer for what the call used: a stream's SSE lines (Anthropic's totals, in
+    ``message_start``, final in ``message_delta``, and the deltas, for a stream cut short), or
+    a whole message. An answer that began but whose usage cannot be read is charged
+    ``unread``."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, unread: TokenUsage | None = None) -> None:
         self.model = model
+        self.unread = unread or TokenUsage()
         self.raw: dict[str, int] = {}
+        self.answered = False  # a message began: Anthropic bills it
+        self.readable = False  # and its usage was an object
         self.deltas = 0
-        self.final = False
         self._event = ""
 
     def line(self, line: str) -> str:
         """Take one line; returns the event's type when a data line completes one."""
+        if not line:  # an event ends: the next one names its own type
+            self._event = ""
+            return ""
         if line.startswith("event:"):
             self._event = line[6:].strip()
             return ""
         if not line.startswith("data:"):
             return ""
         try:
-            data = json.loads(line[5:])
+            data = jsonbound.loads(line[5:], max_depth=ANSWER_DEPTH)
         except ValueError:  # a frame the gateway does not understand still goes through
+            if self._event in ("message_start", "message_delta"):
+                self.answered = True
             return ""
         event = self._event or (data.get("type", "") if isinstance(data, dict) else "")
-        if not isinstance(data, dict):
-            return event
-        if event == "message_start" and isinstance(data.get("message"), dict):
-            self.model = data["message"].get("model") or self.model
-            self.raw.update(_ints(data["message"].get("usage")))
+        if not isinstance(data, dict) or not isinstance(event, str):
+            return ""
+        if event == "message_start":
+            self.answered = True
+            message = data.get("message")
+            if isinstance(message, dict):
+                self._model(message.get("model"))
+                self._take(message.get("usage"))
         elif event == "content_block_delta":
             self.deltas += 1
         elif event == "message_delta":
-            self.final = True
-            self.raw.update(_ints(data.get("usage")))
+            self.answered = True
+            self._take(data.get("usage"))
         return event
 
-    def whole(self, message: dict[str, Any]) -> None:
-        """Take a whole (non-streamed) message's model and final usage."""
-        self.model = message.get("model") or self.model
-        self.raw.update(usage_of(message.get("usage")).as_dict())
-        self.final = True
+    def whole(self, content: bytes | dict[str, Any]) -> None:
+        """Take a whole (non-streamed) message, as bytes or parsed: its model and usage."""
+        self.answered = True
+        if isinstance(content, bytes):
+            try:
+                content = jsonbound.loads(content, max_depth=ANSWER_DEPTH)
+            except ValueError:
+                return
+        if isinstance(content, dict):
+            self._model(content.get("model"))
+            self._take(content.get("usage"))
 
-    def used(self) -> TokenUsage:
-        """Anthropic's final totals; or, for a stream cut short, its input and at least one
-        output token per delta received (each delta carries one or more)."""
-        usage = usage_of(self.raw)
-        if self.final or not self.deltas:
+    def _model(self, name: object) -> None:
+        if isinstance(name, str) and name:
+            self.model = name
+
+    def _take(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            self.readable = True
+            self.raw.update(_usage_fields(usage))
+
+    def used(self) -> TokenUsage | None:
+        """What the call used: None when no answer began; ``unread`` when its usage could not
+        be read; else Anthropic's totals (final, unless the stream was cut short), with at least
+        one output token per delta received (each carries one or more)."""
+        if not self.answered:
+            return None
+        if not self.readable:
+            return self.unread
+        usage = _usage(self.raw)
+        if usage.output_tokens >= self.deltas:
             return usage
-        return TokenUsage(
-            input_tokens=usage.input_tokens,
-            output_tokens=max(usage.output_tokens, self.deltas),
-            cache_creation_input_tokens=usage.cache_creation_input_tokens,
-            cache_read_input_tokens=usage.cache_read_input_tokens,
-        )
+        output = self.deltas
+        return TokenUsage(**(usage.as_dict() | {"output_tokens": output}))
 
 
 def _ints(raw: object) -> dict[str, int]:
     if not isinstance(raw, dict):
         return {}
-    return {k: v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
-
-
-def _session_or_none(session_id: str | None) -> str | None:
-    try:
-        return str(uuid.UUID(session_id)) if session_id else None
-    except ValueError:
-        return None
+    return {
+        k: v
+        for k, v in raw.items()
+        if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+    }
 
 
 # --- The offline model -----------------------------------------------------------------------

@@ -22,6 +22,13 @@ from console.services.audit import (
     model_changes,
     users_set_suspended,
 )
+from console.services.call_bounds import (
+    InputBounds,
+    UnboundedCall,
+    WorstCase,
+    model_price,
+    worst_case,
+)
 from console.services.credentials import (
     LoginAttempt,
     client_address,
@@ -41,31 +48,36 @@ from console.services.idempotency import (
     idempotent_requests_forget,
 )
 from console.services.ledger import (
+    MAX_COUNT,
+    ModelNotPriced,
     TokenUsage,
     cost_of,
     price_cache_clear,
     price_for,
+    priced_models,
     usage_record,
 )
 from console.services.limits import (
     Admission,
     RateStatus,
-    WorstCase,
     budget_window,
     gateway_admit,
     gateway_settle,
     request_admit,
     reservations_release_expired,
-    worst_case,
 )
 
 __all__ = [
+    "MAX_COUNT",
     "Admission",
     "IdempotencyConflict",
+    "InputBounds",
     "LoginAttempt",
+    "ModelNotPriced",
     "RateStatus",
     "Replay",
     "TokenUsage",
+    "UnboundedCall",
     "WorstCase",
     "api_key_authenticate",
     "api_key_create",
@@ -93,9 +105,11 @@ __all__ = [
     "login_attempt_admit",
     "login_attempt_succeeded",
     "model_changes",
+    "model_price",
     "operator_ensure",
     "price_cache_clear",
     "price_for",
+    "priced_models",
     "quota_get",
     "quota_set_suspended",
     "request_admit",

@@ -6,10 +6,14 @@ serialized anyway), so concurrent requests, in any number of processes, are admi
 time against the same counters: nothing is read-then-written unlocked.
 
 A gateway call is admitted with its worst case: the request body's size in bytes bounds its input
-tokens (a text token is at least one byte), priced at the dearest input rate, plus ``max_tokens``
-at the output rate. That worst case is reserved against each budget and the token rate until the
-call settles to Anthropic's reported usage, so spend never exceeds a budget, even when many calls
-are in flight at once.
+tokens (a text token is at least one byte), plus what the body holds that Anthropic adds to
+(``InputBounds``: its tool prompts, an allowance per image), priced at the dearest input rate,
+plus ``max_tokens`` at the output rate, plus the web searches it may make. What the body cannot
+bound (a file or URL source, a server tool, a very long tool list) is reserved at the operator's
+``GATEWAY_UNBOUNDED_INPUT_TOKENS``, or refused under a budget when there is none. That worst case
+is reserved against each budget and the token rate until the call settles to Anthropic's
+reported usage, so spend never exceeds a budget, even when many calls are in flight at once
+(as long as the caps hold: a call that uses more is still charged in full).
 
 Admission and settlement run on every gateway call, so their statements are SQL, in
 ``ledger_sql.py`` (the ORM spent ~3.5 ms of a call's 3.7 ms compiling querysets); the rest of
@@ -19,36 +23,56 @@ this module is the rules, and reads no row twice.
 from __future__ import annotations
 
 import calendar
+import logging
 import math
 import uuid
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal
+from time import monotonic, sleep
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from console.errors import BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
-from console.models import ApiKey, Budget, Quota, RateCounter, Reservation, UsageRecord
+from console.models import ApiKey, Budget, ModelPrice, Quota, RateCounter, Reservation, UsageRecord
 from console.services import ledger_sql
-from console.services.ledger import TokenUsage, cost_of, price_for, usage_record
+from console.services.call_bounds import (
+    InputBounds,
+    UnboundedCall,
+    WorstCase,
+    model_price,
+    worst_case,
+)
+from console.services.ledger import (
+    TokenUsage,
+    cost_of,
+    ledger_spool,
+    ledger_spooled,
+    price_for,
+    usage_record,
+)
 
 __all__ = [
     "Admission",
     "RateStatus",
-    "WorstCase",
     "budget_window",
     "gateway_admit",
     "gateway_settle",
     "request_admit",
     "reservations_release_expired",
-    "worst_case",
+    "settlements_replay",
 ]
 
 _MINUTE = timedelta(minutes=1)
+# Settling a call is retried this many times over a database error, waiting between tries.
+_SETTLE_TRIES = 5
+_SETTLE_BACKOFF = 0.2
+
+log = logging.getLogger("console.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,34 +91,18 @@ class RateStatus:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class WorstCase:
-    """The most a call can cost: tokens and USD."""
-
-    tokens: int
-    usd: Decimal
-
-
 @dataclass(slots=True)
 class Admission:
-    """An admitted gateway call: its reservation, settled (or released) when it ends."""
+    """An admitted gateway call: its reservation, settled (or released) when it ends, the
+    (priced) model it asked for, and its worst case."""
 
     reservation_id: uuid.UUID
     user_id: int
     api_key_id: int | None
     rate: RateStatus | None = None
     settled: bool = False
-
-
-def worst_case(*, model: str, body_bytes: int, max_tokens: int) -> WorstCase:
-    """The most a call can use and cost (see the module's docstring)."""
-    price = price_for(model=model, at=timezone.now())
-    tokens = body_bytes + max_tokens
-    if price is None:
-        return WorstCase(tokens, Decimal(0))
-    dearest_input = max(price.input_per_mtok, price.cache_write_per_mtok)
-    usd = (body_bytes * dearest_input + max_tokens * price.output_per_mtok) / Decimal(1_000_000)
-    return WorstCase(tokens, usd.quantize(Decimal("0.00000001")))
+    model: str = ""
+    worst: WorstCase | None = None
 
 
 # --- Windows -----------------------------------------------------------------------------------
@@ -346,18 +354,39 @@ def gateway_admit(
     model: str,
     body_bytes: int,
     max_tokens: int,
+    inputs: InputBounds | None = None,
     api_key_id: int | None = None,
     api_key: ApiKey | None = None,
 ) -> Admission:
     """Admit one gateway call, reserving its worst case; raises ``RateLimited`` or
-    ``BudgetExceeded`` (which say which limit, its value, what is used and when it resets)."""
-    worst = worst_case(model=model, body_bytes=body_bytes, max_tokens=max_tokens)
+    ``BudgetExceeded`` (which say which limit, its value, what is used and when it resets),
+    ``ModelNotPriced``, or ``UnboundedCall``."""
+    worst = worst_case(model=model, body_bytes=body_bytes, max_tokens=max_tokens, inputs=inputs)
     now = timezone.now()
     try:
-        return _admit(user_id, api_key, api_key_id, worst, now)
+        admission = _admit(user_id, api_key, api_key_id, worst, now)
     except (QuotaExceeded, UserSuspended) as refusal:
         _refusal_count(user_id, refusal, now)
         raise
+    admission.model, admission.worst = model, worst
+    return admission
+
+
+def _refuse_unbounded(windows: list[_Window], worst: WorstCase) -> None:
+    """Refuse a call that a budget applies to when its worst case is not bounded."""
+    if worst.uncapped and windows:
+        raise UnboundedCall(
+            f"this call may use more input than its body shows ({worst.uncapped}), and your "
+            "budget needs a bound: the operator has set no GATEWAY_UNBOUNDED_INPUT_TOKENS",
+            details={"unbounded": [worst.uncapped]},
+        )
+    if worst.unpriced_fees and any(w.budget.metric == Budget.Metric.USD for w in windows):
+        raise UnboundedCall(
+            f"this call's server-tool fees are not bounded ({worst.unpriced_fees}), and your "
+            "budget needs a bound: set max_uses on the tool (the operator has set no "
+            "GATEWAY_UNBOUNDED_SERVER_TOOL_USES)",
+            details={"tools": [worst.unpriced_fees]},
+        )
 
 
 def _refusal_count(user_id: int, refusal: QuotaExceeded | UserSuspended, now: datetime) -> None:
@@ -390,6 +419,7 @@ def _admit(
         scopes = _scopes(quota, api_key)
         try:
             windows = _windows(quota, now)
+            _refuse_unbounded(windows, worst)
             amounts = [_amount(window.budget, worst.tokens, worst.usd) for window in windows]
             for window, cost in zip(windows, amounts, strict=True):
                 used = _used(window)
@@ -445,34 +475,196 @@ def gateway_settle(
     *,
     admission: Admission,
     model: str,
-    usage: TokenUsage,
+    usage: TokenUsage | None,
     agent_id: object | None = None,
     session_id: object | None = None,
     request_id: str = "",
 ) -> UsageRecord | None:
     """Replace the call's reservation by what it really used: the ledger row, each budget's
-    spend, the token rate. Runs once per admission; a call that used nothing writes no row."""
+    spend, the token rate. ``usage`` is None when the call returned none (it failed): then the
+    reservation is only released. Runs once per admission.
+
+    A call that returned usage always leaves its row: the answered model is charged at its
+    price, or at the price of the model asked for when it has none; a session or agent that
+    went meanwhile is left off the row; a database error is retried, and logged when the
+    retries run out (with everything needed to write the row by hand)."""
     if admission.settled:
         return None
+    record = _settle_retrying(
+        admission, model, usage, agent_id, session_id, request_id, timezone.now(), spool=True
+    )
+    _replay_now_and_then()
+    return record
+
+
+def _settle_retrying(
+    admission: Admission,
+    answered: str,
+    usage: TokenUsage | None,
+    agent_id: object | None,
+    session_id: object | None,
+    request_id: str,
+    now: datetime,
+    *,
+    spool: bool,
+) -> UsageRecord | None:
+    """Settle, retrying over database errors; when they persist, spool the settlement to disk
+    (or, replaying the spool, raise)."""
+    for attempt in range(_SETTLE_TRIES):
+        try:
+            model, price = _charged_model(answered, admission, now)
+            record = _settle(admission, model, price, usage, agent_id, session_id, request_id, now)
+        except IntegrityError:
+            if agent_id is not None or session_id is not None:
+                log.warning(
+                    "gateway settlement: the call's agent or session is gone; recorded without "
+                    "them",
+                    extra={"agent_id": str(agent_id), "session_id": str(session_id)},
+                )
+                agent_id = session_id = None
+                continue
+            if not spool:
+                raise
+            break
+        except DatabaseError:
+            if attempt == _SETTLE_TRIES - 1:
+                if not spool:
+                    raise
+                break
+            log.error("gateway settlement: database error, retrying", exc_info=True)
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()  # the server closed it: the next try connects afresh
+            sleep(_SETTLE_BACKOFF * 2**attempt)
+            continue
+        except Exception:
+            # Not the database's doing (a bug): the usage still lands on disk, not nowhere.
+            if not spool:
+                raise
+            break
+        admission.settled = True
+        return record
+    asked = admission.worst.price if admission.worst is not None else None
+    entry = {
+        "reservation_id": str(admission.reservation_id),
+        "user_id": admission.user_id,
+        "api_key_id": admission.api_key_id,
+        "model": answered,
+        "asked": admission.model,
+        "usage": usage.as_dict() if usage is not None else None,
+        "agent_id": agent_id,
+        "session_id": session_id,
+        "request_id": request_id,
+        "at": now.isoformat(),
+        "price": {name: str(getattr(asked, name)) for name in _PRICES} if asked else None,
+    }
+    log.critical(
+        "gateway settlement failed %s times: spooled to disk until the database answers",
+        _SETTLE_TRIES,
+        extra={"settlement": entry},
+        exc_info=True,
+    )
+    ledger_spool(entry)
     admission.settled = True
-    now = timezone.now()
-    cost = cost_of(usage=usage, price=price_for(model=model, at=now))
+    return None
+
+
+_PRICES = (
+    "effective_from",
+    "input_per_mtok",
+    "output_per_mtok",
+    "cache_write_per_mtok",
+    "cache_write_1h_per_mtok",
+    "cache_read_per_mtok",
+    "web_search_per_1k",
+)
+_SPOOL_LOOK_SECONDS = 30.0
+_spool_looked_at = [0.0]
+
+
+def _replay_now_and_then() -> None:
+    """Once the database answers again, settle what this machine spooled (looking every
+    ``_SPOOL_LOOK_SECONDS`` at most)."""
+    now = monotonic()
+    if now - _spool_looked_at[0] < _SPOOL_LOOK_SECONDS:
+        return
+    _spool_looked_at[0] = now
+    settlements_replay()
+
+
+def settlements_replay() -> int:
+    """Settle the gateway calls whose settlement this machine spooled while its database
+    failed; returns how many. A call whose upstream request id is in the ledger already is not
+    written twice."""
+    return ledger_spooled(_replay)
+
+
+def _replay(entry: dict[str, Any]) -> None:
+    request_id = str(entry.get("request_id") or "")
+    if (
+        request_id
+        and UsageRecord.objects.filter(user_id=entry["user_id"], request_id=request_id).exists()
+    ):
+        return
+    admission = Admission(uuid.UUID(entry["reservation_id"]), entry["user_id"], entry["api_key_id"])
+    admission.model = entry["asked"]
+    if entry.get("price"):
+        rates = {k: v if k == "effective_from" else Decimal(v) for k, v in entry["price"].items()}
+        price = ModelPrice(model=entry["asked"], **rates)
+        admission.worst = WorstCase(0, Decimal(0), price=price)
+    usage = TokenUsage(**entry["usage"]) if entry["usage"] is not None else None
+    _settle_retrying(
+        admission,
+        entry["model"],
+        usage,
+        entry["agent_id"],
+        entry["session_id"],
+        request_id,
+        datetime.fromisoformat(entry["at"]),
+        spool=False,
+    )
+
+
+def _charged_model(answered: str, admission: Admission, at: datetime) -> tuple[str, ModelPrice]:
+    """The model a call is charged as: the one that answered, when it is priced, else the one
+    asked for, at the price it was admitted at (even if that price went since), never nothing."""
+    price = price_for(model=answered, at=at) if answered and len(answered) <= 100 else None
+    if price is not None:
+        return answered, price
+    asked = admission.worst.price if admission.worst is not None else None
+    if admission.model:
+        return admission.model, asked or model_price(model=admission.model, at=at)
+    return answered, model_price(model=answered, at=at)
+
+
+def _settle(
+    admission: Admission,
+    model: str,
+    price: ModelPrice,
+    usage: TokenUsage | None,
+    agent_id: object | None,
+    session_id: object | None,
+    request_id: str,
+    now: datetime,
+) -> UsageRecord | None:
+    used = usage or TokenUsage()
+    cost = cost_of(usage=used, price=price)
     with transaction.atomic():
         quota = ledger_sql.quota_lock(admission.user_id)
         if quota is None:
             raise Quota.DoesNotExist(f"no quota for user {admission.user_id}")
         reservation = ledger_sql.reservation_take(admission.reservation_id)
-        _settle_budgets(_windows(quota, now), reservation, usage.total, cost)
-        if reservation is not None and usage.total != reservation.tokens:
+        _settle_budgets(_windows(quota, now), reservation, used.total, cost)
+        if reservation is not None and used.total != reservation.tokens:
             ledger_sql.rate_tokens_add(
-                _scope_keys(reservation), reservation.minute, usage.total - reservation.tokens
+                _scope_keys(reservation), reservation.minute, used.total - reservation.tokens
             )
-        if usage.total == 0:
+        if usage is None:
             return None
         return usage_record(
             user_id=admission.user_id,
             model=model,
             usage=usage,
+            price=price,
             agent_id=agent_id,
             session_id=session_id,
             request_id=request_id,
@@ -510,6 +702,7 @@ def reservations_release_expired(*, now: datetime | None = None) -> int:
     """Release reservations whose call never settled (its process died), and forget old
     rate counters. Beat runs it every minute."""
     now = now or timezone.now()
+    settlements_replay()  # what this machine spooled is settled before its reservation goes
     released = 0
     expired_users = set(
         Reservation.objects.filter(expires_at__lte=now).values_list("user_id", flat=True)

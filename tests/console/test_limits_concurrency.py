@@ -83,9 +83,9 @@ def test_concurrent_calls_never_spend_more_than_the_budget(console, user, fake_a
     _, key = api_key_create(user=user)
     body = gateway_body("How much?", max_tokens=50)
     worst = worst_case(model=MODEL, body_bytes=len(body), max_tokens=50)
-    # The worst case prices the body's bytes as cache writes, the dearest input, and max_tokens
-    # as output; Anthropic reports exactly that.
-    used_up = Text("ok", input_tokens=0, output_tokens=50, cache_creation_input_tokens=len(body))
+    # The worst case prices the body's bytes as 1-hour cache writes, the dearest input, and
+    # max_tokens as output; Anthropic reports exactly that.
+    used_up = Text("ok", input_tokens=0, output_tokens=50, cache_creation_1h_input_tokens=len(body))
     fake_anthropic.enqueue(*[used_up] * CALLS)
     monthly = Budget.objects.create(
         user=user, metric="usd", window="month", limit=k * worst.usd + worst.usd / 2

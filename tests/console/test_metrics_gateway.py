@@ -158,12 +158,12 @@ def test_a_failed_call_counts_no_tokens_and_adds_no_series_for_its_model(
     console, user, api_key, fake_anthropic
 ):
     unknown = f"claude-nonexistent-{uuid.uuid4().hex[:8]}"
-    fake_anthropic.enqueue(Error(404, "not_found_error", "no such model"))
     sdk = client(console, api_key(user))
-    with pytest.raises(anthropic.NotFoundError):
+    with pytest.raises(anthropic.BadRequestError):  # refused by the gateway: it has no price
         sdk.messages.create(
             model=unknown, max_tokens=10, messages=[{"role": "user", "content": "x"}]
         )
+    assert not fake_anthropic.requests
     assert unknown not in httpx.get(f"{console}/metrics").text
 
 

@@ -68,6 +68,11 @@ def bob(make_user):
     return make_user("bob")
 
 
+@pytest.fixture(autouse=True)
+def _priced_in_march(prices_from):
+    prices_from(date(2026, 1, 1))  # the rows here are written in March 2026
+
+
 # --- Exactness -----------------------------------------------------------------------------------
 
 

@@ -14,6 +14,12 @@ Token counting is deterministic, see ``count_tokens``:
 * ``output_tokens`` = ``count_tokens`` of the reply text, newline-joined with
   ``json.dumps`` of the tool_use input for tool-use replies.
 
+As Anthropic does, ``usage`` breaks cache writes down by lifetime (``cache_creation``:
+``ephemeral_5m_input_tokens``, ``ephemeral_1h_input_tokens``) and counts server tools
+(``server_tool_use.web_search_requests``, when a reply used any). ``Text(usage=...)`` sends
+any ``usage`` value verbatim instead, hostile ones included. ``answered`` holds the usage each
+reply reported, in order: the final one, or the last a client read of a stream cut short.
+
 Text replies honour ``stop_sequences`` (cut at the earliest match) and then ``max_tokens``
 (longest prefix whose count fits); tool-use replies are never truncated.
 
@@ -63,9 +69,16 @@ def count_tokens(text: str) -> int:
     return max(1, len(text.split()) + sum(1 for ch in text if ch in _PUNCTUATION))
 
 
+_UNSET: Any = object()
+
+
 @dataclass(frozen=True)
 class Text:
-    """Scripted text reply; ``None`` token counts are computed with ``count_tokens``."""
+    """Scripted text reply; ``None`` token counts are computed with ``count_tokens``.
+
+    ``cache_creation_input_tokens`` are 5-minute cache writes, ``cache_creation_1h_input_tokens``
+    1-hour ones; ``usage`` replaces the whole usage object; ``model`` answers as another model;
+    ``cut_after`` breaks a stream's connection off after that many text deltas."""
 
     text: str
     stop_reason: str = "end_turn"
@@ -73,6 +86,11 @@ class Text:
     output_tokens: int | None = None
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    web_search_requests: int = 0
+    usage: Any = _UNSET
+    model: str | None = None
+    cut_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,8 +153,11 @@ class _Reply:
     text: str | None
     stop_reason: str
     stop_sequence: str | None
-    usage: dict[str, int]
+    usage: Any
     tool: dict[str, Any] | None = None
+    model: str | None = None
+    verbatim: bool = False  # the usage was scripted whole: sent as it is, in every event
+    cut_after: int | None = None
 
 
 def _new_id(prefix: str) -> str:
@@ -253,6 +274,7 @@ class FakeAnthropic:
         self.host = host
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
+        self.answered: list[Any] = []
         self._requested_port = port
         self._port: int | None = None
         self._queue: deque[Scripted] = deque()
@@ -316,6 +338,7 @@ class FakeAnthropic:
         with self._lock:
             self._queue.clear()
             self.requests.clear()
+            self.answered.clear()
             self.disconnects = 0
 
     def _pop(self) -> Scripted | None:
@@ -392,11 +415,15 @@ class FakeAnthropic:
         message_id = _new_id("msg_")
         if body.get("stream"):
             return await self._stream(request, body, reply, message_id)
-        return web.json_response(
-            self._message_json(body, reply, message_id, final=True),
-            headers={"request-id": _new_id("req_")},
-            dumps=_dumps,
-        )
+        message = self._message_json(body, reply, message_id, final=True)
+        self._answer(message["usage"])
+        return web.json_response(message, headers={"request-id": _new_id("req_")}, dumps=_dumps)
+
+    def _answer(self, usage: Any) -> int:
+        """Note a reply's usage in ``answered``; returns its index there."""
+        with self._lock:
+            self.answered.append(usage)
+            return len(self.answered) - 1
 
     async def _wait_unless_gone(
         self, request: web.Request, seconds: float, release: threading.Event | None = None
@@ -435,13 +462,26 @@ class FakeAnthropic:
             text, stop_reason = text[:cut], "stop_sequence"
         if count_tokens(text) > body["max_tokens"]:
             text, stop_reason, stop_sequence = _fit(text, body["max_tokens"]), "max_tokens", None
-        usage = _usage(
+        usage: Any = _usage(
             input_tokens if scripted.input_tokens is None else scripted.input_tokens,
             count_tokens(text) if scripted.output_tokens is None else scripted.output_tokens,
             scripted.cache_creation_input_tokens,
             scripted.cache_read_input_tokens,
+            scripted.cache_creation_1h_input_tokens,
+            scripted.web_search_requests,
         )
-        return _Reply(text, stop_reason, stop_sequence, usage)
+        verbatim = scripted.usage is not _UNSET
+        if verbatim:
+            usage = scripted.usage
+        return _Reply(
+            text,
+            stop_reason,
+            stop_sequence,
+            usage,
+            model=scripted.model,
+            verbatim=verbatim,
+            cut_after=scripted.cut_after,
+        )
 
     @staticmethod
     def _message_json(
@@ -453,12 +493,15 @@ class FakeAnthropic:
                 content.append({"type": "text", "text": reply.text})
             if reply.tool is not None:
                 content.append(reply.tool)
-        usage = dict(reply.usage) if final else {**reply.usage, "output_tokens": 1}
+        usage = reply.usage
+        if isinstance(usage, dict) and not final and not reply.verbatim:
+            usage = {k: v for k, v in usage.items() if k != "server_tool_use"}
+            usage["output_tokens"] = 1
         return {
             "id": message_id,
             "type": "message",
             "role": "assistant",
-            "model": body["model"],
+            "model": reply.model or body["model"],
             "content": content,
             "stop_reason": reply.stop_reason if final else None,
             "stop_sequence": reply.stop_sequence if final else None,
@@ -477,14 +520,24 @@ class FakeAnthropic:
         )
         await response.prepare(request)
         start = self._message_json(body, reply, message_id, final=False)
+        answer = self._answer(start["usage"])
+        deltas = 0
         try:
             for pause, event, data in _stream_events(start, reply):
+                if event == "content_block_delta":
+                    deltas += 1
+                    if reply.cut_after is not None and deltas > reply.cut_after:
+                        assert request.transport is not None
+                        request.transport.abort()  # Anthropic's end breaks off mid-stream
+                        return response
                 if pause and self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
                 # A closed transport may still swallow writes, so check it explicitly.
                 if request.transport is None or request.transport.is_closing():
                     raise ConnectionResetError("client went away")
                 await response.write(_sse(event, {"type": event, **data}))
+                if event == "message_delta":
+                    self.answered[answer] = reply.usage
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError) as exc:
             self.disconnects += 1
@@ -520,20 +573,34 @@ def _stream_events(
             yield n > 0, "content_block_delta", {"index": index, "delta": delta}
         yield False, "content_block_stop", {"index": index}
     delta = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
-    usage = {"output_tokens": reply.usage["output_tokens"]}
+    # The final totals, as Anthropic's message_delta carries them (the whole hostile value, when
+    # a scripted usage replaced them).
+    usage = reply.usage
     yield False, "message_delta", {"delta": delta, "usage": usage}
     yield False, "message_stop", {}
 
 
 def _usage(
-    input_tokens: int, output_tokens: int, creation: int = 0, read: int = 0
-) -> dict[str, int]:
-    return {
+    input_tokens: int,
+    output_tokens: int,
+    creation: int = 0,
+    read: int = 0,
+    creation_1h: int = 0,
+    web_searches: int = 0,
+) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": creation,
+        "cache_creation_input_tokens": creation + creation_1h,
         "cache_read_input_tokens": read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": creation,
+            "ephemeral_1h_input_tokens": creation_1h,
+        },
     }
+    if web_searches:
+        usage["server_tool_use"] = {"web_search_requests": web_searches}
+    return usage
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -26,6 +26,11 @@ def spend(user, day: int, hour: int, model: str = SONNET, tokens: int = 1000) ->
         usage=TokenUsage(input_tokens=tokens, output_tokens=tokens // 10),
         at=datetime(2026, 3, day, hour, 30, tzinfo=UTC),
     )
+
+
+@pytest.fixture(autouse=True)
+def _priced_in_march(prices_from):
+    prices_from(date(2026, 1, 1))  # the rows here are written in March 2026
 
 
 @pytest.fixture
