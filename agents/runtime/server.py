@@ -82,6 +82,9 @@ class ChatSession:
     """One session's history, guarded so that its turns run one at a time."""
 
     id: str
+    # A console session's id goes with every call to the gateway, which checks it; an id the
+    # runtime made up for a caller that named none would be refused there, so it is not sent.
+    console_session: bool = True
     history: list[dict[str, Any]] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
@@ -130,7 +133,7 @@ class RuntimeState:
                 f"this agent already holds {len(self.sessions)} sessions, its maximum",
                 {"max_concurrent_sessions": self.config.max_concurrent_sessions},
             )
-        self.sessions[sid] = ChatSession(sid)
+        self.sessions[sid] = ChatSession(sid, console_session=session_id is not None)
         self.metrics.active_sessions.set(len(self.sessions))
         return self.sessions[sid]
 
@@ -227,9 +230,10 @@ class Turn:
         headers = {
             "x-api-key": config.gateway_token,
             "anthropic-version": ANTHROPIC_VERSION,
-            "x-console-session": self.session.id,
             **request_id_header(),
         }
+        if self.session.console_session:
+            headers["x-console-session"] = self.session.id
         if config.gateway.host_header:
             headers["Host"] = config.gateway.host_header
         return f"{config.gateway.url}/v1/messages", headers, payload

@@ -203,6 +203,18 @@ def test_chat_passes_on_scripted_usage_exactly_and_makes_up_a_session_id(
     assert _chat_requests(fake_gateway)[0]["max_tokens"] == 300
 
 
+def test_only_a_session_the_console_named_goes_to_the_gateway(
+    runtime_http: httpx.Client, fake_gateway: FakeAnthropic
+) -> None:
+    # The gateway refuses a session it does not know: one the runtime made up is not sent.
+    session = _session()
+    runtime_http.post(CHAT, json={"prompt": "named", "session_id": session})
+    runtime_http.post(CHAT, json={"prompt": "unnamed"})
+    named, unnamed = (r for r in fake_gateway.requests if r.path.endswith("/messages"))
+    assert named.headers["x-console-session"] == session
+    assert "x-console-session" not in unnamed.headers
+
+
 def test_second_turn_sends_the_full_history_and_the_system_prompt(
     runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
