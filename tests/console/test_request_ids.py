@@ -125,7 +125,7 @@ def test_a_chat_turns_id_reaches_the_runtime_and_the_gateway(
 @pytest.fixture
 def web_and_worker(tmp_path, settings):
     """A web process and a Celery worker, as ``make run`` starts them: one database, one broker
-    folder, one metrics folder, JSON logs."""
+    (the test session's), one metrics folder, JSON logs."""
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in {"PYTEST_CURRENT_TEST", "REDIS_URL"}}
@@ -135,6 +135,7 @@ def web_and_worker(tmp_path, settings):
         "CONSOLE_VAR_DIR": str(tmp_path),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "CELERY_TASK_ALWAYS_EAGER": "false",
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "SANDBOX_STATE_DIR": str(settings.SANDBOX_STATE_DIR),
         "SANDBOX_HOST_NAME": settings.SANDBOX_HOST_NAME,
         "METRICS_BEARER_TOKEN": "",
