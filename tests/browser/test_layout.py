@@ -1,4 +1,4 @@
-"""Every page looks finished at a laptop's width (1366 × 900) and a phone's (390 × 844): nothing
+"""Every page looks finished at a laptop's width (1366 x 900) and a phone's (390 x 844): nothing
 wider than the viewport, nothing cut off by its container, chart labels apart and readable.
 At 1366 px nothing even needs a sideways scroll; on a phone a wide table may scroll inside its
 wrapper. Each page is saved as a screenshot under var/screenshots/."""
@@ -90,8 +90,18 @@ def console_data(make_user):
     return {"operator": operator, "alice": alice, "session": session, "rule": rule}
 
 
+MISSING: dict[int, list[str]] = {}
+
+
+def _watch(page):  # type: ignore[no-untyped-def]
+    """Remember every 404 the page asks for (a favicon it lacks, a missing script)."""
+    missing = MISSING.setdefault(id(page), [])
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    return page
+
+
 def _open(new_page, log_in, who, viewport):  # type: ignore[no-untyped-def]
-    page = new_page(viewport=viewport)
+    page = _watch(new_page(viewport=viewport))
     if who is not None:
         log_in(page, who)
     return page
@@ -100,6 +110,9 @@ def _open(new_page, log_in, who, viewport):  # type: ignore[no-untyped-def]
 def _check(page, screenshot, name: str, viewport: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_load_state("networkidle")
     screenshot(page, name)
+    assert not MISSING.get(id(page)), f"{page.url} asked for missing files: {MISSING[id(page)]}"
+    icon = page.evaluate("document.querySelector('link[rel~=icon]')?.href")
+    assert icon and page.request.get(icon).ok, f"{page.url} has no favicon"
     assert_finished(page, scrolling=viewport is PHONE)
 
 
@@ -120,9 +133,7 @@ OPERATOR_PAGES = {
 
 @pytest.mark.parametrize("size", VIEWPORTS, ids=VIEWPORTS.keys())
 @pytest.mark.parametrize("name", OPERATOR_PAGES, ids=OPERATOR_PAGES.keys())
-def test_an_operators_page_looks_finished(
-    new_page, log_in, console_data, screenshot, name, size
-):
+def test_an_operators_page_looks_finished(new_page, log_in, console_data, screenshot, name, size):
     page = _open(new_page, log_in, console_data["operator"], VIEWPORTS[size])
     page.goto(OPERATOR_PAGES[name])
     _check(page, screenshot, f"{name}-{size}", VIEWPORTS[size])
@@ -138,7 +149,7 @@ def test_an_admin_change_form_looks_finished(new_page, log_in, console_data, scr
 
 @pytest.mark.parametrize("size", VIEWPORTS, ids=VIEWPORTS.keys())
 def test_the_login_pages_look_finished(new_page, screenshot, size, console_data):
-    page = new_page(viewport=VIEWPORTS[size])
+    page = _watch(new_page(viewport=VIEWPORTS[size]))
     page.goto("/accounts/login/")
     _check(page, screenshot, f"login-{size}", VIEWPORTS[size])
     page.goto("/admin/login/")
