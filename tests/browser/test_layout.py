@@ -178,6 +178,13 @@ def test_the_scaling_dialogs_and_forms_look_finished(
     page.goto("/dashboard/scaling/")
     page.get_by_role("button", name="New rule").click()
     expect(page.locator("#rule-new form")).to_be_visible()
+    # Model is picked from a list, and the form says what it would boot as it is edited.
+    assert page.locator("#rule-new select[name=model] option").count() > 3
+    note = page.locator("[data-boot-note]")
+    assert "boots 1 agent for this pool" in note.inner_text()
+    page.fill("#rule-new [name=min_agents]", "3")
+    expect(note.locator("[data-boot-count]")).to_have_text("3")
+    assert "boots 3 agents for this pool" in note.inner_text()
     _check(page, screenshot, f"new-rule-{size}", VIEWPORTS[size])
     page.locator("#rule-new").get_by_role("button", name="Cancel").click()
 
