@@ -161,6 +161,12 @@ def test_the_overview_reads_the_request_rate(user):
     assert overview["today"]["requests"] == 0
 
 
+def test_the_overview_says_which_minute_its_request_count_is(staff):
+    html = staff.get(reverse("dashboard:overview"), **HX).content.decode()
+    assert "API requests / min" in html
+    assert "in the last full minute; 0 so far in this one" in html
+
+
 def test_the_overview_takes_the_same_queries_however_big_the_fleet(
     staff, user, django_assert_num_queries
 ):
