@@ -205,17 +205,17 @@ def chat_budgets(*, user: User) -> list[dict[str, str]]:
     found = []
     for budget in budgets:
         used = windows[budget.pk].used + budget.reserved
+        left = max(budget.limit - used, Decimal(0)).quantize(Decimal("0.0001"))
         found.append(
             {
                 "metric": budget.metric,
                 "window": budget.get_window_display()
                 if budget.window != Budget.Window.ROLLING
                 else f"{budget.rolling_hours} h",
-                "limit": str(budget.limit.normalize()),
-                "used": str(used.quantize(Decimal("0.0001")).normalize()),
-                "remaining": str(
-                    max(budget.limit - used, Decimal(0)).quantize(Decimal("0.0001")).normalize()
-                ),
+                # Fixed-point text: a normalized 40 would read "4E+1".
+                "limit": f"{budget.limit.normalize():f}",
+                "used": f"{used.quantize(Decimal('0.0001')).normalize():f}",
+                "remaining": f"{left.normalize():f}",
             }
         )
     return found

@@ -18,12 +18,9 @@ class ScalingRuleAdmin(AuditedAdmin):
         "name",
         "model",
         "enabled",
-        "min_agents",
-        "max_agents",
-        "target_sessions_per_agent",
-        "scale_up_threshold",
-        "scale_down_threshold",
-        "updated_at",
+        "bounds",
+        "per_agent",
+        "thresholds",
     )
     list_filter = ("enabled", "model", "predictive")
     search_fields = ("name", "model")
@@ -81,6 +78,18 @@ class ScalingRuleAdmin(AuditedAdmin):
         (None, {"fields": ("last_evaluated_at", "created_at", "updated_at")}),
     )
     actions = ("enable_rules", "pause_rules")
+
+    @admin.display(description="Agents", ordering="min_agents")
+    def bounds(self, rule: ScalingRule) -> str:
+        return f"{rule.min_agents}\u2013{rule.max_agents}"
+
+    @admin.display(description="Sessions / agent", ordering="target_sessions_per_agent")
+    def per_agent(self, rule: ScalingRule) -> int:
+        return rule.target_sessions_per_agent
+
+    @admin.display(description="Shrink \u00b7 grow")
+    def thresholds(self, rule: ScalingRule) -> str:
+        return f"{rule.scale_down_threshold:.0%} \u00b7 {rule.scale_up_threshold:.0%}"
 
     @admin.action(description="Enable the selected rules", permissions=["change"])
     def enable_rules(self, request: HttpRequest, queryset: QuerySet[ScalingRule]) -> None:

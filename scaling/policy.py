@@ -27,7 +27,8 @@ How a count is chosen, in order:
    several steps, ``select`` takes the one allowing the largest change (``max``) or the
    smallest (``min``), like HPA's ``selectPolicy``.
 6. **Bounds.** The result is always within ``[min_agents, max_agents]``; a pool outside them
-   (the rule was just changed) goes straight back within.
+   (the rule was just changed) goes straight back within. The load's count is clamped to them
+   before the other limits, so a hold at the minimum names the minimum, not a cooldown.
 """
 
 from __future__ import annotations
@@ -336,10 +337,22 @@ def decide(rule: Rule, observation: Observation, history: Sequence[Past]) -> Dec
     lowest, highest = rule.min_agents, rule.max_agents
     if not lowest <= agents <= highest:
         target = min(max(target, lowest), highest)
-        bound = "minimum" if agents < lowest else "maximum"
+        side = "below the rule's minimum" if agents < lowest else "above the rule's maximum"
         edge = lowest if agents < lowest else highest
-        reason = f"{why} The pool has {agents} agents, outside the rule's {bound} {edge}: {target}."
+        move = "up" if target > agents else "down"
+        reason = (
+            f"{why} The pool has {_plural(agents, 'agent')}, {side} of {edge}:"
+            f" scaling {move} to {target}."
+        )
         return _decision(target, reason, obs, utilization, recommended, forecast, limits)
+
+    # The bounds come first: when the load asks for less than the minimum (or more than the
+    # maximum), that is what binds, whatever a cooldown or a step would also allow.
+    clamped = min(max(target, lowest), highest)
+    if clamped != target:
+        edge = "maximum" if target > highest else "minimum"
+        limits.append(f"the rule's {edge} is {clamped}")
+        target = clamped
 
     if target < agents:
         window = [
@@ -377,12 +390,6 @@ def decide(rule: Rule, observation: Observation, history: Sequence[Past]) -> Dec
         if (up and target > bound) or (not up and target < bound):
             limits.append(f"the step limit ({step}) allows {bound}")
             target = bound
-
-    clamped = min(max(target, lowest), highest)
-    if clamped != target:
-        edge = "maximum" if target > highest else "minimum"
-        limits.append(f"the rule's {edge} is {clamped}")
-        target = clamped
 
     if target > agents:
         verdict = f"Scaling up from {agents} to {target}."

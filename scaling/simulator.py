@@ -273,12 +273,17 @@ def simulate(
 
 # --- Drawing -------------------------------------------------------------------------------------
 
-_WIDTH, _PANEL, _GAP, _LEFT, _RIGHT, _TOP = 720, 110, 34, 64, 16, 28
+# Type at 13 units in a 720-wide drawing stays about 10 px tall when a phone shows the chart
+# 560 px wide (the page lets it scroll sideways below that).
+_WIDTH, _PANEL, _GAP, _LEFT, _RIGHT, _TOP, _FONT = 720, 110, 44, 56, 20, 22, 13
 _SERIES = (
     ("sessions", "Sessions", "#2563eb"),
     ("agents", "Agents", "#16a34a"),
     ("utilization", "Utilization", "#d97706"),
 )
+# Round spacings for the time axis, in seconds: the first that gives at most _MAX_TICKS marks.
+_TICK_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600, 43200, 86400)
+_MAX_TICKS = 8
 
 
 def _number(value: float) -> str:
@@ -289,24 +294,34 @@ def _number(value: float) -> str:
     return f"{value:.2f}"
 
 
-def _clock(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours}:{rest // 60:02d}" if hours else f"{rest // 60} min"
+def _clock(seconds: float, *, hours: bool = False) -> str:
+    """``1:30`` for a time past the hour (or with ``hours``), ``20 min`` before it."""
+    whole, rest = divmod(int(seconds), 3600)
+    return f"{whole}:{rest // 60:02d}" if whole or hours else f"{rest // 60} min"
+
+
+def _time_ticks(end: float) -> list[float]:
+    """Round moments from 0 to ``end`` for the time axis: every 10 min, every 4 h..."""
+    if end <= 0:
+        return [0.0]
+    step = next((s for s in _TICK_STEPS if end / s <= _MAX_TICKS), _TICK_STEPS[-1])
+    return [float(t) for t in range(0, int(end) + 1, step)]
 
 
 def simulation_svg(result: SimulationResult, *, title: str = "Simulated autoscaling") -> str:
     """Sessions, agents and utilization over time, one panel each, as an SVG document (every
-    text escaped; no script, no external reference)."""
+    text escaped; no script, no external reference). The title is the drawing's accessible
+    name; the page around it shows it as a heading."""
     points = result.points
-    height = _TOP + len(_SERIES) * (_PANEL + _GAP) + 8
+    height = _TOP + len(_SERIES) * (_PANEL + _GAP) - _GAP + 24
     plot_width = _WIDTH - _LEFT - _RIGHT
     end = points[-1].seconds if points else 0.0
+    ticks = _time_ticks(end)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_WIDTH} {height}" '
         f'width="{_WIDTH}" height="{height}" role="img" aria-label="{escape(title)}" '
-        'font-family="sans-serif" font-size="11">',
+        f'font-family="sans-serif" font-size="{_FONT}" fill="#4b5563">',
         f"<title>{escape(title)}</title>",
-        f'<text x="{_LEFT}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
     ]
     for row, (key, label, colour) in enumerate(_SERIES):
         top = _TOP + row * (_PANEL + _GAP)
@@ -315,6 +330,11 @@ def simulation_svg(result: SimulationResult, *, title: str = "Simulated autoscal
         ceiling = max(known, default=0) or 1
         if key == "utilization":
             ceiling = max(ceiling, 1.0)
+        for tick in ticks:
+            x = _LEFT + (tick / end * plot_width if end else 0)
+            parts.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + _PANEL}" stroke="#eef0f3"/>'
+            )
         parts.append(
             f'<rect x="{_LEFT}" y="{top}" width="{plot_width}" height="{_PANEL}" '
             'fill="none" stroke="#d1d5db"/>'
@@ -324,7 +344,7 @@ def simulation_svg(result: SimulationResult, *, title: str = "Simulated autoscal
         )
         parts.append(f'<text x="{_LEFT - 6}" y="{top + _PANEL}" text-anchor="end">0</text>')
         parts.append(
-            f'<text x="{_LEFT + 4}" y="{top - 4}" fill="{colour}" font-weight="bold">'
+            f'<text x="{_LEFT + 4}" y="{top - 6}" fill="{colour}" font-weight="bold">'
             f"{escape(label)}</text>"
         )
         if key == "utilization":
@@ -351,10 +371,12 @@ def simulation_svg(result: SimulationResult, *, title: str = "Simulated autoscal
                 f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
                 f'points="{" ".join(line)}"/>'
             )
-        bottom = top + _PANEL + 12
-        parts.append(f'<text x="{_LEFT}" y="{bottom}">0</text>')
-        parts.append(
-            f'<text x="{_LEFT + plot_width}" y="{bottom}" text-anchor="end">{_clock(end)}</text>'
-        )
+    # One time axis, under the last panel.
+    bottom = _TOP + len(_SERIES) * (_PANEL + _GAP) - _GAP + 16
+    for n, tick in enumerate(ticks):
+        x = _LEFT + (tick / end * plot_width if end else 0)
+        anchor = "start" if n == 0 else "end" if tick == end and n else "middle"
+        when = _clock(tick, hours=end >= 3600)
+        parts.append(f'<text x="{x:.1f}" y="{bottom}" text-anchor="{anchor}">{when}</text>')
     parts.append("</svg>")
     return "\n".join(parts)

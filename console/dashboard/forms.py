@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from agents.models import Agent
-from console.models import User
+from console.models import ModelPrice, User
 from scaling.models import POLICY_FIELDS, ScalingRule
 
 __all__ = ["AgentFilterForm", "AuditFilterForm", "DecisionFilterForm", "ScalingRuleForm"]
@@ -83,16 +84,62 @@ class ScalingRuleForm(forms.ModelForm):
             "predictive_window_minutes": "Forecast window (min)",
         }
 
+    # A new rule starts small: one agent ready, room for twenty (the model's defaults, 10 and
+    # 1000, are for rules made in code, and a form would boot ten agents on its first save).
+    NEW_RULE_INITIAL = {"min_agents": 1, "max_agents": 20}
+
+    model = forms.ChoiceField(
+        choices=(), help_text="The Claude model the pool's agents run: one with a price."
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("label_suffix", "")
+        instance = kwargs.get("instance")
+        if instance is None or instance.pk is None:
+            kwargs["initial"] = {
+                "model": settings.DEFAULT_AGENT_MODEL,
+                **self.NEW_RULE_INITIAL,
+                **(kwargs.get("initial") or {}),
+            }
         super().__init__(*args, **kwargs)
         if self.instance.owner_id is not None:  # shown by username, not by id
             self.initial["owner"] = self.instance.owner.username
+        self.fields["model"].choices = [(m, m) for m in self._models()]
         for direction in ("up", "down"):
             self.fields[f"scale_{direction}_step_unit"].choices = [
                 ("percent", "% of the count"),
                 ("agents", "agents"),
             ]
+
+    def _models(self) -> list[str]:
+        """The priced models (newest name first), the default, and the rule's own."""
+        priced = ModelPrice.objects.values_list("model", flat=True).distinct().order_by("-model")
+        models = [settings.DEFAULT_AGENT_MODEL, *priced]
+        if self.instance.model:
+            models.insert(0, self.instance.model)
+        return list(dict.fromkeys(models))
+
+    def boot_count(self) -> int:
+        """The agents the autoscaler boots for this rule at its first evaluation, with no load:
+        its minimum, or its warm pool if larger (0 while paused)."""
+        value = self.data if self.is_bound else self.initial
+
+        def number(name: str, default: int) -> int:
+            raw = value.get(name, getattr(self.instance, name, default))
+            try:
+                return max(0, int(raw))
+            except (TypeError, ValueError):
+                return default
+
+        enabled = (
+            value.get("enabled", self.instance.enabled)
+            if not self.is_bound
+            else bool(value.get("enabled"))
+        )
+        if not enabled:
+            return 0
+        low, warm = number("min_agents", 0), number("warm_pool_size", 0)
+        return min(max(low, warm), number("max_agents", max(low, warm)))
 
     # How the edit form groups the settings.
     SECTIONS = [

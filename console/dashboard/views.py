@@ -28,6 +28,7 @@ from console.dashboard.forms import (
     ScalingRuleForm,
     SimulationForm,
 )
+from console.dashboard.logview import log_lines
 from console.dashboard.pages import operator_required, page_or_fragment, wants_fragment
 from console.errors import BadRequest, ConsoleError
 from console.selectors import audit_events
@@ -169,7 +170,7 @@ def agent_logs(request: HttpRequest, agent_id: str) -> HttpResponse:
     agent = get_object_or_404(selectors.agent_lookup(live=False), pk=agent_id)
     context = {
         "agent": agent,
-        "log": lifecycle.agent_log_tail(agent=agent, lines=LOG_LINES),
+        "log": log_lines(lifecycle.agent_log_tail(agent=agent, lines=LOG_LINES)),
         "lines": LOG_LINES,
     }
     return render(request, "dashboard/partials/_agent_logs.html", context)

@@ -74,6 +74,13 @@ def money(value: Decimal) -> str:
     return f"${value:.4f}"
 
 
+def _small_tick(value: Decimal) -> str:
+    """A grid line's amount under a dollar, with the places it needs: $0.125, $0.25, $0.50."""
+    text = f"{value.normalize():f}"
+    places = len(text.partition(".")[2])
+    return f"${value:.{max(2, places)}f}" if value else "$0"
+
+
 def _nice_ceiling(value: Decimal) -> Decimal:
     """The smallest of 1, 2, 2.5, 5 times a power of ten at or above ``value``."""
     if value <= 0:
@@ -118,7 +125,7 @@ def stacked(buckets: list[Bucket], models: list[str], *, hourly: bool) -> Stacke
                     title=f"{_bucket_label(bucket.at, hourly)} · {model}: {money(cost)}",
                 )
             )
-    tick_label = (lambda v: f"${v:,.2f}") if scale >= 1 else money
+    tick_label = (lambda v: f"${v:,.2f}") if scale >= 1 else _small_tick
     y_ticks = [
         Tick(_n(top + plot_height * (1 - n / 4)), tick_label(scale * n / 4)) for n in range(5)
     ]

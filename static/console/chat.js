@@ -150,6 +150,20 @@
     root.classList.toggle("is-running", !!turn);
   }
 
+  function setAgentStatus(status) {
+    if (!agentStatus || !status) return;
+    agentStatus.textContent = status;
+    agentStatus.className = "badge status-" + status;
+  }
+
+  // The snapshot's status is the agent's when the page opened; an answer from it means it has
+  // booted since (events carry no status of their own).
+  function agentAnswered() {
+    if (agentStatus && ["pending", "starting"].includes(agentStatus.textContent.trim())) {
+      setAgentStatus("running");
+    }
+  }
+
   function setConnection(text, state) {
     connection.textContent = text;
     connection.dataset.state = state;
@@ -204,10 +218,7 @@
       closed = event.closed;
       messages = event.messages;
       if (titleEl) titleEl.textContent = event.title || "New chat";
-      if (agentStatus) {
-        agentStatus.textContent = event.agent_status;
-        agentStatus.className = "badge status-" + event.agent_status;
-      }
+      setAgentStatus(event.agent_status);
       renderBudgets(event.budgets);
       setRunning(null); // the running turn's events follow, replayed
       renderMessages();
@@ -240,6 +251,7 @@
     delta(event) {
       if (!running || running.id !== event.turn_id) return;
       running.text += event.text;
+      agentAnswered();
       paintReply();
     },
 
@@ -250,6 +262,7 @@
     },
 
     done(event) {
+      agentAnswered();
       const turn = running && running.id === event.turn_id ? running : null;
       if (turn) { turn.user.remove(); turn.reply.remove(); }
       setRunning(null);

@@ -49,6 +49,23 @@
     });
   }
 
+  // The new rule form says how many agents it would boot, as its fields change.
+  document.addEventListener("input", function (event) {
+    var form = event.target.closest("form");
+    var note = form && form.parentNode.querySelector("[data-boot-note]");
+    if (!note) return;
+    var value = function (name) {
+      var field = form.elements[name];
+      return field ? Math.max(0, parseInt(field.value, 10) || 0) : 0;
+    };
+    var enabled = form.elements.enabled ? form.elements.enabled.checked : true;
+    var n = enabled ? Math.min(Math.max(value("min_agents"), value("warm_pool_size")), value("max_agents")) : 0;
+    note.querySelector("[data-boot-count]").textContent = n;
+    note.querySelector("[data-boot-plural]").hidden = n === 1;
+    note.querySelector("[data-boot-some]").hidden = !n;
+    note.querySelector("[data-boot-none]").hidden = !!n;
+  });
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-dismiss]");
     if (button) dismiss(button.closest(".toast"));

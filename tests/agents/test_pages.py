@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from django.urls import reverse
 
 from agents.models import Agent, Session
+from console.models import Budget
 from console.services import quota_get
 
 pytestmark = pytest.mark.django_db
@@ -90,3 +93,13 @@ def test_new_chat_refusals_come_back_as_a_message(alice, user, outsider):
     response = alice.post(reverse("chat-new"), {"agent_id": theirs.pk}, follow=True)
     assert f"you have no agent {theirs.pk}" in response.content.decode()
     assert not Session.objects.exists() and Agent.objects.count() == 1
+
+
+def test_budgets_read_as_amounts_not_exponents(alice, user, agent):
+    Budget.objects.create(user=user, metric="usd", window="month", limit=Decimal("40"))
+    session = Session.objects.create(agent=agent, user=user, title="t")
+
+    html = alice.get(reverse("chat-session", args=[session.pk])).content.decode()
+
+    assert "$40 left of $40" in html
+    assert "E+" not in html

@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from agents.models import Message
+from agents.models import Agent, Message
 from tests.browser.conftest import PHONE
 from tests.fakes.anthropic import Text
 
@@ -146,3 +146,41 @@ def test_regenerate_and_edit_replace_the_turn_in_place(
         "Echo: The question, edited",
     ]
     screenshot(page, "edited")
+
+
+def test_the_agent_badge_and_the_starting_toast_follow_the_agent(
+    logged_in_page, user, fake_anthropic, screenshot
+):
+    page = logged_in_page(user)
+    _start_chat(page)
+    toast = page.locator(".toast", has_text="is starting")
+    # The page opened while the agent was still booting; its boot ends afterwards.
+    agent = Agent.objects.get()
+    Agent.objects.filter(pk=agent.pk).update(status="starting")
+    page.reload()
+    expect(page.locator("[data-connection]")).to_have_text("Live")
+    expect(page.locator("[data-agent-status]")).to_have_text("starting")
+    Agent.objects.filter(pk=agent.pk).update(status="running")
+    _ask(page, "Are you up?")
+    expect(page.locator(".msg-usage")).to_have_count(1, timeout=20_000)
+    # A reply came from the agent: the badge says it runs, without a reload.
+    expect(page.locator("[data-agent-status]")).to_have_text("running")
+    # The toast said its piece and went, off the footer.
+    expect(toast).to_have_count(0, timeout=10_000)
+    screenshot(page, "after-first-reply")
+
+
+def test_a_phone_shows_the_chats_first_on_the_chat_page(
+    new_page, log_in, user, fake_anthropic, screenshot
+):
+    page = new_page(viewport=PHONE)
+    log_in(page, user)
+    _start_chat(page)
+    page.goto("/chat/")
+    chats = page.locator(".chat-sessions")
+    welcome = page.locator(".chat-welcome")
+    expect(chats).to_be_visible()
+    # What the welcome says is where the chats are, and they come before any empty card.
+    assert chats.bounding_box()["y"] < welcome.bounding_box()["y"] or not welcome.is_visible()
+    expect(page.locator("body")).not_to_contain_text("on the left")
+    screenshot(page, "chat-list-phone")

@@ -112,6 +112,11 @@ def test_an_operator_runs_the_fleet_from_the_dashboard(page, log_in, fleet, scre
     row.get_by_role("button", name="Logs").click()
     dialog = page.locator("dialog[open]")
     expect(dialog).to_contain_text("Logs of support-bot")
+    # Read as lines with a time and a level, not as raw JSON.
+    lines = dialog.locator(".log-line")
+    expect(lines.first).to_be_visible()
+    expect(dialog.locator(".log-level").first).to_have_text(re.compile(r"^[A-Z]+$"))
+    assert not [t for t in lines.all_inner_texts() if t.lstrip().startswith("{")]
     screenshot(page, "agent-logs")
     dialog.get_by_role("button", name="Close").click()
     expect(page.locator("dialog")).to_have_count(0)

@@ -4,6 +4,7 @@ through the services (and the audit log), inline edits of scaling rules, and que
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -158,6 +159,12 @@ def test_the_overview_reads_the_request_rate(user):
     assert overview["requests_last_minute"] == 42  # a key's own counter is not counted twice
     assert overview["requests_this_minute"] == 5
     assert overview["today"]["requests"] == 0
+
+
+def test_the_overview_says_which_minute_its_request_count_is(staff):
+    html = staff.get(reverse("dashboard:overview"), **HX).content.decode()
+    assert "API requests / min" in html
+    assert "in the last full minute; 0 so far in this one" in html
 
 
 def test_the_overview_takes_the_same_queries_however_big_the_fleet(
@@ -395,6 +402,33 @@ def test_creating_a_rule_refreshes_the_table(staff, operator):
     assert "pool-new" in response.content.decode()
     created = ScalingRule.objects.get(name="pool-new")
     assert AuditEvent.objects.get(action="scalingrule.create").target_id == str(created.pk)
+
+
+def test_the_new_rule_form_offers_models_and_says_what_it_boots(staff, settings):
+    html = staff.get(reverse("dashboard:rule-create"), **HX).content.decode()
+
+    model = re.search(r'<select name="model"[^>]*>(.*?)</select>', html, re.S)
+    assert model, "Model is a list to pick from"
+    assert f'<option value="{settings.DEFAULT_AGENT_MODEL}" selected>' in model.group(1)
+    assert model.group(1).count("<option") > 3  # the priced models
+    assert re.search(r'name="min_agents" value="1"', html)
+    assert "boots <strong data-boot-count>1</strong> agent" in html
+
+
+def test_a_new_rule_saves_on_the_first_submit_with_what_the_form_offers(staff):
+    html = staff.get(reverse("dashboard:rule-create"), **HX).content.decode()
+    data = dict(re.findall(r'<input type="(?:text|number)" name="(\w+)" value="([^"]*)"', html))
+    data.update(name="fresh", model=re.search(r'<option value="([^"]+)" selected>', html)[1])
+    for name in ("scale_up_step_unit", "scale_down_step_unit", "on_metrics_failure"):
+        select = re.search(rf'<select name="{name}"[^>]*>(.*?)</select>', html, re.S)[1]
+        data[name] = re.search(r'<option value="(\w+)" selected>', select)[1]
+    data["enabled"] = "on"
+
+    response = staff.post(reverse("dashboard:rule-create"), data, **HX)
+
+    assert response.status_code == 200, response.content.decode()[:2000]
+    rule = ScalingRule.objects.get(name="fresh")
+    assert (rule.min_agents, rule.max_agents) == (1, 20)
 
 
 def test_creating_an_invalid_rule_keeps_the_form(staff):

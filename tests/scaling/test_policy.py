@@ -132,7 +132,24 @@ def test_a_pool_outside_its_bounds_goes_straight_back_within():
     assert decide(rule, observe(2, 0), recent_move).target == 10
     shrunk = decide(rule, observe(40, 4000), recent_move)
     assert shrunk.target == 20
-    assert "outside the rule's maximum 20" in shrunk.reason
+    assert shrunk.reason.endswith(
+        "The pool has 40 agents, above the rule's maximum of 20: scaling down to 20."
+    )
+    grown = decide(Rule(min_agents=1, max_agents=20), observe(0, 0), [])
+    assert grown.reason.endswith(
+        "The pool has 0 agents, below the rule's minimum of 1: scaling up to 1."
+    )
+
+
+def test_a_hold_at_the_minimum_names_the_minimum_not_the_cooldown():
+    rule = replace(FREE, min_agents=1, scale_down_cooldown_seconds=300)
+    # The last move was a minute ago, within the cooldown; but the minimum is what binds.
+    held = decide(rule, observe(1, 0), [past(-60, 2, 1)])
+
+    assert held.direction is Direction.HOLD and held.target == 1
+    assert "the rule's minimum is 1" in held.reason
+    assert "cooldown" not in held.reason
+    assert held.reason.endswith("Holding at 1.")
 
 
 # --- Cooldowns and stabilization ------------------------------------------------------------------

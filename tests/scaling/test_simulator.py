@@ -183,6 +183,16 @@ def test_the_svg_draws_three_series_with_escaped_text_and_no_script():
     assert "href" not in svg
 
 
+def test_the_svg_marks_round_times_and_leaves_the_title_to_the_page():
+    trace = trace_shape("daily", low=10, high=300)
+    result = simulate(rule=Rule(min_agents=0, max_agents=10), trace=trace)
+
+    root = ET.fromstring(simulation_svg(result, title="support-pool"))
+    labels = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "support-pool" not in labels  # drawn, it sat on the Sessions label
+    assert [x for x in labels if x and ":" in x] == [f"{h}:00" for h in range(0, 25, 3)]
+
+
 # --- The endpoint --------------------------------------------------------------------------------
 
 
