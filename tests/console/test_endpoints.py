@@ -104,3 +104,10 @@ def test_a_body_over_the_size_limit_is_refused_with_413(asgi_server, settings, u
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert response.json()["error"]["type"] == "request_too_large"
+
+
+def test_favicon_ico_leads_to_the_console_icon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert response["Location"].endswith("console/favicon.svg")
+    assert client.get(response["Location"]).status_code == 200

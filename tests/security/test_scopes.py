@@ -111,6 +111,7 @@ ROWS = [
     Row("", "GET", "/", PAGE, 200),
     Row("accounts/login/", "GET", "/accounts/login/", PUBLIC, 200),
     Row("accounts/logout/", "POST", "/accounts/logout/", PUBLIC, 302, form=True),
+    Row("favicon.ico", "GET", "/favicon.ico", PUBLIC, 301),
     Row("health", "GET", "/health", PUBLIC, 200),
     Row("ready", "GET", "/ready", SAME, 0),
     Row("metrics", "GET", "/metrics", PUBLIC, 200),
