@@ -7,6 +7,8 @@ the Channels consumer turn it into that shape here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import kombu.exceptions
@@ -44,6 +46,7 @@ __all__ = [
     "error_body",
     "error_response",
     "outage_refusal",
+    "outages_refused",
 ]
 
 
@@ -185,6 +188,15 @@ def outage_refusal(exc: Exception) -> ServiceUnavailable:
     return ServiceUnavailable(
         f"the {service} is unreachable: try again shortly", details={"service": service}
     )
+
+
+@contextlib.contextmanager
+def outages_refused() -> Iterator[None]:
+    """Within the block, one of ``OUTAGES`` is raised as its 503 (``ServiceUnavailable``)."""
+    try:
+        yield
+    except OUTAGES as exc:
+        raise outage_refusal(exc) from exc
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
