@@ -613,6 +613,8 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
             await asyncio.sleep(CLAIM_SECONDS / 3)
             await _log().renew(session_id, turn_id, CLAIM_SECONDS)
 
+    last: list[dict[str, Any]] = []  # the turn's last event, sent once its stop watch is gone
+
     async def publish(name: str, data: Any) -> None:
         if name == "delta":
             await live_publish(session_id, {"type": "delta", **head, "text": data["text"]})
@@ -620,9 +622,9 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
             await live_publish(session_id, {"type": "tool", **head, "tool": data})
         elif name == "done":
             done = await sync_to_async(_done_data)(user=turn.user, result=data)
-            await end({"type": "done", "kept_messages": live.kept_messages, **done})
+            last.append({"type": "done", "kept_messages": live.kept_messages, **done})
         elif name == "cancelled":
-            await end({"type": "cancelled"})
+            last.append({"type": "cancelled"})
         elif name == "error":
             error = _error_body(
                 data.get("code") or "agent_error",
@@ -630,13 +632,17 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
                 data.get("details"),
             )
             # Mid-reply: the runtime's stream ended with it, its call having begun well.
-            await end({"type": "error", "error": error, "status": 502})
+            last.append({"type": "error", "error": error, "status": 502})
 
     holding = asyncio.create_task(hold())
     try:
         async with _stop_watch(session_id, turn_id) as stopped:
             async for name, data in agent_chat_events_stoppable(turn=turn, stopped=stopped):
                 await publish(name, data)
+        # After the watch: a follower that ends at the last event (a request, a test's event
+        # loop) leaves no receive of the watch's behind.
+        for event in last:
+            await end(event)
     except ConsoleError as exc:
         await end(_refusal_event(exc))
     except OUTAGES as exc:
