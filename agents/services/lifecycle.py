@@ -221,7 +221,7 @@ def _request(
             task, args = agent_teardown_task, (str(agent.pk),)
         else:
             task, args = agent_halt_task, (str(agent.pk), then_boot)
-        before = {"status": agent.status, "endpoint": agent.endpoint, "deleted_at": None}
+        before = {field: getattr(agent, field) for field in ("status", "endpoint", "deleted_at")}
         _queue_after_commit(
             task,
             args,

@@ -419,6 +419,7 @@ async def _stop_watch(session_id: str, turn_id: str) -> AsyncIterator[asyncio.Ev
 
 
 _WATCH_ENDED = ""  # the turn id of the message that ends a stop watch's listener
+_LISTENER_END_SECONDS = 5.0  # a layer slower than this delays the turn's last event no longer
 
 
 async def _end_listener(listener: asyncio.Task[None], layer: Any, channel: str) -> None:
@@ -432,7 +433,7 @@ async def _end_listener(listener: asyncio.Task[None], layer: Any, channel: str) 
             await layer.send(channel, {"type": _STOP_MESSAGE, "turn_id": _WATCH_ENDED})
         except OUTAGES:
             listener.cancel()
-        await asyncio.wait([listener], timeout=CLAIM_SECONDS)
+        await asyncio.wait([listener], timeout=_LISTENER_END_SECONDS)
         listener.cancel()
     if not listener.cancelled() and listener.done():
         listener.exception()  # retrieved: a layer that failed mid-turn is the turn's to report
