@@ -8,9 +8,12 @@ the shared Redis); the broker is the real Celery app publishing to that port.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +23,7 @@ from agents import services
 from agents.models import Agent
 from console.celery import app
 from console.models import Quota
+from tests.fakes.anthropic import Text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -158,6 +162,103 @@ def test_a_socket_whose_redis_is_gone_gets_a_503_event_and_stays_open(
         settings.REDIS_URL = back
         ws.send(json.dumps({"type": "send", "session_id": str(session.pk), "content": "hi"}))
         assert _until(ws, {"done", "error"})[-1]["type"] == "done"
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, on a port of its own: stopping it stops no one else."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder = _closed_port(), folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        options = {"port": self.port, "bind": "127.0.0.1", "save": "", "appendonly": "no"}
+        command = ["redis-server", "--dir", str(self.folder)]
+        for name, value in options.items():
+            command += [f"--{name}", str(value)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path, settings) -> Iterator[PrivateRedis]:
+    """The console's Redis (REDIS_URL and the channel layer) is a private redis-server."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server program (Debian's redis-server package)")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    settings.REDIS_URL = server.url
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": server.url, "socket_timeout": 30}]},
+        }
+    }
+    yield server
+    server.stop()
+
+
+def _sse(lines) -> Iterator[tuple[str, dict]]:
+    name = ""
+    for line in lines:
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            yield name, json.loads(line[5:])
+
+
+@pytest.mark.timeout(90)
+def test_redis_going_away_mid_turn_ends_the_stream_with_a_503_and_ready_comes_back(
+    user, alice, running_agent, fake_anthropic, private_redis, settings, monkeypatch
+):
+    """Redis killed while a reply streams: the stream ends with an error event naming Redis,
+    /ready answers 503 naming it (and quickly), and once Redis is back /ready is 200 and a new
+    turn in the same session goes through."""
+    settings.READY_TIMEOUT_SECONDS = 1.0
+    monkeypatch.setattr(fake_anthropic, "chunk_delay", 0.1)
+    fake_anthropic.enqueue(Text(" ".join(f"word{n}" for n in range(80))))
+    session = services.session_create(user=user, agent_id=running_agent.pk, title="")
+    turn = f"/api/v1/sessions/{session.pk}/messages"
+    assert alice.get("/ready").status_code == 200
+
+    events = []
+    with alice.stream("POST", turn, json={"content": "a long story", "stream": True}) as stream:
+        assert stream.status_code == 200
+        for name, data in _sse(stream.iter_lines()):
+            events.append((name, data))
+            if name == "delta" and private_redis.process is not None:
+                private_redis.stop()
+    name, error = events[-1]
+    assert name == "error", events[-3:]
+    assert (error["code"], error["details"]) == ("service_unavailable", {"service": "redis"})
+
+    started = time.monotonic()
+    ready = alice.get("/ready")
+    assert time.monotonic() - started < 3
+    assert ready.status_code == 503
+    assert {"channel_layer", "redis"} <= set(ready.json()["failing"])
+
+    private_redis.start()
+    deadline = time.monotonic() + 15
+    while (ready := alice.get("/ready")).status_code != 200:
+        assert time.monotonic() < deadline, ready.text
+        time.sleep(0.2)
+    reply = alice.post(turn, json={"content": "again"})
+    assert reply.status_code == 200, reply.text
 
 
 def test_ready_answers_within_its_timeout_when_a_dependency_hangs(alice, settings):
