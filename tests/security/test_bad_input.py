@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -387,3 +388,57 @@ def test_the_gateway_refuses_depth_in_its_own_shape(world):
         )
         assert response.status_code == 400, response.text
         assert response.json()["type"] == "error"
+
+
+# --- A hostile sandbox ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hostile_runtime() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
+    """An "agent runtime" on loopback that answers each chat with the next scripted
+    (status, body)."""
+    import http.server
+    import threading
+
+    answers: list[tuple[int, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            status, body = answers.pop(0)
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", answers
+    server.shutdown()
+
+
+def test_a_runtime_that_answers_garbage_is_a_502_not_a_500(user, client_for, hostile_runtime):
+    """A sandbox runs the agent's code, so its runtime's answers are input too."""
+    endpoint, answers = hostile_runtime
+    agent = Agent.objects.create(
+        owner=user, model="m", sandbox_id="s", status="running", endpoint=endpoint
+    )
+    replies = [
+        (200, _nest(1000).encode()),
+        (200, b"[]"),
+        (200, b'{"content": {"a": 1}}'),
+        (200, b"not json"),
+        (500, _nest_objects(1000).encode()),
+        (500, b'{"error": [1, 2]}'),
+        (400, b'{"error": {"code": {"a": 1}, "message": ["x"], "details": "y"}}'),
+    ]
+    answers.extend(replies)
+    client = client_for(user)
+    for status, body in replies:
+        response = client.post(f"/agents/{agent.pk}/v1/agent/chat", {"prompt": "hi"}, format="json")
+        assert response.status_code in (400, 502), (status, body[:40], response.content[:200])
+        assert set(response.json()["error"]) == {"code", "message", "details"}
