@@ -298,6 +298,21 @@ def _reply_content(body: bytes) -> str:
     return content
 
 
+# What each event of a runtime's stream must hold (a sandbox is not trusted).
+_EVENT_TEXT = {"delta": "text", "done": "content"}
+
+
+def _check_event(event: str, data: Any) -> None:
+    field = _EVENT_TEXT.get(event)
+    malformed = not isinstance(data, dict) or (field and not isinstance(data.get(field), str))
+    if not malformed and event == "error":
+        malformed = not all(isinstance(data.get(k, ""), str) for k in ("code", "message"))
+    if malformed:
+        raise AgentUnavailable(
+            "the agent's runtime sent a malformed event", details={"event": event[:40]}
+        )
+
+
 async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
     """The runtime's events for a turn: ``delta`` and ``tool`` (dicts), then ``done`` (the
     recorded ``ChatResult``) or ``error``. Refusals raise before the first event."""
@@ -306,11 +321,14 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
     async def events() -> AsyncIterator[tuple[str, Any]]:
         try:
             async for event, data in sse_events(opened.response.content):
+                _check_event(event, data)
                 if event == "done":
                     data = await opened.finish(data["content"])
                 yield event, data
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AgentUnavailable(f"the agent's runtime stopped answering: {exc}") from exc
+        except ValueError as exc:  # not UTF-8, not JSON, or too deep
+            raise AgentUnavailable("the agent's runtime sent a malformed stream") from exc
         finally:
             await opened.close()
 

@@ -442,3 +442,28 @@ def test_a_runtime_that_answers_garbage_is_a_502_not_a_500(user, client_for, hos
         response = client.post(f"/agents/{agent.pk}/v1/agent/chat", {"prompt": "hi"}, format="json")
         assert response.status_code in (400, 502), (status, body[:40], response.content[:200])
         assert set(response.json()["error"]) == {"code", "message", "details"}
+
+
+def test_a_runtime_that_streams_garbage_ends_the_turn_with_a_502(user, client_for, hostile_runtime):
+    endpoint, answers = hostile_runtime
+    agent = Agent.objects.create(
+        owner=user, model="m", sandbox_id="s", status="running", endpoint=endpoint
+    )
+    session = services.session_create(user=user, agent_id=agent.pk, title="")
+    streams = [
+        b"event: delta\ndata: " + _nest(1000).encode() + b"\n\n",
+        b"event: delta\ndata: [1]\n\n",
+        b'event: delta\ndata: {"text": 1}\n\n',
+        b'event: done\ndata: {"content": null}\n\n',
+        b'event: error\ndata: {"code": {"a": 1}}\n\n',
+        b"event: delta\ndata: \xff\xfe\n\n",
+        b"event: delta\ndata: {\n\n",
+    ]
+    answers.extend((200, body) for body in streams)
+    client = client_for(user)
+    for body in streams:
+        response = client.post(
+            f"/api/v1/sessions/{session.pk}/messages", {"content": "hi"}, format="json"
+        )
+        assert response.status_code == 502, (body[:40], response.content[:200])
+        assert response.json()["error"]["code"] == "agent_unavailable"
