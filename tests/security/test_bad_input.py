@@ -467,3 +467,27 @@ def test_a_runtime_that_streams_garbage_ends_the_turn_with_a_502(user, client_fo
         )
         assert response.status_code == 502, (body[:40], response.content[:200])
         assert response.json()["error"]["code"] == "agent_unavailable"
+
+
+def test_an_idempotency_key_does_not_change_a_refusal(world):
+    """With an Idempotency-Key, bad bodies are refused the same way, and the key stays free."""
+    key = world["callers"]["writer"]
+    routes = [
+        "/api/v1/agents",
+        "/v1/agents/spawn",
+        "/api/v1/execute",
+        f"/api/v1/sessions/{world['session'].pk}/messages",
+        f"/agents/{world['agent'].pk}/v1/agent/chat",
+    ]
+    with httpx.Client(base_url=world["base"], timeout=30) as http:
+        for path in routes:
+            for body, status in ((_nest(1000).encode(), 400), (b'"' + b"x" * LIMIT + b'"', 413)):
+                headers = {
+                    "Authorization": f"Bearer {key}",
+                    "content-type": "application/json",
+                    "Idempotency-Key": f"bad-{path}",
+                }
+                for _ in range(2):  # the same answer again: nothing was kept for the key
+                    response = http.post(path, content=body, headers=headers)
+                    assert response.status_code == status, (path, response.text[:200])
+                    assert "Idempotent-Replayed" not in response.headers
