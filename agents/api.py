@@ -63,6 +63,7 @@ from console.errors import (
     BadRequest,
     ConsoleError,
     MethodNotAllowed,
+    error_body,
     error_response,
 )
 from console.idempotent import idempotent, idempotent_followed, idempotent_json
@@ -285,6 +286,8 @@ async def _turn_stream(followed: FollowedTurn) -> HttpResponse:
             yield _sse_of(first)
             async for event in events:
                 yield _sse_of(event)
+        except ConsoleError as exc:  # after the status was sent (Redis gone): the last frame
+            yield sse_frame("error", error_body(exc.code, exc.message, exc.details)["error"])
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 

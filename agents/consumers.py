@@ -11,7 +11,6 @@ task, no database work.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -33,13 +32,16 @@ from agents.services.live import (
     live_turn_start,
     live_turn_stop,
 )
+from console.api.parsers import json_loads
 from console.errors import (
+    OUTAGES,
     BadRequest,
     ConsoleError,
     NotFound,
     PayloadTooLarge,
     RateLimited,
     UserSuspended,
+    outage_refusal,
 )
 from console.metrics import error_count
 from console.services import user_check_active
@@ -158,6 +160,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await handler(frame)  # type: ignore[misc]
         except ConsoleError as exc:
             await self.send_json(_error_event(exc))
+        except OUTAGES as exc:
+            await self.send_json(_error_event(outage_refusal(exc)))
         except Exception:
             log.exception("chat frame failed")
             await self.send_json(
@@ -182,10 +186,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 f"the frame is larger than {settings.CHAT_WS_MAX_FRAME_BYTES} bytes",
                 details={"limit": settings.CHAT_WS_MAX_FRAME_BYTES, "size": size},
             )
-        try:
-            frame = json.loads(text_data)
-        except ValueError:
-            raise MalformedFrame("the frame is not valid JSON") from None
+        frame = json_loads(text_data, refusal=MalformedFrame, what="frame")
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             raise MalformedFrame('a frame is a JSON object with a "type"')
         if not callable(getattr(self, f"client_{frame['type']}", None)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +27,7 @@ from agents.serializers import (
     agent_row_data,
     validated,
 )
+from console.api.parsers import json_loads
 from console.api.permissions import is_operator
 from console.authentication import request_user
 from console.errors import (
@@ -186,10 +186,7 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
 
 def json_object_body(request: HttpRequest) -> dict[str, Any]:
     """The request's body, which must be a JSON object; else ``BadRequest``."""
-    try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
+    body = json_loads(request.body)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

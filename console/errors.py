@@ -7,9 +7,14 @@ the Channels consumer turn it into that shape here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from django.core.exceptions import PermissionDenied
+from django.db import DataError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -17,6 +22,7 @@ from rest_framework.response import Response
 from console.metrics import ERROR_CODES, error_count
 
 __all__ = [
+    "OUTAGES",
     "AgentDraining",
     "AgentNotFound",
     "AgentNotRunning",
@@ -27,16 +33,20 @@ __all__ = [
     "Conflict",
     "ConsoleError",
     "Forbidden",
+    "MalformedBody",
     "MethodNotAllowed",
     "NotAuthenticated",
     "NotFound",
     "PayloadTooLarge",
     "QuotaExceeded",
     "RateLimited",
+    "ServiceUnavailable",
     "UserSuspended",
     "drf_exception_handler",
     "error_body",
     "error_response",
+    "outage_refusal",
+    "outages_refused",
 ]
 
 
@@ -75,6 +85,12 @@ class ConsoleError(Exception):
 
 class BadRequest(ConsoleError):
     status, code = 400, "invalid_request"
+
+
+class MalformedBody(BadRequest):
+    """The body is not JSON the console accepts: invalid, too deep, or out of range."""
+
+    code = "malformed_body"
 
 
 class NotAuthenticated(ConsoleError):
@@ -150,6 +166,39 @@ class AgentUnavailable(ConsoleError):
     status, code = 502, "agent_unavailable"
 
 
+class ServiceUnavailable(ConsoleError):
+    """A backing service the request needs (``details.service``: the broker, Redis) is
+    unreachable; what the request began was undone."""
+
+    status, code, retry_after = 503, "service_unavailable", 5
+
+
+# What a backing service that is down raises: kombu wraps a broker's connection errors in
+# OperationalError (whatever the transport); redis-py, the channel layer's and the replay log's.
+OUTAGES: tuple[type[Exception], ...] = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def outage_refusal(exc: Exception) -> ServiceUnavailable:
+    """The 503 for one of ``OUTAGES``, naming the service."""
+    service = "broker" if isinstance(exc, kombu.exceptions.OperationalError) else "redis"
+    return ServiceUnavailable(
+        f"the {service} is unreachable: try again shortly", details={"service": service}
+    )
+
+
+@contextlib.contextmanager
+def outages_refused() -> Iterator[None]:
+    """Within the block, one of ``OUTAGES`` is raised as its 503 (``ServiceUnavailable``)."""
+    try:
+        yield
+    except OUTAGES as exc:
+        raise outage_refusal(exc) from exc
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """The error shape; every error answer is built here, and so counted in
     ``agent_errors_total{error_type}`` here."""
@@ -184,6 +233,12 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     # Imported here: rest_framework.views loads the authentication classes, which import us.
     from rest_framework.views import exception_handler as drf_default_handler
 
+    if isinstance(exc, OUTAGES):
+        exc = outage_refusal(exc)
+    elif isinstance(exc, DataError | OverflowError):
+        # A number past what the database holds (SQLite raises OverflowError for an integer
+        # beyond 64 bits, PostgreSQL a DataError) in a filter or an id: the caller's mistake.
+        exc = BadRequest("a value is out of range for the database")
     if isinstance(exc, ConsoleError):
         return Response(
             error_body(exc.code, exc.message, exc.details), status=exc.status, headers=exc.headers()

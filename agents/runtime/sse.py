@@ -7,6 +7,8 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from agents.runtime.jsonbound import loads
+
 __all__ = ["sse_events", "sse_frame"]
 
 
@@ -15,7 +17,8 @@ def sse_frame(event: str, data: dict[str, Any]) -> bytes:
 
 
 async def sse_events(lines: AsyncIterable[str | bytes]) -> AsyncIterator[tuple[str, Any]]:
-    """(event, parsed data) for each frame of a stream of lines (with or without line ends)."""
+    """(event, parsed data) for each frame of a stream of lines (with or without line ends).
+    Data that is not JSON, or nests past ``jsonbound.MAX_DEPTH``, raises ``ValueError``."""
     event, data = "", []
     async for raw in lines:
         line = (raw.decode() if isinstance(raw, bytes) else raw).rstrip("\r\n")
@@ -24,7 +27,7 @@ async def sse_events(lines: AsyncIterable[str | bytes]) -> AsyncIterator[tuple[s
         elif line.startswith("data:"):
             data.append(line[5:].strip())
         elif not line and data:
-            yield event, json.loads("\n".join(data))
+            yield event, loads("\n".join(data))
             event, data = "", []
     if data:
-        yield event, json.loads("\n".join(data))
+        yield event, loads("\n".join(data))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from django.utils import timezone
 
 from agents import sandbox
 from agents.models import Agent, Message, Session
+from agents.runtime.jsonbound import loads
 from agents.runtime.sse import sse_events, sse_frame
 from console.errors import (
     AgentDraining,
@@ -281,10 +281,37 @@ async def agent_chat(*, turn: ChatTurn) -> ChatResult:
     """Run one turn on a running agent and record it."""
     opened = await _turn_open(turn=turn, stream=False)
     try:
-        reply = json.loads(await opened.response.read())
+        content = _reply_content(await opened.response.read())
     finally:
         await opened.close()
-    return await opened.finish(reply["content"])
+    return await opened.finish(content)
+
+
+def _reply_content(body: bytes) -> str:
+    """The text of a runtime's JSON reply. A sandbox is not trusted: anything but a JSON object
+    with a string ``content`` (bounded in depth) is the runtime's fault, a 502."""
+    try:
+        content = loads(body)["content"]
+    except (ValueError, KeyError, TypeError):
+        content = None
+    if not isinstance(content, str):
+        raise AgentUnavailable("the agent's runtime answered with a malformed reply")
+    return content
+
+
+# What each event of a runtime's stream must hold (a sandbox is not trusted).
+_EVENT_TEXT = {"delta": "text", "done": "content"}
+
+
+def _check_event(event: str, data: Any) -> None:
+    field = _EVENT_TEXT.get(event)
+    malformed = not isinstance(data, dict) or (field and not isinstance(data.get(field), str))
+    if not malformed and event == "error":
+        malformed = not all(isinstance(data.get(k, ""), str) for k in ("code", "message"))
+    if malformed:
+        raise AgentUnavailable(
+            "the agent's runtime sent a malformed event", details={"event": event[:40]}
+        )
 
 
 async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
@@ -295,11 +322,14 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
     async def events() -> AsyncIterator[tuple[str, Any]]:
         try:
             async for event, data in sse_events(opened.response.content):
+                _check_event(event, data)
                 if event == "done":
                     data = await opened.finish(data["content"])
                 yield event, data
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AgentUnavailable(f"the agent's runtime stopped answering: {exc}") from exc
+        except ValueError as exc:  # not UTF-8, not JSON, or too deep
+            raise AgentUnavailable("the agent's runtime sent a malformed stream") from exc
         finally:
             await opened.close()
 
@@ -377,11 +407,17 @@ async def agent_chat_events_stoppable(
 def _runtime_error(status: int, body: bytes) -> ConsoleError:
     """The refusal a runtime's (or, through it, the gateway's) error answer stands for."""
     try:
-        error = json.loads(body)["error"]
+        error = loads(body)["error"]
     except (ValueError, KeyError, TypeError):
+        error = None
+    if not isinstance(error, dict):
         error = {"code": "agent_error", "message": body.decode(errors="replace")[:500]}
-    exc = AgentUnavailable(error.get("message") or "the agent failed", details=error.get("details"))
-    exc.code = error.get("code") or exc.code
+    message, code, details = error.get("message"), error.get("code"), error.get("details")
+    exc = AgentUnavailable(
+        message if isinstance(message, str) and message else "the agent failed",
+        details=details if isinstance(details, dict) else None,
+    )
+    exc.code = code if isinstance(code, str) and code else exc.code
     # Refusals the gateway made (quota, bad input) keep their status; runtime faults are a 502.
     if status in (400, 403, 409, 413, 429, 503):
         exc.status = status

@@ -11,9 +11,10 @@ import fcntl
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -25,7 +26,7 @@ from agents.models import Agent, WarmPool
 from agents.services.hosts import host_place
 from agents.services.warm import AgentTemplate, warm_claim
 from console.crypto import encrypt
-from console.errors import AgentNotRunning, QuotaExceeded
+from console.errors import AgentNotRunning, QuotaExceeded, outages_refused
 from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
 from console.models import Quota, User
 from console.services import audit_record, quota_get, user_check_active
@@ -52,6 +53,28 @@ _STATUS = Agent.Status
 
 def _queue(agent: Agent) -> str | None:
     return f"sandboxes.{agent.host.name}" if agent.host_id and agent.host else None
+
+
+# A broker that is down is reported within a second or so, not after kombu's default retries.
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+def _queue_after_commit(
+    task: Any, args: tuple[Any, ...], *, queue: str | None, undo: Callable[[], None]
+) -> None:
+    """Queue ``task`` once the transaction commits. When the broker cannot take it, ``undo``
+    reverts what the transaction recorded and ``ServiceUnavailable`` names the broker: nothing
+    waits for a task that was never queued (a retry with the same Idempotency-Key runs again)."""
+
+    def send() -> None:
+        try:
+            with outages_refused():
+                task.apply_async(args, queue=queue, retry_policy=_PUBLISH_RETRY)
+        except Exception:
+            undo()
+            raise
+
+    transaction.on_commit(send)
 
 
 def _limit(name: str, limit: int, used: int, requested: int) -> None:
@@ -124,9 +147,11 @@ def agent_record(
         sandbox_id=str(uuid.uuid4()),
         anthropic_key_encrypted=anthropic_key,
     )
-    queued_at = time.time()
-    transaction.on_commit(
-        lambda: agent_boot_task.apply_async((str(agent.pk), queued_at), queue=host.queue)
+    _queue_after_commit(
+        agent_boot_task,
+        (str(agent.pk), time.time()),
+        queue=host.queue,
+        undo=Agent.objects.filter(pk=agent.pk, status=_STATUS.PENDING).delete,
     )
     return agent
 
@@ -223,8 +248,15 @@ def _request(
             task, args = agent_teardown_task, (str(agent.pk),)
         else:
             task, args = agent_halt_task, (str(agent.pk), then_boot)
-        queue = _queue(agent)
-        transaction.on_commit(lambda: task.apply_async(args, queue=queue))
+        before = {field: getattr(agent, field) for field in ("status", "endpoint", "deleted_at")}
+        _queue_after_commit(
+            task,
+            args,
+            queue=_queue(agent),
+            undo=lambda: Agent.objects.filter(pk=agent.pk, status=_STATUS.STOPPING).update(
+                **before
+            ),
+        )
     agent.refresh_from_db()
     return agent
 
@@ -261,9 +293,13 @@ def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
                 details={"agent_id": str(agent.pk), "status": agent.status},
             )
         _audit(agent, actor, "start", {"status": _STATUS.PENDING})
-        queue, queued_at = _queue(agent), time.time()
-        transaction.on_commit(
-            lambda: agent_boot_task.apply_async((str(agent.pk), queued_at), queue=queue)
+        _queue_after_commit(
+            agent_boot_task,
+            (str(agent.pk), time.time()),
+            queue=_queue(agent),
+            undo=lambda: Agent.objects.filter(pk=agent.pk, status=_STATUS.PENDING).update(
+                status=agent.status, last_error=agent.last_error
+            ),
         )
     agent.refresh_from_db()
     return agent

@@ -41,7 +41,14 @@ from agents.services.chat import (
     agent_chat_events_stoppable,
 )
 from agents.services.sessions import session_for_turn
-from console.errors import Conflict, ConsoleError, NotFound
+from console.errors import (
+    OUTAGES,
+    Conflict,
+    ConsoleError,
+    NotFound,
+    outage_refusal,
+    outages_refused,
+)
 from console.models import User
 from console.services import user_check_active
 
@@ -365,7 +372,9 @@ async def live_stop(session_id: str) -> bool:
 async def live_turn_stop(*, user: User, session_id: str) -> None:
     """Stop the turn being written in the user's open session; ``Conflict`` when none is."""
     await sync_to_async(session_for_turn)(user=user, session_id=session_id)
-    if not await live_stop(session_id):
+    with outages_refused():
+        stopping = await live_stop(session_id)
+    if not stopping:
         raise Conflict(
             "no reply is being written in this session", details={"session_id": session_id}
         )
@@ -388,20 +397,46 @@ async def _in_group(group: str) -> AsyncIterator[str]:
 async def _stop_watch(session_id: str, turn_id: str) -> AsyncIterator[asyncio.Event]:
     """While the block runs, an event that is set once someone asks the turn to stop."""
     stopped = asyncio.Event()
+    layer = get_channel_layer()
     async with _in_group(_stop_group(session_id)) as channel:
 
         async def listen() -> None:
-            if not await _log().stop_asked(session_id, turn_id):
-                while (await get_channel_layer().receive(channel)).get("turn_id") != turn_id:
-                    pass
-            stopped.set()
+            if await _log().stop_asked(session_id, turn_id):
+                stopped.set()
+                return
+            while True:
+                asked = (await layer.receive(channel)).get("turn_id")
+                if asked == turn_id:
+                    stopped.set()
+                if asked in (turn_id, _WATCH_ENDED):
+                    return
 
         listener = asyncio.create_task(listen())
         try:
             yield stopped
         finally:
+            await _end_listener(listener, layer, channel)
+
+
+_WATCH_ENDED = ""  # the turn id of the message that ends a stop watch's listener
+_LISTENER_END_SECONDS = 5.0  # a layer slower than this delays the turn's last event no longer
+
+
+async def _end_listener(listener: asyncio.Task[None], layer: Any, channel: str) -> None:
+    """End a stop watch's listener with a message rather than a cancel: on Python 3.11 a cancel
+    that lands while redis-py sends a command (under ``asyncio.wait_for``) is lost, and the
+    receive then runs on for good, holding the channel layer's receive lock (measured: after
+    one REST turn with Redis). A cancel is the fallback when the layer cannot take the
+    message."""
+    if not listener.done():
+        try:
+            await layer.send(channel, {"type": _STOP_MESSAGE, "turn_id": _WATCH_ENDED})
+        except OUTAGES:
             listener.cancel()
-            await asyncio.wait([listener])
+        await asyncio.wait([listener], timeout=_LISTENER_END_SECONDS)
+        listener.cancel()
+    if not listener.cancelled() and listener.done():
+        listener.exception()  # retrieved: a layer that failed mid-turn is the turn's to report
 
 
 # --- Turns ---------------------------------------------------------------------------------------
@@ -476,25 +511,8 @@ async def live_turn_start(*, live: LiveTurn) -> dict[str, Any]:
     turn = live.turn
     assert turn.session_id is not None
     session_id, turn_id = turn.session_id, uuid.uuid4().hex
-    if not await _log().claim(session_id, turn_id, CLAIM_SECONDS):
-        raise Conflict(
-            "a reply is still being written in this session: stop it or wait for it",
-            details={"session_id": session_id},
-        )
-    try:
-        started = await live_publish(
-            session_id,
-            {
-                "type": "turn_started",
-                "session_id": session_id,
-                "turn_id": turn_id,
-                "prompt": turn.prompt,
-                "kept_messages": live.kept_messages,
-            },
-        )
-    except BaseException:
-        await _log().release(session_id, turn_id)
-        raise
+    with outages_refused():
+        started = await _claim_and_announce(live, session_id, turn_id)
     # A context of its own, but for the request id: what the asker's context holds (its
     # request's thread for sync work, above all) ends with the request, the turn does not.
     request_id = current_request_id()
@@ -506,6 +524,29 @@ async def live_turn_start(*, live: LiveTurn) -> dict[str, Any]:
     _running.add(task)
     task.add_done_callback(_running.discard)
     return started
+
+
+async def _claim_and_announce(live: LiveTurn, session_id: str, turn_id: str) -> dict[str, Any]:
+    if not await _log().claim(session_id, turn_id, CLAIM_SECONDS):
+        raise Conflict(
+            "a reply is still being written in this session: stop it or wait for it",
+            details={"session_id": session_id},
+        )
+    try:
+        return await live_publish(
+            session_id,
+            {
+                "type": "turn_started",
+                "session_id": session_id,
+                "turn_id": turn_id,
+                "prompt": live.turn.prompt,
+                "kept_messages": live.kept_messages,
+            },
+        )
+    except BaseException:
+        with contextlib.suppress(*OUTAGES):  # its claim lapses on its own
+            await _log().release(session_id, turn_id)
+        raise
 
 
 _ENDS = frozenset({"done", "cancelled", "error"})
@@ -521,26 +562,27 @@ async def live_follow(
     """The events of the turn ``turn_id`` numbered above ``after``, in order and once each:
     what the log holds, then live from the session's group (any process may run the turn),
     until the turn's last event (``done``, ``cancelled`` or ``error``)."""
-    async with _in_group(ev.session_group(session_id)) as channel:
-        replay = await live_replay(session_id, after=after)
-        if not _ends(replay.events, turn_id) and await live_claimed(session_id) != turn_id:
-            replay = await live_replay(session_id, after=after)  # it may have ended meanwhile
-            if not (replay.complete and _ends(replay.events, turn_id)):
-                raise Conflict(
-                    "this turn's events are no longer kept: read the session's messages",
-                    details={"session_id": session_id, "turn_id": turn_id},
-                )
-        pending, seen = replay.events, after
-        while True:
-            for event in pending:
-                seen = event["seq"]
-                if event.get("turn_id") != turn_id:
-                    continue
-                yield event
-                if event["type"] in _ENDS:
-                    return
-            message = await get_channel_layer().receive(channel)
-            pending = await live_next(session_id, after=seen, event=message["event"])
+    with outages_refused():
+        async with _in_group(ev.session_group(session_id)) as channel:
+            replay = await live_replay(session_id, after=after)
+            if not _ends(replay.events, turn_id) and await live_claimed(session_id) != turn_id:
+                replay = await live_replay(session_id, after=after)  # it may have ended meanwhile
+                if not (replay.complete and _ends(replay.events, turn_id)):
+                    raise Conflict(
+                        "this turn's events are no longer kept: read the session's messages",
+                        details={"session_id": session_id, "turn_id": turn_id},
+                    )
+            pending, seen = replay.events, after
+            while True:
+                for event in pending:
+                    seen = event["seq"]
+                    if event.get("turn_id") != turn_id:
+                        continue
+                    yield event
+                    if event["type"] in _ENDS:
+                        return
+                message = await get_channel_layer().receive(channel)
+                pending = await live_next(session_id, after=seen, event=message["event"])
 
 
 def _error_body(code: str, message: str, details: dict[str, Any] | None) -> ev.ErrorBody:
@@ -572,6 +614,8 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
             await asyncio.sleep(CLAIM_SECONDS / 3)
             await _log().renew(session_id, turn_id, CLAIM_SECONDS)
 
+    last: list[dict[str, Any]] = []  # the turn's last event, sent once its stop watch is gone
+
     async def publish(name: str, data: Any) -> None:
         if name == "delta":
             await live_publish(session_id, {"type": "delta", **head, "text": data["text"]})
@@ -579,9 +623,9 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
             await live_publish(session_id, {"type": "tool", **head, "tool": data})
         elif name == "done":
             done = await sync_to_async(_done_data)(user=turn.user, result=data)
-            await end({"type": "done", "kept_messages": live.kept_messages, **done})
+            last.append({"type": "done", "kept_messages": live.kept_messages, **done})
         elif name == "cancelled":
-            await end({"type": "cancelled"})
+            last.append({"type": "cancelled"})
         elif name == "error":
             error = _error_body(
                 data.get("code") or "agent_error",
@@ -589,26 +633,40 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
                 data.get("details"),
             )
             # Mid-reply: the runtime's stream ended with it, its call having begun well.
-            await end({"type": "error", "error": error, "status": 502})
+            last.append({"type": "error", "error": error, "status": 502})
 
     holding = asyncio.create_task(hold())
     try:
         async with _stop_watch(session_id, turn_id) as stopped:
             async for name, data in agent_chat_events_stoppable(turn=turn, stopped=stopped):
                 await publish(name, data)
+        # After the watch: a follower that ends at the last event (a request, a test's event
+        # loop) leaves no receive of the watch's behind.
+        for event in last:
+            await end(event)
     except ConsoleError as exc:
-        error = _error_body(exc.code, exc.message, exc.details)
-        refusal = {"type": "error", "error": error, "status": exc.status}
-        if exc.retry_after is not None:
-            refusal["retry_after"] = exc.retry_after
-        await end(refusal)
+        await end(_refusal_event(exc))
+    except OUTAGES as exc:
+        log.warning("chat turn %s lost a backing service: %r", turn_id, exc)
+        with contextlib.suppress(*OUTAGES):  # the same outage may keep its end from everyone
+            await end(_refusal_event(outage_refusal(exc)))
     except Exception:
         log.exception("chat turn %s in session %s failed", turn_id, session_id)
         error = _error_body("internal_error", "the console failed; it is logged", None)
         await end({"type": "error", "error": error, "status": 500})
     finally:
         holding.cancel()
-        await _log().release(session_id, turn_id)  # when even the last event could not be sent
+        # When even the last event could not be sent; with Redis gone, the claim lapses.
+        with contextlib.suppress(*OUTAGES):
+            await _log().release(session_id, turn_id)
+
+
+def _refusal_event(exc: ConsoleError) -> dict[str, Any]:
+    error = _error_body(exc.code, exc.message, exc.details)
+    refusal = {"type": "error", "error": error, "status": exc.status}
+    if exc.retry_after is not None:
+        refusal["retry_after"] = exc.retry_after
+    return refusal
 
 
 # --- Turns asked through the REST API ------------------------------------------------------------
@@ -664,11 +722,14 @@ async def live_turn_send(
 async def live_turn_result(followed: FollowedTurn) -> ChatResult:
     """Wait for a followed turn to end: its recorded result, or its refusal raised
     (``TurnCancelled`` when it was stopped)."""
-    async for event in followed.events():
-        if event["type"] == "done":
-            return live_result(event)
-        if event["type"] == "cancelled":
-            raise TurnCancelled("the turn was stopped", details={"session_id": followed.session_id})
-        if event["type"] == "error":
-            raise live_error(event)
+    async with contextlib.aclosing(followed.events()) as events:  # leaves the group at once
+        async for event in events:
+            if event["type"] == "done":
+                return live_result(event)
+            if event["type"] == "cancelled":
+                raise TurnCancelled(
+                    "the turn was stopped", details={"session_id": followed.session_id}
+                )
+            if event["type"] == "error":
+                raise live_error(event)
     raise ConsoleError("the turn ended without an outcome")  # live_follow stops only at one

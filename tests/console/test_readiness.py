@@ -25,14 +25,14 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ready_when_every_check_answers(client):
+def test_ready_when_every_check_answers(client, settings):
     response = client.get("/ready")
 
     assert response.status_code == 200
-    assert response.json() == {
-        "status": "ok",
-        "checks": {"database": "ok", "broker": "ok", "channel_layer": "ok"},
-    }
+    checks = {"database": "ok", "broker": "ok", "channel_layer": "ok"}
+    if settings.REDIS_URL:
+        checks["redis"] = "ok"
+    assert response.json() == {"status": "ok", "checks": checks}
 
 
 def test_a_broker_that_refuses_connections_is_named(client, settings):
@@ -88,7 +88,7 @@ def test_a_redis_channel_layer_and_broker_are_ready_when_redis_answers(client, s
 
 def test_a_console_without_its_database_and_redis_is_alive_but_not_ready(tmp_path):
     """A web process started against a database and a Redis that are not there: /health
-    answers, /ready names all three checks."""
+    answers, /ready names all four checks."""
     closed = _closed_port()
     port = _closed_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} | {
@@ -123,7 +123,7 @@ def test_a_console_without_its_database_and_redis_is_alive_but_not_ready(tmp_pat
 
         assert ready.status_code == 503, ready.text
         body = ready.json()
-        assert body["failing"] == ["database", "broker", "channel_layer"]
+        assert body["failing"] == ["database", "broker", "channel_layer", "redis"]
         assert all(result.startswith("error: ") for result in body["checks"].values())
     finally:
         proc.terminate()
