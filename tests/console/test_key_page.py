@@ -119,8 +119,7 @@ def test_an_outsiders_key_is_a_404_and_stays_live(client, user, outsider):
 
     assert client.post(f"/keys/{key.pk}/revoke", **HTMX).status_code == 404
     assert client.post(f"/keys/{key.pk + 1000}/revoke", **HTMX).status_code == 404
-    key.refresh_from_db()
-    assert key.revoked_at is None
+    assert api_key_authenticate(raw=raw) == key
     assert "alices" not in client.get("/keys/", **HTMX).content.decode()
 
 
