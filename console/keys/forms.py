@@ -43,6 +43,7 @@ class ApiKeyForm(forms.Form):
     )
 
     def __init__(self, *args: object, offered: frozenset[str], **kwargs: object) -> None:
+        kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.offered = offered
 
