@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -221,17 +224,47 @@ def _walk_through(console: Console) -> None:
     _wait_for(lambda: not _group_alive(console.proc.pid), 15, "every process to stop")
 
 
-def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path):
+@pytest.fixture
+def system_tmp() -> Iterator[Path]:
+    """A private stand-in for the system's temporary folder (``TMPDIR`` of the processes), short
+    enough for socket paths, so that what they leave there is theirs alone."""
+    path = Path(tempfile.mkdtemp(prefix="ac-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob("agent-console-*"))
+
+
+def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path, system_tmp):
+    # A state folder too deep for the broker's socket, which goes to the temporary folder.
+    var = tmp_path / ("state-" * 8) / "var"
+    assert broker.embedded_socket(var).parent != broker.broker_dir(var)
+    before = _leftovers(system_tmp)
     with FakeAnthropic() as fake:
         console = Console(
             tmp_path,
-            {"ANTHROPIC_API_KEY": "sk-ant-launch-test", "ANTHROPIC_BASE_URL": fake.base_url},
+            {
+                "ANTHROPIC_API_KEY": "sk-ant-launch-test",
+                "ANTHROPIC_BASE_URL": fake.base_url,
+                "CONSOLE_VAR_DIR": str(var),
+                "TMPDIR": str(system_tmp),
+            },
         )
         try:
+            _wait_for(console.healthy, 90, "the console to answer /health")
+            assert broker.embedded_socket(var).parent.name in _leftovers(system_tmp)
             _walk_through(console)
         finally:
             console.kill()
-    assert (tmp_path / "var" / "console.sqlite3").exists()
+    assert (var / "console.sqlite3").exists()
+    # A clean stop: every process stopped without an error, and nothing left behind (the
+    # sandbox's socket folder and the broker's are gone).
+    stop = console.output().split("stopping every process", 1)[1]
+    assert not re.findall(r".*\bERROR\b.*", stop), stop
+    assert "Warm shutdown" in stop  # the worker let its pool finish
+    assert _leftovers(system_tmp) == before == []
 
 
 @pytest.mark.postgres
@@ -329,3 +362,4 @@ def test_without_debians_redis_server_the_broker_runs_the_packaged_one(tmp_path,
     finally:
         server.terminate()
         server.wait(timeout=10)
+        broker.socket_folder_remove(tmp_path / "var")

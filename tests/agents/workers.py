@@ -110,6 +110,7 @@ def embedded_broker(var_dir: Path) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        broker.socket_folder_remove(var_dir)
 
 
 def wait_for(predicate, timeout: float, what, *workers: Worker):  # type: ignore[no-untyped-def]
