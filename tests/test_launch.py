@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +26,7 @@ import pytest
 
 from console import broker
 from tests.fakes.anthropic import FakeAnthropic
+from vmdriver import make_driver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,11 +69,15 @@ class Console:
                 "DJANGO_SETTINGS_MODULE",
             }
         }
+        # Its own temporary folder (short: sandboxes' sockets live in it), removed by kill():
+        # what its processes leave there, killed as a crash would be, goes with it.
+        self.tmp = Path(tempfile.mkdtemp(prefix="acl-"))
         self.env |= {
             "PORT": str(self.port),
             "GATEWAY_PORT": str(self.gateway_port),
             "CONSOLE_VAR_DIR": str(tmp_path / "var"),
             "SANDBOX_BOOT_TIMEOUT_SECONDS": "30",
+            "TMPDIR": str(self.tmp),
         } | env_overrides
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -111,12 +115,19 @@ class Console:
         return self.proc.wait(timeout=30)
 
     def kill(self) -> None:
-        """SIGKILL the launcher and every process it started (each in its own session)."""
+        """SIGKILL the launcher and every process it started (each in its own session); then
+        destroy the sandboxes a stop leaves running, and remove the temporary folder."""
         if self.proc.poll() is None:
             for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.proc.wait()
+        sandboxes = Path(self.env["CONSOLE_VAR_DIR"]) / "sandboxes"
+        if sandboxes.is_dir():
+            driver = make_driver("process", state_dir=sandboxes, isolation="none")
+            for status in driver.list():
+                driver.destroy(status.id)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -224,24 +235,14 @@ def _walk_through(console: Console) -> None:
     _wait_for(lambda: not _group_alive(console.proc.pid), 15, "every process to stop")
 
 
-@pytest.fixture
-def system_tmp() -> Iterator[Path]:
-    """A private stand-in for the system's temporary folder (``TMPDIR`` of the processes), short
-    enough for socket paths, so that what they leave there is theirs alone."""
-    path = Path(tempfile.mkdtemp(prefix="ac-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _leftovers(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.glob("agent-console-*"))
 
 
-def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path, system_tmp):
+def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path):
     # A state folder too deep for the broker's socket, which goes to the temporary folder.
     var = tmp_path / ("state-" * 8) / "var"
     assert broker.embedded_socket(var).parent != broker.broker_dir(var)
-    before = _leftovers(system_tmp)
     with FakeAnthropic() as fake:
         console = Console(
             tmp_path,
@@ -249,22 +250,22 @@ def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path, system_tmp
                 "ANTHROPIC_API_KEY": "sk-ant-launch-test",
                 "ANTHROPIC_BASE_URL": fake.base_url,
                 "CONSOLE_VAR_DIR": str(var),
-                "TMPDIR": str(system_tmp),
             },
         )
         try:
+            assert _leftovers(console.tmp) == []
             _wait_for(console.healthy, 90, "the console to answer /health")
-            assert broker.embedded_socket(var).parent.name in _leftovers(system_tmp)
+            assert broker.embedded_socket(var).parent.name in _leftovers(console.tmp)
             _walk_through(console)
+            # Stopped: the sandbox's socket folder and the broker's are gone.
+            assert _leftovers(console.tmp) == []
         finally:
             console.kill()
     assert (var / "console.sqlite3").exists()
-    # A clean stop: every process stopped without an error, and nothing left behind (the
-    # sandbox's socket folder and the broker's are gone).
+    # A clean stop: the worker let its pool finish, and no process logged an error.
     stop = console.output().split("stopping every process", 1)[1]
     assert not re.findall(r".*\bERROR\b.*", stop), stop
-    assert "Warm shutdown" in stop  # the worker let its pool finish
-    assert _leftovers(system_tmp) == before == []
+    assert "Warm shutdown" in stop
 
 
 @pytest.mark.postgres
