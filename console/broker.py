@@ -9,6 +9,7 @@ file before it is written). No TCP port: only the console's processes can reach 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import socket
@@ -24,6 +25,7 @@ __all__ = [
     "server_command",
     "server_problem",
     "server_program",
+    "socket_folder_remove",
     "wait_answers",
 ]
 
@@ -81,6 +83,17 @@ def server_command(var_dir: Path) -> list[str]:
         *("--save", "", "--databases", "1", "--maxmemory-policy", "noeviction"),
         *("--daemonize", "no", "--loglevel", "warning"),
     ]
+
+
+def socket_folder_remove(var_dir: Path) -> None:
+    """Once the server has stopped, remove the short folder its socket had in the system's
+    temporary folder, if it had one (``embedded_socket``)."""
+    sock = embedded_socket(var_dir)
+    if sock.parent == broker_dir(var_dir):
+        return
+    sock.unlink(missing_ok=True)  # a server killed outright leaves it
+    with contextlib.suppress(OSError):  # gone already, or not ours alone
+        sock.parent.rmdir()
 
 
 def wait_answers(sock: Path, timeout: float) -> bool:

@@ -173,7 +173,11 @@ class Supervisor:
             running = [c for c in group if _alive(c)]
             for child in running:
                 self.say(f"sending SIGTERM to {child.name} (pid {child.proc.pid})")
-                self._kill_group(child, signal.SIGTERM)
+                # To the process only, not its group: it stops its own children in order.
+                # Celery's worker, so signalled, shuts down warm; its pool processes, signalled
+                # too, would die under it, and it would log each as an ERROR.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + self.stop_wait
             while time.monotonic() < deadline and any(_alive(c) for c in running):
                 self._print_lines(0.1)
@@ -287,18 +291,34 @@ def main() -> int:
     gateway_port = env.get("GATEWAY_PORT", str(int(port) + 1))
     gateway_url = f"http://{_loopback_if_any(host)}:{gateway_port}/gateway"
     env.setdefault("GATEWAY_URL", gateway_url)
+    broker_command: list[str] | None = None
     try:
-        broker_command = _embedded_broker(env, var)
-        _manage(env, "migrate", "--no-input", "-v", "0")
-        _manage(env, "collectstatic", "--no-input", "-v", "0")
-        _manage(env, "ensure_operator")
-        _build_guest(env, var)
-    except subprocess.CalledProcessError as exc:
-        print(f"Start-up failed: {' '.join(exc.cmd[1:])} exited with {exc.returncode}.")
-        return 1
-    except RuntimeError as exc:
-        print(f"Start-up failed: {exc}.")
-        return 1
+        try:
+            broker_command = _embedded_broker(env, var)
+            _manage(env, "migrate", "--no-input", "-v", "0")
+            _manage(env, "collectstatic", "--no-input", "-v", "0")
+            _manage(env, "ensure_operator")
+            _build_guest(env, var)
+        except subprocess.CalledProcessError as exc:
+            print(f"Start-up failed: {' '.join(exc.cmd[1:])} exited with {exc.returncode}.")
+            return 1
+        except RuntimeError as exc:
+            print(f"Start-up failed: {exc}.")
+            return 1
+        return _supervise(env, var, host, port, gateway_port, broker_command)
+    finally:
+        if broker_command is not None:
+            broker.socket_folder_remove(var)
+
+
+def _supervise(
+    env: dict[str, str],
+    var: Path,
+    host: str,
+    port: str,
+    gateway_port: str,
+    broker_command: list[str] | None,
+) -> int:
     python = sys.executable
     supervisor = Supervisor(env=env, cwd=BASE_DIR, last=("broker",))
     if broker_command is not None:

@@ -34,6 +34,7 @@ urlpatterns = [
     path("api/v1/", include("console.api.urls")),
     path("dashboard/", include("console.dashboard.urls")),
     path("usage/", include("console.usage.urls")),
+    path("keys/", include("console.keys.urls")),
     path("chat/", include("agents.chat_urls")),
     path("admin/login/", login_page_throttled(admin.site.login)),
     path("admin/", admin.site.urls),

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 
 from console import broker
 from tests.fakes.anthropic import FakeAnthropic
+from vmdriver import make_driver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,11 +69,15 @@ class Console:
                 "DJANGO_SETTINGS_MODULE",
             }
         }
+        # Its own temporary folder (short: sandboxes' sockets live in it), removed by kill():
+        # what its processes leave there, killed as a crash would be, goes with it.
+        self.tmp = Path(tempfile.mkdtemp(prefix="acl-"))
         self.env |= {
             "PORT": str(self.port),
             "GATEWAY_PORT": str(self.gateway_port),
             "CONSOLE_VAR_DIR": str(tmp_path / "var"),
             "SANDBOX_BOOT_TIMEOUT_SECONDS": "30",
+            "TMPDIR": str(self.tmp),
         } | env_overrides
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -108,12 +115,19 @@ class Console:
         return self.proc.wait(timeout=30)
 
     def kill(self) -> None:
-        """SIGKILL the launcher and every process it started (each in its own session)."""
+        """SIGKILL the launcher and every process it started (each in its own session); then
+        destroy the sandboxes a stop leaves running, and remove the temporary folder."""
         if self.proc.poll() is None:
             for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.proc.wait()
+        sandboxes = Path(self.env["CONSOLE_VAR_DIR"]) / "sandboxes"
+        if sandboxes.is_dir():
+            driver = make_driver("process", state_dir=sandboxes, isolation="none")
+            for status in driver.list():
+                driver.destroy(status.id)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -221,17 +235,37 @@ def _walk_through(console: Console) -> None:
     _wait_for(lambda: not _group_alive(console.proc.pid), 15, "every process to stop")
 
 
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob("agent-console-*"))
+
+
 def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path):
+    # A state folder too deep for the broker's socket, which goes to the temporary folder.
+    var = tmp_path / ("state-" * 8) / "var"
+    assert broker.embedded_socket(var).parent != broker.broker_dir(var)
     with FakeAnthropic() as fake:
         console = Console(
             tmp_path,
-            {"ANTHROPIC_API_KEY": "sk-ant-launch-test", "ANTHROPIC_BASE_URL": fake.base_url},
+            {
+                "ANTHROPIC_API_KEY": "sk-ant-launch-test",
+                "ANTHROPIC_BASE_URL": fake.base_url,
+                "CONSOLE_VAR_DIR": str(var),
+            },
         )
         try:
+            assert _leftovers(console.tmp) == []
+            _wait_for(console.healthy, 90, "the console to answer /health")
+            assert broker.embedded_socket(var).parent.name in _leftovers(console.tmp)
             _walk_through(console)
+            # Stopped: the sandbox's socket folder and the broker's are gone.
+            assert _leftovers(console.tmp) == []
         finally:
             console.kill()
-    assert (tmp_path / "var" / "console.sqlite3").exists()
+    assert (var / "console.sqlite3").exists()
+    # A clean stop: the worker let its pool finish, and no process logged an error.
+    stop = console.output().split("stopping every process", 1)[1]
+    assert not re.findall(r".*\bERROR\b.*", stop), stop
+    assert "Warm shutdown" in stop
 
 
 @pytest.mark.postgres
@@ -329,3 +363,4 @@ def test_without_debians_redis_server_the_broker_runs_the_packaged_one(tmp_path,
     finally:
         server.terminate()
         server.wait(timeout=10)
+        broker.socket_folder_remove(tmp_path / "var")

@@ -6,6 +6,7 @@ process on the host (any worker, a reconcile pass after a crash) sees the same s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -65,14 +66,24 @@ class ProcessDriver(SandboxFolders):
     def _run_dir(self, sandbox_id: str) -> Path:
         return self.socket_root / sandbox_id
 
+    def _make_run_dir(self, sandbox_id: str) -> None:
+        # The last sandbox's _forget (in any process) removes socket_root: make it again.
+        for _ in range(3):
+            self.socket_root.mkdir(mode=0o700, exist_ok=True)
+            try:
+                self._run_dir(sandbox_id).mkdir(mode=0o700, exist_ok=True)
+                return
+            except FileNotFoundError:
+                continue
+        raise VmStartError(f"could not make the sandbox's socket folder in {self.socket_root}")
+
     def create(self, spec: VmSpec) -> VmHandle:
         if not spec.image:
             raise ValueError("the process backend needs an argv in spec.image")
         path = self._dir(spec.name)
         (path / "workspace").mkdir(parents=True, exist_ok=True)
         self._write_spec(path, spec)
-        self.socket_root.mkdir(mode=0o700, exist_ok=True)
-        self._run_dir(spec.name).mkdir(mode=0o700, exist_ok=True)
+        self._make_run_dir(spec.name)
         isolation = {
             "base_env": {"PATH": _SANDBOX_PATH},
             "ro_binds": self.ro_binds,
@@ -123,3 +134,6 @@ class ProcessDriver(SandboxFolders):
 
     def _forget(self, sandbox_id: str) -> None:
         shutil.rmtree(self._run_dir(sandbox_id), ignore_errors=True)
+        # Nothing is left in the system's temporary folder after the last sandbox goes.
+        with contextlib.suppress(OSError):  # not empty: other sandboxes still live
+            self.socket_root.rmdir()

@@ -13,7 +13,6 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
@@ -29,7 +28,12 @@ from console.dashboard.forms import (
     SimulationForm,
 )
 from console.dashboard.logview import log_lines
-from console.dashboard.pages import operator_required, page_or_fragment, wants_fragment
+from console.dashboard.pages import (
+    operator_required,
+    page_or_fragment,
+    wants_fragment,
+    with_toast,
+)
 from console.errors import BadRequest, ConsoleError
 from console.selectors import audit_events
 from scaling import services as scaling_services
@@ -60,17 +64,6 @@ AGENTS_PER_PAGE = 25
 DECISIONS_PER_PAGE = 30
 AUDIT_PER_PAGE = 40
 LOG_LINES = 200
-
-
-def _with_toast(
-    request: HttpRequest, response: HttpResponse, level: str, text: str
-) -> HttpResponse:
-    """Append a toast to an htmx response, out of band."""
-    toast = render_to_string(
-        "console/partials/_toasts_oob.html", {"level": level, "text": text}, request=request
-    )
-    response.content += toast.encode()
-    return response
 
 
 def _fragment_only(page: str) -> Callable[[View], View]:
@@ -154,12 +147,12 @@ def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpRespon
         agent = service(agent=agent, actor=request.user)
     except ConsoleError as exc:
         response = render(request, "dashboard/partials/_agent_row.html", {"agent": agent})
-        return _with_toast(request, response, "error", f"{label}: {exc.message}")
+        return with_toast(request, response, "error", f"{label}: {exc.message}")
     if action == "delete":
         response = HttpResponse("")
     else:
         response = render(request, "dashboard/partials/_agent_row.html", {"agent": agent})
-    return _with_toast(request, response, "success", f"Agent {label} {done}.")
+    return with_toast(request, response, "success", f"Agent {label} {done}.")
 
 
 @operator_required
@@ -232,7 +225,7 @@ def rule_edit(request: HttpRequest, rule_id: int) -> HttpResponse:
     changed = form.changed_values()
     rule = scaling_services.scaling_rule_update(rule=rule, values=changed, actor=request.user)
     text = f"Rule {rule.name} saved." if changed else f"Rule {rule.name}: nothing changed."
-    return _with_toast(request, _rule_row(request, rule), "success", text)
+    return with_toast(request, _rule_row(request, rule), "success", text)
 
 
 @operator_required
@@ -250,7 +243,7 @@ def rule_create(request: HttpRequest) -> HttpResponse:
     response = render(request, "dashboard/partials/_rule_table.html", _rules_context())
     response["HX-Retarget"] = "#rules"
     response["HX-Reswap"] = "outerHTML"
-    return _with_toast(request, response, "success", f"Rule {rule.name} created.")
+    return with_toast(request, response, "success", f"Rule {rule.name} created.")
 
 
 @operator_required
@@ -261,7 +254,7 @@ def rule_toggle(request: HttpRequest, rule_id: int) -> HttpResponse:
     enabled = not rule.enabled
     rule = scaling_services.scaling_rule_set_enabled(rule=rule, enabled=enabled, actor=request.user)
     text = f"Rule {rule.name} {'enabled' if rule.enabled else 'paused'}."
-    return _with_toast(request, _rule_row(request, rule), "success", text)
+    return with_toast(request, _rule_row(request, rule), "success", text)
 
 
 @operator_required
@@ -270,7 +263,7 @@ def rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
     rule = get_object_or_404(selectors.rule_list(), pk=rule_id)
     name = rule.name
     scaling_services.scaling_rule_delete(rule=rule, actor=request.user)
-    return _with_toast(request, HttpResponse(""), "success", f"Rule {name} deleted.")
+    return with_toast(request, HttpResponse(""), "success", f"Rule {name} deleted.")
 
 
 # --- Simulation ---------------------------------------------------------------------------------

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +51,23 @@ class Worker:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
+        """SIGTERM the worker only, as ``make run`` does: it shuts down warm, then its pool."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@functools.cache
+def _workers_tmp() -> Path:
+    """The workers' temporary folder, removed when the tests end: a worker killed as a crash
+    would be cannot clean up its own (multiprocessing's ``pymp-*``, its sandboxes' sockets).
+    Short, for socket paths; one for all, so a worker started again finds its sandboxes."""
+    path = Path(tempfile.mkdtemp(prefix="acw-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def start_worker(name: str, tmp_path: Path, *, vcpus: int, **env: str) -> Worker:
@@ -66,6 +81,7 @@ def start_worker(name: str, tmp_path: Path, *, vcpus: int, **env: str) -> Worker
         "SANDBOX_HOST_VCPUS": str(vcpus),
         "SANDBOX_STATE_DIR": str(state_dir),
         "GATEWAY_URL": settings.GATEWAY_URL,
+        "TMPDIR": str(_workers_tmp()),
     } | env
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -110,6 +126,7 @@ def embedded_broker(var_dir: Path) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        broker.socket_folder_remove(var_dir)
 
 
 def wait_for(predicate, timeout: float, what, *workers: Worker):  # type: ignore[no-untyped-def]

@@ -62,6 +62,46 @@ def test_create_api_key_for_an_existing_user_with_expiry(user):
     assert timedelta(days=6) < key.expires_at - timezone.now() <= timedelta(days=7)
 
 
+def test_create_api_key_with_scopes_repeated_or_as_a_comma_list(operator):
+    raw, err = _create_api_key("olivia", "--scope", "read", "--scope", "write,admin")
+    key = api_key_authenticate(raw=raw)
+    assert sorted(key.scopes) == ["admin", "read", "write"]
+    assert "admin, read, write" in err
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert client.get("/api/v1/quotas").status_code == 200  # an operator route
+
+
+def test_create_api_key_with_read_only_cannot_write(user):
+    raw, _ = _create_api_key("alice", "--scope", "read")
+    assert api_key_authenticate(raw=raw).scopes == ["read"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert client.get("/api/v1/keys").status_code == 200
+    assert client.post("/api/v1/keys", {}, format="json").status_code == 403
+
+
+def test_create_api_key_refuses_admin_for_a_non_staff_user_and_says_why(user):
+    with pytest.raises(CommandError) as refused:
+        _create_api_key("alice", "--scope", "read,write,admin")
+    message = str(refused.value)
+    assert "admin scope" in message
+    assert "alice is not an active staff user" in message
+    assert not ApiKey.objects.exists()
+
+
+def test_create_api_key_refusing_admin_creates_no_user():
+    with pytest.raises(CommandError, match="not an active staff user"):
+        _create_api_key("newcomer", "--create-user", "--scope", "admin")
+    assert not User.objects.filter(username="newcomer").exists()
+
+
+def test_create_api_key_refuses_an_unknown_scope(user):
+    with pytest.raises(CommandError, match="scopes must be some of read, write, admin"):
+        _create_api_key("alice", "--scope", "read,root")
+    assert not ApiKey.objects.exists()
+
+
 def test_a_revoked_key_is_refused(user):
     key, raw = api_key_create(user=user)
     api_key_revoke(key=key)

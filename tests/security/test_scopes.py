@@ -366,6 +366,10 @@ ROWS = [
     Row("dashboard/audit/", "GET", "/dashboard/audit/", PAGE_OPERATOR, 200),
     Row("usage/", "GET", "/usage/", PAGE, 200),
     Row("usage/quotas/", "GET", "/usage/quotas/", PAGE_OPERATOR, 200),
+    Row("keys/", "GET", "/keys/", PAGE, 200),
+    Row("keys/new", "POST", "/keys/new", PAGE, 200, {"name": "new", "scopes": "read"}, form=True),
+    # Someone else's key: 404, as if it did not exist.
+    Row("keys/<int:key_id>/revoke", "POST", f"/keys/{K}/revoke", PAGE_OWNED, 200, form=True),
     Row("chat/", "GET", "/chat/", PAGE, 200),
     # Someone else's agent: back to the chat page with a message, and no session.
     Row("chat/new", "POST", "/chat/new", PAGE_OWNED, 302, {"agent_id": A}, form=True, denied=302),

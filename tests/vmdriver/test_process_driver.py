@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -366,6 +368,51 @@ def test_an_image_that_cannot_run_raises_start_error(driver: ProcessDriver, tmp_
         driver.start(VmHandle(id="sbx-1", backend="process"))
 
     assert driver.status("sbx-1").state is not VmState.RUNNING
+
+
+@pytest.fixture
+def system_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private stand-in for the system's temporary folder, short enough for socket paths."""
+    path = Path(tempfile.mkdtemp(prefix="ac-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob("agent-console-*"))
+
+
+def test_sandboxes_leave_nothing_in_the_temporary_folder(system_tmp: Path, tmp_path: Path) -> None:
+    drv = ProcessDriver(state_dir=tmp_path / "sandboxes", isolation="none")
+    assert _leftovers(system_tmp) == []
+    for name in ("sbx-1", "sbx-2"):
+        drv.start(drv.create(_spec(name)))
+    assert len(_leftovers(system_tmp)) == 1  # their socket folders, under one of this driver's
+
+    drv.destroy("sbx-1")
+    assert len(_leftovers(system_tmp)) == 1  # sbx-2 still lives
+    drv.destroy("sbx-2")
+    assert _leftovers(system_tmp) == []
+
+    # A sandbox that failed to start, once destroyed, leaves nothing either.
+    drv.create(VmSpec(name="sbx-3", image=(str(tmp_path / "no-such-runtime"),)))
+    with pytest.raises(VmStartError):
+        drv.start(VmHandle(id="sbx-3", backend="process"))
+    drv.destroy("sbx-3")
+    assert _leftovers(system_tmp) == []
+
+
+def test_a_sandbox_made_while_another_is_destroyed_gets_its_socket_folder(
+    system_tmp: Path, tmp_path: Path
+) -> None:
+    drv = ProcessDriver(state_dir=tmp_path / "sandboxes", isolation="none")
+    drv.create(_spec("sbx-1"))
+    drv.destroy("sbx-1")  # the shared folder goes with its last sandbox…
+    handle = drv.start(drv.create(_spec("sbx-2")))  # …and comes back for the next
+    _wait_reachable(handle.endpoint)
+    assert (drv.socket_root / "sbx-2").is_dir()
+    drv.destroy("sbx-2")
 
 
 def test_create_without_an_argv_is_refused(driver: ProcessDriver) -> None:
