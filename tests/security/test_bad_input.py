@@ -317,7 +317,11 @@ def test_no_chat_frame_fails_the_socket(world):
         socket = WebsocketCommunicator(
             application,
             "/ws/chat/",
-            headers=[(b"origin", b"http://127.0.0.1:8000"), (b"cookie", cookie)],
+            headers=[
+                (b"host", b"127.0.0.1:8000"),
+                (b"origin", b"http://127.0.0.1:8000"),
+                (b"cookie", cookie),
+            ],
         )
         connected, _ = await socket.connect(timeout=5)
         assert connected
