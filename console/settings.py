@@ -139,7 +139,7 @@ else:
         # Kept open for the life of the thread that opened it. Opening one (the file, the
         # PRAGMAs above, Django's SQL functions) costs ~1 ms, and the web process's one thread
         # for sync code (chat sockets, live turns) would otherwise pay it at every step of a
-        # turn. A thread that ends (an ASGI request's) closes its connection as it goes.
+        # turn. An ASGI request's thread closes its connection as the request ends (asgi.py).
         "CONN_MAX_AGE": None,
     }
 DATABASES = {"default": _db}
