@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import redis.asyncio
 from asgiref.sync import sync_to_async
@@ -30,16 +28,10 @@ def _database() -> None:
 
 
 def _broker() -> None:
-    """Connect to the broker the settings name (a server-less broker: its folder is there and
-    writable)."""
+    """Connect to the broker the settings name."""
     from console.celery import app
 
     url = settings.CELERY_BROKER_URL
-    if url.startswith("filesystem://"):
-        folder = Path(settings.CELERY_BROKER_DIR)
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise OSError(f"the broker folder {folder} is missing or read-only")
-        return
     timeout = settings.READY_TIMEOUT_SECONDS
     with app.connection_for_write(url=url, connect_timeout=timeout) as conn:
         conn.ensure_connection(

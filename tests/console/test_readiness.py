@@ -48,9 +48,11 @@ def test_a_broker_that_refuses_connections_is_named(client, settings):
     assert body["checks"]["database"] == body["checks"]["channel_layer"] == "ok"
 
 
-def test_a_missing_broker_folder_is_named(client, settings, tmp_path):
-    settings.CELERY_BROKER_URL = "filesystem://"
-    settings.CELERY_BROKER_DIR = tmp_path / "gone"
+def test_an_embedded_broker_that_is_not_running_is_named(client, settings, tmp_path):
+    from console import broker
+
+    settings.READY_TIMEOUT_SECONDS = 1.0
+    settings.CELERY_BROKER_URL = broker.embedded_url(tmp_path / "gone")
 
     response = client.get("/ready")
 
