@@ -133,6 +133,7 @@ def agent_token_verify(*, token: str) -> str | None:
 
 def runtime_spec(*, agent: Agent) -> VmSpec:
     env = {
+        **settings.AGENT_RUNTIME_ENV,
         "AGENT_ID": str(agent.id),
         "AGENT_GATEWAY_URL": settings.GATEWAY_URL,
         "AGENT_MODEL": agent.model,

@@ -11,6 +11,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from agents.runtime.config import ConfigError
+from agents.runtime.tools import TOOL_SETTINGS, ToolConfig
 from console import broker
 from console.env import env_bool, env_float, env_int, env_list, env_secret, env_str
 
@@ -248,6 +250,13 @@ SANDBOX_BOOT_TIMEOUT_SECONDS = env_float("SANDBOX_BOOT_TIMEOUT_SECONDS", 30.0, m
 AGENT_CHAT_TIMEOUT_SECONDS = env_float("AGENT_CHAT_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 # How long a chat turn waits for an agent that is still booting.
 AGENT_BOOT_WAIT_SECONDS = env_float("AGENT_BOOT_WAIT_SECONDS", 30.0, minimum=0.0)
+# The runtime's tool settings (README: Configuration), passed on to every sandbox this worker
+# boots; checked here, so that a malformed one stops start-up instead of failing every boot.
+AGENT_RUNTIME_ENV = {name: os.environ[name] for name in TOOL_SETTINGS if name in os.environ}
+try:
+    ToolConfig.from_env()
+except ConfigError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 # The chat WebSocket: the largest frame a page may send, and how many frames a minute.
 CHAT_WS_MAX_FRAME_BYTES = env_int("CHAT_WS_MAX_FRAME_BYTES", 256 * 1024, minimum=1024)
 CHAT_WS_MESSAGES_PER_MINUTE = env_int("CHAT_WS_MESSAGES_PER_MINUTE", 120, minimum=1)

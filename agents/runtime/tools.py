@@ -33,7 +33,14 @@ from typing import Any
 
 from agents.runtime.config import ConfigError
 
-__all__ = ["TOOL_DEFINITIONS", "ToolConfig", "ToolResult", "Toolbox", "command_environment"]
+__all__ = [
+    "TOOL_DEFINITIONS",
+    "TOOL_SETTINGS",
+    "ToolConfig",
+    "ToolResult",
+    "Toolbox",
+    "command_environment",
+]
 
 DEFAULT_COMMAND_TIMEOUT = 30.0
 TRUNCATED = "\n[output truncated: {total} bytes in all, only the first {kept} are shown]"
@@ -93,6 +100,16 @@ TOOL_DEFINITIONS: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+# What an operator may set for every agent: the console passes these on to each sandbox.
+TOOL_SETTINGS = (
+    "AGENT_TOOLS",
+    "AGENT_TOOL_TIMEOUT",
+    "AGENT_TOOL_OUTPUT_LIMIT",
+    "AGENT_TOOL_FILE_LIMIT",
+    "AGENT_MAX_TOOL_ROUNDS",
+)
 
 
 def _env_int(name: str, default: int, minimum: int = 1) -> int:

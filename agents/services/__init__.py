@@ -30,6 +30,7 @@ from agents.services.lifecycle import (
     agent_teardown,
     agents_reap_idle,
     agents_reconcile,
+    agents_stop_all,
 )
 from agents.services.sessions import (
     session_close,
@@ -62,6 +63,7 @@ __all__ = [
     "agent_teardown",
     "agents_reap_idle",
     "agents_reconcile",
+    "agents_stop_all",
     "host_heartbeat",
     "host_place",
     "host_register",

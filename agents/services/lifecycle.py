@@ -45,6 +45,7 @@ __all__ = [
     "agent_teardown",
     "agents_reap_idle",
     "agents_reconcile",
+    "agents_stop_all",
 ]
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,19 @@ def agent_stop(*, agent: Agent, actor: User | None = None) -> Agent:
             details={"agent_id": str(agent.pk), "status": agent.status},
         )
     return _request(agent, deleted=False, actor=actor)
+
+
+def agents_stop_all(*, actor: User | None = None) -> list[Agent]:
+    """Stop every pending, starting or running agent, as ``agent_stop`` does each one; the
+    agents it stopped. One that stopped meanwhile is skipped."""
+    stopped = []
+    active = Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
+    for agent in active.select_related("host").order_by("created_at"):
+        try:
+            stopped.append(agent_stop(agent=agent, actor=actor))
+        except AgentNotRunning:
+            continue
+    return stopped
 
 
 def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
