@@ -51,8 +51,13 @@ class Console:
     """A running ``console.launch`` with its own state folder and port."""
 
     def __init__(
-        self, tmp_path: Path, env_overrides: dict[str, str], ports: tuple[int, int] | None = None
+        self,
+        tmp_path: Path,
+        env_overrides: dict[str, str],
+        ports: tuple[int, int] | None = None,
+        root: Path = ROOT,
     ) -> None:
+        self.root = root
         self.port, self.gateway_port = ports or (_free_port(), _free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / "console.log"
@@ -82,7 +87,7 @@ class Console:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "console.launch"],
-                cwd=ROOT,
+                cwd=self.root,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -100,7 +105,7 @@ class Console:
     def manage(self, *args: str) -> str:
         result = subprocess.run(
             [sys.executable, "manage.py", *args],
-            cwd=ROOT,
+            cwd=self.root,
             env=self.env,
             capture_output=True,
             text=True,
