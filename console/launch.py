@@ -1,7 +1,8 @@
 """``python -m console.launch`` (what ``make run`` runs): the whole console on one machine.
 
 Prepares local state (a secret key, the database, an operator account), then runs together,
-until Ctrl-C (or SIGTERM) stops them all:
+until Ctrl-C (or SIGTERM) stops them all (agents' sandboxes keep running, and the next start
+serves them again):
 
 * broker: without ``REDIS_URL``, a private Redis server on a socket under ``var/``, the Celery
   broker only (``console.broker``);
@@ -353,7 +354,8 @@ def _supervise(
     print(
         f"\nAgent Console: open http://{host}:{port}/ (admin at http://{host}:{port}/admin/). "
         f"Agents reach Claude through the gateway at {env['GATEWAY_URL']}. "
-        "A process that dies is restarted; Ctrl-C stops them all.\n",
+        "A process that dies is restarted; Ctrl-C stops them all, but not the agents' "
+        "sandboxes (`.venv/bin/python manage.py agents_stop_all` stops those).\n",
         flush=True,
     )
     supervisor.run()

@@ -19,6 +19,7 @@ from agents.services import (
     agent_teardown,
     agents_reap_idle,
     agents_reconcile,
+    agents_stop_all,
 )
 from agents.services.lifecycle import _boot_lock
 from console.celery import app
@@ -192,6 +193,27 @@ def test_stopping_a_stopped_agent_is_refused(user):
     agent = _agent(user, status="stopped")
     with pytest.raises(AgentNotRunning):
         agent_stop(agent=agent)
+
+
+def test_stop_all_stops_every_active_agent_and_leaves_the_others(user, operator):
+    mine, theirs = _booted(user), _booted(operator)
+    stopped = _agent(user, status="stopped")
+    deleted = _agent(user, status="stopping", deleted_at=timezone.now())
+    assert {agent.pk for agent in agents_stop_all()} == {mine.pk, theirs.pk}
+    for agent in (mine, theirs):
+        agent.refresh_from_db()
+        assert agent.status == "stopped"
+        assert sandbox.driver().status(agent.sandbox_id).state == VmState.EXITED
+    assert Agent.objects.get(pk=stopped.pk).status == "stopped"
+    assert Agent.objects.get(pk=deleted.pk).status == "stopping"  # its teardown's business
+
+
+def test_the_operators_tool_settings_reach_every_sandbox(user, settings):
+    settings.AGENT_RUNTIME_ENV = {"AGENT_TOOLS": "read_file", "AGENT_MAX_TOOL_ROUNDS": "3"}
+    agent = _agent(user)
+    env = sandbox.runtime_spec(agent=agent).env
+    assert env["AGENT_TOOLS"] == "read_file" and env["AGENT_MAX_TOOL_ROUNDS"] == "3"
+    assert env["AGENT_ID"] == str(agent.pk)
 
 
 def test_idle_agents_are_stopped_and_busy_ones_kept(user, settings):

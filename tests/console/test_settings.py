@@ -74,6 +74,8 @@ def run(tmp_path: Path):
             "DATABASE_POOL_MAX",
         ),
         ({"SANDBOX_BACKEND": "docker"}, "SANDBOX_BACKEND"),
+        ({"AGENT_TOOLS": "rm"}, "AGENT_TOOLS"),
+        ({"AGENT_MAX_TOOL_ROUNDS": "-1"}, "AGENT_MAX_TOOL_ROUNDS"),
         (
             {"SANDBOX_HOST_HEARTBEAT_SECONDS": "10", "SANDBOX_HOST_STALE_SECONDS": "15"},
             "SANDBOX_HOST_STALE_SECONDS",
