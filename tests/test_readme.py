@@ -23,15 +23,18 @@ CI's services); without them it skips, and in CI it fails.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -382,10 +385,14 @@ def _runs_make(block: Block) -> bool:
     return any(re.search(r"(^|\s)make \w+", c.text.split("#", 1)[0]) for c in shell_commands(block))
 
 
-def start_console(tmp_path: Path, server_env: dict[str, str]) -> tuple[Console, Path]:
-    """The console on a fresh clone, as ``make run`` (after installing) starts it, with the
-    variables the README's block sets; once its worker has registered its sandbox host."""
-    clone = fresh_clone(tmp_path)
+def start_console(
+    tmp_path: Path, server_env: dict[str, str], clone: Path | None = None
+) -> tuple[Console, Path]:
+    """The console on a fresh clone (or ``clone`` again), as ``make run`` (after installing)
+    starts it, with the variables the README's block sets; once its worker has registered its
+    sandbox host."""
+    clone = clone or fresh_clone(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
     console = Console(tmp_path, {"CONSOLE_VAR_DIR": str(clone / "var"), **server_env}, root=clone)
     try:
         _wait_for(console.healthy, 90, "the console to answer /health")
@@ -397,9 +404,9 @@ def start_console(tmp_path: Path, server_env: dict[str, str]) -> tuple[Console, 
     return console, clone
 
 
-def walk_through(console: Console, clone: Path, server_env: dict[str, str]) -> str:
+def walk_through(console: Console, clone: Path, server_env: dict[str, str]) -> tuple[str, str]:
     """Run the README's client blocks (every ``sh`` block that is not ``make``), then its Python
-    block, then ``agents_stop_all`` on two running agents; the final ``/metrics``."""
+    block, then ``agents_stop_all`` on two running agents; the final ``/metrics``, and KEY."""
     env = {k: v for k, v in console.env.items() if k != "CONSOLE_VAR_DIR"} | server_env
     blocks = [_with_address(b, console.url) for b in readme_blocks()]
     shell = [b for b in blocks if b.lang == "sh" and not _runs_make(b)]
@@ -445,21 +452,7 @@ def walk_through(console: Console, clone: Path, server_env: dict[str, str]) -> s
     check_outputs(commands, outputs)
     assert live() == set()
     assert {api.get(f"/v1/agents/get?agent_id={i}").json()["status"] for i in ids} == {"stopped"}
-    return httpx.get(f"{console.url}/metrics").text
-
-
-def test_the_readme_runs_as_written_on_a_fresh_clone(tmp_path):
-    console, clone = start_console(tmp_path, {})  # make run
-    try:
-        metrics = walk_through(console, clone, {})
-        # Offline, nothing was forwarded to Anthropic: the overhead and time to first token are
-        # absent, as the README says; the calls themselves are counted.
-        assert "console_gateway_request_duration_seconds_count" in metrics
-        assert "console_gateway_overhead_seconds" not in metrics
-        assert "console_gateway_upstream_ttft_seconds" not in metrics
-        assert console.interrupt() == 0
-    finally:
-        console.kill()
+    return httpx.get(f"{console.url}/metrics").text, key
 
 
 def _server_block(*names: str) -> dict[str, str]:
@@ -471,14 +464,60 @@ def _server_block(*names: str) -> dict[str, str]:
     return env
 
 
-def test_make_run_with_an_anthropic_key_starts_as_written(tmp_path):
-    env = _server_block("ANTHROPIC_API_KEY")
-    console, _ = start_console(tmp_path, env)
+def test_the_readme_runs_as_written_on_a_fresh_clone(tmp_path):
+    console, clone = start_console(tmp_path, {})  # make run
+    again = None
     try:
-        assert console.env["ANTHROPIC_API_KEY"] == env["ANTHROPIC_API_KEY"]
+        metrics, key = walk_through(console, clone, {})
+        # Offline, nothing was forwarded to Anthropic: the overhead and time to first token are
+        # absent, as the README says; the calls themselves are counted.
+        assert "console_gateway_request_duration_seconds_count" in metrics
+        assert "console_gateway_overhead_seconds" not in metrics
+        assert "console_gateway_upstream_ttft_seconds" not in metrics
+
+        # Ctrl-C leaves a running agent's sandbox running...
+        api = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"})
+        spawned = api.post(f"{console.url}/v1/agents/spawn", json={"user_id": "alice"}).json()
+        agent = f"/v1/agents/get?agent_id={spawned['agent_id']}"
+        _wait_for(lambda: api.get(console.url + agent).json()["status"] == "running", 60, "a boot")
+        driver = make_driver("process", state_dir=clone / "var" / "sandboxes", isolation="none")
+        (sandbox,) = [s for s in driver.list() if s.state == VmState.RUNNING]
         assert console.interrupt() == 0
+        assert driver.status(sandbox.id).state == VmState.RUNNING
+
+        # ...and the next make run (here the README's, with an Anthropic key) serves it again.
+        env = _server_block("ANTHROPIC_API_KEY") | {"TMPDIR": str(console.tmp)}
+        again, _ = start_console(tmp_path / "again", env, clone)
+        assert again.env["ANTHROPIC_API_KEY"] == "sk-ant-…"
+        assert api.get(again.url + agent).json()["status"] == "running"
+        assert api.get(f"{again.url}/agents/{spawned['agent_id']}/metrics").status_code == 200
+        assert driver.status(sandbox.id).pid == sandbox.pid
+        assert again.interrupt() == 0
     finally:
+        if again is not None:
+            again.kill()
         console.kill()
+
+
+@contextlib.contextmanager
+def _database(url: str) -> Iterator[None]:
+    """The database ``url`` names, created for the test when it does not exist (as the README's
+    ``createdb`` does), and dropped after only then."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield
+    finally:
+        if not exists:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres
@@ -487,10 +526,11 @@ def test_the_postgres_and_redis_lines_run_on_the_given_services(tmp_path):
     env = _server_block("DATABASE_URL", "REDIS_URL")
     # The CI's services, in place of the README's example addresses.
     env = {name: os.environ[name] for name in env}
-    console, clone = start_console(tmp_path, env)
-    try:
-        walk_through(console, clone, env)
-        assert not (clone / "var" / "console.sqlite3").exists()
-        assert console.interrupt() == 0
-    finally:
-        console.kill()
+    with _database(env["DATABASE_URL"]):
+        console, clone = start_console(tmp_path, env)
+        try:
+            walk_through(console, clone, env)
+            assert not (clone / "var" / "console.sqlite3").exists()
+            assert console.interrupt() == 0
+        finally:
+            console.kill()
