@@ -181,17 +181,14 @@ def shape_problems(sample: object, actual: object, where: str = "") -> list[str]
 
 
 def _line_pattern(sample: str) -> re.Pattern[str]:
-    parts = re.split(r"(…|(?<![^\s])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![^\s]))", sample)
-    regex = "".join(
-        ".*"
-        if part == "…"
-        else r"-?[\d.e+-]+"
-        if re.fullmatch(r"-?\d.*", part or "x")
-        else re.escape(part)
-        for part in parts
-        if part
+    """``…`` matches anything, and a number standing alone any number."""
+    parts = re.split(r"(…|(?<!\S)-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?!\S))", sample)
+    return re.compile(
+        "".join(
+            re.escape(part) if index % 2 == 0 else ".*" if part == "…" else r"-?[\d.e+-]+"
+            for index, part in enumerate(parts)
+        )
     )
-    return re.compile(regex)
 
 
 def output_problems(sample: list[str], output: str) -> list[str]:
@@ -241,6 +238,8 @@ def test_samples_match_what_they_describe():
     assert output_problems(
         ['agent_requests_total{endpoint="/v1/agents/spawn",status="200"} 1.0'], metrics
     )
+    assert output_problems(["Stopped … agents."], "Stopped 2 agents.\n") == []
+    assert output_problems(["3fdd 1"], "4fdd 1\n")
 
 
 # --- Settings -------------------------------------------------------------------------------
@@ -278,10 +277,8 @@ def documented_variables(heading: str) -> set[str]:
 
 
 def test_the_settings_tables_name_every_variable_the_code_reads_and_only_those():
-    read = set()
-    for module in ("console/settings.py", "console/launch.py", "agents/runtime/config.py"):
-        read |= variables_read(ROOT / module)
-    read |= variables_read(ROOT / "agents/runtime/tools.py")
+    modules = ("console/settings.py", "console/launch.py", "agents/runtime/config.py")
+    read = set().union(*(variables_read(ROOT / m) for m in (*modules, "agents/runtime/tools.py")))
     documented = documented_variables("Configuration")
     assert sorted(read - documented) == [], "read by the code, missing from README"
     assert sorted(documented - read) == [], "in README, read by no code"
@@ -428,7 +425,11 @@ def walk_through(console: Console, clone: Path, server_env: dict[str, str]) -> t
         timeout=60,
     )
     assert said.returncode == 0, said.stderr
-    sample = [line.removeprefix("# ") for line in python.text.splitlines() if line.startswith("# ")]
+    code = python.text.splitlines()
+    trailing = len(code) - next(
+        i for i, line in enumerate(reversed(code)) if not line.startswith("#")
+    )
+    sample = [line.removeprefix("#").strip() for line in code[trailing:]]
     assert sample and output_problems(sample, said.stdout) == [], said.stdout
 
     # Two agents running in real sandboxes, then the README's command stops them all.
