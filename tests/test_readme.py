@@ -238,7 +238,7 @@ def test_samples_match_what_they_describe():
     assert output_problems(
         ['agent_requests_total{endpoint="/v1/agents/spawn",status="200"} 1.0'], metrics
     )
-    assert output_problems(["Stopped … agents."], "Stopped 2 agents.\n") == []
+    assert output_problems(["Stopped: 2"], "Agents to stop: 3\nStopped: 3\n") == []
     assert output_problems(["3fdd 1"], "4fdd 1\n")
 
 

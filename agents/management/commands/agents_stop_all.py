@@ -32,9 +32,9 @@ class Command(BaseCommand):
         except ConsoleError as exc:
             raise CommandError(f"{exc.message} (is the console running?)") from exc
         ids = [agent.pk for agent in stopped]
-        self.stdout.write(f"Stopping {len(ids)} agent{'' if len(ids) == 1 else 's'}.")
+        self.stdout.write(f"Agents to stop: {len(ids)}")
         wait = float(options["wait"])  # type: ignore[arg-type]
-        if not ids or wait <= 0:
+        if wait <= 0:
             return
         deadline = time.monotonic() + wait
         stopping = Agent.objects.filter(pk__in=ids, status=Agent.Status.STOPPING)
@@ -43,4 +43,4 @@ class Command(BaseCommand):
                 left = ", ".join(str(pk) for pk in stopping.values_list("pk", flat=True))
                 raise CommandError(f"still stopping after {wait:g} s: {left}")
             time.sleep(0.2)
-        self.stdout.write(f"Stopped {len(ids)} agent{'' if len(ids) == 1 else 's'}.")
+        self.stdout.write(f"Stopped: {len(ids)}")
