@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
 from agents.runtime.logs import current_request_id, request_id_or_new, using_request_id
-from console.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, error_body
+from console.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, refusal_body
 from console.gateway.calls import (
     GatewayCall,
     StreamUsage,
@@ -133,7 +133,7 @@ async def _answer(send: Send, status: int, headers: dict[str, str], body: bytes)
 
 async def _refuse(send: Send, exc: ConsoleError, rate: dict[str, str] | None = None) -> None:
     # Anthropic's SDKs read error.type; the console's clients read error.code, message, details.
-    body = error_body(exc.code, exc.message, exc.details)
+    body = refusal_body(exc)
     body["type"] = "error"
     body["error"]["type"] = getattr(exc, "error_type", None) or _ANTHROPIC_TYPES.get(
         exc.status, "api_error"
@@ -205,7 +205,7 @@ class GatewayApp:
     ) -> None:
         try:
             if method != "POST":
-                raise MethodNotAllowed("use POST")
+                raise MethodNotAllowed(["POST"])
             raw = await _read_body(receive)
             if raw is None:
                 return

@@ -18,7 +18,7 @@ from agents.runtime import jsonbound
 from agents.runtime.sse import sse_frame
 from agents.sandbox import agent_token_verify
 from console.crypto import decrypt
-from console.errors import BadRequest, ConsoleError, Forbidden, NotAuthenticated
+from console.errors import BadRequest, ConsoleError, Forbidden, MalformedBody, NotAuthenticated
 from console.models import ApiKey, Quota, UsageRecord, User
 from console.services import (
     MAX_COUNT,
@@ -210,9 +210,9 @@ def validate_body(raw: bytes) -> dict[str, Any]:
     try:
         body = jsonbound.loads(raw)
     except jsonbound.TooDeep as exc:
-        raise BadRequest(f"the body is not accepted: {exc}") from None
+        raise MalformedBody(f"the body is not accepted: {exc}") from None
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
+        raise MalformedBody("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     problems: dict[str, list[str]] = {}
