@@ -321,7 +321,7 @@ def _task_answer(agent: Agent, result: services.ChatResult, began: float) -> dic
             "cost_usd": str(result.cost_usd),
             "timestamp": timezone.now().isoformat(),
         },
-        "processing_time_ms": round((time.perf_counter() - began) * 1000),
+        "processing_time_ms": round((time.perf_counter() - began) * 1000, 2),
     }
 
 

@@ -34,6 +34,7 @@ from console.gateway.calls import (
     UpstreamError,
     gateway_begin,
     gateway_finish,
+    key_rejected,
     offline_events,
     offline_message,
     validate_body,
@@ -150,6 +151,15 @@ async def _refuse(send: Send, exc: ConsoleError, rate: dict[str, str] | None = N
         | exc.headers()
     )
     await _answer(send, exc.status, headers, json.dumps(body).encode())
+
+
+def _anthropic_message(content: bytes) -> str:
+    """The message of Anthropic's error answer, or a placeholder when it is not readable."""
+    try:
+        error = json.loads(content)["error"]
+        return str(error["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return "(no readable reason given)"
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -323,6 +333,8 @@ class _Forward:
                 await self._relay(response)
                 return
             content = await response.read()
+            if response.status == 401:
+                raise key_rejected(self.call.caller, 401, _anthropic_message(content))
             if response.status == 200:
                 self.usage.whole(content)
             else:

@@ -42,6 +42,7 @@ __all__ = [
     "gateway_begin",
     "gateway_finish",
     "input_bounds",
+    "key_rejected",
     "offline_events",
     "offline_message",
     "past_deadline",
@@ -67,6 +68,7 @@ class GatewayCaller:
     agent_id: str | None
     upstream_key: str = field(repr=False)
     api_key: ApiKey | None = field(default=None, repr=False, compare=False)
+    own_key: bool = False  # the agent's own Anthropic key (spawned with anthropic_api_key)
 
 
 @dataclass(slots=True)
@@ -86,6 +88,28 @@ class UpstreamError(ConsoleError):
     def __init__(self, status: int, error_type: str, message: str) -> None:
         super().__init__(message, details={"upstream_status": status})
         self.status, self.code, self.error_type = status, error_type, error_type
+
+
+def key_rejected(caller: GatewayCaller, upstream_status: int, said: str) -> UpstreamError:
+    """Anthropic refused the key a call was made with (401 or 403): a refusal naming that key,
+    the agent's own or the console's, and what to do."""
+    if caller.own_key:
+        key = "anthropic_api_key"
+        advice = "spawn the agent again with a valid key, or without one to use the console's"
+        message = f"Anthropic refused this agent's own key, {key} (given at spawn): {said}"
+    else:
+        key = "ANTHROPIC_API_KEY"
+        advice = "an operator must set a valid one"
+        message = f"Anthropic refused the console's key, {key}: {said}"
+    refusal = UpstreamError(
+        502, "authentication_error", f"{message.rstrip('.')}. {advice[0].upper()}{advice[1:]}."
+    )
+    refusal.code = "anthropic_key_rejected"
+    refusal.details = {
+        "upstream_status": upstream_status,
+        "key": key,
+    }
+    return refusal
 
 
 def gateway_authenticate(*, token: str) -> GatewayCaller:
@@ -108,7 +132,12 @@ def gateway_authenticate(*, token: str) -> GatewayCaller:
         raise NotAuthenticated("this agent token belongs to an agent that no longer runs")
     user_check_active(user=agent.owner)
     own_key = decrypt(agent.anthropic_key_encrypted) if agent.anthropic_key_encrypted else ""
-    return GatewayCaller(agent.owner_id, str(agent.pk), own_key or settings.ANTHROPIC_API_KEY)
+    return GatewayCaller(
+        agent.owner_id,
+        str(agent.pk),
+        own_key or settings.ANTHROPIC_API_KEY,
+        own_key=bool(own_key),
+    )
 
 
 _AGENT = ledger_sql.fields(Agent, ("id", "owner_id", "anthropic_key_encrypted"))
