@@ -114,6 +114,9 @@ ROWS = [
     Row("favicon.ico", "GET", "/favicon.ico", PUBLIC, 301),
     Row("health", "GET", "/health", PUBLIC, 200),
     Row("ready", "GET", "/ready", SAME, 0),
+    Row("healthz", "GET", "/healthz", PUBLIC, 200),
+    Row("livez", "GET", "/livez", PUBLIC, 200),
+    Row("readyz", "GET", "/readyz", SAME, 0),
     Row("metrics", "GET", "/metrics", PUBLIC, 200),
     Row("metrics/targets", "GET", "/metrics/targets", METRICS_ONLY, 401),
     Row("admin/login/", "GET", "/admin/login/", ADMIN_LOGIN, 200),
@@ -126,6 +129,7 @@ ROWS = [
         {"prompt": "hi"},
     ),
     Row("agents/<uuid:agent_id>/metrics", "GET", f"/agents/{A}/metrics", OWNED, 502),
+    Row("agents/<uuid:agent_id>/health", "GET", f"/agents/{A}/health", OWNED, 502),
     Row("api/schema/", "GET", "/api/schema/", PUBLIC_DRF, 200),
     Row("api/docs/", "GET", "/api/docs/", PUBLIC_DRF, 200),
     Row(
