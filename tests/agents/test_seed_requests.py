@@ -142,16 +142,27 @@ def test_seed_chat_with_a_key_anthropic_refuses_names_the_key(console, fake_anth
     assert not Session.objects.filter(closed_at__isnull=True).exists()
 
 
-def test_seed_chat_with_anthropic_unreachable_is_a_clear_error(console, settings):
-    with socket.socket() as closed:  # a port nothing listens on
+def _closed_port() -> int:
+    with socket.socket() as closed:  # nothing listens on it once closed
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    settings.ANTHROPIC_BASE_URL = f"http://127.0.0.1:{port}"
+        return closed.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        ("http://api.anthropic.invalid", "the name api.anthropic.invalid did not resolve"),
+        ("http://127.0.0.1:{port}", "no connection to 127.0.0.1: Connect call failed"),
+    ],
+    ids=["dns", "refused"],
+)
+def test_seed_chat_with_anthropic_unreachable_is_a_clear_error(console, settings, base_url, reason):
+    settings.ANTHROPIC_BASE_URL = base_url.format(port=_closed_port())
     spawned = _spawned(console, anthropic_api_key=USERS_KEY)
     response = console.post(f"{spawned['url']}/v1/agent/chat", json=SEED_CHAT)
     error = _error(response)
     assert response.status_code == 502, response.text
-    assert "Anthropic could not be reached" in error["message"]
+    assert error["message"].startswith(f"Anthropic could not be reached: {reason}"), error
     assert "ConnectionKey" not in response.text and "Error(" not in response.text
     assert not Session.objects.filter(closed_at__isnull=True).exists()
 
@@ -231,12 +242,14 @@ def test_platform_rate_limit_headers_and_429_body(console, seed_user):
         assert response.headers["X-RateLimit-Limit"] == "2"
         assert response.headers["X-RateLimit-Remaining"] == str(remaining)
         assert response.headers["X-RateLimit-Reset"].isdigit()
-    response = console.get("/v1/agents/list")
-    assert response.status_code == 429
-    error = _error(response)
-    retry_after = int(response.headers["Retry-After"])
-    assert error["retry_after"] == error["details"]["retry_after"] == retry_after
-    assert 1 <= retry_after <= 60
+    # Refused alike on DRF's routes and on the plain async views (execute, chat).
+    for method, path in (("GET", "/v1/agents/list"), ("POST", "/api/v1/execute")):
+        response = console.request(method, path, json={"task_description": "hi"})
+        assert response.status_code == 429
+        error = _error(response)
+        retry_after = int(response.headers["Retry-After"])
+        assert error["retry_after"] == error["details"]["retry_after"] == retry_after
+        assert 1 <= retry_after <= 60
 
 
 def test_the_default_rate_limit_is_the_platforms_100_a_minute(seed_user):
