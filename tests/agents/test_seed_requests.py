@@ -75,7 +75,9 @@ def console(seed_user, api_key, live_console) -> httpx.Client:
 
 
 def _spawned(console: httpx.Client, **changes) -> dict:
-    response = console.post("/v1/agents/spawn", json=SEED_SPAWN | changes)
+    """The seed's spawn with ``changes``; a change to None leaves that field out."""
+    body = {k: v for k, v in (SEED_SPAWN | changes).items() if v is not None}
+    response = console.post("/v1/agents/spawn", json=body)
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -140,6 +142,19 @@ def test_seed_chat_with_a_key_anthropic_refuses_names_the_key(console, fake_anth
     assert error["details"]["key"] == "anthropic_api_key"
     assert USERS_KEY not in response.text
     assert not Session.objects.filter(closed_at__isnull=True).exists()
+
+
+def test_chat_when_anthropic_refuses_the_consoles_key_names_that_key(console, fake_anthropic):
+    fake_anthropic.required_api_key = "sk-ant-api03-another-key"
+    spawned = _spawned(console, anthropic_api_key=None)  # no key of its own: the console's
+    response = console.post(f"{spawned['url']}/v1/agent/chat", json=SEED_CHAT)
+    error = _error(response)
+    assert (response.status_code, error["code"]) == (502, "anthropic_key_rejected")
+    assert error["message"].startswith(
+        "Anthropic refused the console's key, ANTHROPIC_API_KEY: invalid x-api-key. "
+        "An operator must set a valid one."
+    ), error["message"]
+    assert PLATFORM_KEY not in response.text
 
 
 def _closed_port() -> int:
