@@ -29,12 +29,12 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from agents.runtime.logs import current_request_id, request_id_or_new, using_request_id
 from console.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, refusal_body
 from console.gateway.calls import (
+    AnthropicKeyRejected,
     GatewayCall,
     StreamUsage,
     UpstreamError,
     gateway_begin,
     gateway_finish,
-    key_rejected,
     offline_events,
     offline_message,
     validate_body,
@@ -334,7 +334,7 @@ class _Forward:
                 return
             content = await response.read()
             if response.status == 401:
-                raise key_rejected(self.call.caller, 401, _anthropic_message(content))
+                raise AnthropicKeyRejected(self.call.caller, _anthropic_message(content))
             if response.status == 200:
                 self.usage.whole(content)
             else:

@@ -34,6 +34,8 @@ from console.services import (
 
 __all__ = [
     "OFFLINE_MODEL",
+    "AnthropicKeyRejected",
+    "AnthropicUnreachable",
     "GatewayCall",
     "GatewayCaller",
     "StreamUsage",
@@ -42,7 +44,6 @@ __all__ = [
     "gateway_begin",
     "gateway_finish",
     "input_bounds",
-    "key_rejected",
     "offline_events",
     "offline_message",
     "past_deadline",
@@ -90,26 +91,33 @@ class UpstreamError(ConsoleError):
         self.status, self.code, self.error_type = status, error_type, error_type
 
 
-def key_rejected(caller: GatewayCaller, upstream_status: int, said: str) -> UpstreamError:
-    """Anthropic refused the key a call was made with (401 or 403): a refusal naming that key,
-    the agent's own or the console's, and what to do."""
-    if caller.own_key:
-        key = "anthropic_api_key"
-        advice = "spawn the agent again with a valid key, or without one to use the console's"
-        message = f"Anthropic refused this agent's own key, {key} (given at spawn): {said}"
-    else:
-        key = "ANTHROPIC_API_KEY"
-        advice = "an operator must set a valid one"
-        message = f"Anthropic refused the console's key, {key}: {said}"
-    refusal = UpstreamError(
-        502, "authentication_error", f"{message.rstrip('.')}. {advice[0].upper()}{advice[1:]}."
-    )
-    refusal.code = "anthropic_key_rejected"
-    refusal.details = {
-        "upstream_status": upstream_status,
-        "key": key,
-    }
-    return refusal
+class AnthropicKeyRejected(UpstreamError):
+    """Anthropic refused the key a call was made with (401): the agent's own or the console's."""
+
+    code = "anthropic_key_rejected"
+
+    def __init__(self, caller: GatewayCaller, said: str) -> None:
+        if caller.own_key:
+            key = "anthropic_api_key"
+            message = f"Anthropic refused this agent's own key, {key} (given at spawn): {said}"
+            advice = "Spawn the agent again with a valid key, or without one to use the console's"
+        else:
+            key = "ANTHROPIC_API_KEY"
+            message = f"Anthropic refused the console's key, {key}: {said}"
+            advice = "An operator must set a valid one"
+        super().__init__(502, "authentication_error", f"{message.rstrip('.')}. {advice}.")
+        self.code = type(self).code
+        self.details = {"upstream_status": 401, "key": key}
+
+
+class AnthropicUnreachable(UpstreamError):
+    """Anthropic could not be reached; ``reason`` says why, in words."""
+
+    code = "anthropic_unreachable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(502, "api_error", f"Anthropic could not be reached: {reason}")
+        self.code = type(self).code
 
 
 def gateway_authenticate(*, token: str) -> GatewayCaller:

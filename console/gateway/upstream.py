@@ -21,7 +21,7 @@ import aiohttp
 import yarl
 from django.conf import settings
 
-from console.gateway.calls import UpstreamError, past_deadline
+from console.gateway.calls import AnthropicUnreachable, past_deadline
 
 __all__ = ["ANTHROPIC_URL", "forward_headers", "upstream_close", "upstream_open"]
 
@@ -120,9 +120,7 @@ async def upstream_open(
                         return response
                 except aiohttp.ClientError as exc:
                     if last:
-                        raise UpstreamError(
-                            502, "api_error", f"Anthropic could not be reached: {_why(exc, url)}"
-                        ) from exc
+                        raise AnthropicUnreachable(_why(exc, url)) from exc
                     await asyncio.sleep(_retry_wait(None, attempt))
                     continue
                 response.release()

@@ -176,7 +176,7 @@ def test_seed_chat_with_anthropic_unreachable_is_a_clear_error(console, settings
     spawned = _spawned(console, anthropic_api_key=USERS_KEY)
     response = console.post(f"{spawned['url']}/v1/agent/chat", json=SEED_CHAT)
     error = _error(response)
-    assert response.status_code == 502, response.text
+    assert (response.status_code, error["code"]) == (502, "anthropic_unreachable"), error
     assert error["message"].startswith(f"Anthropic could not be reached: {reason}"), error
     assert "ConnectionKey" not in response.text and "Error(" not in response.text
     assert not Session.objects.filter(closed_at__isnull=True).exists()
