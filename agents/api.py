@@ -229,7 +229,7 @@ async def session_messages(request: HttpRequest, session_id: uuid.UUID) -> HttpR
     ``"stream": true`` (``delta`` events, then ``done``, ``error`` or ``cancelled``)."""
     try:
         if request.method != "POST":
-            raise MethodNotAllowed("use POST")
+            raise MethodNotAllowed(["POST"])
         user = await request_user(request, scope="write")
         data = validated(SendMessageSerializer, json_object_body(request))
         session = await sync_to_async(services.session_for_turn)(user=user, session_id=session_id)
@@ -299,7 +299,7 @@ async def session_cancel(request: HttpRequest, session_id: uuid.UUID) -> HttpRes
     """``POST /api/v1/sessions/{id}/cancel``: stop the turn in flight (409 when none is)."""
     try:
         if request.method != "POST":
-            raise MethodNotAllowed("use POST")
+            raise MethodNotAllowed(["POST"])
         user = await request_user(request, scope="write")
         await live_turn_stop(user=user, session_id=str(session_id))
     except ConsoleError as exc:
@@ -321,7 +321,7 @@ def _task_answer(agent: Agent, result: services.ChatResult, began: float) -> dic
             "cost_usd": str(result.cost_usd),
             "timestamp": timezone.now().isoformat(),
         },
-        "processing_time_ms": round((time.perf_counter() - began) * 1000),
+        "processing_time_ms": round((time.perf_counter() - began) * 1000, 2),
     }
 
 
@@ -332,7 +332,7 @@ async def execute(request: HttpRequest) -> HttpResponse:
     began = time.perf_counter()
     try:
         if request.method != "POST":
-            raise MethodNotAllowed("use POST")
+            raise MethodNotAllowed(["POST"])
         user = await request_user(request, scope="write")
         data = validated(ExecuteRequestSerializer, json_object_body(request))
 

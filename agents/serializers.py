@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from agents.models import Agent, Message, Session
@@ -44,6 +45,11 @@ def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict
     return dict(found.validated_data)
 
 
+# Anthropic's keys are "sk-ant-<kind><nn>-" and about 95 URL-safe characters; checked at spawn,
+# so that a copied placeholder is refused there and not at the first chat.
+ANTHROPIC_KEY_SHAPE = r"\Ask-ant-[A-Za-z0-9_-]{32,}\Z"
+
+
 class SpawnRequestSerializer(serializers.Serializer):
     user_id = serializers.CharField(
         required=False,
@@ -55,7 +61,14 @@ class SpawnRequestSerializer(serializers.Serializer):
         write_only=True,
         max_length=512,
         trim_whitespace=True,
-        help_text="Your own key; stored encrypted.",
+        validators=[
+            RegexValidator(
+                ANTHROPIC_KEY_SHAPE,
+                "This is not an Anthropic API key: one starts with sk-ant- and goes on in "
+                "letters, digits, - and _ (a placeholder such as sk-ant-api03-... is not one).",
+            )
+        ],
+        help_text="Your own Anthropic key (sk-ant-…); stored encrypted, never returned.",
     )
     cores = serializers.IntegerField(required=False, default=1, min_value=1, max_value=64)
     memory = serializers.IntegerField(

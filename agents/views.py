@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
@@ -36,8 +36,10 @@ from console.errors import (
     BadRequest,
     ConsoleError,
     Forbidden,
+    MethodNotAllowed,
     NotFound,
     error_response,
+    methods_allowed,
 )
 from console.idempotent import idempotent, idempotent_json
 from console.models import User
@@ -47,6 +49,7 @@ __all__ = [
     "IDEMPOTENCY_KEY",
     "HypercoreAgentViewSet",
     "agent_chat",
+    "agent_health",
     "agent_metrics",
     "json_object_body",
     "named_user",
@@ -202,12 +205,9 @@ def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
 @csrf_exempt
 async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     """``POST /agents/<id>/v1/agent/chat``: one turn, as JSON or (``stream: true``) SSE."""
-    if request.method != "POST":
-        return JsonResponse(
-            {"error": {"code": "method_not_allowed", "message": "use POST", "details": {}}},
-            status=405,
-        )
     try:
+        if request.method != "POST":
+            raise MethodNotAllowed(["POST"])
         user = await request_user(request, scope="write")
         data = validated(ChatRequestSerializer, json_object_body(request))
         if data.get("user_id") and data["user_id"] != user.username:
@@ -241,10 +241,23 @@ def _scraped_agent(agent_id: uuid.UUID) -> Agent:
     return agent
 
 
+@methods_allowed("GET")
 async def agent_metrics(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     """``GET /agents/<id>/metrics``: the agent runtime's own Prometheus metrics, for its owner,
     an operator, or Prometheus with the METRICS_BEARER_TOKEN (``/metrics/targets`` lists the
     agents for it to scrape here)."""
+    return await _runtime_get(request, agent_id, "/metrics")
+
+
+@methods_allowed("GET")
+async def agent_health(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
+    """``GET /agents/<id>/health``: the agent runtime's own health (``status``, ``agent_id``,
+    ``version``, ``timestamp``), for the same callers as its metrics."""
+    return await _runtime_get(request, agent_id, "/health")
+
+
+async def _runtime_get(request: HttpRequest, agent_id: uuid.UUID, path: str) -> HttpResponse:
+    """The agent runtime's answer to ``GET path``, passed on."""
     try:
         if metrics_token_presented(request):
             agent = await sync_to_async(_scraped_agent)(agent_id)
@@ -258,11 +271,15 @@ async def agent_metrics(request: HttpRequest, agent_id: uuid.UUID) -> HttpRespon
         try:
             async with (
                 runtime_session(agent.endpoint, timeout=5.0) as client,
-                client.get("/metrics") as upstream,
+                client.get(path) as upstream,
             ):
                 content = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
+            raise AgentUnavailable(
+                f"the agent's runtime could not be reached ({type(exc).__name__})"
+            ) from exc
     except ConsoleError as exc:
         return error_response(exc)
-    return HttpResponse(content, content_type=upstream.headers.get("content-type"))
+    return HttpResponse(
+        content, status=upstream.status, content_type=upstream.headers.get("content-type")
+    )

@@ -27,6 +27,9 @@ from django.http.request import split_domain_port, validate_host  # noqa: E402
 
 from agents.routing import websocket_urlpatterns  # noqa: E402
 from console.gateway import GatewayApp  # noqa: E402
+from console.reason_phrases import fill_twisted_reason_phrases  # noqa: E402
+
+fill_twisted_reason_phrases()  # under daphne: "429 Too Many Requests", not "Unknown Status"
 
 
 def _close_request_thread_connections(sender: object, **kwargs: object) -> None:

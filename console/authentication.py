@@ -21,7 +21,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken
 from rest_framework_simplejwt.tokens import Token
 
-from console.errors import Forbidden, NotAuthenticated, RateLimited
+from console.errors import WWW_AUTHENTICATE, Forbidden, NotAuthenticated, RateLimited
 from console.models import ApiKey, Quota, User
 from console.services import (
     api_key_authenticate,
@@ -65,7 +65,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return key.user, key
 
     def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="api"'
+        return WWW_AUTHENTICATE
 
 
 def _looks_like_jwt(token: str) -> bool:
@@ -91,7 +91,7 @@ class JwtAuthentication(JWTAuthentication):
             raise AuthenticationFailed(exc.message) from exc
 
     def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="api"'
+        return WWW_AUTHENTICATE
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

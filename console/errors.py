@@ -8,8 +8,10 @@ the Channels consumer turn it into that shape here and nowhere else.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import kombu.exceptions
 import redis.exceptions
@@ -23,6 +25,7 @@ from console.metrics import ERROR_CODES, error_count
 
 __all__ = [
     "OUTAGES",
+    "WWW_AUTHENTICATE",
     "AgentDraining",
     "AgentNotFound",
     "AgentNotRunning",
@@ -45,9 +48,17 @@ __all__ = [
     "drf_exception_handler",
     "error_body",
     "error_response",
+    "methods_allowed",
     "outage_refusal",
     "outages_refused",
+    "refusal_body",
 ]
+
+
+_View = TypeVar("_View", bound=Callable[..., Any])
+
+# The challenge every 401 carries (RFC 9110 11.6.1), on DRF's routes and the plain views alike.
+WWW_AUTHENTICATE = 'Bearer realm="api"'
 
 
 class ConsoleError(Exception):
@@ -96,6 +107,9 @@ class MalformedBody(BadRequest):
 class NotAuthenticated(ConsoleError):
     status, code = 401, "not_authenticated"
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": WWW_AUTHENTICATE} | super().headers()
+
 
 class Forbidden(ConsoleError):
     status, code = 403, "forbidden"
@@ -106,7 +120,13 @@ class UserSuspended(Forbidden):
 
 
 class MethodNotAllowed(ConsoleError):
+    """The route does not answer this method; ``allowed`` are those it does (the Allow header)."""
+
     status, code = 405, "method_not_allowed"
+
+    def __init__(self, allowed: Sequence[str]) -> None:
+        super().__init__(f"use {' or '.join(allowed)}", details={"allowed": list(allowed)})
+        self.extra_headers["Allow"] = ", ".join(allowed)
 
 
 class PayloadTooLarge(ConsoleError):
@@ -199,17 +219,32 @@ def outages_refused() -> Iterator[None]:
         raise outage_refusal(exc) from exc
 
 
-def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+def error_body(
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    *,
+    retry_after: int | None = None,
+) -> dict[str, Any]:
     """The error shape; every error answer is built here, and so counted in
-    ``agent_errors_total{error_type}`` here."""
+    ``agent_errors_total{error_type}`` here. A refusal to retry later carries ``retry_after``
+    (seconds) in ``details``, and beside the code, where the AI Agents Platform's clients
+    read it."""
     error_count(code)
-    return {"error": {"code": code, "message": message, "details": details or {}}}
+    error: dict[str, Any] = {"code": code, "message": message, "details": details or {}}
+    if retry_after is not None:
+        error["details"] = {**error["details"], "retry_after": retry_after}
+        error["retry_after"] = retry_after
+    return {"error": error}
+
+
+def refusal_body(exc: ConsoleError) -> dict[str, Any]:
+    """``exc`` in the error shape."""
+    return error_body(exc.code, exc.message, exc.details, retry_after=exc.retry_after)
 
 
 def error_response(exc: ConsoleError) -> JsonResponse:
-    return JsonResponse(
-        error_body(exc.code, exc.message, exc.details), status=exc.status, headers=exc.headers()
-    )
+    return JsonResponse(refusal_body(exc), status=exc.status, headers=exc.headers())
 
 
 _DRF_CODES = {
@@ -240,9 +275,7 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         # beyond 64 bits, PostgreSQL a DataError) in a filter or an id: the caller's mistake.
         exc = BadRequest("a value is out of range for the database")
     if isinstance(exc, ConsoleError):
-        return Response(
-            error_body(exc.code, exc.message, exc.details), status=exc.status, headers=exc.headers()
-        )
+        return Response(refusal_body(exc), status=exc.status, headers=exc.headers())
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -267,6 +300,33 @@ def _first_problem(details: dict[str, Any]) -> str:
     if isinstance(first, dict):
         return f"{field}: " + _first_problem(first)
     return str(first) if field == "non_field_errors" else f"{field}: {first}"
+
+
+def methods_allowed(*allowed: str) -> Callable[[_View], _View]:
+    """A plain view (sync or async) that answers other methods with 405, its Allow header and
+    the error shape; GET allows HEAD too."""
+    methods = [*allowed, "HEAD"] if "GET" in allowed and "HEAD" not in allowed else list(allowed)
+
+    def decorate(view: _View) -> _View:
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def answer_async(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if request.method not in methods:
+                    return error_response(MethodNotAllowed(methods))
+                return await view(request, *args, **kwargs)
+
+            return answer_async  # type: ignore[return-value]
+
+        @functools.wraps(view)
+        def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            if request.method not in methods:
+                return error_response(MethodNotAllowed(methods))
+            return view(request, *args, **kwargs)
+
+        return answer  # type: ignore[return-value]
+
+    return decorate
 
 
 def json_error_page(request: HttpRequest, status: int, code: str, message: str) -> JsonResponse:

@@ -57,8 +57,9 @@ class Quota(models.Model):
     max_total_vcpus = models.PositiveIntegerField(default=64)
     max_total_memory_mib = models.PositiveIntegerField(default=128 * 1024)
     max_concurrent_sessions = models.PositiveIntegerField(default=100)
+    # 100 a minute: the AI Agents Platform's documented default per user.
     requests_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, default=600, help_text="API and gateway requests; empty: no limit."
+        null=True, blank=True, default=100, help_text="API and gateway requests; empty: no limit."
     )
     tokens_per_minute = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Tokens through the gateway (worst case at admission)."

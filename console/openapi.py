@@ -316,6 +316,24 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/agents/{agent_id}/health": {
+        "get": {
+            "operationId": "agent_health",
+            "summary": "The agent runtime's own health",
+            "description": "Its `status`, `agent_id`, `version` and `timestamp`. 502 when the "
+            "agent is not running or its runtime cannot be reached.",
+            "tags": ["agents"],
+            "parameters": [_AGENT_ID],
+            "security": _API_KEY,
+            "responses": {
+                "200": {
+                    "description": "The runtime answers.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "default": _ERROR_RESPONSE,
+            },
+        }
+    },
     "/gateway/v1/messages": {
         "post": {
             "operationId": "gateway_messages",

@@ -14,24 +14,35 @@ from django.shortcuts import render
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from console.authentication import bearer_token
-from console.errors import error_body, json_error_page
+from console.errors import NotAuthenticated, error_response, json_error_page, methods_allowed
 from console.metrics import BudgetCollector, FleetCollector
 from console.readiness import readiness
 from scaling.selectors import agent_scrape_targets
 
 __all__ = ["health", "home", "metrics", "metrics_targets", "metrics_token_presented", "ready"]
 
-_API_PREFIXES = ("/v1/", "/api/", "/gateway/", "/agents/", "/health", "/ready", "/metrics")
+_API_PREFIXES = (
+    "/v1/",
+    "/api/",
+    "/gateway/",
+    "/agents/",
+    "/health",
+    "/livez",
+    "/ready",
+    "/metrics",
+)
 
 
+@methods_allowed("GET")
 def health(request: HttpRequest) -> JsonResponse:
-    """Liveness: the process answers."""
+    """Liveness: the process answers (also at ``/healthz`` and ``/livez``)."""
     return JsonResponse({"status": "ok"})
 
 
+@methods_allowed("GET")
 async def ready(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database, the broker and the channel layer answer; else 503, with the
-    failing checks named."""
+    """Readiness (also at ``/readyz``): the database, the broker and the channel layer
+    answer; else 503, with the failing checks named."""
     checks = await readiness()
     failing = [name for name, result in checks.items() if result != "ok"]
     body: dict[str, Any] = {"status": "unavailable" if failing else "ok", "checks": checks}
@@ -40,13 +51,12 @@ async def ready(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=503 if failing else 200)
 
 
+@methods_allowed("GET")
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text: every process's metrics (multiprocess mode) and fleet gauges."""
     expected = settings.METRICS_BEARER_TOKEN
     if expected and not hmac.compare_digest(bearer_token(request), expected):
-        return JsonResponse(
-            error_body("not_authenticated", "a metrics bearer token is required"), status=401
-        )
+        return error_response(NotAuthenticated("a metrics bearer token is required"))
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
@@ -64,6 +74,7 @@ def metrics_token_presented(request: HttpRequest) -> bool:
     return bool(expected) and hmac.compare_digest(bearer_token(request).encode(), expected.encode())
 
 
+@methods_allowed("GET")
 def metrics_targets(request: HttpRequest) -> JsonResponse:
     """Prometheus' HTTP service discovery (``http_sd_configs``): every running agent, as a
     target scraped through this console's ``/agents/<id>/metrics``, at the address Prometheus
@@ -76,7 +87,7 @@ def metrics_targets(request: HttpRequest) -> JsonResponse:
             if settings.METRICS_BEARER_TOKEN
             else "set METRICS_BEARER_TOKEN to let Prometheus discover and scrape the agents"
         )
-        return JsonResponse(error_body("not_authenticated", message), status=401)
+        return error_response(NotAuthenticated(message))
     host, scheme = request.get_host(), request.scheme
     groups = [
         {

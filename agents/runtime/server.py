@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import importlib.metadata
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, web
@@ -405,8 +407,26 @@ async def _chat_stream(
     return response
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("agent-console")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that was not installed
+        return "0+unknown"
+
+
+VERSION = _version()
+
+
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "agent_id": request.app[CONFIG_KEY].agent_id})
+    """Liveness, with the fields the AI Agents Platform's health check documents."""
+    return web.json_response(
+        {
+            "status": "ok",
+            "agent_id": request.app[CONFIG_KEY].agent_id,
+            "version": VERSION,
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
+    )
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -261,20 +261,30 @@ async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
         body["keep_turns"] = turn.keep_turns
     client = sandbox.runtime_session(agent.endpoint, timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
     try:
-        response = await client.post("/v1/agent/chat", json=body)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        await client.close()
-        raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
-    except BaseException:  # stopped while connecting
-        await client.close()
-        raise
-    opened = _OpenTurn(session, turn.prompt, since, client, response, turn.keep_turns)
-    if response.status != 200:
         try:
-            raise _runtime_error(response.status, await response.read())
-        finally:
-            await opened.close()
+            response = await client.post("/v1/agent/chat", json=body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await client.close()
+            raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
+        except BaseException:  # stopped while connecting
+            await client.close()
+            raise
+        opened = _OpenTurn(session, turn.prompt, since, client, response, turn.keep_turns)
+        if response.status != 200:
+            try:
+                raise _runtime_error(response.status, await response.read())
+            finally:
+                await opened.close()
+    except ConsoleError:
+        if turn.session_id is None and turn.session is None:
+            await sync_to_async(_first_turn_failed)(session)
+        raise
     return opened
+
+
+def _first_turn_failed(session: Session) -> None:
+    """A session opened for a turn that was refused holds nothing: it is closed, not left open."""
+    Session.objects.filter(pk=session.pk, closed_at__isnull=True).update(closed_at=timezone.now())
 
 
 async def agent_chat(*, turn: ChatTurn) -> ChatResult:

@@ -27,8 +27,9 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
 from agents.runtime.logs import current_request_id, request_id_or_new, using_request_id
-from console.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, error_body
+from console.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, refusal_body
 from console.gateway.calls import (
+    AnthropicKeyRejected,
     GatewayCall,
     StreamUsage,
     UpstreamError,
@@ -133,7 +134,7 @@ async def _answer(send: Send, status: int, headers: dict[str, str], body: bytes)
 
 async def _refuse(send: Send, exc: ConsoleError, rate: dict[str, str] | None = None) -> None:
     # Anthropic's SDKs read error.type; the console's clients read error.code, message, details.
-    body = error_body(exc.code, exc.message, exc.details)
+    body = refusal_body(exc)
     body["type"] = "error"
     body["error"]["type"] = getattr(exc, "error_type", None) or _ANTHROPIC_TYPES.get(
         exc.status, "api_error"
@@ -150,6 +151,15 @@ async def _refuse(send: Send, exc: ConsoleError, rate: dict[str, str] | None = N
         | exc.headers()
     )
     await _answer(send, exc.status, headers, json.dumps(body).encode())
+
+
+def _anthropic_message(content: bytes) -> str:
+    """The message of Anthropic's error answer, or a placeholder when it is not readable."""
+    try:
+        error = json.loads(content)["error"]
+        return str(error["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return "(no readable reason given)"
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -205,7 +215,7 @@ class GatewayApp:
     ) -> None:
         try:
             if method != "POST":
-                raise MethodNotAllowed("use POST")
+                raise MethodNotAllowed(["POST"])
             raw = await _read_body(receive)
             if raw is None:
                 return
@@ -323,6 +333,8 @@ class _Forward:
                 await self._relay(response)
                 return
             content = await response.read()
+            if response.status == 401:
+                raise AnthropicKeyRejected(self.call.caller, _anthropic_message(content))
             if response.status == 200:
                 self.usage.whole(content)
             else:

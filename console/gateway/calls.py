@@ -18,7 +18,7 @@ from agents.runtime import jsonbound
 from agents.runtime.sse import sse_frame
 from agents.sandbox import agent_token_verify
 from console.crypto import decrypt
-from console.errors import BadRequest, ConsoleError, Forbidden, NotAuthenticated
+from console.errors import BadRequest, ConsoleError, Forbidden, MalformedBody, NotAuthenticated
 from console.models import ApiKey, Quota, UsageRecord, User
 from console.services import (
     MAX_COUNT,
@@ -34,6 +34,8 @@ from console.services import (
 
 __all__ = [
     "OFFLINE_MODEL",
+    "AnthropicKeyRejected",
+    "AnthropicUnreachable",
     "GatewayCall",
     "GatewayCaller",
     "StreamUsage",
@@ -67,6 +69,7 @@ class GatewayCaller:
     agent_id: str | None
     upstream_key: str = field(repr=False)
     api_key: ApiKey | None = field(default=None, repr=False, compare=False)
+    own_key: bool = False  # the agent's own Anthropic key (spawned with anthropic_api_key)
 
 
 @dataclass(slots=True)
@@ -86,6 +89,35 @@ class UpstreamError(ConsoleError):
     def __init__(self, status: int, error_type: str, message: str) -> None:
         super().__init__(message, details={"upstream_status": status})
         self.status, self.code, self.error_type = status, error_type, error_type
+
+
+class AnthropicKeyRejected(UpstreamError):
+    """Anthropic refused the key a call was made with (401): the agent's own or the console's."""
+
+    code = "anthropic_key_rejected"
+
+    def __init__(self, caller: GatewayCaller, said: str) -> None:
+        if caller.own_key:
+            key = "anthropic_api_key"
+            message = f"Anthropic refused this agent's own key, {key} (given at spawn): {said}"
+            advice = "Spawn the agent again with a valid key, or without one to use the console's"
+        else:
+            key = "ANTHROPIC_API_KEY"
+            message = f"Anthropic refused the console's key, {key}: {said}"
+            advice = "An operator must set a valid one"
+        super().__init__(502, "authentication_error", f"{message.rstrip('.')}. {advice}.")
+        self.code = type(self).code
+        self.details = {"upstream_status": 401, "key": key}
+
+
+class AnthropicUnreachable(UpstreamError):
+    """Anthropic could not be reached; ``reason`` says why, in words."""
+
+    code = "anthropic_unreachable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(502, "api_error", f"Anthropic could not be reached: {reason}")
+        self.code = type(self).code
 
 
 def gateway_authenticate(*, token: str) -> GatewayCaller:
@@ -108,7 +140,12 @@ def gateway_authenticate(*, token: str) -> GatewayCaller:
         raise NotAuthenticated("this agent token belongs to an agent that no longer runs")
     user_check_active(user=agent.owner)
     own_key = decrypt(agent.anthropic_key_encrypted) if agent.anthropic_key_encrypted else ""
-    return GatewayCaller(agent.owner_id, str(agent.pk), own_key or settings.ANTHROPIC_API_KEY)
+    return GatewayCaller(
+        agent.owner_id,
+        str(agent.pk),
+        own_key or settings.ANTHROPIC_API_KEY,
+        own_key=bool(own_key),
+    )
 
 
 _AGENT = ledger_sql.fields(Agent, ("id", "owner_id", "anthropic_key_encrypted"))
@@ -210,9 +247,9 @@ def validate_body(raw: bytes) -> dict[str, Any]:
     try:
         body = jsonbound.loads(raw)
     except jsonbound.TooDeep as exc:
-        raise BadRequest(f"the body is not accepted: {exc}") from None
+        raise MalformedBody(f"the body is not accepted: {exc}") from None
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
+        raise MalformedBody("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     problems: dict[str, list[str]] = {}

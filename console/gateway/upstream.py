@@ -18,9 +18,10 @@ import weakref
 from collections.abc import Mapping
 
 import aiohttp
+import yarl
 from django.conf import settings
 
-from console.gateway.calls import UpstreamError, past_deadline
+from console.gateway.calls import AnthropicUnreachable, past_deadline
 
 __all__ = ["ANTHROPIC_URL", "forward_headers", "upstream_close", "upstream_open"]
 
@@ -82,6 +83,18 @@ def _retry_wait(response: aiohttp.ClientResponse | None, attempt: int) -> float:
     return min(0.5 * 2**attempt, _MAX_BACKOFF) * (1 - 0.25 * random.random())
 
 
+def _why(exc: aiohttp.ClientError, url: str) -> str:
+    """A sentence for why ``url`` could not be reached (aiohttp's reprs are not for people)."""
+    host = yarl.URL(url).host
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"the name {host} did not resolve (is this machine offline?)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"no connection to {host}: {exc.os_error.strerror or 'refused'}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"{host} closed the connection"
+    return f"{type(exc).__name__} talking to {host}"
+
+
 async def upstream_open(
     body: bytes, headers: dict[str, str], *, stream: bool
 ) -> aiohttp.ClientResponse:
@@ -107,9 +120,7 @@ async def upstream_open(
                         return response
                 except aiohttp.ClientError as exc:
                     if last:
-                        raise UpstreamError(
-                            502, "api_error", f"Anthropic could not be reached: {exc!r}"
-                        ) from exc
+                        raise AnthropicUnreachable(_why(exc, url)) from exc
                     await asyncio.sleep(_retry_wait(None, attempt))
                     continue
                 response.release()

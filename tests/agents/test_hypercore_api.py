@@ -46,7 +46,7 @@ def test_spawn_records_a_pending_agent_and_answers_in_hypercore_shape(
                 "memory": 1024,
                 "max_concurrent": 7,
                 "system_prompt": "Be brief.",
-                "anthropic_api_key": "sk-ant-user-own-key",
+                "anthropic_api_key": "sk-ant-api03-user-own-key-0123456789abcdefABCDEF",
             },
             format="json",
         )
@@ -63,8 +63,8 @@ def test_spawn_records_a_pending_agent_and_answers_in_hypercore_shape(
     )
     assert body["created_at"]
     assert (agent.max_concurrent_sessions, agent.system_prompt) == (7, "Be brief.")
-    assert "sk-ant-user-own-key" not in response.content.decode()
-    assert "sk-ant-user-own-key" not in agent.anthropic_key_encrypted
+    assert "sk-ant-api03-user-own-key-0123456789abcdefABCDEF" not in response.content.decode()
+    assert "sk-ant-api03-user-own-key-0123456789abcdefABCDEF" not in agent.anthropic_key_encrypted
     assert len(callbacks) == 1  # the boot is queued only after the row is committed
 
 

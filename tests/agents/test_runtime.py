@@ -158,7 +158,10 @@ def test_health_and_ready_answer(runtime_http: httpx.Client) -> None:
     health = runtime_http.get("/health")
     ready = runtime_http.get("/ready")
 
-    assert (health.status_code, health.json()) == (200, {"status": "ok", "agent_id": "agent-test"})
+    assert health.status_code == 200
+    body = health.json()
+    assert (body["status"], body["agent_id"], body["version"]) == ("ok", "agent-test", "0.1.0")
+    assert body["timestamp"].endswith("Z")
     assert ready.status_code == 200
     assert ready.json()["ready"] is True
 

@@ -20,7 +20,7 @@ pytestmark = [
 ]
 
 PLATFORM_KEY = "sk-ant-platform-secret-4f1c9e"
-OWN_KEY = "sk-ant-users-own-secret-77ab02"
+OWN_KEY = "sk-ant-api03-users-own-secret-77ab02-0123456789abcdef"
 
 
 def _descendants(pid: int) -> list[int]:

@@ -21,6 +21,8 @@ from tests.fakes.anthropic import Error, Text, _input_tokens, count_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+ALICES_KEY = "sk-ant-api03-alices-own-0123456789abcdef0123456789"
+
 
 @pytest.fixture
 def alice(user, api_key, live_console):
@@ -94,12 +96,12 @@ def test_a_session_keeps_its_history_across_turns(alice, fake_anthropic):
 
 
 def test_the_agents_own_key_is_used_and_never_returned(alice, fake_anthropic):
-    spawned = _spawn(alice, anthropic_api_key="sk-ant-alices-own")
-    assert "sk-ant-alices-own" not in str(spawned)
+    spawned = _spawn(alice, anthropic_api_key=ALICES_KEY)
+    assert ALICES_KEY not in str(spawned)
     alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "hi"}).raise_for_status()
-    assert fake_anthropic.requests[-1].api_key == "sk-ant-alices-own"
+    assert fake_anthropic.requests[-1].api_key == ALICES_KEY
     listed = alice.get("/v1/agents/list").text
-    assert "sk-ant-alices-own" not in listed
+    assert ALICES_KEY not in listed
 
 
 def test_an_upstream_refusal_reaches_the_client_and_nothing_is_half_written(alice, fake_anthropic):

@@ -150,7 +150,7 @@ def test_raising_limits_on_the_user_page_records_old_and_new_with_the_operator(a
     assert raised.changes == {"limit": ["10", "25"]}
     assert raised.target_repr == "Budget of alice: $25 per month"
     [quota] = _events("quota.change")
-    assert (quota.actor, quota.changes) == (root, {"requests_per_minute": [600, 60]})
+    assert (quota.actor, quota.changes) == (root, {"requests_per_minute": [100, 60]})
 
 
 def test_a_budget_added_or_deleted_on_the_user_page_is_recorded(admin, root, user):

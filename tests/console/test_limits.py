@@ -349,7 +349,7 @@ def test_a_call_anthropic_fails_releases_its_reservation_and_costs_nothing(
     response = post_gateway(console, key, gateway_body(stream=stream))
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "api_error"
-    assert rate_headers(response) == (600, 599)
+    assert rate_headers(response) == (100, 99)
     budget.refresh_from_db()
     assert (budget.used, budget.reserved) == (0, 0)
     assert not Reservation.objects.exists()
@@ -374,7 +374,7 @@ def test_a_stream_the_caller_abandons_is_charged_what_anthropic_reported(
             timeout=10,
         ) as response:
             assert response.status_code == 200
-            assert rate_headers(response) == (600, 599)
+            assert rate_headers(response) == (100, 99)
             for line in response.iter_lines():
                 if "word3 " in line:
                     break
@@ -432,7 +432,9 @@ def test_over_its_request_rate_the_gateway_refuses_with_which_limit_and_when_it_
         "value": "2",
         "used": "2",
         "resets_at": details["resets_at"],
+        "retry_after": int(refused.headers["Retry-After"]),
     }
+    assert refused.json()["error"]["retry_after"] == details["retry_after"]
     assert rate_headers(refused) == (2, 0)
     assert "x-should-retry" not in refused.headers  # a minute's wait is worth it
     resets_at = datetime.fromisoformat(details["resets_at"])
@@ -555,7 +557,7 @@ def test_tokens_per_minute_count_the_worst_case_until_the_call_settles(
         str(sum(used)),
     )
     assert int(refused.headers["Retry-After"]) <= 60
-    assert rate_headers(refused) == (600, 598)
+    assert rate_headers(refused) == (100, 98)
 
 
 @db
@@ -653,7 +655,7 @@ def test_every_hypercore_api_response_carries_the_request_rate(console, user, ou
         f"{console}/v1/agents/list",
         headers={"Authorization": f"Bearer {api_key_create(user=outsider)[1]}"},
     )
-    assert other.status_code == 200 and rate_headers(other) == (600, 599)
+    assert other.status_code == 200 and rate_headers(other) == (100, 99)
 
 
 @db

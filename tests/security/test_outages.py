@@ -304,6 +304,8 @@ def _until(ws, types: set[str]) -> list[dict]:
 
 
 def _turns_keep_the_process_ready(user, alice, agent, live_console, turns: int) -> None:
+    # Each turn is two requests (the API's and the gateway's): past the default 100 a minute.
+    Quota.objects.update_or_create(user=user, defaults={"requests_per_minute": None})
     session = services.session_create(user=user, agent_id=agent.pk, title="")
     sid = str(session.pk)
     assert alice.get("/ready").status_code == 200

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from django.db import transaction
-from django.test import Client, override_settings
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
@@ -35,25 +35,9 @@ from tests.security.world import (
     SUSPENDED,
     WRITE,
     World,
-    build_world,
 )
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(scope="module")
-def world(django_db_setup, django_db_blocker):
-    """Built once for the module, in a transaction rolled back at its end; every cell runs in
-    a savepoint of its own, rolled back too, so no cell sees another's effects."""
-    fast = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    with (
-        django_db_blocker.unblock(),
-        override_settings(PASSWORD_HASHERS=fast),
-        transaction.atomic(),
-    ):
-        built = build_world()
-        yield built
-        transaction.set_rollback(True)
 
 
 def _client(world: World, kind: str) -> Client:
@@ -114,6 +98,9 @@ ROWS = [
     Row("favicon.ico", "GET", "/favicon.ico", PUBLIC, 301),
     Row("health", "GET", "/health", PUBLIC, 200),
     Row("ready", "GET", "/ready", SAME, 0),
+    Row("healthz", "GET", "/healthz", PUBLIC, 200),
+    Row("livez", "GET", "/livez", PUBLIC, 200),
+    Row("readyz", "GET", "/readyz", SAME, 0),
     Row("metrics", "GET", "/metrics", PUBLIC, 200),
     Row("metrics/targets", "GET", "/metrics/targets", METRICS_ONLY, 401),
     Row("admin/login/", "GET", "/admin/login/", ADMIN_LOGIN, 200),
@@ -126,6 +113,7 @@ ROWS = [
         {"prompt": "hi"},
     ),
     Row("agents/<uuid:agent_id>/metrics", "GET", f"/agents/{A}/metrics", OWNED, 502),
+    Row("agents/<uuid:agent_id>/health", "GET", f"/agents/{A}/health", OWNED, 502),
     Row("api/schema/", "GET", "/api/schema/", PUBLIC_DRF, 200),
     Row("api/docs/", "GET", "/api/docs/", PUBLIC_DRF, 200),
     Row(
