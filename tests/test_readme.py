@@ -335,7 +335,11 @@ def test_make_targets_in_the_readme_exist_and_make_run_is_the_launcher(tmp_path)
     }
     assert {"run", "test"} <= targets
     for target in targets:
-        dry = subprocess.run(["make", "-n", target], cwd=clone, capture_output=True, text=True)
+        # Run as a reader would, not as a sub-make of `make test` (which prints its folders).
+        env = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}}
+        dry = subprocess.run(
+            ["make", "-n", target], cwd=clone, capture_output=True, text=True, env=env
+        )
         assert dry.returncode == 0, dry.stderr
         if target == "run":
             assert dry.stdout.strip().splitlines()[-1] == ".venv/bin/python -m console.launch"

@@ -253,7 +253,9 @@ def test_the_agent_runtime_runs_sandboxed(tmp_path, host_server):
         )
         handle = drv.start(drv.create(spec))
         response = _wait(lambda: _get(handle.endpoint, "/health"))
-        assert response.json() == {"status": "ok", "agent_id": "a1"}  # type: ignore[union-attr]
+        health = response.json()  # type: ignore[union-attr]
+        assert {k: health[k] for k in ("status", "agent_id")} == {"status": "ok", "agent_id": "a1"}
+        assert health["version"] and health["timestamp"]
     finally:
         drv.destroy("agent")
 

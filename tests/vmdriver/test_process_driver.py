@@ -495,7 +495,9 @@ def test_the_real_agent_runtime_runs_as_a_sandbox(driver: ProcessDriver) -> None
 
     response = _wait_reachable(f"{handle.endpoint}/health", timeout=10)
 
-    assert response.json() == {"status": "ok", "agent_id": "agent-1"}
+    health = response.json()
+    assert {k: health[k] for k in ("status", "agent_id")} == {"status": "ok", "agent_id": "agent-1"}
+    assert health["version"] and health["timestamp"]
     started = time.monotonic()
     driver.stop("agent-1", timeout=5)
     assert time.monotonic() - started < 4  # it exits on SIGTERM, without needing SIGKILL

@@ -28,5 +28,9 @@ def constant_queries(django_assert_num_queries):
 def error_of(response) -> dict:
     body = response.json()
     assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message", "details"}, body
+    shape = {"code", "message", "details"}
+    if response.status_code == 429:  # the seconds to wait, beside the code as clients look for it
+        shape.add("retry_after")
+        assert body["error"]["retry_after"] == body["error"]["details"]["retry_after"], body
+    assert set(body["error"]) == shape, body
     return body["error"]
