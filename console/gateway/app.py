@@ -26,9 +26,11 @@ import aiohttp
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
+from agents.runtime import jsonbound
 from agents.runtime.logs import current_request_id, request_id_or_new, using_request_id
 from console.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, refusal_body
 from console.gateway.calls import (
+    ANSWER_DEPTH,
     AnthropicKeyRejected,
     GatewayCall,
     StreamUsage,
@@ -156,7 +158,7 @@ async def _refuse(send: Send, exc: ConsoleError, rate: dict[str, str] | None = N
 def _anthropic_message(content: bytes) -> str:
     """The message of Anthropic's error answer, or a placeholder when it is not readable."""
     try:
-        error = json.loads(content)["error"]
+        error = jsonbound.loads(content, max_depth=ANSWER_DEPTH)["error"]
         return str(error["message"])[:300]
     except (ValueError, KeyError, TypeError):
         return "(no readable reason given)"

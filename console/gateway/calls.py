@@ -23,16 +23,17 @@ from console.models import ApiKey, Quota, UsageRecord, User
 from console.services import (
     MAX_COUNT,
     Admission,
-    InputBounds,
     TokenUsage,
     api_key_authenticate,
     gateway_admit,
     gateway_settle,
+    input_bounds,
     ledger_sql,
     user_check_active,
 )
 
 __all__ = [
+    "ANSWER_DEPTH",
     "OFFLINE_MODEL",
     "AnthropicKeyRejected",
     "AnthropicUnreachable",
@@ -43,7 +44,6 @@ __all__ = [
     "gateway_authenticate",
     "gateway_begin",
     "gateway_finish",
-    "input_bounds",
     "offline_events",
     "offline_message",
     "past_deadline",
@@ -270,101 +270,6 @@ def validate_body(raw: bytes) -> dict[str, Any]:
         field_name, messages = next(iter(problems.items()))
         raise BadRequest(f"{field_name}: {messages[0]}", details=problems)
     return body
-
-
-# --- What a body bounds ----------------------------------------------------------------------
-
-# Bounds, not estimates, of what Anthropic adds to a body's own tokens: its tool-use prompt
-# (a few hundred tokens), each tool's rendering beyond its JSON, the prompt of a tool it defines
-# and the caller runs (computer use's is about 700), and one inline image (at most about 1,600
-# tokens once resized to 1.15 megapixels, while a flat PNG can be a few hundred bytes).
-_TOOL_PROMPT_TOKENS = 1_000
-_PER_TOOL_TOKENS = 100
-_CLIENT_TOOL_TOKENS = 2_000
-_IMAGE_TOKENS = 5_000
-# More tools than this are more than any agent needs, and their prompt is not bounded here.
-_BOUNDED_TOOLS = 128
-# Anthropic-defined tools that the caller runs: their input comes back in the body.
-_CLIENT_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
-_WEB_SEARCH = "web_search_"
-# Keys of a body (besides tools) that bring in input the body does not hold.
-_UNBOUNDED_KEYS = ("mcp_servers", "container")
-
-
-def input_bounds(body: dict[str, Any], raw: bytes) -> InputBounds:
-    """What ``body`` (parsed from ``raw``) says about its input beyond its bytes (see
-    ``InputBounds``): Anthropic's tool prompts, images, and what it does not bound at all (file
-    and URL sources, PDFs, server tools, remote MCP servers, containers, very long tool
-    lists)."""
-    extra, unbounded, searches = 0, [], 0
-    tools = body.get("tools")
-    if isinstance(tools, list) and tools:
-        extra += _TOOL_PROMPT_TOKENS + _PER_TOOL_TOKENS * len(tools)
-        if len(tools) > _BOUNDED_TOOLS:
-            unbounded.append(f"{len(tools)} tools")
-        for tool in tools:
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind is None or kind == "custom":
-                continue
-            if not isinstance(kind, str):
-                unbounded.append("a tool of unknown type")
-            elif kind.startswith(_CLIENT_TOOLS):
-                extra += _CLIENT_TOOL_TOKENS
-            else:
-                unbounded.append(f"the server tool {kind[:40]}")
-                if kind.startswith(_WEB_SEARCH) and searches is not None:
-                    uses = tool.get("max_uses")
-                    ok = isinstance(uses, int) and not isinstance(uses, bool) and uses >= 0
-                    searches = searches + uses if ok else None
-    unbounded += [f"{key}" for key in _UNBOUNDED_KEYS if body.get(key)]
-    images, sources = _sources(body) if _may_source(raw) else (0, set())
-    extra += images * _IMAGE_TOKENS
-    unbounded += sorted(sources)
-    thinking = body.get("thinking")
-    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
-    output = budget - body["max_tokens"] if isinstance(budget, int) else 0
-    return InputBounds(
-        extra_tokens=extra,
-        unbounded=tuple(dict.fromkeys(unbounded)),
-        web_searches=searches,
-        extra_output_tokens=max(0, output),
-    )
-
-
-def _may_source(raw: bytes) -> bool:
-    """Whether the body's text could hold a source or an upload at all: walking its blocks costs
-    as much as parsing it, and most bodies are text. A key can hide only behind an escape."""
-    return b'"source"' in raw or b"container_upload" in raw or b"\\u" in raw
-
-
-def _sources(body: dict[str, Any]) -> tuple[int, set[str]]:
-    """Inline images in the system prompt and messages, and what else they source from
-    outside the body (file or URL sources, PDFs, container uploads). Walks every block: the
-    body's depth is bounded."""
-    images, outside = 0, set()
-    stack: list[Any] = [body.get("system"), body.get("messages")]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        if not isinstance(item, dict):
-            continue
-        kind, source = item.get("type"), item.get("source")
-        if kind == "container_upload":
-            outside.add("a container upload")
-        if isinstance(source, dict):
-            where = source.get("type")
-            if where == "base64" and kind == "image":
-                images += 1
-            elif where in ("text", "content"):
-                pass
-            elif where == "base64":
-                outside.add("a PDF document")  # its pages, each an image and its text
-            else:
-                outside.add(f"a {str(where)[:20]}-sourced {str(kind)[:20]}")
-        stack.extend(value for value in item.values() if isinstance(value, list | dict))
-    return images, outside
 
 
 def past_deadline() -> UpstreamError:

@@ -26,6 +26,7 @@ from console.services.call_bounds import (
     InputBounds,
     UnboundedCall,
     WorstCase,
+    input_bounds,
     model_price,
     worst_case,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "idempotency_finish",
     "idempotent_requests_expire",
     "idempotent_requests_forget",
+    "input_bounds",
     "jwt_families_purge",
     "jwt_families_revoke",
     "jwt_login",
