@@ -568,15 +568,8 @@ def _settle_retrying(
     return None
 
 
-_PRICES = (
-    "effective_from",
-    "input_per_mtok",
-    "output_per_mtok",
-    "cache_write_per_mtok",
-    "cache_write_1h_per_mtok",
-    "cache_read_per_mtok",
-    "web_search_per_1k",
-)
+# A spooled settlement keeps the price it was admitted at: every rate, and its date.
+_PRICES = tuple(name for name in ledger_sql.fields(ModelPrice) if name not in ("id", "model"))
 _SPOOL_LOOK_SECONDS = 30.0
 _spool_looked_at = [0.0]
 
