@@ -15,6 +15,7 @@ from agents.sandbox import agent_token_issue
 from console.models import Reservation, UsageRecord
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import Error, Hang, Text, count_tokens
+from tests.polling import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -220,15 +221,6 @@ def test_usage_counts_match_anthropics_own_fields(sdk, fake_anthropic):
 # --- Retries, the deadline, and callers that go away -------------------------------------------
 
 
-def _eventually(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 @pytest.mark.parametrize("status", [429, 529])
 def test_a_rate_limited_or_overloaded_anthropic_is_retried(sdk, settings, fake_anthropic, status):
     settings.ANTHROPIC_MAX_RETRIES = 2
@@ -269,7 +261,7 @@ def test_a_slow_anthropic_is_abandoned_at_the_deadline(sdk, settings, fake_anthr
     with pytest.raises(anthropic.APIStatusError) as caught:
         _ask(sdk, stream=True)
     assert caught.value.status_code == 504
-    assert _eventually(lambda: fake_anthropic.disconnects == 1)  # the upstream call was closed
+    assert eventually(lambda: fake_anthropic.disconnects == 1)  # the upstream call was closed
     assert not Reservation.objects.exists()
 
 
@@ -285,8 +277,8 @@ def test_a_caller_that_goes_away_cancels_the_upstream_call(
             headers={"x-api-key": api_key(user)},
             timeout=httpx.Timeout(5, read=0.5),
         )
-    assert _eventually(lambda: fake_anthropic.disconnects == 1)
-    assert _eventually(lambda: not Reservation.objects.exists())
+    assert eventually(lambda: fake_anthropic.disconnects == 1)
+    assert eventually(lambda: not Reservation.objects.exists())
     assert not UsageRecord.objects.exists()
 
 
@@ -316,8 +308,8 @@ def test_a_caller_that_leaves_mid_stream_cancels_upstream_and_pays_what_was_used
                     break  # the caller goes away after a few words
     finally:
         fake_anthropic.chunk_delay = 0.0
-    assert _eventually(lambda: fake_anthropic.disconnects == 1)
-    assert _eventually(lambda: UsageRecord.objects.exists())
+    assert eventually(lambda: fake_anthropic.disconnects == 1)
+    assert eventually(lambda: UsageRecord.objects.exists())
     record = UsageRecord.objects.get()
     # Charged the input Anthropic reported, and an output token for each delta that arrived
     # (the fake sends one word, one token, per delta); the rest was never generated.

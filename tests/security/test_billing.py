@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from decimal import Decimal
 
@@ -22,6 +21,7 @@ from agents.sandbox import agent_token_issue
 from console.models import Budget, ModelPrice, Quota, Reservation, UsageRecord
 from console.services import api_key_create, ledger, ledger_sql, limits
 from tests.fakes.anthropic import Hang, Text
+from tests.polling import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,15 +66,6 @@ def anthropic_refusal(response: httpx.Response, status: int = 400) -> dict:
     error = payload["error"]
     assert error["type"] == "invalid_request_error" and error["code"] and error["message"]
     return error
-
-
-def eventually(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def running_agent(owner) -> Agent:
