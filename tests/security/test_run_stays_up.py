@@ -98,6 +98,14 @@ def _run(
     gateway = f"http://127.0.0.1:{console.gateway_port}"
     _wait_for(lambda: _answers(f"{gateway}/health"), 30, "the gateway")
     key = console.manage("create_api_key", "soak", "--create-user").strip()
+    # An integration this busy (5 gateway calls a second, and the agents' own) has its request
+    # rate raised by its operator; at the default 100 a minute the soak would meet 429s.
+    console.manage(
+        "shell",
+        "-c",
+        "from console.models import Quota, User; Quota.objects.update_or_create("
+        "user=User.objects.get(username='soak'), defaults={'requests_per_minute': None})",
+    )
     load = _Load(console, gateway, key, result, max_agents)
     _wait_for(load.host_online, 60, "the worker to register its sandbox host")
     say(f"console up on {console.url}; load for {seconds:.0f} s, {kills} worker kills")
