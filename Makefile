@@ -32,7 +32,7 @@ $(VENV)/.promtool: scripts/promtool.sh | $(STAMP)
 	touch $@
 
 run: install
-	$(BIN)/python -m console.launch
+	$(BIN)/python -m config.launch
 
 test: install $(VENV)/.browser $(VENV)/.promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

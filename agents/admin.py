@@ -10,7 +10,7 @@ from django.http import HttpRequest
 
 from agents import services
 from agents.models import Agent, Message, SandboxHost, Session, WarmPool
-from console.errors import ConsoleError
+from plumbing.errors import ConsoleError
 
 
 @admin.register(Agent)

@@ -26,7 +26,6 @@ from rest_framework.response import Response
 
 from agents import selectors, services
 from agents.models import Agent, Session
-from agents.runtime.sse import sse_frame
 from agents.serializers import (
     AgentFilterSerializer,
     AgentSerializer,
@@ -56,17 +55,18 @@ from agents.views import (
     spawn_response,
     sse_response,
 )
-from console.api.pagination import ApiCursorPagination
 from console.api.permissions import HasScope, is_operator
 from console.authentication import request_user
-from console.errors import (
+from console.idempotency import idempotent, idempotent_followed, idempotent_json
+from plumbing.errors import (
     BadRequest,
     ConsoleError,
     MethodNotAllowed,
     error_body,
     error_response,
 )
-from console.idempotent import idempotent, idempotent_followed, idempotent_json
+from plumbing.pagination import ApiCursorPagination
+from wire.sse import sse_frame
 
 __all__ = [
     "AgentViewSet",

@@ -2,7 +2,7 @@
 
 A socket follows at most one session at a time. Frames are JSON objects whose ``type`` names
 the handler (``client_<type>``); their payloads, and every event sent back, are the TypedDicts
-of ``agents.events``. The work is the services': ``live_turn_prepare``/``live_turn_start`` run a
+of ``wire.events``. The work is the services': ``live_turn_prepare``/``live_turn_start`` run a
 turn that outlives the socket, ``live_replay`` gives what a page missed, ``live_turn_stop`` stops
 a turn from any process. Refusals become ``error`` events here, in ``receive``, and the socket
 stays open. An idle socket costs its channel-layer membership and nothing else: no timer, no
@@ -20,7 +20,6 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from rest_framework import serializers
 
-from agents import events as ev
 from agents.selectors import chat_session_owned, chat_snapshot
 from agents.serializers import validated
 from agents.services.live import (
@@ -32,8 +31,8 @@ from agents.services.live import (
     live_turn_start,
     live_turn_stop,
 )
-from console.api.parsers import json_loads
-from console.errors import (
+from console.services import user_check_active
+from plumbing.errors import (
     OUTAGES,
     BadRequest,
     ConsoleError,
@@ -43,8 +42,9 @@ from console.errors import (
     UserSuspended,
     outage_refusal,
 )
-from console.metrics import error_count
-from console.services import user_check_active
+from plumbing.metrics import error_count
+from plumbing.parsers import json_loads
+from wire import events as ev
 
 __all__ = ["CLOSE_ANONYMOUS", "CLOSE_SUSPENDED", "ChatConsumer"]
 

@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from agents import selectors, services
-from console.errors import ConsoleError
+from plumbing.errors import ConsoleError
 
 __all__ = ["NewChatForm", "chat", "chat_new"]
 

@@ -15,12 +15,13 @@ from django.conf import settings
 from django.core import signing
 
 import agents.runtime
+import wire
 from agents.models import Agent
-from agents.runtime.logs import HEADER as REQUEST_ID_HEADER
-from agents.runtime.logs import current_request_id
 from vmdriver import Driver, VmDriverError, VmSpec, make_driver
 from vmdriver.isolation import bwrap_problem
 from vmdriver.qemu import QemuDriver
+from wire.logs import HEADER as REQUEST_ID_HEADER
+from wire.logs import current_request_id
 
 __all__ = [
     "agent_token_issue",
@@ -69,7 +70,14 @@ def host_accel() -> str:
 def _runtime_files() -> list[tuple[str, str]]:
     """What a sandboxed runtime may read: its interpreter, libraries and its own source only."""
     runtime = Path(agents.runtime.__file__).parent
-    paths = {sys.base_prefix, sys.prefix, str(runtime), str(runtime.parent / "__init__.py")}
+    shared = Path(wire.__file__).parent  # the framework-free modules the runtime imports
+    paths = {
+        sys.base_prefix,
+        sys.prefix,
+        str(runtime),
+        str(runtime.parent / "__init__.py"),
+        str(shared),
+    }
     return [(path, path) for path in sorted(paths)]
 
 

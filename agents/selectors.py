@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from agents.models import Agent, Message, Session
+from agents.models import Agent, Message, SandboxHost, Session
 from console.models import Budget, UsageRecord, User
 from console.selectors import budget_windows
 
 __all__ = [
+    "FleetCounts",
     "agent_list",
     "agent_rows",
     "agent_stats",
@@ -20,6 +22,7 @@ __all__ = [
     "chat_session_owned",
     "chat_sessions",
     "chat_snapshot",
+    "fleet_counts",
     "message_data",
     "session_list",
 ]
@@ -162,7 +165,7 @@ def chat_session_owned(*, user: User, session_id: object) -> bool:
 
 def chat_snapshot(*, user: User, session_id: object) -> dict[str, Any] | None:
     """One of the user's sessions as the chat's ``session`` event carries it
-    (``agents.events.SessionEvent``, without ``seq`` and ``running``)."""
+    (``wire.events.SessionEvent``, without ``seq`` and ``running``)."""
     session = chat_session(user=user, session_id=session_id)
     if session is None:
         return None
@@ -180,7 +183,7 @@ def chat_snapshot(*, user: User, session_id: object) -> dict[str, Any] | None:
 
 
 def message_data(message: Message) -> dict[str, Any]:
-    """A message as the chat's events carry it (``agents.events.MessageData``)."""
+    """A message as the chat's events carry it (``wire.events.MessageData``)."""
     return {
         "id": message.pk,
         "role": message.role,
@@ -194,7 +197,7 @@ def message_data(message: Message) -> dict[str, Any]:
 
 def chat_budgets(*, user: User) -> list[dict[str, str]]:
     """The user's budgets in their current windows, with what is left
-    (``agents.events.BudgetLeft``): reserved calls in flight count as used."""
+    (``wire.events.BudgetLeft``): reserved calls in flight count as used."""
     budgets = list(Budget.objects.filter(user=user).select_related("user__quota"))
     if not budgets:
         return []
@@ -219,3 +222,44 @@ def chat_budgets(*, user: User) -> list[dict[str, str]]:
             }
         )
     return found
+
+
+# --- The fleet -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """Agents by active status (every one of them, zero included), the open sessions of
+    running agents, and the sandbox capacity of the hosts taking agents (online, not draining)
+    with what active agents hold of it, by resource (``vcpus``, ``memory_mib``)."""
+
+    agents: dict[str, int]
+    sessions: int
+    capacity: dict[str, int]
+    used: dict[str, int]
+
+
+def fleet_counts() -> FleetCounts:
+    """Four aggregate queries, whatever the fleet's size: what ``/metrics`` shows of it."""
+    by_status = dict(
+        Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+    )
+    sessions = Session.objects.filter(
+        closed_at__isnull=True,
+        agent__status=Agent.Status.RUNNING,
+        agent__deleted_at__isnull=True,
+    ).count()
+    hosts = SandboxHost.objects.filter(is_online=True, is_draining=False)
+    capacity = hosts.aggregate(vcpus=Sum("capacity_vcpus"), memory_mib=Sum("capacity_memory_mib"))
+    used = Agent.objects.filter(
+        status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True, host__in=hosts
+    ).aggregate(vcpus=Sum("vcpus"), memory_mib=Sum("memory_mib"))
+    return FleetCounts(
+        agents={str(status): by_status.get(status, 0) for status in Agent.ACTIVE_STATUSES},
+        sessions=sessions,
+        capacity={name: value or 0 for name, value in capacity.items()},
+        used={name: value or 0 for name, value in used.items()},
+    )

@@ -11,7 +11,7 @@ from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from agents.models import Agent, Message, Session
-from console.errors import BadRequest
+from plumbing.errors import BadRequest
 
 __all__ = [
     "AgentFilterSerializer",

@@ -27,10 +27,11 @@ from agents.serializers import (
     agent_row_data,
     validated,
 )
-from console.api.parsers import json_loads
 from console.api.permissions import is_operator
 from console.authentication import request_user
-from console.errors import (
+from console.idempotency import idempotent, idempotent_json
+from console.models import User
+from plumbing.errors import (
     AgentNotFound,
     AgentUnavailable,
     BadRequest,
@@ -41,9 +42,8 @@ from console.errors import (
     error_response,
     methods_allowed,
 )
-from console.idempotent import idempotent, idempotent_json
-from console.models import User
-from console.views import metrics_token_presented
+from plumbing.parsers import json_loads
+from plumbing.views import metrics_token_presented
 
 __all__ = [
     "IDEMPOTENCY_KEY",

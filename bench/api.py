@@ -62,7 +62,7 @@ from harness import (
     start_console,
 )
 
-from console import broker
+from config import broker
 
 LEVELS = (16, 64)
 HOST_NAME = "bench-api"

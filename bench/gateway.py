@@ -27,7 +27,7 @@ clients (closed loop); the latency added is the gateway's percentile minus the d
 The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
 names, created (dropped first if it exists) and dropped at the end. The server is, by default,
 the gateway process as ``make run`` runs it for agents (uvicorn with uvloop and httptools,
-``console.launch.gateway_command``); ``--server daphne`` measures the same route on the web
+``config.launch.gateway_command``); ``--server daphne`` measures the same route on the web
 process, and ``--server uvicorn`` plain uvicorn, whose ``--workers N`` (0.54) leaves Nagle's
 algorithm on (Kludex/uvicorn#3149): ~45 ms more per keep-alive request.
 

@@ -93,7 +93,7 @@ def console_environment(
         os.environ.pop(name, None)
     os.environ.update(
         {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
             "CONSOLE_VAR_DIR": str(var_dir),
             "SECRET_KEY": secrets.token_urlsafe(40),
             **variables,
@@ -265,13 +265,13 @@ def start_console(
     gateway process (``gateway``: uvicorn with uvloop and httptools), or by plain uvicorn."""
     port = free_port()
     if server == "daphne":
-        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
+        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
     elif server == "gateway":
-        from console.launch import gateway_command
+        from config.launch import gateway_command
 
         argv = gateway_command("127.0.0.1", port)
     else:
-        argv = ["-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1"]
+        argv = ["-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1"]
         # Access log on, as daphne's is: both servers as they run by default.
         argv += ["--port", str(port), "--workers", str(workers), "--lifespan", "off"]
     console = Child(server, [sys.executable, *argv], env, log_dir)

@@ -1,6 +1,6 @@
 """``make run`` under 10 minutes of mixed load while its Celery worker is killed.
 
-Runs what ``make run`` runs (``python -m console.launch``: its embedded broker, web, gateway,
+Runs what ``make run`` runs (``python -m config.launch``: its embedded broker, web, gateway,
 worker and beat, real bubblewrap sandboxes, SQLite) against the fake Anthropic, and drives it
 from this process: a gateway call every 0.2 s, spawns, chats, stops and deletions of up to
 ``--agents`` agents, and a connection to web's and gateway's ``/health`` every 50 ms each. The

@@ -94,7 +94,7 @@ def _measure(backend: str, count: int, owner, drv, accel: str) -> list[str]:  # 
 
     from agents.models import Agent, WarmPool
     from agents.services import agent_destroy, agent_spawn, warm_pool_refill
-    from console.celery import app
+    from config.celery import app
 
     memory = 256 if backend == "qemu" else 128
     lines, cold = [], []

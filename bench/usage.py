@@ -454,7 +454,7 @@ def measure_pages(runs: int) -> list[str]:
     from django.test import Client
 
     from console.models import User
-    from console.usage.selectors import GROUPINGS
+    from usage.selectors import GROUPINGS
 
     operator = User.objects.create_user("bench-operator", password="!", is_staff=True)
     client = Client(HTTP_HOST="localhost")

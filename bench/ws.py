@@ -3,7 +3,7 @@ of replies streamed at once.
 
 Starts, on loopback, against a fresh database: the fake Anthropic (``tests.fakes.anthropic``,
 pausing ``--chunk-delay-ms`` between text deltas), the gateway process as ``make run`` runs it
-(uvicorn, uvloop, httptools), one daphne process serving ``console.asgi:application`` (the web
+(uvicorn, uvloop, httptools), one daphne process serving ``config.asgi:application`` (the web
 process), and ``--agents`` agents booted through the console's own spawn path on the ``process``
 backend (real ``python -m agents.runtime`` processes in their sandboxes, reaching the gateway
 through their sandbox's relay). No Celery worker runs: the boots run inline in this process,

@@ -21,7 +21,6 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken
 from rest_framework_simplejwt.tokens import Token
 
-from console.errors import WWW_AUTHENTICATE, Forbidden, NotAuthenticated, RateLimited
 from console.models import ApiKey, Quota, User
 from console.services import (
     api_key_authenticate,
@@ -31,24 +30,17 @@ from console.services import (
     login_attempt_succeeded,
     request_admit,
 )
+from plumbing.authentication import bearer_token
+from plumbing.errors import WWW_AUTHENTICATE, Forbidden, NotAuthenticated, RateLimited
 
 __all__ = [
     "ApiKeyAuthentication",
     "JwtAuthentication",
     "QuotaThrottle",
     "ThrottledModelBackend",
-    "bearer_token",
     "login_page_throttled",
     "request_user",
 ]
-
-
-def bearer_token(request: HttpRequest) -> str:
-    """The token from ``Authorization: Bearer …`` or ``x-api-key``, or ""."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("x-api-key", "").strip()
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

@@ -1,7 +1,7 @@
 """The parts of the OpenAPI schema drf-spectacular cannot see, added by a postprocessing hook.
 
 drf-spectacular documents DRF views only. The per-agent chat and metrics routes are plain async
-Django views, and the gateway is an ASGI app of its own (console/gateway/app.py) in front of
+Django views, and the gateway is an ASGI app of its own (gateway/app.py) in front of
 Django: they are described here, beside the error shape every route answers a refusal with.
 """
 

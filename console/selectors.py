@@ -6,7 +6,7 @@ Summaries read the roll-ups, kept current in the same transaction as each ledger
 UTC days from the daily one (``UsageDaily``), whole hours around them from the hourly one
 (``UsageHourly``), and the partial hours at the edges from the ledger itself (``UsageRecord``,
 at most one hour of rows at each end), so the answer is exact for any range. How a range is cut
-and which indexes serve each piece: ``console.usage.reads``.
+and which indexes serve each piece: ``console.ledger_reads``.
 
 Ranges are half-open, ``start <= t < end``, with aware datetimes. On SQLite, sums of USD amounts
 are computed in floating point by the database (and quantized to eight places when read);
@@ -23,25 +23,24 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
+from console.ledger_reads import TOKEN_KINDS, finish, usage_grouped, zero
 from console.models import ApiKey, AuditEvent, Budget, Quota, UsageHourly, User
 from console.services import budget_window
-from console.usage.reads import TOKEN_KINDS, finish, usage_grouped, zero
+from plumbing.errors import BadRequest
 
 __all__ = [
     "AuditPage",
     "BudgetStanding",
     "BudgetWindow",
-    "FleetCounts",
     "GroupBy",
     "api_key_list",
     "audit_events",
     "budget_list",
     "budget_windows",
     "budgets_nearest_limit",
-    "fleet_counts",
     "quota_list",
     "usage_summary",
     "usage_totals",
@@ -247,49 +246,6 @@ def _rolling_used(budgets: list[Budget], *, now: datetime) -> dict[int, Decimal]
     return used
 
 
-# --- The fleet -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FleetCounts:
-    """Agents by active status (every one of them, zero included), the open sessions of
-    running agents, and the sandbox capacity of the hosts taking agents (online, not draining)
-    with what active agents hold of it, by resource (``vcpus``, ``memory_mib``)."""
-
-    agents: dict[str, int]
-    sessions: int
-    capacity: dict[str, int]
-    used: dict[str, int]
-
-
-def fleet_counts() -> FleetCounts:
-    """Four aggregate queries, whatever the fleet's size: what ``/metrics`` shows of it."""
-    from agents.models import Agent, SandboxHost, Session
-
-    by_status = dict(
-        Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
-        .order_by()
-        .values_list("status")
-        .annotate(n=Count("id"))
-    )
-    sessions = Session.objects.filter(
-        closed_at__isnull=True,
-        agent__status=Agent.Status.RUNNING,
-        agent__deleted_at__isnull=True,
-    ).count()
-    hosts = SandboxHost.objects.filter(is_online=True, is_draining=False)
-    capacity = hosts.aggregate(vcpus=Sum("capacity_vcpus"), memory_mib=Sum("capacity_memory_mib"))
-    used = Agent.objects.filter(
-        status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True, host__in=hosts
-    ).aggregate(vcpus=Sum("vcpus"), memory_mib=Sum("memory_mib"))
-    return FleetCounts(
-        agents={str(status): by_status.get(status, 0) for status in Agent.ACTIVE_STATUSES},
-        sessions=sessions,
-        capacity={name: value or 0 for name, value in capacity.items()},
-        used={name: value or 0 for name, value in used.items()},
-    )
-
-
 # --- The audit log -------------------------------------------------------------------------------
 
 
@@ -318,8 +274,6 @@ def audit_events(
     written meanwhile; a malformed cursor raises ``BadRequest``. One query per page (the actor
     comes with each event), served by the ``at`` index.
     """
-    from console.errors import BadRequest
-
     page_size = max(1, min(page_size, 500))
     events = AuditEvent.objects.select_related("actor").only(
         "action",

@@ -7,6 +7,7 @@ from celery import shared_task
 from django.db import OperationalError
 
 from console import services
+from console.idempotency import idempotent_requests_expire
 
 __all__ = [
     "idempotent_requests_expire_task",
@@ -39,7 +40,7 @@ def reservations_release_expired_task() -> int:
 )
 def idempotent_requests_expire_task() -> int:
     """Beat's entry point: forget Idempotency-Keys past their time."""
-    return services.idempotent_requests_expire()
+    return idempotent_requests_expire()
 
 
 @shared_task(name="console.tasks.jwt_families_purge", soft_time_limit=60, time_limit=120, **_SWEEP)

@@ -2,7 +2,7 @@
 taken under them (read only). Writes go through ``scaling.services``, each recorded in the audit
 log; lists through ``scaling.selectors``; refusals answer in the console's error shape.
 
-The routes are registered in ``console/api/urls.py`` under ``scaling/rules`` and
+The routes are registered in ``scaling/urls.py`` under ``scaling/rules`` and
 ``scaling/decisions``.
 """
 
@@ -20,8 +20,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 
-from console.api.pagination import ApiCursorPagination
 from console.api.permissions import HasScope, IsOperator
+from plumbing.pagination import ApiCursorPagination
 from scaling import selectors, services
 from scaling.models import ScalingRule
 from scaling.serializers import (

@@ -27,9 +27,9 @@ from django.utils import timezone
 
 from agents.models import Agent
 from agents.services import agent_spawn, agent_stop
-from console.errors import ConsoleError
 from console.models import User
 from console.services import audit_record, audited_delete, audited_save, audited_update
+from plumbing.errors import ConsoleError
 from scaling import policy
 from scaling.metrics import PoolKey, PoolReading, pools_observe
 from scaling.models import AUTOSCALER_ACCOUNT, ScalingDecision, ScalingRule

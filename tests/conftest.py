@@ -127,8 +127,9 @@ def asgi_server(transactional_db) -> Iterator[str]:
     from asgiref.sync import sync_to_async
     from django.db import connections
 
-    from console.asgi import application
-    from console.gateway import database_threads, upstream_close
+    from config.asgi import application
+    from gateway.app import database_threads
+    from gateway.upstream import upstream_close
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -171,7 +172,7 @@ def _embedded_broker() -> Iterator[None]:
     session: ``/ready`` checks it, and real workers share it with the tests' process."""
     from django.conf import settings
 
-    from console import broker
+    from config import broker
     from tests.agents.workers import embedded_broker
 
     embedded = broker.embedded_url(settings.VAR_DIR)

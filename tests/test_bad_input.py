@@ -92,7 +92,7 @@ def test_wrong_methods_are_refused_in_the_error_shape(caller):
         _assert_refusal_shape(response, route)
 
 
-# The gateway is an ASGI app of its own (console/gateway/app.py): it is tried over HTTP.
+# The gateway is an ASGI app of its own (gateway/app.py): it is tried over HTTP.
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,5 +1,5 @@
 """``make run`` for real: web (daphne), gateway (uvicorn), worker and beat from
-``python -m console.launch``.
+``python -m config.launch``.
 
 A user spawns an agent through the API, the worker boots it through the broker, a chat turn is
 answered by (fake) Claude through the gateway process, the cost shows in the stats, the printed
@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from console import broker
+from config import broker
 from tests.fakes.anthropic import FakeAnthropic
 from vmdriver import make_driver
 
@@ -48,7 +48,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 class Console:
-    """A running ``console.launch`` with its own state folder and port."""
+    """A running ``config.launch`` with its own state folder and port."""
 
     def __init__(
         self,
@@ -86,7 +86,7 @@ class Console:
         } | env_overrides
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "console.launch"],
+                [sys.executable, "-m", "config.launch"],
                 cwd=self.root,
                 env=self.env,
                 stdout=out,
@@ -313,7 +313,7 @@ def test_make_run_serves_the_thin_path_on_postgres_and_redis(tmp_path):
 _SUPERVISED = """
 import os, sys
 from pathlib import Path
-from console.launch import Supervisor
+from config.launch import Supervisor
 
 python = sys.executable
 supervisor = Supervisor(env=dict(os.environ), cwd=Path.cwd(), backoff=(0.2, 0.8), stable_after=30)

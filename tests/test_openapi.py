@@ -18,8 +18,8 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver
 from openapi_spec_validator import validate
 
-from console import urls
-from console.asgi import GATEWAY_PATH
+from config import urls
+from config.asgi import GATEWAY_PATH
 
 # The routes that are the API, and so must be in the schema. The rest (the home page, admin,
 # health, readiness, Prometheus' /metrics, the schema and its docs) are not part of it.
@@ -84,7 +84,7 @@ def test_the_served_schema_is_valid_openapi_3() -> None:
 @pytest.mark.django_db
 def test_every_api_route_is_in_the_schema() -> None:
     documented = {_shape(path) for path in _schema(Client())["paths"]}
-    # The gateway is not a Django route: console.asgi sends it to its own ASGI app.
+    # The gateway is not a Django route: config.asgi sends it to its own ASGI app.
     routes = [*_routes(urls.urlpatterns), GATEWAY_PATH]
     api_routes = {route for route in routes if route.startswith(API_PREFIXES)}
     assert {"/v1/agents/spawn", "/agents/{agent_id}/v1/agent/chat", GATEWAY_PATH} <= api_routes

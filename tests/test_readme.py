@@ -277,7 +277,7 @@ def documented_variables(heading: str) -> set[str]:
 
 
 def test_the_settings_tables_name_every_variable_the_code_reads_and_only_those():
-    modules = ("console/settings.py", "console/launch.py", "agents/runtime/config.py")
+    modules = ("config/settings.py", "config/launch.py", "agents/runtime/config.py")
     read = set().union(*(variables_read(ROOT / m) for m in (*modules, "agents/runtime/tools.py")))
     documented = documented_variables("Configuration")
     assert sorted(read - documented) == [], "read by the code, missing from README"
@@ -342,7 +342,7 @@ def test_make_targets_in_the_readme_exist_and_make_run_is_the_launcher(tmp_path)
         )
         assert dry.returncode == 0, dry.stderr
         if target == "run":
-            assert dry.stdout.strip().splitlines()[-1] == ".venv/bin/python -m console.launch"
+            assert dry.stdout.strip().splitlines()[-1] == ".venv/bin/python -m config.launch"
 
 
 def run_shell(commands: list[Command], clone: Path, env: dict[str, str]) -> tuple[list[str], str]:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from vmdriver.errors import BackendUnavailable
+from vmdriver.process import ProcessDriver
+from vmdriver.qemu import QemuDriver
 from vmdriver.types import VmHandle, VmSpec, VmStatus
 
 __all__ = ["Driver", "make_driver"]
@@ -45,12 +47,8 @@ def make_driver(
     """The driver for ``backend``, keeping its state under ``state_dir``; the ``qemu`` backend
     boots the guest built in ``guest_dir`` (by default ``state_dir``'s sibling ``guest``)."""
     if backend == "process":
-        from vmdriver.process import ProcessDriver
-
         return ProcessDriver(state_dir=state_dir, isolation=isolation, ro_binds=ro_binds)
     if backend == "qemu":
-        from vmdriver.qemu import QemuDriver
-
         guest = guest_dir if guest_dir is not None else Path(state_dir).parent / "guest"
         return QemuDriver(state_dir=state_dir, guest_dir=guest)
     raise BackendUnavailable(f"sandbox backend {backend!r} is not available on this host")

@@ -34,9 +34,9 @@ from agents.runtime.loop import (
     tool_result_block,
     tool_uses,
 )
-from agents.runtime.sse import sse_events, sse_frame
 from agents.runtime.tools import Toolbox, ToolConfig
 from agents.runtime.tracing import configure_logging, request_id_header, request_ids
+from wire.sse import sse_events, sse_frame
 
 __all__ = ["build_app", "main"]
 

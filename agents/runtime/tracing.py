@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from agents.runtime.logs import (
+from wire.logs import (
     HEADER,
     JsonFormatter,
     RequestIdFilter,

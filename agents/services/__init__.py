@@ -31,6 +31,8 @@ from agents.services.lifecycle import (
     agents_reap_idle,
     agents_reconcile,
     agents_stop_all,
+    warm_pool_refill,
+    warm_pools_refill,
 )
 from agents.services.sessions import (
     session_close,
@@ -40,7 +42,7 @@ from agents.services.sessions import (
     task_execute,
     task_prompt,
 )
-from agents.services.warm import AgentTemplate, warm_claim, warm_pool_refill, warm_pools_refill
+from agents.services.warm import AgentTemplate, warm_claim
 
 __all__ = [
     "AgentTemplate",

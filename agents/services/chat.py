@@ -20,9 +20,9 @@ from django.utils import timezone
 
 from agents import sandbox
 from agents.models import Agent, Message, Session
-from agents.runtime.jsonbound import loads
-from agents.runtime.sse import sse_events, sse_frame
-from console.errors import (
+from console.models import UsageRecord, User
+from console.services import user_check_active
+from plumbing.errors import (
     AgentDraining,
     AgentNotFound,
     AgentNotRunning,
@@ -31,8 +31,8 @@ from console.errors import (
     ConsoleError,
     NotFound,
 )
-from console.models import UsageRecord, User
-from console.services import user_check_active
+from wire.jsonbound import loads
+from wire.sse import sse_events, sse_frame
 
 __all__ = [
     "ChatResult",

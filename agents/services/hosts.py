@@ -12,7 +12,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from agents.models import Agent, SandboxHost
-from console.errors import CapacityExhausted
+from plumbing.errors import CapacityExhausted
 
 __all__ = [
     "host_heartbeat",

@@ -22,14 +22,15 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from agents import sandbox
+from agents.metrics import SPAWN_DURATION, SPAWN_TOTAL
 from agents.models import Agent, WarmPool
 from agents.services.hosts import host_place
-from agents.services.warm import AgentTemplate, warm_claim
-from console.crypto import encrypt
-from console.errors import AgentNotRunning, QuotaExceeded, outages_refused
-from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
+from agents.services.queued import worker_task
+from agents.services.warm import AgentTemplate, pool_owner, warm_claim
 from console.models import Quota, User
 from console.services import audit_record, quota_get, user_check_active
+from plumbing.crypto import encrypt
+from plumbing.errors import AgentNotRunning, CapacityExhausted, QuotaExceeded, outages_refused
 from vmdriver import SandboxNotFound, VmDriverError, VmState
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "agents_reap_idle",
     "agents_reconcile",
     "agents_stop_all",
+    "warm_pool_refill",
+    "warm_pools_refill",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,17 +63,23 @@ def _queue(agent: Agent) -> str | None:
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
+_BOOT = "agents.tasks.agent_boot"
+_HALT = "agents.tasks.agent_halt"
+_TEARDOWN = "agents.tasks.agent_teardown"
+
+
 def _queue_after_commit(
-    task: Any, args: tuple[Any, ...], *, queue: str | None, undo: Callable[[], None]
+    task: str, args: tuple[Any, ...], *, queue: str | None, undo: Callable[[], None]
 ) -> None:
-    """Queue ``task`` once the transaction commits. When the broker cannot take it, ``undo``
-    reverts what the transaction recorded and ``ServiceUnavailable`` names the broker: nothing
-    waits for a task that was never queued (a retry with the same Idempotency-Key runs again)."""
+    """Queue the task named ``task`` once the transaction commits. When the broker cannot take
+    it, ``undo`` reverts what the transaction recorded and ``ServiceUnavailable`` names the
+    broker: nothing waits for a task that was never queued (a retry with the same
+    Idempotency-Key runs again)."""
 
     def send() -> None:
         try:
             with outages_refused():
-                task.apply_async(args, queue=queue, retry_policy=_PUBLISH_RETRY)
+                worker_task(task).apply_async(args, queue=queue, retry_policy=_PUBLISH_RETRY)
         except Exception:
             undo()
             raise
@@ -133,8 +142,6 @@ def agent_record(
 ) -> Agent:
     """Place a new agent on a host with room and record it pending; boot it after commit.
     Call inside a transaction (placement locks the hosts until it commits)."""
-    from agents.tasks import agent_boot_task
-
     host = host_place(
         backend=settings.SANDBOX_BACKEND, vcpus=template.vcpus, memory_mib=template.memory_mib
     )
@@ -149,7 +156,7 @@ def agent_record(
         anthropic_key_encrypted=anthropic_key,
     )
     _queue_after_commit(
-        agent_boot_task,
+        _BOOT,
         (str(agent.pk), time.time()),
         queue=host.queue,
         undo=Agent.objects.filter(pk=agent.pk, status=_STATUS.PENDING).delete,
@@ -236,8 +243,6 @@ def _request(
     agent: Agent, *, deleted: bool, then_boot: bool = False, actor: User | None = None
 ) -> Agent:
     """Mark the agent stopping (and deleted) and queue the sandbox work on its host."""
-    from agents.tasks import agent_halt_task, agent_teardown_task
-
     changes = {"status": _STATUS.STOPPING, "endpoint": ""}
     if deleted:
         changes["deleted_at"] = timezone.now()
@@ -246,9 +251,9 @@ def _request(
         Agent.objects.filter(pk=agent.pk).update(**changes)
         _audit(agent, actor, verb, {k: v for k, v in changes.items() if k != "endpoint"})
         if deleted:
-            task, args = agent_teardown_task, (str(agent.pk),)
+            task, args = _TEARDOWN, (str(agent.pk),)
         else:
-            task, args = agent_halt_task, (str(agent.pk), then_boot)
+            task, args = _HALT, (str(agent.pk), then_boot)
         before = {field: getattr(agent, field) for field in ("status", "endpoint", "deleted_at")}
         _queue_after_commit(
             task,
@@ -295,8 +300,6 @@ def agents_stop_all(*, actor: User | None = None) -> list[Agent]:
 def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
     """Boot a stopped or failed agent again, on its host. An operator's (``actor``, staff)
     start is in the audit log."""
-    from agents.tasks import agent_boot_task
-
     with transaction.atomic():
         started = Agent.objects.filter(
             pk=agent.pk, status__in=[_STATUS.STOPPED, _STATUS.FAILED], deleted_at__isnull=True
@@ -308,7 +311,7 @@ def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
             )
         _audit(agent, actor, "start", {"status": _STATUS.PENDING})
         _queue_after_commit(
-            agent_boot_task,
+            _BOOT,
             (str(agent.pk), time.time()),
             queue=_queue(agent),
             undo=lambda: Agent.objects.filter(pk=agent.pk, status=_STATUS.PENDING).update(
@@ -367,8 +370,6 @@ def agents_reconcile(*, host_name: str | None = None, restarted: bool = False) -
     died with it) are run again: a boot run again keeps a healthy sandbox and its agent runs.
     Sandboxes that no agent owns any more are destroyed, and those of stopped agents stopped.
     """
-    from agents.tasks import agent_boot_task
-
     drv = sandbox.driver()
     live = {status.id: status for status in drv.list()}
     agents = _host_agents(host_name)
@@ -385,7 +386,7 @@ def agents_reconcile(*, host_name: str | None = None, restarted: bool = False) -
         status__in=[_STATUS.PENDING, _STATUS.STARTING], updated_at__lt=stale
     ).select_related("host")
     for agent in interrupted:
-        agent_boot_task.apply_async((str(agent.pk), None), queue=_queue(agent))
+        worker_task(_BOOT).apply_async((str(agent.pk), None), queue=_queue(agent))
         counts["rebooted"] += 1
     for agent in agents.filter(status=_STATUS.STOPPING, updated_at__lt=stale):
         if agent.deleted_at is None:
@@ -449,3 +450,27 @@ def agents_reap_idle() -> int:
         agent_stop(agent=agent)
         count += 1
     return count
+
+
+def warm_pool_refill(*, pool_id: int) -> int:
+    """Spawn agents until the pool has its size ready or booting; return how many were added."""
+    with transaction.atomic():
+        pool = WarmPool.objects.select_for_update().filter(pk=pool_id, is_enabled=True).first()
+        if pool is None:
+            return 0
+        ready = Agent.objects.filter(warm_pool=pool, status__in=Agent.ACTIVE_STATUSES).count()
+        owner, added = pool_owner(), 0
+        for _ in range(max(0, pool.size - ready)):
+            try:
+                agent_record(template=AgentTemplate.of(pool), owner=owner, warm_pool=pool)
+            except CapacityExhausted:
+                break  # the hosts are full; the next refill tries again
+            added += 1
+    return added
+
+
+def warm_pools_refill() -> int:
+    return sum(
+        warm_pool_refill(pool_id=pk)
+        for pk in WarmPool.objects.filter(is_enabled=True).values_list("pk", flat=True)
+    )

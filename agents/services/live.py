@@ -30,9 +30,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from agents import events as ev
 from agents.models import Message
-from agents.runtime.logs import current_request_id, using_request_id
 from agents.selectors import chat_budgets, message_data
 from agents.services.chat import (
     ChatResult,
@@ -41,7 +39,9 @@ from agents.services.chat import (
     agent_chat_events_stoppable,
 )
 from agents.services.sessions import session_for_turn
-from console.errors import (
+from console.models import User
+from console.services import user_check_active
+from plumbing.errors import (
     OUTAGES,
     Conflict,
     ConsoleError,
@@ -49,8 +49,8 @@ from console.errors import (
     outage_refusal,
     outages_refused,
 )
-from console.models import User
-from console.services import user_check_active
+from wire import events as ev
+from wire.logs import current_request_id, using_request_id
 
 __all__ = [
     "FollowedTurn",

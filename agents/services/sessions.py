@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from agents.models import Agent, Session
 from agents.services.chat import ChatResult, ChatTurn, agent_chat, draining_check
-from console.errors import AgentNotRunning, Conflict, NotFound
 from console.models import User
+from plumbing.errors import AgentNotRunning, Conflict, NotFound
 
 __all__ = [
     "session_close",

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from agents.metrics import SPAWN_DURATION, SPAWN_TOTAL
 from agents.models import Agent, WarmPool
-from console.errors import CapacityExhausted
-from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
+from agents.services.queued import worker_task
 from console.models import User
 
-__all__ = ["POOL_OWNER", "AgentTemplate", "warm_claim", "warm_pool_refill", "warm_pools_refill"]
+__all__ = ["POOL_OWNER", "AgentTemplate", "pool_owner", "warm_claim"]
 
 POOL_OWNER = "warm-pool"  # the account that holds warm agents until they are claimed
 
@@ -48,7 +48,7 @@ class AgentTemplate:
         )
 
 
-def _pool_owner() -> User:
+def pool_owner() -> User:
     owner, _ = User.objects.get_or_create(username=POOL_OWNER, defaults={"is_active": False})
     return owner
 
@@ -58,8 +58,6 @@ def warm_claim(
 ) -> Agent | None:
     """Hand a running warm agent of this template to ``owner``; call inside the spawn's
     transaction. The pool is refilled after commit."""
-    from agents.tasks import warm_pool_refill_task
-
     pools = WarmPool.objects.filter(is_enabled=True, **template.fields())
     agent = (
         Agent.objects.select_for_update(skip_locked=True)
@@ -77,34 +75,8 @@ def warm_claim(
         anthropic_key_encrypted=anthropic_key,
         last_active_at=timezone.now(),
     )
-    transaction.on_commit(lambda: warm_pool_refill_task.delay(pool_id))
+    transaction.on_commit(lambda: worker_task("agents.tasks.warm_pool_refill").delay(pool_id))
     SPAWN_TOTAL.labels("success").inc()
     SPAWN_DURATION.observe(0.0)  # ready at once: the pool booted it ahead
     agent.refresh_from_db()
     return agent
-
-
-def warm_pool_refill(*, pool_id: int) -> int:
-    """Spawn agents until the pool has its size ready or booting; return how many were added."""
-    from agents.services.lifecycle import agent_record
-
-    with transaction.atomic():
-        pool = WarmPool.objects.select_for_update().filter(pk=pool_id, is_enabled=True).first()
-        if pool is None:
-            return 0
-        ready = Agent.objects.filter(warm_pool=pool, status__in=Agent.ACTIVE_STATUSES).count()
-        owner, added = _pool_owner(), 0
-        for _ in range(max(0, pool.size - ready)):
-            try:
-                agent_record(template=AgentTemplate.of(pool), owner=owner, warm_pool=pool)
-            except CapacityExhausted:
-                break  # the hosts are full; the next refill tries again
-            added += 1
-    return added
-
-
-def warm_pools_refill() -> int:
-    return sum(
-        warm_pool_refill(pool_id=pk)
-        for pk in WarmPool.objects.filter(is_enabled=True).values_list("pk", flat=True)
-    )

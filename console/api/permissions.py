@@ -13,9 +13,9 @@ from django.http import HttpRequest
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from console.errors import Forbidden
 from console.models import ApiKey
 from console.services import role_scopes
+from plumbing.errors import Forbidden
 
 __all__ = ["HasScope", "IsOperator", "is_operator", "scopes_of"]
 

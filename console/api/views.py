@@ -21,9 +21,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from console import selectors
-from console.api.pagination import ApiCursorPagination
 from console.api.permissions import HasScope, IsOperator, is_operator, scopes_of
-from console.api.renderers import CsvRenderer
 from console.api.serializers import (
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
@@ -36,7 +34,6 @@ from console.api.serializers import (
     UsageQuerySerializer,
     UsageRowSerializer,
 )
-from console.errors import BadRequest, Forbidden
 from console.models import ApiKey, Budget, Quota, User
 from console.services import (
     api_key_create,
@@ -50,6 +47,9 @@ from console.services import (
     jwt_refresh,
     quota_get,
 )
+from plumbing.errors import BadRequest, Forbidden
+from plumbing.pagination import ApiCursorPagination
+from plumbing.renderers import CsvRenderer
 
 __all__ = [
     "ApiKeyViewSet",

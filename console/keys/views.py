@@ -14,10 +14,10 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
 from console import selectors
-from console.dashboard.pages import page_or_fragment, with_toast
-from console.errors import ConsoleError
 from console.keys.forms import ApiKeyForm
+from console.pages import page_or_fragment, with_toast
 from console.services import api_key_create, api_key_revoke, role_scopes
+from plumbing.errors import ConsoleError
 
 __all__ = ["key_create", "key_revoke", "keys"]
 

@@ -40,14 +40,6 @@ from console.services.credentials import (
     login_attempt_admit,
     login_attempt_succeeded,
 )
-from console.services.idempotency import (
-    IdempotencyConflict,
-    Replay,
-    idempotency_begin,
-    idempotency_finish,
-    idempotent_requests_expire,
-    idempotent_requests_forget,
-)
 from console.services.ledger import (
     MAX_COUNT,
     ModelNotPriced,
@@ -71,12 +63,10 @@ from console.services.limits import (
 __all__ = [
     "MAX_COUNT",
     "Admission",
-    "IdempotencyConflict",
     "InputBounds",
     "LoginAttempt",
     "ModelNotPriced",
     "RateStatus",
-    "Replay",
     "TokenUsage",
     "UnboundedCall",
     "WorstCase",
@@ -94,10 +84,6 @@ __all__ = [
     "cost_of",
     "gateway_admit",
     "gateway_settle",
-    "idempotency_begin",
-    "idempotency_finish",
-    "idempotent_requests_expire",
-    "idempotent_requests_forget",
     "input_bounds",
     "jwt_families_purge",
     "jwt_families_revoke",

@@ -10,9 +10,9 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from console.errors import BadRequest, Forbidden, NotAuthenticated, UserSuspended
 from console.models import ApiKey, Quota, TokenFamily, User, default_api_key_scopes
 from console.services import ledger_sql
+from plumbing.errors import BadRequest, Forbidden, NotAuthenticated, UserSuspended
 
 __all__ = [
     "api_key_authenticate",

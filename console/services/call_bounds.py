@@ -12,9 +12,9 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from console.errors import BadRequest
 from console.models import ModelPrice
 from console.services.ledger import MAX_COUNT, ModelNotPriced, price_for, priced_models
+from plumbing.errors import BadRequest
 
 __all__ = [
     "InputBounds",

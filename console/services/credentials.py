@@ -23,10 +23,10 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
-from console.errors import NotAuthenticated, RateLimited
 from console.models import RateCounter, TokenFamily, User
 from console.services import ledger_sql
 from console.services.accounts import jwt_families_revoke, user_check_active
+from plumbing.errors import NotAuthenticated, RateLimited
 
 __all__ = [
     "LoginAttempt",

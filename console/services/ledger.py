@@ -22,9 +22,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from console.errors import BadRequest
 from console.models import ModelPrice, UsageRecord
 from console.services import ledger_sql
+from plumbing.errors import BadRequest
 
 __all__ = [
     "MAX_COUNT",

@@ -37,7 +37,6 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from console.errors import BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
 from console.models import ApiKey, Budget, ModelPrice, Quota, RateCounter, Reservation, UsageRecord
 from console.services import ledger_sql
 from console.services.call_bounds import (
@@ -55,6 +54,7 @@ from console.services.ledger import (
     price_for,
     usage_record,
 )
+from plumbing.errors import BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
 
 __all__ = [
     "Admission",

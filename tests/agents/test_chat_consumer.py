@@ -1,6 +1,6 @@
 """The chat WebSocket (``agents.consumers.ChatConsumer``) through the whole ASGI stack.
 
-Sockets are ``WebsocketCommunicator``s on ``console.asgi.application`` (Origin check, session
+Sockets are ``WebsocketCommunicator``s on ``config.asgi.application`` (Origin check, session
 auth, routing); turns go to a real agent runtime booted by the Celery task (run eagerly), which
 calls the console's gateway (served over ASGI) and the fake Anthropic behind it.
 """
@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from agents import services
 from agents.consumers import CLOSE_ANONYMOUS
 from agents.models import Agent, Message, Session
-from console.asgi import application
+from config.asgi import application
 from console.models import Budget, UsageRecord
 from tests.fakes.anthropic import Text, count_tokens
 

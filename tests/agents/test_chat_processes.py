@@ -52,7 +52,7 @@ def _database_url() -> str:
 def web_processes(fake_anthropic, tmp_path) -> Iterator[list[str]]:
     """Two daphne processes on free loopback ports, on the test database; killed after."""
     env = os.environ | {
-        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
         "DATABASE_URL": _database_url(),
         "SECRET_KEY": django_settings.SECRET_KEY,
         "ANTHROPIC_API_KEY": PLATFORM_KEY,
@@ -69,7 +69,7 @@ def web_processes(fake_anthropic, tmp_path) -> Iterator[list[str]]:
                 log = logs.enter_context((tmp_path / f"daphne-{n}.log").open("wb"))
                 processes.append(
                     subprocess.Popen(
-                        [*DAPHNE, "-p", str(port), "console.asgi:application"],
+                        [*DAPHNE, "-p", str(port), "config.asgi:application"],
                         cwd=ROOT,
                         env=env,
                         stdout=log,

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from agents.models import Agent, Message
-from console.celery import app
+from config.celery import app
 from console.models import IdempotentRequest, Quota
 from console.services import quota_get
 from console.tasks import idempotent_requests_expire_task

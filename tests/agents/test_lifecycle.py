@@ -22,8 +22,8 @@ from agents.services import (
     agents_stop_all,
 )
 from agents.services.lifecycle import _boot_lock
-from console.celery import app
-from console.errors import AgentNotRunning
+from config.celery import app
+from plumbing.errors import AgentNotRunning
 from vmdriver import VmSpec, VmState
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,8 +9,8 @@ from django.db import connection
 
 from agents.models import Agent
 from agents.services import agent_spawn
-from console.errors import QuotaExceeded
 from console.models import Quota, User
+from plumbing.errors import QuotaExceeded
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

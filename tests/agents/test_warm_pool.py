@@ -64,8 +64,8 @@ def test_a_spawn_of_another_template_boots_a_new_agent(pool, user):
 
 
 def test_claims_count_against_the_users_quota(pool, user):
-    from console.errors import QuotaExceeded
     from console.models import Quota
+    from plumbing.errors import QuotaExceeded
 
     Quota.objects.create(user=user, max_agents=1)
     agent_spawn(owner=user, model="claude-sonnet-5-5", system_prompt="Be kind.", memory_mib=256)

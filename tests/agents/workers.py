@@ -19,7 +19,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from console import broker
+from config import broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +90,7 @@ def start_worker(name: str, tmp_path: Path, *, vcpus: int, **env: str) -> Worker
                 "-m",
                 "celery",
                 "-A",
-                "console",
+                "config",
                 "worker",
                 "--loglevel",
                 "INFO",

@@ -1,10 +1,10 @@
 """An ASGI app that answers ``GET /<status>`` with that status, for the status-line tests.
 
-It loads ``console.asgi`` first, as daphne does when it serves the web process."""
+It loads ``config.asgi`` first, as daphne does when it serves the web process."""
 
 from __future__ import annotations
 
-import console.asgi  # noqa: F401 - loaded as the web process loads it
+import config.asgi  # noqa: F401 - loaded as the web process loads it
 
 __all__ = ["application"]
 

@@ -15,7 +15,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agents.models import Agent, Message, Session
-from console.errors import NotAuthenticated
 from console.models import ApiKey, AuditEvent, Budget, Quota, UsageHourly
 from console.services import (
     TokenUsage,
@@ -26,6 +25,7 @@ from console.services import (
     quota_get,
     usage_record,
 )
+from plumbing.errors import NotAuthenticated
 
 pytestmark = pytest.mark.django_db
 

@@ -11,9 +11,9 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from console.errors import NotAuthenticated
 from console.models import ApiKey, Quota, User
 from console.services import api_key_authenticate, api_key_create, api_key_revoke
+from plumbing.errors import NotAuthenticated
 
 pytestmark = pytest.mark.django_db
 

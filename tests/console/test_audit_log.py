@@ -10,10 +10,10 @@ import pytest
 from django.utils import timezone
 
 from agents.models import Agent
-from console.errors import BadRequest
 from console.models import AuditEvent
 from console.selectors import audit_events
 from console.services import audit_record
+from plumbing.errors import BadRequest
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ import pytest
 from django.urls import reverse
 
 from agents.models import Agent, Session
-from console.dashboard.selectors import fleet_overview
 from console.models import AuditEvent, RateCounter, User
+from dashboard.selectors import fleet_overview
 from scaling.models import ScalingDecision, ScalingRule
 
 pytestmark = pytest.mark.django_db
@@ -65,7 +65,7 @@ def staff(client, operator):
 
 def _rule_post(rule: ScalingRule, **changes) -> dict[str, object]:
     """The edit form as the browser posts it: every field, with ``changes``."""
-    from console.dashboard.forms import ScalingRuleForm
+    from dashboard.forms import ScalingRuleForm
 
     data: dict[str, object] = {}
     for name in ScalingRuleForm.Meta.fields:
@@ -227,7 +227,7 @@ def test_the_agent_list_filters_by_status_model_owner_and_name(staff, user, outs
 
 
 def test_the_agent_list_pages_and_takes_fixed_queries(staff, user, django_assert_num_queries):
-    from console.dashboard.views import AGENTS_PER_PAGE
+    from dashboard.views import AGENTS_PER_PAGE
 
     for n in range(AGENTS_PER_PAGE + 3):
         _agent(user, name=f"agent-{n:03d}")
@@ -539,8 +539,8 @@ def test_the_audit_page_lists_and_filters_events(staff, operator, user):
 
 
 def test_the_audit_page_pages_with_a_cursor(staff, operator, django_assert_num_queries):
-    from console.dashboard.views import AUDIT_PER_PAGE
     from console.services import audit_record
+    from dashboard.views import AUDIT_PER_PAGE
 
     rule = _rule(name="pool-k")
     for n in range(AUDIT_PER_PAGE + 2):

@@ -6,13 +6,13 @@ import asyncio
 
 from django.conf import settings
 
-from console.layers import SweptInMemoryChannelLayer
+from plumbing.layers import SweptInMemoryChannelLayer
 
 
 def test_the_console_without_redis_uses_the_swept_layer():
     if not settings.REDIS_URL:
         backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
-        assert backend == "console.layers.SweptInMemoryChannelLayer"
+        assert backend == "plumbing.layers.SweptInMemoryChannelLayer"
 
 
 def test_group_sends_within_the_sweep_interval_walk_the_groups_once():

@@ -22,8 +22,7 @@ import pytest
 from django.utils import timezone
 
 from agents.models import Agent
-from console.celery import app
-from console.errors import BudgetExceeded, RateLimited
+from config.celery import app
 from console.models import (
     Budget,
     Quota,
@@ -45,6 +44,7 @@ from console.services import (
     worst_case,
 )
 from console.tasks import reservations_release_expired_task
+from plumbing.errors import BudgetExceeded, RateLimited
 from tests.fakes.anthropic import Error, Text, count_tokens
 
 MODEL = "claude-sonnet-5-5"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from console.dashboard.logview import log_lines
+from dashboard.logview import log_lines
 
 
 def test_json_records_become_time_level_message_and_the_rest():

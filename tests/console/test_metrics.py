@@ -13,9 +13,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.models import Agent, Session
-from console.metrics import USER_LABELS, error_count
-from console.middleware import endpoint_label
 from console.models import Budget
+from gateway.metrics import USER_LABELS
+from plumbing.metrics import error_count
+from plumbing.middleware import endpoint_label
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,7 +56,7 @@ def samples(base_url: str) -> list:
 def test_every_hypercore_metric_is_exported_with_its_labels(
     asgi_server, fake_anthropic, user, api_key
 ):
-    from console.metrics import SPAWN_DURATION, SPAWN_TOTAL
+    from agents.metrics import SPAWN_DURATION, SPAWN_TOTAL
 
     key = api_key(user)
     agent = Agent.objects.create(

@@ -22,8 +22,8 @@ import pytest
 from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
-from console.metrics import USER_LABELS
 from console.models import Budget
+from gateway.metrics import USER_LABELS
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import Error, Hang, Text
 
@@ -324,7 +324,7 @@ def two_processes(tmp_path, fake_anthropic):
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in {"PYTEST_CURRENT_TEST", "REDIS_URL"}} | {
-        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
         "DATABASE_URL": _database_url(),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "ANTHROPIC_API_KEY": PLATFORM_KEY,
@@ -339,7 +339,7 @@ def two_processes(tmp_path, fake_anthropic):
             sys.executable,
             "-m",
             "uvicorn",
-            "console.asgi:application",
+            "config.asgi:application",
             "--port",
             str(port),
             "--log-level",

@@ -49,7 +49,7 @@ def test_a_broker_that_refuses_connections_is_named(client, settings):
 
 
 def test_an_embedded_broker_that_is_not_running_is_named(client, settings, tmp_path):
-    from console import broker
+    from config import broker
 
     settings.READY_TIMEOUT_SECONDS = 1.0
     settings.CELERY_BROKER_URL = broker.embedded_url(tmp_path / "gone")
@@ -94,7 +94,7 @@ def test_a_console_without_its_database_and_redis_is_alive_but_not_ready(tmp_pat
     closed = _closed_port()
     port = _closed_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} | {
-        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
         "CONSOLE_VAR_DIR": str(tmp_path),
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:{closed}/nowhere",
         "DATABASE_POOL_MIN": "0",
@@ -103,7 +103,7 @@ def test_a_console_without_its_database_and_redis_is_alive_but_not_ready(tmp_pat
         "READY_TIMEOUT_SECONDS": "1.5",
     }
     command = [
-        *(sys.executable, "-m", "uvicorn", "console.asgi:application"),
+        *(sys.executable, "-m", "uvicorn", "config.asgi:application"),
         *("--port", str(port), "--log-level", "warning", "--lifespan", "off"),
     ]
     log = tmp_path / "web.log"

@@ -34,7 +34,7 @@ def _status_line(port: int, status: int) -> str:
 def _serving(command: list[str], port: int, tmp_path: Path):
     env = os.environ | {
         "PYTHONPATH": str(ROOT),
-        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
         "DEBUG": "true",
         "SECRET_KEY": "status-line-test",
         "CONSOLE_VAR_DIR": str(tmp_path),

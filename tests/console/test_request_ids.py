@@ -19,9 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.models import Agent
-from agents.runtime.logs import JsonFormatter, RequestIdFilter, using_request_id
 from agents.services import agent_log_tail
 from tests.console.test_metrics_gateway import _database_url, _free_port
+from wire.logs import JsonFormatter, RequestIdFilter, using_request_id
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -130,7 +130,7 @@ def web_and_worker(tmp_path, settings):
     metrics_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in {"PYTEST_CURRENT_TEST", "REDIS_URL"}}
     env |= {
-        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
         "DATABASE_URL": _database_url(),
         "CONSOLE_VAR_DIR": str(tmp_path),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
@@ -144,11 +144,11 @@ def web_and_worker(tmp_path, settings):
     port = _free_port()
     commands = {
         "web": [
-            *(sys.executable, "-m", "uvicorn", "console.asgi:application"),
+            *(sys.executable, "-m", "uvicorn", "config.asgi:application"),
             *("--port", str(port), "--log-level", "warning", "--lifespan", "off"),
         ],
         "worker": [
-            *(sys.executable, "-m", "celery", "-A", "console", "worker"),
+            *(sys.executable, "-m", "celery", "-A", "config", "worker"),
             *("--pool", "solo", "--loglevel", "INFO", "--hostname", "obs-test@%h"),
         ],
     }

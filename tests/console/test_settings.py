@@ -42,7 +42,7 @@ def run(tmp_path: Path):
     def run_(*argv: str, **env: str | None) -> subprocess.CompletedProcess[str]:
         environ = {k: v for k, v in os.environ.items() if k not in _CONTROLLED}
         environ |= {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
             "CONSOLE_VAR_DIR": str(var_dir),
             "SECRET_KEY": "tests-only-not-a-secret-0123456789abcdefghijklmnopqrstuvwxyz",
         }

@@ -11,10 +11,10 @@ import pytest
 from django.utils import timezone
 
 from agents.models import Agent
-from console.errors import BudgetExceeded, RateLimited, UserSuspended
 from console.models import Budget, Quota, Refusal
 from console.services import TokenUsage, gateway_admit, request_admit, usage_record
-from console.usage.selectors import budget_burndowns, limits_nearest, refusals_by_limit
+from plumbing.errors import BudgetExceeded, RateLimited, UserSuspended
+from usage.selectors import budget_burndowns, limits_nearest, refusals_by_limit
 
 pytestmark = pytest.mark.django_db
 

@@ -15,9 +15,9 @@ from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate, TruncHour
 
 from agents.models import Agent
+from console.ledger_reads import AMOUNTS, Listing, usage_grouped, usage_hours, usage_listed
 from console.models import UsageDaily, UsageHourly, UsageRecord
 from console.services import TokenUsage, usage_record
-from console.usage.reads import AMOUNTS, Listing, usage_grouped, usage_hours, usage_listed
 
 pytestmark = pytest.mark.django_db
 

@@ -307,7 +307,7 @@ def test_beat_queues_one_evaluation_per_due_rule(pool_rule):
 
 
 def test_the_beat_schedule_runs_the_autoscaler():
-    from console.celery import app
+    from config.celery import app
 
     app.loader.import_default_modules()
     entry = app.conf.beat_schedule["evaluate-scaling-rules"]

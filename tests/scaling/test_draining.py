@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from agents import services
 from agents.models import Agent, Session
-from console.errors import AgentDraining, AgentNotRunning
+from plumbing.errors import AgentDraining, AgentNotRunning
 
 API = "/api/v1"
 

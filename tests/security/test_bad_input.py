@@ -26,11 +26,11 @@ from django.test import Client
 
 from agents import services
 from agents.models import Agent
-from agents.runtime.jsonbound import MAX_DEPTH
-from console.asgi import application
+from config.asgi import application
 from console.models import ApiKey, Budget, Quota
 from console.services import api_key_create
 from scaling.models import ScalingDecision, ScalingRule
+from wire.jsonbound import MAX_DEPTH
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,9 +18,9 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from agents.models import Agent
 from agents.sandbox import agent_token_issue
-from console.errors import RateLimited
 from console.models import TokenFamily
 from console.services import login_attempt_admit, quota_get, users_set_suspended
+from plumbing.errors import RateLimited
 from tests.console.api.conftest import error_of
 
 pytestmark = pytest.mark.django_db
@@ -317,12 +317,12 @@ def _in_memory_channel_layer(request, settings):
     # each on a loop of its own, which a Redis layer's per-loop connections do not need to meet.
     if "socket" in request.node.name:
         settings.CHANNEL_LAYERS = {
-            "default": {"BACKEND": "console.layers.SweptInMemoryChannelLayer"}
+            "default": {"BACKEND": "plumbing.layers.SweptInMemoryChannelLayer"}
         }
 
 
 def _socket_opens(user, headers: list[tuple[bytes, bytes]], scheme: str = "ws") -> bool:
-    from console.asgi import application
+    from config.asgi import application
 
     browser = Client()
     browser.force_login(user)

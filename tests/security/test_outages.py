@@ -21,7 +21,7 @@ from django.test import Client
 
 from agents import services
 from agents.models import Agent
-from console.celery import app
+from config.celery import app
 from console.models import Quota
 from tests.fakes.anthropic import Text
 

@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from agents.routing import websocket_urlpatterns
-from console.asgi import GATEWAY_PATH
+from config.asgi import GATEWAY_PATH
 from console.models import User
 from tests.security.world import (
     ADMIN_NONSTAFF,
@@ -84,7 +84,7 @@ def test_the_websocket_routes_are_the_ones_in_the_table():
 
 
 def test_every_credential_gets_its_status_on_the_chat_socket(settings):
-    from console.asgi import application
+    from config.asgi import application
 
     settings.CONSOLE_BASE_URL = "http://127.0.0.1:8000"
     world = build_world()

@@ -15,7 +15,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VMDRIVER = REPO_ROOT / "vmdriver"
-FORBIDDEN = {"django", "celery", "channels", "rest_framework", "console", "agents", "scaling"}
+FORBIDDEN = {
+    *("django", "celery", "channels", "rest_framework"),
+    *("config", "gateway", "dashboard", "usage", "agents", "scaling", "console"),
+    *("plumbing", "wire"),
+}
 
 
 def _imported_roots(path: Path) -> set[str]:

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.models import Agent
 from agents.services import agents_stop_all
-from console.errors import ConsoleError
+from plumbing.errors import ConsoleError
 
 
 class Command(BaseCommand):

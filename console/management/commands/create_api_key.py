@@ -9,9 +9,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from console.errors import ConsoleError, Forbidden
 from console.models import ApiKey, User
 from console.services import api_key_create, quota_get
+from plumbing.errors import ConsoleError, Forbidden
 
 
 class Command(BaseCommand):

@@ -1,0 +1,42 @@
+"""The agents' routes: the chat page, each agent's own endpoints, Hypercore's agent API, and the
+REST API of agents, sessions and turns. Sockets are in ``routing.py``."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from agents import api, pages, views
+
+hypercore = SimpleRouter(trailing_slash=False)
+hypercore.register("v1/agents", views.HypercoreAgentViewSet, basename="hypercore-agent")
+
+router = SimpleRouter(trailing_slash=False)
+router.register("agents", api.AgentViewSet, basename="api-agent")
+router.register("sessions", api.SessionViewSet, basename="api-session")
+
+chat = [
+    path("", pages.chat, name="chat"),
+    path("new", pages.chat_new, name="chat-new"),
+    path("<uuid:session_id>", pages.chat, name="chat-session"),
+]
+
+agent = [
+    path("v1/agent/chat", views.agent_chat, name="agent-chat"),
+    path("metrics", views.agent_metrics, name="agent-metrics"),
+    path("health", views.agent_health, name="agent-health"),
+]
+
+rest = [
+    path("execute", api.execute, name="api-execute"),
+    path("sessions/<uuid:session_id>/messages", api.session_messages, name="api-session-messages"),
+    path("sessions/<uuid:session_id>/cancel", api.session_cancel, name="api-session-cancel"),
+    path("", include(router.urls)),
+]
+
+urlpatterns = [
+    path("chat/", include(chat)),
+    path("agents/<uuid:agent_id>/", include(agent)),
+    path("api/v1/", include(rest)),
+    path("", include(hypercore.urls)),
+]

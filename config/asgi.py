@@ -1,0 +1,134 @@
+"""ASGI entry points.
+
+``application`` (daphne, the web process): HTTP through Django (the LLM gateway through its own
+app), WebSockets through Channels. ``gateway_application`` (uvicorn, the gateway process that
+agents call): the same HTTP routes, no WebSockets.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+from django.core.asgi import get_asgi_application
+from django.core.handlers.asgi import ASGIHandler
+from django.core.signals import request_finished
+from django.db import connections
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402 - needs Django set up first
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import WebsocketDenier  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.http.request import split_domain_port, validate_host  # noqa: E402
+
+from agents.routing import websocket_urlpatterns  # noqa: E402
+from gateway.app import GatewayApp  # noqa: E402
+from plumbing.reason_phrases import fill_twisted_reason_phrases  # noqa: E402
+
+fill_twisted_reason_phrases()  # under daphne: "429 Too Many Requests", not "Unknown Status"
+
+
+def _close_request_thread_connections(sender: object, **kwargs: object) -> None:
+    """Close the database connections of a request's thread as the request ends.
+
+    Django runs each ASGI request's sync code on a thread of its own that ends with it, and a
+    connection kept for its thread's life (SQLite's ``CONN_MAX_AGE``) then waited for a full
+    garbage collection to be closed: 2 open files per request, thousands under load."""
+    if sender is ASGIHandler:
+        connections.close_all()
+
+
+request_finished.connect(_close_request_thread_connections)
+
+GATEWAY_PATH = "/gateway/v1/messages"
+_gateway = GatewayApp()
+
+
+async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    """The gateway's one route goes to its own app; everything else to Django."""
+    if scope["path"] == GATEWAY_PATH:
+        await _gateway(scope, receive, send)
+    else:
+        await django_asgi_app(scope, receive, send)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """``scheme://host[:port]`` as (scheme, host, port), default ports filled in; or None."""
+    scheme, sep, rest = url.strip().lower().partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not rest:
+        return None
+    host, port = split_domain_port(rest.split("/", 1)[0])
+    if not host:
+        return None
+    if not port:
+        return scheme, host, _DEFAULT_PORTS[scheme]
+    return (scheme, host, int(port)) if port.isdigit() else None
+
+
+def _page_origin(scope: dict) -> tuple[str, str, int] | None:
+    """The origin a page on this console was served from: the socket's Host (one of
+    ALLOWED_HOSTS) and its scheme (https behind a TLS proxy that says so)."""
+    headers = dict(scope.get("headers") or [])
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not host or not validate_host(split_domain_port(host)[0], settings.ALLOWED_HOSTS):
+        return None
+    secure = scope.get("scheme") == "wss"
+    if proxy := getattr(settings, "SECURE_PROXY_SSL_HEADER", None):
+        name = proxy[0].removeprefix("HTTP_").replace("_", "-").lower().encode()
+        secure = secure or headers.get(name, b"").decode("latin-1") == proxy[1]
+    return _origin(("https://" if secure else "http://") + host)
+
+
+def origin_allowed(scope: dict) -> bool:
+    """Whether a socket comes from one of the console's own pages: its Origin is exactly (scheme,
+    host and port) the page's own, CONSOLE_BASE_URL's, or one of CSRF_TRUSTED_ORIGINS."""
+    raw = dict(scope.get("headers") or []).get(b"origin")
+    origin = _origin(raw.decode("latin-1")) if raw else None
+    if origin is None:
+        return False
+    trusted = [settings.CONSOLE_BASE_URL, *settings.CSRF_TRUSTED_ORIGINS]
+    return origin == _page_origin(scope) or origin in {_origin(url) for url in trusted}
+
+
+class OriginValidator:
+    """Refuses a WebSocket whose Origin is not the console's own (see ``origin_allowed``)."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "websocket" and not origin_allowed(scope):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)
+
+gateway_application = ProtocolTypeRouter({"http": http_app})
+
+# What is loaded by now (Django, the apps, their modules) lives as long as the process: kept out
+# of the collector's reach, a full collection walks only what requests made, a few ms instead of
+# ~50 ms that every call in flight would wait for.
+gc.freeze()
+# What requests and sockets keep (5,000 open chat sockets, say) would otherwise make the
+# collector's full passes run every few seconds, each stopping the process for 0.2-1.5 s to walk
+# every socket's objects: collect the young often, the old rarely.
+gc.set_threshold(50_000, 20, 100)
+# Sync code (the ORM) runs in a thread beside the event loop, and the two take turns at the GIL.
+# Each query lets the GIL go and must wait to get it back, for as long as Python's switch
+# interval (5 ms) when the loop is busy: a chat turn's dozen queries then took tens of ms while
+# the loop streamed other replies, and every turn behind it waited for them. At 0.5 ms, a
+# turn's start waits a few ms and the loop's chunks hardly more.
+sys.setswitchinterval(0.0005)

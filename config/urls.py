@@ -1,0 +1,30 @@
+"""The console's routes: each app's own, by the prefixes it serves."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    # /health, /ready, /metrics (and /healthz, /livez, /readyz), /favicon.ico
+    path("", include("plumbing.urls")),
+    # /, /accounts/, /keys/, /admin/login/, /api/v1/ auth, keys, quotas, budgets, usage
+    path("", include("console.urls")),
+    # /chat/, /ws/chat/ (routing.py), /agents/<id>/…, /v1/agents (Hypercore),
+    # /api/v1/ agents, sessions, execute
+    path("", include("agents.urls")),
+    # /metrics/targets, /api/v1/scaling/
+    path("", include("scaling.urls")),
+    path("dashboard/", include("dashboard.urls")),
+    path("usage/", include("usage.urls")),
+    # /gateway/v1/messages is served beside Django, by the gateway's own ASGI app (config.asgi).
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+]
+
+handler400 = "plumbing.views.bad_request"
+handler403 = "plumbing.views.permission_denied"
+handler404 = "plumbing.views.page_not_found"
+handler500 = "plumbing.views.server_error"

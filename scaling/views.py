@@ -1,0 +1,44 @@
+"""The autoscaler's endpoint for Prometheus: where the agents' metrics are."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+
+from plumbing.errors import NotAuthenticated, error_response, methods_allowed
+from plumbing.views import metrics_token_presented
+from scaling.selectors import agent_scrape_targets
+
+__all__ = ["metrics_targets"]
+
+
+@methods_allowed("GET")
+def metrics_targets(request: HttpRequest) -> JsonResponse:
+    """Prometheus' HTTP service discovery (``http_sd_configs``): every running agent, as a
+    target scraped through this console's ``/agents/<id>/metrics``, at the address Prometheus
+    reached the console at, labelled ``agent_id``, ``model``, ``owner`` and ``pool``
+    (``scaling.selectors.agent_scrape_targets``). Only for the METRICS_BEARER_TOKEN, which must
+    be set: the agents' metrics are served to no one else but their owners and operators."""
+    if not metrics_token_presented(request):
+        message = (
+            "the metrics bearer token is required"
+            if settings.METRICS_BEARER_TOKEN
+            else "set METRICS_BEARER_TOKEN to let Prometheus discover and scrape the agents"
+        )
+        return error_response(NotAuthenticated(message))
+    host, scheme = request.get_host(), request.scheme
+    groups = [
+        {
+            "targets": [host],
+            "labels": {
+                "__scheme__": scheme,
+                "__metrics_path__": f"/agents/{target.agent_id}/metrics",
+                "agent_id": str(target.agent_id),
+                "model": target.model,
+                "owner": target.owner,
+                "pool": target.pool,
+            },
+        }
+        for target in agent_scrape_targets()
+    ]
+    return JsonResponse(groups, safe=False)
