@@ -340,7 +340,7 @@ SPECTACULAR_SETTINGS = {
     # Routes outside DRF (the chat and metrics views, the gateway app) and the error shape.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "console.openapi.postprocess_schema",
+        "config.openapi.postprocess_schema",
     ],
 }
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
-    # /health, /ready, /metrics (and /healthz, /livez, /readyz), /favicon.ico
+    # /health, /ready, /metrics (and /healthz, /livez, /readyz), /api/schema/, /api/docs/,
+    # /favicon.ico
     path("", include("plumbing.urls")),
     # /, /accounts/, /keys/, /admin/login/, /api/v1/ auth, keys, quotas, budgets, usage
     path("", include("console.urls")),
@@ -19,8 +19,6 @@ urlpatterns = [
     path("dashboard/", include("dashboard.urls")),
     path("usage/", include("usage.urls")),
     # /gateway/v1/messages is served beside Django, by the gateway's own ASGI app (config.asgi).
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
 ]
 

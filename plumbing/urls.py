@@ -1,10 +1,11 @@
-"""Console-wide routes: probes, metrics and the favicon."""
+"""Console-wide routes: probes, metrics, the API's description and the favicon."""
 
 from __future__ import annotations
 
 from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from plumbing import views
 
@@ -18,4 +19,6 @@ urlpatterns = [
     path("livez", views.health, name="livez"),
     path("readyz", views.ready, name="readyz"),
     path("metrics", views.metrics, name="metrics"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

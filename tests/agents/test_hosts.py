@@ -14,7 +14,8 @@ from agents import sandbox
 from agents.models import Agent, SandboxHost
 from agents.services import agent_spawn, host_register, hosts_mark_stale
 from agents.tasks import hosts_mark_stale as hosts_mark_stale_task
-from config.celery import HostHeartbeat, app
+from agents.worker import HostHeartbeat
+from config.celery import app
 from plumbing.errors import CapacityExhausted
 from tests.agents.workers import embedded_broker, start_worker, wait_for
 from vmdriver import VmState
