@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.test_launch import Console, _wait_for
+from tests.config.test_launch import Console, _wait_for
 from vmdriver import VmState, make_driver
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.config.test_launch import Console, _answers, _wait_for
 from tests.fakes.anthropic import FakeAnthropic
-from tests.test_launch import Console, _answers, _wait_for
 from vmdriver import SandboxNotFound, VmState, make_driver
 
 __all__ = ["Soak", "soak"]

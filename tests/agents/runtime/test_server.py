@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.anthropic import Error, FakeAnthropic, Text, count_tokens
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "agt_test-gateway-token"
 MODEL = "claude-test-1"
 SYSTEM = "You are a terse test agent."

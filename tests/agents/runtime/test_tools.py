@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from agents.runtime.tools import TOOL_DEFINITIONS
-from tests.agents.test_runtime import (
+from tests.agents.runtime.test_server import (
     CHAT,
     REPO_ROOT,
     SYSTEM,

@@ -1,4 +1,4 @@
-"""Fixtures shared by the agent runtime's tests (test_runtime.py, test_runtime_tools.py).
+"""Fixtures shared by the agent runtime's tests (test_server.py, test_tools.py).
 
 Each of those modules starts its own runtime against its own fake gateway: it defines the
 module-scoped ``gateway`` and ``runtime`` fixtures these build on.
@@ -15,7 +15,7 @@ import pytest
 from tests.fakes.anthropic import FakeAnthropic
 
 if TYPE_CHECKING:
-    from tests.agents.test_runtime import Runtime
+    from tests.agents.runtime.test_server import Runtime
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.console.status_app:application"
+APP = "tests.plumbing.status_app:application"
 # Statuses the console sends that Twisted's own table lacked, and a few it always had.
 STATUSES = (429, 422, 431, 451, 503, 200, 405)
 

@@ -16,7 +16,7 @@ from django.db.models import Sum
 
 from console.models import Budget, Quota, RateCounter, Reservation, UsageRecord
 from console.services import api_key_create, worst_case
-from tests.console.test_limits import gateway_body, room_in_this_minute
+from tests.console.services.test_limits import gateway_body, room_in_this_minute
 from tests.fakes.anthropic import Hang, Text
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

@@ -28,7 +28,7 @@ from config import broker
 from tests.fakes.anthropic import FakeAnthropic
 from vmdriver import make_driver
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.models import Agent
 from agents.services import agent_log_tail
-from tests.console.test_metrics_gateway import _database_url, _free_port
+from tests.gateway.test_metrics import _database_url, _free_port
 from wire.logs import JsonFormatter, RequestIdFilter, using_request_id
 
 pytestmark = pytest.mark.django_db(transaction=True)
