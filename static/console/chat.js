@@ -1,4 +1,4 @@
-/* The chat page's client: one WebSocket to /ws/chat/, speaking the protocol of agents/events.py
+/* The chat page's client: one WebSocket to /ws/chat/, speaking the protocol of wire/events.py
    (described in the README). No build step.
 
    The page follows one session. On connect it sends `open` and renders the `session` snapshot;
