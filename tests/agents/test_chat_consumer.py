@@ -21,7 +21,7 @@ from django.test import Client
 from prometheus_client import REGISTRY
 
 from agents import services
-from agents.consumers import CLOSE_ANONYMOUS
+from agents.consumers import CLOSE_ANONYMOUS, ChatConsumer
 from agents.models import Agent, Message, Session
 from console.asgi import application
 from console.models import Budget, UsageRecord
@@ -229,8 +229,12 @@ def test_a_frame_over_the_size_limit_is_refused(user, quiet_session, settings):
     run(scenario)
 
 
-def test_frames_past_the_rate_limit_are_refused_until_it_refills(user, quiet_session, settings):
+def test_frames_past_the_rate_limit_are_refused_until_it_refills(
+    user, quiet_session, settings, monkeypatch
+):
     settings.CHAT_WS_MESSAGES_PER_MINUTE = 5
+    now = [1000.0]  # the rate window's clock, advanced by hand: a refill here takes 12 s
+    monkeypatch.setattr(ChatConsumer, "rate_clock", staticmethod(lambda: now[0]))
 
     async def scenario():
         socket = _socket(user)
@@ -241,7 +245,7 @@ def test_frames_past_the_rate_limit_are_refused_until_it_refills(user, quiet_ses
         error = await _error(socket, {"type": "open", "session_id": sid})
         assert error["code"] == "rate_limited"
         assert error["details"]["value"] == 5 and error["details"]["retry_after_seconds"] > 0
-        await asyncio.sleep(error["details"]["retry_after_seconds"] + 0.1)
+        now[0] += error["details"]["retry_after_seconds"] + 0.1
         await _opened(socket, sid)
         await socket.disconnect()
 
