@@ -337,7 +337,7 @@ class BudgetCollector:
     the current window: the limit less what settled and what calls in flight reserved."""
 
     def collect(self) -> Iterator[Any]:
-        from console.selectors import budgets_nearest_limit
+        from console.selectors import limits_nearest
 
         labels = ["user", "budget", "metric", "window"]
         remaining = GaugeMetricFamily(
@@ -348,10 +348,10 @@ class BudgetCollector:
         limit = GaugeMetricFamily(
             "console_budget_limit", "A budget's limit (USD or tokens).", labels=labels
         )
-        for standing in budgets_nearest_limit(count=settings.METRICS_BUDGETS):
+        for standing in limits_nearest(count=settings.METRICS_BUDGETS, budgets_only=True):
             values = [standing.username, str(standing.budget_id), standing.metric, standing.window]
             remaining.add_metric(values, float(standing.remaining))
-            limit.add_metric(values, float(standing.limit))
+            limit.add_metric(values, float(standing.value))
         yield remaining
         yield limit
 

@@ -26,22 +26,31 @@ from typing import Any, Literal
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
-from console.models import ApiKey, AuditEvent, Budget, Quota, UsageHourly, User
+from console.models import (
+    ApiKey,
+    AuditEvent,
+    Budget,
+    Quota,
+    RateCounter,
+    Reservation,
+    UsageHourly,
+    User,
+)
 from console.services import budget_window
 from console.usage.reads import TOKEN_KINDS, finish, usage_grouped, zero
 
 __all__ = [
     "AuditPage",
-    "BudgetStanding",
     "BudgetWindow",
     "FleetCounts",
     "GroupBy",
+    "LimitStanding",
     "api_key_list",
     "audit_events",
     "budget_list",
     "budget_windows",
-    "budgets_nearest_limit",
     "fleet_counts",
+    "limits_nearest",
     "quota_list",
     "usage_summary",
     "usage_totals",
@@ -121,70 +130,160 @@ def _floor_hour(moment: datetime) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetStanding:
-    """A budget in its current window: its limit, what settled, what calls in flight reserved."""
+class LimitStanding:
+    """How much of one limit of one user is in use now; a budget's use counts what settled in
+    its current window and what calls in flight reserved."""
 
-    budget_id: int
     user_id: int
     username: str
-    metric: str
-    window: str
-    limit: Decimal
+    quota_id: int | None
+    limit: str
     used: Decimal
-    reserved: Decimal
+    value: Decimal
+    budget_id: int | None = None
+    metric: str = ""
+    window: str = ""
 
     @property
     def remaining(self) -> Decimal:
         """What new calls may still use (negative when an operator lowered the limit)."""
-        return self.limit - self.used - self.reserved
+        return self.value - self.used
+
+    @property
+    def percent(self) -> float:
+        if self.value <= 0:
+            return 100.0
+        return float(self.used * 100 / self.value)
+
+    @property
+    def used_text(self) -> str:
+        return _plain(self.used)
+
+    @property
+    def value_text(self) -> str:
+        return _plain(self.value)
+
+    @property
+    def _share_used(self) -> Decimal:
+        return self.used / self.value if self.value > 0 else Decimal(1)
 
 
-def budgets_nearest_limit(*, count: int, now: datetime | None = None) -> list[BudgetStanding]:
-    """The ``count`` budgets with the smallest share of their limit left, in their current
-    windows as admission sees them: a calendar window that has ended counts as unused, a
-    rolling one sums the roll-up. Reads every budget (one row per user and budget) and runs
-    one roll-up query per distinct rolling length."""
+def _plain(value: Decimal) -> str:
+    """1234 → 1,234; 12.5000 → 12.5 (never 4E+1)."""
+    if value == value.to_integral_value():
+        return f"{int(value):,}"
+    return f"{value.normalize():,f}"
+
+
+_AGENT_LIMITS = (
+    ("agents", "max_agents", "count"),
+    ("vCPUs", "max_total_vcpus", "vcpus"),
+    ("memory MiB", "max_total_memory_mib", "memory"),
+)
+
+
+def limits_nearest(
+    *, count: int = 20, now: datetime | None = None, budgets_only: bool = False
+) -> list[LimitStanding]:
+    """The ``count`` limits nearest to full, budgets in their current windows as admission sees
+    them. For the operators' page, the limits in use of every user with a quota: running
+    agents, their vCPUs and memory, this minute's requests and tokens, calls in flight, and
+    each budget; five queries. With ``budgets_only``, what ``/metrics`` exports: every budget,
+    its owner's quota or not, used or not; one query. Either way, one more per distinct
+    rolling budget length."""
     if count <= 0:
         return []
     now = now or timezone.now()
-    budgets = list(
-        Budget.objects.select_related("user__quota").only(
-            "metric",
-            "window",
-            "rolling_hours",
-            "limit",
-            "used",
-            "reserved",
-            "window_started_at",
-            "user__username",
-            "user__quota__timezone",
-        )
-    )
-    rolling = _rolling_used([b for b in budgets if b.window == Budget.Window.ROLLING], now=now)
-    standings = []
-    for budget in budgets:
-        if budget.window == Budget.Window.ROLLING:
-            used = rolling[budget.pk]
-        else:
-            quota = getattr(budget.user, "quota", None)
-            start, _ = budget_window(budget, quota.timezone if quota else "UTC", now)
-            used = budget.used if budget.window_started_at >= start else Decimal(0)
-        standings.append(
-            BudgetStanding(
-                budget.pk,
-                budget.user_id,
-                budget.user.username,
-                budget.metric,
-                budget.window,
-                budget.limit,
-                used,
-                budget.reserved,
+    if budgets_only:
+        budgets = list(
+            Budget.objects.select_related("user__quota").only(
+                *Budget.LIMIT_FIELDS,
+                *Budget.COUNTER_FIELDS,
+                "user__username",
+                "user__quota__timezone",
             )
         )
-    standings.sort(
-        key=lambda s: (s.remaining / s.limit if s.limit > 0 else Decimal(0), s.budget_id)
-    )
+        quotas = {budget.user_id: getattr(budget.user, "quota", None) for budget in budgets}
+        standings = []
+    else:
+        by_user = {quota.user_id: quota for quota in Quota.objects.select_related("user")}
+        standings = _quota_limits_in_use(by_user, now=now)
+        budgets = list(Budget.objects.filter(user_id__in=by_user))
+        for budget in budgets:  # its owner as the quota loaded it: no query per budget
+            budget.user = by_user[budget.user_id].user
+        quotas = dict(by_user)
+    zones = {user_id: quota.timezone for user_id, quota in quotas.items() if quota}
+    windows = budget_windows(budgets=budgets, timezones=zones, now=now)
+    for budget in budgets:
+        used = windows[budget.pk].used + budget.reserved
+        if used or budgets_only:
+            quota = quotas[budget.user_id]
+            standings.append(
+                _standing(quota, budget.user, f"budget {budget}", used, budget.limit, budget)
+            )
+    standings.sort(key=lambda s: (-s._share_used, s.username, s.limit, s.budget_id or 0))
     return standings[:count]
+
+
+def _standing(
+    quota: Quota | None, user: User, limit: str, used: Any, value: Any, budget: Budget | None = None
+) -> LimitStanding:
+    return LimitStanding(
+        user.pk,
+        user.username,
+        quota.pk if quota else None,
+        limit,
+        Decimal(used),
+        Decimal(value),
+        budget.pk if budget else None,
+        budget.metric if budget else "",
+        budget.window if budget else "",
+    )
+
+
+def _quota_limits_in_use(by_user: dict[int, Quota], *, now: datetime) -> list[LimitStanding]:
+    """The quotas' limits in use now (those set): agents, this minute's rates, calls in flight.
+    Three queries."""
+    from agents.models import Agent
+
+    found: list[tuple[Quota, str, Any, Any]] = []
+    agents = (
+        Agent.objects.filter(
+            owner_id__in=by_user, status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True
+        )
+        .order_by()
+        .values("owner_id")
+        .annotate(count=Count("id"), vcpus=Sum("vcpus"), memory=Sum("memory_mib"))
+    )
+    for row in agents:
+        quota = by_user[row["owner_id"]]
+        found += [
+            (quota, label, row[column], getattr(quota, name))
+            for label, name, column in _AGENT_LIMITS
+        ]
+    minute = now.replace(second=0, microsecond=0)
+    rates = RateCounter.objects.filter(minute=minute, scope__startswith="user:").values_list(
+        "scope", "requests", "tokens"
+    )
+    for scope, requests, tokens in rates:
+        quota = by_user.get(int(scope.removeprefix("user:")))
+        if quota is not None:
+            found.append((quota, "requests per minute", requests, quota.requests_per_minute))
+            found.append((quota, "tokens per minute", tokens, quota.tokens_per_minute))
+    in_flight = (
+        Reservation.objects.filter(user_id__in=by_user, expires_at__gt=now)
+        .order_by()
+        .values_list("user_id")
+        .annotate(n=Count("id"))
+    )
+    for user_id, running in in_flight:
+        quota = by_user[user_id]
+        found.append((quota, "concurrent requests", running, quota.concurrent_requests))
+    return [
+        _standing(quota, quota.user, limit, used, value)
+        for quota, limit, used, value in found
+        if value is not None and used
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +312,6 @@ def budget_windows(
             used = budget.used if budget.window_started_at >= start else Decimal(0)
         found[budget.pk] = BudgetWindow(start, end, used)
     return found
-
-
-def _share_left(standing: BudgetStanding) -> Decimal:
-    return standing.remaining / standing.limit if standing.limit > 0 else Decimal(0)
 
 
 def _rolling_used(budgets: list[Budget], *, now: datetime) -> dict[int, Decimal]:
