@@ -16,7 +16,7 @@ import httpx
 
 from tests.polling import eventually
 
-__all__ = ["Server", "free_port", "server_start", "server_stop", "serving"]
+__all__ = ["Server", "answers", "free_port", "server_start", "server_stop", "serving"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,11 @@ class Server:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def _answers(url: str, accept: Callable[[httpx.Response], bool]) -> bool:
+def answers(
+    url: str,
+    accept: Callable[[httpx.Response], bool] = lambda response: response.status_code == 200,
+) -> bool:
+    """Whether ``url`` answers as ``accept`` wants (a 200 by default) within a second."""
     try:
         return accept(httpx.get(url, timeout=1))
     except httpx.HTTPError:
@@ -89,7 +93,7 @@ def server_start(
         for one in (server, *also):
             assert one.process.poll() is None, f"{one.process.args} exited:\n{one.output()}"
         if health is not None:
-            return _answers(f"{url}{health}", accept)
+            return answers(f"{url}{health}", accept)
         return _listens(port)  # type: ignore[arg-type]
 
     try:

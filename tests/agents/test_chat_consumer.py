@@ -26,6 +26,7 @@ from agents.models import Agent, Message, Session
 from console.asgi import application
 from console.models import Budget, UsageRecord
 from tests.fakes.anthropic import Text, count_tokens
+from tests.polling import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -349,10 +350,11 @@ def test_stop_cancels_the_reply_upstream_and_charges_only_what_was_used(
     assert events[-1]["type"] == "cancelled", events[-1]
     assert ended_in < 2
     assert sum(e["type"] == "delta" for e in events) < 30
-    deadline = time.monotonic() + 5
-    while slow_anthropic.disconnects != 1 or not UsageRecord.objects.exists():
-        assert time.monotonic() < deadline, "Anthropic's call was not ended and charged"
-        time.sleep(0.05)
+    eventually(
+        lambda: slow_anthropic.disconnects == 1 and UsageRecord.objects.exists(),
+        5,
+        failing="Anthropic's call was not ended and charged",
+    )
     record = UsageRecord.objects.get()
     assert 0 < record.output_tokens < count_tokens(words) and record.cost_usd > 0
     assert not Message.objects.exists()

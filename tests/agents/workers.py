@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from django.conf import settings
 from django.db import connection
 
 from console import broker
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,10 +131,9 @@ def embedded_broker(var_dir: Path) -> Iterator[str]:
 
 def wait_for(predicate, timeout: float, what, *workers: Worker):  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until it is truthy; on time-out, fail with the workers' log tails."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.05)
-    logs = "\n".join(f"--- {w.name} ---\n{w.output()[-3000:]}" for w in workers)
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+    def timed_out() -> str:
+        logs = "\n".join(f"--- {w.name} ---\n{w.output()[-3000:]}" for w in workers)
+        return f"timed out waiting for {what}\n{logs}"
+
+    return eventually(predicate, timeout, every=0.05, failing=timed_out)
