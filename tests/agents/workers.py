@@ -20,6 +20,7 @@ from django.db import connection
 
 from console import broker
 from tests.polling import eventually
+from tests.servers import server_start
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,31 +84,13 @@ def start_worker(name: str, tmp_path: Path, *, vcpus: int, **env: str) -> Worker
         "GATEWAY_URL": settings.GATEWAY_URL,
         "TMPDIR": str(_workers_tmp()),
     } | env
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "console",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "1",
-                "--hostname",
-                f"{name}@%h",
-                "--without-heartbeat",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [
+        *(sys.executable, "-m", "celery", "-A", "console", "worker"),
+        *("--loglevel", "INFO", "--concurrency", "1", "--hostname", f"{name}@%h"),
+        *("--without-heartbeat", "--without-mingle", "--without-gossip"),
+    ]
+    # Not waited for here: its callers wait for what they need of it (its host online).
+    proc = server_start(command, log=log, env=environment).process
     return Worker(name, state_dir, proc, log)
 
 
