@@ -203,8 +203,10 @@ def limits_nearest(
                 "user__quota__timezone",
             )
         )
-        quotas = {budget.user_id: getattr(budget.user, "quota", None) for budget in budgets}
-        standings = []
+        quotas: dict[int, Quota | None] = {
+            budget.user_id: getattr(budget.user, "quota", None) for budget in budgets
+        }
+        standings: list[LimitStanding] = []
     else:
         by_user = {quota.user_id: quota for quota in Quota.objects.select_related("user")}
         standings = _quota_limits_in_use(by_user, now=now)
@@ -266,10 +268,9 @@ def _quota_limits_in_use(by_user: dict[int, Quota], *, now: datetime) -> list[Li
         "scope", "requests", "tokens"
     )
     for scope, requests, tokens in rates:
-        quota = by_user.get(int(scope.removeprefix("user:")))
-        if quota is not None:
-            found.append((quota, "requests per minute", requests, quota.requests_per_minute))
-            found.append((quota, "tokens per minute", tokens, quota.tokens_per_minute))
+        if (limits := by_user.get(int(scope.removeprefix("user:")))) is not None:
+            found.append((limits, "requests per minute", requests, limits.requests_per_minute))
+            found.append((limits, "tokens per minute", tokens, limits.tokens_per_minute))
     in_flight = (
         Reservation.objects.filter(user_id__in=by_user, expires_at__gt=now)
         .order_by()

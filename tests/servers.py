@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -91,7 +91,7 @@ def server_start(
 
     def up() -> bool:
         for one in (server, *also):
-            assert one.process.poll() is None, f"{one.process.args} exited:\n{one.output()}"
+            assert one.process.poll() is None, f"{one.process.args!r} exited:\n{one.output()}"
         if health is not None:
             return answers(f"{url}{health}", accept)
         return _listens(port)  # type: ignore[arg-type]
