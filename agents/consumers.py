@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -99,15 +100,16 @@ def _valid(frame_class: type[serializers.Serializer], frame: dict[str, Any]) -> 
 class _RateWindow:
     """At most ``per_minute`` frames in any minute, as a bucket that refills continuously."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = float(per_minute)
         self.tokens = float(per_minute)
         self.rate = per_minute / 60.0
-        self.at = time.monotonic()
+        self.clock = clock
+        self.at = clock()
 
     def take(self) -> float:
         """0 when a frame may pass, else the seconds until one may."""
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
         self.at = now
         if self.tokens >= 1:
@@ -122,6 +124,9 @@ class _RateWindow:
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     """One browser tab's chat socket."""
 
+    # The frame rate window's clock: a test advances its own instead of waiting out a refill.
+    rate_clock: Callable[[], float] = staticmethod(time.monotonic)
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -135,7 +140,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user = user
         self.following: str | None = None
         self.last_seq = 0
-        self.rate = _RateWindow(settings.CHAT_WS_MESSAGES_PER_MINUTE)
+        self.rate = _RateWindow(settings.CHAT_WS_MESSAGES_PER_MINUTE, clock=self.rate_clock)
         await self.accept()
         ready: ev.ReadyEvent = {
             "type": "ready",

@@ -31,9 +31,14 @@ class SandboxHost(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @staticmethod
+    def queue_of(name: str) -> str:
+        """The Celery queue of the host named ``name``: its worker alone consumes it."""
+        return f"sandboxes.{name}"
+
     @property
     def queue(self) -> str:
-        return f"sandboxes.{self.name}"
+        return self.queue_of(self.name)
 
 
 class WarmPool(models.Model):

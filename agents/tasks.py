@@ -62,7 +62,7 @@ def agents_reconcile() -> int:
     """Beat's entry point: ask every online host to reconcile its own sandboxes."""
     hosts = list(SandboxHost.objects.filter(is_online=True).values_list("name", flat=True))
     for name in hosts:
-        agents_reconcile_host.apply_async((name,), queue=f"sandboxes.{name}")
+        agents_reconcile_host.apply_async((name,), queue=SandboxHost.queue_of(name))
     return len(hosts)
 
 
@@ -88,4 +88,4 @@ def agents_reap_idle() -> int:
 
 
 def this_host_queue() -> str:
-    return f"sandboxes.{settings.SANDBOX_HOST_NAME}"
+    return SandboxHost.queue_of(settings.SANDBOX_HOST_NAME)

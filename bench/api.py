@@ -138,13 +138,13 @@ def _spawned() -> tuple[int, int]:
     import redis
     from django.conf import settings
 
-    from agents.models import Agent
+    from agents.models import Agent, SandboxHost
 
     agents = Agent.objects.filter(owner__username="bench-spawn").count()
     close_database()
     sock = broker.embedded_socket(settings.VAR_DIR)
     with redis.Redis(unix_socket_path=str(sock)) as client:
-        queued = int(client.llen(f"sandboxes.{HOST_NAME}"))
+        queued = int(client.llen(SandboxHost.queue_of(HOST_NAME)))
     return agents, queued
 
 

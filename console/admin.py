@@ -67,8 +67,8 @@ class QuotaInline(admin.StackedInline):
 class BudgetInline(admin.TabularInline):
     model = Budget
     extra = 0
-    fields = ("metric", "window", "rolling_hours", "limit", "used", "reserved", "window_started_at")
-    readonly_fields = ("used", "reserved", "window_started_at")
+    fields = (*Budget.LIMIT_FIELDS, *Budget.COUNTER_FIELDS)
+    readonly_fields = Budget.COUNTER_FIELDS
 
 
 @admin.register(User)
@@ -129,21 +129,11 @@ class BudgetAdmin(AuditedAdmin):
     search_fields = ("user__username", "user__email")
     list_select_related = ("user",)
     autocomplete_fields = ("user",)
-    fields = (
-        "user",
-        "metric",
-        "window",
-        "rolling_hours",
-        "limit",
-        "used",
-        "reserved",
-        "window_started_at",
-        "updated_at",
-    )
+    fields = ("user", *Budget.LIMIT_FIELDS, *Budget.COUNTER_FIELDS, "updated_at")
     actions = ("reset_budgets",)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Budget | None = None) -> list[str]:
-        counters = ["used", "reserved", "window_started_at", "updated_at"]
+        counters = [*Budget.COUNTER_FIELDS, "updated_at"]
         return counters if obj is None else ["user", *counters]  # a budget stays its user's
 
     @admin.action(

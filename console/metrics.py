@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from prometheus_client.core import GaugeMetricFamily
 
-from console.selectors import budgets_nearest_limit
+from console.selectors import budgets_nearest
 
 __all__ = ["BudgetCollector"]
 
@@ -30,9 +30,9 @@ class BudgetCollector:
         limit = GaugeMetricFamily(
             "console_budget_limit", "A budget's limit (USD or tokens).", labels=labels
         )
-        for standing in budgets_nearest_limit(count=settings.METRICS_BUDGETS):
+        for standing in budgets_nearest(count=settings.METRICS_BUDGETS):
             values = [standing.username, str(standing.budget_id), standing.metric, standing.window]
             remaining.add_metric(values, float(standing.remaining))
-            limit.add_metric(values, float(standing.limit))
+            limit.add_metric(values, float(standing.value))
         yield remaining
         yield limit

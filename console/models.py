@@ -97,6 +97,11 @@ class Budget(models.Model):
         MONTH = "month", "Calendar month"
         ROLLING = "rolling", "Rolling hours"
 
+    # What an operator sets, and what admission keeps (nobody else writes these): the admin,
+    # the API and the ledger's SQL take their lists of a budget's fields from here.
+    LIMIT_FIELDS = ("metric", "window", "rolling_hours", "limit")
+    COUNTER_FIELDS = ("used", "reserved", "window_started_at")
+
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="budgets")
     metric = models.CharField(max_length=8, choices=Metric.choices, default=Metric.USD)
     window = models.CharField(max_length=8, choices=Window.choices, default=Window.MONTH)

@@ -27,20 +27,30 @@ from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from console.ledger_reads import TOKEN_KINDS, finish, usage_grouped, zero
-from console.models import ApiKey, AuditEvent, Budget, Quota, UsageHourly, User
+from console.models import (
+    ApiKey,
+    AuditEvent,
+    Budget,
+    Quota,
+    UsageHourly,
+    User,
+)
 from console.services import budget_window
 from plumbing.errors import BadRequest
 
 __all__ = [
     "AuditPage",
-    "BudgetStanding",
     "BudgetWindow",
     "GroupBy",
+    "LimitStanding",
     "api_key_list",
     "audit_events",
     "budget_list",
+    "budget_standings",
     "budget_windows",
-    "budgets_nearest_limit",
+    "budgets_nearest",
+    "limit_standing",
+    "nearest_full",
     "quota_list",
     "usage_summary",
     "usage_totals",
@@ -120,70 +130,112 @@ def _floor_hour(moment: datetime) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetStanding:
-    """A budget in its current window: its limit, what settled, what calls in flight reserved."""
+class LimitStanding:
+    """How much of one limit of one user is in use now; a budget's use counts what settled in
+    its current window and what calls in flight reserved."""
 
-    budget_id: int
     user_id: int
     username: str
-    metric: str
-    window: str
-    limit: Decimal
+    quota_id: int | None
+    limit: str
     used: Decimal
-    reserved: Decimal
+    value: Decimal
+    budget_id: int | None = None
+    metric: str = ""
+    window: str = ""
 
     @property
     def remaining(self) -> Decimal:
         """What new calls may still use (negative when an operator lowered the limit)."""
-        return self.limit - self.used - self.reserved
+        return self.value - self.used
+
+    @property
+    def percent(self) -> float:
+        if self.value <= 0:
+            return 100.0
+        return float(self.used * 100 / self.value)
+
+    @property
+    def used_text(self) -> str:
+        return _plain(self.used)
+
+    @property
+    def value_text(self) -> str:
+        return _plain(self.value)
+
+    @property
+    def _share_used(self) -> Decimal:
+        return self.used / self.value if self.value > 0 else Decimal(1)
 
 
-def budgets_nearest_limit(*, count: int, now: datetime | None = None) -> list[BudgetStanding]:
-    """The ``count`` budgets with the smallest share of their limit left, in their current
-    windows as admission sees them: a calendar window that has ended counts as unused, a
-    rolling one sums the roll-up. Reads every budget (one row per user and budget) and runs
-    one roll-up query per distinct rolling length."""
+def _plain(value: Decimal) -> str:
+    """1234 → 1,234; 12.5000 → 12.5 (never 4E+1)."""
+    if value == value.to_integral_value():
+        return f"{int(value):,}"
+    return f"{value.normalize():,f}"
+
+
+def budgets_nearest(*, count: int, now: datetime | None = None) -> list[LimitStanding]:
+    """The ``count`` budgets nearest their limits, used or not, each in its current window as
+    admission sees it (what ``/metrics`` exports): one query, and one more per distinct rolling
+    budget length."""
     if count <= 0:
         return []
-    now = now or timezone.now()
     budgets = list(
         Budget.objects.select_related("user__quota").only(
-            "metric",
-            "window",
-            "rolling_hours",
-            "limit",
-            "used",
-            "reserved",
-            "window_started_at",
-            "user__username",
-            "user__quota__timezone",
+            *Budget.LIMIT_FIELDS, *Budget.COUNTER_FIELDS, "user__username", "user__quota__timezone"
         )
     )
-    rolling = _rolling_used([b for b in budgets if b.window == Budget.Window.ROLLING], now=now)
+    quotas = {budget.user_id: getattr(budget.user, "quota", None) for budget in budgets}
+    standings = budget_standings(budgets=budgets, quotas=quotas, now=now, used_only=False)
+    return nearest_full(standings, count=count)
+
+
+def budget_standings(
+    *,
+    budgets: list[Budget],
+    quotas: dict[int, Quota | None],
+    now: datetime | None = None,
+    used_only: bool,
+) -> list[LimitStanding]:
+    """Where each of ``budgets`` stands in its current window (those used so far only, with
+    ``used_only``); ``quotas`` maps each owner's id to their quota, for its time zone."""
+    now = now or timezone.now()
+    zones = {user_id: quota.timezone for user_id, quota in quotas.items() if quota}
+    windows = budget_windows(budgets=budgets, timezones=zones, now=now)
     standings = []
     for budget in budgets:
-        if budget.window == Budget.Window.ROLLING:
-            used = rolling[budget.pk]
-        else:
-            quota = getattr(budget.user, "quota", None)
-            start, _ = budget_window(budget, quota.timezone if quota else "UTC", now)
-            used = budget.used if budget.window_started_at >= start else Decimal(0)
-        standings.append(
-            BudgetStanding(
-                budget.pk,
-                budget.user_id,
-                budget.user.username,
-                budget.metric,
-                budget.window,
-                budget.limit,
-                used,
-                budget.reserved,
+        used = windows[budget.pk].used + budget.reserved
+        if used or not used_only:
+            quota = quotas[budget.user_id]
+            standings.append(
+                limit_standing(quota, budget.user, f"budget {budget}", used, budget.limit, budget)
             )
-        )
-    standings.sort(
-        key=lambda s: (s.remaining / s.limit if s.limit > 0 else Decimal(0), s.budget_id)
+    return standings
+
+
+def nearest_full(standings: list[LimitStanding], *, count: int) -> list[LimitStanding]:
+    """The ``count`` standings nearest to full (ties: by user name, limit, then budget)."""
+    standings = sorted(
+        standings, key=lambda s: (-s._share_used, s.username, s.limit, s.budget_id or 0)
     )
     return standings[:count]
+
+
+def limit_standing(
+    quota: Quota | None, user: User, limit: str, used: Any, value: Any, budget: Budget | None = None
+) -> LimitStanding:
+    return LimitStanding(
+        user.pk,
+        user.username,
+        quota.pk if quota else None,
+        limit,
+        Decimal(used),
+        Decimal(value),
+        budget.pk if budget else None,
+        budget.metric if budget else "",
+        budget.window if budget else "",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,10 +264,6 @@ def budget_windows(
             used = budget.used if budget.window_started_at >= start else Decimal(0)
         found[budget.pk] = BudgetWindow(start, end, used)
     return found
-
-
-def _share_left(standing: BudgetStanding) -> Decimal:
-    return standing.remaining / standing.limit if standing.limit > 0 else Decimal(0)
 
 
 def _rolling_used(budgets: list[Budget], *, now: datetime) -> dict[int, Decimal]:

@@ -18,6 +18,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.fakes.anthropic import FakeAnthropic
+from tests.polling import eventually
 
 PLATFORM_KEY = "sk-ant-test-platform-key-never-in-a-sandbox"
 
@@ -139,10 +140,12 @@ def asgi_server(transactional_db) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the ASGI test server did not start")
-        threading.Event().wait(0.01)
+
+    def started() -> bool:
+        assert thread.is_alive(), "the ASGI test server did not start"
+        return server.started
+
+    eventually(started, 30, every=0.01, failing="the ASGI test server did not start")
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     upstream_close()
     server.should_exit = True

@@ -39,7 +39,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.config.test_launch import Console, _wait_for
+from tests.config.test_launch import Console
+from tests.polling import eventually
 from vmdriver import VmState, make_driver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -396,9 +397,24 @@ def start_console(
     tmp_path.mkdir(exist_ok=True)
     console = Console(tmp_path, {"CONSOLE_VAR_DIR": str(clone / "var"), **server_env}, root=clone)
     try:
-        _wait_for(console.healthy, 90, "the console to answer /health")
-        _wait_for(lambda: re.search(r"worker@\S+ ready\.", console.output()), 60, "the worker")
-        _wait_for(lambda: httpx.get(f"{console.url}/ready").status_code == 200, 30, "/ready")
+        eventually(
+            console.healthy,
+            90,
+            every=0.2,
+            failing="timed out waiting for the console to answer /health",
+        )
+        eventually(
+            lambda: re.search(r"worker@\S+ ready\.", console.output()),
+            60,
+            every=0.2,
+            failing="timed out waiting for the worker",
+        )
+        eventually(
+            lambda: httpx.get(f"{console.url}/ready").status_code == 200,
+            30,
+            every=0.2,
+            failing="timed out waiting for /ready",
+        )
     except BaseException:
         console.kill()
         raise
@@ -445,7 +461,7 @@ def walk_through(console: Console, clone: Path, server_env: dict[str, str]) -> t
             api.get(f"/v1/agents/get?agent_id={i}").json()["status"] == "running" for i in ids
         )
 
-    _wait_for(running, 60, "two agents to boot")
+    eventually(running, 60, every=0.2, failing="timed out waiting for two agents to boot")
     driver = make_driver("process", state_dir=clone / "var" / "sandboxes", isolation="none")
 
     def live() -> set[str]:
@@ -484,7 +500,12 @@ def test_the_readme_runs_as_written_on_a_fresh_clone(tmp_path):
         api = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"})
         spawned = api.post(f"{console.url}/v1/agents/spawn", json={"user_id": "alice"}).json()
         agent = f"/v1/agents/get?agent_id={spawned['agent_id']}"
-        _wait_for(lambda: api.get(console.url + agent).json()["status"] == "running", 60, "a boot")
+        eventually(
+            lambda: api.get(console.url + agent).json()["status"] == "running",
+            60,
+            every=0.2,
+            failing="timed out waiting for a boot",
+        )
         driver = make_driver("process", state_dir=clone / "var" / "sandboxes", isolation="none")
         (sandbox,) = [s for s in driver.list() if s.state == VmState.RUNNING]
         assert console.interrupt() == 0

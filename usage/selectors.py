@@ -28,7 +28,13 @@ from console.ledger_reads import (
     zero,
 )
 from console.models import Budget, Quota, RateCounter, Refusal, Reservation, User
-from console.selectors import budget_windows
+from console.selectors import (
+    LimitStanding,
+    budget_standings,
+    budget_windows,
+    limit_standing,
+    nearest_full,
+)
 
 __all__ = [
     "GROUPINGS",
@@ -381,117 +387,6 @@ def budget_burndowns(
 
 
 @dataclass(frozen=True, slots=True)
-class LimitStanding:
-    """How much of one limit of one user is in use now."""
-
-    user_id: int
-    username: str
-    quota_id: int | None
-    limit: str
-    used: Decimal
-    value: Decimal
-    budget_id: int | None = None
-
-    @property
-    def percent(self) -> float:
-        if self.value <= 0:
-            return 100.0
-        return float(self.used * 100 / self.value)
-
-    @property
-    def used_text(self) -> str:
-        return _plain(self.used)
-
-    @property
-    def value_text(self) -> str:
-        return _plain(self.value)
-
-
-def _plain(value: Decimal) -> str:
-    """1234 → 1,234; 12.5000 → 12.5 (never 4E+1)."""
-    if value == value.to_integral_value():
-        return f"{int(value):,}"
-    return f"{value.normalize():,f}"
-
-
-_AGENT_LIMITS = (
-    ("agents", "max_agents", "count"),
-    ("vCPUs", "max_total_vcpus", "vcpus"),
-    ("memory MiB", "max_total_memory_mib", "memory"),
-)
-
-
-def limits_nearest(*, count: int = 20, now: datetime | None = None) -> list[LimitStanding]:
-    """The ``count`` limits nearest to full across every user with a quota: running agents,
-    their vCPUs and memory, this minute's requests and tokens, calls in flight, and each
-    budget in its current window. Six queries (and one per distinct rolling budget length)."""
-    now = now or timezone.now()
-    quotas = list(Quota.objects.select_related("user"))
-    by_user = {quota.user_id: quota for quota in quotas}
-    standings: list[LimitStanding] = []
-
-    def add(quota: Quota, limit: str, used: Any, value: Any, budget_id: int | None = None) -> None:
-        if value is None or not used:
-            return
-        standings.append(
-            LimitStanding(
-                quota.user_id,
-                quota.user.username,
-                quota.pk,
-                limit,
-                Decimal(used),
-                Decimal(value),
-                budget_id,
-            )
-        )
-
-    agents = (
-        Agent.objects.filter(
-            owner_id__in=by_user, status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True
-        )
-        .order_by()
-        .values("owner_id")
-        .annotate(count=Count("id"), vcpus=Sum("vcpus"), memory=Sum("memory_mib"))
-    )
-    for row in agents:
-        quota = by_user[row["owner_id"]]
-        for label, name, column in _AGENT_LIMITS:
-            add(quota, label, row[column], getattr(quota, name))
-    minute = now.replace(second=0, microsecond=0)
-    rates = RateCounter.objects.filter(minute=minute, scope__startswith="user:").values_list(
-        "scope", "requests", "tokens"
-    )
-    for scope, requests, tokens in rates:
-        quota = by_user.get(int(scope.removeprefix("user:")))
-        if quota is not None:
-            add(quota, "requests per minute", requests, quota.requests_per_minute)
-            add(quota, "tokens per minute", tokens, quota.tokens_per_minute)
-    in_flight = (
-        Reservation.objects.filter(user_id__in=by_user, expires_at__gt=now)
-        .order_by()
-        .values_list("user_id")
-        .annotate(n=Count("id"))
-    )
-    for user_id, running in in_flight:
-        quota = by_user[user_id]
-        add(quota, "concurrent requests", running, quota.concurrent_requests)
-    budgets = list(Budget.objects.filter(user_id__in=by_user))
-    zones = {quota.user_id: quota.timezone for quota in quotas}
-    windows = budget_windows(budgets=budgets, timezones=zones, now=now)
-    for budget in budgets:
-        window = windows[budget.pk]
-        add(
-            by_user[budget.user_id],
-            f"budget {budget}",
-            window.used + budget.reserved,
-            budget.limit,
-            budget.pk,
-        )
-    standings.sort(key=lambda s: (-s.percent, s.username, s.limit))
-    return standings[:count]
-
-
-@dataclass(frozen=True, slots=True)
 class RefusalCount:
     """Refusals over one limit in the period, and how many users they hit."""
 
@@ -521,3 +416,71 @@ def refusals_by_limit(
         .order_by("-refused", "user__username", "limit")[:20]
     )
     return by_limit, by_user
+
+
+# --- Limits nearest to full -----------------------------------------------------------------------
+
+
+_AGENT_LIMITS = (
+    ("agents", "max_agents", "count"),
+    ("vCPUs", "max_total_vcpus", "vcpus"),
+    ("memory MiB", "max_total_memory_mib", "memory"),
+)
+
+
+def limits_nearest(*, count: int = 20, now: datetime | None = None) -> list[LimitStanding]:
+    """The ``count`` limits nearest to full across every user with a quota: running agents,
+    their vCPUs and memory, this minute's requests and tokens, calls in flight, and each budget
+    used in its current window. Five queries (and one per distinct rolling budget length)."""
+    if count <= 0:
+        return []
+    now = now or timezone.now()
+    by_user = {quota.user_id: quota for quota in Quota.objects.select_related("user")}
+    budgets = list(Budget.objects.filter(user_id__in=by_user))
+    for budget in budgets:  # its owner as the quota loaded it: no query per budget
+        budget.user = by_user[budget.user_id].user
+    standings = _quota_limits_in_use(by_user, now=now)
+    standings += budget_standings(budgets=budgets, quotas=dict(by_user), now=now, used_only=True)
+    return nearest_full(standings, count=count)
+
+
+def _quota_limits_in_use(by_user: dict[int, Quota], *, now: datetime) -> list[LimitStanding]:
+    """The quotas' limits in use now (those set): agents, this minute's rates, calls in flight.
+    Three queries."""
+    found: list[tuple[Quota, str, Any, Any]] = []
+    agents = (
+        Agent.objects.filter(
+            owner_id__in=by_user, status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True
+        )
+        .order_by()
+        .values("owner_id")
+        .annotate(count=Count("id"), vcpus=Sum("vcpus"), memory=Sum("memory_mib"))
+    )
+    for row in agents:
+        quota = by_user[row["owner_id"]]
+        found += [
+            (quota, label, row[column], getattr(quota, name))
+            for label, name, column in _AGENT_LIMITS
+        ]
+    minute = now.replace(second=0, microsecond=0)
+    rates = RateCounter.objects.filter(minute=minute, scope__startswith="user:").values_list(
+        "scope", "requests", "tokens"
+    )
+    for scope, requests, tokens in rates:
+        if (limits := by_user.get(int(scope.removeprefix("user:")))) is not None:
+            found.append((limits, "requests per minute", requests, limits.requests_per_minute))
+            found.append((limits, "tokens per minute", tokens, limits.tokens_per_minute))
+    in_flight = (
+        Reservation.objects.filter(user_id__in=by_user, expires_at__gt=now)
+        .order_by()
+        .values_list("user_id")
+        .annotate(n=Count("id"))
+    )
+    for user_id, running in in_flight:
+        quota = by_user[user_id]
+        found.append((quota, "concurrent requests", running, quota.concurrent_requests))
+    return [
+        limit_standing(quota, quota.user, limit, used, value)
+        for quota, limit, used, value in found
+        if value is not None and used
+    ]

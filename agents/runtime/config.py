@@ -7,21 +7,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RuntimeConfig"]
+__all__ = ["ConfigError", "RuntimeConfig", "env_int"]
 
 
 class ConfigError(ValueError):
     """A runtime environment variable is missing or malformed."""
 
 
-def _int(name: str, default: int) -> int:
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    """The integer in ``name`` (``default`` when unset or empty), at least ``minimum``."""
     raw = os.environ.get(name, "")
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
 
 
 def _listen() -> tuple[str, int, str]:
@@ -38,7 +42,7 @@ def _listen() -> tuple[str, int, str]:
         return host, int(port), ""
     if listen:
         raise ConfigError(f"SANDBOX_LISTEN must be unix:<path> or tcp:<host>:<port>: {listen!r}")
-    return os.environ.get("AGENT_HOST", "127.0.0.1"), _int("AGENT_PORT", 8080), ""
+    return os.environ.get("AGENT_HOST", "127.0.0.1"), env_int("AGENT_PORT", 8080), ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,6 @@ class RuntimeConfig:
             gateway_token=_secret("AGENT_GATEWAY_TOKEN"),
             model=os.environ.get("AGENT_MODEL", "claude-sonnet-5-5"),
             system_prompt=os.environ.get("AGENT_SYSTEM_PROMPT", ""),
-            max_concurrent_sessions=max(1, _int("AGENT_MAX_CONCURRENT_SESSIONS", 100)),
-            gateway_timeout=float(_int("AGENT_GATEWAY_TIMEOUT", 600)),
+            max_concurrent_sessions=max(1, env_int("AGENT_MAX_CONCURRENT_SESSIONS", 100)),
+            gateway_timeout=float(env_int("AGENT_GATEWAY_TIMEOUT", 600)),
         )

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.runtime.config import ConfigError
+from agents.runtime.config import ConfigError, env_int
 
 __all__ = [
     "TOOL_DEFINITIONS",
@@ -112,19 +112,6 @@ TOOL_SETTINGS = (
 )
 
 
-def _env_int(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
-    return value
-
-
 def _enabled_tools(raw: str) -> tuple[str, ...]:
     raw = raw.strip().lower()
     if raw in ("", "all"):
@@ -158,10 +145,10 @@ class ToolConfig:
         return cls(
             enabled=_enabled_tools(os.environ.get("AGENT_TOOLS", "")),
             workspace=workspace,
-            max_timeout=float(_env_int("AGENT_TOOL_TIMEOUT", 60)),
-            output_limit=_env_int("AGENT_TOOL_OUTPUT_LIMIT", 16384),
-            file_limit=_env_int("AGENT_TOOL_FILE_LIMIT", 131072),
-            max_rounds=_env_int("AGENT_MAX_TOOL_ROUNDS", 10, minimum=0),
+            max_timeout=float(env_int("AGENT_TOOL_TIMEOUT", 60, minimum=1)),
+            output_limit=env_int("AGENT_TOOL_OUTPUT_LIMIT", 16384, minimum=1),
+            file_limit=env_int("AGENT_TOOL_FILE_LIMIT", 131072, minimum=1),
+            max_rounds=env_int("AGENT_MAX_TOOL_ROUNDS", 10, minimum=0),
         )
 
 

@@ -56,7 +56,7 @@ _STATUS = Agent.Status
 
 
 def _queue(agent: Agent) -> str | None:
-    return f"sandboxes.{agent.host.name}" if agent.host_id and agent.host else None
+    return agent.host.queue if agent.host_id and agent.host else None
 
 
 # A broker that is down is reported within a second or so, not after kombu's default retries.

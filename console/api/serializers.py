@@ -135,10 +135,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "user_id",
-            "metric",
-            "window",
-            "rolling_hours",
-            "limit",
+            *Budget.LIMIT_FIELDS,
             "used",
             "reserved",
             "window_start",
@@ -182,13 +179,13 @@ class _BudgetInput(serializers.ModelSerializer):
     def _current(self) -> dict[str, Any]:
         if self.instance is None:
             return {}
-        return {f: getattr(self.instance, f) for f in ("metric", "window", "rolling_hours")}
+        return {f: getattr(self.instance, f) for f in Budget.LIMIT_FIELDS}
 
 
 class BudgetCreateSerializer(_BudgetInput):
     class Meta:
         model = Budget
-        fields = ["user", "metric", "window", "rolling_hours", "limit"]
+        fields = ["user", *Budget.LIMIT_FIELDS]
 
 
 class BudgetUpdateSerializer(_BudgetInput):

@@ -263,20 +263,7 @@ QUOTA_LIMITS = fields(
         "timezone",
     ),
 )
-_BUDGET = fields(
-    Budget,
-    (
-        "id",
-        "user_id",
-        "metric",
-        "window",
-        "rolling_hours",
-        "limit",
-        "used",
-        "reserved",
-        "window_started_at",
-    ),
-)
+_BUDGET = fields(Budget, ("id", "user_id", *Budget.LIMIT_FIELDS, *Budget.COUNTER_FIELDS))
 
 
 def quota_lock(user_id: int) -> Quota | None:

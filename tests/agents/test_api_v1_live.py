@@ -20,6 +20,7 @@ import pytest
 from agents.models import Agent, Message, Session
 from console.models import UsageRecord
 from tests.fakes.anthropic import Hang, Text, count_tokens
+from tests.polling import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -82,15 +83,6 @@ def _sse(lines) -> Iterator[tuple[str, dict]]:
 
 def _events(lines) -> list[tuple[str, dict]]:
     return list(_sse(lines))
-
-
-def _eventually(check, seconds: float = 5.0):
-    """``check()``'s first truthy answer, polled for up to ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not (found := check()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return found
 
 
 def test_a_turn_answers_from_claude_and_the_session_shows_both_sides(
@@ -172,8 +164,10 @@ def test_cancelling_a_streamed_turn_stops_it_and_charges_what_was_used(
     assert len(names) - 1 < 25  # nowhere near the 50 words
 
     # Anthropic's call ended early, and the gateway charged the words it had sent.
-    _eventually(lambda: slow_anthropic.disconnects == 1)
-    record = _eventually(lambda: UsageRecord.objects.filter(session_id=session_id).first())
+    eventually(lambda: slow_anthropic.disconnects == 1, failing="timed out")
+    record = eventually(
+        lambda: UsageRecord.objects.filter(session_id=session_id).first(), failing="timed out"
+    )
     assert 0 < record.output_tokens < count_tokens(words)
     assert record.cost_usd > 0
     # Nothing of the stopped turn is recorded, and the turn is no longer in flight.
@@ -202,7 +196,7 @@ def test_cancelling_a_json_turn_answers_409_and_ends_anthropics_call(
     )
     turn.start()
     try:
-        _eventually(lambda: fake_anthropic.requests)
+        eventually(lambda: fake_anthropic.requests, failing="timed out")
         with alice.second() as other:
             cancel = other.post(f"/sessions/{session_id}/cancel")
         assert cancel.status_code == 202, cancel.text
@@ -212,7 +206,7 @@ def test_cancelling_a_json_turn_answers_409_and_ends_anthropics_call(
     error = answers[0].json()["error"]
     assert answers[0].status_code == 409
     assert (error["code"], error["details"]) == ("turn_cancelled", {"session_id": session_id})
-    _eventually(lambda: fake_anthropic.disconnects == 1)
+    eventually(lambda: fake_anthropic.disconnects == 1, failing="timed out")
     assert not Message.objects.filter(session_id=session_id).exists()
 
 
@@ -304,14 +298,14 @@ def test_a_stream_stopped_before_its_first_word_ends_with_cancelled(
     turn = threading.Thread(target=ask)
     turn.start()
     try:
-        _eventually(lambda: fake_anthropic.requests)
+        eventually(lambda: fake_anthropic.requests, failing="timed out")
         with alice.second() as other:
             assert other.post(f"/sessions/{session_id}/cancel").status_code == 202
     finally:
         turn.join(timeout=10)
     assert not turn.is_alive(), "the stopped stream did not end"
     assert received == [("cancelled", {"session_id": session_id})]
-    _eventually(lambda: fake_anthropic.disconnects == 1)
+    eventually(lambda: fake_anthropic.disconnects == 1, failing="timed out")
 
 
 def test_a_second_turn_in_a_session_waits_for_the_first(alice, session_id, fake_anthropic):
@@ -325,7 +319,7 @@ def test_a_second_turn_in_a_session_waits_for_the_first(alice, session_id, fake_
     )
     turn.start()
     try:
-        _eventually(lambda: fake_anthropic.requests)
+        eventually(lambda: fake_anthropic.requests, failing="timed out")
         with alice.second() as other:
             second = other.post(f"/sessions/{session_id}/messages", json={"content": "Second"})
         assert second.status_code == 409, second.text

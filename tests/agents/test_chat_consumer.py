@@ -21,11 +21,12 @@ from django.test import Client
 from prometheus_client import REGISTRY
 
 from agents import services
-from agents.consumers import CLOSE_ANONYMOUS
+from agents.consumers import CLOSE_ANONYMOUS, ChatConsumer
 from agents.models import Agent, Message, Session
 from config.asgi import application
 from console.models import Budget, UsageRecord
 from tests.fakes.anthropic import Text, count_tokens
+from tests.polling import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -229,8 +230,12 @@ def test_a_frame_over_the_size_limit_is_refused(user, quiet_session, settings):
     run(scenario)
 
 
-def test_frames_past_the_rate_limit_are_refused_until_it_refills(user, quiet_session, settings):
+def test_frames_past_the_rate_limit_are_refused_until_it_refills(
+    user, quiet_session, settings, monkeypatch
+):
     settings.CHAT_WS_MESSAGES_PER_MINUTE = 5
+    now = [1000.0]  # the rate window's clock, advanced by hand: a refill here takes 12 s
+    monkeypatch.setattr(ChatConsumer, "rate_clock", staticmethod(lambda: now[0]))
 
     async def scenario():
         socket = _socket(user)
@@ -241,7 +246,7 @@ def test_frames_past_the_rate_limit_are_refused_until_it_refills(user, quiet_ses
         error = await _error(socket, {"type": "open", "session_id": sid})
         assert error["code"] == "rate_limited"
         assert error["details"]["value"] == 5 and error["details"]["retry_after_seconds"] > 0
-        await asyncio.sleep(error["details"]["retry_after_seconds"] + 0.1)
+        now[0] += error["details"]["retry_after_seconds"] + 0.1
         await _opened(socket, sid)
         await socket.disconnect()
 
@@ -345,10 +350,11 @@ def test_stop_cancels_the_reply_upstream_and_charges_only_what_was_used(
     assert events[-1]["type"] == "cancelled", events[-1]
     assert ended_in < 2
     assert sum(e["type"] == "delta" for e in events) < 30
-    deadline = time.monotonic() + 5
-    while slow_anthropic.disconnects != 1 or not UsageRecord.objects.exists():
-        assert time.monotonic() < deadline, "Anthropic's call was not ended and charged"
-        time.sleep(0.05)
+    eventually(
+        lambda: slow_anthropic.disconnects == 1 and UsageRecord.objects.exists(),
+        5,
+        failing="Anthropic's call was not ended and charged",
+    )
     record = UsageRecord.objects.get()
     assert 0 < record.output_tokens < count_tokens(words) and record.cost_usd > 0
     assert not Message.objects.exists()

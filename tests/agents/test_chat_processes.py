@@ -11,15 +11,10 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
-import httpx
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
@@ -29,17 +24,11 @@ from agents import services
 from agents.models import Agent, Message
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import Text
+from tests.servers import free_port, serving
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parents[2]
 DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _database_url() -> str:
@@ -61,38 +50,16 @@ def web_processes(fake_anthropic, tmp_path) -> Iterator[list[str]]:
         "CONSOLE_VAR_DIR": str(tmp_path / "var"),
         "PYTHONUNBUFFERED": "1",
     }
-    processes, urls = [], []
-    with contextlib.ExitStack() as logs:
-        try:
-            for n in range(2):
-                port = _free_port()
-                log = logs.enter_context((tmp_path / f"daphne-{n}.log").open("wb"))
-                processes.append(
-                    subprocess.Popen(
-                        [*DAPHNE, "-p", str(port), "config.asgi:application"],
-                        cwd=ROOT,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-                urls.append(f"http://127.0.0.1:{port}")
-            for process, url in zip(processes, urls, strict=True):
-                deadline = time.monotonic() + 30
-                while True:
-                    assert process.poll() is None, f"daphne at {url} exited: see {tmp_path}"
-                    try:
-                        if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    assert time.monotonic() < deadline, f"daphne at {url} did not start"
-                    time.sleep(0.1)
-            yield urls
-        finally:
-            for process in processes:
-                process.kill()
-                process.wait(timeout=10)
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for n in range(2):
+            port = free_port()
+            command = [*DAPHNE, "-p", str(port), "config.asgi:application"]
+            url, log = f"http://127.0.0.1:{port}", tmp_path / f"daphne-{n}.log"
+            servers.append(
+                stack.enter_context(serving(command, log=log, env=env, url=url, health="/health"))
+            )
+        yield [server.url for server in servers]
 
 
 async def _next(ws, types: set[str] | None = None) -> dict:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from django.conf import settings
 from django.db import connection
 
 from config import broker
+from tests.polling import eventually
+from tests.servers import server_start
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,31 +84,13 @@ def start_worker(name: str, tmp_path: Path, *, vcpus: int, **env: str) -> Worker
         "GATEWAY_URL": settings.GATEWAY_URL,
         "TMPDIR": str(_workers_tmp()),
     } | env
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "1",
-                "--hostname",
-                f"{name}@%h",
-                "--without-heartbeat",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [
+        *(sys.executable, "-m", "celery", "-A", "config", "worker"),
+        *("--loglevel", "INFO", "--concurrency", "1", "--hostname", f"{name}@%h"),
+        *("--without-heartbeat", "--without-mingle", "--without-gossip"),
+    ]
+    # Not waited for here: its callers wait for what they need of it (its host online).
+    proc = server_start(command, log=log, env=environment).process
     return Worker(name, state_dir, proc, log)
 
 
@@ -131,10 +114,9 @@ def embedded_broker(var_dir: Path) -> Iterator[str]:
 
 def wait_for(predicate, timeout: float, what, *workers: Worker):  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until it is truthy; on time-out, fail with the workers' log tails."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.05)
-    logs = "\n".join(f"--- {w.name} ---\n{w.output()[-3000:]}" for w in workers)
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+    def timed_out() -> str:
+        logs = "\n".join(f"--- {w.name} ---\n{w.output()[-3000:]}" for w in workers)
+        return f"timed out waiting for {what}\n{logs}"
+
+    return eventually(predicate, timeout, every=0.05, failing=timed_out)

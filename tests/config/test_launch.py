@@ -13,11 +13,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -26,25 +24,11 @@ import pytest
 
 from config import broker
 from tests.fakes.anthropic import FakeAnthropic
+from tests.polling import eventually
+from tests.servers import answers, free_port, server_start
 from vmdriver import make_driver
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Console:
@@ -58,7 +42,7 @@ class Console:
         root: Path = ROOT,
     ) -> None:
         self.root = root
-        self.port, self.gateway_port = ports or (_free_port(), _free_port())
+        self.port, self.gateway_port = ports or (free_port(), free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / "console.log"
         self.env = {
@@ -84,15 +68,8 @@ class Console:
             "SANDBOX_BOOT_TIMEOUT_SECONDS": "30",
             "TMPDIR": str(self.tmp),
         } | env_overrides
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "config.launch"],
-                cwd=self.root,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        launcher = [sys.executable, "-m", "config.launch"]
+        self.proc = server_start(launcher, log=self.log, env=self.env, cwd=self.root).process
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -100,7 +77,7 @@ class Console:
     def healthy(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"the console exited early:\n{self.output()[-3000:]}")
-        return _answers(f"{self.url}/health")
+        return answers(f"{self.url}/health")
 
     def manage(self, *args: str) -> str:
         result = subprocess.run(
@@ -147,13 +124,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -163,7 +133,12 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _walk_through(console: Console) -> None:
-    _wait_for(console.healthy, 90, "the console to answer /health")
+    eventually(
+        console.healthy,
+        90,
+        every=0.2,
+        failing="timed out waiting for the console to answer /health",
+    )
     login = re.search(
         r"Log in as (\S+) with password (\S+) \(shown only this once\)", console.output()
     )
@@ -171,7 +146,12 @@ def _walk_through(console: Console) -> None:
     assert f"open http://127.0.0.1:{console.port}/" in console.output()
     gateway_url = f"http://127.0.0.1:{console.gateway_port}/gateway"
     assert f"through the gateway at {gateway_url}." in console.output()
-    _wait_for(lambda: _answers(gateway_url.replace("/gateway", "/health")), 30, "the gateway")
+    eventually(
+        lambda: answers(gateway_url.replace("/gateway", "/health")),
+        30,
+        every=0.2,
+        failing="timed out waiting for the gateway",
+    )
 
     key = console.manage("create_api_key", "alice", "--create-user").strip()
     api = httpx.Client(base_url=console.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
@@ -189,7 +169,9 @@ def _walk_through(console: Console) -> None:
         assert response.status_code in (201, 503), response.text
         return response if response.status_code == 201 else None
 
-    spawned = _wait_for(spawn, 60, "a sandbox host to come online")
+    spawned = eventually(
+        spawn, 60, every=0.2, failing="timed out waiting for a sandbox host to come online"
+    )
     agent_id = spawned.json()["agent_id"]
 
     def running():
@@ -197,7 +179,7 @@ def _walk_through(console: Console) -> None:
         assert agent["status"] in {"pending", "starting", "running"}, agent["last_error"]
         return agent["status"] == "running"
 
-    _wait_for(running, 60, "the worker to boot the agent")
+    eventually(running, 60, every=0.2, failing="timed out waiting for the worker to boot the agent")
     reply = api.post(
         f"{spawned.json()['url']}/v1/agent/chat",
         json={"prompt": "Hello there", "user_id": "alice", "max_tokens": 64, "stream": False},
@@ -230,14 +212,20 @@ def _walk_through(console: Console) -> None:
     assert browser.get("/admin/console/quota/").status_code == 200
 
     assert api.delete(f"/v1/agents/delete?agent_id={agent_id}").status_code == 200
-    _wait_for(
+    eventually(
         lambda: not any((Path(console.env["CONSOLE_VAR_DIR"]) / "sandboxes").iterdir()),
         30,
-        "the worker to tear the sandbox down",
+        every=0.2,
+        failing="timed out waiting for the worker to tear the sandbox down",
     )
 
     assert console.interrupt() == 0, console.output()[-2000:]
-    _wait_for(lambda: not _group_alive(console.proc.pid), 15, "every process to stop")
+    eventually(
+        lambda: not _group_alive(console.proc.pid),
+        15,
+        every=0.2,
+        failing="timed out waiting for every process to stop",
+    )
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -259,7 +247,12 @@ def test_make_run_serves_the_thin_path_on_embedded_defaults(tmp_path):
         )
         try:
             assert _leftovers(console.tmp) == []
-            _wait_for(console.healthy, 90, "the console to answer /health")
+            eventually(
+                console.healthy,
+                90,
+                every=0.2,
+                failing="timed out waiting for the console to answer /health",
+            )
             assert broker.embedded_socket(var).parent.name in _leftovers(console.tmp)
             _walk_through(console)
             # Stopped: the sandbox's socket folder and the broker's are gone.
@@ -335,7 +328,12 @@ def test_a_process_that_dies_is_restarted_with_backoff_while_the_others_run_on(t
             start_new_session=True,
         )
     try:
-        _wait_for(lambda: log.read_text().count("flaky died") >= 4, 20, "four deaths")
+        eventually(
+            lambda: log.read_text().count("flaky died") >= 4,
+            20,
+            every=0.2,
+            failing="timed out waiting for four deaths",
+        )
         assert launcher.poll() is None
         os.kill(launcher.pid, signal.SIGTERM)
         assert launcher.wait(timeout=20) == 0

@@ -13,7 +13,7 @@ from django.db.models import Count, Q, Sum
 
 from agents.models import Agent
 from console.models import Budget, Quota, UsageHourly, UsageRecord
-from console.selectors import budgets_nearest_limit, usage_summary, usage_totals
+from console.selectors import budgets_nearest, usage_summary, usage_totals
 from console.services import TokenUsage, usage_record
 
 pytestmark = pytest.mark.django_db
@@ -238,7 +238,7 @@ def test_the_budgets_nearest_their_limits_come_first_and_no_more_than_asked(
     budget(bob, "10", used=Decimal("2"), reserved=Decimal("3"), window_started_at=at(1, 0))  # 50%
     budget(outsider, "10", used=Decimal("1"), window_started_at=at(1, 0))  # 90%
     with django_assert_max_num_queries(1):
-        nearest = budgets_nearest_limit(count=2, now=now)
+        nearest = budgets_nearest(count=2, now=now)
     assert [(s.username, s.remaining) for s in nearest] == [
         ("alice", Decimal("1")),
         ("bob", Decimal("5")),
@@ -249,7 +249,7 @@ def test_a_calendar_window_that_has_ended_counts_as_unused(user):
     Quota.objects.create(user=user, timezone="Asia/Tokyo")
     # Spent on March 14th, Tokyo time; it is now March 15th there.
     budget(user, "10", window=Budget.Window.DAY, used=Decimal("8"), window_started_at=at(13, 15))
-    (standing,) = budgets_nearest_limit(count=5, now=at(15, 1))
+    (standing,) = budgets_nearest(count=5, now=at(15, 1))
     assert (standing.used, standing.remaining) == (Decimal(0), Decimal("10"))
 
 
@@ -260,6 +260,6 @@ def test_a_rolling_budget_counts_its_hours_from_the_rollup(user):
     spend(user, at(15, 9, 30), tokens=5000)  # before the window
     spend(user, at(15, 10, 10), tokens=1000)
     spend(user, at(15, 11, 20), tokens=2000)
-    (standing,) = budgets_nearest_limit(count=5, now=at(15, 11, 30))
+    (standing,) = budgets_nearest(count=5, now=at(15, 11, 30))
     assert standing.used == Decimal(1100 + 2200)
     assert standing.remaining == Decimal(100000 - 3300)

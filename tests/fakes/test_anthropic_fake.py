@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ import httpx
 import pytest
 
 from tests.fakes.anthropic import Error, FakeAnthropic, Hang, Text, ToolUse, count_tokens
+from tests.polling import eventually
+from tests.servers import server_start, server_stop
 
 MODEL = "claude-test-1"
 USER = [{"role": "user", "content": "Hello there, world!"}]
@@ -259,22 +260,13 @@ def test_required_api_key(fake: FakeAnthropic) -> None:
     assert httpx.post(url, json=body, headers={"x-api-key": "nope"}).status_code == 401
 
 
-def _wait_for(predicate: object, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_client_disconnect_mid_stream(fake: FakeAnthropic) -> None:
     fake.chunk_delay = 0.02
     fake.enqueue(Text(" ".join(f"word{i}" for i in range(200))))
     with client(fake).messages.stream(model=MODEL, max_tokens=1000, messages=USER) as stream:
         for _ in stream.text_stream:
             break
-    assert _wait_for(lambda: fake.disconnects == 1)
+    assert eventually(lambda: fake.disconnects == 1, 3.0)
 
 
 def test_hang_and_client_timeout(fake: FakeAnthropic) -> None:
@@ -284,7 +276,7 @@ def test_hang_and_client_timeout(fake: FakeAnthropic) -> None:
     with pytest.raises(anthropic.APITimeoutError):
         c.messages.create(model=MODEL, max_tokens=10, messages=USER)
     assert time.monotonic() - started < 2
-    assert _wait_for(lambda: fake.disconnects == 1)
+    assert eventually(lambda: fake.disconnects == 1, 3.0)
     fake.enqueue(Hang(0.05))
     assert client(fake).messages.create(model=MODEL, max_tokens=10, messages=USER).content
 
@@ -301,24 +293,18 @@ def test_async_client(fake: FakeAnthropic) -> None:
     assert asyncio.run(run()) == ("Echo: Hello there, world!", "Echo: Hello there, world!")
 
 
-def test_cli_prints_url_and_serves() -> None:
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.anthropic", "--port", "0"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def test_cli_prints_url_and_serves(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "tests.fakes.anthropic", "--port", "0"]
+    cli = server_start(command, log=tmp_path / "fake.log")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
+        lines = eventually(lambda: cli.output().splitlines(keepends=True), 10)
+        line = lines[0].strip() if lines else ""
         assert line.startswith("FAKE_ANTHROPIC_URL=http://127.0.0.1:")
         url = line.split("=", 1)[1]
         body = {"model": MODEL, "max_tokens": 10, "messages": USER}
         assert httpx.post(url + "/v1/messages", json=body).status_code == 200
     finally:
-        proc.terminate()
-        returncode = proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        cli.process.terminate()
+        returncode = cli.process.wait(timeout=5)
+        server_stop(cli)
     assert returncode == 0

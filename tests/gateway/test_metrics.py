@@ -5,15 +5,11 @@ summed across processes in multiprocess mode."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from decimal import Decimal
-from pathlib import Path
 from urllib.parse import quote
 
 import anthropic
@@ -26,11 +22,11 @@ from console.models import Budget
 from gateway.metrics import USER_LABELS
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import Error, Hang, Text
+from tests.servers import free_port, serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MODEL = "claude-sonnet-5-5"
-ROOT = Path(__file__).resolve().parents[2]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -303,12 +299,6 @@ def test_the_budgets_nearest_their_limits_are_exported_and_no_more(
 # --- Across processes ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _database_url() -> str:
     db = connection.settings_dict
     if connection.vendor == "sqlite":
@@ -332,48 +322,26 @@ def two_processes(tmp_path, fake_anthropic):
         "ANTHROPIC_MAX_RETRIES": "0",
         "METRICS_BEARER_TOKEN": "",
     }
-    servers = []
-    for _ in range(2):
-        port = _free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "config.asgi:application",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--lifespan",
-            "off",
-        ]
-        log = (tmp_path / f"web-{port}.log").open("wb")
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        servers.append((proc, f"http://127.0.0.1:{port}", log))
-    try:
-        for proc, url, _ in servers:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, (
-                    tmp_path / f"web-{url.rsplit(':', 1)[1]}.log"
-                ).read_text()
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "a web process did not start"
-                time.sleep(0.1)
-        yield [url for _, url, _ in servers]
-    finally:
-        for proc, _, log in servers:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+    with contextlib.ExitStack() as stack:
+        urls = []
+        for _ in range(2):
+            port = free_port()
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--lifespan",
+                "off",
+            ]
+            url, log = f"http://127.0.0.1:{port}", tmp_path / f"web-{port}.log"
+            stack.enter_context(serving(command, log=log, env=env, url=url, health="/health"))
+            urls.append(url)
+        yield urls
 
 
 def test_metrics_from_every_process_add_up_in_multiprocess_mode(two_processes, user, api_key):

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-pytestmark = pytest.mark.django_db
+from tests.servers import serving
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.django_db
 
 
 def _closed_port() -> int:
@@ -106,31 +103,15 @@ def test_a_console_without_its_database_and_redis_is_alive_but_not_ready(tmp_pat
         *(sys.executable, "-m", "uvicorn", "config.asgi:application"),
         *("--port", str(port), "--log-level", "warning", "--lifespan", "off"),
     ]
+    url = f"http://127.0.0.1:{port}"
     log = tmp_path / "web.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+    with serving(command, log=log, env=env, url=url, health="/health", accept=lambda _: True):
+        health = httpx.get(f"{url}/health", timeout=2)
         assert health.status_code == 200
 
-        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
+        ready = httpx.get(f"{url}/ready", timeout=10)
 
         assert ready.status_code == 503, ready.text
         body = ready.json()
         assert body["failing"] == ["database", "broker", "channel_layer", "redis"]
         assert all(result.startswith("error: ") for result in body["checks"].values())
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -6,23 +6,17 @@ from __future__ import annotations
 import http
 import os
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.plumbing.status_app:application"
 # Statuses the console sends that Twisted's own table lacked, and a few it always had.
 STATUSES = (429, 422, 431, 451, 503, 200, 405)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _status_line(port: int, status: int) -> str:
@@ -31,26 +25,14 @@ def _status_line(port: int, status: int) -> str:
         return sock.makefile("rb").readline().decode("latin-1").rstrip("\r\n")
 
 
-def _serving(command: list[str], port: int, tmp_path: Path):
-    env = os.environ | {
+def _env(tmp_path: Path) -> dict[str, str]:
+    return os.environ | {
         "PYTHONPATH": str(ROOT),
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DEBUG": "true",
         "SECRET_KEY": "status-line-test",
         "CONSOLE_VAR_DIR": str(tmp_path),
     }
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError((tmp_path / "server.log").read_text()) from None
-            time.sleep(0.1)
 
 
 @pytest.mark.parametrize(
@@ -74,13 +56,9 @@ def _serving(command: list[str], port: int, tmp_path: Path):
     ],
 )
 def test_every_status_line_has_its_reason_phrase(server, tmp_path):
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, *(part.format(port=port) for part in server)]
-    process = _serving(command, port, tmp_path)
-    try:
+    with serving(command, log=tmp_path / "server.log", env=_env(tmp_path), port=port):
         for status in STATUSES:
             phrase = http.HTTPStatus(status).phrase
             assert _status_line(port, status) == f"HTTP/1.1 {status} {phrase}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)

@@ -4,15 +4,12 @@ call the runtime made; metrics from the web and worker processes add up on /metr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,12 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.models import Agent
 from agents.services import agent_log_tail
-from tests.gateway.test_metrics import _database_url, _free_port
+from tests.gateway.test_metrics import _database_url
+from tests.polling import eventually
+from tests.servers import free_port, server_start, server_stop, serving
 from wire.logs import JsonFormatter, RequestIdFilter, using_request_id
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def json_lines(text: str) -> list[dict]:
@@ -141,46 +138,31 @@ def web_and_worker(tmp_path, settings):
         "METRICS_BEARER_TOKEN": "",
         "LOG_FORMAT": "json",
     }
-    port = _free_port()
-    commands = {
-        "web": [
-            *(sys.executable, "-m", "uvicorn", "config.asgi:application"),
-            *("--port", str(port), "--log-level", "warning", "--lifespan", "off"),
-        ],
-        "worker": [
-            *(sys.executable, "-m", "celery", "-A", "config", "worker"),
-            *("--pool", "solo", "--loglevel", "INFO", "--hostname", "obs-test@%h"),
-        ],
-    }
-    procs = {}
-    for name, command in commands.items():
-        with (tmp_path / f"{name}.log").open("wb") as out:
-            procs[name] = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
+    port = free_port()
+    web = [
+        *(sys.executable, "-m", "uvicorn", "config.asgi:application"),
+        *("--port", str(port), "--log-level", "warning", "--lifespan", "off"),
+    ]
+    worker = [
+        *(sys.executable, "-m", "celery", "-A", "config", "worker"),
+        *("--pool", "solo", "--loglevel", "INFO", "--hostname", "obs-test@%h"),
+    ]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            for name, proc in procs.items():
-                assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the web process did not start"
-            time.sleep(0.1)
-        yield url, tmp_path / "worker.log"
-    finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with contextlib.ExitStack() as stack:
+        worker_started = server_start(worker, log=tmp_path / "worker.log", env=env)
+        stack.callback(server_stop, worker_started, grace=15)
+        stack.enter_context(
+            serving(
+                web,
+                log=tmp_path / "web.log",
+                env=env,
+                url=url,
+                health="/health",
+                also=[worker_started],
+                grace=15,
+            )
+        )
+        yield url, worker_started.log
 
 
 def test_a_spawns_id_is_in_the_workers_log_and_both_processes_count_on_metrics(
@@ -197,10 +179,12 @@ def test_a_spawns_id_is_in_the_workers_log_and_both_processes_count_on_metrics(
         headers={"X-Request-ID": "spawn-req-9"},
     )
     assert spawned.status_code == 201, spawned.text
-    deadline = time.monotonic() + 60
-    while Agent.objects.get(pk=spawned.json()["agent_id"]).status != "running":
-        assert time.monotonic() < deadline, worker_log.read_text()[-3000:]
-        time.sleep(0.2)
+    eventually(
+        lambda: Agent.objects.get(pk=spawned.json()["agent_id"]).status == "running",
+        60,
+        every=0.2,
+        failing=lambda: worker_log.read_text()[-3000:],
+    )
 
     def task_lines() -> list[dict]:
         return [
@@ -209,10 +193,12 @@ def test_a_spawns_id_is_in_the_workers_log_and_both_processes_count_on_metrics(
             if "agents.tasks.agent_boot" in line.get("message", "")
         ]
 
-    deadline = time.monotonic() + 10
-    while not any("succeeded" in line["message"] for line in task_lines()):
-        assert time.monotonic() < deadline, worker_log.read_text()[-3000:]
-        time.sleep(0.1)
+    eventually(
+        lambda: any("succeeded" in line["message"] for line in task_lines()),
+        10,
+        every=0.1,
+        failing=lambda: worker_log.read_text()[-3000:],
+    )
     succeeded = [line for line in task_lines() if "succeeded" in line["message"]]
     assert [line.get("request_id") for line in succeeded] == ["spawn-req-9"]
 

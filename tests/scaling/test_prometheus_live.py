@@ -8,9 +8,6 @@ processes, and Claude is the fake Anthropic server."""
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,8 @@ import yaml
 from agents.models import Agent
 from scaling.metrics import PoolKey, pools_observe
 from scaling.models import ScalingRule
+from tests.polling import eventually
+from tests.servers import free_port, serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,12 +38,6 @@ def _prometheus_binary() -> str:
             "(scripts/promtool.sh, run by make test, puts it in .venv/bin)"
         )
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -72,40 +65,17 @@ def prometheus_url(console, tmp_path) -> Iterator[str]:
     discovery["authorization"]["credentials_file"] = str(token)
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"scrape_configs": [job]}))
-    port = _free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    port = free_port()
+    command = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus did not become ready"
-            time.sleep(0.1)
+    with serving(command, log=tmp_path / "prometheus.log", url=url, health="/-/ready"):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture
@@ -156,21 +126,27 @@ def test_prometheus_discovers_the_agents_and_the_autoscaler_reads_a_pools_sessio
 
     # Prometheus finds and scrapes each agent in its own time: wait for all three.
     everyone = {str(a.pk) for a in [*pooled, elsewhere]}
-    deadline = time.monotonic() + 60
-    while True:
-        readings = pools_observe(pools=pools, prometheus_url=prometheus_url)
-        series = scraped()
+    seen: dict[str, object] = {}
+
+    def everyone_read() -> tuple[dict, list[dict]] | None:
+        seen["readings"] = readings = pools_observe(pools=pools, prometheus_url=prometheus_url)
+        seen["series"] = series = scraped()
         if (
             readings["support"].sessions == 5
             and readings["support"].prometheus_agents == 2
             and {s["metric"]["agent_id"] for s in series} == everyone
         ):
-            break
-        if time.monotonic() > deadline:
-            targets = httpx.get(f"{prometheus_url}/api/v1/targets", timeout=5).json()
-            log = (tmp_path / "prometheus.log").read_text()
-            pytest.fail(f"never read 5 sessions: {readings!r}\n{series!r}\n{targets!r}\n{log}")
-        time.sleep(0.5)
+            return readings, series
+        return None
+
+    def never_read() -> str:
+        targets = httpx.get(f"{prometheus_url}/api/v1/targets", timeout=5).json()
+        log = (tmp_path / "prometheus.log").read_text()
+        return (
+            f"never read 5 sessions: {seen['readings']!r}\n{seen['series']!r}\n{targets!r}\n{log}"
+        )
+
+    readings, series = eventually(everyone_read, 60, every=0.5, failing=never_read)
 
     support = readings["support"]
     assert (support.source, support.error, support.agents) == ("prometheus", "", 2)

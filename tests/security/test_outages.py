@@ -24,6 +24,8 @@ from agents.models import Agent
 from config.celery import app
 from console.models import Quota
 from tests.fakes.anthropic import Text
+from tests.polling import eventually
+from tests.servers import Server, server_start, server_stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -170,28 +172,24 @@ class PrivateRedis:
     def __init__(self, folder: Path) -> None:
         self.port, self.folder = _closed_port(), folder
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.server: Server | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.server.process if self.server is not None else None
 
     def start(self) -> None:
         options = {"port": self.port, "bind": "127.0.0.1", "save": "", "appendonly": "no"}
         command = ["redis-server", "--dir", str(self.folder)]
         for name, value in options.items():
             command += [f"--{name}", str(value)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+        log = self.folder / "redis-server.log"
+        self.server = server_start(command, log=log, port=self.port, timeout=10)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        if self.server is not None:
+            server_stop(self.server, grace=0)
+            self.server = None
 
 
 @pytest.fixture
@@ -253,10 +251,12 @@ def test_redis_going_away_mid_turn_ends_the_stream_with_a_503_and_ready_comes_ba
     assert {"channel_layer", "redis"} <= set(ready.json()["failing"])
 
     private_redis.start()
-    deadline = time.monotonic() + 15
-    while (ready := alice.get("/ready")).status_code != 200:
-        assert time.monotonic() < deadline, ready.text
-        time.sleep(0.2)
+    eventually(
+        lambda: alice.get("/ready").status_code == 200,
+        15,
+        every=0.2,
+        failing=lambda: alice.get("/ready").text,
+    )
     reply = alice.post(turn, json={"content": "again"})
     assert reply.status_code == 200, reply.text
 

@@ -24,8 +24,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.config.test_launch import Console, _answers, _wait_for
+from tests.config.test_launch import Console
 from tests.fakes.anthropic import FakeAnthropic
+from tests.polling import eventually
+from tests.servers import answers
 from vmdriver import SandboxNotFound, VmState, make_driver
 
 __all__ = ["Soak", "soak"]
@@ -94,9 +96,19 @@ def _run(
     max_agents: int,
     say: Callable[[str], None],
 ) -> None:
-    _wait_for(console.healthy, 90, "the console to answer /health")
+    eventually(
+        console.healthy,
+        90,
+        every=0.2,
+        failing="timed out waiting for the console to answer /health",
+    )
     gateway = f"http://127.0.0.1:{console.gateway_port}"
-    _wait_for(lambda: _answers(f"{gateway}/health"), 30, "the gateway")
+    eventually(
+        lambda: answers(f"{gateway}/health"),
+        30,
+        every=0.2,
+        failing="timed out waiting for the gateway",
+    )
     key = console.manage("create_api_key", "soak", "--create-user").strip()
     # An integration this busy (5 gateway calls a second, and the agents' own) has its request
     # rate raised by its operator; at the default 100 a minute the soak would meet 429s.
@@ -107,7 +119,12 @@ def _run(
         "user=User.objects.get(username='soak'), defaults={'requests_per_minute': None})",
     )
     load = _Load(console, gateway, key, result, max_agents)
-    _wait_for(load.host_online, 60, "the worker to register its sandbox host")
+    eventually(
+        load.host_online,
+        60,
+        every=0.2,
+        failing="timed out waiting for the worker to register its sandbox host",
+    )
     say(f"console up on {console.url}; load for {seconds:.0f} s, {kills} worker kills")
 
     stop = threading.Event()
@@ -132,7 +149,12 @@ def _run(
     result.seconds = time.monotonic() - began
     result.restarts = len(re.findall(r"worker started \(pid=\d+, restart", console.output()))
     say("load over; waiting for every agent to settle")
-    _wait_for(load.settled, 120, "every agent to settle (running, stopped or failed)")
+    eventually(
+        load.settled,
+        120,
+        every=0.2,
+        failing="timed out waiting for every agent to settle (running, stopped or failed)",
+    )
     result.false_states, result.agents = _false_states(console), len(load.agents())
     result.calls_made = sum(1 for r in fake.requests if r.path == "/v1/messages")
     result.calls_billed = _billed(console)
@@ -257,12 +279,14 @@ class _Load:
         """Spawn, and SIGKILL the worker as soon as the boot has begun."""
         pid = _worker_pid(self.console)
         agent_id, status = self.spawn(), "not spawned"
-        deadline = time.monotonic() + 10
-        while agent_id and time.monotonic() < deadline:
+
+        def booting() -> bool:
+            nonlocal status
             status = next(s for id_, s, _ in self.agents() if id_ == agent_id)
-            if status != "pending":
-                break
-            time.sleep(0.02)
+            return status != "pending"
+
+        if agent_id:
+            eventually(booting, 10)  # or kill it all the same, with the agent still pending
         os.kill(pid, signal.SIGKILL)
         self.result.kills += 1
         say(f"killed the worker (pid {pid}) with agent {agent_id} {status}")

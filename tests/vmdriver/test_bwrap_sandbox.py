@@ -12,14 +12,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.polling import eventually
 from vmdriver import BackendUnavailable, VmHandle, VmSpec, VmState
 from vmdriver.isolation import bwrap_problem
 from vmdriver.process import ProcessDriver
@@ -113,20 +113,13 @@ def _get(endpoint: str, path: str = "/") -> httpx.Response | None:
         return None
 
 
-def _wait(predicate: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {predicate}")
-
-
 def _probes(driver: ProcessDriver, name: str) -> dict:
-    line = _wait(
+    line = eventually(
         lambda: next(
             (ln for ln in driver.logs(name).splitlines() if ln.startswith("PROBES ")), None
-        )
+        ),
+        10,
+        failing="timed out waiting for PROBES",
     )
     return json.loads(str(line).removeprefix("PROBES "))
 
@@ -137,7 +130,7 @@ def _start(driver: ProcessDriver, tmp_path: Path, host_port: int, **spec: object
     env = {"HOST_PORT": str(host_port), "HOST_SECRET": str(secret)}
     fields = {"name": "sbx", "image": (sys.executable, "-c", PROBE), "env": env} | spec
     handle = driver.start(driver.create(VmSpec(**fields)))  # type: ignore[arg-type]
-    _wait(lambda: _get(handle.endpoint))
+    eventually(lambda: _get(handle.endpoint), 10, failing="the sandbox never answered")
     return handle
 
 
@@ -193,11 +186,12 @@ def test_a_fork_bomb_is_stopped_by_the_process_limit(driver, tmp_path, host_serv
         "    print('FORKS', n, type(e).__name__, flush=True)\n"
     )
     driver.start(driver.create(VmSpec(name="bomb", image=(sys.executable, "-c", bomb))))
-    line = _wait(
+    line = eventually(
         lambda: next(
             (ln for ln in driver.logs("bomb").splitlines() if ln.startswith("FORKS")), None
         ),
-        timeout=20,
+        20,
+        failing="timed out waiting for FORKS",
     )
     assert int(str(line).split()[1]) < 256
 
@@ -208,7 +202,7 @@ def test_the_sandbox_dies_with_its_supervisor(driver, tmp_path, host_server):
     children = Path(f"/proc/{handle.pid}/task/{handle.pid}/children").read_text().split()
     os.kill(handle.pid, signal.SIGKILL)
     for child in children:
-        _wait(lambda c=child: _dead(c))
+        eventually(lambda c=child: _dead(c), 10, failing=f"{child} is alive")
     assert driver.status("sbx").state is VmState.EXITED
 
 
@@ -249,7 +243,7 @@ def test_the_agent_runtime_runs_sandboxed(tmp_path, host_server):
             gateway=f"http://127.0.0.1:{host_server}",
         )
         handle = drv.start(drv.create(spec))
-        response = _wait(lambda: _get(handle.endpoint, "/health"))
+        response = eventually(lambda: _get(handle.endpoint, "/health"), 10, failing="no /health")
         health = response.json()  # type: ignore[union-attr]
         assert {k: health[k] for k in ("status", "agent_id")} == {"status": "ok", "agent_id": "a1"}
         assert health["version"] and health["timestamp"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.polling import eventually
 from vmdriver import (
     BackendUnavailable,
     Driver,
@@ -71,14 +72,6 @@ def _spec(name: str, code: str = SERVER, **env: str) -> VmSpec:
     return VmSpec(name=name, image=_python(code), env=env)
 
 
-def _wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
-        time.sleep(0.02)
-
-
 def _get(endpoint: str) -> httpx.Response | None:
     """GET / on a sandbox endpoint (``http://…`` or ``unix:<socket>``), or None if unreachable."""
     transport = None
@@ -101,7 +94,7 @@ def _wait_reachable(endpoint: str, timeout: float = 5.0) -> httpx.Response:
             found.append(response)
         return bool(found)
 
-    _wait_until(answered, timeout)
+    eventually(answered, timeout, failing=f"{endpoint} never answered")
     return found[0]
 
 
@@ -209,7 +202,9 @@ def test_stop_ends_the_whole_process_group(
         f"open({str(child_pid_file)!r}, 'w').write(str(child.pid))\n" + SERVER
     )
     handle = running("sbx-1", code)
-    _wait_until(lambda: child_pid_file.exists() and child_pid_file.read_text())
+    eventually(
+        lambda: child_pid_file.exists() and child_pid_file.read_text(), failing="no pid file"
+    )
     child_pid = int(child_pid_file.read_text())
     child_started = _start_time(child_pid)
     assert handle.pid is not None and child_started is not None
@@ -219,7 +214,7 @@ def test_stop_ends_the_whole_process_group(
     assert driver.status("sbx-1").state is VmState.EXITED
     assert _start_time(handle.pid) is None
     # The grandchild is reparented elsewhere once its parent dies; it must die too.
-    _wait_until(lambda: _start_time(child_pid) != child_started, timeout=3)
+    eventually(lambda: _start_time(child_pid) != child_started, 3, failing="the child lives on")
     assert _get(handle.endpoint) is None
 
 
@@ -337,7 +332,7 @@ def test_logs_return_the_tail_of_stdout_and_stderr(driver: ProcessDriver) -> Non
     assert driver.logs("sbx-1") == ""
     driver.start(VmHandle(id="sbx-1", backend="process"))
 
-    _wait_until(lambda: "to stderr" in driver.logs("sbx-1"))
+    eventually(lambda: "to stderr" in driver.logs("sbx-1"), failing="nothing on stderr")
 
     assert driver.logs("sbx-1", lines=3) == "line 98\nline 99\nto stderr\n"
     assert driver.logs("sbx-1").splitlines()[0] == "line 51"
@@ -355,7 +350,7 @@ def test_a_process_that_exits_at_once_is_reported_exited(driver: ProcessDriver) 
         assert "boom: no config" in exc.log_tail
         assert driver.status("sbx-1").state is not VmState.RUNNING
     else:
-        _wait_until(lambda: driver.status("sbx-1").state is VmState.EXITED)
+        eventually(lambda: driver.status("sbx-1").state is VmState.EXITED, failing="never exited")
 
     assert "boom: no config" in driver.logs("sbx-1")
 

@@ -28,6 +28,8 @@ import pytest
 
 from tests.fakes.anthropic import FakeAnthropic, ToolUse
 from tests.guest import QEMU, guest_or_skip
+from tests.polling import eventually
+from tests.servers import answers
 from vmdriver import BackendUnavailable, SandboxNotFound, VmSpec, VmState, make_driver
 from vmdriver.guest import GATEWAY_GUEST_IP, GUEST_PORT, find_image
 from vmdriver.guest.build import DEFAULT_RUNTIME_SRC, recipe_hash
@@ -334,16 +336,18 @@ def outside_listener() -> Iterator[tuple[int, list[object]]]:
 
 
 def _wait_healthy(driver: QemuDriver, sandbox_id: str, endpoint: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{endpoint}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if driver.status(sandbox_id).state != VmState.RUNNING or time.monotonic() > deadline:
-            raise AssertionError(f"no /health from the guest:\n{driver.logs(sandbox_id)}")
-        time.sleep(0.05)
+    def healthy() -> bool:
+        if answers(f"{endpoint}/health"):
+            return True
+        assert driver.status(sandbox_id).state == VmState.RUNNING, driver.logs(sandbox_id)
+        return False
+
+    eventually(
+        healthy,
+        timeout,
+        every=0.05,
+        failing=lambda: f"no /health from the guest:\n{driver.logs(sandbox_id)}",
+    )
 
 
 def _egress_probe(outside_port: int, gateway_port: int) -> str:

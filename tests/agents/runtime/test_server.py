@@ -7,10 +7,7 @@ can play the console's gateway here: it records what the runtime sends and scrip
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.anthropic import Error, FakeAnthropic, Text, count_tokens
+from tests.servers import Server, free_port, server_start, server_stop
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "agt_test-gateway-token"
@@ -31,24 +29,14 @@ CHAT = "/v1/agent/chat"
 
 
 @dataclass
-class Runtime:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
+class Runtime(Server):
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _spawn(log: Path, gateway_url: str, **env: str) -> Runtime:
     """Start ``python -m agents.runtime`` with a minimal environment and wait for /health."""
-    port = _free_port()
+    port = free_port()
     full_env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO_ROOT),
@@ -62,36 +50,20 @@ def _spawn(log: Path, gateway_url: str, **env: str) -> Runtime:
         "AGENT_SYSTEM_PROMPT": SYSTEM,
         **env,
     }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.runtime"],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    runtime = Runtime(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            if httpx.get(f"{runtime.url}/health", timeout=1.0).status_code == 200:
-                return runtime
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _terminate(runtime)
-            pytest.fail(f"the runtime did not come up:\n{log.read_text()}")
-        time.sleep(0.05)
+    started = server_start(
+        [sys.executable, "-m", "agents.runtime"],
+        log=log,
+        env=full_env,
+        cwd=REPO_ROOT,
+        url=f"http://127.0.0.1:{port}",
+        health="/health",
+        timeout=15,
+    )
+    return Runtime(started.process, started.log, started.url)
 
 
 def _terminate(runtime: Runtime) -> None:
-    runtime.proc.terminate()
-    try:
-        runtime.proc.wait(5)
-    except subprocess.TimeoutExpired:
-        runtime.proc.kill()
-        runtime.proc.wait(5)
+    server_stop(runtime, grace=5)
 
 
 @pytest.fixture(scope="module")
@@ -480,8 +452,8 @@ def test_sessions_beyond_the_limit_are_refused_with_503(
 def test_the_runtime_holds_no_anthropic_key(
     runtime: Runtime, runtime_http: httpx.Client, fake_gateway: FakeAnthropic
 ) -> None:
-    environ = Path(f"/proc/{runtime.proc.pid}/environ").read_bytes()
-    cmdline = Path(f"/proc/{runtime.proc.pid}/cmdline").read_bytes()
+    environ = Path(f"/proc/{runtime.process.pid}/environ").read_bytes()
+    cmdline = Path(f"/proc/{runtime.process.pid}/cmdline").read_bytes()
 
     assert b"sk-ant" not in environ
     assert b"ANTHROPIC" not in environ

@@ -46,6 +46,7 @@ from console.services import (
 from console.tasks import reservations_release_expired_task
 from plumbing.errors import BudgetExceeded, RateLimited
 from tests.fakes.anthropic import Error, Text, count_tokens
+from tests.polling import eventually
 
 MODEL = "claude-sonnet-5-5"
 USD, TOKENS = Budget.Metric.USD, Budget.Metric.TOKENS
@@ -380,9 +381,7 @@ def test_a_stream_the_caller_abandons_is_charged_what_anthropic_reported(
                     break
     finally:
         fake_anthropic.chunk_delay = 0.0
-    deadline = time.monotonic() + 5
-    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(UsageRecord.objects.exists)
     record = UsageRecord.objects.get()
     assert record.input_tokens == count_tokens("talk")
     assert 4 <= record.output_tokens < 200
