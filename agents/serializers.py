@@ -283,4 +283,4 @@ class ExecuteMetadataSerializer(serializers.Serializer):
 class ExecuteResponseSerializer(serializers.Serializer):
     result = serializers.CharField()
     metadata = ExecuteMetadataSerializer()
-    processing_time_ms = serializers.IntegerField()
+    processing_time_ms = serializers.FloatField(help_text="milliseconds, to two places")

@@ -195,7 +195,7 @@ COMPONENTS |= {
                 },
                 "required": ["agent_id", "session_id", "model", "tokens_used", "timestamp"],
             },
-            "processing_time_ms": {"type": "integer"},
+            "processing_time_ms": {"type": "number"},
         },
         "required": ["result", "metadata", "processing_time_ms"],
     },
