@@ -45,6 +45,13 @@ def unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
+def directives(name: str, key: str) -> list[str]:
+    """Every value of a directive that may be given more than once, in order."""
+    prefix = f"{key}="
+    lines = (UNITS / name).read_text().splitlines()
+    return [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
+
+
 def exec_start(name: str) -> list[str]:
     return shlex.split(unit(name)["Service"]["ExecStart"])
 
@@ -57,7 +64,10 @@ def test_every_service_runs_as_its_own_user_from_the_env_file_and_restarts_on_fa
     for name in NAMES - {"agent-console.target"}:
         service = unit(name)["Service"]
         assert service["User"] == service["Group"] == "agent-console", name
-        assert service["EnvironmentFile"] == "/etc/agent-console/env", name
+        assert directives(name, "EnvironmentFile") == [
+            "/etc/agent-console/env",
+            "-/etc/agent-console/host.env",  # optional, and read last: it wins
+        ], name
         assert service["Restart"] == "on-failure", name
         assert service["NoNewPrivileges"] == "yes", name
         assert service["ProtectSystem"] == "strict", name
