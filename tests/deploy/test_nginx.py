@@ -20,10 +20,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -125,6 +128,13 @@ def nginx_test(nginx: str, conf: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def nginx_start(nginx: str, prefix: Path, site: str, log: IO[bytes]) -> subprocess.Popen:
+    """nginx in the foreground with ``site``, everything under ``prefix``."""
+    conf = nginx_conf(prefix, site)
+    argv = [nginx, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
+    return subprocess.Popen([*argv, "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT)
+
+
 # --- The site, checked -------------------------------------------------------------------------
 
 
@@ -199,6 +209,69 @@ def test_the_chat_location_covers_every_chat_route():
 def test_only_idempotent_requests_are_retried_on_another_server():
     directives = re.findall(r"^\s*proxy_next_upstream\s+([^;]*);", TEMPLATE.read_text(), re.M)
     assert directives == ["error timeout"]  # never non_idempotent: a POST is not sent twice
+
+
+class _SlowEvents(BaseHTTPRequestHandler):
+    """Five server-sent events, 0.3 s apart, with nothing that tells nginx not to buffer."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for number in range(5):
+            data = f"event: tick\ndata: {number}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+            time.sleep(0.3)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _first_and_last_event(url: str, ca: ssl.SSLContext) -> tuple[float, float]:
+    began, arrived = time.monotonic(), []
+    with httpx.stream("GET", url, verify=ca, timeout=30) as answer:
+        for line in answer.iter_lines():
+            if line.startswith("event:"):
+                arrived.append(time.monotonic() - began)
+    assert len(arrived) == 5
+    return arrived[0], arrived[-1]
+
+
+def test_chat_routes_stream_events_as_they_come_where_others_are_buffered(tmp_path):
+    """The site alone, in front of a stand-in web server whose events say nothing about
+    buffering (the console's chat routes do not): on a chat route the first event arrives
+    long before the last; elsewhere nginx holds the answer until it is complete."""
+    nginx = nginx_binary()
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _SlowEvents)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = _free_port()
+    cert, key = certificate(tmp_path)
+    site = render(
+        *("--server-name", "localhost", "--listen", "127.0.0.1"),
+        *("--http-port", str(_free_port()), "--https-port", str(port)),
+        *("--web", f"127.0.0.1:{upstream.server_address[1]}", "--gateway", "127.0.0.1:1"),
+        *("--certificate", str(cert), "--certificate-key", str(key)),
+    )
+    with (tmp_path / "nginx.log").open("wb") as log:
+        server = nginx_start(nginx, tmp_path, site, log)
+    try:
+        _wait_for(lambda: _listening(port), 30, "nginx")
+        ca = ssl.create_default_context(cafile=str(cert))
+        uuid = "0b6a6f2e-7c52-4f0c-9b1e-3f0f8c1f8a10"
+        for chat in (f"/agents/{uuid}/v1/agent/chat", f"/api/v1/sessions/{uuid}/messages"):
+            first, last = _first_and_last_event(f"https://localhost:{port}{chat}", ca)
+            assert last - first >= 0.9, (chat, first, last)
+        first, last = _first_and_last_event(f"https://localhost:{port}/api/v1/agents", ca)
+        assert last - first < 0.2, (first, last)  # the check bites: buffered, all at once
+    finally:
+        _stop(server)
+        upstream.shutdown()
+        upstream.server_close()
 
 
 # --- A console behind it -------------------------------------------------------------------------
@@ -298,22 +371,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
         *("--certificate", str(cert), "--certificate-key", str(key_file)),
         *("--max-request-bytes", str(LIMIT)),
     )
-    conf = nginx_conf(folder, site)
-    server = subprocess.Popen(
-        [
-            nginx,
-            "-p",
-            str(folder),
-            "-e",
-            str(folder / "error.log"),
-            "-c",
-            str(conf),
-            "-g",
-            "daemon off;",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server = nginx_start(nginx, folder, site, log)
     try:
         for port, _ in processes:
             _wait_for(lambda p=port: _listening(p), 60, f"a console process on port {port}")
