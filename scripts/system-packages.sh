@@ -34,7 +34,7 @@ fi
 if [[ ${1:-} == nginx ]]; then
   # Installed just now, Debian's package starts its default site on port 80: the tests start
   # their own nginx on loopback ports, so this one is stopped and kept from starting at boot.
-  if [[ " ${missing[*]} " == *" nginx "* ]] && command -v nginx >/dev/null 2>&1; then
+  if [[ " ${missing[*]} " == *" nginx "* && -x /usr/sbin/nginx ]]; then
     "${as_root[@]}" service nginx stop >/dev/null 2>&1 || true
     "${as_root[@]}" update-rc.d nginx disable >/dev/null 2>&1 || true
     "${as_root[@]}" systemctl disable nginx >/dev/null 2>&1 || true
