@@ -285,6 +285,7 @@ class Proxied:
     password: str
     key: str
     fake: FakeAnthropic
+    web_ports: list[int]
 
     def client(self, source: str = "127.0.0.1", **kwargs) -> httpx.Client:
         transport = httpx.HTTPTransport(verify=self.ca, local_address=source)
@@ -377,7 +378,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
             _wait_for(lambda p=port: _listening(p), 60, f"a console process on port {port}")
         _wait_for(lambda: _listening(https_port), 30, "nginx")
         ca = ssl.create_default_context(cafile=str(cert))
-        yield Proxied(url, f"http://localhost:{http_port}", ca, password, key, fake)
+        yield Proxied(url, f"http://localhost:{http_port}", ca, password, key, fake, web_ports)
     finally:
         _stop(server)
         for proc in running:
@@ -483,3 +484,13 @@ def test_a_body_over_the_limit_is_refused_by_nginx_in_the_consoles_shape(proxied
         assert len(at_limit) == LIMIT
         passed = client.post("/api/v1/agents", content=at_limit, headers=headers)
         assert passed.status_code == 400, passed.text[:300]
+
+
+def test_a_web_process_answers_only_what_nginx_would_send_it(proxied):
+    """deploy/README.md's check of a web process on its port says what nginx says: the
+    console's host name, and HTTPS; without them it is refused or sent to HTTPS."""
+    direct = f"http://127.0.0.1:{proxied.web_ports[0]}/health"
+    as_nginx = {"Host": "localhost", "X-Forwarded-Proto": "https"}
+    assert httpx.get(direct, headers=as_nginx).status_code == 200
+    assert httpx.get(direct).status_code == 400  # not one of ALLOWED_HOSTS
+    assert httpx.get(direct, headers={"Host": "localhost"}).status_code == 301
