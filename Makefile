@@ -25,6 +25,11 @@ $(VENV)/.browser: scripts/system-packages.sh | $(STAMP)
 	scripts/system-packages.sh browser
 	touch $@
 
+# nginx, for the tests of deploy/nginx/ (they start their own on loopback ports).
+$(VENV)/.nginx: scripts/system-packages.sh | $(STAMP)
+	scripts/system-packages.sh nginx
+	touch $@
+
 # promtool and prometheus, for the tests of deploy/ and of the autoscaler's Prometheus source
 # (taken from Debian's package; no Prometheus service is installed or started).
 $(VENV)/.promtool: scripts/promtool.sh | $(STAMP)
@@ -34,7 +39,7 @@ $(VENV)/.promtool: scripts/promtool.sh | $(STAMP)
 run: install
 	$(BIN)/python -m config.launch
 
-test: install $(VENV)/.browser $(VENV)/.promtool
+test: install $(VENV)/.browser $(VENV)/.promtool $(VENV)/.nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

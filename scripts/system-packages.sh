@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Installs the system packages the sandboxes need, and the Redis server `make run` starts as its
 # Celery broker, from Debian's packages, when they are missing; with the argument `browser`, also
-# Chromium for the browser tests.
+# Chromium for the browser tests; with `nginx`, only nginx, for the tests of deploy/nginx/ (its
+# binary only: the package's own service is stopped and disabled, as the tests run their own).
 # Quiet and quick when everything is there; a warning (not a failure) where it cannot install,
 # in which case the backends that need a package refuse with the reason, and their tests skip.
 set -u
 cd "$(dirname "$0")/.."
 
 missing=()
+as_root=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-if [[ ${1:-} == browser ]]; then
-  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-fi
+case ${1:-} in
+  browser) command -v chromium >/dev/null 2>&1 || missing+=(chromium) ;;
+  nginx) missing=(); [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx) ;;
+esac
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]] && ! command -v sudo >/dev/null 2>&1; then
@@ -28,7 +31,17 @@ if ((${#missing[@]})); then
   fi
 fi
 
-[[ ${1:-} == browser ]] && exit 0
+if [[ ${1:-} == nginx ]]; then
+  # Installed just now, Debian's package starts its default site on port 80: the tests start
+  # their own nginx on loopback ports, so this one is stopped and kept from starting at boot.
+  if [[ " ${missing[*]} " == *" nginx "* && -x /usr/sbin/nginx ]]; then
+    "${as_root[@]}" service nginx stop >/dev/null 2>&1 || true
+    "${as_root[@]}" update-rc.d nginx disable >/dev/null 2>&1 || true
+    "${as_root[@]}" systemctl disable nginx >/dev/null 2>&1 || true
+  fi
+  exit 0
+fi
+[[ -n ${1:-} ]] && exit 0
 
 # The microVM backend's host tools (QEMU and friends), when that backend is present.
 if [[ -x vmdriver/guest/host-packages.sh ]]; then

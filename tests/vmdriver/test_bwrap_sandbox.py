@@ -277,3 +277,19 @@ def test_an_unknown_isolation_is_refused(tmp_path):
     with pytest.raises(ValueError):
         ProcessDriver(state_dir=tmp_path, isolation="docker")
     assert BackendUnavailable  # the error a missing bubblewrap raises, exported by vmdriver
+
+
+def test_an_https_gateway_without_a_port_is_reached_on_443(driver, tmp_path):
+    """``GATEWAY_URL=https://console.example.com/gateway``, as behind nginx: the channel leads to
+    port 443, where TLS is spoken through it (the relay passes bytes, so plain HTTP stands in)."""
+    try:
+        server = HTTPServer(("127.0.0.1", 443), _Host)
+    except OSError as exc:
+        pytest.skip(f"cannot listen on port 443 here: {exc}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _start(driver, tmp_path, 443, gateway="https://127.0.0.1/gateway")
+        assert _probes(driver, "sbx")["gateway"] == "ok: from the host"
+    finally:
+        server.shutdown()
+        server.server_close()
