@@ -45,6 +45,7 @@ from console.errors import (
 )
 from console.metrics import error_count
 from console.services import user_check_active
+from wire import turns
 
 __all__ = ["CLOSE_ANONYMOUS", "CLOSE_SUSPENDED", "ChatConsumer"]
 
@@ -74,7 +75,10 @@ class _ResumeFrame(_SessionFrame):
 
 class _TurnFrame(_SessionFrame):
     max_tokens = serializers.IntegerField(
-        required=False, default=4096, min_value=1, max_value=128_000
+        required=False,
+        default=turns.MAX_TOKENS_DEFAULT,
+        min_value=turns.MAX_TOKENS_MIN,
+        max_value=turns.MAX_TOKENS_MAX,
     )
 
 

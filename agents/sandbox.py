@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core import signing
 
 import agents.runtime
+import wire
 from agents.models import Agent
 from agents.runtime.logs import HEADER as REQUEST_ID_HEADER
 from agents.runtime.logs import current_request_id
@@ -67,9 +68,11 @@ def host_accel() -> str:
 
 
 def _runtime_files() -> list[tuple[str, str]]:
-    """What a sandboxed runtime may read: its interpreter, libraries and its own source only."""
+    """What a sandboxed runtime may read: its interpreter, libraries and its own source only
+    (with the wire layer it imports)."""
     runtime = Path(agents.runtime.__file__).parent
     paths = {sys.base_prefix, sys.prefix, str(runtime), str(runtime.parent / "__init__.py")}
+    paths.add(str(Path(wire.__file__).parent))
     return [(path, path) for path in sorted(paths)]
 
 

@@ -15,6 +15,7 @@ from agents.runtime.config import ConfigError
 from agents.runtime.tools import TOOL_SETTINGS, ToolConfig
 from console import broker
 from console.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+from wire import turns
 
 
 def _memory_mib() -> int:
@@ -216,7 +217,7 @@ GATEWAY_UNBOUNDED_INPUT_TOKENS = env_int("GATEWAY_UNBOUNDED_INPUT_TOKENS", 0, mi
 # The web searches reserved for a web search tool without max_uses. 0: no cap, and such calls
 # are refused under a USD budget.
 GATEWAY_UNBOUNDED_SERVER_TOOL_USES = env_int("GATEWAY_UNBOUNDED_SERVER_TOOL_USES", 0, minimum=0)
-DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", "claude-sonnet-5-5")
+DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", turns.DEFAULT_MODEL)
 # Encrypts users' own Anthropic keys at rest; comma-separated, newest first, for rotation.
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])
 AGENT_TOKEN_TTL_SECONDS = env_int("AGENT_TOKEN_TTL_SECONDS", 24 * 3600, minimum=60)

@@ -2,9 +2,10 @@
 
 The guest is Debian's cloud kernel and an initramfs made of Debian packages (busybox for init,
 Python 3.11 and the libraries it loads), the runtime's PyPI dependencies (``pip install
---target``), and the agent runtime's source, copied by path (``agents/runtime/*.py`` and a
-Django-free ``agents/__init__.py``). Packages come from apt (``apt-get download``, unpacked
-with ``dpkg-deb -x``: nothing is installed on the host, nothing runs as root).
+--target``), and the agent runtime's source, copied by path (``agents/runtime/*.py``,
+``wire/*.py`` and a Django-free ``agents/__init__.py``). Packages come from apt
+(``apt-get download``, unpacked with ``dpkg-deb -x``: nothing is installed on the host, nothing
+runs as root).
 
 The result lands in ``DIR/<hash>/``, where the hash covers the recipe (this package's files and
 the runtime's sources), and ``DIR/current`` points at it. A build whose recipe is unchanged does
@@ -33,6 +34,7 @@ __all__ = ["DEFAULT_RUNTIME_SRC", "BuildError", "build_guest", "main", "recipe_h
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RUNTIME_SRC = HERE.parents[1] / "agents" / "runtime"
+WIRE_SRC = HERE.parents[1] / "wire"  # the framework-free modules the runtime imports
 RECIPE_FILES = (
     "__init__.py",
     "build.py",
@@ -101,6 +103,7 @@ def recipe_hash(runtime_src: Path = DEFAULT_RUNTIME_SRC) -> str:
     digest = hashlib.sha256()
     named = [(f"recipe/{name}", HERE / name) for name in RECIPE_FILES]
     named += [(f"runtime/{path.name}", path) for path in _runtime_sources(runtime_src)]
+    named += [(f"wire/{path.name}", path) for path in sorted(WIRE_SRC.glob("*.py"))]
     for name, path in named:
         content = path.read_bytes()
         digest.update(f"{name}\0{len(content)}\0".encode())
@@ -256,6 +259,10 @@ def _copy_runtime(runtime_src: Path, app: Path) -> None:
     (app / "agents" / "__init__.py").write_text(AGENTS_SHIM)
     for source in _runtime_sources(runtime_src):
         shutil.copy2(source, package / source.name)
+    wire = app / "wire"
+    wire.mkdir()
+    for source in sorted(WIRE_SRC.glob("*.py")):
+        shutil.copy2(source, wire / source.name)
 
 
 _COMPILE = """

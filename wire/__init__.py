@@ -1,0 +1,1 @@
+"""The framework-free wire layer, shared by the console and the agent runtime."""
