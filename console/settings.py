@@ -264,6 +264,8 @@ CHAT_WS_MESSAGES_PER_MINUTE = env_int("CHAT_WS_MESSAGES_PER_MINUTE", 120, minimu
 # A session's chat events kept for pages that reconnect: the last N, for this long after the last.
 CHAT_REPLAY_EVENTS = env_int("CHAT_REPLAY_EVENTS", 5000, minimum=10)
 CHAT_REPLAY_TTL_SECONDS = env_int("CHAT_REPLAY_TTL_SECONDS", 3600, minimum=10)
+# A turn sent while another is being written in its session waits this long for it, at most.
+CHAT_TURN_QUEUE_SECONDS = env_float("CHAT_TURN_QUEUE_SECONDS", 600.0, minimum=0.0)
 
 # Anthropic accepts request bodies up to 32 MB (images, long documents); so does the gateway.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024)

@@ -397,7 +397,9 @@ async def _chat_stream(
     except ChatError as exc:
         turn.state.roll_back(turn.session, history_length, dropped)
         turn.state.metrics.errors.labels(exc.code).inc()
-        await response.write(sse_frame("error", {"code": exc.code, "message": exc.message}))
+        # Its status goes with it: the stream's own was sent before the refusal came.
+        error = {"code": exc.code, "message": exc.message, "status": exc.status}
+        await response.write(sse_frame("error", error))
     except BaseException:
         turn.state.roll_back(turn.session, history_length, dropped)  # the client went away
         raise
