@@ -397,8 +397,11 @@ async def _chat_stream(
     except ChatError as exc:
         turn.state.roll_back(turn.session, history_length, dropped)
         turn.state.metrics.errors.labels(exc.code).inc()
-        # Its status goes with it: the stream's own was sent before the refusal came.
+        # Its status and details go with it, as a JSON answer's: the stream's own status was
+        # sent before the refusal came.
         error = {"code": exc.code, "message": exc.message, "status": exc.status}
+        if exc.details:
+            error["details"] = exc.details
         await response.write(sse_frame("error", error))
     except BaseException:
         turn.state.roll_back(turn.session, history_length, dropped)  # the client went away

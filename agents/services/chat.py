@@ -299,6 +299,7 @@ def _check_event(event: str, data: Any) -> None:
     malformed = not isinstance(data, dict) or (field and not isinstance(data.get(field), str))
     if not malformed and event == "error":
         malformed = not all(isinstance(data.get(k, ""), str) for k in ("code", "message"))
+        malformed = malformed or not isinstance(data.get("details", {}), dict)
     if malformed:
         raise AgentUnavailable(
             "the agent's runtime sent a malformed event", details={"event": event[:40]}
@@ -316,7 +317,13 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
                 _check_event(event, data)
                 if event == "done":
                     data = await opened.finish(data["content"])
+                elif event == "error" and turn.new_session:
+                    await sync_to_async(_first_turn_failed)(opened.session)
                 yield event, data
+                if event in ("done", "error"):
+                    return
+            # Else its followers would wait for an end that never comes.
+            raise AgentUnavailable("the agent's runtime ended its reply without a result")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AgentUnavailable(f"the agent's runtime stopped answering: {exc}") from exc
         except ValueError as exc:  # not UTF-8, not JSON, or too deep
