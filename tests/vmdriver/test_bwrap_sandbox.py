@@ -233,12 +233,9 @@ def test_stop_ends_the_sandbox_and_destroy_removes_its_state(driver, tmp_path, h
 
 def test_the_agent_runtime_runs_sandboxed(tmp_path, host_server):
     runtime = REPO_ROOT / "agents" / "runtime"
-    binds = [
-        (p, p)
-        for p in sorted(
-            {sys.base_prefix, sys.prefix, str(runtime), str(runtime.parent / "__init__.py")}
-        )
-    ]
+    readable = {sys.base_prefix, sys.prefix, str(runtime), str(runtime.parent / "__init__.py")}
+    readable.add(str(REPO_ROOT / "wire"))  # the framework-free layer the runtime imports
+    binds = [(p, p) for p in sorted(readable)]
     drv = ProcessDriver(state_dir=tmp_path / "sb", ro_binds=binds)
     try:
         spec = VmSpec(
