@@ -37,6 +37,7 @@ from agents.runtime.loop import (
 from agents.runtime.sse import sse_events, sse_frame
 from agents.runtime.tools import Toolbox, ToolConfig
 from agents.runtime.tracing import configure_logging, request_id_header, request_ids
+from wire import turns
 
 __all__ = ["build_app", "main"]
 
@@ -172,8 +173,9 @@ def _parse_chat(body: Any) -> dict[str, Any]:
             "prompt must be a non-empty string",
             {"prompt": ["This field is required."]},
         )
-    max_tokens = body.get("max_tokens", 4096)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+    max_tokens = body.get("max_tokens", turns.MAX_TOKENS_DEFAULT)
+    malformed = isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+    if malformed or max_tokens < turns.MAX_TOKENS_MIN:
         raise ChatError(
             400,
             "invalid_request",
