@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -42,18 +41,17 @@ from agents.serializers import (
 )
 from agents.services.live import (
     FollowedTurn,
-    live_error,
-    live_result,
     live_turn_result,
     live_turn_send,
     live_turn_stop,
+    task_execute,
 )
 from agents.views import (
     IDEMPOTENCY_KEY,
     json_object_body,
     named_user,
     spawn_response,
-    sse_response,
+    turn_stream_response,
 )
 from console.api.permissions import HasScope, is_operator
 from console.authentication import request_user
@@ -62,11 +60,9 @@ from plumbing.errors import (
     BadRequest,
     ConsoleError,
     MethodNotAllowed,
-    error_body,
     error_response,
 )
 from plumbing.pagination import ApiCursorPagination
-from wire.sse import sse_frame
 
 __all__ = [
     "AgentViewSet",
@@ -246,7 +242,7 @@ async def session_messages(request: HttpRequest, session_id: uuid.UUID) -> HttpR
                 return dataclasses.asdict(await ask())
 
             async def follow(reference: dict[str, Any]) -> HttpResponse:
-                return await _turn_stream(FollowedTurn(**reference))
+                return await turn_stream_response(FollowedTurn(**reference))
 
             return await idempotent_followed(request, user.pk, start, follow)
 
@@ -256,42 +252,6 @@ async def session_messages(request: HttpRequest, session_id: uuid.UUID) -> HttpR
         return await idempotent_json(request, user.pk, reply)
     except ConsoleError as exc:
         return error_response(exc)
-
-
-def _sse_of(event: dict[str, Any]) -> bytes:
-    """A turn's event as the REST stream writes it."""
-    kind = event["type"]
-    if kind == "delta":
-        return sse_frame("delta", {"text": event["text"]})
-    if kind == "tool":
-        return sse_frame("tool", event["tool"])
-    if kind == "done":
-        return sse_frame("done", live_result(event).as_hypercore())
-    if kind == "error":
-        return sse_frame("error", event["error"])
-    return sse_frame(kind, {"session_id": event["session_id"]})  # cancelled
-
-
-async def _turn_stream(followed: FollowedTurn) -> HttpResponse:
-    """A turn as SSE, from its first event on; a refusal before the reply's first word
-    answers with its own status instead."""
-    events = followed.events()
-    first = await anext(events)
-    if first["type"] == "error":
-        await events.aclose()  # type: ignore[attr-defined]
-        return error_response(live_error(first))
-
-    async def frames() -> AsyncIterator[bytes]:
-        try:
-            yield _sse_of(first)
-            async for event in events:
-                yield _sse_of(event)
-        except ConsoleError as exc:  # after the status was sent (Redis gone): the last frame
-            yield sse_frame("error", error_body(exc.code, exc.message, exc.details)["error"])
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
-
-    return sse_response(frames())
 
 
 @csrf_exempt
@@ -337,7 +297,7 @@ async def execute(request: HttpRequest) -> HttpResponse:
         data = validated(ExecuteRequestSerializer, json_object_body(request))
 
         async def run() -> dict[str, Any]:
-            agent, result = await services.task_execute(
+            agent, result = await task_execute(
                 user=user,
                 agent_id=data.get("agent_id"),
                 task=data["task_description"],

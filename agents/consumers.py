@@ -46,6 +46,7 @@ from plumbing.errors import (
 from plumbing.metrics import error_count
 from plumbing.parsers import json_loads
 from wire import events as ev
+from wire import turns
 
 __all__ = ["CLOSE_ANONYMOUS", "CLOSE_SUSPENDED", "ChatConsumer"]
 
@@ -75,7 +76,10 @@ class _ResumeFrame(_SessionFrame):
 
 class _TurnFrame(_SessionFrame):
     max_tokens = serializers.IntegerField(
-        required=False, default=4096, min_value=1, max_value=128_000
+        required=False,
+        default=turns.MAX_TOKENS_DEFAULT,
+        min_value=turns.MAX_TOKENS_MIN,
+        max_value=turns.MAX_TOKENS_MAX,
     )
 
 

@@ -68,7 +68,8 @@ def host_accel() -> str:
 
 
 def _runtime_files() -> list[tuple[str, str]]:
-    """What a sandboxed runtime may read: its interpreter, libraries and its own source only."""
+    """What a sandboxed runtime may read: its interpreter, libraries and its own source only
+    (with the wire layer it imports)."""
     runtime = Path(agents.runtime.__file__).parent
     shared = Path(wire.__file__).parent  # the framework-free modules the runtime imports
     paths = {

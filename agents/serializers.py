@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from agents.models import Agent, Message, Session
 from plumbing.errors import BadRequest
+from wire import turns
 
 __all__ = [
     "AgentFilterSerializer",
@@ -43,6 +44,16 @@ def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict
             f"{field}: {problems[0]}", details={k: list(v) for k, v in found.errors.items()}
         )
     return dict(found.validated_data)
+
+
+def _max_tokens() -> serializers.IntegerField:
+    """A turn's ``max_tokens``, as ``wire.turns`` bounds it."""
+    return serializers.IntegerField(
+        required=False,
+        default=turns.MAX_TOKENS_DEFAULT,
+        min_value=turns.MAX_TOKENS_MIN,
+        max_value=turns.MAX_TOKENS_MAX,
+    )
 
 
 # Anthropic's keys are "sk-ant-<kind><nn>-" and about 95 URL-safe characters; checked at spawn,
@@ -156,9 +167,7 @@ class ChatRequestSerializer(serializers.Serializer):
     prompt = serializers.CharField(max_length=200_000, trim_whitespace=False)
     user_id = serializers.CharField(required=False, max_length=150)
     session_id = serializers.UUIDField(required=False, allow_null=True)
-    max_tokens = serializers.IntegerField(
-        required=False, default=4096, min_value=1, max_value=128_000
-    )
+    max_tokens = _max_tokens()
     stream = serializers.BooleanField(required=False, default=False)
 
     def validate_prompt(self, value: str) -> str:
@@ -244,9 +253,7 @@ class SessionCreateSerializer(serializers.Serializer):
 
 class SendMessageSerializer(serializers.Serializer):
     content = serializers.CharField(max_length=200_000, trim_whitespace=False)
-    max_tokens = serializers.IntegerField(
-        required=False, default=4096, min_value=1, max_value=128_000
-    )
+    max_tokens = _max_tokens()
     stream = serializers.BooleanField(required=False, default=False)
 
     def validate_content(self, value: str) -> str:
@@ -261,9 +268,7 @@ class ExecuteRequestSerializer(serializers.Serializer):
     agent_id = serializers.UUIDField(
         required=False, help_text="Default: your running agent with the fewest open sessions."
     )
-    max_tokens = serializers.IntegerField(
-        required=False, default=4096, min_value=1, max_value=128_000
-    )
+    max_tokens = _max_tokens()
 
     def validate_task_description(self, value: str) -> str:
         if not value.strip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,13 @@ from agents.serializers import (
     agent_row_data,
     validated,
 )
+from agents.services.live import (
+    FollowedTurn,
+    live_error,
+    live_result,
+    live_turn_ask,
+    live_turn_result,
+)
 from console.api.permissions import is_operator
 from console.authentication import request_user
 from console.idempotency import idempotent, idempotent_json
@@ -39,11 +47,13 @@ from plumbing.errors import (
     Forbidden,
     MethodNotAllowed,
     NotFound,
+    error_body,
     error_response,
     methods_allowed,
 )
 from plumbing.parsers import json_loads
 from plumbing.views import metrics_token_presented
+from wire.sse import sse_frame
 
 __all__ = [
     "IDEMPOTENCY_KEY",
@@ -55,6 +65,7 @@ __all__ = [
     "named_user",
     "spawn_response",
     "sse_response",
+    "turn_stream_response",
 ]
 
 _AGENT_ID = OpenApiParameter("agent_id", str, required=True, description="The agent's id.")
@@ -202,6 +213,42 @@ def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
     return response
 
 
+def _sse_of(event: dict[str, Any]) -> bytes:
+    """A turn's event as the chat routes' streams write it."""
+    kind = event["type"]
+    if kind == "delta":
+        return sse_frame("delta", {"text": event["text"]})
+    if kind == "tool":
+        return sse_frame("tool", event["tool"])
+    if kind == "done":
+        return sse_frame("done", live_result(event).as_hypercore())
+    if kind == "error":
+        return sse_frame("error", event["error"])
+    return sse_frame(kind, {"session_id": event["session_id"]})  # cancelled
+
+
+async def turn_stream_response(followed: FollowedTurn) -> HttpResponse:
+    """A live turn as SSE, from its first event on; a refusal before the reply's first word
+    answers with its own status instead."""
+    events = followed.events()
+    first = await anext(events)
+    if first["type"] == "error":
+        await events.aclose()  # type: ignore[attr-defined]
+        return error_response(live_error(first))
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            yield _sse_of(first)
+            async for event in events:
+                yield _sse_of(event)
+        except ConsoleError as exc:  # after the status was sent (Redis gone): the last frame
+            yield sse_frame("error", error_body(exc.code, exc.message, exc.details)["error"])
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    return sse_response(frames())
+
+
 @csrf_exempt
 async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     """``POST /agents/<id>/v1/agent/chat``: one turn, as JSON or (``stream: true``) SSE."""
@@ -212,18 +259,19 @@ async def agent_chat(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
         data = validated(ChatRequestSerializer, json_object_body(request))
         if data.get("user_id") and data["user_id"] != user.username:
             raise Forbidden("you may only chat as yourself", details={"user_id": data["user_id"]})
-        turn = services.ChatTurn(
+        ask = functools.partial(
+            live_turn_ask,
             user=user,
             agent_id=agent_id,
-            prompt=data["prompt"],
             session_id=str(data["session_id"]) if data.get("session_id") else None,
+            prompt=data["prompt"],
             max_tokens=data["max_tokens"],
         )
         if data["stream"]:
-            return sse_response(await services.agent_chat_stream(turn=turn))
+            return await turn_stream_response(await ask())
 
         async def chat() -> dict[str, Any]:
-            return (await services.agent_chat(turn=turn)).as_hypercore()
+            return (await live_turn_result(await ask())).as_hypercore()
 
         return await idempotent_json(request, user.pk, chat)
     except ConsoleError as exc:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wire import turns
+
 __all__ = ["postprocess_schema"]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -24,6 +26,12 @@ _AGENT_ID = {
     "description": "The agent's id.",
 }
 _API_KEY = [{"ApiKey": []}]
+_MAX_TOKENS = {
+    "type": "integer",
+    "minimum": turns.MAX_TOKENS_MIN,
+    "maximum": turns.MAX_TOKENS_MAX,
+    "default": turns.MAX_TOKENS_DEFAULT,
+}
 
 COMPONENTS: dict[str, Any] = {
     "Error": {
@@ -52,7 +60,7 @@ COMPONENTS: dict[str, Any] = {
                 "description": "The caller's username; chatting as anyone else is refused.",
             },
             "session_id": {"type": "string", "format": "uuid", "nullable": True},
-            "max_tokens": {"type": "integer", "minimum": 1, "maximum": 128_000, "default": 4096},
+            "max_tokens": _MAX_TOKENS,
             "stream": {
                 "type": "boolean",
                 "default": False,
@@ -148,7 +156,6 @@ _IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "maxLength": 255},
     "description": "A retry with the same key gets the first answer (24 h).",
 }
-_MAX_TOKENS = {"type": "integer", "minimum": 1, "maximum": 128_000, "default": 4096}
 
 COMPONENTS |= {
     "SendMessageRequest": {

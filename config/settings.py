@@ -15,6 +15,7 @@ from agents.runtime.config import ConfigError
 from agents.runtime.tools import TOOL_SETTINGS, ToolConfig
 from config import broker
 from config.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+from wire import turns
 
 
 def _memory_mib() -> int:
@@ -219,7 +220,7 @@ GATEWAY_UNBOUNDED_INPUT_TOKENS = env_int("GATEWAY_UNBOUNDED_INPUT_TOKENS", 0, mi
 # The web searches reserved for a web search tool without max_uses. 0: no cap, and such calls
 # are refused under a USD budget.
 GATEWAY_UNBOUNDED_SERVER_TOOL_USES = env_int("GATEWAY_UNBOUNDED_SERVER_TOOL_USES", 0, minimum=0)
-DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", "claude-sonnet-5-5")
+DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", turns.DEFAULT_MODEL)
 # Encrypts users' own Anthropic keys at rest; comma-separated, newest first, for rotation.
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])
 AGENT_TOKEN_TTL_SECONDS = env_int("AGENT_TOKEN_TTL_SECONDS", 24 * 3600, minimum=60)
@@ -266,6 +267,8 @@ CHAT_WS_MESSAGES_PER_MINUTE = env_int("CHAT_WS_MESSAGES_PER_MINUTE", 120, minimu
 # A session's chat events kept for pages that reconnect: the last N, for this long after the last.
 CHAT_REPLAY_EVENTS = env_int("CHAT_REPLAY_EVENTS", 5000, minimum=10)
 CHAT_REPLAY_TTL_SECONDS = env_int("CHAT_REPLAY_TTL_SECONDS", 3600, minimum=10)
+# A turn sent while another is being written in its session waits this long for it, at most.
+CHAT_TURN_QUEUE_SECONDS = env_float("CHAT_TURN_QUEUE_SECONDS", 600.0, minimum=0.0)
 
 # Anthropic accepts request bodies up to 32 MB (images, long documents); so does the gateway.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024)

@@ -204,6 +204,7 @@ class DoneEvent(TypedDict):
     kept_messages: int
     messages: list[MessageData]
     budgets: list[BudgetLeft]
+    content: NotRequired[str]  # the reply as said, where the recorded one had to differ
 
 
 class CancelledEvent(TypedDict):

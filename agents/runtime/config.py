@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from wire import turns
+
 __all__ = ["ConfigError", "RuntimeConfig", "env_int"]
 
 
@@ -117,7 +119,7 @@ class RuntimeConfig:
             socket_path=socket_path,
             gateway=GatewayRoute.from_env(gateway_url),
             gateway_token=_secret("AGENT_GATEWAY_TOKEN"),
-            model=os.environ.get("AGENT_MODEL", "claude-sonnet-5-5"),
+            model=os.environ.get("AGENT_MODEL", turns.DEFAULT_MODEL),
             system_prompt=os.environ.get("AGENT_SYSTEM_PROMPT", ""),
             max_concurrent_sessions=max(1, env_int("AGENT_MAX_CONCURRENT_SESSIONS", 100)),
             gateway_timeout=float(env_int("AGENT_GATEWAY_TIMEOUT", 600)),

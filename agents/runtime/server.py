@@ -36,6 +36,7 @@ from agents.runtime.loop import (
 )
 from agents.runtime.tools import Toolbox, ToolConfig
 from agents.runtime.tracing import configure_logging, request_id_header, request_ids
+from wire import turns
 from wire.sse import sse_events, sse_frame
 
 __all__ = ["build_app", "main"]
@@ -172,8 +173,9 @@ def _parse_chat(body: Any) -> dict[str, Any]:
             "prompt must be a non-empty string",
             {"prompt": ["This field is required."]},
         )
-    max_tokens = body.get("max_tokens", 4096)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+    max_tokens = body.get("max_tokens", turns.MAX_TOKENS_DEFAULT)
+    malformed = isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+    if malformed or max_tokens < turns.MAX_TOKENS_MIN:
         raise ChatError(
             400,
             "invalid_request",
@@ -397,7 +399,12 @@ async def _chat_stream(
     except ChatError as exc:
         turn.state.roll_back(turn.session, history_length, dropped)
         turn.state.metrics.errors.labels(exc.code).inc()
-        await response.write(sse_frame("error", {"code": exc.code, "message": exc.message}))
+        # Its status and details go with it, as a JSON answer's: the stream's own status was
+        # sent before the refusal came.
+        error = {"code": exc.code, "message": exc.message, "status": exc.status}
+        if exc.details:
+            error["details"] = exc.details
+        await response.write(sse_frame("error", error))
     except BaseException:
         turn.state.roll_back(turn.session, history_length, dropped)  # the client went away
         raise

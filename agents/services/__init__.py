@@ -4,9 +4,7 @@ from agents.services.chat import (
     ChatResult,
     ChatTurn,
     TurnCancelled,
-    agent_chat,
     agent_chat_events_stoppable,
-    agent_chat_stream,
     agent_for_user,
 )
 from agents.services.hosts import (
@@ -39,7 +37,6 @@ from agents.services.sessions import (
     session_create,
     session_for_turn,
     task_agent,
-    task_execute,
     task_prompt,
 )
 from agents.services.warm import AgentTemplate, warm_claim
@@ -50,9 +47,7 @@ __all__ = [
     "ChatTurn",
     "TurnCancelled",
     "agent_boot",
-    "agent_chat",
     "agent_chat_events_stoppable",
-    "agent_chat_stream",
     "agent_destroy",
     "agent_for_user",
     "agent_halt",
@@ -76,7 +71,6 @@ __all__ = [
     "session_create",
     "session_for_turn",
     "task_agent",
-    "task_execute",
     "task_prompt",
     "warm_claim",
     "warm_pool_refill",

@@ -1,4 +1,5 @@
-"""One chat turn: from the console to the agent's runtime and back, recorded as it completes."""
+"""One chat turn: from the console to the agent's runtime and back, recorded as it completes.
+Every route runs it as a live turn (``agents.services.live``)."""
 
 from __future__ import annotations
 
@@ -31,18 +32,19 @@ from plumbing.errors import (
     ConsoleError,
     NotFound,
 )
+from wire import turns
 from wire.jsonbound import loads
-from wire.sse import sse_events, sse_frame
+from wire.sse import sse_events
 
 __all__ = [
     "ChatResult",
     "ChatTurn",
     "TurnCancelled",
-    "agent_chat",
     "agent_chat_events_stoppable",
-    "agent_chat_stream",
     "agent_for_user",
+    "agent_turn_session",
     "draining_check",
+    "refusal_status",
 ]
 
 _STATUS = Agent.Status
@@ -179,9 +181,9 @@ def _turn_finish(
     )
 
 
-async def _turn_begun(*, turn: ChatTurn) -> tuple[Agent, Session]:
-    """The turn's running agent and its session; a turn sent right after spawning waits for
-    the boot to finish."""
+async def agent_turn_session(*, turn: ChatTurn) -> tuple[Agent, Session]:
+    """The turn's running agent and its session (a new one when it names none); a turn sent
+    right after spawning waits for the boot to finish."""
     read = turn.session
     if read is not None and read.agent.status == _STATUS.RUNNING:
         if read.title:
@@ -240,22 +242,23 @@ class ChatTurn:
     agent_id: object
     prompt: str
     session_id: str | None = None
-    max_tokens: int = 4096
+    max_tokens: int = turns.MAX_TOKENS_DEFAULT
     keep_turns: int | None = None
     # The open session as the caller has just read it, with its agent, having checked that the
     # user may act (``live_turn_prepare``): the turn begins without reading them again.
     session: Session | None = None
+    new_session: bool = False  # the session was opened for this turn
 
 
-async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
+async def _turn_open(*, turn: ChatTurn) -> _OpenTurn:
     """Send a turn to a running agent; refusals (from here or the runtime) raise before reading."""
-    agent, session = await _turn_begun(turn=turn)
+    agent, session = await agent_turn_session(turn=turn)
     since = timezone.now()
     body = {
         "prompt": turn.prompt,
         "session_id": str(session.pk),
         "max_tokens": turn.max_tokens,
-        "stream": stream,
+        "stream": True,
     }
     if turn.keep_turns is not None:
         body["keep_turns"] = turn.keep_turns
@@ -276,7 +279,7 @@ async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
             finally:
                 await opened.close()
     except ConsoleError:
-        if turn.session_id is None and turn.session is None:
+        if turn.new_session:
             await sync_to_async(_first_turn_failed)(session)
         raise
     return opened
@@ -285,28 +288,6 @@ async def _turn_open(*, turn: ChatTurn, stream: bool) -> _OpenTurn:
 def _first_turn_failed(session: Session) -> None:
     """A session opened for a turn that was refused holds nothing: it is closed, not left open."""
     Session.objects.filter(pk=session.pk, closed_at__isnull=True).update(closed_at=timezone.now())
-
-
-async def agent_chat(*, turn: ChatTurn) -> ChatResult:
-    """Run one turn on a running agent and record it."""
-    opened = await _turn_open(turn=turn, stream=False)
-    try:
-        content = _reply_content(await opened.response.read())
-    finally:
-        await opened.close()
-    return await opened.finish(content)
-
-
-def _reply_content(body: bytes) -> str:
-    """The text of a runtime's JSON reply. A sandbox is not trusted: anything but a JSON object
-    with a string ``content`` (bounded in depth) is the runtime's fault, a 502."""
-    try:
-        content = loads(body)["content"]
-    except (ValueError, KeyError, TypeError):
-        content = None
-    if not isinstance(content, str):
-        raise AgentUnavailable("the agent's runtime answered with a malformed reply")
-    return content
 
 
 # What each event of a runtime's stream must hold (a sandbox is not trusted).
@@ -318,6 +299,7 @@ def _check_event(event: str, data: Any) -> None:
     malformed = not isinstance(data, dict) or (field and not isinstance(data.get(field), str))
     if not malformed and event == "error":
         malformed = not all(isinstance(data.get(k, ""), str) for k in ("code", "message"))
+        malformed = malformed or not isinstance(data.get("details", {}), dict)
     if malformed:
         raise AgentUnavailable(
             "the agent's runtime sent a malformed event", details={"event": event[:40]}
@@ -327,7 +309,7 @@ def _check_event(event: str, data: Any) -> None:
 async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
     """The runtime's events for a turn: ``delta`` and ``tool`` (dicts), then ``done`` (the
     recorded ``ChatResult``) or ``error``. Refusals raise before the first event."""
-    opened = await _turn_open(turn=turn, stream=True)
+    opened = await _turn_open(turn=turn)
 
     async def events() -> AsyncIterator[tuple[str, Any]]:
         try:
@@ -335,7 +317,13 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
                 _check_event(event, data)
                 if event == "done":
                     data = await opened.finish(data["content"])
+                elif event == "error" and turn.new_session:
+                    await sync_to_async(_first_turn_failed)(opened.session)
                 yield event, data
+                if event in ("done", "error"):
+                    return
+            # Else its followers would wait for an end that never comes.
+            raise AgentUnavailable("the agent's runtime ended its reply without a result")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AgentUnavailable(f"the agent's runtime stopped answering: {exc}") from exc
         except ValueError as exc:  # not UTF-8, not JSON, or too deep
@@ -344,20 +332,6 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
             await opened.close()
 
     return events()
-
-
-async def _sse_frames(events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[bytes]:
-    try:
-        async for event, data in events:
-            yield sse_frame(event, data.as_hypercore() if event == "done" else data)
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-
-
-async def agent_chat_stream(*, turn: ChatTurn) -> AsyncIterator[bytes]:
-    """Like ``agent_chat``, but the reply streams as SSE: ``delta`` events, then ``done`` with
-    the recorded result (or ``error``). Refusals raise before the first event."""
-    return _sse_frames(await _chat_events(turn=turn))
 
 
 class TurnCancelled(Conflict):
@@ -428,7 +402,13 @@ def _runtime_error(status: int, body: bytes) -> ConsoleError:
         details=details if isinstance(details, dict) else None,
     )
     exc.code = code if isinstance(code, str) and code else exc.code
-    # Refusals the gateway made (quota, bad input) keep their status; runtime faults are a 502.
-    if status in (400, 403, 409, 413, 429, 503):
-        exc.status = status
+    exc.status = refusal_status(status)
     return exc
+
+
+def refusal_status(status: object) -> int:
+    """The status a runtime's error answers with: refusals the gateway made (quota, bad input)
+    keep theirs; runtime faults are a 502."""
+    if isinstance(status, int) and status in (400, 403, 409, 413, 429, 503):
+        return status
+    return 502

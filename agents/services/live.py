@@ -7,7 +7,8 @@ is appended to the session's replay log and sent to the session's channel-layer 
 (``REDIS_URL``: a Redis list per session, shared by every process; otherwise in this process's
 memory) keeps the last ``CHAT_REPLAY_EVENTS`` events for ``CHAT_REPLAY_TTL_SECONDS`` after the
 last one, so a page that comes back gets what it missed from ``live_replay`` and then follows
-the group. One turn at a time per session: ``live_turn_start`` claims the session atomically.
+the group. One turn at a time per session: ``live_turn_start`` claims the session atomically,
+and a turn sent meanwhile waits for it (``CHAT_TURN_QUEUE_SECONDS`` at most).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -29,16 +30,19 @@ from typing import Any, Literal
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.utils import timezone
 
-from agents.models import Message
+from agents.models import Agent, Message, Session
 from agents.selectors import chat_budgets, message_data
 from agents.services.chat import (
     ChatResult,
     ChatTurn,
     TurnCancelled,
     agent_chat_events_stoppable,
+    agent_turn_session,
+    refusal_status,
 )
-from agents.services.sessions import session_for_turn
+from agents.services.sessions import session_for_turn, task_agent, task_prompt
 from console.models import User
 from console.services import user_check_active
 from plumbing.errors import (
@@ -50,11 +54,13 @@ from plumbing.errors import (
     outages_refused,
 )
 from wire import events as ev
+from wire import turns
 from wire.logs import current_request_id, using_request_id
 
 __all__ = [
     "FollowedTurn",
     "LiveTurn",
+    "TurnQueueTimeout",
     "live_claimed",
     "live_end_abandoned",
     "live_error",
@@ -64,11 +70,13 @@ __all__ = [
     "live_replay",
     "live_result",
     "live_stop",
+    "live_turn_ask",
     "live_turn_prepare",
     "live_turn_result",
     "live_turn_send",
     "live_turn_start",
     "live_turn_stop",
+    "task_execute",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,13 @@ CLAIM_SECONDS = 30.0
 _GROUP_MESSAGE = "chat.event"  # the consumer's ``chat_event`` handler
 _STOP_MESSAGE = "turn.stop"
 _running: set[asyncio.Task[None]] = set()  # turns in flight here, held against collection
+# A turn waiting for its session tries to claim it this often: a claim is a Redis key (or this
+# process's memory) that any process may release, so a short poll is the one exact wake-up.
+_QUEUE_POLL_SECONDS = 0.05
+
+
+class TurnQueueTimeout(Conflict):
+    code = "turn_queue_timeout"
 
 
 # --- The replay log ------------------------------------------------------------------------------
@@ -90,6 +105,7 @@ class _MemorySession:
     touched: float = field(default_factory=time.monotonic)
     claim: tuple[str, float] | None = None  # (turn id, until)
     stop: str | None = None  # the turn asked to stop
+    queued: dict[str, float] = field(default_factory=dict)  # waiting turn id: until
 
 
 class _MemoryLog:
@@ -154,6 +170,16 @@ class _MemoryLog:
         found = self._sessions.get(session_id)
         if found:
             found.stop = turn_id
+
+    async def enqueue(self, session_id: str, turn_id: str, seconds: float) -> None:
+        found = self._get(session_id)
+        now = time.monotonic()
+        found.queued = {t: u for t, u in found.queued.items() if u > now}
+        found.queued[turn_id] = now + seconds
+
+    async def is_queued(self, session_id: str, turn_id: str) -> bool:
+        found = self._sessions.get(session_id)
+        return bool(found and found.queued.get(turn_id, 0) > time.monotonic())
 
     async def stop_asked(self, session_id: str, turn_id: str) -> bool:
         found = self._sessions.get(session_id)
@@ -249,6 +275,13 @@ class _RedisLog:
 
     async def stop_asked(self, session_id: str, turn_id: str) -> bool:
         return await self._redis().get(f"chat:stop:{session_id}") == turn_id.encode()
+
+    async def enqueue(self, session_id: str, turn_id: str, seconds: float) -> None:
+        key = f"chat:queued:{session_id}:{turn_id}"
+        await self._redis().set(key, 1, ex=max(1, int(seconds)))
+
+    async def is_queued(self, session_id: str, turn_id: str) -> bool:
+        return bool(await self._redis().exists(f"chat:queued:{session_id}:{turn_id}"))
 
 
 _logs: dict[str, _MemoryLog | _RedisLog] = {}
@@ -444,10 +477,12 @@ async def _end_listener(listener: asyncio.Task[None], layer: Any, channel: str) 
 
 @dataclass(frozen=True, slots=True)
 class LiveTurn:
-    """A turn ready to start: what to ask, and how many of the session's messages it keeps."""
+    """A turn ready to start: what to ask, and how many of the session's messages it keeps;
+    ``again`` prepares it anew, for when it waited for the turns before it to end."""
 
     turn: ChatTurn
     kept_messages: int
+    again: Callable[[], LiveTurn] | None = None
 
 
 def live_turn_prepare(
@@ -457,10 +492,12 @@ def live_turn_prepare(
     kind: Literal["send", "regenerate", "edit"],
     content: str | None = None,
     message_id: int | None = None,
-    max_tokens: int = 4096,
+    max_tokens: int = turns.MAX_TOKENS_DEFAULT,
+    opened: bool = False,
 ) -> LiveTurn:
     """A new prompt (``send``), the last prompt asked again (``regenerate``), or the user
-    message ``message_id`` replaced by ``content`` (``edit``), in the user's open session."""
+    message ``message_id`` replaced by ``content`` (``edit``), in the user's open session;
+    ``opened``: the session was opened for this turn (closed again if it is refused)."""
     session = session_for_turn(user=user, session_id=session_id)
     user_check_active(user=session.user)  # afresh: a chat socket's user object outlives a change
     messages = Message.objects.filter(session=session)  # user, assistant, user, assistant…
@@ -500,24 +537,45 @@ def live_turn_prepare(
         max_tokens=max_tokens,
         keep_turns=keep_turns,
         session=session,
+        new_session=opened,
     )
-    return LiveTurn(turn, kept)
+
+    def again() -> LiveTurn:
+        return live_turn_prepare(
+            user=user,
+            session_id=session_id,
+            kind=kind,
+            content=content,
+            message_id=message_id,
+            max_tokens=max_tokens,
+            opened=opened,
+        )
+
+    return LiveTurn(turn, kept, again)
 
 
 async def live_turn_start(*, live: LiveTurn) -> dict[str, Any]:
     """Start the turn as a task of this process that outlives the socket (or request) that
     asked; its events go to the session's followers. Returns its ``turn_started`` event (its
-    ``turn_id`` and ``seq``). ``Conflict`` while another turn is being written."""
+    ``turn_id`` and ``seq``); while another turn is being written, its ``turn_id`` and the
+    session's latest ``seq``: the task waits for that turn to end, then starts it."""
     turn = live.turn
     assert turn.session_id is not None
     session_id, turn_id = turn.session_id, uuid.uuid4().hex
     with outages_refused():
-        started = await _claim_and_announce(live, session_id, turn_id)
+        queued = not await _log().claim(session_id, turn_id, CLAIM_SECONDS)
+        if queued:
+            waits = settings.CHAT_TURN_QUEUE_SECONDS + CLAIM_SECONDS
+            await _log().enqueue(session_id, turn_id, waits)
+            last, _ = await _log().read(session_id)
+            started = {"session_id": session_id, "turn_id": turn_id, "seq": last}
+        else:
+            started = await _announce(live, session_id, turn_id)
     # A context of its own, but for the request id: what the asker's context holds (its
     # request's thread for sync work, above all) ends with the request, the turn does not.
     request_id = current_request_id()
     task = asyncio.create_task(
-        _run_detached(live, turn_id, request_id),
+        _run_detached(live, turn_id, request_id, queued=queued),
         name=f"chat-turn-{turn_id}",
         context=contextvars.Context(),
     )
@@ -526,12 +584,8 @@ async def live_turn_start(*, live: LiveTurn) -> dict[str, Any]:
     return started
 
 
-async def _claim_and_announce(live: LiveTurn, session_id: str, turn_id: str) -> dict[str, Any]:
-    if not await _log().claim(session_id, turn_id, CLAIM_SECONDS):
-        raise Conflict(
-            "a reply is still being written in this session: stop it or wait for it",
-            details={"session_id": session_id},
-        )
+async def _announce(live: LiveTurn, session_id: str, turn_id: str) -> dict[str, Any]:
+    """Publish the claimed turn's ``turn_started``; the claim goes if that fails."""
     try:
         return await live_publish(
             session_id,
@@ -565,7 +619,11 @@ async def live_follow(
     with outages_refused():
         async with _in_group(ev.session_group(session_id)) as channel:
             replay = await live_replay(session_id, after=after)
-            if not _ends(replay.events, turn_id) and await live_claimed(session_id) != turn_id:
+            if (
+                not _ends(replay.events, turn_id)
+                and await live_claimed(session_id) != turn_id
+                and not await _log().is_queued(session_id, turn_id)
+            ):
                 replay = await live_replay(session_id, after=after)  # it may have ended meanwhile
                 if not (replay.complete and _ends(replay.events, turn_id)):
                     raise Conflict(
@@ -590,15 +648,57 @@ def _error_body(code: str, message: str, details: dict[str, Any] | None) -> ev.E
 
 
 def _done_data(*, user: User, result: ChatResult) -> dict[str, Any]:
-    return {
+    done = {
         "messages": [message_data(message) for message in result.messages],
         "budgets": chat_budgets(user=user),
     }
+    if result.messages and result.messages[-1].content != result.content:
+        done["content"] = result.content  # as said, where the stored reply had to differ
+    return done
 
 
-async def _run_detached(live: LiveTurn, turn_id: str, request_id: str) -> None:
+async def _run_detached(live: LiveTurn, turn_id: str, request_id: str, *, queued: bool) -> None:
     with using_request_id(request_id):
+        if queued:
+            started = await _start_when_free(live, turn_id)
+            if started is None:
+                return
+            live = started
         await _run(live, turn_id)
+
+
+async def _start_when_free(live: LiveTurn, turn_id: str) -> LiveTurn | None:
+    """Wait for the session (``CHAT_TURN_QUEUE_SECONDS`` at most), prepare the turn again (the
+    turns before it changed the messages it keeps) and announce it; or end it with its
+    refusal, for its followers. None when it did not start."""
+    session_id = str(live.turn.session_id)
+    head = {"session_id": session_id, "turn_id": turn_id}
+    deadline = time.monotonic() + settings.CHAT_TURN_QUEUE_SECONDS
+    claimed = False
+    try:
+        while not (claimed := await _log().claim(session_id, turn_id, CLAIM_SECONDS)):
+            if time.monotonic() >= deadline:
+                raise TurnQueueTimeout(
+                    "a reply was still being written in this session when this turn had "
+                    "waited as long as it may: stop that one, or send again",
+                    details={
+                        "session_id": session_id,
+                        "waited_seconds": settings.CHAT_TURN_QUEUE_SECONDS,
+                    },
+                )
+            await asyncio.sleep(_QUEUE_POLL_SECONDS)
+        if live.again is not None:
+            live = await sync_to_async(live.again)()
+        await _announce(live, session_id, turn_id)
+        return live
+    except ConsoleError as exc:
+        refusal = _refusal_event(exc) | head
+    except OUTAGES as exc:
+        log.warning("chat turn %s lost a backing service while queued: %r", turn_id, exc)
+        refusal = _refusal_event(outage_refusal(exc)) | head
+    with contextlib.suppress(*OUTAGES):  # with Redis gone, its claim lapses
+        await live_publish(session_id, refusal, ending=turn_id if claimed else None)
+    return None
 
 
 async def _run(live: LiveTurn, turn_id: str) -> None:
@@ -632,8 +732,10 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
                 data.get("message") or "the agent failed",
                 data.get("details"),
             )
-            # Mid-reply: the runtime's stream ended with it, its call having begun well.
-            last.append({"type": "error", "error": error, "status": 502})
+            # The runtime's stream ended with it: a refusal the gateway made (quota, bad
+            # input) keeps its status, a fault mid-reply is a 502.
+            status = data.get("status")
+            last.append({"type": "error", "error": error, "status": refusal_status(status)})
 
     holding = asyncio.create_task(hold())
     try:
@@ -687,7 +789,7 @@ def live_result(event: dict[str, Any]) -> ChatResult:
     reply = event["messages"][-1]
     return ChatResult(
         session_id=event["session_id"],
-        content=reply["content"],
+        content=event.get("content", reply["content"]),
         input_tokens=reply["input_tokens"],
         output_tokens=reply["output_tokens"],
         cost_usd=Decimal(reply["cost_usd"]),
@@ -707,13 +809,18 @@ class FollowedTurn:
 
 
 async def live_turn_send(
-    *, user: User, session_id: str, content: str, max_tokens: int
+    *, user: User, session_id: str, content: str, max_tokens: int, opened: bool = False
 ) -> FollowedTurn:
     """Start a turn asked through the REST API: a live turn like the page's, so a page that
     follows the session sees it, a stop from anywhere ends it, and it keeps the session to
-    itself (``Conflict`` while another is being written)."""
+    itself (waiting while another is being written)."""
     live = await sync_to_async(live_turn_prepare)(
-        user=user, session_id=session_id, kind="send", content=content, max_tokens=max_tokens
+        user=user,
+        session_id=session_id,
+        kind="send",
+        content=content,
+        max_tokens=max_tokens,
+        opened=opened,
     )
     started = await live_turn_start(live=live)
     return FollowedTurn(session_id, started["turn_id"], started["seq"])
@@ -733,3 +840,43 @@ async def live_turn_result(followed: FollowedTurn) -> ChatResult:
             if event["type"] == "error":
                 raise live_error(event)
     raise ConsoleError("the turn ended without an outcome")  # live_follow stops only at one
+
+
+async def live_turn_ask(
+    *, user: User, agent_id: object, session_id: str | None, prompt: str, max_tokens: int
+) -> FollowedTurn:
+    """Start a turn asked of an agent (the Hypercore chat route, a one-shot task): in the
+    user's session named, or a new one opened for it once the agent runs (it waits for one
+    still booting); then a live turn like the page's."""
+    asked = ChatTurn(
+        user=user, agent_id=agent_id, prompt=prompt, session_id=session_id, max_tokens=max_tokens
+    )
+    _, session = await agent_turn_session(turn=asked)
+    return await live_turn_send(
+        user=user,
+        session_id=str(session.pk),
+        content=prompt,
+        max_tokens=max_tokens,
+        opened=session_id is None,
+    )
+
+
+async def task_execute(
+    *, user: User, agent_id: uuid.UUID | None, task: str, context: Any, max_tokens: int
+) -> tuple[Agent, ChatResult]:
+    """Run a one-shot task on an agent, as a live turn in a session of its own, closed after."""
+    agent = await sync_to_async(task_agent)(user=user, agent_id=agent_id)
+    followed = await live_turn_ask(
+        user=user,
+        agent_id=agent.pk,
+        session_id=None,
+        prompt=task_prompt(task, context),
+        max_tokens=max_tokens,
+    )
+    try:
+        result = await live_turn_result(followed)
+    finally:
+        await Session.objects.filter(pk=followed.session_id, closed_at__isnull=True).aupdate(
+            closed_at=timezone.now()
+        )
+    return agent, result

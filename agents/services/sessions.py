@@ -1,4 +1,5 @@
-"""Sessions as the REST API opens, closes and picks them, and the agent a one-shot task runs on.
+"""Sessions as the REST API opens, closes and picks them, and the agent a one-shot task runs on
+(``agents.services.live.task_execute`` runs it).
 
 Everyone acts on their own sessions only: operators may read anyone's (``agents.selectors``),
 but a turn, a close or a cancel is always its user's.
@@ -10,12 +11,11 @@ import json
 import uuid
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from agents.models import Agent, Session
-from agents.services.chat import ChatResult, ChatTurn, agent_chat, draining_check
+from agents.services.chat import draining_check
 from console.models import User
 from plumbing.errors import AgentNotRunning, Conflict, NotFound
 
@@ -24,7 +24,6 @@ __all__ = [
     "session_create",
     "session_for_turn",
     "task_agent",
-    "task_execute",
     "task_prompt",
 ]
 
@@ -101,16 +100,3 @@ def task_prompt(task: str, context: Any) -> str:
     if not isinstance(context, str):
         context = json.dumps(context, indent=2, ensure_ascii=False)
     return f"{task}\n\nContext:\n{context}"
-
-
-async def task_execute(
-    *, user: User, agent_id: uuid.UUID | None, task: str, context: Any, max_tokens: int
-) -> tuple[Agent, ChatResult]:
-    """Run a one-shot task on an agent, in a session of its own that is closed after."""
-    agent = await sync_to_async(task_agent)(user=user, agent_id=agent_id)
-    turn = ChatTurn(
-        user=user, agent_id=agent.pk, prompt=task_prompt(task, context), max_tokens=max_tokens
-    )
-    result = await agent_chat(turn=turn)
-    await Session.objects.filter(pk=result.session_id).aupdate(closed_at=timezone.now())
-    return agent, result

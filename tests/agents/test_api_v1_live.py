@@ -16,8 +16,10 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
 
 from agents.models import Agent, Message, Session
+from agents.services.live import live_claimed, live_replay
 from console.models import UsageRecord
 from tests.fakes.anthropic import Hang, Text, count_tokens
 from tests.polling import eventually
@@ -308,7 +310,51 @@ def test_a_stream_stopped_before_its_first_word_ends_with_cancelled(
     eventually(lambda: fake_anthropic.disconnects == 1, failing="timed out")
 
 
+def _contents(session_id: str) -> list[str]:
+    messages = Message.objects.filter(session_id=session_id).order_by("created_at", "pk")
+    return list(messages.values_list("content", flat=True))
+
+
+def _log_types(session_id: str) -> list[str]:
+    """The types of the session's events, as a page that follows the session received them."""
+    return [e["type"] for e in async_to_sync(live_replay)(session_id, after=0).events]
+
+
 def test_a_second_turn_in_a_session_waits_for_the_first(alice, session_id, fake_anthropic):
+    release = threading.Event()
+    fake_anthropic.enqueue(Hang(30, release=release))
+    answers: dict[str, httpx.Response] = {}
+
+    def send(client: httpx.Client, content: str) -> None:
+        answers[content] = client.post(
+            f"/sessions/{session_id}/messages", json={"content": content}
+        )
+
+    first = threading.Thread(target=send, args=(alice, "First"))
+    first.start()
+    with alice.second() as other:
+        try:
+            eventually(lambda: fake_anthropic.requests, failing="timed out")
+            second = threading.Thread(target=send, args=(other, "Second"))
+            second.start()
+            time.sleep(0.5)
+            assert not answers, "a turn answered while the first was still being written"
+            assert len([r for r in fake_anthropic.requests if r.path == "/v1/messages"]) == 1
+        finally:
+            release.set()
+            first.join(timeout=10)
+            second.join(timeout=10)
+    assert answers["First"].status_code == answers["Second"].status_code == 200
+    assert answers["Second"].json()["content"] == "Echo: Second"
+    assert _contents(session_id) == ["First", "Echo: First", "Second", "Echo: Second"]
+    sent = fake_anthropic.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+
+
+def test_a_turn_that_waits_past_the_bound_is_refused_clearly(
+    alice, session_id, fake_anthropic, settings
+):
+    settings.CHAT_TURN_QUEUE_SECONDS = 0.3
     release = threading.Event()
     fake_anthropic.enqueue(Hang(30, release=release))
     first: list[httpx.Response] = []
@@ -321,15 +367,50 @@ def test_a_second_turn_in_a_session_waits_for_the_first(alice, session_id, fake_
     try:
         eventually(lambda: fake_anthropic.requests, failing="timed out")
         with alice.second() as other:
-            second = other.post(f"/sessions/{session_id}/messages", json={"content": "Second"})
-        assert second.status_code == 409, second.text
-        assert second.json()["error"]["details"] == {"session_id": session_id}
+            body = {"content": "Second", "stream": True}
+            second = other.post(f"/sessions/{session_id}/messages", json=body)
     finally:
         release.set()
         turn.join(timeout=10)
+    assert second.status_code == 409, second.text
+    error = second.json()["error"]
+    assert error["code"] == "turn_queue_timeout"
+    assert error["details"] == {"session_id": session_id, "waited_seconds": 0.3}
     assert first[0].status_code == 200, first[0].text
-    calls = [r for r in fake_anthropic.requests if r.path == "/v1/messages"]
-    assert len(calls) == 1  # the refused turn never reached Claude
+    assert _contents(session_id) == ["First", "Echo: First"]
+
+
+def test_an_execute_turn_is_live_and_a_cancel_from_another_request_stops_it(alice, fake_anthropic):
+    _spawn(alice)
+    fake_anthropic.enqueue(Hang(30))
+    answers: list[httpx.Response] = []
+    turn = threading.Thread(
+        target=lambda: answers.append(alice.post("/execute", json={"task_description": "Slow"}))
+    )
+    turn.start()
+    try:
+        eventually(lambda: fake_anthropic.requests, failing="timed out")
+        session_id = str(Session.objects.get().pk)
+        assert async_to_sync(live_claimed)(session_id), "the task's turn holds no claim"
+        with alice.second() as other:
+            assert other.post(f"/sessions/{session_id}/cancel").status_code == 202
+    finally:
+        turn.join(timeout=10)
+    assert not turn.is_alive(), "the cancelled task did not answer"
+    assert answers[0].status_code == 409, answers[0].text
+    assert answers[0].json()["error"]["code"] == "turn_cancelled"
+    assert Session.objects.get(pk=session_id).closed_at is not None
+    assert _log_types(session_id) == ["turn_started", "cancelled"]
+    eventually(lambda: fake_anthropic.disconnects == 1, failing="timed out")
+
+
+def test_an_execute_turn_is_broadcast_to_the_sessions_followers(alice, fake_anthropic):
+    _spawn(alice)
+    response = alice.post("/execute", json={"task_description": "Say a few words"})
+    assert response.status_code == 200, response.text
+    types = _log_types(response.json()["metadata"]["session_id"])
+    assert types[0] == "turn_started" and types[-1] == "done"
+    assert set(types[1:-1]) == {"delta"}
 
 
 def test_a_retried_stream_with_the_same_idempotency_key_follows_the_first_turn(

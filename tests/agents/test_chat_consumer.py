@@ -417,7 +417,7 @@ def test_opening_a_session_mid_reply_replays_the_turn_so_far_then_follows(
     assert events[-1]["type"] == "done"
 
 
-def test_a_second_turn_while_one_is_written_is_refused(user, session, slow_anthropic):
+def test_a_second_turn_while_one_is_written_waits_for_it(user, session, slow_anthropic):
     slow_anthropic.enqueue(Text(" ".join(f"w{n}" for n in range(10))))
     sid = str(session.pk)
 
@@ -427,13 +427,23 @@ def test_a_second_turn_while_one_is_written_is_refused(user, session, slow_anthr
         await socket.send_json_to({"type": "send", "session_id": sid, "content": "One"})
         await _until(socket, {"delta"})
         await socket.send_json_to({"type": "send", "session_id": sid, "content": "Two"})
-        found = await _until(socket, {"error"})
-        assert found[-1]["error"]["code"] == "conflict" and "seq" not in found[-1]
-        assert (await _until(socket, TERMINAL))[-1]["type"] == "done"
+        first = await _until(socket, TERMINAL)
+        second = await _until(socket, TERMINAL)
         await socket.disconnect()
+        return first, second
 
-    run(scenario)
-    assert Message.objects.first().content == "One"
+    first, second = run(scenario)
+    assert first[-1]["type"] == "done" and "error" not in {e["type"] for e in first}
+    started = second[0]
+    assert (started["type"], started["prompt"]) == ("turn_started", "Two")
+    # Prepared once the first had ended: it keeps the first turn's two messages.
+    assert started["kept_messages"] == second[-1]["kept_messages"] == 2
+    assert second[-1]["type"] == "done"
+    assert second[-1]["messages"][-1]["content"] == "Echo: Two"
+    seqs = _seqs(first + second)  # the first turn's, then the second's, none missed
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    contents = Message.objects.order_by("created_at", "pk").values_list("content", flat=True)
+    assert list(contents) == ["One", "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9", "Two", "Echo: Two"]
 
 
 def test_regenerate_and_edit_replace_turns_here_and_in_the_runtimes_history(

@@ -8,16 +8,21 @@ Anthropic server, reached by the gateway through the real ``anthropic`` SDK.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from decimal import Decimal
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
 
-from agents.models import Agent, Message
+from agents.models import Agent, Message, Session
 from agents.sandbox import runtime_client_sync
+from agents.services.live import live_claimed, live_replay
 from console.models import UsageHourly, UsageRecord
 from tests.conftest import PLATFORM_KEY
-from tests.fakes.anthropic import Error, Text, _input_tokens, count_tokens
+from tests.fakes.anthropic import Error, Hang, Text, _input_tokens, count_tokens
+from tests.polling import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -200,3 +205,90 @@ def test_a_reply_holding_nul_characters_is_stored_and_returned(alice, fake_anthr
     assert reply.json()["content"] == "before\x00after"  # the client gets what Claude said
     stored = Message.objects.get(session_id=reply.json()["session_id"], role="assistant")
     assert stored.content == "before\ufffdafter"
+
+
+# --- A chat turn is a live turn, as the chat page's and /api/v1's are ----------------------------
+
+
+def _log_types(session_id: str) -> list[str]:
+    """The types of the session's events, as a page that follows the session received them."""
+    return [e["type"] for e in async_to_sync(live_replay)(session_id, after=0).events]
+
+
+def test_a_chat_is_broadcast_to_the_sessions_followers(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    reply = alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "A few words"})
+    assert reply.status_code == 200, reply.text
+    types = _log_types(reply.json()["session_id"])
+    assert types[0] == "turn_started" and types[-1] == "done"
+    assert set(types[1:-1]) == {"delta"}
+
+
+def test_a_chat_is_stopped_by_a_cancel_from_another_request(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    fake_anthropic.enqueue(Hang(30))
+    answers: list[httpx.Response] = []
+    chat = threading.Thread(
+        target=lambda: answers.append(
+            alice.post(f"{spawned['url']}/v1/agent/chat", json={"prompt": "Take your time"})
+        )
+    )
+    chat.start()
+    try:
+        assert eventually(lambda: fake_anthropic.requests)
+        session_id = str(Session.objects.get().pk)
+        assert async_to_sync(live_claimed)(session_id), "the chat's turn holds no claim"
+        cancel = alice.post(f"/api/v1/sessions/{session_id}/cancel")
+        assert cancel.status_code == 202, cancel.text
+    finally:
+        chat.join(timeout=10)
+    assert not chat.is_alive(), "the cancelled chat did not answer"
+    assert answers[0].status_code == 409, answers[0].text
+    assert answers[0].json()["error"]["code"] == "turn_cancelled"
+    assert eventually(lambda: fake_anthropic.disconnects == 1)
+    assert not Message.objects.exists()
+
+
+def test_two_chats_at_once_in_one_session_are_both_answered_in_order(alice, fake_anthropic):
+    spawned = _spawn(alice)
+    chat_url = f"{spawned['url']}/v1/agent/chat"
+    session_id = alice.post(chat_url, json={"prompt": "one"}).json()["session_id"]
+    release = threading.Event()
+    fake_anthropic.enqueue(Hang(30, release=release))
+    answers: dict[str, list[tuple[str, dict]] | httpx.Response] = {}
+
+    def ask_json() -> None:
+        answers["two"] = alice.post(chat_url, json={"prompt": "two", "session_id": session_id})
+
+    def ask_stream(client: httpx.Client) -> None:
+        body = {"prompt": "three", "session_id": session_id, "stream": True}
+        with client.stream("POST", chat_url, json=body) as response:
+            assert response.status_code == 200
+            answers["three"] = _events(response)
+
+    first = threading.Thread(target=ask_json)
+    first.start()
+    with httpx.Client(timeout=30, headers=alice.headers) as other:
+        try:
+            assert eventually(lambda: len(fake_anthropic.requests) == 2)
+            second = threading.Thread(target=ask_stream, args=(other,))
+            second.start()
+            time.sleep(0.5)
+            assert not answers, "a chat answered while the first was still being written"
+        finally:
+            release.set()
+            first.join(timeout=10)
+            second.join(timeout=10)
+    assert answers["two"].status_code == 200, answers["two"].text
+    assert answers["two"].json()["content"] == "Echo: two"
+    assert answers["three"][-1] == ("done", answers["three"][-1][1])
+    assert answers["three"][-1][1]["content"] == "Echo: three"
+    contents = Message.objects.filter(session_id=session_id).order_by("created_at", "pk")
+    assert list(contents.values_list("content", flat=True)) == [
+        "one",
+        "Echo: one",
+        "two",
+        "Echo: two",
+        "three",
+        "Echo: three",
+    ]

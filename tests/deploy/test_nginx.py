@@ -38,9 +38,10 @@ from django.urls import reverse
 from websockets.sync.client import connect
 
 from config.launch import gateway_command
-from tests.config.test_launch import _free_port, _wait_for
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import FakeAnthropic
+from tests.polling import eventually
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RENDER = ROOT / "deploy" / "nginx" / "render.py"
@@ -249,18 +250,18 @@ def test_chat_routes_stream_events_as_they_come_where_others_are_buffered(tmp_pa
     nginx = nginx_binary()
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _SlowEvents)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    port = _free_port()
+    port = free_port()
     cert, key = certificate(tmp_path)
     site = render(
         *("--server-name", "localhost", "--listen", "127.0.0.1"),
-        *("--http-port", str(_free_port()), "--https-port", str(port)),
+        *("--http-port", str(free_port()), "--https-port", str(port)),
         *("--web", f"127.0.0.1:{upstream.server_address[1]}", "--gateway", "127.0.0.1:1"),
         *("--certificate", str(cert), "--certificate-key", str(key)),
     )
     with (tmp_path / "nginx.log").open("wb") as log:
         server = nginx_start(nginx, tmp_path, site, log)
     try:
-        _wait_for(lambda: _listening(port), 30, "nginx")
+        eventually(lambda: _listening(port), 30, failing="nginx is not listening")
         ca = ssl.create_default_context(cafile=str(cert))
         uuid = "0b6a6f2e-7c52-4f0c-9b1e-3f0f8c1f8a10"
         for chat in (f"/agents/{uuid}/v1/agent/chat", f"/api/v1/sessions/{uuid}/messages"):
@@ -311,8 +312,8 @@ def _listening(port: int) -> bool:
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
     nginx = nginx_binary()
     folder = tmp_path_factory.mktemp("nginx")
-    https_port, http_port = _free_port(), _free_port()
-    web_ports, gateway_port, dead_port = [_free_port(), _free_port()], _free_port(), _free_port()
+    https_port, http_port = free_port(), free_port()
+    web_ports, gateway_port, dead_port = [free_port(), free_port()], free_port(), free_port()
     url = f"https://localhost:{https_port}"
     fake = FakeAnthropic(chunk_delay=0.25).start()
     env = {
@@ -375,8 +376,12 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
     server = nginx_start(nginx, folder, site, log)
     try:
         for port, _ in processes:
-            _wait_for(lambda p=port: _listening(p), 60, f"a console process on port {port}")
-        _wait_for(lambda: _listening(https_port), 30, "nginx")
+            eventually(
+                lambda p=port: _listening(p),
+                60,
+                failing=f"no console process listens on port {port}",
+            )
+        eventually(lambda: _listening(https_port), 30, failing="nginx is not listening")
         ca = ssl.create_default_context(cafile=str(cert))
         yield Proxied(url, f"http://localhost:{http_port}", ca, password, key, fake, web_ports)
     finally:

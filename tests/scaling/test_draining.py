@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from agents import services
 from agents.models import Agent, Session
+from agents.services.live import live_turn_ask
 from plumbing.errors import AgentDraining, AgentNotRunning
 
 API = "/api/v1"
@@ -52,10 +53,12 @@ def test_the_agent_picked_for_a_task_is_never_draining(user):
 @pytest.mark.django_db(transaction=True)
 def test_a_chat_turn_opens_no_new_session_on_a_draining_agent(user):
     agent = _agent(user, draining_since=timezone.now())
-    turn = services.ChatTurn(user=user, agent_id=agent.pk, prompt="hello")
+    ask = live_turn_ask(
+        user=user, agent_id=agent.pk, session_id=None, prompt="hello", max_tokens=256
+    )
 
     with pytest.raises(AgentDraining):
-        asyncio.run(services.agent_chat(turn=turn))
+        asyncio.run(ask)
 
     assert not Session.objects.exists()
 

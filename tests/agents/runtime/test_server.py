@@ -391,7 +391,9 @@ def test_stream_gateway_error_ends_with_an_error_event_and_is_forgotten(
     ) as response:
         events = _sse(response)
 
-    assert events == [("error", {"code": "rate_limit_error", "message": "too many"})]
+    # With the gateway's status: the stream's own (200) was sent before the refusal came.
+    error = {"code": "rate_limit_error", "message": "too many", "status": 429}
+    assert events == [("error", error)]
     runtime_http.post(CHAT, json={"prompt": "kept", "session_id": session})
     assert _chat_requests(fake_gateway)[-1]["messages"] == [{"role": "user", "content": "kept"}]
 

@@ -3,6 +3,7 @@ process's memory and in Redis alike."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 
@@ -131,3 +132,49 @@ def test_a_stop_asked_as_a_turn_starts_stops_it_before_it_listens(backend, user)
     assert (nothing_to_stop, stopped) == (False, True)
     assert [event["type"] for event in events] == ["cancelled"]
     assert async_to_sync(live.live_claimed)(session) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_sent_while_another_holds_the_session_waits_for_its_end_then_starts(backend, user):
+    session = str(uuid.uuid4())
+    turn = ChatTurn(user=user, agent_id=uuid.uuid4(), prompt="hi", session_id=session)
+
+    async def go() -> tuple[list[dict], str | None]:
+        assert await live._log().claim(session, "turn-a", 30)
+        started = await live.live_turn_start(live=live.LiveTurn(turn, kept_messages=0))
+        followed = live.live_follow(session, turn_id=started["turn_id"], after=started["seq"])
+        first = asyncio.ensure_future(anext(followed))
+        await asyncio.sleep(0.3)
+        assert not first.done(), "the turn did not wait for the one holding the session"
+        holder = await live.live_claimed(session)
+        end = {"type": "done", "session_id": session, "turn_id": "turn-a", "messages": []}
+        await live.live_publish(session, end, ending="turn-a")
+        return [await first, *[event async for event in followed]], holder
+
+    events, holder = async_to_sync(go)()
+    assert holder == "turn-a"
+    # It started once the first had ended; its agent does not exist, which ends it.
+    assert [event["type"] for event in events] == ["turn_started", "error"]
+    assert events[-1]["error"]["code"] == "agent_not_found"
+    assert async_to_sync(live.live_claimed)(session) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_that_waits_past_the_bound_ends_with_a_clear_error(backend, user, settings):
+    settings.CHAT_TURN_QUEUE_SECONDS = 0.2
+    session = str(uuid.uuid4())
+    turn = ChatTurn(user=user, agent_id=uuid.uuid4(), prompt="hi", session_id=session)
+
+    async def go() -> list[dict]:
+        assert await live._log().claim(session, "turn-a", 30)
+        started = await live.live_turn_start(live=live.LiveTurn(turn, kept_messages=0))
+        followed = live.live_follow(session, turn_id=started["turn_id"], after=started["seq"])
+        return [event async for event in followed]
+
+    events = async_to_sync(go)()
+    assert [(e["type"], e["status"], e["error"]["code"]) for e in events] == [
+        ("error", 409, "turn_queue_timeout")
+    ]
+    assert events[0]["error"]["details"] == {"session_id": session, "waited_seconds": 0.2}
+    assert async_to_sync(live.live_claimed)(session) == "turn-a"  # still the first's
+    async_to_sync(live._log().release)(session, "turn-a")
