@@ -1,10 +1,11 @@
 """The embedded Celery broker: a private Redis server on a Unix socket under the state folder.
 
 Without ``REDIS_URL``, ``make run`` starts it (``config.launch``) and every process reaches it
-at the URL ``embedded_url`` names; nothing else uses it. It is Redis because Celery's Redis
-transport is the one that runs in production here too, and is stable under concurrent
-publishers; kombu's filesystem transport loses races under load (a consumer reads a message
-file before it is written). No TCP port: only the console's processes can reach it.
+at the URL ``embedded_url`` names; beat keeps its schedule there too (``redis_url``). It is
+Redis because Celery's Redis transport is the one that runs in production here too, and is
+stable under concurrent publishers; kombu's filesystem transport loses races under load (a
+consumer reads a message file before it is written). No TCP port: only the console's processes
+can reach it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = [
     "broker_dir",
     "embedded_socket",
     "embedded_url",
+    "redis_url",
     "server_command",
     "server_problem",
     "server_program",
@@ -49,6 +52,20 @@ def embedded_socket(var_dir: Path) -> Path:
 
 def embedded_url(var_dir: Path) -> str:
     return f"redis+socket://{embedded_socket(var_dir)}"
+
+
+def redis_url(broker_url: str) -> str | None:
+    """The URL redis-py opens for a Celery broker that is Redis (kombu's ``redis+socket://``
+    is redis-py's ``unix://``, its ``virtual_host`` the ``db``); None for any other broker."""
+    parts = urlsplit(broker_url)
+    if parts.scheme in {"redis", "rediss"}:
+        return broker_url
+    if parts.scheme != "redis+socket":
+        return None
+    query = urlencode(
+        [("db" if key == "virtual_host" else key, value) for key, value in parse_qsl(parts.query)]
+    )
+    return f"unix://{parts.path}" + (f"?{query}" if query else "")
 
 
 def server_program() -> str | None:

@@ -20,6 +20,16 @@ app.autodiscover_tasks(["agents", "scaling", "console"])
 
 @app.on_after_configure.connect
 def _prepare(sender: Celery, **_: object) -> None:
+    # For beat's scheduler (config/beat.py): celery-redbeat reads its settings under their own
+    # names only, not under Django's CELERY_ prefix.
+    sender.conf.update(
+        redbeat_redis_url=settings.BEAT_REDIS_URL,
+        redbeat_redis_options={
+            "socket_timeout": settings.BEAT_LOCK_SECONDS,
+            "socket_connect_timeout": settings.BEAT_LOCK_SECONDS,
+        },
+        redbeat_lock_timeout=settings.BEAT_LOCK_SECONDS,
+    )
     sender.conf.beat_schedule = {
         "reconcile-sandboxes": {
             "task": "agents.tasks.agents_reconcile",

@@ -4,8 +4,8 @@ Prepares local state (a secret key, the database, an operator account), then run
 until Ctrl-C (or SIGTERM) stops them all (agents' sandboxes keep running, and the next start
 serves them again):
 
-* broker: without ``REDIS_URL``, a private Redis server on a socket under ``var/``, the Celery
-  broker only (``config.broker``);
+* broker: without ``REDIS_URL``, a private Redis server on a socket under ``var/``: the Celery
+  broker, and beat's schedule (``config.broker``);
 * web: daphne, on ``PORT``: the pages, the APIs and the WebSockets;
 * gateway: uvicorn (uvloop, httptools) on ``GATEWAY_PORT``, the port agents send their calls to
   Claude through (``GATEWAY_URL``). Every call pays for the server's HTTP handling, and uvicorn's
@@ -349,7 +349,7 @@ def _supervise(
     )
     supervisor.add(
         "beat",
-        [*celery, "beat", "--loglevel", "INFO", "--schedule", str(var / "celerybeat-schedule")],
+        [*celery, "beat", "--loglevel", "INFO"],
     )
     print(
         f"\nAgent Console: open http://{host}:{port}/ (admin at http://{host}:{port}/admin/). "

@@ -191,7 +191,14 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Beat keeps the schedule and a lock in Redis, the broker's when it is Redis (config/beat.py):
+# of several beats, the one holding the lock sends. It renews the lock every loop and one that
+# waits asks for it as often, so a second beat takes over within BEAT_LOCK_SECONDS (and a loop)
+# of the first one's death. A beat stuck on Redis for as long has lost the lock anyway.
+BEAT_LOCK_SECONDS = env_int("BEAT_LOCK_SECONDS", 25, minimum=2)
+BEAT_REDIS_URL = broker.redis_url(CELERY_BROKER_URL) or REDIS_URL
+CELERY_BEAT_SCHEDULER = "config.beat:OneBeatScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = BEAT_LOCK_SECONDS / 5
 RECONCILE_INTERVAL_SECONDS = env_float("RECONCILE_INTERVAL_SECONDS", 60.0, minimum=1.0)
 
 # --- Anthropic and the gateway.

@@ -21,6 +21,7 @@ PRINT = SETUP + "; from django.conf import settings as s; print(repr({}))"
 _CONTROLLED = (
     "DATABASE_URL",
     "REDIS_URL",
+    "CELERY_BROKER_URL",
     "DEBUG",
     "SECRET_KEY",
     "SECRET_KEY_FILE",
@@ -80,6 +81,7 @@ def run(tmp_path: Path):
             {"SANDBOX_HOST_HEARTBEAT_SECONDS": "10", "SANDBOX_HOST_STALE_SECONDS": "15"},
             "SANDBOX_HOST_STALE_SECONDS",
         ),
+        ({"BEAT_LOCK_SECONDS": "1"}, "BEAT_LOCK_SECONDS"),
     ],
 )
 def test_a_malformed_variable_stops_startup_naming_it(run, env, named):
@@ -153,3 +155,31 @@ def test_a_host_is_stale_after_three_missed_heartbeats_by_default(run):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == repr((4.0, 12.0))
+
+
+@pytest.mark.parametrize(
+    ("env", "schedule_in"),
+    [
+        ({}, "unix://{var}/broker/redis.sock"),  # make run's private broker
+        ({"REDIS_URL": "redis://cache.invalid:6380/3"}, "redis://cache.invalid:6380/3"),
+        (
+            {"CELERY_BROKER_URL": "redis+socket:///run/redis.sock?virtual_host=2"},
+            "unix:///run/redis.sock?db=2",
+        ),
+        (
+            {"CELERY_BROKER_URL": "amqp://mq.invalid//", "REDIS_URL": "redis://cache.invalid/4"},
+            "redis://cache.invalid/4",
+        ),
+    ],
+)
+def test_beat_keeps_its_schedule_in_the_brokers_redis_else_in_redis_url(run, env, schedule_in):
+    result = run("-c", PRINT.format("(s.BEAT_REDIS_URL, s.CELERY_BEAT_MAX_LOOP_INTERVAL)"), **env)
+    assert result.returncode == 0, result.stderr
+    expected = (schedule_in.format(var=run.var_dir), 5.0)  # a fifth of the lock's 25 s
+    assert result.stdout.strip() == repr(expected)
+
+
+def test_beat_without_redis_refuses_to_start_saying_why(run):
+    result = run("-m", "celery", "-A", "config", "beat", CELERY_BROKER_URL="amqp://mq.invalid//")
+    assert result.returncode != 0
+    assert "beat keeps its schedule in Redis: set REDIS_URL" in result.stdout + result.stderr
