@@ -222,12 +222,12 @@ def _walk_through(console: Console) -> None:
     # Beat took the schedule's lock and sends it, and the worker runs what it sends (hosts are
     # checked every SANDBOX_HOST_HEARTBEAT_SECONDS, 10 s).
     assert "beat: Acquired lock" in console.output()
-    _wait_for(
+    eventually(
         lambda: re.search(
             r"Task agents\.tasks\.hosts_mark_stale\[\S+\] succeeded", console.output()
         ),
         30,
-        "the worker to run a task beat sent",
+        failing="timed out waiting for the worker to run a task beat sent",
     )
 
     assert console.interrupt() == 0, console.output()[-2000:]
