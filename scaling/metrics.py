@@ -27,13 +27,14 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
 from django.conf import settings
 from django.db.models import Count, Q
 
-from agents.models import Agent, Session
+from agents.models import Agent, AgentDemand, Session
 
 __all__ = [
     "AGENTS_QUERY",
@@ -41,6 +42,7 @@ __all__ = [
     "PoolKey",
     "PoolReading",
     "PrometheusError",
+    "demand_waiting",
     "pools_observe",
     "prometheus_query",
 ]
@@ -72,12 +74,14 @@ class PoolReading:
     source: str = "database"
     error: str = ""
     prometheus_agents: float | None = None
+    waiting: int = 0
 
     def as_inputs(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "agents": self.agents,
             "sessions": self.sessions,
+            "waiting": self.waiting,
             "agents_by_status": dict(sorted(self.by_status.items())),
             "draining": self.draining,
             "prometheus_agents": self.prometheus_agents,
@@ -202,6 +206,19 @@ def pools_observe(
         else:
             reading.sessions = 0  # no agents, no series: nothing to report
     return readings
+
+
+def demand_waiting(*, owner_ids: Iterable[int], now: datetime) -> dict[int, int]:
+    """The requests waiting for an agent of each owner's (``agents.models.AgentDemand``), in
+    one query; owners with none are left out. The database's, even with Prometheus: it is the
+    console's own record, as the agent count is."""
+    rows = (
+        AgentDemand.objects.filter(owner_id__in=set(owner_ids), expires_at__gt=now)
+        .values_list("owner_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return dict(rows)
 
 
 def _copy(reading: PoolReading) -> PoolReading:
