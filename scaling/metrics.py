@@ -1,6 +1,7 @@
 """What the autoscaler observes of each pool: its agents by status, from the database (the
 console's own record of what it runs), and its open sessions, from the database by default or
-from Prometheus when ``PROMETHEUS_URL`` is set.
+from Prometheus when ``PROMETHEUS_URL`` is set. The requests waiting for an owner's agent
+(``demand_waiting``) always come from the database.
 
 A pool is the non-deleted agents of one owner running one template (model and system prompt).
 Every pool of a pass is read at once (two aggregate queries, or one query and two Prometheus

@@ -10,7 +10,8 @@ records each ``ScalingDecision``, in a fixed number of queries however many rule
 ``scaling_apply`` then carries a decision out on its pool: growth un-drains draining agents and
 spawns the rest through ``agents.services.agent_spawn`` (the owner's quota and the hosts'
 capacity apply); shrinking marks the least busy agents draining, and a draining agent is stopped
-once it holds no open session, at this pass or a later one.
+once it holds no open session, at this pass or a later one. ``scaling_wake`` answers a request
+waiting for an owner's agent: it evaluates the owner's pool at once when the pool is at zero.
 """
 
 from __future__ import annotations
