@@ -91,7 +91,11 @@ async def task_agent_waking(*, user: User, agent_id: uuid.UUID | None) -> Agent:
             if time.monotonic() >= deadline:
                 raise PoolWaking(
                     f"no agent of yours came up within {wait:g} s: "
-                    + (f"the pool {pool!r} is waking" if pool else "your pool is waking")
+                    + (
+                        f"the pool {pool!r} is waking"
+                        if pool
+                        else "the autoscaler has not answered"
+                    )
                     + ", try again shortly",
                     details={"pool": pool, "waited_seconds": wait},
                 )
