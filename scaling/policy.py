@@ -389,8 +389,12 @@ def decide(rule: Rule, observation: Observation, history: Sequence[Past]) -> Dec
         up = target > agents
         cooldown = rule.scale_up_cooldown_seconds if up else rule.scale_down_cooldown_seconds
         last_move = next((p for p in reversed(past) if p.moved), None)
-        # A wake's callers wait only their boot time, shorter than a cooldown would hold it.
-        if not obs.waking and last_move is not None and _ago(now, last_move.at) < cooldown:
+        # A wake's callers wait only their boot time, shorter than the cooldown of the move to
+        # zero; a move up within the cooldown is a wake (or growth) already on its way.
+        woke_after_shrink = obs.waking and (
+            last_move is None or last_move.target < last_move.agents
+        )
+        if not woke_after_shrink and last_move is not None and _ago(now, last_move.at) < cooldown:
             limits.append(
                 f"the last move ({last_move.agents} to {last_move.target}) was "
                 f"{_ago(now, last_move.at):.0f} s ago, within the {cooldown} s "

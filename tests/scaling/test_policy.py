@@ -125,6 +125,16 @@ def test_a_wake_is_not_held_back_by_the_cooldown_of_the_move_to_zero():
     assert decide(rule, observe(0, 1), history).target == 0  # sessions alone: the cooldown holds
 
 
+def test_a_second_wake_within_the_cooldown_of_the_first_holds_while_its_agent_comes():
+    rule = replace(Rule(), min_agents=0, scale_up_cooldown_seconds=600)
+    history = [past(-1, 0, 1, sessions=0, recommended=1)]
+
+    decision = decide(rule, waiting(0, 0, 3), history)
+
+    assert (decision.target, decision.direction) == (0, Direction.HOLD)
+    assert "within the 600 s scale-up cooldown" in decision.reason
+
+
 def test_a_wake_happens_even_when_the_sessions_cannot_be_read():
     rule = replace(Rule(), min_agents=0)
     decision = decide(rule, waiting(0, None, 1, error="Prometheus answered 503"), [])
