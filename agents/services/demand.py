@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent, AgentDemand
-from agents.services.queued import worker_task
+from agents.services.queued import PUBLISH_RETRY, worker_task
 from agents.services.sessions import task_agent, task_agent_running
 from console.models import User
 from plumbing.errors import AgentNotRunning, PoolWaking, outages_refused
@@ -29,9 +29,6 @@ _EXPIRY_SLACK_SECONDS = 5.0
 
 # How often a waiting caller looks for its agent: a boot takes seconds.
 _POLL_SECONDS = 0.2
-
-# A broker that is down is reported within a second or so, not after kombu's default retries.
-_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
 def demand_record(*, user: User) -> AgentDemand:
@@ -47,7 +44,7 @@ def demand_record(*, user: User) -> AgentDemand:
             with outages_refused():
                 # By name, as agents' own tasks: agents may not import scaling, and a queued
                 # task (not a signal's receiver) keeps the wake where beat's evaluations run.
-                worker_task(_WAKE).apply_async((user.pk,), retry_policy=_PUBLISH_RETRY)
+                worker_task(_WAKE).apply_async((user.pk,), retry_policy=PUBLISH_RETRY)
         except Exception:
             AgentDemand.objects.filter(pk=demand.pk).delete()
             raise
@@ -76,7 +73,6 @@ async def task_agent_waking(*, user: User, agent_id: uuid.UUID | None) -> Agent:
     wait = settings.AGENT_BOOT_WAIT_SECONDS
     deadline = time.monotonic() + wait
     demand = await sync_to_async(demand_record)(user=user)
-    pool = ""
     try:
         while True:
             agent = await sync_to_async(task_agent_running)(user=user)
