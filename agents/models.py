@@ -184,3 +184,28 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class AgentDemand(models.Model):
+    """A request waiting for one of its owner's agents to run (a one-shot task naming no agent
+    when none runs): the autoscaler counts it in the load of the owner's pool, which wakes a
+    pool at zero. The caller deletes it once served or refused; ``expires_at`` leaves out one
+    whose caller vanished."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    answered_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the autoscaler took the demand up."
+    )
+    pool = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The scaling rule whose pool it woke; empty once answered: none serves it.",
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "expires_at"], name="agent_demand_owner")]
+
+    def __str__(self) -> str:
+        return f"demand of {self.owner_id} until {self.expires_at:%H:%M:%S}"

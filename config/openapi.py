@@ -273,7 +273,9 @@ PATHS: dict[str, Any] = {
     "/api/v1/execute": _post(
         "api_v1_execute_create",
         "Run a one-shot task on an agent",
-        "In a session of its own, closed after. 409 when you have no running agent.",
+        "In a session of its own, closed after. Naming no agent when none of yours runs, it "
+        "waits for your pool to wake (up to AGENT_BOOT_WAIT_SECONDS): 503 `pool_waking` when "
+        "none came up in time, 409 when no scaling rule of yours wakes one.",
         parameters=[_IDEMPOTENCY_KEY],
         request="ExecuteRequest",
         status="200",

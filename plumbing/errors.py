@@ -41,6 +41,7 @@ __all__ = [
     "NotAuthenticated",
     "NotFound",
     "PayloadTooLarge",
+    "PoolWaking",
     "QuotaExceeded",
     "RateLimited",
     "ServiceUnavailable",
@@ -178,6 +179,12 @@ class CapacityExhausted(ConsoleError):
     """No sandbox host has room; more may free up soon."""
 
     status, code, retry_after = 503, "no_capacity", 30
+
+
+class PoolWaking(ConsoleError):
+    """No agent of the caller's came up within the boot wait: their pool is still waking."""
+
+    status, code, retry_after = 503, "pool_waking", 5
 
 
 class AgentUnavailable(ConsoleError):

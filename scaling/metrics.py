@@ -1,6 +1,7 @@
 """What the autoscaler observes of each pool: its agents by status, from the database (the
 console's own record of what it runs), and its open sessions, from the database by default or
-from Prometheus when ``PROMETHEUS_URL`` is set.
+from Prometheus when ``PROMETHEUS_URL`` is set. The requests waiting for an owner's agent
+(``demand_waiting``) always come from the database.
 
 A pool is the non-deleted agents of one owner running one template (model and system prompt).
 Every pool of a pass is read at once (two aggregate queries, or one query and two Prometheus
@@ -27,13 +28,14 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
 from django.conf import settings
 from django.db.models import Count, Q
 
-from agents.models import Agent, Session
+from agents.models import Agent, AgentDemand, Session
 
 __all__ = [
     "AGENTS_QUERY",
@@ -41,6 +43,7 @@ __all__ = [
     "PoolKey",
     "PoolReading",
     "PrometheusError",
+    "demand_waiting",
     "pools_observe",
     "prometheus_query",
 ]
@@ -72,12 +75,14 @@ class PoolReading:
     source: str = "database"
     error: str = ""
     prometheus_agents: float | None = None
+    waiting: int = 0
 
     def as_inputs(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "agents": self.agents,
             "sessions": self.sessions,
+            "waiting": self.waiting,
             "agents_by_status": dict(sorted(self.by_status.items())),
             "draining": self.draining,
             "prometheus_agents": self.prometheus_agents,
@@ -202,6 +207,19 @@ def pools_observe(
         else:
             reading.sessions = 0  # no agents, no series: nothing to report
     return readings
+
+
+def demand_waiting(*, owner_ids: Iterable[int], now: datetime) -> dict[int, int]:
+    """The requests waiting for an agent of each owner's (``agents.models.AgentDemand``), in
+    one query; owners with none are left out. The database's, even with Prometheus: it is the
+    console's own record, as the agent count is."""
+    rows = (
+        AgentDemand.objects.filter(owner_id__in=set(owner_ids), expires_at__gt=now)
+        .values_list("owner_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return dict(rows)
 
 
 def _copy(reading: PoolReading) -> PoolReading:

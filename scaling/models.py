@@ -82,11 +82,12 @@ class ScalingRule(models.Model):
 
     Utilization is open sessions over ``current agents * target_sessions_per_agent``: above
     ``scale_up_threshold`` the pool grows, below ``scale_down_threshold`` it shrinks, always
-    within ``[min_agents, max_agents]`` (``min_agents`` 0: the pool may scale to zero). A move
-    waits out its direction's cooldown since the last one and is at most its ``max_step``
-    (agents, or percent of the current count) per ``period_seconds``. ``warm_pool_size`` agents
-    are kept booted beyond the demand, within ``max_agents``. When the load cannot be read, the
-    pool keeps its size (``keep``) or goes to ``fallback_agents`` (``fixed``).
+    within ``[min_agents, max_agents]`` (``min_agents`` 0: the pool may scale to zero; a
+    request waiting for one of its agents wakes it). A move waits out its direction's cooldown
+    since the last one and is at most its ``max_step`` (agents, or percent of the current count)
+    per ``period_seconds``. ``warm_pool_size`` agents are kept booted beyond the demand, within
+    ``max_agents``. When the load cannot be read, the pool keeps its size (``keep``) or goes to
+    ``fallback_agents`` (``fixed``).
     """
 
     class StepUnit(models.TextChoices):

@@ -129,13 +129,20 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """The pool now: its agents (booting or serving, not draining) and open sessions.
-    ``sessions`` is None when the metrics could not be read; ``error`` says why."""
+    """The pool now: its agents (booting or serving, not draining), open sessions, and the
+    requests waiting for one of its agents to run. ``sessions`` is None when the metrics could
+    not be read; ``error`` says why."""
 
     now: datetime
     agents: int
     sessions: int | None
     error: str = ""
+    waiting: int = 0
+
+    @property
+    def waking(self) -> bool:
+        """Whether the pool is at zero with demand waiting: activation, in KEDA's words."""
+        return self.agents == 0 and self.waiting > 0
 
     @property
     def failed(self) -> bool:
@@ -220,6 +227,9 @@ def forecast_sessions(
     return max(0.0, mean_s + slope * (at - mean_t))
 
 
+_WAKE = "the pool is at zero with demand waiting: waking it (activation)"
+
+
 def _needed(sessions: float, per_agent: int) -> int:
     # A float forecast may sit a hair above a whole number of agents' worth.
     return math.ceil(round(sessions / per_agent, 9))
@@ -233,10 +243,12 @@ def _recommend(
     sessions = obs.sessions or 0
     per_agent, agents = rule.target_sessions_per_agent, obs.agents
     capacity = agents * per_agent
-    seen = f"{sessions} sessions on {_plural(agents, 'agent')} at {per_agent} per agent: " + (
-        f"utilization {sessions / capacity:.2f}" if capacity else "no capacity"
+    load: float = sessions + obs.waiting
+    waiting = f" and {_plural(obs.waiting, 'request')} waiting for an agent" if obs.waiting else ""
+    seen = (
+        f"{sessions} sessions{waiting} on {_plural(agents, 'agent')} at {per_agent} per agent: "
+        + (f"utilization {load / capacity:.2f}" if capacity else "no capacity")
     )
-    load: float = sessions
     forecast: float | None = None
     if rule.predictive:
         now = obs.now
@@ -248,7 +260,8 @@ def _recommend(
         ahead = max(s.period_seconds for s in rule.scale_up_steps)
         predicted = forecast_sessions(points=[*window, (0.0, sessions)], at=float(ahead))
         if predicted is not None and predicted > sessions:
-            load = forecast = predicted
+            forecast = predicted
+            load = predicted + obs.waiting
             seen += (
                 f"; the trend of the last {len(window) + 1} observations forecasts "
                 f"{predicted:.0f} sessions in {ahead} s"
@@ -264,11 +277,12 @@ def _recommend(
     )
     up, down = rule.scale_up_threshold, rule.scale_down_threshold
     if desired > agents and (utilization > up or agents - needed < rule.warm_pool_size):
-        why = (
-            f"above the scale-up threshold {up:.2f}"
-            if utilization > up
-            else f"fewer than {rule.warm_pool_size} warm agents to spare"
-        )
+        if obs.waking:
+            why = _WAKE
+        elif utilization > up:
+            why = f"above the scale-up threshold {up:.2f}"
+        else:
+            why = f"fewer than {rule.warm_pool_size} warm agents to spare"
         return desired, f"{seen}, {why}; {carry}.", forecast
     if desired < agents and utilization < down:
         return desired, f"{seen}, below the scale-down threshold {down:.2f}; {carry}.", forecast
@@ -326,6 +340,9 @@ def decide(rule: Rule, observation: Observation, history: Sequence[Past]) -> Dec
         else:
             recommended = agents
             why = f"The metrics could not be read ({error}); keeping the current count."
+        if obs.waking and recommended < 1:
+            recommended = 1
+            why += f" {_plural(obs.waiting, 'request')} waiting for an agent: {_WAKE}."
         utilization = None
     else:
         recommended, why, forecast = _recommend(rule, obs, past)
@@ -372,7 +389,12 @@ def decide(rule: Rule, observation: Observation, history: Sequence[Past]) -> Dec
         up = target > agents
         cooldown = rule.scale_up_cooldown_seconds if up else rule.scale_down_cooldown_seconds
         last_move = next((p for p in reversed(past) if p.moved), None)
-        if last_move is not None and _ago(now, last_move.at) < cooldown:
+        # A wake's callers wait only their boot time, shorter than the cooldown of the move to
+        # zero; a move up within the cooldown is a wake (or growth) already on its way.
+        woke_after_shrink = obs.waking and (
+            last_move is None or last_move.target < last_move.agents
+        )
+        if not woke_after_shrink and last_move is not None and _ago(now, last_move.at) < cooldown:
             limits.append(
                 f"the last move ({last_move.agents} to {last_move.target}) was "
                 f"{_ago(now, last_move.at):.0f} s ago, within the {cooldown} s "

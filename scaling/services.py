@@ -10,7 +10,8 @@ records each ``ScalingDecision``, in a fixed number of queries however many rule
 ``scaling_apply`` then carries a decision out on its pool: growth un-drains draining agents and
 spawns the rest through ``agents.services.agent_spawn`` (the owner's quota and the hosts'
 capacity apply); shrinking marks the least busy agents draining, and a draining agent is stopped
-once it holds no open session, at this pass or a later one.
+once it holds no open session, at this pass or a later one. ``scaling_wake`` answers a request
+waiting for an owner's agent: it evaluates the owner's pool at once when the pool is at zero.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from agents.models import Agent
+from agents.models import Agent, AgentDemand
 from agents.services import agent_spawn, agent_stop
 from console.models import User
 from console.services import audit_record, audited_delete, audited_save, audited_update
 from plumbing.errors import ConsoleError
 from scaling import policy
-from scaling.metrics import PoolKey, PoolReading, pools_observe
+from scaling.metrics import PoolKey, PoolReading, demand_waiting, pools_observe
 from scaling.models import AUTOSCALER_ACCOUNT, ScalingDecision, ScalingRule
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "scaling_rule_evaluate",
     "scaling_rule_set_enabled",
     "scaling_rule_update",
+    "scaling_wake",
 ]
 
 
@@ -99,14 +101,15 @@ def _autoscaler_account() -> User:
     return account
 
 
-def _claim(rule_ids: Sequence[int] | None, now: datetime) -> list[ScalingRule]:
-    """Lock the enabled, due rules among ``rule_ids`` (all when None) and mark them evaluated
-    now: a rule another pass holds is skipped, one evaluated meanwhile is no longer due."""
+def _claim(rule_ids: Sequence[int] | None, now: datetime, *, due: bool) -> list[ScalingRule]:
+    """Lock the enabled rules among ``rule_ids`` (all when None), the due ones only when
+    ``due``, and mark them evaluated now: a rule another pass holds is skipped, one evaluated
+    meanwhile is no longer due."""
     with transaction.atomic():
         rules = ScalingRule.objects.select_for_update(skip_locked=True).filter(enabled=True)
         if rule_ids is not None:
             rules = rules.filter(pk__in=list(rule_ids))
-        claimed = [rule for rule in rules if rule.is_due(now)]
+        claimed = [rule for rule in rules if not due or rule.is_due(now)]
         if claimed:
             ScalingRule.objects.filter(pk__in=[r.pk for r in claimed]).update(last_evaluated_at=now)
     for rule in claimed:
@@ -160,25 +163,53 @@ def _pool_key(rule: ScalingRule, default_owner_id: int) -> PoolKey:
     return PoolKey(rule.owner_id or default_owner_id, rule.model, rule.system_prompt)
 
 
+def _woken_rules(owner_ids: Sequence[int]) -> dict[int, ScalingRule]:
+    """The pool each owner's waiting demand wakes: their enabled rule first by name."""
+    rules = ScalingRule.objects.filter(enabled=True, owner_id__in=list(owner_ids)).order_by("name")
+    woken: dict[int, ScalingRule] = {}
+    for rule in rules:
+        woken.setdefault(rule.owner_id, rule)
+    return woken
+
+
+def _waiting(rules: Sequence[ScalingRule], now: datetime) -> dict[int, int]:
+    """The demand waiting for each rule's pool, by rule id: an owner's requests that name no
+    agent count in the pool of theirs ``_woken_rules`` names, not in each."""
+    owners = {rule.owner_id for rule in rules if rule.owner_id is not None}
+    counts = demand_waiting(owner_ids=owners, now=now) if owners else {}
+    if not counts:
+        return {}
+    woken = _woken_rules(list(counts))
+    return {rule.pk: counts[owner] for owner, rule in woken.items()}
+
+
 def scaling_evaluate(
-    *, rule_ids: Sequence[int] | None = None, now: datetime | None = None
+    *, rule_ids: Sequence[int] | None = None, now: datetime | None = None, due: bool = True
 ) -> list[ScalingDecision]:
     """One pass: observe, decide and record for the enabled rules among ``rule_ids`` (all when
-    None) that are due. The queries are the same few whatever the number of rules."""
+    None) that are due (whether due or not, when not ``due``). The queries are the same few
+    whatever the number of rules."""
     now = now or timezone.now()
-    rules = _claim(rule_ids, now)
+    rules = _claim(rule_ids, now, due=due)
     if not rules:
         return []
     autoscaler_id = _autoscaler_account().pk
     pools = {rule.name: _pool_key(rule, autoscaler_id) for rule in rules}
     readings = pools_observe(pools=pools)
+    waiting = _waiting(rules, now)
+    for rule in rules:
+        readings[rule.name].waiting = waiting.get(rule.pk, 0)
     views = {rule.pk: policy.Rule.of(rule) for rule in rules}
     history = _history(views, now)
     decisions = []
     for rule in rules:
         reading, past, view = readings[rule.name], history.get(rule.pk, []), views[rule.pk]
         observation = policy.Observation(
-            now=now, agents=reading.agents, sessions=reading.sessions, error=reading.error
+            now=now,
+            agents=reading.agents,
+            sessions=reading.sessions,
+            error=reading.error,
+            waiting=reading.waiting,
         )
         decision = policy.decide(view, observation, past)
         utilization = decision.utilization
@@ -261,3 +292,23 @@ def scaling_rule_evaluate(*, rule_id: int, now: datetime | None = None) -> Scali
         return None
     scaling_apply(decision=decisions[0])
     return decisions[0]
+
+
+def scaling_wake(*, owner_id: int, now: datetime | None = None) -> ScalingDecision | None:
+    """Answer the owner's waiting demand (``AgentDemand``): evaluate and apply the rule of the
+    pool it wakes (``_woken_rules``) at once when that pool has no agent serving, else only when
+    due, and mark the demand answered with the pool's name ("" when no rule of theirs wakes
+    one, which refuses its callers). The decision, or None when none was taken."""
+    now = now or timezone.now()
+    rule = _woken_rules([owner_id]).get(owner_id)
+    decision = None
+    if rule is not None:
+        at_zero = not _pool_agents(rule, owner_id).filter(draining_since__isnull=True).exists()
+        decisions = scaling_evaluate(rule_ids=[rule.pk], now=now, due=not at_zero)
+        if decisions:
+            decision = decisions[0]
+            scaling_apply(decision=decision)
+    AgentDemand.objects.filter(owner_id=owner_id, answered_at__isnull=True).update(
+        answered_at=now, pool=rule.name if rule is not None else ""
+    )
+    return decision

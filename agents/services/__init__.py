@@ -7,6 +7,7 @@ from agents.services.chat import (
     agent_chat_events_stoppable,
     agent_for_user,
 )
+from agents.services.demand import demand_record, task_agent_waking
 from agents.services.hosts import (
     host_heartbeat,
     host_place,
@@ -37,6 +38,7 @@ from agents.services.sessions import (
     session_create,
     session_for_turn,
     task_agent,
+    task_agent_running,
     task_prompt,
 )
 from agents.services.warm import AgentTemplate, warm_claim
@@ -61,6 +63,7 @@ __all__ = [
     "agents_reap_idle",
     "agents_reconcile",
     "agents_stop_all",
+    "demand_record",
     "host_heartbeat",
     "host_place",
     "host_register",
@@ -71,6 +74,8 @@ __all__ = [
     "session_create",
     "session_for_turn",
     "task_agent",
+    "task_agent_running",
+    "task_agent_waking",
     "task_prompt",
     "warm_claim",
     "warm_pool_refill",

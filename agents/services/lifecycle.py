@@ -25,7 +25,7 @@ from agents import sandbox
 from agents.metrics import SPAWN_DURATION, SPAWN_TOTAL
 from agents.models import Agent, WarmPool
 from agents.services.hosts import host_place
-from agents.services.queued import worker_task
+from agents.services.queued import PUBLISH_RETRY, worker_task
 from agents.services.warm import AgentTemplate, pool_owner, warm_claim
 from console.models import Quota, User
 from console.services import audit_record, quota_get, user_check_active
@@ -59,10 +59,6 @@ def _queue(agent: Agent) -> str | None:
     return agent.host.queue if agent.host_id and agent.host else None
 
 
-# A broker that is down is reported within a second or so, not after kombu's default retries.
-_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
-
-
 _BOOT = "agents.tasks.agent_boot"
 _HALT = "agents.tasks.agent_halt"
 _TEARDOWN = "agents.tasks.agent_teardown"
@@ -79,7 +75,7 @@ def _queue_after_commit(
     def send() -> None:
         try:
             with outages_refused():
-                worker_task(task).apply_async(args, queue=queue, retry_policy=_PUBLISH_RETRY)
+                worker_task(task).apply_async(args, queue=queue, retry_policy=PUBLISH_RETRY)
         except Exception:
             undo()
             raise

@@ -42,7 +42,8 @@ from agents.services.chat import (
     agent_turn_session,
     refusal_status,
 )
-from agents.services.sessions import session_for_turn, task_agent, task_prompt
+from agents.services.demand import task_agent_waking
+from agents.services.sessions import session_for_turn, task_prompt
 from console.models import User
 from console.services import user_check_active
 from plumbing.errors import (
@@ -864,8 +865,9 @@ async def live_turn_ask(
 async def task_execute(
     *, user: User, agent_id: uuid.UUID | None, task: str, context: Any, max_tokens: int
 ) -> tuple[Agent, ChatResult]:
-    """Run a one-shot task on an agent, as a live turn in a session of its own, closed after."""
-    agent = await sync_to_async(task_agent)(user=user, agent_id=agent_id)
+    """Run a one-shot task on an agent, as a live turn in a session of its own, closed after;
+    naming none when none runs, it waits for the user's pool to wake (``task_agent_waking``)."""
+    agent = await task_agent_waking(user=user, agent_id=agent_id)
     followed = await live_turn_ask(
         user=user,
         agent_id=agent.pk,

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from celery import Task, current_app
 
-__all__ = ["worker_task"]
+__all__ = ["PUBLISH_RETRY", "worker_task"]
+
+# A broker that is down is reported within a second or so, not after kombu's default retries.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
 def worker_task(name: str) -> Task:

@@ -24,6 +24,7 @@ __all__ = [
     "session_create",
     "session_for_turn",
     "task_agent",
+    "task_agent_running",
     "task_prompt",
 ]
 
@@ -77,7 +78,15 @@ def task_agent(*, user: User, agent_id: uuid.UUID | None) -> Agent:
         agent = _own_agent(user, agent_id)
         draining_check(agent=agent)
         return agent
-    agent = (
+    agent = task_agent_running(user=user)
+    if agent is None:
+        raise AgentNotRunning("you have no running agent: spawn one first")
+    return agent
+
+
+def task_agent_running(*, user: User) -> Agent | None:
+    """The user's running agent with the fewest open sessions, not draining; None when none."""
+    return (
         Agent.objects.filter(
             owner=user,
             deleted_at__isnull=True,
@@ -88,9 +97,6 @@ def task_agent(*, user: User, agent_id: uuid.UUID | None) -> Agent:
         .order_by("open_sessions", "-last_active_at")
         .first()
     )
-    if agent is None:
-        raise AgentNotRunning("you have no running agent: spawn one first")
-    return agent
 
 
 def task_prompt(task: str, context: Any) -> str:

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from agents.models import Agent, Message, Session
+from agents.models import Agent, AgentDemand, Message, Session
 
 pytestmark = pytest.mark.django_db
 
@@ -362,8 +362,10 @@ def test_a_task_is_validated(user, client_for, body, field):
     assert not Session.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_task_of_5000_characters_is_accepted(user, client_for):
-    # Valid, so it goes on to look for a running agent, of which there is none.
+    # Valid, so it goes on to look for a running agent, of which there is none, and no pool of
+    # the user's to wake: the autoscaler reads the waiting demand once committed, so commit.
     body = {"task_description": "x" * 5000, "context": {"any": ["json", 1, None]}}
     response = client_for(user).post(f"{API}/execute", body, format="json")
     assert _error(response, 409)["code"] == "agent_not_running"
@@ -708,13 +710,16 @@ def test_a_turn_with_a_stopped_agent_is_refused(user, client_for, alices):
     assert session.messages.count() == 2
 
 
+@pytest.mark.django_db(transaction=True)  # the autoscaler reads the demand once committed
 def test_a_task_with_no_running_agent_is_refused(user, outsider, client_for):
     _agent(user, status="stopped")
     _agent(outsider)  # running, but not alice's
     response = client_for(user).post(f"{API}/execute", {"task_description": "hi"}, format="json")
     error = _error(response, 409)
     assert error["code"] == "agent_not_running"
+    assert "no scaling rule of yours wakes one" in error["message"]
     assert not Session.objects.exists()
+    assert not AgentDemand.objects.exists()
 
 
 def test_a_task_for_a_named_agent_that_is_stopped_is_refused(user, client_for):

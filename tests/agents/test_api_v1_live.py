@@ -18,9 +18,10 @@ import httpx
 import pytest
 from asgiref.sync import async_to_sync
 
-from agents.models import Agent, Message, Session
+from agents.models import Agent, AgentDemand, Message, Session
 from agents.services.live import live_claimed, live_replay
-from console.models import UsageRecord
+from console.models import Quota, UsageRecord
+from scaling.models import ScalingRule
 from tests.fakes.anthropic import Hang, Text, count_tokens
 from tests.polling import eventually
 
@@ -274,6 +275,61 @@ def test_execute_with_no_running_agent_is_a_conflict(alice, fake_anthropic):
     assert not Session.objects.exists()
     assert not fake_anthropic.requests
     assert Agent.objects.get(pk=agent_id).status == "stopped"
+
+
+def test_execute_for_a_pool_at_zero_wakes_it_and_is_answered(alice, user, fake_anthropic):
+    rule = ScalingRule.objects.create(
+        name="alice-pool",
+        owner=user,
+        model="claude-sonnet-5-5",
+        min_agents=0,
+        max_agents=2,
+        scale_up_cooldown_seconds=600,
+    )
+    assert not Agent.objects.exists()
+
+    response = alice.post("/execute", json={"task_description": "Wake up"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["result"] == "Echo: Wake up"
+    agent = Agent.objects.get(pk=response.json()["metadata"]["agent_id"])
+    assert (agent.owner, agent.model, agent.name, agent.status) == (
+        user,
+        "claude-sonnet-5-5",
+        "alice-pool",
+        "running",
+    )
+    (decision,) = rule.decisions.all()
+    assert (decision.action, decision.current_agents, decision.desired_agents) == (
+        "scale_up",
+        0,
+        1,
+    )
+    assert "1 request waiting for an agent" in decision.reason
+    assert "waking it (activation)" in decision.reason
+    assert not AgentDemand.objects.exists()
+
+
+def test_execute_for_a_pool_that_does_not_wake_in_time_is_refused_as_waking(
+    alice, user, fake_anthropic, settings
+):
+    settings.AGENT_BOOT_WAIT_SECONDS = 0.5
+    Quota.objects.update_or_create(user=user, defaults={"max_agents": 0})
+    ScalingRule.objects.create(
+        name="alice-pool", owner=user, model="claude-sonnet-5-5", min_agents=0, max_agents=2
+    )
+
+    response = alice.post("/execute", json={"task_description": "Anyone there?"})
+
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "pool_waking"
+    assert error["details"] == {"pool": "alice-pool", "waited_seconds": 0.5, "retry_after": 5}
+    assert "the pool 'alice-pool' is waking" in error["message"]
+    assert response.headers["Retry-After"] == "5"
+    assert not Session.objects.exists()
+    assert not fake_anthropic.requests
+    assert not AgentDemand.objects.exists()
 
 
 def test_the_logs_of_a_running_agent_are_its_runtimes(alice):

@@ -12,7 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from agents.models import Agent, Session
+from agents.models import Agent, AgentDemand, Session
+from agents.services import demand_record
 from console.models import Quota, User
 from scaling import selectors, services, tasks
 from scaling.metrics import AGENTS_QUERY, SESSIONS_QUERY
@@ -314,3 +315,104 @@ def test_the_beat_schedule_runs_the_autoscaler():
     assert entry["task"] == "scaling.tasks.evaluate_due"
     assert entry["schedule"] <= 5
     assert "scaling.tasks.evaluate" in app.tasks
+
+
+# --- Waking a pool at zero -----------------------------------------------------------------------
+
+
+def demand(owner, *, seconds=30):
+    return AgentDemand.objects.create(
+        owner=owner, expires_at=timezone.now() + timedelta(seconds=seconds)
+    )
+
+
+def test_demand_waiting_wakes_a_pool_at_zero_at_once_and_the_decision_says_why(
+    pool_rule, user, django_capture_on_commit_callbacks
+):
+    rule = pool_rule(evaluation_interval_seconds=600)
+    services.scaling_evaluate(rule_ids=[rule.pk])  # evaluated just now: not due for 10 minutes
+    waiting = [demand(user), demand(user)]
+
+    with django_capture_on_commit_callbacks():
+        decision = services.scaling_wake(owner_id=user.pk)
+
+    decision.refresh_from_db()
+    assert decision.action == ScalingDecision.Action.SCALE_UP
+    assert (decision.current_agents, decision.desired_agents) == (0, 1)
+    assert "2 requests waiting for an agent" in decision.reason
+    assert "the pool is at zero with demand waiting: waking it (activation)" in decision.reason
+    assert decision.inputs["observation"]["waiting"] == 2
+    assert decision.inputs["applied"]["spawned"] == 1
+    assert serving(rule).count() == 1
+    for row in waiting:
+        row.refresh_from_db()
+        assert (row.answered_at is not None, row.pool) == (True, rule.name)
+
+
+def test_without_demand_a_pool_at_zero_stays_at_zero(pool_rule, user):
+    rule = pool_rule()
+
+    decision = services.scaling_rule_evaluate(rule_id=rule.pk)
+
+    assert (decision.action, decision.desired_agents) == (ScalingDecision.Action.HOLD, 0)
+    assert "waking" not in decision.reason
+    assert decision.inputs["observation"]["waiting"] == 0
+    assert not serving(rule).exists()
+
+
+def test_expired_demand_wakes_nothing(pool_rule, user):
+    rule = pool_rule()
+    demand(user, seconds=-1)
+
+    decision = services.scaling_rule_evaluate(rule_id=rule.pk)
+
+    assert decision.desired_agents == 0
+
+
+def test_beat_counts_waiting_demand_in_the_load_of_the_owners_first_pool_only(pool_rule, user):
+    first, second = pool_rule(name="a-first"), pool_rule(name="b-second")
+    other = pool_rule(owner=None, name="0-autoscalers")
+    demand(user)
+
+    with_demand = {d.rule_id: d for d in services.scaling_evaluate()}
+
+    assert with_demand[first.pk].desired_agents == 1
+    assert with_demand[second.pk].desired_agents == 0
+    assert with_demand[other.pk].desired_agents == 0
+
+
+def test_a_wake_of_a_pool_with_an_agent_evaluates_only_when_due(pool_rule, user):
+    rule = pool_rule(evaluation_interval_seconds=600)
+    pool_agents(rule, 1, status=_S.STARTING)
+    services.scaling_evaluate(rule_ids=[rule.pk])
+    row = demand(user)
+
+    assert services.scaling_wake(owner_id=user.pk) is None
+
+    row.refresh_from_db()
+    assert row.pool == rule.name
+    assert rule.decisions.count() == 1
+
+
+def test_a_wake_for_an_owner_without_a_rule_answers_that_no_pool_wakes(pool_rule, user, operator):
+    pool_rule(owner=operator)
+    row = demand(user)
+
+    assert services.scaling_wake(owner_id=user.pk) is None
+
+    row.refresh_from_db()
+    assert (row.answered_at is not None, row.pool) == (True, "")
+
+
+def test_recorded_demand_queues_the_wake_by_name_once_committed(
+    pool_rule, user, django_capture_on_commit_callbacks
+):
+    rule = pool_rule()
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        demand_record(user=user)
+
+    assert callbacks  # the wake, run eagerly here; the agent's boot after it
+    (decision,) = rule.decisions.all()
+    assert (decision.current_agents, decision.desired_agents) == (0, 1)
+    assert serving(rule).count() == 1

@@ -93,6 +93,70 @@ def test_a_pool_scales_to_zero_with_no_sessions_and_back_from_zero():
     assert decide(FREE, observe(0, 0), []).direction is Direction.HOLD
 
 
+def waiting(agents: int, sessions: int | None, waiting: int, **kw) -> Observation:
+    return replace(observe(agents, sessions, **kw), waiting=waiting)
+
+
+def test_a_pool_at_zero_with_demand_waiting_wakes_to_one_agent_and_says_why():
+    rule = replace(Rule(), min_agents=0)
+    woken = decide(rule, waiting(0, 0, 2), [])
+
+    assert (woken.target, woken.direction) == (1, Direction.UP)
+    assert woken.reason == (
+        "0 sessions and 2 requests waiting for an agent on 0 agents at 100 per agent: no capacity,"
+        " the pool is at zero with demand waiting: waking it (activation); 1 agent carries the"
+        " load. Scaling up from 0 to 1."
+    )
+
+
+def test_a_pool_at_zero_without_demand_stays_at_zero():
+    rule = replace(Rule(), min_agents=0)
+    decision = decide(rule, waiting(0, 0, 0), [])
+
+    assert (decision.target, decision.direction) == (0, Direction.HOLD)
+    assert "waking" not in decision.reason and "waiting" not in decision.reason
+
+
+def test_a_wake_is_not_held_back_by_the_cooldown_of_the_move_to_zero():
+    rule = replace(Rule(), min_agents=0, scale_up_cooldown_seconds=600)
+    history = [past(-10, 1, 0, sessions=0, recommended=0)]
+
+    assert decide(rule, waiting(0, 0, 1), history).target == 1
+    assert decide(rule, observe(0, 1), history).target == 0  # sessions alone: the cooldown holds
+
+
+def test_a_second_wake_within_the_cooldown_of_the_first_holds_while_its_agent_comes():
+    rule = replace(Rule(), min_agents=0, scale_up_cooldown_seconds=600)
+    history = [past(-1, 0, 1, sessions=0, recommended=1)]
+
+    decision = decide(rule, waiting(0, 0, 3), history)
+
+    assert (decision.target, decision.direction) == (0, Direction.HOLD)
+    assert "within the 600 s scale-up cooldown" in decision.reason
+
+
+def test_a_wake_happens_even_when_the_sessions_cannot_be_read():
+    rule = replace(Rule(), min_agents=0)
+    decision = decide(rule, waiting(0, None, 1, error="Prometheus answered 503"), [])
+
+    assert (decision.target, decision.direction) == (1, Direction.UP)
+    assert "could not be read" in decision.reason
+    assert "1 request waiting for an agent: the pool is at zero" in decision.reason
+
+
+def test_waiting_demand_keeps_a_woken_pool_from_shrinking_back_to_zero():
+    decision = decide(FREE, waiting(1, 0, 3), [])
+
+    assert (decision.target, decision.direction) == (1, Direction.HOLD)
+    assert "3 requests waiting for an agent" in decision.reason
+
+
+def test_waiting_demand_counts_as_load_beyond_zero():
+    rule = replace(FREE, target_sessions_per_agent=10)
+
+    assert decide(rule, waiting(2, 18, 7), []).target == 3
+
+
 def test_a_pool_with_sessions_never_scales_to_zero():
     assert decide(FREE, observe(1, 5), []).target == 1
 

@@ -20,7 +20,7 @@ import pytest
 from django.test import Client
 
 from agents import services
-from agents.models import Agent
+from agents.models import Agent, AgentDemand
 from config.celery import app
 from console.models import Quota
 from tests.fakes.anthropic import Text
@@ -95,6 +95,16 @@ def test_a_spawn_the_broker_cannot_take_is_undone_and_its_key_can_be_retried(
     assert spawned.status_code == 201, spawned.text
     assert "Idempotent-Replayed" not in spawned.headers
     assert Agent.objects.get().status == Agent.Status.RUNNING
+
+
+def test_an_execute_whose_wake_the_broker_cannot_take_leaves_no_demand(user, alice, dead_broker):
+    started = time.monotonic()
+    response = alice.post("/api/v1/execute", json={"task_description": "Wake up"})
+
+    _unavailable(response, "broker")
+    assert time.monotonic() - started < 5  # not the boot wait
+    assert not AgentDemand.objects.exists()
+    assert not Agent.objects.exists()
 
 
 def test_stop_start_restart_and_delete_the_broker_cannot_take_change_nothing(
