@@ -13,9 +13,9 @@ import json
 import signal
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from vmdriver.isolation import INSIDE_RUN_DIR, CgroupLimits, bwrap_argv
+from vmdriver.qemu import gateway_route
 
 _RELAY_CHUNK = 65536
 
@@ -66,9 +66,8 @@ async def supervise(sandbox_dir: Path) -> int:
     env["SANDBOX_SECRETS"] = f"{INSIDE_RUN_DIR}/secrets"
 
     relay = None
-    if spec.get("gateway"):
-        target = urlsplit(spec["gateway"])
-        host, port = target.hostname or "127.0.0.1", target.port or 80
+    if route := gateway_route(spec.get("gateway", "")):
+        host, port = route.host, route.port
         gateway_socket = run_dir / "gateway.sock"
         gateway_socket.unlink(missing_ok=True)
         relay = await asyncio.start_unix_server(

@@ -283,3 +283,18 @@ def test_an_unknown_isolation_is_refused(tmp_path):
     with pytest.raises(ValueError):
         ProcessDriver(state_dir=tmp_path, isolation="docker")
     assert BackendUnavailable  # the error a missing bubblewrap raises, exported by vmdriver
+
+
+def test_an_https_gateway_is_reached_on_its_default_port(driver, tmp_path):
+    """The gateway on another machine is named by its URL alone: ``https://host/…`` is its
+    port 443 (the forward carries the bytes; TLS is the runtime's own)."""
+    try:
+        server = HTTPServer(("127.0.0.1", 443), _Host)
+    except OSError:
+        pytest.skip("port 443 of the loopback is taken, or not this user's to bind")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _start(driver, tmp_path, 443, gateway="https://127.0.0.1/gateway")
+        assert _probes(driver, "sbx")["gateway"] == "ok: from the host"
+    finally:
+        server.shutdown()
