@@ -26,7 +26,7 @@ from agents.models import Agent, SandboxHost, Session
 from agents.sandbox import runtime_client_sync
 from agents.services import agent_log_tail, host_register
 from tests.agents.workers import ROOT, _database_url
-from tests.fakes.anthropic import Text
+from tests.fakes.anthropic import Hang, Text
 from tests.polling import eventually
 from wire import relaytoken
 
@@ -93,7 +93,11 @@ def relay(settings, tmp_path, live_console) -> Iterator[Relay]:
         yield relay
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -172,6 +176,19 @@ def test_a_streamed_turn_passes_through_the_relay_as_it_is_written(agent, fake_a
     # Unbuffered: the deltas arrive as Claude's chunks do, spread over the chunks' delays.
     assert len(deltas) >= 4
     assert deltas[-1] - deltas[0] >= 0.15 * (len(deltas) - 2)
+
+
+def test_a_caller_that_goes_away_ends_the_turn_behind_the_relay(agent, fake_anthropic):
+    """A stopped turn is a closed connection: the relay closes its own to the runtime at once,
+    which ends Claude's call, as when the console dials the runtime itself."""
+    fake_anthropic.enqueue(Hang(30))
+    with (
+        runtime_client_sync(agent.endpoint, timeout=30) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        body = _chat_body(agent, "Take your time", stream=False)
+        client.post("/v1/agent/chat", json=body, timeout=httpx.Timeout(30, read=1))
+    assert eventually(lambda: fake_anthropic.disconnects == 1, timeout=5)
 
 
 def test_health_ready_and_metrics_pass_through_the_relay(agent):

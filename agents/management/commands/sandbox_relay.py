@@ -29,4 +29,13 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Agent relay of host {settings.SANDBOX_HOST_NAME} on {settings.SANDBOX_RELAY_LISTEN}"
         )
-        web.run_app(app, host=host.strip("[]"), port=int(port), access_log=None, print=None)
+        web.run_app(
+            app,
+            host=host.strip("[]"),
+            port=int(port),
+            access_log=None,
+            print=None,
+            # A caller gone (a stopped turn) closes the runtime's connection at once, not at the
+            # next chunk: the runtime then ends Claude's call, as when dialled directly.
+            handler_cancellation=True,
+        )
