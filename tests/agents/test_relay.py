@@ -9,15 +9,9 @@ the relay's endpoint.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,61 +19,22 @@ import pytest
 from agents.models import Agent, SandboxHost, Session
 from agents.sandbox import runtime_client_sync
 from agents.services import agent_log_tail, host_register
-from tests.agents.workers import ROOT, _database_url
+from tests.agents.workers import RELAY_KEY, Relay, start_relay
 from tests.fakes.anthropic import Hang, Text
 from tests.polling import eventually
 from wire import relaytoken
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-RELAY_KEY = "tests-relay-key-0123456789abcdefghijklmnopqrstuvwxyz"
 RELAY_HOST = "relay-host"
-
-
-@dataclass
-class Relay:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture
 def relay(settings, tmp_path, live_console) -> Iterator[Relay]:
     """The relay of ``relay-host``, registered as a worker would register it; the test's own
     host takes no new agents, so spawns are placed on ``relay-host``."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    log = tmp_path / "relay.log"
-    environment = {
-        "DATABASE_URL": _database_url(),
-        "CONSOLE_VAR_DIR": str(settings.VAR_DIR),
-        "SANDBOX_HOST_NAME": RELAY_HOST,
-        "SANDBOX_STATE_DIR": str(settings.SANDBOX_STATE_DIR),
-        "SANDBOX_RELAY_KEY": RELAY_KEY,
-        "SANDBOX_RELAY_LISTEN": f"127.0.0.1:{port}",
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", "sandbox_relay"],
-            cwd=ROOT,
-            env={**os.environ, **environment},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    relay = Relay(f"http://127.0.0.1:{port}", proc, log)
+    relay = start_relay(RELAY_HOST, settings.SANDBOX_STATE_DIR, tmp_path)
     try:
-        assert eventually(lambda: _listening(port) or proc.poll() is not None, timeout=30)
-        assert proc.poll() is None, relay.output()
         settings.SANDBOX_RELAY_URL = relay.url
         settings.SANDBOX_RELAY_KEY = RELAY_KEY
         host_register(
@@ -92,12 +47,7 @@ def relay(settings, tmp_path, live_console) -> Iterator[Relay]:
         SandboxHost.objects.filter(name=settings.SANDBOX_HOST_NAME).update(is_draining=True)
         yield relay
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        relay.stop()
 
 
 @pytest.fixture
