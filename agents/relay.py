@@ -91,8 +91,6 @@ class _Relay:
         self.host_name = host_name
         self.token_seconds = token_seconds
         self.timeout = timeout
-        # One client per runtime, kept: a chat turn does not pay for a new connection pool.
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
 
     @web.middleware
     async def authenticate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -145,42 +143,30 @@ class _Relay:
         path = request.raw_path.removeprefix("/" + request.match_info["agent_id"])
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         body = await request.read()
-        try:
-            upstream = await self._session(endpoint).request(
-                request.method, path, data=body or None, headers=headers
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            await self._forget(endpoint)
-            return _refusal(
-                502, "agent_unavailable", f"the agent's runtime could not be reached: {exc}"
-            )
-        async with upstream:
-            response = web.StreamResponse(
-                status=upstream.status,
-                headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP},
-            )
-            if upstream.content_length is not None:
-                response.content_length = upstream.content_length
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+        # A client per request, as the console opens one per turn: none outlives its sandbox.
+        async with sandbox.runtime_session(endpoint, timeout=self.timeout) as client:
+            try:
+                upstream = await client.request(
+                    request.method, path, data=body or None, headers=headers
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return _refusal(
+                    502, "agent_unavailable", f"the agent's runtime could not be reached: {exc}"
+                )
+            async with upstream:
+                response = web.StreamResponse(
+                    status=upstream.status,
+                    headers={
+                        k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP
+                    },
+                )
+                if upstream.content_length is not None:
+                    response.content_length = upstream.content_length
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
         return response
-
-    def _session(self, endpoint: str) -> aiohttp.ClientSession:
-        if endpoint not in self.sessions:
-            self.sessions[endpoint] = sandbox.runtime_session(endpoint, timeout=self.timeout)
-        return self.sessions[endpoint]
-
-    async def _forget(self, endpoint: str) -> None:
-        """Drop the client of a runtime that did not answer: it may be gone for good."""
-        session = self.sessions.pop(endpoint, None)
-        if session is not None:
-            await session.close()
-
-    async def close(self, _: web.Application) -> None:
-        for endpoint in list(self.sessions):
-            await self._forget(endpoint)
 
 
 def relay_app(*, key: str, host_name: str, token_seconds: float, timeout: float) -> web.Application:
@@ -193,5 +179,4 @@ def relay_app(*, key: str, host_name: str, token_seconds: float, timeout: float)
     app.router.add_get("/{agent_id}/logs", relay.logs)
     for method in ("GET", "POST"):
         app.router.add_route(method, "/{agent_id}/{path:.+}", relay.proxy)
-    app.on_cleanup.append(relay.close)
     return app

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from agents import sandbox
 from agents.models import Agent, SandboxHost, Session
 from agents.sandbox import runtime_client_sync
 from agents.services import agent_log_tail, host_register
@@ -205,6 +206,14 @@ def test_an_agent_of_another_host_is_not_served(agent, relay, user, settings):
             in relay.output()
         )
     )
+
+
+def test_an_agent_whose_sandbox_stopped_is_answered_409(agent, relay):
+    sandbox.driver().stop(agent.sandbox_id)
+    with runtime_client_sync(agent.endpoint, timeout=10) as client:
+        response = client.get("/health")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "agent_not_running"
 
 
 def test_the_console_chats_with_an_agent_through_its_relay(agent, alice, fake_anthropic):
