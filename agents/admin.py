@@ -116,6 +116,7 @@ class SandboxHostAdmin(admin.ModelAdmin):
     list_filter = ("backend", "is_online", "is_draining")
     search_fields = ("name",)
     list_editable = ("is_draining",)
+    readonly_fields = ("relay_url",)  # the host's worker records it from SANDBOX_RELAY_URL
 
 
 @admin.register(WarmPool)

@@ -21,6 +21,11 @@ class SandboxHost(models.Model):
     capacity_vcpus = models.PositiveIntegerField()
     capacity_memory_mib = models.PositiveIntegerField()
     accel = models.CharField(max_length=8, blank=True, help_text="kvm or tcg, for microVMs.")
+    relay_url = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Its agent relay's address; empty: its agents are reached directly.",
+    )
     is_online = models.BooleanField(default=True)
     is_draining = models.BooleanField(default=False, help_text="Takes no new agents.")
     last_seen_at = models.DateTimeField(auto_now=True)

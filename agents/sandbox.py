@@ -6,8 +6,10 @@ import logging
 import ssl
 import sys
 import time
+from collections.abc import Generator
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -20,14 +22,18 @@ from agents.models import Agent
 from vmdriver import Driver, VmDriverError, VmSpec, make_driver
 from vmdriver.isolation import bwrap_problem
 from vmdriver.qemu import QemuDriver
+from wire import relaytoken
 from wire.logs import HEADER as REQUEST_ID_HEADER
 from wire.logs import current_request_id
 
 __all__ = [
+    "agent_endpoint",
     "agent_token_issue",
     "agent_token_verify",
     "driver",
     "host_accel",
+    "relay_log_tail",
+    "relay_target",
     "runtime_client_sync",
     "runtime_session",
     "runtime_spec",
@@ -95,14 +101,72 @@ def _tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def agent_endpoint(*, agent: Agent, local: str) -> str:
+    """Where the console reaches an agent this host booted, its runtime listening at ``local``:
+    through this host's relay when it has one, else ``local`` itself (one machine)."""
+    relay = settings.SANDBOX_RELAY_URL
+    return f"{relay}/{agent.pk}" if relay else local
+
+
+def relay_target(endpoint: str) -> tuple[str, str] | None:
+    """``(relay URL, agent id)`` for an agent relay's endpoint (``http(s)://host:port/<id>``);
+    None for a runtime's own (``unix:…``, or a microVM's forwarded ``http://127.0.0.1:port``)."""
+    parts = urlsplit(endpoint)
+    agent_id = parts.path.strip("/")
+    if parts.scheme not in {"http", "https"} or not agent_id or "/" in agent_id:
+        return None
+    return f"{parts.scheme}://{parts.netloc}", agent_id
+
+
+def _relay_token(agent_id: str, method: str, path: str) -> str:
+    key = settings.SANDBOX_RELAY_KEY
+    if not key:  # the relay refuses the request, and says so in its log
+        logger.error("SANDBOX_RELAY_KEY is not set: requests to agent relays are refused")
+        return ""
+    return relaytoken.token_make(
+        key, agent_id=agent_id, method=method, path=path, ttl=settings.SANDBOX_RELAY_TOKEN_SECONDS
+    )
+
+
+def _relay_middleware(agent_id: str) -> aiohttp.ClientMiddlewareType:
+    """Sends each request of a session to the agent's path on its relay, with its token."""
+    prefix = f"/{agent_id}"
+
+    async def through_relay(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        url = request.url
+        request.url = url.with_path(prefix + url.raw_path, encoded=True).with_query(url.query)
+        path = request.url.raw_path_qs
+        request.headers[relaytoken.HEADER] = _relay_token(agent_id, request.method, path)
+        return await handler(request)
+
+    return through_relay
+
+
+class _RelayAuth(httpx.Auth):
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        path = request.url.raw_path.decode("ascii")
+        request.headers[relaytoken.HEADER] = _relay_token(self.agent_id, request.method, path)
+        yield request
+
+
 def runtime_session(endpoint: str, *, timeout: float) -> aiohttp.ClientSession:
-    """An HTTP session for a runtime's endpoint (``http://…`` or ``unix:<socket>``), its paths
-    relative to the runtime's root, sending the current request id; ``timeout`` bounds the
-    connect and each read. aiohttp's: it reads a streamed reply for a fraction of the CPU per
-    chunk of httpx's, and a chat turn's every chunk passes through it."""
+    """An HTTP session for a runtime's endpoint (``http://…``, ``unix:<socket>``, or its host's
+    relay, each request signed), its paths relative to the runtime's root, sending the current
+    request id; ``timeout`` bounds the connect and each read. aiohttp's: it reads a streamed
+    reply for a fraction of the CPU per chunk of httpx's, and a chat turn's every chunk passes
+    through it."""
+    middlewares: tuple[aiohttp.ClientMiddlewareType, ...] = ()
     if endpoint.startswith("unix:"):
         connector: aiohttp.BaseConnector = aiohttp.UnixConnector(endpoint.removeprefix("unix:"))
         base_url = "http://sandbox"
+    elif relay := relay_target(endpoint):
+        connector, base_url = aiohttp.TCPConnector(ssl=_tls()), relay[0]
+        middlewares = (_relay_middleware(relay[1]),)
     else:
         connector, base_url = aiohttp.TCPConnector(ssl=_tls()), endpoint
     return aiohttp.ClientSession(
@@ -110,6 +174,7 @@ def runtime_session(endpoint: str, *, timeout: float) -> aiohttp.ClientSession:
         connector=connector,
         headers=_request_id_header(),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+        middlewares=middlewares,
     )
 
 
@@ -120,7 +185,14 @@ def runtime_client_sync(endpoint: str, *, timeout: float) -> httpx.Client:
         return httpx.Client(
             transport=transport, base_url="http://sandbox", timeout=timeout, headers=headers
         )
-    return httpx.Client(base_url=endpoint, timeout=timeout, headers=headers, verify=_tls())
+    relay = relay_target(endpoint)
+    return httpx.Client(
+        base_url=endpoint,
+        timeout=timeout,
+        headers=headers,
+        verify=_tls(),
+        auth=_RelayAuth(relay[1]) if relay else None,
+    )
 
 
 def agent_token_issue(*, agent: Agent) -> str:
@@ -161,6 +233,21 @@ def runtime_spec(*, agent: Agent) -> VmSpec:
         gateway=settings.GATEWAY_URL,
         secrets={"AGENT_GATEWAY_TOKEN": agent_token_issue(agent=agent)},
     )
+
+
+def relay_log_tail(*, endpoint: str, lines: int) -> str:
+    """The last ``lines`` lines of an agent's runtime log, asked of its host's relay; "" (and
+    a line in this log) when the relay does not answer them."""
+    try:
+        with runtime_client_sync(endpoint, timeout=5.0) as client:
+            response = client.get("/logs", params={"lines": lines})
+    except httpx.HTTPError as exc:
+        logger.warning("the agent relay at %s could not be reached: %s", endpoint, exc)
+        return ""
+    if response.status_code != 200:
+        logger.warning("the agent relay at %s answered %s", endpoint, response.status_code)
+        return ""
+    return response.text
 
 
 def wait_healthy(*, endpoint: str, sandbox_id: str, timeout: float) -> bool:

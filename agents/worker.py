@@ -81,6 +81,7 @@ def _register_this_host(**_: object) -> None:
                 capacity_vcpus=settings.SANDBOX_HOST_VCPUS,
                 capacity_memory_mib=settings.SANDBOX_HOST_MEMORY_MIB,
                 accel=accel,
+                relay_url=settings.SANDBOX_RELAY_URL,
             )
             break
         except OperationalError:  # the database is busy or not up yet: try again shortly

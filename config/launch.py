@@ -1,8 +1,8 @@
 """``python -m config.launch`` (what ``make run`` runs): the whole console on one machine.
 
-Prepares local state (a secret key, the database, an operator account), then runs together,
-until Ctrl-C (or SIGTERM) stops them all (agents' sandboxes keep running, and the next start
-serves them again):
+Prepares local state (a secret key and an agent relay key, the database, an operator account),
+then runs together, until Ctrl-C (or SIGTERM) stops them all (agents' sandboxes keep running,
+and the next start serves them again):
 
 * broker: without ``REDIS_URL``, a private Redis server on a socket under ``var/``: the Celery
   broker, and beat's schedule (``config.broker``);
@@ -10,7 +10,9 @@ serves them again):
 * gateway: uvicorn (uvloop, httptools) on ``GATEWAY_PORT``, the port agents send their calls to
   Claude through (``GATEWAY_URL``). Every call pays for the server's HTTP handling, and uvicorn's
   costs a fraction of daphne's; the same routes are served on ``PORT`` too, for anyone else;
-* worker and beat: Celery.
+* worker and beat: Celery;
+* relay: with ``SANDBOX_RELAY_URL``, this host's agent relay (``manage.py sandbox_relay``); on
+  one machine there is none, and the console dials its agents directly.
 
 A process that dies is started again after a pause that doubles with each quick death (1 s up
 to 30 s), and the others keep running.
@@ -220,12 +222,13 @@ def _var_dir() -> Path:
 
 def _local_environment(var: Path) -> dict[str, str]:
     env = dict(os.environ)
-    if not env.get("SECRET_KEY") and not env.get("SECRET_KEY_FILE"):
-        key_file = var / "secret_key"
-        if not key_file.exists():
-            key_file.write_text(secrets.token_urlsafe(50))
-            key_file.chmod(0o600)
-        env["SECRET_KEY_FILE"] = str(key_file)
+    for name, file_name in (("SECRET_KEY", "secret_key"), ("SANDBOX_RELAY_KEY", "relay_key")):
+        if not env.get(name) and not env.get(f"{name}_FILE"):
+            key_file = var / file_name
+            if not key_file.exists():
+                key_file.write_text(secrets.token_urlsafe(50))
+                key_file.chmod(0o600)
+            env[f"{name}_FILE"] = str(key_file)
     # Served over plain HTTP on loopback: cookies must not demand HTTPS.
     env.setdefault("SESSION_COOKIE_SECURE", "false")
     env.setdefault("CSRF_COOKIE_SECURE", "false")
@@ -347,6 +350,8 @@ def _supervise(
         "worker",
         [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "--hostname", "worker@%h"],
     )
+    if env.get("SANDBOX_RELAY_URL"):  # this host's agents served to other machines
+        supervisor.add("relay", [python, "manage.py", "sandbox_relay"])
     supervisor.add(
         "beat",
         [*celery, "beat", "--loglevel", "INFO"],

@@ -7,6 +7,7 @@ import os
 import socket
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -258,6 +259,31 @@ AGENT_IDLE_TIMEOUT_SECONDS = env_int("AGENT_IDLE_TIMEOUT_SECONDS", 3600, minimum
 # Where bubblewrap cannot run, the process backend refuses to boot agents unless this is on.
 SANDBOX_ALLOW_UNSANDBOXED = env_bool("SANDBOX_ALLOW_UNSANDBOXED", False)
 SANDBOX_BOOT_TIMEOUT_SECONDS = env_float("SANDBOX_BOOT_TIMEOUT_SECONDS", 30.0, minimum=1.0)
+# The agent relay (`manage.py sandbox_relay`) serves this host's agents to the other machines:
+# where it listens, and the address they reach it at (unset: agents are dialled directly, as
+# on one machine). Every request to a relay carries a token signed with the deployment's key.
+SANDBOX_RELAY_LISTEN = env_str("SANDBOX_RELAY_LISTEN", "127.0.0.1:8090")
+_relay_host, _, _relay_port = SANDBOX_RELAY_LISTEN.rpartition(":")
+if not _relay_host or not _relay_port.isdigit():
+    raise ImproperlyConfigured(
+        f"SANDBOX_RELAY_LISTEN must be host:port, not {SANDBOX_RELAY_LISTEN!r}"
+    )
+SANDBOX_RELAY_URL = env_str("SANDBOX_RELAY_URL").rstrip("/")
+_relay = urlsplit(SANDBOX_RELAY_URL)
+if SANDBOX_RELAY_URL and (
+    _relay.scheme not in {"http", "https"} or _relay.path or not _relay.hostname
+):
+    raise ImproperlyConfigured(
+        f"SANDBOX_RELAY_URL must be http(s)://host:port without a path, not {SANDBOX_RELAY_URL!r}"
+    )
+SANDBOX_RELAY_KEY = env_secret("SANDBOX_RELAY_KEY")
+if SANDBOX_RELAY_URL and len(SANDBOX_RELAY_KEY) < 32:
+    raise ImproperlyConfigured(
+        "SANDBOX_RELAY_KEY (or SANDBOX_RELAY_KEY_FILE) of at least 32 characters is required "
+        "with SANDBOX_RELAY_URL"
+    )
+# How long a relay token lives: one request's, so tens of seconds.
+SANDBOX_RELAY_TOKEN_SECONDS = env_int("SANDBOX_RELAY_TOKEN_SECONDS", 30, minimum=5)
 AGENT_CHAT_TIMEOUT_SECONDS = env_float("AGENT_CHAT_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 # How long a chat turn waits for an agent that is still booting.
 AGENT_BOOT_WAIT_SECONDS = env_float("AGENT_BOOT_WAIT_SECONDS", 30.0, minimum=0.0)

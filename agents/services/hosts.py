@@ -32,9 +32,15 @@ def _stale_before() -> datetime:
 
 
 def host_register(
-    *, name: str, backend: str, capacity_vcpus: int, capacity_memory_mib: int, accel: str = ""
+    *,
+    name: str,
+    backend: str,
+    capacity_vcpus: int,
+    capacity_memory_mib: int,
+    accel: str = "",
+    relay_url: str = "",
 ) -> SandboxHost:
-    """Record (or refresh) this worker's host as online with its capacity."""
+    """Record (or refresh) this worker's host as online with its capacity and relay."""
     host, _ = SandboxHost.objects.update_or_create(
         name=name,
         defaults={
@@ -42,6 +48,7 @@ def host_register(
             "capacity_vcpus": capacity_vcpus,
             "capacity_memory_mib": capacity_memory_mib,
             "accel": accel,
+            "relay_url": relay_url,
             "is_online": True,
             "last_seen_at": timezone.now(),
         },

@@ -208,7 +208,7 @@ def _boot(agent_id: str, queued_at: float | None) -> None:
         return
     booted = Agent.objects.filter(pk=agent_id, status=_STATUS.STARTING).update(
         status=_STATUS.RUNNING,
-        endpoint=handle.endpoint,
+        endpoint=sandbox.agent_endpoint(agent=agent, local=handle.endpoint),
         accel=handle.accel,
         started_at=timezone.now(),
         last_active_at=timezone.now(),
@@ -408,9 +408,13 @@ def agents_reconcile(*, host_name: str | None = None, restarted: bool = False) -
 
 
 def agent_log_tail(*, agent: Agent, lines: int) -> str:
-    """The last ``lines`` lines of the agent runtime's log on this host; "" when it has none."""
+    """The last ``lines`` lines of the agent runtime's log, read here when it ran on this host,
+    else through its host's relay; "" when it has none."""
     if not agent.sandbox_id:
         return ""
+    host = agent.host
+    if host is not None and host.relay_url and host.name != settings.SANDBOX_HOST_NAME:
+        return sandbox.relay_log_tail(endpoint=f"{host.relay_url}/{agent.pk}", lines=lines)
     try:
         return sandbox.driver().logs(agent.sandbox_id, lines=lines)
     except SandboxNotFound:

@@ -1,4 +1,5 @@
-"""Real Celery workers for tests: each serves one sandbox host, on the test's database."""
+"""Real Celery workers for tests, each serving one sandbox host on the test's database, and the
+hosts' agent relays."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -92,6 +94,66 @@ def start_worker(name: str, tmp_path: Path, *, vcpus: int, **env: str) -> Worker
     # Not waited for here: its callers wait for what they need of it (its host online).
     proc = server_start(command, log=log, env=environment).process
     return Worker(name, state_dir, proc, log)
+
+
+RELAY_KEY = "tests-relay-key-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class Relay:
+    """A ``manage.py sandbox_relay`` process serving the sandbox host ``name``, at ``url``."""
+
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_relay(name: str, state_dir: Path, tmp_path: Path) -> Relay:
+    """The agent relay of the host ``name`` whose sandboxes are in ``state_dir``, listening on a
+    free loopback port once this returns, with the key ``RELAY_KEY``."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    log = tmp_path / f"relay-{name}.log"
+    environment = dict(os.environ) | {
+        "DATABASE_URL": _database_url(),
+        "CONSOLE_VAR_DIR": str(settings.VAR_DIR),
+        "SANDBOX_HOST_NAME": name,
+        "SANDBOX_STATE_DIR": str(state_dir),
+        "SANDBOX_RELAY_KEY": RELAY_KEY,
+        "SANDBOX_RELAY_LISTEN": f"127.0.0.1:{port}",
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "sandbox_relay"],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    relay = Relay(f"http://127.0.0.1:{port}", proc, log)
+    eventually(lambda: _listening(port) or proc.poll() is not None, timeout=30)
+    if proc.poll() is not None or not _listening(port):
+        relay.stop()
+        raise RuntimeError(f"the relay did not start:\n{relay.output()[-3000:]}")
+    return relay
 
 
 @contextlib.contextmanager

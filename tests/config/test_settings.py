@@ -82,6 +82,14 @@ def run(tmp_path: Path):
             "SANDBOX_HOST_STALE_SECONDS",
         ),
         ({"BEAT_LOCK_SECONDS": "1"}, "BEAT_LOCK_SECONDS"),
+        ({"SANDBOX_RELAY_LISTEN": "8090"}, "SANDBOX_RELAY_LISTEN"),
+        ({"SANDBOX_RELAY_URL": "http://host-1:8090/relay"}, "SANDBOX_RELAY_URL"),
+        ({"SANDBOX_RELAY_URL": "http://host-1:8090", "SANDBOX_RELAY_KEY": ""}, "SANDBOX_RELAY_KEY"),
+        (
+            {"SANDBOX_RELAY_URL": "http://host-1:8090", "SANDBOX_RELAY_KEY": "short"},
+            "SANDBOX_RELAY_KEY",
+        ),
+        ({"SANDBOX_RELAY_TOKEN_SECONDS": "1"}, "SANDBOX_RELAY_TOKEN_SECONDS"),
     ],
 )
 def test_a_malformed_variable_stops_startup_naming_it(run, env, named):

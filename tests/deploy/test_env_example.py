@@ -14,9 +14,6 @@ from tests.test_readme import documented_variables, variables_read
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "env.example"
-# The agents' relay's settings, named before the relay's change brings them (deploy/systemd's
-# agent-console-relay.service); they are only in comments until then.
-RELAY = {"SANDBOX_RELAY_LISTEN", "SANDBOX_RELAY_URL", "SANDBOX_RELAY_KEY", "SANDBOX_RELAY_KEY_FILE"}
 _SETTING = re.compile(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$")
 
 
@@ -37,10 +34,8 @@ def settings_read() -> set[str]:
 def test_every_name_is_a_setting_of_the_console():
     names = set(example())
     read, documented = settings_read(), documented_variables("Configuration")
-    pending = {name for name in names & RELAY if name not in read}
-    assert sorted(names - read - pending) == [], "not a setting the console reads"
-    assert sorted(names - documented - pending) == [], "not in README's Configuration"
-    assert all(not example()[name][0] for name in pending), "a relay setting set before the relay"
+    assert sorted(names - read) == [], "not a setting the console reads"
+    assert sorted(names - documented) == [], "not in README's Configuration"
 
 
 def test_it_names_what_a_real_deployment_must_set():

@@ -17,7 +17,13 @@ from agents.tasks import hosts_mark_stale as hosts_mark_stale_task
 from agents.worker import HostHeartbeat
 from config.celery import app
 from plumbing.errors import CapacityExhausted
-from tests.agents.workers import embedded_broker, start_worker, wait_for
+from tests.agents.workers import (
+    RELAY_KEY,
+    embedded_broker,
+    start_relay,
+    start_worker,
+    wait_for,
+)
 from vmdriver import VmState
 
 
@@ -261,6 +267,27 @@ def test_two_workers_serve_two_hosts_each_from_its_own_queue(user, real_workers)
         assert (worker.state_dir / agent.sandbox_id).is_dir()  # booted by its own host
     with pytest.raises(CapacityExhausted):
         agent_spawn(owner=user, vcpus=1, memory_mib=128)
+
+
+def test_a_worker_with_a_relay_records_its_agents_at_the_relay_which_serves_them(
+    user, real_workers, settings, tmp_path
+):
+    settings.SANDBOX_RELAY_KEY = RELAY_KEY
+    # The host's relay first: the worker registers the address it listens at.
+    relay = start_relay("zeta", tmp_path / "sandboxes-zeta", tmp_path)
+    try:
+        worker = real_workers("zeta", 2, SANDBOX_RELAY_URL=relay.url, SANDBOX_RELAY_KEY=RELAY_KEY)
+        wait_for(lambda: _online("zeta"), 60, "the worker to register its host", worker)
+        assert SandboxHost.objects.get(name="zeta").relay_url == relay.url
+        agent = agent_spawn(owner=user, vcpus=1, memory_mib=128)
+        wait_for(lambda: _status(agent) in ("running", "failed"), 60, "the boot", worker)
+        assert agent.status == "running", agent.last_error
+        assert agent.endpoint == f"{relay.url}/{agent.pk}"
+        with sandbox.runtime_client_sync(agent.endpoint, timeout=10) as client:
+            health = client.get("/health")
+        assert health.status_code == 200 and health.json()["agent_id"] == str(agent.pk)
+    finally:
+        relay.stop()
 
 
 def test_a_worker_killed_mid_boot_boots_the_agent_once_it_is_back(user, real_workers, settings):
