@@ -6,6 +6,8 @@ agents and none runs; it evaluates the owner's pool at once if it is at zero."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 from django.db import OperationalError
 
@@ -23,16 +25,18 @@ def evaluate_due() -> int:
     return len(rule_ids)
 
 
-@shared_task(
-    name="scaling.tasks.evaluate",
-    acks_late=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=3,
-    soft_time_limit=60,
-    time_limit=90,
-)
+# A rule's evaluation: retried when the database is busy, bounded in time.
+_EVALUATION: dict[str, Any] = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": True,
+    "retry_jitter": True,
+    "max_retries": 3,
+    "soft_time_limit": 60,
+    "time_limit": 90,
+}
+
+
+@shared_task(name="scaling.tasks.evaluate", acks_late=True, **_EVALUATION)
 def evaluate(rule_id: int) -> str | None:
     """Evaluate one rule and apply its decision; the decision's action, or None when the rule
     was not due."""
@@ -40,15 +44,7 @@ def evaluate(rule_id: int) -> str | None:
     return None if decision is None else decision.action
 
 
-@shared_task(
-    name="scaling.tasks.wake",
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=3,
-    soft_time_limit=60,
-    time_limit=90,
-)
+@shared_task(name="scaling.tasks.wake", **_EVALUATION)
 def wake(owner_id: int) -> str | None:
     """Answer the owner's waiting demand: wake their pool if it is at zero. The decision's
     action, or None when no evaluation was due and none was needed."""
