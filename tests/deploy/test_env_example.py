@@ -73,6 +73,7 @@ def test_the_console_so_configured_passes_the_deployment_checks(tmp_path):
     (etc / "secret_key").write_text("an-example-secret-key-" + "x" * 50)
     (etc / "anthropic_api_key").write_text("sk-ant-example")
     (etc / "metrics_token").write_text("a-metrics-token")
+    (etc / "relay_key").write_text("an-example-relay-key-" + "y" * 40)
     env = {
         k: v
         for k, v in os.environ.items()
