@@ -79,6 +79,7 @@ class Fleet:
     fake: FakeAnthropic
     logs: Path
     agents: dict[str, list[str]] = field(default_factory=dict)  # host name -> agent ids
+    stopped: tuple[str, int] = ("", -1)  # the stopped turn's session, its call in fake.answered
 
     @property
     def front(self) -> Host:
@@ -108,6 +109,13 @@ def _namespace_kill(host: Host) -> None:
     for pid in listed.stdout.split():
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
 
 
 def _trust(host: Host, cert: Path) -> Path:
@@ -199,6 +207,8 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Flee
             "SANDBOX_RELAY_KEY": RELAY_KEY,
             "SANDBOX_HOST_HEARTBEAT_SECONDS": str(HEARTBEAT),
             "SANDBOX_HOST_STALE_SECONDS": str(STALE),
+            # A beat killed by the run before holds the schedule's lock in Redis this long.
+            "BEAT_LOCK_SECONDS": "5",
             "CELERY_TASK_ALWAYS_EAGER": "false",
         }
         metrics = logs / "front-metrics"
@@ -247,7 +257,10 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Flee
                 log=logs / f"gateway-{port}.log",
             )
         celery = [PYTHON, "-m", "celery", "-A", "config"]
-        front.popen([*celery, "beat", "--loglevel", "INFO"], env=front_env, log=logs / "beat.log")
+        beat = front.popen(
+            [*celery, "beat", "--loglevel", "INFO"], env=front_env, log=logs / "beat.log"
+        )
+        stack.callback(_stop, beat)  # first: it gives the schedule's lock back
         prefix = logs / "nginx"
         prefix.mkdir()
         render = subprocess.run(
@@ -315,6 +328,8 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Flee
             return set(online) == {"sb1", "sb2"}
 
         eventually(hosts_online, 60, every=0.3, failing=tails)
+        # Beat holds the schedule's lock and sends (hosts_mark_stale among its tasks).
+        eventually(lambda: "Sending due task" in fleet.log("beat"), 30, every=0.3, failing=tails)
         for name in ("sb1", "sb2"):
             host = net.hosts[name]
             eventually(lambda h=host: _probe_address(h), 30, every=0.3, failing=tails)
@@ -438,6 +453,7 @@ def test_a_turn_is_stopped_from_the_other_web_process(fleet):
     process, which stops the turn through Redis. The processes' access logs show it."""
     words = " ".join(f"w{n}" for n in range(40))
     fleet.fake.chunk_delay = 0.2
+    calls_before = len(fleet.fake.answered)
     fleet.fake.enqueue(Text(words))
     try:
         with fleet.client() as client:
@@ -456,6 +472,8 @@ def test_a_turn_is_stopped_from_the_other_web_process(fleet):
     finally:
         fleet.fake.chunk_delay = 0.0
     assert seen[-1] == "cancelled", seen
+    assert eventually(lambda: len(fleet.fake.answered) == calls_before + 1, 10)
+    fleet.stopped = (sid, calls_before)
     assert seen.count("delta") < len(words.split())
     turn_at = [
         p for p in WEB_PORTS if f'"POST /api/v1/sessions/{sid}/messages"' in fleet.log(f"web-{p}")
@@ -549,23 +567,45 @@ def test_a_host_that_dies_loses_its_agents_and_no_more(fleet):
 
 
 def test_the_ledger_holds_every_call_the_fake_answered(fleet):
+    """Every call is in the ledger with the tokens the fake answered. The stopped turn's call
+    is cut mid-stream: the fake counts the output it wrote, the gateway what it read before
+    the cut, which may be a chunk less; its input is exact, its output at most the fake's."""
     from django.db.models import Sum
 
     from console.models import UsageRecord
 
+    sid, index = fleet.stopped
+    assert sid, "the stopped turn's step did not run"
+
     def totals() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-        answered = fleet.fake.answered
+        answered = [u for n, u in enumerate(fleet.fake.answered) if n != index]
         fake = (
             len(answered),
             sum(u["input_tokens"] for u in answered),
             sum(u["output_tokens"] for u in answered),
         )
-        rows = UsageRecord.objects.aggregate(i=Sum("input_tokens"), o=Sum("output_tokens"))
-        ledger = (UsageRecord.objects.count(), rows["i"] or 0, rows["o"] or 0)
-        return fake, ledger
+        rows = UsageRecord.objects.exclude(session_id=sid)
+        summed = rows.aggregate(i=Sum("input_tokens"), o=Sum("output_tokens"))
+        return fake, (rows.count(), summed["i"] or 0, summed["o"] or 0)
 
     eventually(lambda: (t := totals())[0] == t[1], 15, every=0.2)
     fake, ledger = totals()
-    # The turns above: two as JSON, two streamed, two over sockets, the stopped one, the last.
-    assert fake[0] >= 8
+    # The turns above: two as JSON, two streamed, two over sockets, the last one.
+    assert fake[0] >= 7
     assert ledger == fake
+    cut = fleet.fake.answered[index]
+    [row] = UsageRecord.objects.filter(session_id=sid)
+    assert row.input_tokens == cut["input_tokens"]
+    assert 0 < row.output_tokens <= cut["output_tokens"], (row.output_tokens, cut)
+
+
+def test_the_sandboxes_called_claude_through_nginx_only(fleet):
+    """Every call the fake had came through nginx's /gateway/, from the sandbox hosts' own
+    addresses; everything else nginx served came from the test's client."""
+    lines = (fleet.logs / "nginx" / "access.log").read_text().splitlines()
+    calls = [line.split()[0] for line in lines if '"POST /gateway/v1/messages ' in line]
+    sandbox_hosts = {fleet.net.hosts[name].address for name in ("sb1", "sb2")}
+    assert set(calls) == sandbox_hosts
+    assert len(calls) == len(fleet.fake.requests)
+    others = {line.split()[0] for line in lines if "/gateway/" not in line}
+    assert others == {fleet.net.gateway}
