@@ -66,8 +66,15 @@ CREATE_KEY = ("create_api_key", "alice", "--create-user")
 DAEMON_OFF = ("-g", "daemon off;")
 
 
-def worker(name: str) -> list[str]:
-    return ["--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"]
+def _worker_options(name: str) -> list[str]:
+    return [
+        "--concurrency",
+        "2",
+        "--hostname",
+        f"{name}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
 
 
 @dataclass
@@ -80,10 +87,6 @@ class Fleet:
     logs: Path
     agents: dict[str, list[str]] = field(default_factory=dict)  # host name -> agent ids
     stopped: tuple[str, int] = ("", -1)  # the stopped turn's session, its call in fake.answered
-
-    @property
-    def front(self) -> Host:
-        return self.net.hosts["front"]
 
     def client(self, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.key}"}
@@ -155,9 +158,11 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Flee
     if problem := netns_problem():
         pytest.skip(problem)
     nginx = nginx_binary()
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: set DATABASE_URL=postgres://…")
-    if problem := _redis_reachable():
+    # As tests/conftest.py's markers do, before them: this fixture comes first.
+    problem = "" if connection.vendor == "postgresql" else "needs PostgreSQL: set DATABASE_URL"
+    if problem := problem or _redis_reachable():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide this service: {problem}")
         pytest.skip(problem)
     logs = tmp_path_factory.mktemp("fleet")
     short = Path(tempfile.mkdtemp(prefix="acf-"))  # sandbox sockets need short paths
@@ -274,20 +279,8 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Flee
             check=True,
         )
         conf = nginx_conf(prefix, render.stdout)
-        front.popen(
-            [
-                nginx,
-                "-p",
-                str(prefix),
-                "-e",
-                str(prefix / "error.log"),
-                "-c",
-                str(conf),
-                *DAEMON_OFF,
-            ],
-            env=front_env,
-            log=logs / "nginx.log",
-        )
+        files = ["-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
+        front.popen([nginx, *files, *DAEMON_OFF], env=front_env, log=logs / "nginx.log")
 
         for name in ("sb1", "sb2"):
             host = net.hosts[name]
@@ -302,11 +295,8 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Flee
                 "SANDBOX_RELAY_URL": f"http://{host.address}:{RELAY_PORT}",
                 "TMPDIR": str(host_tmp),
             }
-            host.popen(
-                [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", *worker(name)],
-                env=env,
-                log=logs / f"worker-{name}.log",
-            )
+            worker = [*celery, "worker", "--loglevel", "INFO", *_worker_options(name)]
+            host.popen(worker, env=env, log=logs / f"worker-{name}.log")
             host.popen(
                 [PYTHON, "manage.py", "sandbox_relay"], env=env, log=logs / f"relay-{name}.log"
             )
@@ -568,8 +558,9 @@ def test_a_host_that_dies_loses_its_agents_and_no_more(fleet):
 
 def test_the_ledger_holds_every_call_the_fake_answered(fleet):
     """Every call is in the ledger with the tokens the fake answered. The stopped turn's call
-    is cut mid-stream: the fake counts the output it wrote, the gateway what it read before
-    the cut, which may be a chunk less; its input is exact, its output at most the fake's."""
+    is cut mid-stream: the fake counts the output of what it wrote before the cut, the gateway
+    of what it read, and the cut falls between chunks at a different point for each (seen both
+    ways, a chunk either side): its input is exact, its output within a chunk of the fake's."""
     from django.db.models import Sum
 
     from console.models import UsageRecord
@@ -596,7 +587,9 @@ def test_the_ledger_holds_every_call_the_fake_answered(fleet):
     cut = fleet.fake.answered[index]
     [row] = UsageRecord.objects.filter(session_id=sid)
     assert row.input_tokens == cut["input_tokens"]
-    assert 0 < row.output_tokens <= cut["output_tokens"], (row.output_tokens, cut)
+    # One word a chunk, one token a word: the two counts are at most a chunk apart.
+    assert row.output_tokens > 0
+    assert abs(row.output_tokens - cut["output_tokens"]) <= 1, (row.output_tokens, cut)
 
 
 def test_the_sandboxes_called_claude_through_nginx_only(fleet):
