@@ -85,6 +85,10 @@ def _runtime_files() -> list[tuple[str, str]]:
         str(runtime.parent / "__init__.py"),
         str(shared),
     }
+    # The machine's CA certificates: an https gateway's certificate is checked against them.
+    trusted = ssl.get_default_verify_paths().cafile
+    if trusted and Path(trusted).is_file():
+        paths.add(trusted)
     return [(path, path) for path in sorted(paths)]
 
 

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import importlib.metadata
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, web
+from aiohttp import (
+    ClientConnectorError,
+    ClientError,
+    ClientSession,
+    ClientTimeout,
+    UnixConnector,
+    web,
+)
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -473,6 +481,31 @@ async def _measure(
         metrics_.duration.labels(endpoint).observe(time.perf_counter() - started)
 
 
+class GatewaySocketConnector(UnixConnector):
+    """The sandbox's gateway socket, over which an ``https`` gateway is spoken in TLS: the
+    socket's far end is the gateway's TCP address, relayed byte for byte (aiohttp's own
+    UnixConnector speaks plain HTTP whatever the URL's scheme)."""
+
+    def __init__(self, path: str, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(path=path)
+        self._tls = tls or ssl.create_default_context()
+
+    async def _create_connection(self, req, traces, timeout):  # type: ignore[no-untyped-def]
+        if not req.is_ssl():
+            return await super()._create_connection(req, traces, timeout)
+        try:
+            async with asyncio.timeout(timeout.sock_connect):
+                _, proto = await self._loop.create_unix_connection(
+                    self._factory,
+                    self._path,
+                    ssl=self._tls,
+                    server_hostname=req.server_hostname or req.host,
+                )
+        except OSError as exc:  # ssl.SSLError too: the gateway's certificate is not trusted
+            raise ClientConnectorError(req.connection_key, exc) from exc
+        return proto
+
+
 def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.Application:
     """The runtime's app; ``tools`` is read from the environment when not given."""
     app = web.Application(middlewares=[request_ids, _measure], client_max_size=4 * 1024 * 1024)
@@ -482,7 +515,7 @@ def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.App
 
     async def _client(app: web.Application) -> AsyncIterator[None]:
         socket_path = config.gateway.socket
-        connector = UnixConnector(path=socket_path) if socket_path else None
+        connector = GatewaySocketConnector(socket_path) if socket_path else None
         state.http = ClientSession(
             connector=connector, timeout=ClientTimeout(total=config.gateway_timeout)
         )

@@ -70,12 +70,14 @@ def render(*args: str) -> str:
     return result.stdout
 
 
-def certificate(folder: Path) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for localhost and 127.0.0.1, and its key."""
+def certificate(folder: Path, *addresses: str) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for localhost, 127.0.0.1 and ``addresses``, and its
+    key."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names = [x509.DNSName("localhost")]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *addresses)]
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
