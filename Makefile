@@ -40,7 +40,7 @@ run: install
 	$(BIN)/python -m config.launch
 
 test: install $(VENV)/.browser $(VENV)/.promtool $(VENV)/.nginx
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python scripts/test.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

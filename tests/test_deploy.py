@@ -18,6 +18,10 @@ import yaml
 from django.urls import reverse
 from prometheus_client.parser import text_string_to_metric_families
 
+# What the web process loads (its ASGI app serves the gateway too, so the gateway's metrics are
+# registered wherever /metrics is served), whatever other tests have loaded before these.
+import config.asgi  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
