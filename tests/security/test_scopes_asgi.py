@@ -87,6 +87,10 @@ def test_every_credential_gets_its_status_on_the_chat_socket(settings):
     from config.asgi import application
 
     settings.CONSOLE_BASE_URL = "http://127.0.0.1:8000"
+    # Who may connect is decided before the consumer joins a group: each socket here opens on an
+    # event loop of its own, which a Redis layer's per-loop connections once hung on (for 120 s)
+    # in a full run; the layer is not what this test is about.
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "plumbing.layers.SweptInMemoryChannelLayer"}}
     world = build_world()
     sam = User.objects.get(username="sam")
     world.sessions[SUSPENDED] = sam
