@@ -16,7 +16,7 @@ import httpx
 
 from tests.polling import eventually
 
-__all__ = ["Server", "answers", "free_port", "server_start", "server_stop", "serving"]
+__all__ = ["Server", "answers", "free_port", "listens", "server_start", "server_stop", "serving"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,8 @@ def answers(
         return False
 
 
-def _listens(port: int) -> bool:
+def listens(port: int) -> bool:
+    """Whether a server on this machine's loopback takes connections on ``port``."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except OSError:
@@ -94,7 +95,7 @@ def server_start(
             assert one.process.poll() is None, f"{one.process.args!r} exited:\n{one.output()}"
         if health is not None:
             return answers(f"{url}{health}", accept)
-        return _listens(port)  # type: ignore[arg-type]
+        return listens(port)  # type: ignore[arg-type]
 
     try:
         eventually(up, timeout, every=0.1, failing=lambda: f"did not answer:\n{server.output()}")

@@ -22,7 +22,7 @@ from django.db import connection
 
 from config import broker
 from tests.polling import eventually
-from tests.servers import server_start
+from tests.servers import listens, server_start
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,11 +119,6 @@ class Relay:
             self.proc.wait(timeout=10)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def start_relay(name: str, state_dir: Path, tmp_path: Path) -> Relay:
     """The agent relay of the host ``name`` whose sandboxes are in ``state_dir``, listening on a
     free loopback port once this returns, with the key ``RELAY_KEY``."""
@@ -149,8 +144,8 @@ def start_relay(name: str, state_dir: Path, tmp_path: Path) -> Relay:
             start_new_session=True,
         )
     relay = Relay(f"http://127.0.0.1:{port}", proc, log)
-    eventually(lambda: _listening(port) or proc.poll() is not None, timeout=30)
-    if proc.poll() is not None or not _listening(port):
+    eventually(lambda: listens(port) or proc.poll() is not None, timeout=30)
+    if proc.poll() is not None or not listens(port):
         relay.stop()
         raise RuntimeError(f"the relay did not start:\n{relay.output()[-3000:]}")
     return relay

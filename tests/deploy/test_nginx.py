@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from config.launch import gateway_command
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import FakeAnthropic
 from tests.polling import eventually
-from tests.servers import free_port
+from tests.servers import free_port, listens
 
 ROOT = Path(__file__).resolve().parents[2]
 RENDER = ROOT / "deploy" / "nginx" / "render.py"
@@ -263,7 +262,7 @@ def test_chat_routes_stream_events_as_they_come_where_others_are_buffered(tmp_pa
     with (tmp_path / "nginx.log").open("wb") as log:
         server = nginx_start(nginx, tmp_path, site, log)
     try:
-        eventually(lambda: _listening(port), 30, failing="nginx is not listening")
+        eventually(lambda: listens(port), 30, failing="nginx is not listening")
         ca = ssl.create_default_context(cafile=str(cert))
         uuid = "0b6a6f2e-7c52-4f0c-9b1e-3f0f8c1f8a10"
         for chat in (f"/agents/{uuid}/v1/agent/chat", f"/api/v1/sessions/{uuid}/messages"):
@@ -303,11 +302,6 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")
@@ -379,11 +373,11 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
     try:
         for port, _ in processes:
             eventually(
-                lambda p=port: _listening(p),
+                lambda p=port: listens(p),
                 60,
                 failing=f"no console process listens on port {port}",
             )
-        eventually(lambda: _listening(https_port), 30, failing="nginx is not listening")
+        eventually(lambda: listens(https_port), 30, failing="nginx is not listening")
         ca = ssl.create_default_context(cafile=str(cert))
         yield Proxied(url, f"http://localhost:{http_port}", ca, password, key, fake, web_ports)
     finally:
