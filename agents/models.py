@@ -214,3 +214,31 @@ class AgentDemand(models.Model):
 
     def __str__(self) -> str:
         return f"demand of {self.owner_id} until {self.expires_at:%H:%M:%S}"
+
+
+class ServingProcess(models.Model):
+    """A web, gateway or relay process, as it last said it was alive: what Prometheus is
+    pointed at (``scaling.views.metrics_machines``). Its ``metrics_url`` is where its machine's
+    ``/metrics`` is reached from the monitoring network: every process of one machine writes
+    to the same multiprocess folder, so one scrape of that URL reads them all."""
+
+    class Kind(models.TextChoices):
+        WEB = "web"
+        GATEWAY = "gateway"
+        RELAY = "relay"
+
+    machine = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    pid = models.PositiveIntegerField()
+    metrics_url = models.CharField(max_length=300)
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["machine", "kind", "pid"]
+        constraints = [
+            models.UniqueConstraint(fields=["machine", "kind", "pid"], name="serving_process_one")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.pid} on {self.machine}"

@@ -6,10 +6,15 @@ is written; ``GET /<agent id>/logs?lines=N`` answers the last lines of the runti
 agents the database places on this host are served (any other is a 404), and only to requests
 that carry a token of the deployment's key for that agent and request (``wire/relaytoken.py``):
 any other is a 401 in the console's error shape, logged with its peer's address.
+
+``GET /metrics`` answers the metrics of this machine's processes (the worker's spawns, the
+relay's own), for Prometheus, to the METRICS_BEARER_TOKEN only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,10 +23,12 @@ import aiohttp
 from aiohttp import web
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from agents import sandbox
 from agents.models import Agent
 from plumbing.errors import error_body
+from plumbing.metrics import machine_metrics
 from vmdriver import SandboxNotFound, VmState
 from wire import relaytoken
 
@@ -86,14 +93,19 @@ def _local_endpoint(sandbox_id: str) -> str:
 
 
 class _Relay:
-    def __init__(self, *, key: str, host_name: str, token_seconds: float, timeout: float) -> None:
+    def __init__(
+        self, *, key: str, host_name: str, token_seconds: float, timeout: float, metrics_token: str
+    ) -> None:
         self.key = key
         self.host_name = host_name
         self.token_seconds = token_seconds
         self.timeout = timeout
+        self.metrics_token = metrics_token
 
     @web.middleware
     async def authenticate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path == "/metrics":
+            return await self.metrics(request)
         agent_id = request.path.lstrip("/").partition("/")[0]
         try:
             uuid.UUID(agent_id)
@@ -121,6 +133,19 @@ class _Relay:
         if sandbox_id is None:
             _log_refusal(request, f"not an agent of host {self.host_name}")
         return sandbox_id
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "GET":
+            return _refusal(405, "method_not_allowed", "GET only")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        presented = token.strip() if scheme.lower() == "bearer" else ""
+        if not self.metrics_token or not hmac.compare_digest(
+            presented.encode(), self.metrics_token.encode()
+        ):
+            _log_refusal(request, "no metrics bearer token")
+            return _refusal(401, "not_authenticated", "the metrics bearer token is required")
+        body = await asyncio.to_thread(machine_metrics)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         if (sandbox_id := await self._sandbox(request)) is None:
@@ -169,12 +194,21 @@ class _Relay:
         return response
 
 
-def relay_app(*, key: str, host_name: str, token_seconds: float, timeout: float) -> web.Application:
+def relay_app(
+    *, key: str, host_name: str, token_seconds: float, timeout: float, metrics_token: str = ""
+) -> web.Application:
     """The relay of the sandbox host ``host_name``: requests need a token of ``key`` living at
-    most ``token_seconds``; ``timeout`` bounds a runtime's connect and each of its reads."""
+    most ``token_seconds``; ``timeout`` bounds a runtime's connect and each of its reads;
+    ``/metrics`` needs ``metrics_token`` (none set: it is refused)."""
     if not key:
         raise ValueError("an agent relay needs a key (SANDBOX_RELAY_KEY)")
-    relay = _Relay(key=key, host_name=host_name, token_seconds=token_seconds, timeout=timeout)
+    relay = _Relay(
+        key=key,
+        host_name=host_name,
+        token_seconds=token_seconds,
+        timeout=timeout,
+        metrics_token=metrics_token,
+    )
     app = web.Application(middlewares=[relay.authenticate], client_max_size=_MAX_BODY_BYTES)
     app.router.add_get("/{agent_id}/logs", relay.logs)
     for method in ("GET", "POST"):

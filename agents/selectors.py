@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 
-from agents.models import Agent, Message, SandboxHost, Session
+from agents.models import Agent, Message, SandboxHost, ServingProcess, Session
 from console.models import Budget, UsageRecord, User
 from console.selectors import budget_windows
 
 __all__ = [
     "FleetCounts",
+    "MetricsMachine",
     "agent_list",
     "agent_rows",
     "agent_stats",
@@ -24,6 +27,7 @@ __all__ = [
     "chat_snapshot",
     "fleet_counts",
     "message_data",
+    "metrics_machines",
     "session_list",
 ]
 
@@ -263,3 +267,39 @@ def fleet_counts() -> FleetCounts:
         capacity={name: value or 0 for name, value in capacity.items()},
         used={name: value or 0 for name, value in used.items()},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsMachine:
+    """A machine of the console, as Prometheus scrapes it: one ``/metrics`` for its processes."""
+
+    machine: str
+    metrics_url: str
+    kinds: tuple[str, ...]  # of the processes alive on it: "gateway", "relay", "web"
+
+
+# A machine's processes may name different URLs (a relay's and the console's on one machine
+# share a multiprocess folder): the first of these kinds is read, so nothing is counted twice.
+_SCRAPED_FIRST = ("web", "gateway", "relay")
+
+
+def metrics_machines(*, now: datetime) -> list[MetricsMachine]:
+    """Every machine with a web, gateway or relay process heard from within
+    PROCESS_STALE_SECONDS of ``now``, by name, with the URL to scrape it at."""
+    since = now - timedelta(seconds=settings.PROCESS_STALE_SECONDS)
+    rows = (
+        ServingProcess.objects.filter(seen_at__gte=since)
+        .order_by("machine")
+        .values_list("machine", "kind", "metrics_url")
+    )
+    by_machine: dict[str, dict[str, str]] = {}
+    for machine, kind, url in rows:
+        by_machine.setdefault(machine, {})[kind] = url
+    return [
+        MetricsMachine(
+            machine=machine,
+            metrics_url=urls[min(urls, key=_SCRAPED_FIRST.index)],
+            kinds=tuple(sorted(urls)),
+        )
+        for machine, urls in by_machine.items()
+    ]

@@ -25,7 +25,9 @@ from channels.security.websocket import WebsocketDenier  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 
+from agents.models import ServingProcess  # noqa: E402
 from agents.routing import websocket_urlpatterns  # noqa: E402
+from agents.services.processes import heartbeat_start  # noqa: E402
 from gateway.app import GatewayApp  # noqa: E402
 from plumbing.reason_phrases import fill_twisted_reason_phrases  # noqa: E402
 
@@ -109,14 +111,32 @@ class OriginValidator:
         return await self.app(scope, receive, send)
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_app,
-        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+class Announced:
+    """Starts the process's heartbeat as ``kind`` (``agents.services.processes``) when it serves
+    its first connection, so that Prometheus finds its machine."""
+
+    def __init__(self, app, kind: str) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.kind = kind
+        self.announced = False
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if not self.announced:
+            self.announced = heartbeat_start(self.kind)
+        return await self.app(scope, receive, send)
+
+
+application = Announced(
+    ProtocolTypeRouter(
+        {
+            "http": http_app,
+            "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    ),
+    ServingProcess.Kind.WEB,
 )
 
-gateway_application = ProtocolTypeRouter({"http": http_app})
+gateway_application = Announced(ProtocolTypeRouter({"http": http_app}), ServingProcess.Kind.GATEWAY)
 
 # What is loaded by now (Django, the apps, their modules) lives as long as the process: kept out
 # of the collector's reach, a full collection walks only what requests made, a few ms instead of

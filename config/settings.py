@@ -312,6 +312,19 @@ METRICS_BEARER_TOKEN = env_secret("METRICS_BEARER_TOKEN")
 METRICS_USER_LABELS = env_int("METRICS_USER_LABELS", 50, minimum=0)
 # Budget gauges are exported for this many budgets, those nearest their limits.
 METRICS_BUDGETS = env_int("METRICS_BUDGETS", 20, minimum=0)
+# Where Prometheus reads this machine's /metrics (every process of a machine writes to one
+# multiprocess folder, so one URL reads them all): by default CONSOLE_BASE_URL's /metrics on a
+# web or gateway machine, SANDBOX_RELAY_URL's on a sandbox host. Set it on each machine when
+# several share CONSOLE_BASE_URL behind a load balancer, or Prometheus would reach one at random.
+METRICS_URL = env_str("METRICS_URL").rstrip("/")
+if METRICS_URL and urlsplit(METRICS_URL).scheme not in {"http", "https"}:
+    raise ImproperlyConfigured(f"METRICS_URL must be an http(s) URL, not {METRICS_URL!r}")
+# Each web, gateway and relay process says it is alive this often (0: never; it is then not
+# discovered by Prometheus at /metrics/machines); one silent for PROCESS_STALE_SECONDS is gone.
+PROCESS_HEARTBEAT_SECONDS = env_float("PROCESS_HEARTBEAT_SECONDS", 15.0, minimum=0.0)
+PROCESS_STALE_SECONDS = env_float(
+    "PROCESS_STALE_SECONDS", max(60.0, 3 * PROCESS_HEARTBEAT_SECONDS), minimum=1.0
+)
 # What /metrics reads from the database at scrape time, from the apps that own the data.
 METRICS_COLLECTORS = ["agents.metrics.FleetCollector", "console.metrics.BudgetCollector"]
 # /ready gives each check (database, broker, channel layer) this long to answer.

@@ -16,9 +16,26 @@ Hypercore's names, for the console as a whole (its dashboards and alerts read th
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
 
-__all__ = ["ERRORS", "ERROR_CODES", "REQUESTS", "REQUEST_DURATION", "error_count", "request_count"]
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = [
+    "ERRORS",
+    "ERROR_CODES",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "error_count",
+    "machine_metrics",
+    "request_count",
+]
 
 REQUESTS = Counter(
     "agent_requests", "Requests the console served, by route and status.", ["endpoint", "status"]
@@ -66,3 +83,13 @@ def error_count(code: str) -> None:
     """Count one answer in the error shape under its code, or ``other`` for a code the console
     does not know (a runtime's answer passes its code on, and a runtime is not trusted)."""
     ERRORS.labels(code if code in ERROR_CODES else "other").inc()
+
+
+def machine_metrics() -> bytes:
+    """Prometheus text of every process of this machine that writes to PROMETHEUS_MULTIPROC_DIR
+    (summed as multiprocess mode does), or of this process alone when it is not set."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)

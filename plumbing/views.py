@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import os
 from typing import Any
 
 from django.conf import settings
@@ -11,10 +10,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils.module_loading import import_string
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from plumbing.authentication import bearer_token
 from plumbing.errors import NotAuthenticated, error_response, json_error_page, methods_allowed
+from plumbing.metrics import machine_metrics
 from plumbing.readiness import readiness
 
 __all__ = ["health", "metrics", "metrics_token_presented", "ready"]
@@ -51,18 +51,13 @@ async def ready(request: HttpRequest) -> JsonResponse:
 
 @methods_allowed("GET")
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus text: every process's metrics (multiprocess mode) and fleet gauges."""
+    """Prometheus text: every process's metrics of this machine (multiprocess mode) and the
+    fleet's gauges, read from the database (the same on every machine: the dashboards and
+    alerts take their ``max`` across machines)."""
     expected = settings.METRICS_BEARER_TOKEN
     if expected and not hmac.compare_digest(bearer_token(request), expected):
         return error_response(NotAuthenticated("a metrics bearer token is required"))
-    registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        from prometheus_client import REGISTRY
-
-        registry = REGISTRY
-    body = generate_latest(registry) + generate_latest(_fleet_registry())
+    body = machine_metrics() + generate_latest(_fleet_registry())
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 

@@ -13,6 +13,7 @@ router.register("scaling/decisions", api.ScalingDecisionViewSet, basename="api-s
 
 urlpatterns = [
     path("metrics/targets", views.metrics_targets, name="metrics-targets"),
+    path("metrics/machines", views.metrics_machines, name="metrics-machines"),
     path("api/v1/scaling/simulate", api.ScalingSimulateView.as_view(), name="api-scaling-simulate"),
     path("api/v1/", include(router.urls)),
 ]

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from django.conf import settings
 from django.urls import reverse
+from django.utils.module_loading import import_string
 from prometheus_client.parser import text_string_to_metric_families
 
 # What the web process loads (its ASGI app serves the gateway too, so the gateway's metrics are
@@ -217,3 +219,119 @@ def test_promtool_accepts_every_panels_query(tmp_path):
         yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]})
     )
     _run(promtool, "check", "rules", "panels.yml", cwd=tmp_path)
+
+
+# --- Several machines: each is its own target (instance, machine, role). -------------------
+
+_READ_ONCE = re.compile(r"max\s+(?:without|by)\s*\([^()]*\)\s*\(\s*$")
+
+
+@pytest.fixture
+def fleet_gauges(db) -> set[str]:
+    """What every console machine's /metrics reads alike from the database: the collectors'."""
+    return {
+        family.name
+        for path in settings.METRICS_COLLECTORS
+        for family in import_string(path)().collect()
+    }
+
+
+def read_more_than_once(expr: str, gauges: set[str]) -> list[str]:
+    """The fleet gauges ``expr`` reads other than as the argument of a ``max without (...)`` or
+    ``max by (...)``, which would add each machine's copy or fail to match them one to one."""
+    found = []
+    for match in re.finditer(r"(?<![\w:])([a-zA-Z_:][\w:]*)(?![\w:])", expr):
+        if match.group(1) in gauges and not _READ_ONCE.search(expr[: match.start()]):
+            found.append(match.group(1))
+    return found
+
+
+def test_the_read_once_check_finds_a_gauge_summed_across_machines():
+    gauges = {"hypercore_agent_active_count", "console_sandbox_used"}
+    assert read_more_than_once("sum(hypercore_agent_active_count)", gauges) == [
+        "hypercore_agent_active_count"
+    ]
+    assert read_more_than_once("console_sandbox_used / on (resource) x", gauges) == [
+        "console_sandbox_used"
+    ]
+    assert read_more_than_once("sum(max by (status) (hypercore_agent_active_count))", gauges) == []
+
+
+def test_the_alerts_and_panels_read_the_fleets_gauges_once_across_machines(fleet_gauges):
+    assert {"hypercore_agent_active_count", "console_budget_remaining"} <= fleet_gauges
+    for rule in alert_rules():
+        assert read_more_than_once(rule["expr"], fleet_gauges) == [], rule["alert"]
+    for panel in panels():
+        for target in panel["targets"]:
+            assert read_more_than_once(target["expr"], fleet_gauges) == [], panel["title"]
+
+
+def test_the_console_job_discovers_its_machines_at_the_console():
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    job = jobs["agent-console"]
+    (discovery,) = job["http_sd_configs"]
+
+    assert urlsplit(discovery["url"]).path == reverse("metrics-machines")
+    assert discovery["authorization"] == job["authorization"]
+    assert "static_configs" not in job
+
+
+def _series(name: str, labels: str, values: str, machines: list[str]) -> list[dict]:
+    return [
+        {
+            "series": f'{name}{{{labels}{"," if labels else ""}instance="{m}",machine="{m}"}}',
+            "values": values,
+        }
+        for m in machines
+    ]
+
+
+def test_the_fleets_panels_read_two_machines_as_one_console(tmp_path):
+    """The panels over two console machines and two sandbox hosts, as Prometheus evaluates
+    them (promtool's unit tests): the fleet's gauges once, the hosts' counters added up."""
+    promtool = _promtool()
+    fronts, hosts = ["front-1", "front-2"], ["sb1", "sb2"]
+    series = [
+        *_series("hypercore_agent_active_count", 'status="running"', "5x10", fronts),
+        *_series("hypercore_agent_active_count", 'status="booting"', "2x10", fronts),
+        *_series("agent_active_sessions", "", "12x10", fronts),
+        *_series("console_sandbox_capacity", 'resource="vcpus"', "16x10", fronts),
+        *_series("console_sandbox_used", 'resource="vcpus"', "4x10", fronts),
+        *_series("hypercore_agent_spawn_total", 'status="success"', "0+60x10", hosts),
+    ]
+    by_title = {panel["title"]: panel for panel in panels()}
+    expected = {
+        "Active agents": 7,
+        "Active sessions": 12,
+        "Sandbox capacity used": 0.25,
+        "Spawn rate": 2.0,  # 60 a minute on each of two hosts: 2 a second
+    }
+    tests = []
+    for title, value in expected.items():
+        (target, *_) = by_title[title]["targets"]
+        labels = {"resource": "vcpus"} if title == "Sandbox capacity used" else {}
+        if title == "Spawn rate":
+            labels = {"status": "success"}
+        tests.append(
+            {
+                "expr": target["expr"],
+                "eval_time": "5m",
+                "exp_samples": [{"labels": _labels(labels), "value": value}],
+            }
+        )
+    (tmp_path / "empty.yml").write_text("groups: []\n")
+    (tmp_path / "panels_test.yml").write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["empty.yml"],
+                "evaluation_interval": "1m",
+                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
+            }
+        )
+    )
+    _run(promtool, "test", "rules", "panels_test.yml", cwd=tmp_path)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"

@@ -9,6 +9,9 @@ the relay's endpoint.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ import httpx
 import pytest
 
 from agents import sandbox
-from agents.models import Agent, SandboxHost, Session
+from agents.models import Agent, SandboxHost, ServingProcess, Session
 from agents.sandbox import runtime_client_sync
 from agents.services import agent_log_tail, host_register
 from tests.agents.workers import RELAY_KEY, Relay, start_relay
@@ -228,3 +231,72 @@ def test_the_console_chats_with_an_agent_through_its_relay(agent, alice, fake_an
     health = alice.get(f"/agents/{agent.pk}/health")
     assert health.status_code == 200 and health.json()["agent_id"] == str(agent.pk)
     assert alice.get(f"/agents/{agent.pk}/metrics").status_code == 200
+
+
+METRICS_TOKEN = "a-metrics-token-for-the-relay-0123"
+_SPAWNS = """
+from prometheus_client import Counter
+Counter("hypercore_agent_spawn", "Agent boots, by outcome.", ["status"]).labels("success").inc(3)
+"""
+
+
+@pytest.fixture
+def metered_relay(settings, tmp_path) -> Iterator[Relay]:
+    """A relay whose machine's processes write their metrics to one folder, that says it is
+    alive every 0.2 s and serves ``/metrics`` to ``METRICS_TOKEN``."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        "METRICS_BEARER_TOKEN": METRICS_TOKEN,
+        "PROCESS_HEARTBEAT_SECONDS": "0.2",
+    }
+    # Another process of the machine (its worker, say) counts three boots there.
+    subprocess.run([sys.executable, "-c", _SPAWNS], env=os.environ | env, check=True)
+    relay = start_relay(RELAY_HOST, settings.SANDBOX_STATE_DIR, tmp_path, env=env)
+    yield relay
+    relay.stop()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-the-token"}, {"Authorization": METRICS_TOKEN}],
+    ids=["none", "another token", "no scheme"],
+)
+def test_the_relays_metrics_are_refused_without_the_metrics_token(metered_relay, headers):
+    response = httpx.get(f"{metered_relay.url}/metrics", headers=headers, timeout=10)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+    assert "# TYPE" not in response.text
+    assert eventually(lambda: "refused GET /metrics" in metered_relay.output())
+
+
+def test_the_relay_serves_its_machines_metrics_and_says_it_is_alive(metered_relay):
+    response = httpx.get(
+        f"{metered_relay.url}/metrics",
+        headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    assert 'hypercore_agent_spawn_total{status="success"} 3.0' in response.text
+
+    def registered() -> ServingProcess | None:
+        return ServingProcess.objects.filter(machine=RELAY_HOST, kind="relay").first()
+
+    process = eventually(registered, 30, every=0.1)
+    assert process.pid == metered_relay.proc.pid
+    assert process.metrics_url == f"{metered_relay.url}/metrics"
+    first = process.seen_at
+    assert eventually(lambda: registered().seen_at > first, 10, every=0.1)
+
+
+def test_a_relay_without_a_metrics_token_serves_no_metrics(settings, tmp_path):
+    relay = start_relay(RELAY_HOST, settings.SANDBOX_STATE_DIR, tmp_path)
+    try:
+        response = httpx.get(
+            f"{relay.url}/metrics", headers={"Authorization": "Bearer x"}, timeout=10
+        )
+    finally:
+        relay.stop()
+    assert response.status_code == 401

@@ -119,21 +119,28 @@ class Relay:
             self.proc.wait(timeout=10)
 
 
-def start_relay(name: str, state_dir: Path, tmp_path: Path) -> Relay:
+def start_relay(
+    name: str, state_dir: Path, tmp_path: Path, *, env: dict[str, str] | None = None
+) -> Relay:
     """The agent relay of the host ``name`` whose sandboxes are in ``state_dir``, listening on a
-    free loopback port once this returns, with the key ``RELAY_KEY``."""
+    free loopback port once this returns, with the key ``RELAY_KEY`` (and ``env`` besides)."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     log = tmp_path / f"relay-{name}.log"
-    environment = dict(os.environ) | {
-        "DATABASE_URL": _database_url(),
-        "CONSOLE_VAR_DIR": str(settings.VAR_DIR),
-        "SANDBOX_HOST_NAME": name,
-        "SANDBOX_STATE_DIR": str(state_dir),
-        "SANDBOX_RELAY_KEY": RELAY_KEY,
-        "SANDBOX_RELAY_LISTEN": f"127.0.0.1:{port}",
-    }
+    environment = (
+        dict(os.environ)
+        | {
+            "DATABASE_URL": _database_url(),
+            "CONSOLE_VAR_DIR": str(settings.VAR_DIR),
+            "SANDBOX_HOST_NAME": name,
+            "SANDBOX_STATE_DIR": str(state_dir),
+            "SANDBOX_RELAY_KEY": RELAY_KEY,
+            "SANDBOX_RELAY_LISTEN": f"127.0.0.1:{port}",
+            "SANDBOX_RELAY_URL": f"http://127.0.0.1:{port}",
+        }
+        | (env or {})
+    )
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "manage.py", "sandbox_relay"],

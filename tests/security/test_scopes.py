@@ -103,6 +103,7 @@ ROWS = [
     Row("readyz", "GET", "/readyz", SAME, 0),
     Row("metrics", "GET", "/metrics", PUBLIC, 200),
     Row("metrics/targets", "GET", "/metrics/targets", METRICS_ONLY, 401),
+    Row("metrics/machines", "GET", "/metrics/machines", METRICS_ONLY, 401),
     Row("admin/login/", "GET", "/admin/login/", ADMIN_LOGIN, 200),
     Row(
         "agents/<uuid:agent_id>/v1/agent/chat",

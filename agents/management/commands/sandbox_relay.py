@@ -6,7 +6,9 @@ from aiohttp import web
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from agents.models import ServingProcess
 from agents.relay import relay_app
+from agents.services.processes import heartbeat_start
 
 
 class Command(BaseCommand):
@@ -25,7 +27,9 @@ class Command(BaseCommand):
             host_name=settings.SANDBOX_HOST_NAME,
             token_seconds=settings.SANDBOX_RELAY_TOKEN_SECONDS,
             timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS,
+            metrics_token=settings.METRICS_BEARER_TOKEN,
         )
+        heartbeat_start(ServingProcess.Kind.RELAY)
         self.stdout.write(
             f"Agent relay of host {settings.SANDBOX_HOST_NAME} on {settings.SANDBOX_RELAY_LISTEN}"
         )
