@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agents import services
-from agents.models import Agent, Message, SandboxHost, Session, WarmPool
+from agents.models import Agent, Message, SandboxHost, ServingProcess, Session, WarmPool
 from plumbing.errors import ConsoleError
 
 
@@ -117,6 +117,21 @@ class SandboxHostAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     list_editable = ("is_draining",)
     readonly_fields = ("relay_url",)  # the host's worker records it from SANDBOX_RELAY_URL
+
+
+@admin.register(ServingProcess)
+class ServingProcessAdmin(admin.ModelAdmin):
+    """The web, gateway and relay processes as they last said they were alive: read only."""
+
+    list_display = ("machine", "kind", "pid", "metrics_url", "started_at", "seen_at")
+    list_filter = ("kind", "machine")
+    search_fields = ("machine",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(WarmPool)
