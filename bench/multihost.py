@@ -31,7 +31,7 @@ namespace) does, roughly, and README.md's sizing starts from it.
         [--redis-url redis://127.0.0.1:6379/9] [--quick] [--spawns N] [--seconds S]
         [--rounds N] [--clients N]
 
-``--quick`` takes about a minute and a half, a third of it building the fleet. Ends with one
+``--quick`` takes about a minute, a third of it building the fleet. Ends with one
 line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``.
 """
 
@@ -442,7 +442,7 @@ def _problem() -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a run of about a minute and a half")
+    parser.add_argument("--quick", action="store_true", help="a run of about a minute")
     parser.add_argument(
         "--database-url",
         type=database_url,
