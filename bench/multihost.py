@@ -117,11 +117,12 @@ def _drain(name: str, draining: bool) -> None:
     SandboxHost.objects.filter(name=name).update(is_draining=draining)
 
 
-def _statuses(ids: Sequence[str]) -> list[tuple[str, str]]:
-    """Each agent's status and host, in one query."""
+def _statuses(ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Each agent's status and host, by id, in one query."""
     from agents.models import Agent
 
-    return list(Agent.objects.filter(pk__in=ids).values_list("status", "host__name"))
+    rows = Agent.objects.filter(pk__in=ids).values_list("pk", "status", "host__name")
+    return {str(pk): (status, host) for pk, status, host in rows}
 
 
 # --- CPU ---------------------------------------------------------------------------------------
@@ -234,8 +235,9 @@ class _Bench:
         timeout = aiohttp.ClientTimeout(total=120)
         return aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout)
 
-    async def spawn_many(self, count: int, label: str) -> tuple[float, dict[str, int], list[str]]:
-        """``count`` agents asked for at once: seconds until all run, where they run, ids."""
+    async def spawn_many(self, count: int, label: str) -> tuple[float, dict[str, int]]:
+        """``count`` agents asked for at once: seconds until all run, and how many run on each
+        host (``Fleet.agents`` records them)."""
         started = time.perf_counter()
         async with self.session() as session:
 
@@ -250,21 +252,20 @@ class _Bench:
             ids = await asyncio.gather(*(one(n) for n in range(count)))
         while True:
             states = await asyncio.to_thread(_statuses, ids)
-            if all(status in {"running", "failed"} for status, _ in states):
+            if all(status in {"running", "failed"} for status, _ in states.values()):
                 break
             if time.perf_counter() - started > 180:
                 raise Failed(f"spawn: not all running after 180 s: {states}")
             await asyncio.sleep(0.05)
         seconds = time.perf_counter() - started
-        failed = [status for status, _ in states if status != "running"]
+        failed = [status for status, _ in states.values() if status != "running"]
         if failed:
             raise Failed(f"spawn: {len(failed)} of {count} boots failed")
         hosts: dict[str, int] = {}
-        for _, host in states:
+        for agent_id, (_, host) in states.items():
             hosts[host] = hosts.get(host, 0) + 1
-        for agent_id, (_, host) in zip(ids, await asyncio.to_thread(_statuses, ids), strict=True):
             self.fleet.agents.setdefault(host, []).append(agent_id)
-        return seconds, hosts, list(ids)
+        return seconds, hosts
 
     async def spawns(self, count: int) -> None:
         print(f"\nspawns: {count} agents asked for at once, until all run", flush=True)
@@ -274,7 +275,7 @@ class _Bench:
         for hosts, label in ((2, "two-hosts"), (1, "one-host")):
             await asyncio.to_thread(_drain, "sb2", hosts == 1)
             before = _cpu(self.fleet)
-            seconds, split, _ = await self.spawn_many(count, label)
+            seconds, split = await self.spawn_many(count, label)
             cpu = _spent(before, _cpu(self.fleet))
             rates[hosts] = count / seconds
             where = ", ".join(f"{n} on {host}" for host, n in sorted(split.items()))
@@ -342,6 +343,7 @@ class _Bench:
         return rates
 
     async def chat(self) -> None:
+        # As many agents as clients, taken from each host in turn.
         agents = [a for pair in zip(*self.fleet.agents.values(), strict=False) for a in pair]
         agents = agents[: self.clients]
         turns = itertools.count()
