@@ -13,10 +13,11 @@ agents). The fake Anthropic answers in a process of its own. The database is the
 budget, as in the other benches, drives everything through nginx from this process:
 
 * spawns: N agents asked for at once (``POST /api/v1/agents``), timed from the first request
-  until all run; first with ``sb2`` draining (one host), then with both, and how they split;
-* chat turns: ``POST /agents/<id>/v1/agent/chat`` as JSON, a closed loop of clients, each on an
-  agent of its own, half on each host (each turn also makes one gateway call, from the sandbox
-  through nginx); nginx sends the web routes to one web process, then to both;
+  until all run; on both hosts (and how they split), then with ``sb2`` draining (one host);
+* chat turns: ``POST /agents/<id>/v1/agent/chat`` as JSON, a closed loop of clients, the turns
+  spread over as many agents as clients, half on each host (each turn also makes one gateway
+  call, from the sandbox through nginx); nginx sends the web routes to one web process, then
+  to both;
 * gateway: ``POST /gateway/v1/messages`` with the user's key (as ``bench/gateway.py`` calls it),
   a closed loop; nginx sends the gateway's route to one gateway process, then to both.
 
@@ -24,15 +25,18 @@ Between the one- and two-process runs nginx is reloaded with a re-rendered upstr
 other process keeps running, idle. The runs alternate (one, two, one, two: ``--rounds``) so that
 other work on the machine weighs on both alike. Rates on a machine whose few cores also carry
 nginx, the sandboxes, the fake and this load generator do not carry to another machine; the CPU
-each tier spent per turn or call (from /proc: the processes by name, each sandbox host's whole
-namespace) does, roughly, and README.md's sizing starts from it.
+each tier spent per turn or call (from /proc: the processes by name, each sandbox host's
+namespace and what its processes started) does, roughly, and README.md's sizing starts from it.
+Each run also shows the CPU of the forwarder that carries the hosts' PostgreSQL and Redis
+traffic, and what the machine's other work spent meanwhile.
 
     python bench/multihost.py --database-url postgres://…/agent_console_bench_multihost
         [--redis-url redis://127.0.0.1:6379/9] [--quick] [--spawns N] [--seconds S]
         [--rounds N] [--clients N]
 
-``--quick`` takes about a minute, a third of it building the fleet. Ends with one
-line per target: ``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``.
+``--quick`` takes about a minute, a third of it building the fleet. Ends with the CPU figures
+and an idle agent's memory on ``INFO`` lines, then one line per target: ``TARGET <name> <value>
+<unit> <op> <target> PASS|FAIL``.
 """
 
 from __future__ import annotations
