@@ -1,13 +1,5 @@
-"""The console on three simulated machines (deploy/README.md's walk-through), reached through
-nginx only.
-
-Host ``front`` runs nginx (the site rendered from the deploy template, on front's address) in
-front of two daphne web processes and two uvicorn gateways on front's loopback, and beat; hosts
-``sb1`` and ``sb2`` each run a Celery worker, its relay and its agents' sandboxes. PostgreSQL and
-Redis are the machine's, forwarded onto the bridge; the fake Anthropic listens on the bridge.
-The sandboxes call Claude through nginx (``GATEWAY_URL``), whose certificate each sandbox host
-trusts as an operator's machine would (its own ``/etc/ssl``, ``ip netns exec``'s per-namespace
-``/etc``).
+"""The console on three simulated machines (``tests/multihost/fleet.py``), reached through
+nginx only: two web processes and two gateways on ``front``, hosts ``sb1`` and ``sb2``.
 
 The steps share one fleet and run in order: spawns land on both hosts; a turn with each as
 JSON and as events; a WebSocket turn; a turn stopped from the other web process; an agent's
@@ -21,18 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import shutil
-import signal
-import ssl
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -40,11 +24,11 @@ from django.core.management import call_command
 from django.db import connection
 from websockets.sync.client import connect
 
-from tests.agents.workers import RELAY_KEY
-from tests.conftest import PLATFORM_KEY, _redis_reachable
-from tests.deploy.test_nginx import certificate, nginx_binary, nginx_conf
-from tests.fakes.anthropic import FakeAnthropic, Text
-from tests.multihost.network import Host, Network, netns_problem, network
+from tests.conftest import _redis_reachable
+from tests.deploy.test_nginx import nginx_binary
+from tests.fakes.anthropic import Text
+from tests.multihost.fleet import Fleet, namespace_kill, running_fleet
+from tests.multihost.network import netns_problem
 from tests.polling import eventually
 
 pytestmark = [
@@ -56,86 +40,15 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
-WEB_PORTS, GATEWAY_PORTS, RELAY_PORT = (8001, 8002), (8101, 8102), 8090
 HEARTBEAT, STALE = 1.0, 2.0  # seconds: SANDBOX_HOST_HEARTBEAT_SECONDS, SANDBOX_HOST_STALE_SECONDS
-SECRET = "tests-only-multihost-0123456789abcdefghijklmnopqrstuvwxyz-0123456789"
 PASSWORD = "multihost-alice-password-0123"
-CREATE_KEY = ("create_api_key", "alice", "--create-user")
-DAEMON_OFF = ("-g", "daemon off;")
-
-
-def _worker_options(name: str) -> list[str]:
-    return [
-        "--concurrency",
-        "2",
-        "--hostname",
-        f"{name}@%h",
-        "--without-mingle",
-        "--without-gossip",
-    ]
 
 
 @dataclass
-class Fleet:
-    net: Network
-    url: str  # https://<front's address>
-    ca: ssl.SSLContext
-    key: str
-    fake: FakeAnthropic
-    logs: Path
-    agents: dict[str, list[str]] = field(default_factory=dict)  # host name -> agent ids
+class Steps(Fleet):
+    """The fleet, and what a step leaves for a later one."""
+
     stopped: tuple[str, int] = ("", -1)  # the stopped turn's session, its call in fake.answered
-
-    def client(self, **kwargs) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.key}"}
-        return httpx.Client(
-            base_url=self.url, verify=self.ca, timeout=30, headers=headers, **kwargs
-        )
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _probe(host: Host, port: int) -> bool:
-    code = "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)"
-    return host.run([PYTHON, "-c", code, str(port)]).returncode == 0
-
-
-def _namespace_kill(host: Host) -> None:
-    """Every process in ``host``'s namespace, as a machine that loses power: those started on
-    it, and what they started in sessions of their own (the sandboxes)."""
-    host.kill()
-    listed = subprocess.run(["ip", "netns", "pids", host.namespace], capture_output=True, text=True)
-    for pid in listed.stdout.split():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-
-
-def _trust(host: Host, cert: Path) -> Path:
-    """``host``'s own /etc/ssl (``ip netns exec`` mounts /etc/netns/<namespace>/* over /etc):
-    the machine's CA bundle and the test's certificate, as an operator installs a private CA."""
-    folder = Path("/etc/netns") / host.namespace
-    shutil.copytree("/etc/ssl", folder / "ssl", symlinks=True)
-    bundle = folder / "ssl" / "certs" / "ca-certificates.crt"
-    bundle.unlink(missing_ok=True)
-    system = Path("/etc/ssl/certs/ca-certificates.crt")
-    bundle.write_text((system.read_text() if system.exists() else "") + cert.read_text())
-    return folder
-
-
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
 
 
 def _reseed_prices() -> None:
@@ -154,7 +67,7 @@ def _clean_database() -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Fleet]:
+def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Steps]:
     if problem := netns_problem():
         pytest.skip(problem)
     nginx = nginx_binary()
@@ -164,80 +77,26 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Flee
         if os.environ.get("CI"):
             pytest.fail(f"CI must provide this service: {problem}")
         pytest.skip(problem)
-    logs = tmp_path_factory.mktemp("fleet")
-    short = Path(tempfile.mkdtemp(prefix="acf-"))  # sandbox sockets need short paths
-    redis_db = os.environ["REDIS_URL"].rstrip("/").rpartition("/")[2]
     db = connection.settings_dict
+    settings = {
+        "SANDBOX_HOST_HEARTBEAT_SECONDS": str(HEARTBEAT),
+        "SANDBOX_HOST_STALE_SECONDS": str(STALE),
+        # A beat killed by the run before holds the schedule's lock in Redis this long.
+        "BEAT_LOCK_SECONDS": "5",
+    }
     with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, short, ignore_errors=True)
         stack.enter_context(django_db_blocker.unblock())
         _clean_database()
         stack.callback(_clean_database)
-        net = stack.enter_context(
-            network(["front", "sb1", "sb2"], services=[db["PORT"] or 5432, 6379], logs=logs)
+        running = stack.enter_context(
+            running_fleet(
+                logs=tmp_path_factory.mktemp("fleet"),
+                nginx=nginx,
+                database_url=f"postgres://{db['USER']}@127.0.0.1:{db['PORT'] or 5432}/{db['NAME']}",
+                redis_url=os.environ["REDIS_URL"],
+                settings=settings,
+            )
         )
-        for name in ("sb1", "sb2", "front"):  # before the network is removed
-            stack.callback(_namespace_kill, net.hosts[name])
-        front = net.hosts["front"]
-        url = f"https://{front.address}"
-        cert, cert_key = certificate(logs, front.address)
-        if not Path("/etc/netns").exists():
-            stack.callback(_remove_if_empty, Path("/etc/netns"))
-        for name in ("sb1", "sb2"):
-            stack.callback(shutil.rmtree, _trust(net.hosts[name], cert), ignore_errors=True)
-        fake = FakeAnthropic(host=net.gateway).start()
-        stack.callback(fake.stop)
-
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in {"DATABASE_URL", "REDIS_URL", "PYTEST_CURRENT_TEST", "CELERY_BROKER_URL"}
-        } | {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "PYTHONUNBUFFERED": "1",
-            "DATABASE_URL": (
-                f"postgres://{db['USER']}@{net.service(db['PORT'] or 5432)}/{db['NAME']}"
-            ),
-            "REDIS_URL": f"redis://{net.service(6379)}/{redis_db}",
-            "SECRET_KEY": SECRET,
-            "ALLOWED_HOSTS": front.address,
-            "CONSOLE_BASE_URL": url,
-            "CSRF_TRUSTED_ORIGINS": url,
-            "TRUSTED_PROXIES": "1",
-            "USE_X_FORWARDED_PROTO": "true",
-            "SECURE_SSL_REDIRECT": "true",
-            "SESSION_COOKIE_SECURE": "true",
-            "CSRF_COOKIE_SECURE": "true",
-            "GATEWAY_URL": f"{url}/gateway",
-            "SANDBOX_RELAY_KEY": RELAY_KEY,
-            "SANDBOX_HOST_HEARTBEAT_SECONDS": str(HEARTBEAT),
-            "SANDBOX_HOST_STALE_SECONDS": str(STALE),
-            # A beat killed by the run before holds the schedule's lock in Redis this long.
-            "BEAT_LOCK_SECONDS": "5",
-            "CELERY_TASK_ALWAYS_EAGER": "false",
-        }
-        metrics = logs / "front-metrics"
-        metrics.mkdir()
-        front_env = base | {
-            "CONSOLE_VAR_DIR": str(logs / "front-var"),
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics),
-            "WHITENOISE_USE_FINDERS": "true",
-            "ANTHROPIC_API_KEY": PLATFORM_KEY,
-            "ANTHROPIC_BASE_URL": fake.base_url,
-            "ANTHROPIC_MAX_RETRIES": "0",
-        }
-
-        # The user and their key, made by the command an operator runs on the console machine.
-        created = subprocess.run(
-            ["ip", "netns", "exec", front.namespace, PYTHON, "manage.py", *CREATE_KEY],
-            cwd=ROOT,
-            env=front_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert created.returncode == 0, created.stdout + created.stderr
-        key = re.search(r"\bac_\S+", created.stdout).group(0)
         from django.contrib.auth import get_user_model
 
         alice = get_user_model().objects.get(username="alice")
@@ -247,97 +106,12 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Flee
         from console.models import Quota
 
         assert Quota.objects.filter(user=alice).update(requests_per_minute=None) == 1
-
-        for port in WEB_PORTS:  # as agent-console-web@.service runs them
-            argv = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-            front.popen(
-                [*argv, "config.asgi:application"], env=front_env, log=logs / f"web-{port}.log"
-            )
-        from config.launch import gateway_command
-
-        for port in GATEWAY_PORTS:
-            front.popen(
-                [PYTHON, *gateway_command("127.0.0.1", port)],
-                env=front_env,
-                log=logs / f"gateway-{port}.log",
-            )
-        celery = [PYTHON, "-m", "celery", "-A", "config"]
-        beat = front.popen(
-            [*celery, "beat", "--loglevel", "INFO"], env=front_env, log=logs / "beat.log"
-        )
-        stack.callback(_stop, beat)  # first: it gives the schedule's lock back
-        prefix = logs / "nginx"
-        prefix.mkdir()
-        render = subprocess.run(
-            [PYTHON, str(ROOT / "deploy" / "nginx" / "render.py")]
-            + ["--server-name", front.address, "--listen", front.address]
-            + [arg for port in WEB_PORTS for arg in ("--web", f"127.0.0.1:{port}")]
-            + [arg for port in GATEWAY_PORTS for arg in ("--gateway", f"127.0.0.1:{port}")]
-            + ["--certificate", str(cert), "--certificate-key", str(cert_key)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        conf = nginx_conf(prefix, render.stdout)
-        files = ["-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
-        front.popen([nginx, *files, *DAEMON_OFF], env=front_env, log=logs / "nginx.log")
-
-        for name in ("sb1", "sb2"):
-            host = net.hosts[name]
-            host_tmp = short / name
-            host_tmp.mkdir()
-            env = base | {
-                "CONSOLE_VAR_DIR": str(logs / f"{name}-var"),
-                "SANDBOX_HOST_NAME": name,
-                "SANDBOX_HOST_VCPUS": "8",
-                "SANDBOX_STATE_DIR": str(host_tmp / "sandboxes"),
-                "SANDBOX_RELAY_LISTEN": f"{host.address}:{RELAY_PORT}",
-                "SANDBOX_RELAY_URL": f"http://{host.address}:{RELAY_PORT}",
-                "TMPDIR": str(host_tmp),
-            }
-            worker = [*celery, "worker", "--loglevel", "INFO", *_worker_options(name)]
-            host.popen(worker, env=env, log=logs / f"worker-{name}.log")
-            host.popen(
-                [PYTHON, "manage.py", "sandbox_relay"], env=env, log=logs / f"relay-{name}.log"
-            )
-
-        fleet = Fleet(net, url, ssl.create_default_context(cafile=str(cert)), key, fake, logs)
-
-        def tails() -> str:
-            names = ["nginx", "beat", "worker-sb1", "worker-sb2", "relay-sb1", "relay-sb2"]
-            names += [f"web-{p}" for p in WEB_PORTS] + [f"gateway-{p}" for p in GATEWAY_PORTS]
-            return "\n".join(f"--- {n} ---\n{fleet.log(n)[-2000:]}" for n in names)
-
-        for port in (*WEB_PORTS, *GATEWAY_PORTS):
-            eventually(lambda p=port: _probe(front, p), 60, every=0.3, failing=tails)
-        eventually(lambda: _ready(fleet), 30, every=0.3, failing=tails)
-        from agents.models import SandboxHost
-
-        def hosts_online() -> bool:
-            online = SandboxHost.objects.filter(is_online=True).values_list("name", flat=True)
-            return set(online) == {"sb1", "sb2"}
-
-        eventually(hosts_online, 60, every=0.3, failing=tails)
         # Beat holds the schedule's lock and sends (hosts_mark_stale among its tasks). A beat
         # of another test on this Redis, killed, may hold it up to its BEAT_LOCK_SECONDS (25).
-        eventually(lambda: "Sending due task" in fleet.log("beat"), 45, every=0.3, failing=tails)
-        for name in ("sb1", "sb2"):
-            host = net.hosts[name]
-            eventually(lambda h=host: _probe_address(h), 30, every=0.3, failing=tails)
-        yield fleet
-
-
-def _probe_address(host: Host) -> bool:
-    code = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1)"
-    return host.run([PYTHON, "-c", code, host.address, str(RELAY_PORT)]).returncode == 0
-
-
-def _ready(fleet: Fleet) -> bool:
-    try:
-        with httpx.Client(base_url=fleet.url, verify=fleet.ca, timeout=5) as client:
-            return all(client.get("/ready").status_code == 200 for _ in range(4))
-    except httpx.HTTPError:
-        return False
+        eventually(
+            lambda: "Sending due task" in running.log("beat"), 45, every=0.3, failing=running.tails
+        )
+        yield Steps(**vars(running))
 
 
 def _spawn(client: httpx.Client, name: str) -> tuple[str, str]:
@@ -395,7 +169,7 @@ def test_a_turn_with_each_agent_as_json_and_as_events(fleet):
             assert events[-1][1]["content"] == f"Echo: Stream from {host}"
 
 
-def _sign_in(fleet: Fleet) -> str:
+def _sign_in(fleet: Steps) -> str:
     """alice's session cookie, from the sign-in page through nginx."""
     with httpx.Client(base_url=fleet.url, verify=fleet.ca, timeout=30) as browser:
         browser.get("/accounts/login/")
@@ -466,12 +240,9 @@ def test_a_turn_is_stopped_from_the_other_web_process(fleet):
     assert eventually(lambda: len(fleet.fake.answered) == calls_before + 1, 10)
     fleet.stopped = (sid, calls_before)
     assert seen.count("delta") < len(words.split())
-    turn_at = [
-        p for p in WEB_PORTS if f'"POST /api/v1/sessions/{sid}/messages"' in fleet.log(f"web-{p}")
-    ]
-    cancel_at = [
-        p for p in WEB_PORTS if f'"POST /api/v1/sessions/{sid}/cancel"' in fleet.log(f"web-{p}")
-    ]
+    logs = {port: fleet.log(f"web-{port}") for port in fleet.web_ports}
+    turn_at = [p for p, log in logs.items() if f'"POST /api/v1/sessions/{sid}/messages"' in log]
+    cancel_at = [p for p, log in logs.items() if f'"POST /api/v1/sessions/{sid}/cancel"' in log]
     assert len(turn_at) == 1 and len(cancel_at) == 1 and turn_at != cancel_at, (turn_at, cancel_at)
 
 
@@ -502,7 +273,7 @@ class _Watch:
     """Requests through nginx, one after another on a thread, each status recorded: the
     surviving processes' answers while a host dies and after."""
 
-    def __init__(self, fleet: Fleet, agent_id: str) -> None:
+    def __init__(self, fleet: Steps, agent_id: str) -> None:
         self.fleet, self.agent_id = fleet, agent_id
         self.answers: list[tuple[str, int]] = []
         self._stop = threading.Event()
@@ -532,7 +303,7 @@ def test_a_host_that_dies_loses_its_agents_and_no_more(fleet):
     lost = fleet.agents["sb1"]
     with _Watch(fleet, sb2) as watch, fleet.client() as client:
         died = time.monotonic()
-        _namespace_kill(sb1)
+        namespace_kill(sb1)
 
         def all_failed() -> bool:
             states = [client.get(f"/api/v1/agents/{a}").json() for a in lost]
