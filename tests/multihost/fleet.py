@@ -37,13 +37,14 @@ from tests.fakes.anthropic import FakeAnthropic
 from tests.multihost.network import Host, Network, network
 from tests.polling import eventually
 
-__all__ = ["RELAY_PORT", "Fleet", "namespace_kill", "running_fleet"]
+__all__ = ["METRICS_TOKEN", "RELAY_PORT", "Fleet", "namespace_kill", "running_fleet"]
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 RELAY_PORT = 8090
 SECRET = "tests-only-multihost-0123456789abcdefghijklmnopqrstuvwxyz-0123456789"
 DAEMON_OFF = ("-g", "daemon off;")
+METRICS_TOKEN = "tests-only-multihost-metrics-token-0123456789"
 
 
 @dataclass
@@ -302,6 +303,9 @@ def running_fleet(
             "GATEWAY_URL": f"{url}/gateway",
             "SANDBOX_RELAY_KEY": RELAY_KEY,
             "CELERY_TASK_ALWAYS_EAGER": "false",
+            "METRICS_BEARER_TOKEN": METRICS_TOKEN,
+            # Each web, gateway and relay process says it is alive, for Prometheus to find.
+            "PROCESS_HEARTBEAT_SECONDS": "2",
         }
         base |= settings or {}
         metrics = logs / "front-metrics"
@@ -354,7 +358,10 @@ def running_fleet(
                 "SANDBOX_RELAY_LISTEN": f"{host.address}:{RELAY_PORT}",
                 "SANDBOX_RELAY_URL": f"http://{host.address}:{RELAY_PORT}",
                 "TMPDIR": str(host_tmp),
+                # The worker's counters and the relay's, which the relay's /metrics sums.
+                "PROMETHEUS_MULTIPROC_DIR": str(host_tmp / "metrics"),
             }
+            (host_tmp / "metrics").mkdir()
             env.setdefault("SANDBOX_HOST_VCPUS", "8")
             worker = [*celery, "worker", "--loglevel", "INFO", *_worker_options(name)]
             processes[f"worker-{name}"] = host.popen(

@@ -13,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from django.core.management import call_command
 from django.db import connection
 from websockets.sync.client import connect
@@ -27,9 +31,10 @@ from websockets.sync.client import connect
 from tests.conftest import _redis_reachable
 from tests.deploy.test_nginx import nginx_binary
 from tests.fakes.anthropic import Text
-from tests.multihost.fleet import Fleet, namespace_kill, running_fleet
+from tests.multihost.fleet import METRICS_TOKEN, Fleet, namespace_kill, running_fleet
 from tests.multihost.network import netns_problem
 from tests.polling import eventually
+from tests.scaling.test_prometheus_live import prometheus_binary
 
 pytestmark = [
     pytest.mark.postgres,
@@ -42,6 +47,8 @@ pytestmark = [
 
 HEARTBEAT, STALE = 1.0, 2.0  # seconds: SANDBOX_HOST_HEARTBEAT_SECONDS, SANDBOX_HOST_STALE_SECONDS
 PASSWORD = "multihost-alice-password-0123"
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS_PORT = 9090
 
 
 @dataclass
@@ -258,6 +265,137 @@ def test_an_agents_logs_and_metrics(fleet):
             assert "# TYPE" in metrics.text
 
 
+def _prometheus_config(fleet: Steps, folder: Path) -> Path:
+    """deploy/prometheus/prometheus.yml as an operator sets it for this fleet: both discoveries
+    at the console through nginx, its certificate trusted, the metrics token, the alert rules;
+    every second rather than every 15."""
+    shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    token = folder / "metrics-token"
+    token.write_text(METRICS_TOKEN)
+    tls = {"ca_file": str(fleet.nginx.cert)}
+    for job in shipped["scrape_configs"]:
+        job["scrape_interval"] = job["scrape_timeout"] = "1s"
+        job["authorization"]["credentials_file"] = str(token)
+        job["tls_config"] = tls
+        for discovery in job["http_sd_configs"]:
+            discovery["url"] = discovery["url"].replace("http://127.0.0.1:8000", fleet.url)
+            discovery["refresh_interval"] = "1s"
+            discovery["authorization"]["credentials_file"] = str(token)
+            discovery["tls_config"] = tls
+    shipped["global"]["evaluation_interval"] = "1s"
+    shipped["rule_files"] = [str(ROOT / "deploy" / "prometheus" / "alerts.yml")]
+    config = folder / "prometheus.yml"
+    config.write_text(yaml.safe_dump(shipped))
+    return config
+
+
+class _Prometheus:
+    """The HTTP API of a Prometheus server."""
+
+    def __init__(self, url: str) -> None:
+        self.api = httpx.Client(base_url=url, timeout=10)
+
+    def ready(self) -> bool:
+        try:
+            return self.api.get("/-/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def query(self, expr: str) -> list[dict]:
+        answer = self.api.get("/api/v1/query", params={"query": expr}).json()
+        assert answer["status"] == "success", (expr, answer)
+        return answer["data"]["result"]
+
+    def targets_up(self, job: str) -> list[dict[str, str]]:
+        """The labels of the job's targets last scraped without an error."""
+        try:
+            targets = self.api.get("/api/v1/targets").json()["data"]["activeTargets"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return []
+        return [t["labels"] for t in targets if t["health"] == "up" and t["labels"]["job"] == job]
+
+    def rules_evaluated(self) -> list[dict] | None:
+        """Every rule, once each has been evaluated; else None."""
+        groups = self.api.get("/api/v1/rules").json()["data"]["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        done = rules and all(not r["lastEvaluation"].startswith("0001") for r in rules)
+        return rules if done else None
+
+
+def _prometheus_sees(prometheus: _Prometheus) -> dict[str, object]:
+    """What Prometheus has found and added up: the machines (by role), agents and boots."""
+    spawns = 'sum by (machine) (hypercore_agent_spawn_total{status="success"})'
+    return {
+        "machines": {t["machine"]: t["role"] for t in prometheus.targets_up("agent-console")},
+        "agents": {t["agent_id"] for t in prometheus.targets_up("agent-runtimes")},
+        "spawns": {s["metric"]["machine"]: float(s["value"][1]) for s in prometheus.query(spawns)},
+    }
+
+
+def _fleet_as_recorded() -> dict[str, object]:
+    """What Prometheus should find, from the database: front (this machine's host name, which
+    its namespace shares) and both sandbox hosts; the running agents; each host's boots."""
+    from agents.models import Agent
+
+    running = Agent.objects.filter(status="running", deleted_at__isnull=True)
+    return {
+        "machines": {socket.gethostname(): "console", "sb1": "sandbox-host", "sb2": "sandbox-host"},
+        "agents": {str(pk) for pk in running.values_list("pk", flat=True)},
+        "spawns": {h: float(Agent.objects.filter(host__name=h).count()) for h in ("sb1", "sb2")},
+    }
+
+
+def server_log(folder: Path) -> str:
+    path = folder / "prometheus.log"
+    return path.read_text(errors="replace") if path.exists() else "(no log)"
+
+
+def test_prometheus_finds_every_machine_and_agent_and_adds_the_machines_up(fleet, tmp_path):
+    """The real Prometheus, on front, with the shipped configuration: it discovers front and
+    both sandbox hosts (each one target, its processes summed) and every running agent, adds
+    the hosts' boot counters, reads the fleet's gauges once, and evaluates every alert rule
+    and every panel of the dashboard without an error."""
+    from agents.models import Agent
+
+    front = fleet.net.hosts["front"]
+    command = [
+        prometheus_binary(),
+        f"--config.file={_prometheus_config(fleet, tmp_path)}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address={front.address}:{PROMETHEUS_PORT}",
+        "--log.level=warn",
+    ]
+    server = front.popen(command, env=dict(os.environ), log=tmp_path / "prometheus.log")
+    prometheus = _Prometheus(f"http://{front.address}:{PROMETHEUS_PORT}")
+    try:
+        eventually(prometheus.ready, 30, every=0.2, failing=lambda: server_log(tmp_path))
+        expected = _fleet_as_recorded()
+        last: list[dict[str, object]] = [{}]
+
+        def found() -> bool:
+            last[0] = _prometheus_sees(prometheus)
+            return last[0] == expected
+
+        def why() -> str:
+            return f"Prometheus saw {last[0]!r}\nnot {expected!r}\n{server_log(tmp_path)}"
+
+        eventually(found, 90, every=1, failing=why)
+        # The fleet's gauges, which front reads from the database, once.
+        (active,) = prometheus.query("sum(max by (status) (hypercore_agent_active_count))")
+        live = Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
+        assert float(active["value"][1]) == live.count()
+        for rule in eventually(prometheus.rules_evaluated, 30, every=0.5):
+            assert rule["health"] == "ok", rule
+        dashboard = json.loads((ROOT / "deploy" / "grafana" / "agent-console.json").read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                prometheus.query(target["expr"])
+    finally:
+        prometheus.api.close()
+        server.terminate()
+        server.wait(10)
+
+
 def test_an_agent_is_deleted(fleet):
     from agents.models import Agent
 
@@ -366,11 +504,15 @@ def test_the_ledger_holds_every_call_the_fake_answered(fleet):
 
 def test_the_sandboxes_called_claude_through_nginx_only(fleet):
     """Every call the fake had came through nginx's /gateway/, from the sandbox hosts' own
-    addresses; everything else nginx served came from the test's client."""
+    addresses; everything else nginx served came from the test's client, but the metrics that
+    Prometheus, on front, discovered and scraped."""
     lines = (fleet.logs / "nginx" / "access.log").read_text().splitlines()
     calls = [line.split()[0] for line in lines if '"POST /gateway/v1/messages ' in line]
     sandbox_hosts = {fleet.net.hosts[name].address for name in ("sb1", "sb2")}
     assert set(calls) == sandbox_hosts
     assert len(calls) == len(fleet.fake.requests)
-    others = {line.split()[0] for line in lines if "/gateway/" not in line}
-    assert others == {fleet.net.gateway}
+    others = [line.split() for line in lines if "/gateway/" not in line]
+    assert {words[0] for words in others} == {fleet.net.gateway, fleet.net.hosts["front"].address}
+    scraped = {words[6] for words in others if words[0] == fleet.net.hosts["front"].address}
+    metrics = re.compile(r"/metrics(/machines|/targets)?|/agents/[0-9a-f-]{36}/metrics")
+    assert scraped and all(metrics.fullmatch(path) for path in scraped), scraped

@@ -28,7 +28,7 @@ TOKEN = "a-metrics-token-for-prometheus"
 PROMPT = "You answer support questions."
 
 
-def _prometheus_binary() -> str:
+def prometheus_binary() -> str:
     found = shutil.which("prometheus") or shutil.which(
         "prometheus", path=str(ROOT / ".venv" / "bin")
     )
@@ -52,7 +52,7 @@ def console(asgi_server, settings, fake_anthropic):
 def prometheus_url(console, tmp_path) -> Iterator[str]:
     """A Prometheus on loopback running the shipped agent-runtimes job against ``console``,
     every second; its data in ``tmp_path``; stopped at teardown."""
-    binary = _prometheus_binary()
+    binary = prometheus_binary()
     shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "agent-runtimes"]
     token = tmp_path / "metrics-token"
