@@ -57,9 +57,16 @@ def bwrap_problem() -> str | None:
 
 
 def bwrap_argv(
-    *, workspace: Path, run_dir: Path, ro_binds: Sequence[tuple[str, str]], hostname: str
+    *,
+    workspace: Path,
+    run_dir: Path,
+    ro_binds: Sequence[tuple[str, str]],
+    hostname: str,
+    devices: Sequence[str] = (),
 ) -> list[str]:
-    """The bubblewrap command line that wraps a sandboxed program (which follows it)."""
+    """The bubblewrap command line that wraps a sandboxed program (which follows it);
+    ``devices`` are bubblewrap's arguments binding host device nodes into its ``/dev`` (the
+    GPUs given to it, ``vmdriver.gpus.gpu_dev_binds``)."""
     bwrap = shutil.which("bwrap") or "bwrap"
     argv = [
         bwrap,
@@ -81,6 +88,7 @@ def bwrap_argv(
         "/dev",
         "--tmpfs",
         "/tmp",
+        *devices,
     ]
     for path in _SYSTEM_DIRS:
         argv += ["--ro-bind-try", path, path]

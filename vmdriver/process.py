@@ -105,6 +105,8 @@ class ProcessDriver(SandboxFolders):
         env = {"PATH": os.environ.get("PATH", _SANDBOX_PATH), "HOME": str(path / "workspace")}
         # Unsandboxed, there is nothing to hide secrets from: they go in the environment.
         env |= dict(spec.env) | dict(spec.secrets) | {"SANDBOX_LISTEN": f"tcp:127.0.0.1:{port}"}
+        if spec.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(unit.uuid for unit in spec.gpus)
         return list(spec.image), env, f"http://127.0.0.1:{port}"
 
     def start(self, handle: VmHandle) -> VmHandle:

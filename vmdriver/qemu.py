@@ -129,11 +129,19 @@ def _accel_args(accel: str) -> list[str]:
 
 
 def _machine_args(
-    kernel: Path, initrd: Path, memory_mib: int, vcpus: int, cmdline: str = KERNEL_CMDLINE
+    kernel: Path,
+    initrd: Path,
+    memory_mib: int,
+    vcpus: int,
+    cmdline: str = KERNEL_CMDLINE,
+    *,
+    pcie: bool = False,
 ) -> list[str]:
     # No default devices, no display; the serial console is QEMU's stdout (the sandbox's log).
-    fixed = "-M microvm -nodefaults -no-user-config -display none -serial stdio -no-reboot"
+    # A PCIe bus only for a guest given a GPU: VFIO passes a PCI device.
+    fixed = "-nodefaults -no-user-config -display none -serial stdio -no-reboot"
     return [
+        *("-M", "microvm,pcie=on" if pcie else "microvm"),
         *fixed.split(),
         *("-smp", str(vcpus), "-m", f"{memory_mib}M"),
         *("-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline),
@@ -177,13 +185,22 @@ def qemu_argv(
         "-name",
         _opt(f"sandbox-{spec.name}"),
         *_accel_args(accel),
-        *_machine_args(kernel, initrd, max(spec.memory_mib, MIN_MEMORY_MIB), spec.vcpus, cmdline),
+        *_machine_args(
+            kernel,
+            initrd,
+            max(spec.memory_mib, MIN_MEMORY_MIB),
+            spec.vcpus,
+            cmdline,
+            pcie=bool(spec.gpus),
+        ),
         "-netdev",
         ",".join(netdev),
         "-device",
         "virtio-net-device,netdev=net0",
         "-device",
         "virtio-rng-device",
+        # Each GPU given whole, at its PCI address: the host has bound it to vfio-pci.
+        *(arg for unit in spec.gpus for arg in ("-device", f"vfio-pci,host={unit.pci_address}")),
         "-fw_cfg",
         f"name={ENV_FW_CFG_NAME},file={_opt(str(env_file))}",
         # QEMU's own seccomp filter. Spawning and set*id stay allowed: the gateway relay is
@@ -398,6 +415,11 @@ class QemuDriver(SandboxFolders):
 
     def create(self, spec: VmSpec) -> VmHandle:
         gateway_route(spec.gateway)
+        if sliced := [unit.uuid for unit in spec.gpus if unit.profile or not unit.pci_address]:
+            raise ValueError(
+                f"a microVM takes whole GPUs by their PCI address (VFIO), not {sliced}: "
+                "a MIG slice cannot be passed through"
+            )
         path = self._dir(spec.name)
         path.mkdir(parents=True, exist_ok=True)
         self._write_spec(path, spec)

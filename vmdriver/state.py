@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 
 from vmdriver.errors import SandboxNotFound
+from vmdriver.gpus import GpuUnit
 from vmdriver.types import VmSpec, VmState, VmStatus
 
 __all__ = ["SandboxFolders", "free_port", "proc_start_time", "write_private"]
@@ -77,6 +78,7 @@ class SandboxFolders:
             "env": dict(spec.env),
             "ports": list(spec.ports),
             "gateway": spec.gateway,
+            "gpus": [unit.as_dict() for unit in spec.gpus],
         }
         write_private(path / "spec.json", json.dumps(data))
         write_private(path / "secrets.json", json.dumps(dict(spec.secrets)))
@@ -96,6 +98,7 @@ class SandboxFolders:
             ports=tuple(data["ports"]),
             gateway=data.get("gateway", ""),
             secrets=secrets,
+            gpus=tuple(GpuUnit(**unit) for unit in data.get("gpus", ())),
         )
 
     def _live_pid(self, path: Path) -> int | None:

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from vmdriver.gpus import GpuUnit, gpu_dev_binds
 from vmdriver.isolation import INSIDE_RUN_DIR, CgroupLimits, bwrap_argv
 from vmdriver.qemu import gateway_route
 
@@ -75,6 +76,10 @@ async def supervise(sandbox_dir: Path) -> int:
         )
         env["SANDBOX_GATEWAY"] = f"unix:{INSIDE_RUN_DIR}/gateway.sock"
 
+    gpus = [GpuUnit(**unit) for unit in spec.get("gpus", ())]
+    if gpus:  # CUDA inside sees these units alone
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(unit.uuid for unit in gpus)
+
     limits = CgroupLimits(spec["name"], spec["memory_mib"], spec["vcpus"])
     limits.apply()
     if limits.problems:
@@ -84,6 +89,7 @@ async def supervise(sandbox_dir: Path) -> int:
         run_dir=run_dir,
         ro_binds=[tuple(pair) for pair in options["ro_binds"]],
         hostname="sandbox",
+        devices=gpu_dev_binds(gpus),
     ) + list(spec["image"])
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, stdin=asyncio.subprocess.DEVNULL, preexec_fn=limits.join

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from vmdriver.gpus import GpuUnit
+
 __all__ = ["VmHandle", "VmSpec", "VmState", "VmStatus"]
 
 
@@ -22,7 +24,8 @@ class VmSpec:
     should listen and ``SANDBOX_GATEWAY`` how to reach the gateway (``unix:<path>`` or
     ``tcp:<host>:<port>``). ``secrets`` reach the program as files in the folder named by
     ``SANDBOX_SECRETS`` (for it to read and delete), never in an environment that other
-    processes in the sandbox could read."""
+    processes in the sandbox could read. ``gpus`` are the GPUs (or MIG slices) given to it
+    (``vmdriver.gpus``)."""
 
     name: str
     vcpus: int = 1
@@ -32,6 +35,7 @@ class VmSpec:
     ports: tuple[int, ...] = ()
     gateway: str = ""
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    gpus: tuple[GpuUnit, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
