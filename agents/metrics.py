@@ -57,7 +57,7 @@ class FleetCollector:
             "What active agents hold on the hosts taking agents, by resource.",
             labels=["resource"],
         )
-        for resource in ("vcpus", "memory_mib"):
+        for resource in ("vcpus", "memory_mib", "gpus"):
             capacity.add_metric([resource], counts.capacity[resource])
             used.add_metric([resource], counts.used[resource])
         yield capacity

@@ -26,6 +26,12 @@ class SandboxHost(models.Model):
         blank=True,
         help_text="Its agent relay's address; empty: its agents are reached directly.",
     )
+    gpus = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Its GPUs and their MIG slices, as its worker found or was told "
+        "(SANDBOX_HOST_GPUS): index, model, memory_mib, uuid, pci_address, mig.",
+    )
     is_online = models.BooleanField(default=True)
     is_draining = models.BooleanField(default=False, help_text="Takes no new agents.")
     last_seen_at = models.DateTimeField(auto_now=True)
@@ -97,6 +103,20 @@ class Agent(models.Model):
     )
     max_concurrent_sessions = models.PositiveIntegerField(
         default=100, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
+    )
+    gpu_count = models.PositiveSmallIntegerField(
+        default=0, validators=[MaxValueValidator(16)], help_text="GPUs (or MIG slices) asked for."
+    )
+    gpu_model = models.CharField(
+        max_length=100, blank=True, help_text="Of this model only (a part of its name: A100)."
+    )
+    gpu_profile = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="MIG slices of this profile (1g.10gb); empty: whole GPUs.",
+    )
+    gpus = models.JSONField(
+        default=list, blank=True, help_text="The GPUs or MIG slices of its host it was given."
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     backend = models.CharField(max_length=16, default="process")

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 from django.conf import settings
 from django.core import signing
+from django.core.exceptions import ImproperlyConfigured
 
 import agents.runtime
 import wire
 from agents.models import Agent
 from vmdriver import Driver, VmDriverError, VmSpec, make_driver
+from vmdriver.gpus import GpuUnit, gpus_detect, gpus_from_inventory, gpus_inventory, units_of
 from vmdriver.isolation import bwrap_problem
 from vmdriver.qemu import QemuDriver
 from wire import relaytoken
@@ -71,6 +75,30 @@ def host_accel() -> str:
     except VmDriverError as exc:
         logger.error("microVMs cannot boot on this host: %s", exc)
         return ""
+
+
+def host_gpus() -> list[dict[str, Any]]:
+    """This host's GPUs as the console records them (SANDBOX_HOST_GPUS: read from nvidia-smi,
+    none, or declared). A declaration that does not parse, or an nvidia-smi that fails, stops
+    the worker's registration with the reason: a host must not claim GPUs it cannot give, nor
+    register as having none because its driver is broken."""
+    choice = settings.SANDBOX_HOST_GPUS
+    if choice == "none":
+        return []
+    if choice == "auto":
+        return gpus_inventory(gpus_detect())
+    try:
+        declared = json.loads(choice)
+        if not isinstance(declared, list):
+            raise ValueError("not a list")
+        return gpus_inventory(gpus_from_inventory(declared))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"SANDBOX_HOST_GPUS does not declare GPUs: {exc}") from exc
+
+
+def gpu_units(gpus: Iterable[Mapping[str, Any]]) -> list[GpuUnit]:
+    """What a host's recorded GPUs can be given as: each MIG slice, each other GPU whole."""
+    return units_of(gpus_from_inventory(gpus))
 
 
 def _runtime_files() -> list[tuple[str, str]]:
@@ -236,6 +264,7 @@ def runtime_spec(*, agent: Agent) -> VmSpec:
         ports=(8080,),
         gateway=settings.GATEWAY_URL,
         secrets={"AGENT_GATEWAY_TOKEN": agent_token_issue(agent=agent)},
+        gpus=tuple(GpuUnit(**unit) for unit in agent.gpus),
     )
 
 

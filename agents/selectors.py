@@ -13,6 +13,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from agents.models import Agent, Message, SandboxHost, ServingProcess, Session
 from console.models import Budget, UsageRecord, User
 from console.selectors import budget_windows
+from vmdriver.gpus import gpus_from_inventory, units_of
 
 __all__ = [
     "FleetCounts",
@@ -71,6 +72,7 @@ AGENT_ROW_FIELDS = (
     "backend",
     "accel",
     "last_error",
+    "gpus",
 )
 
 
@@ -244,7 +246,7 @@ class FleetCounts:
 
 
 def fleet_counts() -> FleetCounts:
-    """Four aggregate queries, whatever the fleet's size: what ``/metrics`` shows of it."""
+    """Five queries, whatever the fleet's size: what ``/metrics`` shows of it."""
     by_status = dict(
         Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
         .order_by()
@@ -258,9 +260,12 @@ def fleet_counts() -> FleetCounts:
     ).count()
     hosts = SandboxHost.objects.filter(is_online=True, is_draining=False)
     capacity = hosts.aggregate(vcpus=Sum("capacity_vcpus"), memory_mib=Sum("capacity_memory_mib"))
+    capacity["gpus"] = sum(
+        len(units_of(gpus_from_inventory(gpus))) for gpus in hosts.values_list("gpus", flat=True)
+    )
     used = Agent.objects.filter(
         status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True, host__in=hosts
-    ).aggregate(vcpus=Sum("vcpus"), memory_mib=Sum("memory_mib"))
+    ).aggregate(vcpus=Sum("vcpus"), memory_mib=Sum("memory_mib"), gpus=Sum("gpu_count"))
     return FleetCounts(
         agents={str(status): by_status.get(status, 0) for status in Agent.ACTIVE_STATUSES},
         sessions=sessions,

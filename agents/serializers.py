@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents.models import Agent, Message, Session
@@ -93,6 +94,51 @@ class SpawnRequestSerializer(serializers.Serializer):
     )
     model = serializers.CharField(required=False, max_length=100)
     name = serializers.CharField(required=False, default="", allow_blank=True, max_length=100)
+    gpus = serializers.IntegerField(
+        required=False,
+        default=0,
+        min_value=0,
+        max_value=16,
+        help_text="GPUs (whole, or MIG slices with gpu_profile) on one host; your quota's "
+        "max_gpus bounds those your running agents hold.",
+    )
+    gpu_model = serializers.CharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=100,
+        help_text="Only GPUs whose model name holds this (A100, L4); any when empty.",
+    )
+    gpu_profile = serializers.RegexField(
+        r"\A(?:[0-9]+g\.[0-9]+gb)?\Z",
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=32,
+        help_text="MIG slices of this profile (1g.10gb) instead of whole GPUs.",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs.get("gpus") and (attrs.get("gpu_model") or attrs.get("gpu_profile")):
+            raise serializers.ValidationError(
+                {"gpus": "gpu_model and gpu_profile need gpus: how many to give the agent"}
+            )
+        return attrs
+
+
+class GpuSerializer(serializers.Serializer):
+    """A GPU, or a MIG slice of one, given to an agent."""
+
+    uuid = serializers.CharField()
+    model = serializers.CharField()
+    profile = serializers.CharField(help_text="Its MIG profile; empty: the whole GPU.")
+    memory_mib = serializers.IntegerField()
+
+
+def gpus_data(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {key: unit[key] for key in ("uuid", "model", "profile", "memory_mib")} for unit in units
+    ]
 
 
 class ListQuerySerializer(serializers.Serializer):
@@ -107,6 +153,7 @@ class AgentSerializer(serializers.ModelSerializer):
     cores = serializers.IntegerField(source="vcpus", read_only=True)
     memory = serializers.IntegerField(source="memory_mib", read_only=True)
     max_concurrent = serializers.IntegerField(source="max_concurrent_sessions", read_only=True)
+    gpus = serializers.SerializerMethodField()
 
     class Meta:
         model = Agent
@@ -125,8 +172,13 @@ class AgentSerializer(serializers.ModelSerializer):
             "backend",
             "accel",
             "last_error",
+            "gpus",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(GpuSerializer(many=True))
+    def get_gpus(self, agent: Agent) -> list[dict[str, Any]]:
+        return gpus_data(agent.gpus)
 
     def get_url(self, agent: Agent) -> str:
         return f"{settings.CONSOLE_BASE_URL}/agents/{agent.pk}"
@@ -160,6 +212,7 @@ def agent_row_data(row: Mapping[str, Any]) -> dict[str, Any]:
         "backend": row["backend"],
         "accel": row["accel"],
         "last_error": row["last_error"],
+        "gpus": gpus_data(row["gpus"]),
     }
 
 

@@ -116,6 +116,7 @@ def spawn_response(request: Request) -> Response:
         memory_mib=data["memory"],
         max_concurrent_sessions=data["max_concurrent"],
         anthropic_api_key=data.get("anthropic_api_key", ""),
+        gpu=services.GpuRequest(data["gpus"], data["gpu_model"], data["gpu_profile"]),
     )
     return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 

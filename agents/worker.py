@@ -73,6 +73,7 @@ _heartbeat: HostHeartbeat | None = None
 def _register_this_host(**_: object) -> None:
     global _heartbeat
     accel = sandbox.host_accel()
+    gpus = sandbox.host_gpus()
     for attempt in range(10):
         try:
             services.host_register(
@@ -82,6 +83,7 @@ def _register_this_host(**_: object) -> None:
                 capacity_memory_mib=settings.SANDBOX_HOST_MEMORY_MIB,
                 accel=accel,
                 relay_url=settings.SANDBOX_RELAY_URL,
+                gpus=gpus,
             )
             break
         except OperationalError:  # the database is busy or not up yet: try again shortly

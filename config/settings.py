@@ -247,6 +247,14 @@ SANDBOX_GUEST_DIR = Path(env_str("SANDBOX_GUEST_DIR", str(VAR_DIR / "guest")))
 SANDBOX_HOST_NAME = env_str("SANDBOX_HOST_NAME", socket.gethostname())
 SANDBOX_HOST_VCPUS = env_int("SANDBOX_HOST_VCPUS", 4 * (os.cpu_count() or 1), minimum=1)
 SANDBOX_HOST_MEMORY_MIB = env_int("SANDBOX_HOST_MEMORY_MIB", _memory_mib(), minimum=64)
+# Its GPUs: "auto" reads them from nvidia-smi (none where it is not installed), "none" gives
+# it none, and a JSON list declares them (each: model, memory_mib, uuid, and pci_address for a
+# microVM host, mig: [{profile, uuid}] for MIG slices), as vmdriver.gpus reads them.
+SANDBOX_HOST_GPUS = env_str("SANDBOX_HOST_GPUS", "auto").strip()
+if SANDBOX_HOST_GPUS not in {"auto", "none"} and not SANDBOX_HOST_GPUS.startswith("["):
+    raise ImproperlyConfigured(
+        f'SANDBOX_HOST_GPUS must be "auto", "none" or a JSON list, not {SANDBOX_HOST_GPUS!r}'
+    )
 # Each worker heartbeats its host; a host silent for the stale time is offline, its agents failed.
 SANDBOX_HOST_HEARTBEAT_SECONDS = env_float("SANDBOX_HOST_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
 SANDBOX_HOST_STALE_SECONDS = env_float(

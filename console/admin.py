@@ -27,6 +27,7 @@ _QUOTA_FIELDSETS = (
                 "max_total_vcpus",
                 "max_total_memory_mib",
                 "max_concurrent_sessions",
+                "max_gpus",
             )
         },
     ),

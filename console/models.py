@@ -57,6 +57,9 @@ class Quota(models.Model):
     max_total_vcpus = models.PositiveIntegerField(default=64)
     max_total_memory_mib = models.PositiveIntegerField(default=128 * 1024)
     max_concurrent_sessions = models.PositiveIntegerField(default=100)
+    max_gpus = models.PositiveIntegerField(
+        default=0, help_text="GPUs (or MIG slices) its running agents may hold; 0: none."
+    )
     # 100 a minute: the AI Agents Platform's documented default per user.
     requests_per_minute = models.PositiveIntegerField(
         null=True, blank=True, default=100, help_text="API and gateway requests; empty: no limit."

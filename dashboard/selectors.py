@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from agents.models import Agent, SandboxHost, Session
 from agents.selectors import agent_list
-from agents.services.hosts import hosts_usage
+from agents.services.hosts import gpus_free, gpus_held, hosts_usage
 from console.models import AuditEvent, RateCounter, User
 from console.selectors import usage_totals
 from scaling.models import ScalingDecision, ScalingRule
@@ -41,6 +41,12 @@ class HostLoad:
     agents: int
     vcpus: int
     memory_mib: int
+    gpus: int = 0  # GPUs and MIG slices held by its agents
+    gpus_total: int = 0  # of the host's
+
+    @property
+    def gpu_percent(self) -> int:
+        return _percent(self.gpus, self.gpus_total)
 
     @property
     def vcpu_percent(self) -> int:
@@ -62,18 +68,25 @@ def _percent(used: int, capacity: int) -> int:
 
 
 def host_loads() -> list[HostLoad]:
-    """Every sandbox host and its load; two queries."""
+    """Every sandbox host and its load; three queries."""
     hosts = list(SandboxHost.objects.order_by("name"))
-    usage = hosts_usage(host_ids=[host.pk for host in hosts]) if hosts else {}
-    return [
-        HostLoad(
-            host=host,
-            agents=usage[host.pk]["agents"],
-            vcpus=usage[host.pk]["vcpus"],
-            memory_mib=usage[host.pk]["memory"],
+    ids = [host.pk for host in hosts]
+    usage = hosts_usage(host_ids=ids) if hosts else {}
+    held = gpus_held(host_ids=ids) if hosts else {}
+    loads = []
+    for host in hosts:
+        total = len(gpus_free(host, set()))
+        loads.append(
+            HostLoad(
+                host=host,
+                agents=usage[host.pk]["agents"],
+                vcpus=usage[host.pk]["vcpus"],
+                memory_mib=usage[host.pk]["memory"],
+                gpus=total - len(gpus_free(host, held[host.pk])),
+                gpus_total=total,
+            )
         )
-        for host in hosts
-    ]
+    return loads
 
 
 def fleet_overview(*, now: datetime | None = None, decisions: int = 8) -> dict[str, Any]:

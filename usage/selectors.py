@@ -425,6 +425,7 @@ _AGENT_LIMITS = (
     ("agents", "max_agents", "count"),
     ("vCPUs", "max_total_vcpus", "vcpus"),
     ("memory MiB", "max_total_memory_mib", "memory"),
+    ("GPUs", "max_gpus", "gpus"),
 )
 
 
@@ -454,7 +455,12 @@ def _quota_limits_in_use(by_user: dict[int, Quota], *, now: datetime) -> list[Li
         )
         .order_by()
         .values("owner_id")
-        .annotate(count=Count("id"), vcpus=Sum("vcpus"), memory=Sum("memory_mib"))
+        .annotate(
+            count=Count("id"),
+            vcpus=Sum("vcpus"),
+            memory=Sum("memory_mib"),
+            gpus=Sum("gpu_count"),
+        )
     )
     for row in agents:
         quota = by_user[row["owner_id"]]

@@ -9,6 +9,7 @@ from agents.services.chat import (
 )
 from agents.services.demand import demand_record, task_agent_waking
 from agents.services.hosts import (
+    GpuRequest,
     host_heartbeat,
     host_place,
     host_register,
@@ -47,6 +48,7 @@ __all__ = [
     "AgentTemplate",
     "ChatResult",
     "ChatTurn",
+    "GpuRequest",
     "TurnCancelled",
     "agent_boot",
     "agent_chat_events_stoppable",

@@ -24,7 +24,7 @@ from django.utils import timezone
 from agents import sandbox
 from agents.metrics import SPAWN_DURATION, SPAWN_TOTAL
 from agents.models import Agent, WarmPool
-from agents.services.hosts import host_place
+from agents.services.hosts import GpuRequest, gpus_reclaim, host_place
 from agents.services.queued import PUBLISH_RETRY, worker_task
 from agents.services.warm import AgentTemplate, pool_owner, warm_claim
 from console.models import Quota, User
@@ -32,6 +32,7 @@ from console.services import audit_record, quota_get, user_check_active
 from plumbing.crypto import encrypt
 from plumbing.errors import AgentNotRunning, CapacityExhausted, QuotaExceeded, outages_refused
 from vmdriver import SandboxNotFound, VmDriverError, VmState
+from vmdriver.gpus import GpuUnit
 
 __all__ = [
     "agent_boot",
@@ -101,9 +102,11 @@ def agent_spawn(
     memory_mib: int = 512,
     max_concurrent_sessions: int = 100,
     anthropic_api_key: str = "",
+    gpu: GpuRequest | None = None,
 ) -> Agent:
     """Check the owner's quota, then claim a matching warm agent, or place a new one on a host
-    with room and record it pending, in one transaction; its boot is queued after commit."""
+    with room (and the GPUs ``gpu`` asks for free) and record it pending, in one transaction;
+    its boot is queued after commit. An agent with GPUs is never a warm one."""
     user_check_active(user=owner)
     template = AgentTemplate(
         model=model or settings.DEFAULT_AGENT_MODEL,
@@ -117,11 +120,19 @@ def agent_spawn(
         # Locking the quota row serializes concurrent spawns of one user, so the count is exact.
         quota = Quota.objects.select_for_update().get(pk=quota_get(user=owner).pk)
         used = Agent.objects.filter(owner=owner, status__in=Agent.ACTIVE_STATUSES).aggregate(
-            count=Count("id"), vcpus=Sum("vcpus"), memory=Sum("memory_mib")
+            count=Count("id"),
+            vcpus=Sum("vcpus"),
+            memory=Sum("memory_mib"),
+            gpus=Sum("gpu_count"),
         )
         _limit("max_agents", quota.max_agents, used["count"], 1)
         _limit("max_total_vcpus", quota.max_total_vcpus, used["vcpus"] or 0, vcpus)
         _limit("max_total_memory_mib", quota.max_total_memory_mib, used["memory"] or 0, memory_mib)
+        if gpu is not None and gpu.count:
+            _limit("max_gpus", quota.max_gpus, used["gpus"] or 0, gpu.count)
+            return agent_record(
+                template=template, owner=owner, name=name, anthropic_key=key, gpu=gpu
+            )
         claimed = warm_claim(template=template, owner=owner, name=name, anthropic_key=key)
         if claimed is not None:
             return claimed
@@ -135,16 +146,22 @@ def agent_record(
     name: str = "",
     anthropic_key: str = "",
     warm_pool: WarmPool | None = None,
+    gpu: GpuRequest | None = None,
 ) -> Agent:
     """Place a new agent on a host with room and record it pending; boot it after commit.
     Call inside a transaction (placement locks the hosts until it commits)."""
-    host = host_place(
-        backend=settings.SANDBOX_BACKEND, vcpus=template.vcpus, memory_mib=template.memory_mib
+    placed = host_place(
+        backend=settings.SANDBOX_BACKEND,
+        vcpus=template.vcpus,
+        memory_mib=template.memory_mib,
+        gpu=gpu,
     )
+    host = placed.host
     agent = Agent.objects.create(
         owner=owner,
         name=name,
         **template.fields(),
+        **_gpu_fields(gpu, placed.gpus),
         backend=settings.SANDBOX_BACKEND,
         host=host,
         warm_pool=warm_pool,
@@ -158,6 +175,17 @@ def agent_record(
         undo=Agent.objects.filter(pk=agent.pk, status=_STATUS.PENDING).delete,
     )
     return agent
+
+
+def _gpu_fields(gpu: GpuRequest | None, units: list[GpuUnit]) -> dict[str, object]:
+    if gpu is None or not gpu.count:
+        return {}
+    return {
+        "gpu_count": gpu.count,
+        "gpu_model": gpu.model,
+        "gpu_profile": gpu.profile,
+        "gpus": [unit.as_dict() for unit in units],
+    }
 
 
 def agent_boot(*, agent_id: str, queued_at: float | None = None) -> None:
@@ -305,6 +333,9 @@ def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
                 f"the agent is {agent.status}; only a stopped or failed agent can be started",
                 details={"agent_id": str(agent.pk), "status": agent.status},
             )
+        if agent.gpu_count:  # what it held went back to its host when it stopped
+            units = gpus_reclaim(agent=agent)
+            Agent.objects.filter(pk=agent.pk).update(gpus=[unit.as_dict() for unit in units])
         _audit(agent, actor, "start", {"status": _STATUS.PENDING})
         _queue_after_commit(
             _BOOT,

@@ -41,6 +41,7 @@ QUOTA_LIMITS = [
     "max_total_vcpus",
     "max_total_memory_mib",
     "max_concurrent_sessions",
+    "max_gpus",
     "requests_per_minute",
     "tokens_per_minute",
     "concurrent_requests",
