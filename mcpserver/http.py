@@ -81,10 +81,10 @@ class McpHttpApp:
 
             running = self._running[loop] = _Running(manager, ready, loop.create_task(hold()))
         if not running.ready.is_set():
-            ready = asyncio.ensure_future(running.ready.wait())
-            await asyncio.wait({ready, running.task}, return_when=asyncio.FIRST_COMPLETED)
+            started = asyncio.ensure_future(running.ready.wait())
+            await asyncio.wait({started, running.task}, return_when=asyncio.FIRST_COMPLETED)
             if running.task.done():  # the manager failed to start: say why
-                ready.cancel()
+                started.cancel()
                 running.task.result()
         return running.manager
 

@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from console.models import ApiKey
 from mcpserver.services import Caller, caller_admit, tool_call_record
 from mcpserver.tools import TOOLS, Tool, agents_listed, usage_listed
-from plumbing.errors import BadRequest, ConsoleError, NotFound, refusal_body
+from plumbing.errors import BadRequest, ConsoleError, NotAuthenticated, NotFound, refusal_body
 
 __all__ = ["CALLER_SCOPE_KEY", "RESOURCES", "CallerOf", "console_mcp_server"]
 
@@ -105,18 +105,26 @@ def _listed(tool: Tool) -> types.Tool:
     )
 
 
+def _refused(exc: ConsoleError) -> types.CallToolResult:
+    """A refusal as the tool's answer: ``isError``, with the console's error body."""
+    text = _json(refusal_body(exc))
+    return types.CallToolResult(
+        content=[types.TextContent(text=text)], structured_content=json.loads(text), is_error=True
+    )
+
+
 async def _recorded(
     caller: Caller,
     name: str,
     arguments: Mapping[str, Any],
     began: float,
-    error: ConsoleError | None,
+    error: tuple[str, str] | None,
 ) -> None:
     await sync_to_async(tool_call_record)(
         caller=caller,
         tool=name,
         arguments=arguments,
-        error=(error.code, error.message) if error else None,
+        error=error,
         duration_ms=round((time.perf_counter() - began) * 1000),
     )
 
@@ -126,8 +134,8 @@ def console_mcp_server(caller_of: CallerOf) -> Server[Any]:
 
     async def caller(ctx: ServerRequestContext[Any]) -> Caller:
         found = await caller_of(ctx)
-        if found is None:  # the transport authenticates first: not reached by a client
-            raise MCPError(code=types.INVALID_REQUEST, message="authentication is required")
+        if found is None:  # over stdio, a key revoked or expired since the server started
+            raise NotAuthenticated("the API key is unknown, revoked or expired")
         return found
 
     async def list_tools(
@@ -138,19 +146,21 @@ def console_mcp_server(caller_of: CallerOf) -> Server[Any]:
     async def call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        who = await caller(ctx)
+        try:
+            who = await caller(ctx)
+        except NotAuthenticated as exc:
+            return _refused(exc)
         arguments = params.arguments or {}
         began = time.perf_counter()
         try:
             result = await _run(who, _tool_of(params.name), arguments)
         except ConsoleError as exc:
-            await _recorded(who, params.name, arguments, began, exc)
-            body = refusal_body(exc)
-            return types.CallToolResult(
-                content=[types.TextContent(text=_json(body))],
-                structured_content=json.loads(_json(body)),
-                is_error=True,
-            )
+            await _recorded(who, params.name, arguments, began, (exc.code, exc.message))
+            return _refused(exc)
+        except Exception as exc:
+            # recorded, then the SDK answers it as a failure
+            await _recorded(who, params.name, arguments, began, ("error", type(exc).__name__))
+            raise
         await _recorded(who, params.name, arguments, began, None)
         text = _json(result)
         return types.CallToolResult(
@@ -172,7 +182,10 @@ def console_mcp_server(caller_of: CallerOf) -> Server[Any]:
     async def read_resource(
         ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
-        who = await caller(ctx)
+        try:
+            who = await caller(ctx)
+        except NotAuthenticated as exc:
+            raise MCPError(code=types.INVALID_REQUEST, message=exc.message) from exc
         uri = str(params.uri)
         tool = {"console://agents": "agents_list", "console://usage/summary": "usage"}.get(uri)
         began = time.perf_counter()
@@ -184,7 +197,7 @@ def console_mcp_server(caller_of: CallerOf) -> Server[Any]:
             read = agents_listed if tool == "agents_list" else usage_listed
             result = await sync_to_async(read)(who, _with_defaults(TOOLS[tool], arguments))
         except ConsoleError as exc:
-            await _recorded(who, uri, {}, began, exc)
+            await _recorded(who, uri, {}, began, (exc.code, exc.message))
             raise MCPError(
                 code=types.INVALID_PARAMS if isinstance(exc, NotFound) else types.INVALID_REQUEST,
                 message=exc.message,
