@@ -424,3 +424,26 @@ def test_a_users_own_anthropic_key_never_reaches_the_log(asgi_server, user, key_
     http_session(asgi_server, key_of(user), work)
 
     assert ToolCall.objects.get().arguments == {"name": "k", "anthropic_api_key": "***"}
+
+
+def test_a_client_without_the_sdk_calls_a_tool_with_one_post(asgi_server, user, key_of):
+    """The README's ``curl``: one JSON-RPC request, one JSON answer, no session to open."""
+    response = httpx.post(
+        f"{asgi_server}/mcp",
+        headers={
+            "Authorization": f"Bearer {key_of(user)}",
+            "Accept": "application/json, text/event-stream",
+        },
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "fleet_stats", "arguments": {}},
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert (body["id"], body["result"]["isError"]) == (1, False)
+    assert body["result"]["structuredContent"]["scope"] == "own"
