@@ -17,7 +17,7 @@ from console.selectors import usage_summary
 from console.services import TokenUsage, usage_record
 from mcpserver.models import ToolCall
 from scaling.models import ScalingRule
-from tests.mcpserver.conftest import answer, http_session
+from tests.mcpserver.sdk import answer, http_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -23,7 +23,7 @@ from console.models import ApiKey
 from console.services import api_key_revoke
 from mcpserver.models import ToolCall
 from tests.agents.workers import _database_url
-from tests.mcpserver.conftest import answer
+from tests.mcpserver.sdk import answer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

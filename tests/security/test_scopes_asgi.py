@@ -12,7 +12,7 @@ from django.test import Client
 from agents.routing import websocket_urlpatterns
 from config.asgi import GATEWAY_PATH
 from console.models import User
-from tests.mcpserver.conftest import answer, http_session
+from tests.mcpserver.sdk import answer, http_session
 from tests.security.world import (
     ADMIN_NONSTAFF,
     AGENT,
