@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.db import connections
 from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.datastructures import Headers
@@ -52,6 +53,16 @@ class McpHttpApp:
         self._running: dict[asyncio.AbstractEventLoop, _Running] = {}
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        # As Django serves an ASGI request: its sync code (the tools' queries) on a thread of
+        # its own, whose database connection is closed as the request ends, so that one slow
+        # call does not hold up the others.
+        async with ThreadSensitiveContext():
+            try:
+                await self._serve(scope, receive, send)
+            finally:
+                await sync_to_async(connections.close_all)()
+
+    async def _serve(self, scope, receive, send):  # type: ignore[no-untyped-def]
         token = bearer_token_of(Headers(scope=scope))
         try:
             if not token:
