@@ -41,9 +41,11 @@ def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict
     found = serializer_class(data=data)
     if not found.is_valid():
         field, problems = next(iter(found.errors.items()))
-        raise BadRequest(
-            f"{field}: {problems[0]}", details={k: list(v) for k, v in found.errors.items()}
-        )
+        while isinstance(problems, dict):  # a nested serializer's: name the inner field
+            inner, problems = next(iter(problems.items()))
+            field = f"{field}.{inner}"
+        details = {k: v if isinstance(v, dict) else list(v) for k, v in found.errors.items()}
+        raise BadRequest(f"{field}: {problems[0]}", details=details)
     return dict(found.validated_data)
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "agent_metrics",
     "json_object_body",
     "named_user",
+    "spawn_requested",
     "spawn_response",
     "sse_response",
     "turn_stream_response",
@@ -106,9 +107,17 @@ def spawn_response(request: Request) -> Response:
     """Spawn the agent a request's body asks for (``SpawnRequestSerializer``): 201 with it."""
     params = SpawnRequestSerializer(data=request.data)
     params.is_valid(raise_exception=True)
-    data = params.validated_data
-    agent = services.agent_spawn(
-        owner=named_user(request.user, data.get("user_id"), operator=is_operator(request)),
+    agent = spawn_requested(
+        viewer=request.user, operator=is_operator(request), data=params.validated_data
+    )
+    return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
+
+
+def spawn_requested(*, viewer: User, operator: bool, data: dict[str, Any]) -> Agent:
+    """Spawn the agent that ``data`` (``SpawnRequestSerializer``'s validated data) asks for,
+    owned by ``viewer`` or, for an ``operator``, by the user it names."""
+    return services.agent_spawn(
+        owner=named_user(viewer, data.get("user_id"), operator=operator),
         model=data.get("model"),
         name=data["name"],
         system_prompt=data["system_prompt"],
@@ -118,7 +127,6 @@ def spawn_response(request: Request) -> Response:
         anthropic_api_key=data.get("anthropic_api_key", ""),
         gpu=services.GpuRequest(data["gpus"], data["gpu_model"], data["gpu_profile"]),
     )
-    return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 
 
 class HypercoreAgentViewSet(viewsets.GenericViewSet):

@@ -1,8 +1,9 @@
 """ASGI entry points.
 
-``application`` (daphne, the web process): HTTP through Django (the LLM gateway through its own
-app), WebSockets through Channels. ``gateway_application`` (uvicorn, the gateway process that
-agents call): the same HTTP routes, no WebSockets.
+``application`` (daphne, the web process): HTTP through Django (the LLM gateway and the MCP
+server at ``/mcp`` through their own apps), WebSockets through Channels.
+``gateway_application`` (uvicorn, the gateway process that agents call): the same HTTP routes,
+no WebSockets.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from agents.models import ServingProcess  # noqa: E402
 from agents.routing import websocket_urlpatterns  # noqa: E402
 from agents.services.processes import heartbeat_start  # noqa: E402
 from gateway.app import GatewayApp  # noqa: E402
+from mcpserver.http import MCP_PATHS, McpHttpApp  # noqa: E402
 from plumbing.reason_phrases import fill_twisted_reason_phrases  # noqa: E402
 
 fill_twisted_reason_phrases()  # under daphne: "429 Too Many Requests", not "Unknown Status"
@@ -48,12 +50,15 @@ request_finished.connect(_close_request_thread_connections)
 
 GATEWAY_PATH = "/gateway/v1/messages"
 _gateway = GatewayApp()
+_mcp = McpHttpApp()
 
 
 async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
-    """The gateway's one route goes to its own app; everything else to Django."""
+    """The gateway's one route and the MCP server's go to their own apps; the rest to Django."""
     if scope["path"] == GATEWAY_PATH:
         await _gateway(scope, receive, send)
+    elif scope["path"] in MCP_PATHS:
+        await _mcp(scope, receive, send)
     else:
         await django_asgi_app(scope, receive, send)
 

@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "gateway",
     "dashboard",
     "usage",
+    "mcpserver",
 ]
 
 MIDDLEWARE = [

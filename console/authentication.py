@@ -40,6 +40,7 @@ __all__ = [
     "ThrottledModelBackend",
     "login_page_throttled",
     "request_user",
+    "token_credential",
 ]
 
 
@@ -121,6 +122,19 @@ class QuotaThrottle(throttling.BaseThrottle):
         return True
 
 
+def token_credential(token: str) -> tuple[User, ApiKey | None]:
+    """The user a bearer token (an API key or a JWT access token) stands for, and the key when
+    it is one; else ``NotAuthenticated``."""
+    if _looks_like_jwt(token):
+        jwt = JwtAuthentication()
+        try:
+            return jwt.get_user(jwt.get_validated_token(token.encode())), None
+        except (InvalidToken, AuthenticationFailed) as exc:
+            raise NotAuthenticated("the access token is invalid or expired") from exc
+    key = api_key_authenticate(raw=token)
+    return key.user, key
+
+
 def _authenticate(
     request: HttpRequest, session_user: User, scope: str
 ) -> tuple[User, ApiKey | None]:
@@ -128,15 +142,8 @@ def _authenticate(
     ``scope`` checked; raises ``NotAuthenticated`` or ``Forbidden``."""
     token = bearer_token(request)
     key = None
-    if token and _looks_like_jwt(token):
-        jwt = JwtAuthentication()
-        try:
-            user = jwt.get_user(jwt.get_validated_token(token.encode()))
-        except (InvalidToken, AuthenticationFailed) as exc:
-            raise NotAuthenticated("the access token is invalid or expired") from exc
-    elif token:
-        key = api_key_authenticate(raw=token)
-        user = key.user
+    if token:
+        user, key = token_credential(token)
     else:
         user = session_user
         if not user.is_authenticated:

@@ -36,7 +36,7 @@ from console.models import (
     User,
 )
 from console.services import budget_window
-from plumbing.errors import BadRequest
+from plumbing.errors import BadRequest, Forbidden
 
 __all__ = [
     "AuditPage",
@@ -52,6 +52,7 @@ __all__ = [
     "limit_standing",
     "nearest_full",
     "quota_list",
+    "usage_readable_user_ids",
     "usage_summary",
     "usage_totals",
 ]
@@ -59,6 +60,21 @@ __all__ = [
 GroupBy = Literal["user", "agent", "model", "day", "hour"]
 
 _KEY_NAME = {"user": "user_id", "agent": "agent_id", "model": "model", "day": "day", "hour": "hour"}
+
+
+def usage_readable_user_ids(
+    *, viewer: User, operator: bool, user_id: int | None = None
+) -> list[int] | None:
+    """Whose usage ``viewer`` reads when asking for ``user_id``'s (None: the default): their
+    own; an ``operator``, that user's or everyone's (None). Another user's, for anyone else, is
+    ``Forbidden``."""
+    if operator:
+        return [user_id] if user_id is not None else None
+    if user_id is not None and user_id != viewer.pk:
+        raise Forbidden(
+            "only operators may read another user's usage", details={"user_id": user_id}
+        )
+    return [viewer.pk]
 
 
 def usage_summary(

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.http import HttpRequest
 
-__all__ = ["bearer_token"]
+__all__ = ["bearer_token", "bearer_token_of"]
 
 
 def bearer_token(request: HttpRequest) -> str:
     """The token from ``Authorization: Bearer …`` or ``x-api-key``, or ""."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return bearer_token_of(request.headers)
+
+
+def bearer_token_of(headers: Mapping[str, str]) -> str:
+    """``bearer_token`` of a request's headers (a case-insensitive mapping)."""
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key", "").strip()
+    return headers.get("x-api-key", "").strip()

@@ -18,6 +18,7 @@ from config import urls as config_urls
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = (
     "config",
+    "mcpserver",
     "gateway",
     "dashboard",
     "usage",

@@ -31,6 +31,7 @@ from agents.services.lifecycle import (
     agents_reap_idle,
     agents_reconcile,
     agents_stop_all,
+    agents_stop_idle,
     warm_pool_refill,
     warm_pools_refill,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "agents_reap_idle",
     "agents_reconcile",
     "agents_stop_all",
+    "agents_stop_idle",
     "demand_record",
     "host_heartbeat",
     "host_place",

@@ -48,6 +48,7 @@ __all__ = [
     "agents_reap_idle",
     "agents_reconcile",
     "agents_stop_all",
+    "agents_stop_idle",
     "warm_pool_refill",
     "warm_pools_refill",
 ]
@@ -468,7 +469,16 @@ def agents_reap_idle() -> int:
     timeout = settings.AGENT_IDLE_TIMEOUT_SECONDS
     if not timeout:
         return 0
-    cutoff = timezone.now() - timedelta(seconds=timeout)
+    return len(agents_stop_idle(idle_for=timedelta(seconds=timeout)))
+
+
+def agents_stop_idle(
+    *, idle_for: timedelta, owner: User | None = None, actor: User | None = None
+) -> list[Agent]:
+    """Stop the running agents (of ``owner``, or everyone's) that have had no chat turn for
+    ``idle_for``, as ``agent_stop`` does each one; the agents it stopped. Warm agents wait for
+    a spawn by design and are left alone."""
+    cutoff = timezone.now() - idle_for
     idle = (
         Agent.objects.select_related("host")
         .filter(status=_STATUS.RUNNING, deleted_at__isnull=True, warm_pool__isnull=True)
@@ -476,11 +486,9 @@ def agents_reap_idle() -> int:
             Q(last_active_at__lt=cutoff) | Q(last_active_at__isnull=True, started_at__lt=cutoff)
         )
     )
-    count = 0
-    for agent in idle:
-        agent_stop(agent=agent)
-        count += 1
-    return count
+    if owner is not None:
+        idle = idle.filter(owner=owner)
+    return [agent_stop(agent=agent, actor=actor) for agent in idle]
 
 
 def warm_pool_refill(*, pool_id: int) -> int:

@@ -13,11 +13,11 @@ from django.http import HttpRequest
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from console.models import ApiKey
+from console.models import ApiKey, User
 from console.services import role_scopes
 from plumbing.errors import Forbidden
 
-__all__ = ["HasScope", "IsOperator", "is_operator", "scopes_of"]
+__all__ = ["HasScope", "IsOperator", "credential_scopes", "is_operator", "scopes_of"]
 
 READ, WRITE, ADMIN = ApiKey.Scope.READ.value, ApiKey.Scope.WRITE.value, ApiKey.Scope.ADMIN.value
 
@@ -28,11 +28,14 @@ def scopes_of(request: Request | HttpRequest) -> frozenset[str]:
     user = request.user
     if not user or not user.is_authenticated:
         return frozenset()
-    role = role_scopes(user)
     key = getattr(request, "auth", None)
-    if isinstance(key, ApiKey):
-        return role.intersection(key.scopes)
-    return role
+    return credential_scopes(user, key if isinstance(key, ApiKey) else None)
+
+
+def credential_scopes(user: User, key: ApiKey | None) -> frozenset[str]:
+    """The scopes of ``user`` signed in with ``key`` (None: a session or JWT, the whole role)."""
+    role = role_scopes(user)
+    return role if key is None else role.intersection(key.scopes)
 
 
 def is_operator(request: Request | HttpRequest) -> bool:

@@ -47,7 +47,7 @@ from console.services import (
     jwt_refresh,
     quota_get,
 )
-from plumbing.errors import BadRequest, Forbidden
+from plumbing.errors import BadRequest
 from plumbing.pagination import ApiCursorPagination
 from plumbing.renderers import CsvRenderer
 
@@ -250,17 +250,10 @@ class UsageView(APIView):
         query = UsageQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = query.validated_data
-        user_id = params.get("user_id")
-        if is_operator(request):
-            user_ids = [user_id] if user_id is not None else None
-        elif user_id is not None and user_id != request.user.pk:
-            raise Forbidden(
-                "only operators may read another user's usage", details={"user_id": user_id}
-            )
-        else:
-            user_ids = [request.user.pk]
         rows = selectors.usage_summary(
-            user_ids=user_ids,
+            user_ids=selectors.usage_readable_user_ids(
+                viewer=request.user, operator=is_operator(request), user_id=params.get("user_id")
+            ),
             start=params["start"],
             end=params["end"],
             group_by=params["group_by"],

@@ -1,8 +1,9 @@
 """Every route against every kind of credential, with the status each must get.
 
 The rows are checked against the URL configuration (``django.urls.get_resolver()``): a route
-without a row fails ``test_every_route_has_a_row``. The gateway (its own ASGI app) and the
-WebSocket routes have tables of their own, in test_scopes_asgi.py. Objects belong to alice; a
+without a row fails ``test_every_route_has_a_row``. The gateway and the MCP server (``/mcp``),
+ASGI apps of their own, and the WebSocket routes have tables of their own, in
+test_scopes_asgi.py. Objects belong to alice; a
 credential of anyone else must not reach them (404, as the API answers for what a caller may not
 see), unless it passes the operator check (a staff user whose credential carries ``admin``).
 """
@@ -500,7 +501,7 @@ def _admin_paths(world: World) -> list[str]:
             route.replace("<path:object_id>", alice)
             .replace("<id>", alice)
             .replace("<path:content_type_id>", "1")
-            .replace("^(?P<app_label>auth|console|agents|scaling)/$", "console/")
+            .replace("^(?P<app_label>auth|console|agents|scaling|mcpserver)/$", "console/")
             .replace("(?P<url>.*)$", "nothing-here/")
         )
         assert "<" not in path and "(" not in path, f"a new kind of admin route: {route}"

@@ -1,5 +1,5 @@
-"""The gateway and the chat socket (apps of their own, beside Django's URL configuration)
-against every kind of credential."""
+"""The gateway, the MCP server and the chat socket (apps of their own, beside Django's URL
+configuration) against every kind of credential."""
 
 from __future__ import annotations
 
@@ -12,16 +12,19 @@ from django.test import Client
 from agents.routing import websocket_urlpatterns
 from config.asgi import GATEWAY_PATH
 from console.models import User
+from tests.mcpserver.sdk import answer, http_session
 from tests.security.world import (
     ADMIN_NONSTAFF,
     AGENT,
     ANON,
+    CALLERS,
     DELETED,
     EXPIRED,
     JWT,
     KINDS,
     OUTSIDER,
     READ,
+    REFUSED,
     REVOKED,
     SESSIONS,
     STAFF_ADMIN,
@@ -77,6 +80,62 @@ def test_every_credential_gets_its_status_at_the_gateway(asgi_server, fake_anthr
     ).json()
     assert refusal["error"]["type"] == "permission_error"
     assert refusal["error"]["details"] == {"required_scope": "write"}
+
+
+# --- /mcp: the REST API's credentials, scopes and tenancy, refusals as the tools' errors ---------
+
+
+def _mcp_expected(kind: str) -> dict[str, str] | int:
+    """The HTTP status a credential gets at ``/mcp`` (401), or each tool's outcome: "ok" or the
+    refusal's code."""
+    if kind in REFUSED or kind in SESSIONS:  # /mcp reads no cookie: as anonymous
+        return 401
+    if kind == SUSPENDED:  # the scopes are checked first, then the request counted: refused
+        suspended = dict.fromkeys(
+            ("fleet_stats", "agent_get", "agents_stop_idle"), "user_suspended"
+        )
+        return suspended | {"hosts": "forbidden"}
+    caller = CALLERS[kind]
+    return {
+        "fleet_stats": "ok",
+        "agent_get": "ok" if caller.owner or caller.operator else "agent_not_found",
+        "agents_stop_idle": "ok" if "write" in caller.scopes else "forbidden",
+        "hosts": "ok" if caller.operator else "forbidden",
+    }
+
+
+def test_every_credential_gets_its_answer_from_the_mcp_server(asgi_server):
+    world = build_world()
+    arguments = {
+        "fleet_stats": {},
+        "agent_get": {"agent_id": str(world.ids["agent"])},
+        "agents_stop_idle": {"idle_minutes": 525_600},  # stops nothing: it only needs write
+        "hosts": {},
+    }
+
+    async def work(client):
+        found = {}
+        for tool, args in arguments.items():
+            result = await client.call_tool(tool, args)
+            found[tool] = answer(result)["error"]["code"] if result.is_error else "ok"
+        return found
+
+    wrong = {}
+    for kind in KINDS:
+        token = world.tokens.get(kind) if kind not in SESSIONS else None
+        probe = httpx.post(
+            f"{asgi_server}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+        )
+        if probe.status_code == 401:
+            assert probe.json()["error"]["code"] == "not_authenticated"
+            found: dict[str, str] | int = 401
+        else:
+            found = http_session(asgi_server, token, work)
+        if found != _mcp_expected(kind):
+            wrong[kind] = (found, _mcp_expected(kind))
+    assert not wrong, wrong
 
 
 def test_the_websocket_routes_are_the_ones_in_the_table():
