@@ -15,6 +15,7 @@ from agents import selectors as agent_selectors
 from agents import services as agent_services
 from agents.models import Agent
 from agents.serializers import AgentSerializer, SpawnRequestSerializer, agent_row_data, validated
+from agents.services.hosts import gpu_summary, gpus_free, gpus_held
 from agents.views import named_user, spawn_requested
 from console import selectors as console_selectors
 from console.api.serializers import UsageQuerySerializer, UsageRowSerializer
@@ -146,7 +147,9 @@ def _fleet_stats(caller: Caller, args: Json) -> Json:
 
 def _hosts(caller: Caller, args: Json) -> Json:
     hosts = []
-    for load in host_loads():
+    loads = host_loads()
+    held = gpus_held(host_ids=[load.host.pk for load in loads])
+    for load in loads:
         host = load.host
         capacity = {"vcpus": host.capacity_vcpus, "memory_mib": host.capacity_memory_mib}
         used = {"vcpus": load.vcpus, "memory_mib": load.memory_mib}
@@ -160,7 +163,11 @@ def _hosts(caller: Caller, args: Json) -> Json:
                 "capacity": capacity,
                 "used": used,
                 "free": {name: max(0, capacity[name] - used[name]) for name in capacity},
-                "gpus": [],
+                "gpus": {
+                    "capacity": load.gpus_total,
+                    "used": load.gpus,
+                    "free": gpu_summary(gpus_free(host, held[host.pk])),
+                },
                 "last_seen_at": host.last_seen_at.isoformat(),
             }
         )
@@ -327,6 +334,26 @@ TOOLS: dict[str, Tool] = {
                         "description": "The owner's own Anthropic key (sk-ant-…), stored"
                         " encrypted and never returned; default: the console's.",
                     },
+                    "gpus": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 16,
+                        "default": 0,
+                        "description": "GPUs (whole, or MIG slices with gpu_profile) on one"
+                        " host, within the owner's max_gpus quota; see the hosts tool.",
+                    },
+                    "gpu_model": {
+                        "type": "string",
+                        "maxLength": 100,
+                        "description": "Only GPUs whose model name holds this (A100, L4).",
+                    },
+                    "gpu_profile": {
+                        "type": "string",
+                        "maxLength": 32,
+                        "pattern": "^([0-9]+g\\.[0-9]+gb)?$",
+                        "description": "MIG slices of this profile (1g.10gb) instead of whole"
+                        " GPUs.",
+                    },
                 }
             ),
             scopes=(WRITE,),
@@ -468,9 +495,9 @@ TOOLS: dict[str, Tool] = {
             name="hosts",
             title="Sandbox hosts and free capacity",
             description="Operators: every sandbox host with its state (online, draining,"
-            " offline), backend, agents, and vCPUs and memory (MiB) in capacity, used and free."
-            " GPUs are not tracked by the console yet: each host's gpus list is empty until"
-            " GPU inventory exists.",
+            " offline), backend, agents, and vCPUs and memory (MiB) in capacity, used and free;"
+            " its GPUs and MIG slices held of its capacity, and the free ones by model and MIG"
+            " profile (what agent_spawn's gpus, gpu_model and gpu_profile can ask for).",
             input_schema=_object({}),
             scopes=(READ, ADMIN),
             read_only=True,

@@ -20,6 +20,7 @@ from vmdriver.gpus import GpuUnit, gpus_from_inventory, units_of
 __all__ = [
     "GpuRequest",
     "Placement",
+    "gpu_summary",
     "gpus_free",
     "gpus_held",
     "gpus_reclaim",
@@ -233,7 +234,7 @@ def host_place(
                         "free_vcpus": h.capacity_vcpus - usage[h.pk]["vcpus"],
                         "free_memory_mib": h.capacity_memory_mib - usage[h.pk]["memory"],
                     }
-                    | ({"free_gpus": _gpu_summary(free[h.pk])} if "gpus" in requested else {})
+                    | ({"free_gpus": gpu_summary(free[h.pk])} if "gpus" in requested else {})
                     for h in hosts
                 ],
                 "stale_hosts": [
@@ -245,7 +246,7 @@ def host_place(
     return Placement(host=host, gpus=given[host.pk] or [])
 
 
-def _gpu_summary(units: list[GpuUnit]) -> list[dict[str, Any]]:
+def gpu_summary(units: list[GpuUnit]) -> list[dict[str, Any]]:
     """Free units by model and profile, with their count: what a refusal shows."""
     counts: dict[tuple[str, str], int] = {}
     for unit in units:
@@ -272,6 +273,6 @@ def gpus_reclaim(*, agent: Agent) -> list[GpuUnit]:
     if units is None:
         raise CapacityExhausted(
             f"host {host.name} has not {request.describe()} free now",
-            details={"host": host.name, "free_gpus": _gpu_summary(free)},
+            details={"host": host.name, "free_gpus": gpu_summary(free)},
         )
     return units

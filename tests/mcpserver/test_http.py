@@ -293,7 +293,26 @@ def test_hosts_with_their_free_capacity_are_for_operators(
     asgi_server, user, operator, key_of, settings
 ):
     here = SandboxHost.objects.get(name=settings.SANDBOX_HOST_NAME)
-    _agent(user, status=Agent.Status.RUNNING, vcpus=2, memory_mib=1024, host=here)
+    l4 = {"index": 0, "model": "NVIDIA L4", "memory_mib": 23034, "uuid": "GPU-l4", "mig": []}
+    a100 = {
+        "index": 1,
+        "model": "NVIDIA A100",
+        "memory_mib": 81920,
+        "uuid": "GPU-a100",
+        "mig": [{"profile": "1g.10gb", "uuid": f"MIG-{n}"} for n in range(2)],
+    }
+    SandboxHost.objects.filter(pk=here.pk).update(gpus=[l4, a100])
+    held = [{"uuid": "MIG-0", "index": 1, "model": "NVIDIA A100", "memory_mib": 10240}]
+    _agent(
+        user,
+        status=Agent.Status.RUNNING,
+        vcpus=2,
+        memory_mib=1024,
+        host=here,
+        gpu_count=1,
+        gpu_profile="1g.10gb",
+        gpus=[held[0] | {"profile": "1g.10gb", "pci_address": ""}],
+    )
 
     async def hosts(client):
         return await client.call_tool("hosts", {})
@@ -303,7 +322,15 @@ def test_hosts_with_their_free_capacity_are_for_operators(
     assert host["capacity"] == {"vcpus": 64, "memory_mib": 65536}
     assert host["used"] == {"vcpus": 2, "memory_mib": 1024}
     assert host["free"] == {"vcpus": 62, "memory_mib": 64512}
-    assert (host["state"], host["agents"], host["gpus"]) == ("online", 1, [])
+    assert (host["state"], host["agents"]) == ("online", 1)
+    assert host["gpus"] == {
+        "capacity": 3,
+        "used": 1,
+        "free": [
+            {"model": "NVIDIA A100", "profile": "1g.10gb", "count": 1},
+            {"model": "NVIDIA L4", "profile": "", "count": 1},
+        ],
+    }
     refused = _error(http_session(asgi_server, key_of(user), hosts))
     assert (refused["code"], refused["details"]) == ("forbidden", {"required_scope": "admin"})
 
