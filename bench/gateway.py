@@ -2,9 +2,13 @@
 streams lose chunks.
 
 Starts the fake Anthropic (``tests.fakes.anthropic``) and the console as separate processes on
-loopback, against a fresh database, with one user (``--users``) whose API key and quota have no
-rate or concurrency limit and no budget: the gateway still admits, reserves and settles every
-call as in production, which is what is measured. One aiohttp client in this process times the
+loopback, against a fresh database, in the configuration ``make run`` ships
+(``harness.console_environment``: its gateway process and environment, multiprocess metrics,
+its logging, its private broker), with one user (``--users``) whose quota keeps the default
+rate, token and concurrency checks, with limits no run reaches, and one daily USD budget
+(``harness.user_limits``): every call is admitted, reserved and settled against the budget as in
+production, which is what is measured. ``--lean`` measures the stripped console the bench once
+ran: no multiprocess metrics, no limits, no budget. One aiohttp client in this process times the
 same requests sent to the fake directly and through the gateway, at 1, 16 and 64 concurrent
 clients (closed loop); the latency added is the gateway's percentile minus the direct one.
 
@@ -19,13 +23,29 @@ clients (closed loop); the latency added is the gateway's percentile minus the d
 * 200 concurrent streams of a long echo, each delta checked against what the fake sends;
 * the ledger afterwards: one usage row per call, no reservation left open;
 * the CPU the server and the fake spent per call (from /proc), the figure that moves least when
-  other work shares the machine (the load average is shown at the start and the end).
+  other work shares the machine (the load average is shown at the start and the end); its
+  target, at most 1.5 ms of the gateway's CPU per non-streaming call at 64 clients, with the
+  budget and multiprocess metrics on.
+
+``--peer litellm`` measures instead the console's gateway beside LiteLLM's proxy (``peers``:
+installed from PyPI into its own virtual environment under ``var/peers/``, one worker, no
+database), both on the Anthropic Messages API (``POST /v1/messages``) in front of the same fake,
+in alternating rounds (direct, console, peer; ``--rounds``, each run pooled over them) with the
+same client and bodies, and prints each figure, both added parts and their ratio: the
+non-streaming latency added (p50) at 1 client and the time to first token added (p50) at 1 and
+16 clients, each at most 0.15 times the peer's; calls/s at 64 clients, at least 5 times the peer's;
+and the gateway's CPU per call. A peer that cannot be installed or started ends the bench with
+an error and no figures.
 
     python bench/gateway.py [--quick] [--server gateway|daphne|uvicorn] [--workers N] [--users N]
-        [--database-url postgres://…/agent_console_bench_gw] [--seconds S] [--chunk-delay-ms MS]
+        [--lean] [--database-url postgres://…/agent_console_bench_gw]
+        [--redis-url redis://127.0.0.1:6379/N] [--seconds S] [--chunk-delay-ms MS]
+        [--peer litellm [--rounds N]]
 
 The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
-names, created (dropped first if it exists) and dropped at the end. The server is, by default,
+names, created (dropped first if it exists) and dropped at the end; with ``--redis-url`` that
+Redis database (flushed before and after) is the cache, the channel layer and the broker, as
+``REDIS_URL`` makes it for ``make run``. The server is, by default,
 the gateway process as ``make run`` runs it for agents (uvicorn with uvloop and httptools,
 ``config.launch.gateway_command``); ``--server daphne`` measures the same route on the web
 process, and ``--server uvicorn`` plain uvicorn, whose ``--workers N`` (0.54) leaves Nagle's
@@ -58,7 +78,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 from harness import (
-    CLIENT_ERRORS,
     Child,
     Failed,
     Run,
@@ -68,6 +87,7 @@ from harness import (
     console_environment,
     interrupt_on_signals,
     migrate,
+    open_loop,
     percentile,
     print_summary,
     report,
@@ -210,30 +230,6 @@ async def _stream(session: aiohttp.ClientSession, path: _Path, body: bytes) -> _
     return _Stream((times[0] - started) * 1000, gaps, texts)
 
 
-async def _open_loop(one: Callable[[], Awaitable[Any]], rate: int, seconds: float) -> Run[float]:
-    """``rate`` requests a second at an even pace, at most 64 in flight; each latency counts
-    from when its request was due, so queueing behind a slow server is not hidden."""
-    run: Run[float] = Run()
-    slots = asyncio.Semaphore(max(LEVELS))
-    started = time.perf_counter()
-
-    async def due_at(due: float) -> None:
-        try:
-            async with slots:
-                await one()
-            run.results.append((time.perf_counter() - due) * 1000)
-        except CLIENT_ERRORS as exc:
-            run.errors.append(str(exc) or type(exc).__name__)
-
-    tasks = []
-    for n in range(int(rate * seconds)):
-        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
-        tasks.append(asyncio.create_task(due_at(started + n / rate)))
-    await asyncio.gather(*tasks)
-    run.seconds = time.perf_counter() - started
-    return run
-
-
 # --- Figures -----------------------------------------------------------------------------------
 
 
@@ -334,7 +330,7 @@ class _Bench:
         runs = []
         for path in self.paths():
             one = functools.partial(_call, self.session, path, body)
-            runs.append(await _open_loop(one, OPEN_LOOP_RATE, self.open_seconds))
+            runs.append(await open_loop(one, OPEN_LOOP_RATE, self.open_seconds, max(LEVELS)))
             _errors(path.name, runs[-1])
         direct, gateway = (_pcts(run.results) for run in runs)
         added = _added(gateway, direct)
@@ -462,7 +458,10 @@ class _Side:
             added = [ttft[1] - ttft[0], ttft[2] - ttft[0]]
             self.line(f"streaming, {clients} clients, TTFT p50", ttft[0], streams, added)
             self.ratio(
-                f"peer_ratio_ttft_added_p50_{clients}clients", added, "<=", PEER_LATENCY_RATIO
+                f"peer_ratio_ttft_added_p50_{clients}client{'s' if clients > 1 else ''}",
+                added,
+                "<=",
+                PEER_LATENCY_RATIO,
             )
 
         runs = await self.rounds(64, lambda path: _call(bench.session, path, body))
@@ -555,7 +554,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.workers != 1 and args.server != "uvicorn":
         parser.error("--workers needs --server uvicorn (daphne runs one process)")
-    args.seconds = args.seconds or (1.5 if args.quick else 8.0)
+    # The side-by-side run measures four figures on three paths, in rounds.
+    args.seconds = args.seconds or ((1.0 if args.peer else 1.5) if args.quick else 8.0)
     args.warmup = 0.3 if args.quick else 1.0
     args.open_seconds = 2.0 if args.quick else args.seconds
     args.lost_words = 40 if args.quick else 300

@@ -42,6 +42,7 @@ __all__ = [
     "database_url",
     "free_port",
     "migrate",
+    "open_loop",
     "percentile",
     "redis_url",
     "report",
@@ -438,6 +439,39 @@ async def closed_loop(
                 run.errors.append(str(exc) or type(exc).__name__)
 
     await asyncio.gather(*(client() for _ in range(clients)))
+    run.seconds = time.perf_counter() - started
+    run.cpu = {child.name: child.cpu_seconds() - cpu[child.name] for child in children}
+    return run
+
+
+async def open_loop(
+    one: Callable[[], Awaitable[object]],
+    rate: float,
+    seconds: float,
+    in_flight: int,
+    children: tuple[Child, ...] = (),
+) -> Run[float]:
+    """``rate`` requests a second at an even pace, at most ``in_flight`` at once; each latency
+    counts from when its request was due, so queueing behind a slow server is not hidden. The
+    CPU of ``children`` is measured meanwhile."""
+    run: Run[float] = Run()
+    slots = asyncio.Semaphore(in_flight)
+    cpu = {child.name: child.cpu_seconds() for child in children}
+    started = time.perf_counter()
+
+    async def due_at(due: float) -> None:
+        try:
+            async with slots:
+                await one()
+            run.results.append((time.perf_counter() - due) * 1000)
+        except CLIENT_ERRORS as exc:
+            run.errors.append(str(exc) or type(exc).__name__)
+
+    tasks = []
+    for n in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(due_at(started + n / rate)))
+    await asyncio.gather(*tasks)
     run.seconds = time.perf_counter() - started
     run.cpu = {child.name: child.cpu_seconds() - cpu[child.name] for child in children}
     return run
