@@ -417,6 +417,8 @@ class _Side:
                 total.cpu[path.server.name] = (
                     total.cpu.get(path.server.name, 0) + run.cpu[path.server.name]
                 )
+        if not pooled[2].results:
+            raise PeerUnavailable(f"{self.peer.name} answered no call: {pooled[2].errors[0]}")
         return pooled
 
     def line(
@@ -456,9 +458,10 @@ class _Side:
             )
             ttft = [percentile([s.ttft_ms for s in run.results], 50) for run in streams]
             added = [ttft[1] - ttft[0], ttft[2] - ttft[0]]
-            self.line(f"streaming, {clients} clients, TTFT p50", ttft[0], streams, added)
+            who = f"{clients} client{'s' * (clients > 1)}"
+            self.line(f"streaming, {who}, TTFT p50", ttft[0], streams, added)
             self.ratio(
-                f"peer_ratio_ttft_added_p50_{clients}client{'s' if clients > 1 else ''}",
+                f"peer_ratio_ttft_added_p50_{who.replace(' ', '')}",
                 added,
                 "<=",
                 PEER_LATENCY_RATIO,
@@ -556,7 +559,7 @@ def main() -> None:
         parser.error("--workers needs --server uvicorn (daphne runs one process)")
     # The side-by-side run measures four figures on three paths, in rounds.
     args.seconds = args.seconds or ((1.0 if args.peer else 1.5) if args.quick else 8.0)
-    args.warmup = 0.3 if args.quick else 1.0
+    args.warmup = (0.2 if args.peer else 0.3) if args.quick else 1.0
     args.open_seconds = 2.0 if args.quick else args.seconds
     args.lost_words = 40 if args.quick else 300
     args.rounds = args.rounds or (2 if args.quick else 3)
@@ -585,10 +588,7 @@ def main() -> None:
             children.append(console)
             peer = None
             if args.peer:
-                try:
-                    peer = start_peer(args.peer, var_dir, MODEL, fake_url, upstream_key)
-                except PeerUnavailable as exc:
-                    sys.exit(f"no figures for the peer: {exc}")
+                peer = start_peer(args.peer, var_dir, MODEL, fake_url, upstream_key)
                 children.append(peer[0])
             from django.db import connection
 
@@ -623,5 +623,7 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
+    except PeerUnavailable as exc:
+        sys.exit(f"no figures for the peer: {exc}")
     except KeyboardInterrupt:
         sys.exit("interrupted; the fake Anthropic and the console are stopped")
