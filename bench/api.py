@@ -1,9 +1,13 @@
 """Requests/s and latency of the console's HTTP API: an authenticated agent list, and spawn.
 
-Starts the console as a separate process on loopback, against a fresh database, with two users
-whose API keys and quotas have no rate limit and room for thousands of agents, so that what is
-measured is the API, not its refusals. One aiohttp client in this process (one event loop,
-closed loop, a warm-up before each run) drives it with 16 and 64 concurrent clients:
+Starts the console as a separate process on loopback, against a fresh database, in the
+configuration ``make run`` ships (``harness.console_environment``: its environment, multiprocess
+metrics, its private broker), with two users whose quotas keep the default checks, with limits
+no run reaches, and a daily USD budget (``harness.user_limits``), and room for thousands of
+agents, so that what is measured is the API, not its refusals. ``--lean`` measures the stripped
+console the bench once ran: no multiprocess metrics, no limits, no budget. One aiohttp client in
+this process (one event loop, closed loop, a warm-up before each run) drives it with 16 and 64
+concurrent clients:
 
 * list: ``GET /v1/agents/list`` (the Hypercore route) for a user with ``--agents`` running
   agents, written straight into the database, so every answer is a realistic page; the same
@@ -17,11 +21,20 @@ closed loop, a warm-up before each run) drives it with 16 and 64 concurrent clie
 The CPU the server spent per request (from /proc) is shown with each run: it moves least when
 other work shares the machine (the load average is shown at the start and the end).
 
+The list's targets: 500 requests/s at 64 clients; at most 2 ms of server CPU per request (what
+500 a second on one core leaves); and p95 ≤ 50 ms with 500 requests/s offered at an even pace
+(open loop, at most 64 in flight). The last replaces "p95 ≤ 50 ms at 64 clients": with 64
+clients in a closed loop 64 requests always wait, so by Little's law that p95 is at least
+64 / throughput (128 ms at 500 requests/s) whatever the server does.
+
     python bench/api.py [--quick] [--server daphne|gateway|uvicorn] [--workers N] [--agents N]
-        [--database-url postgres://…/agent_console_bench_api] [--seconds S]
+        [--lean] [--database-url postgres://…/agent_console_bench_api]
+        [--redis-url redis://127.0.0.1:6379/N] [--seconds S]
 
 The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
-names, created (dropped first if it exists) and dropped at the end. The server is daphne, as
+names, created (dropped first if it exists) and dropped at the end; with ``--redis-url`` that
+Redis database (flushed before and after) is the cache and the broker, as ``REDIS_URL`` makes it
+for ``make run``. The server is daphne, as
 ``make run`` runs its web process; or ``gateway``, the uvicorn process (uvloop, httptools, no
 access log) ``make run`` runs beside it, which serves the same HTTP routes and can take the
 API's traffic behind a proxy sending plain HTTP there; or plain uvicorn.
@@ -49,35 +62,42 @@ from harness import (
     Child,
     Failed,
     Run,
+    add_console_arguments,
     close_database,
     closed_loop,
     console_environment,
-    database_url,
     interrupt_on_signals,
     migrate,
+    open_loop,
     percentile,
     print_summary,
     report,
     scratch_database,
+    scratch_redis,
+    start_broker,
     start_console,
+    user_limits,
 )
 
 from config import broker
 
 LEVELS = (16, 64)
+LIST_RATE = 500  # list requests a second the API serves, with p95 <= 50 ms
 HOST_NAME = "bench-api"
 
 
 # --- The database ------------------------------------------------------------------------------
 
 
-def _environment(var_dir: Path, database_url: str | None) -> None:
+def _environment(var_dir: Path, args: argparse.Namespace) -> None:
     """The console's environment, in this process and so in the server's."""
     console_environment(
         var_dir,
-        database_url,
+        args.database_url,
+        redis_url=args.redis_url,
+        lean=args.lean,
         # Boots stay queued: spawn is timed as the web process sees it.
-        unset=("PROMETHEUS_MULTIPROC_DIR", "CELERY_TASK_ALWAYS_EAGER"),
+        unset=("CELERY_TASK_ALWAYS_EAGER",),
         SANDBOX_STATE_DIR=str(var_dir / "sandboxes"),
         SANDBOX_BACKEND="process",
         DEBUG="false",
@@ -87,16 +107,17 @@ def _environment(var_dir: Path, database_url: str | None) -> None:
     )
 
 
-def _setup(agents: int) -> tuple[str, str]:
+def _setup(agents: int, *, lean: bool) -> tuple[str, str]:
     """Migrate a fresh database, register a roomy sandbox host, and return the API keys of a
-    user with ``agents`` running agents and of a user who spawns, both without limits."""
+    user with ``agents`` running agents and of a user who spawns, both with the shipped limits
+    (none with ``lean``) and room for thousands of agents."""
     migrate()
     from django.conf import settings
 
     from agents.models import Agent
     from agents.services import host_register
-    from console.models import Quota, User
-    from console.services import api_key_create, quota_get
+    from console.models import User
+    from console.services import api_key_create
 
     host = host_register(
         name=HOST_NAME, backend="process", capacity_vcpus=1_000_000, capacity_memory_mib=2**31 - 1
@@ -104,11 +125,9 @@ def _setup(agents: int) -> tuple[str, str]:
     keys = []
     for username in ("bench-list", "bench-spawn"):
         user = User.objects.create_user(username=username)
-        quota_get(user=user)
-        Quota.objects.filter(user=user).update(
-            requests_per_minute=None,
-            tokens_per_minute=None,
-            concurrent_requests=None,
+        user_limits(
+            user.id,
+            lean=lean,
             max_agents=1_000_000,
             max_total_vcpus=1_000_000,
             max_total_memory_mib=2**31 - 1,
@@ -142,8 +161,11 @@ def _spawned() -> tuple[int, int]:
 
     agents = Agent.objects.filter(owner__username="bench-spawn").count()
     close_database()
-    sock = broker.embedded_socket(settings.VAR_DIR)
-    with redis.Redis(unix_socket_path=str(sock)) as client:
+    if settings.REDIS_URL:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+    else:
+        client = redis.Redis(unix_socket_path=str(broker.embedded_socket(settings.VAR_DIR)))
+    with client:
         queued = int(client.llen(SandboxHost.queue_of(HOST_NAME)))
     return agents, queued
 
@@ -217,10 +239,28 @@ class _Bench:
             lambda: _request(self.session, "GET", url, key, 200),
         )
         run = runs[64]
-        self.targets.append(report("api_list_rps_64clients", run.rps, "req/s", ">=", 500))
+        self.targets.append(report("api_list_rps_64clients", run.rps, "req/s", ">=", LIST_RATE))
+        cpu = sum(run.cpu_ms_each().values())
         self.targets.append(
-            report("api_list_p95_64clients", percentile(run.results, 95), "ms", "<=", 50)
+            report("api_list_cpu_per_request", cpu, "ms", "<=", 1000 / LIST_RATE, digits=2)
         )
+        paced = await open_loop(
+            lambda: _request(self.session, "GET", url, key, 200),
+            LIST_RATE,
+            self.seconds,
+            max(LEVELS),
+            (self.server,),
+        )
+        p50, p95 = (percentile(paced.results, q) for q in (50, 95))
+        print(
+            f"  {LIST_RATE} req/s offered (open loop, at most {max(LEVELS)} in flight): "
+            f"{paced.rps:.0f} req/s done, p50 {p50:.1f} p95 {p95:.1f} ms"
+            + (f", {len(paced.errors)} failed" if paced.errors else ""),
+            flush=True,
+        )
+        if paced.errors:
+            p95 = float("inf")  # a request refused at this rate is not a fast one
+        self.targets.append(report(f"api_list_p95_{LIST_RATE}rps", p95, "ms", "<=", 50))
         v1_url = f"{self.url}/api/v1/agents?page_size={agents}"
         await self.measure(
             f"GET /api/v1/agents ({agents} agents a page, cursor-paginated)",
@@ -276,9 +316,7 @@ def main() -> None:
     parser.add_argument("--server", choices=("daphne", "gateway", "uvicorn"), default="daphne")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--agents", type=int, default=50, help="agents on the listed page")
-    parser.add_argument(
-        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
-    )
+    add_console_arguments(parser)
     parser.add_argument("--seconds", type=float, help="per measured run (default 8; quick 2)")
     args = parser.parse_args()
     if args.workers != 1 and args.server != "uvicorn":
@@ -292,20 +330,21 @@ def main() -> None:
     queue: Child | None = None
     with (
         scratch_database(args.database_url),
+        scratch_redis(args.redis_url),
         tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
     ):
         try:
             var_dir = Path(tmp)
-            _environment(var_dir, args.database_url)
-            list_key, spawn_key = _setup(args.agents)
-            queue = Child("broker", broker.server_command(var_dir), dict(os.environ), var_dir)
-            if not broker.wait_answers(broker.embedded_socket(var_dir), timeout=15):
-                raise RuntimeError(f"the broker did not answer:\n{queue.tail()}")
+            _environment(var_dir, args)
+            list_key, spawn_key = _setup(args.agents, lean=args.lean)
+            queue = start_broker(var_dir)
             server, url = start_console(dict(os.environ), var_dir, args.server, args.workers)
             from django.db import connection
 
+            shipped = "lean" if args.lean else "as shipped (multiprocess metrics, limits checked)"
             print(
-                f"API on {_server_label(args)}, database {connection.vendor}, "
+                f"API on {_server_label(args)}, {shipped}, database {connection.vendor}, "
+                f"{'Redis' if args.redis_url else 'no Redis'}, "
                 f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); "
                 f"{args.seconds:g} s per run",
                 flush=True,

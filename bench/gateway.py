@@ -2,9 +2,13 @@
 streams lose chunks.
 
 Starts the fake Anthropic (``tests.fakes.anthropic``) and the console as separate processes on
-loopback, against a fresh database, with one user (``--users``) whose API key and quota have no
-rate or concurrency limit and no budget: the gateway still admits, reserves and settles every
-call as in production, which is what is measured. One aiohttp client in this process times the
+loopback, against a fresh database, in the configuration ``make run`` ships
+(``harness.console_environment``: its gateway process and environment, multiprocess metrics,
+its logging, its private broker), with one user (``--users``) whose quota keeps the default
+rate, token and concurrency checks, with limits no run reaches, and one daily USD budget
+(``harness.user_limits``): every call is admitted, reserved and settled against the budget as in
+production, which is what is measured. ``--lean`` measures the stripped console the bench once
+ran: no multiprocess metrics, no limits, no budget. One aiohttp client in this process times the
 same requests sent to the fake directly and through the gateway, at 1, 16 and 64 concurrent
 clients (closed loop); the latency added is the gateway's percentile minus the direct one.
 
@@ -19,13 +23,29 @@ clients (closed loop); the latency added is the gateway's percentile minus the d
 * 200 concurrent streams of a long echo, each delta checked against what the fake sends;
 * the ledger afterwards: one usage row per call, no reservation left open;
 * the CPU the server and the fake spent per call (from /proc), the figure that moves least when
-  other work shares the machine (the load average is shown at the start and the end).
+  other work shares the machine (the load average is shown at the start and the end); its
+  target, at most 1.5 ms of the gateway's CPU per non-streaming call at 64 clients, with the
+  budget and multiprocess metrics on.
+
+``--peer litellm`` measures instead the console's gateway beside LiteLLM's proxy (``peers``:
+installed from PyPI into its own virtual environment under ``var/peers/``, one worker, no
+database), both on the Anthropic Messages API (``POST /v1/messages``) in front of the same fake,
+in alternating rounds (direct, console, peer; ``--rounds``, each run pooled over them) with the
+same client and bodies, and prints each figure, both added parts and their ratio: the
+non-streaming latency added (p50) at 1 client and the time to first token added (p50) at 1 and
+16 clients, each at most 0.15 times the peer's; calls/s at 64 clients, at least 5 times the peer's;
+and the gateway's CPU per call. A peer that cannot be installed or started ends the bench with
+an error and no figures.
 
     python bench/gateway.py [--quick] [--server gateway|daphne|uvicorn] [--workers N] [--users N]
-        [--database-url postgres://…/agent_console_bench_gw] [--seconds S] [--chunk-delay-ms MS]
+        [--lean] [--database-url postgres://…/agent_console_bench_gw]
+        [--redis-url redis://127.0.0.1:6379/N] [--seconds S] [--chunk-delay-ms MS]
+        [--peer litellm [--rounds N]]
 
 The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
-names, created (dropped first if it exists) and dropped at the end. The server is, by default,
+names, created (dropped first if it exists) and dropped at the end; with ``--redis-url`` that
+Redis database (flushed before and after) is the cache, the channel layer and the broker, as
+``REDIS_URL`` makes it for ``make run``. The server is, by default,
 the gateway process as ``make run`` runs it for agents (uvicorn with uvloop and httptools,
 ``config.launch.gateway_command``); ``--server daphne`` measures the same route on the web
 process, and ``--server uvicorn`` plain uvicorn, whose ``--workers N`` (0.54) leaves Nagle's
@@ -58,29 +78,36 @@ from typing import Any, TypeVar
 
 import aiohttp
 from harness import (
-    CLIENT_ERRORS,
     Child,
     Failed,
     Run,
+    add_console_arguments,
     close_database,
     closed_loop,
     console_environment,
-    database_url,
     interrupt_on_signals,
     migrate,
+    open_loop,
     percentile,
     print_summary,
     report,
     scratch_database,
+    scratch_redis,
+    start_broker,
     start_console,
     start_fake_anthropic,
+    user_limits,
 )
+from peers import PEERS, PeerUnavailable, start_peer
 
 MODEL = "claude-sonnet-5-5"
 LEVELS = (1, 16, 64)
 TIMING_STREAM_WORDS = 20  # a 22-delta echo per timed stream
 LOST_STREAMS = 200
 OPEN_LOOP_RATE = 300
+CPU_PER_CALL_MS = 1.5  # the gateway's own CPU per non-streaming call, at 64 clients
+PEER_LATENCY_RATIO = 0.15  # the console's added latency over the peer's, at most
+PEER_RPS_RATIO = 5.0  # the console's calls/s over the peer's, at least
 T = TypeVar("T")
 
 
@@ -88,31 +115,29 @@ T = TypeVar("T")
 
 
 def _setup(
-    var_dir: Path, database_url: str | None, upstream_url: str, upstream_key: str, users: int
+    var_dir: Path, args: argparse.Namespace, upstream_url: str, upstream_key: str
 ) -> list[str]:
-    """Migrate a fresh database and return one API key for each of ``users`` users without
-    limits or budgets."""
+    """Migrate a fresh database and return one API key for each of ``args.users`` users, each
+    with the shipped limits and daily budget (none with ``args.lean``)."""
     console_environment(
         var_dir,
-        database_url,
-        unset=("PROMETHEUS_MULTIPROC_DIR", "ANTHROPIC_API_KEY_FILE"),
+        args.database_url,
+        redis_url=args.redis_url,
+        lean=args.lean,
+        unset=("ANTHROPIC_API_KEY_FILE",),
         DEBUG="false",
         ALLOWED_HOSTS="127.0.0.1",
         ANTHROPIC_API_KEY=upstream_key,
         ANTHROPIC_BASE_URL=upstream_url,
     )
     migrate()
-    from console.models import Budget, Quota, User
-    from console.services import api_key_create, quota_get
+    from console.models import User
+    from console.services import api_key_create
 
     keys = []
-    for n in range(users):
+    for n in range(args.users):
         user = User.objects.create_user(username=f"bench-gateway-{n}")
-        quota_get(user=user)
-        Quota.objects.filter(user=user).update(
-            requests_per_minute=None, tokens_per_minute=None, concurrent_requests=None
-        )
-        Budget.objects.filter(user=user).delete()
+        user_limits(user.id, lean=args.lean)
         keys.append(api_key_create(user=user, name="bench")[1])
     close_database()
     return keys
@@ -148,6 +173,7 @@ class _Path:
     name: str
     url: str
     keys: Iterator[str]  # one per user, taken in turn
+    server: Child  # the process that answers
     calls: int = 0  # successful calls, warm-ups included
 
     def headers(self) -> dict[str, str]:
@@ -204,30 +230,6 @@ async def _stream(session: aiohttp.ClientSession, path: _Path, body: bytes) -> _
     return _Stream((times[0] - started) * 1000, gaps, texts)
 
 
-async def _open_loop(one: Callable[[], Awaitable[Any]], rate: int, seconds: float) -> Run[float]:
-    """``rate`` requests a second at an even pace, at most 64 in flight; each latency counts
-    from when its request was due, so queueing behind a slow server is not hidden."""
-    run: Run[float] = Run()
-    slots = asyncio.Semaphore(max(LEVELS))
-    started = time.perf_counter()
-
-    async def due_at(due: float) -> None:
-        try:
-            async with slots:
-                await one()
-            run.results.append((time.perf_counter() - due) * 1000)
-        except CLIENT_ERRORS as exc:
-            run.errors.append(str(exc) or type(exc).__name__)
-
-    tasks = []
-    for n in range(int(rate * seconds)):
-        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
-        tasks.append(asyncio.create_task(due_at(started + n / rate)))
-    await asyncio.gather(*tasks)
-    run.seconds = time.perf_counter() - started
-    return run
-
-
 # --- Figures -----------------------------------------------------------------------------------
 
 
@@ -271,6 +273,7 @@ class _Bench:
     seconds: float
     warmup: float
     open_seconds: float
+    rounds: int = 1
     targets: list[str] = field(default_factory=list)
 
     def paths(self) -> Iterator[_Path]:
@@ -294,6 +297,13 @@ class _Bench:
     def cpu_per_call(self, run: Run[Any]) -> str:
         return ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms_each().items())
 
+    def target_cpu(self, run: Run[Any]) -> None:
+        """The gateway server's CPU per call, from a run of non-streaming calls."""
+        cpu = run.cpu_ms_each()[self.gateway.server.name]
+        self.targets.append(
+            report("gateway_cpu_per_call", cpu, "ms", "<=", CPU_PER_CALL_MS, digits=2)
+        )
+
     async def non_streaming(self) -> None:
         body = _body("Say hello in a few words.", stream=False)
         print("\nnon-streaming (closed loop)")
@@ -313,13 +323,14 @@ class _Bench:
                 self.targets.append(report("gateway_added_p99_1client", added[2], "ms", "<=", 10))
             if clients == 64:
                 self.targets.append(report("gateway_rps_64clients", rps, "req/s", ">=", 300))
+                self.target_cpu(runs[1])
 
     async def open_loop(self) -> None:
         body = _body("Say hello in a few words.", stream=False)
         runs = []
         for path in self.paths():
             one = functools.partial(_call, self.session, path, body)
-            runs.append(await _open_loop(one, OPEN_LOOP_RATE, self.open_seconds))
+            runs.append(await open_loop(one, OPEN_LOOP_RATE, self.open_seconds, max(LEVELS)))
             _errors(path.name, runs[-1])
         direct, gateway = (_pcts(run.results) for run in runs)
         added = _added(gateway, direct)
@@ -379,6 +390,99 @@ class _Bench:
         self.targets.append(report("gateway_lost_chunks_200streams", lost, "chunks", "<=", 0))
 
 
+@dataclass
+class _Side:
+    """The console's gateway and a peer, measured in alternating rounds against the same fake."""
+
+    bench: _Bench
+    peer: _Path
+
+    async def rounds(
+        self, clients: int, one: Callable[[_Path], Awaitable[T]]
+    ) -> tuple[Run[T], Run[T], Run[T]]:
+        """The direct path, the gateway and the peer in turn, ``rounds`` times, each warmed up
+        and measured with ``clients`` clients; each path's rounds pooled into one run."""
+        bench = self.bench
+        pooled: tuple[Run[T], Run[T], Run[T]] = (Run(), Run(), Run())
+        for _ in range(bench.rounds):
+            for path, total in zip((bench.direct, bench.gateway, self.peer), pooled, strict=True):
+                await closed_loop(functools.partial(one, path), clients, bench.warmup, [])
+                run = await closed_loop(
+                    functools.partial(one, path), clients, bench.seconds, [path.server]
+                )
+                _errors(path.name, run)
+                total.results += run.results
+                total.errors += run.errors
+                total.seconds += run.seconds
+                total.cpu[path.server.name] = (
+                    total.cpu.get(path.server.name, 0) + run.cpu[path.server.name]
+                )
+        if not pooled[2].results:
+            raise PeerUnavailable(f"{self.peer.name} answered no call: {pooled[2].errors[0]}")
+        return pooled
+
+    def line(
+        self, what: str, direct: float, runs: tuple[Run[Any], ...], figures: list[float]
+    ) -> None:
+        """One figure of the gateway and the peer, their added part, and the ratio."""
+        console, peer = figures
+        cpu = [run.cpu_ms_each()[path.server.name] for run, path in self._paired(runs)]
+        print(
+            f"  {what}: direct {direct:.2f} ms; console added {console:.2f} ms, "
+            f"{self.peer.name} added {peer:.2f} ms: ratio {console / peer:.3f}\n"
+            f"      server CPU ms per call: console {cpu[0]:.2f}, {self.peer.name} {cpu[1]:.2f}"
+        )
+
+    def _paired(self, runs: tuple[Run[Any], ...]) -> list[tuple[Run[Any], _Path]]:
+        return [(runs[1], self.bench.gateway), (runs[2], self.peer)]
+
+    async def compare(self) -> None:
+        bench = self.bench
+        print(
+            f"\nconsole gateway and {self.peer.name} side by side, {bench.rounds} alternating "
+            f"rounds of {bench.seconds:g} s each (direct, console, {self.peer.name}); both on "
+            "the Anthropic Messages API (POST /v1/messages), the same client and bodies"
+        )
+        body = _body("Say hello in a few words.", stream=False)
+        runs = await self.rounds(1, lambda path: _call(bench.session, path, body))
+        p50 = [percentile(run.results, 50) for run in runs]
+        added = [p50[1] - p50[0], p50[2] - p50[0]]
+        self.line("non-streaming, 1 client, p50", p50[0], runs, added)
+        self.ratio("peer_ratio_added_p50_1client", added, "<=", PEER_LATENCY_RATIO)
+
+        prompt = " ".join(f"word{n}" for n in range(TIMING_STREAM_WORDS))
+        stream_body = _body(prompt, stream=True)
+        for clients in (1, 16):
+            streams = await self.rounds(
+                clients, lambda path: _stream(bench.session, path, stream_body)
+            )
+            ttft = [percentile([s.ttft_ms for s in run.results], 50) for run in streams]
+            added = [ttft[1] - ttft[0], ttft[2] - ttft[0]]
+            who = f"{clients} client{'s' * (clients > 1)}"
+            self.line(f"streaming, {who}, TTFT p50", ttft[0], streams, added)
+            self.ratio(
+                f"peer_ratio_ttft_added_p50_{who.replace(' ', '')}",
+                added,
+                "<=",
+                PEER_LATENCY_RATIO,
+            )
+
+        runs = await self.rounds(64, lambda path: _call(bench.session, path, body))
+        rps = [run.rps for run in runs]
+        cpu = [run.cpu_ms_each()[path.server.name] for run, path in self._paired(runs)]
+        print(
+            f"  non-streaming, 64 clients: direct {rps[0]:.0f} calls/s; console {rps[1]:.0f}, "
+            f"{self.peer.name} {rps[2]:.0f}: ratio {rps[1] / rps[2]:.2f}\n"
+            f"      server CPU ms per call: console {cpu[0]:.2f}, {self.peer.name} {cpu[1]:.2f}"
+        )
+        self.ratio("peer_ratio_rps_64clients", [rps[1], rps[2]], ">=", PEER_RPS_RATIO)
+        bench.target_cpu(runs[1])
+
+    def ratio(self, name: str, figures: list[float], op: str, target: float) -> None:
+        value = figures[0] / figures[1] if figures[1] > 0 else float("inf")
+        self.bench.targets.append(report(name, value, "x", op, target, digits=3))
+
+
 async def _measure(
     args: argparse.Namespace,
     children: list[Child],
@@ -386,29 +490,46 @@ async def _measure(
     console_url: str,
     upstream_key: str,
     console_keys: list[str],
+    peer: tuple[Child, str, str] | None,
 ) -> tuple[list[str], int]:
+    fake, console = children[0], children[1]
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         bench = _Bench(
             session,
-            _Path("direct", f"{direct_url}/v1/messages", itertools.repeat(upstream_key)),
-            _Path("gateway", f"{console_url}/gateway/v1/messages", itertools.cycle(console_keys)),
+            _Path("direct", f"{direct_url}/v1/messages", itertools.repeat(upstream_key), fake),
+            _Path(
+                "gateway",
+                f"{console_url}/gateway/v1/messages",
+                itertools.cycle(console_keys),
+                console,
+            ),
             children,
             args.seconds,
             args.warmup,
             args.open_seconds,
+            args.rounds,
         )
-        await bench.non_streaming()
-        await bench.open_loop()
-        await bench.streaming()
-        await bench.lost_chunks(args.lost_words)
+        if peer is not None:
+            child, url, key = peer
+            await _Side(bench, _Path(child.name, url, itertools.repeat(key), child)).compare()
+        else:
+            await bench.non_streaming()
+            await bench.open_loop()
+            await bench.streaming()
+            await bench.lost_chunks(args.lost_words)
     return bench.targets, bench.gateway.calls
 
 
 def _server_label(args: argparse.Namespace) -> str:
     label = {"gateway": "the gateway process (uvicorn, uvloop, httptools)"}.get(
         args.server, args.server
+    )
+    label += (
+        ", lean (no multiprocess metrics, no limits or budget)"
+        if args.lean
+        else ", as shipped (multiprocess metrics, the default quota's checks, a daily USD budget)"
     )
     if args.server == "uvicorn":
         # uvicorn takes uvloop and httptools when they are installed, asyncio and h11 otherwise.
@@ -424,9 +545,11 @@ def main() -> None:
     parser.add_argument("--server", choices=("gateway", "daphne", "uvicorn"), default="gateway")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--users", type=int, default=1, help="spread calls over N users' keys")
+    add_console_arguments(parser)
     parser.add_argument(
-        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
+        "--peer", choices=PEERS, help="measure this other gateway beside the console's instead"
     )
+    parser.add_argument("--rounds", type=int, help="alternating rounds with --peer (default 3)")
     parser.add_argument("--seconds", type=float, help="per measured run (default 8; quick 1.5)")
     parser.add_argument(
         "--chunk-delay-ms", type=float, default=10.0, help="the fake's pause between deltas"
@@ -434,16 +557,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.workers != 1 and args.server != "uvicorn":
         parser.error("--workers needs --server uvicorn (daphne runs one process)")
-    args.seconds = args.seconds or (1.5 if args.quick else 8.0)
-    args.warmup = 0.3 if args.quick else 1.0
+    # The side-by-side run measures four figures on three paths, in rounds.
+    args.seconds = args.seconds or ((1.0 if args.peer else 1.5) if args.quick else 8.0)
+    args.warmup = (0.2 if args.peer else 0.3) if args.quick else 1.0
     args.open_seconds = 2.0 if args.quick else args.seconds
     args.lost_words = 40 if args.quick else 300
+    args.rounds = args.rounds or (2 if args.quick else 3)
     interrupt_on_signals()
 
     began = time.perf_counter()
     children: list[Child] = []
+    targets: list[str] = []
     with (
         scratch_database(args.database_url),
+        scratch_redis(args.redis_url),
         tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp,
     ):
         try:
@@ -452,21 +579,30 @@ def main() -> None:
             env = dict(os.environ)
             fake, fake_url = _start_fake(env, var_dir, upstream_key, args.chunk_delay_ms / 1000)
             children.append(fake)
-            console_keys = _setup(var_dir, args.database_url, fake_url, upstream_key, args.users)
+            console_keys = _setup(var_dir, args, fake_url, upstream_key)
+            if queue := start_broker(var_dir):
+                children.append(queue)
             console, console_url = start_console(
                 dict(os.environ), var_dir, args.server, args.workers
             )
             children.append(console)
+            peer = None
+            if args.peer:
+                peer = start_peer(args.peer, var_dir, MODEL, fake_url, upstream_key)
+                children.append(peer[0])
             from django.db import connection
 
             print(
                 f"gateway on {_server_label(args)}, database {connection.vendor}, "
-                f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); fake Anthropic "
-                f"pauses {args.chunk_delay_ms:g} ms between deltas; {args.seconds:g} s per run",
+                f"{'Redis' if args.redis_url else 'no Redis'}, {os.cpu_count()} CPUs "
+                f"(load average {os.getloadavg()[0]:.1f}); fake Anthropic pauses "
+                f"{args.chunk_delay_ms:g} ms between deltas; {args.seconds:g} s per run",
                 flush=True,
             )
             targets, calls = asyncio.run(
-                _measure(args, [console, fake], fake_url, console_url, upstream_key, console_keys)
+                _measure(
+                    args, [fake, console], fake_url, console_url, upstream_key, console_keys, peer
+                )
             )
             time.sleep(0.5)  # the last streams settle just after their last byte
             records, open_reservations = _ledger()
@@ -487,5 +623,7 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
+    except PeerUnavailable as exc:
+        sys.exit(f"no figures for the peer: {exc}")
     except KeyboardInterrupt:
         sys.exit("interrupted; the fake Anthropic and the console are stopped")

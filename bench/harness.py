@@ -34,6 +34,7 @@ __all__ = [
     "Child",
     "Failed",
     "Run",
+    "add_console_arguments",
     "close_database",
     "closed_loop",
     "console_environment",
@@ -41,11 +42,16 @@ __all__ = [
     "database_url",
     "free_port",
     "migrate",
+    "open_loop",
     "percentile",
+    "redis_url",
     "report",
     "scratch_database",
+    "scratch_redis",
+    "start_broker",
     "start_console",
     "start_fake_anthropic",
+    "user_limits",
     "wait_ready",
 ]
 
@@ -61,10 +67,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def report(name: str, value: float, unit: str, op: str, target: float) -> str:
-    """``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``."""
+def report(name: str, value: float, unit: str, op: str, target: float, *, digits: int = 1) -> str:
+    """``TARGET <name> <value> <unit> <op> <target> PASS|FAIL``, ``value`` to ``digits``
+    decimals."""
     ok = value <= target if op == "<=" else value >= target
-    return f"TARGET {name} {value:.1f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
+    return f"TARGET {name} {value:.{digits}f} {unit} {op} {target:g} {'PASS' if ok else 'FAIL'}"
 
 
 def interrupt_on_signals() -> None:
@@ -83,24 +90,83 @@ def print_summary(began: float, lines: list[str]) -> None:
 
 
 def console_environment(
-    var_dir: Path, database_url: str | None, *, unset: tuple[str, ...] = (), **variables: str
+    var_dir: Path,
+    database_url: str | None,
+    *,
+    redis_url: str | None = None,
+    lean: bool = False,
+    unset: tuple[str, ...] = (),
+    **variables: str,
 ) -> None:
     """The console's environment, in this process and so in those it starts: its settings, its
     files in ``var_dir``, a fresh secret key, the PostgreSQL database ``database_url`` names
-    (SQLite in ``var_dir`` without one), no Redis, then ``variables``; the variables ``unset``
-    names are removed."""
-    for name in ("DATABASE_URL", "REDIS_URL", *unset):
+    (SQLite in ``var_dir`` without one), the Redis database ``redis_url`` names (``make run``'s
+    private broker and in-memory layers without one), then ``variables``; the variables
+    ``unset`` names are removed.
+
+    By default it is what ``make run`` gives its processes (``config.launch.local_environment``:
+    multiprocess metrics in ``var_dir``, its cookie and logging settings); ``lean`` removes the
+    multiprocess metrics, the stripped console the benches once measured."""
+    # The console's modules are imported where used: this module puts the checkout on sys.path.
+    from config.launch import local_environment
+
+    for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PROMETHEUS_MULTIPROC_DIR"):
         os.environ.pop(name, None)
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "CONSOLE_VAR_DIR": str(var_dir),
-            "SECRET_KEY": secrets.token_urlsafe(40),
-            **variables,
-        }
-    )
+    os.environ["SECRET_KEY"] = secrets.token_urlsafe(40)
+    os.environ.update(local_environment(var_dir))
+    for name in unset:
+        os.environ.pop(name, None)
+    if lean:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    os.environ.update(variables)
     if database_url:
         os.environ["DATABASE_URL"] = database_url
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
+
+
+def add_console_arguments(parser: argparse.ArgumentParser, *, redis: bool = True) -> None:
+    """``--lean``, ``--database-url`` and (with ``redis``) ``--redis-url``."""
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="the stripped console: no multiprocess metrics, no limits or budget on the user",
+    )
+    parser.add_argument(
+        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
+    )
+    if redis:
+        parser.add_argument(
+            "--redis-url", type=redis_url, help="a Redis database to use and flush (before, after)"
+        )
+
+
+def user_limits(user_id: int, *, lean: bool, **quota: int | None) -> None:
+    """A bench user's limits. Shipped: the default quota, whose rate, token and concurrency
+    checks all run, with limits no bench reaches, and one daily USD budget that every call
+    reserves and settles against. Lean: no rate, token or concurrency limit and no budget
+    (admission skips those checks). ``quota`` sets more of the quota's fields. Django must be
+    set up."""
+    from decimal import Decimal
+
+    from console.models import Budget, Quota
+
+    unlimited = None if lean else 1_000_000_000
+    Quota.objects.get_or_create(user_id=user_id)
+    Quota.objects.filter(user_id=user_id).update(
+        requests_per_minute=unlimited,
+        tokens_per_minute=unlimited,
+        concurrent_requests=unlimited,
+        **quota,
+    )
+    Budget.objects.filter(user_id=user_id).delete()
+    if not lean:
+        Budget.objects.create(
+            user_id=user_id,
+            metric=Budget.Metric.USD,
+            window=Budget.Window.DAY,
+            limit=Decimal(1_000_000),
+        )
 
 
 def migrate() -> None:
@@ -121,6 +187,30 @@ def database_url(value: str) -> str:
     if not parsed.path.lstrip("/"):
         raise argparse.ArgumentTypeError("must name a database, e.g. …/agent_console_bench")
     return value
+
+
+def redis_url(value: str) -> str:
+    """``--redis-url``'s type: a Redis URL."""
+    if urlparse(value).scheme not in ("redis", "rediss", "unix"):
+        raise argparse.ArgumentTypeError("must be a redis:// URL")
+    return value
+
+
+@contextlib.contextmanager
+def scratch_redis(url: str | None) -> Iterator[None]:
+    """The Redis database ``url`` names, flushed before the block and after it, however it ends;
+    nothing without ``url``."""
+    if not url:
+        yield
+        return
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+        try:
+            yield
+        finally:
+            client.flushdb()
 
 
 @contextlib.contextmanager
@@ -235,9 +325,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(child: Child, ready: Callable[[], str | None]) -> str:
-    """What ``ready`` returns once it returns something (the child's URL); fails after 60 s."""
-    deadline = time.monotonic() + 60
+def wait_ready(child: Child, ready: Callable[[], str | None], *, seconds: float = 60) -> str:
+    """What ``ready`` returns once it returns something (the child's URL); fails after
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         child.check_alive()
         if found := ready():
@@ -256,6 +347,20 @@ def start_fake_anthropic(argv: list[str], env: dict[str, str], log_dir: Path) ->
         return found.group(1) if found else None
 
     return fake, wait_ready(fake, printed_url)
+
+
+def start_broker(var_dir: Path) -> Child | None:
+    """``make run``'s private broker (a Redis server on a socket in ``var_dir``), once it
+    answers; None when ``REDIS_URL`` names a Redis server, which is the broker then."""
+    from config import broker
+
+    if os.environ.get("REDIS_URL"):
+        return None
+    queue = Child("broker", broker.server_command(var_dir), dict(os.environ), var_dir)
+    if not broker.wait_answers(broker.embedded_socket(var_dir), timeout=15):
+        queue.stop()
+        raise RuntimeError(f"the broker did not answer:\n{queue.tail()}")
+    return queue
 
 
 def start_console(
@@ -334,6 +439,39 @@ async def closed_loop(
                 run.errors.append(str(exc) or type(exc).__name__)
 
     await asyncio.gather(*(client() for _ in range(clients)))
+    run.seconds = time.perf_counter() - started
+    run.cpu = {child.name: child.cpu_seconds() - cpu[child.name] for child in children}
+    return run
+
+
+async def open_loop(
+    one: Callable[[], Awaitable[object]],
+    rate: float,
+    seconds: float,
+    in_flight: int,
+    children: tuple[Child, ...] = (),
+) -> Run[float]:
+    """``rate`` requests a second at an even pace, at most ``in_flight`` at once; each latency
+    counts from when its request was due, so queueing behind a slow server is not hidden. The
+    CPU of ``children`` is measured meanwhile."""
+    run: Run[float] = Run()
+    slots = asyncio.Semaphore(in_flight)
+    cpu = {child.name: child.cpu_seconds() for child in children}
+    started = time.perf_counter()
+
+    async def due_at(due: float) -> None:
+        try:
+            async with slots:
+                await one()
+            run.results.append((time.perf_counter() - due) * 1000)
+        except CLIENT_ERRORS as exc:
+            run.errors.append(str(exc) or type(exc).__name__)
+
+    tasks = []
+    for n in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(due_at(started + n / rate)))
+    await asyncio.gather(*tasks)
     run.seconds = time.perf_counter() - started
     run.cpu = {child.name: child.cpu_seconds() - cpu[child.name] for child in children}
     return run

@@ -2,8 +2,10 @@
 idle agent.
 
 Runs the console's own spawn path (quota check, placement, sandbox start, health wait) in this
-process against a fresh SQLite database, with boots run inline as a worker runs them. Claims
-from the warm pool are timed as the web process sees them: the refill is only queued.
+process against a fresh SQLite database, in the environment ``make run`` gives its processes
+(``harness.console_environment``), with boots run inline as a worker runs them. Claims from the
+warm pool are timed as the web process sees them: the refill is only queued, on ``make run``'s
+private broker, which runs for the bench.
 
     python bench/spawn.py [--quick] [--count N] [--backends process,qemu]
 
@@ -20,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import ROOT, console_environment, migrate, percentile, report
+from harness import ROOT, console_environment, migrate, percentile, report, start_broker
 
 
 def _setup(var_dir: Path) -> None:
@@ -163,13 +165,18 @@ def main() -> None:
     count = args.count or (10 if args.quick else 50)
     with tempfile.TemporaryDirectory(prefix="bench-spawn-") as var_dir:
         _setup(Path(var_dir))
-        from console.models import User
+        queue = start_broker(Path(var_dir))
+        try:
+            from console.models import User
 
-        owner = User.objects.create_user(username="bench")
-        lines = []
-        for backend in args.backends.split(","):
-            n = min(count, 3) if backend == "qemu" and args.quick else count
-            lines += bench_backend(backend.strip(), n, owner)
+            owner = User.objects.create_user(username="bench")
+            lines = []
+            for backend in args.backends.split(","):
+                n = min(count, 3) if backend == "qemu" and args.quick else count
+                lines += bench_backend(backend.strip(), n, owner)
+        finally:
+            if queue is not None:
+                queue.stop()
     for line in lines:
         print(line)
     if not lines:

@@ -41,8 +41,15 @@ CPU each part spent. Targets (issue 6): 5,000 idle connections at <= 100 KiB of 
 each; 500 concurrent streaming chats with added chunk latency p99 <= 50 ms; no lost chunk.
 
     python bench/ws.py [--quick] [--sockets N] [--streams M] [--agents A] [--words W]
-        [--chunk-delay-ms MS] [--spread-ms MS] [--idle-seconds S] [--database-url postgres://…/agent_console_bench_ws]
-        [--redis-url redis://127.0.0.1:6379/N] [--latencies-csv PATH]
+        [--chunk-delay-ms MS] [--spread-ms MS] [--idle-seconds S] [--lean]
+        [--database-url postgres://…/agent_console_bench_ws] [--redis-url redis://127.0.0.1:6379/N]
+        [--latencies-csv PATH]
+
+The console runs as ``make run`` ships it (``harness.console_environment``: its environment and
+multiprocess metrics), each user with the default quota's checks, limits no run reaches, and a
+daily USD budget that every agent's gateway call is billed against (``harness.user_limits``);
+``--lean`` runs the stripped console the bench once measured (no multiprocess metrics, no
+limits, no budget).
 
 The database is SQLite in a temporary folder, or the PostgreSQL database ``--database-url``
 names, created (dropped first if it exists) and dropped at the end. Without ``--redis-url`` the
@@ -83,18 +90,20 @@ from harness import (
     CLIENT_ERRORS,
     Child,
     Failed,
+    add_console_arguments,
     close_database,
     console_environment,
     cpu_seconds,
-    database_url,
     interrupt_on_signals,
     migrate,
     percentile,
     print_summary,
     report,
     scratch_database,
+    scratch_redis,
     start_console,
     start_fake_anthropic,
+    user_limits,
 )
 
 CONNECTS_IN_FLIGHT = 50  # daphne listens with Twisted's default backlog of 50
@@ -153,13 +162,15 @@ def _emitted(record: Path) -> dict[str, list[tuple[float, str]]]:
 # --- The database ------------------------------------------------------------------------------
 
 
-def _environment(var_dir: Path, database_url: str | None, redis_url: str | None) -> None:
-    """The console's environment, in this process and so in the servers'."""
+def _environment(var_dir: Path, args: argparse.Namespace) -> None:
+    """The console's environment, in this process and so in the servers': as shipped, or lean
+    with ``args.lean``."""
     console_environment(
         var_dir,
-        database_url,
+        args.database_url,
+        redis_url=args.redis_url,
+        lean=args.lean,
         unset=(
-            "PROMETHEUS_MULTIPROC_DIR",
             "CELERY_TASK_ALWAYS_EAGER",
             "ANTHROPIC_API_KEY_FILE",
             "GATEWAY_URL",
@@ -172,16 +183,6 @@ def _environment(var_dir: Path, database_url: str | None, redis_url: str | None)
         # No worker heartbeats the host registered below, and no beat reaps idle agents.
         SANDBOX_HOST_STALE_SECONDS="86400",
     )
-    # Without --redis-url, make run's defaults: the in-memory channel layer and replay log.
-    if redis_url:
-        os.environ["REDIS_URL"] = redis_url
-
-
-def _flush_redis(url: str) -> None:
-    import redis
-
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,10 @@ class _Chat:
     session_id: str
 
 
-def _setup(users: int, sockets: int) -> list[_Chat]:
-    """Migrate a fresh database; ``users`` users without rate limits or budgets, each with a
-    session cookie, and ``sockets`` chats spread over them (their agents come later)."""
+def _setup(users: int, sockets: int, *, lean: bool) -> list[_Chat]:
+    """Migrate a fresh database; ``users`` users with the shipped limits and daily budget (none
+    with ``lean``), each with a session cookie, and ``sockets`` chats spread over them (their
+    agents come later)."""
     # Boots run inline in this process, as a worker would run them, and quietly.
     os.environ |= {"CELERY_TASK_ALWAYS_EAGER": "true", "LOG_LEVEL": "WARNING"}
     migrate()
@@ -203,8 +205,7 @@ def _setup(users: int, sockets: int) -> list[_Chat]:
     from django.test import Client
 
     from agents.services import host_register
-    from console.models import Budget, Quota, User
-    from console.services import quota_get
+    from console.models import User
 
     host_register(
         name="bench-ws", backend="process", capacity_vcpus=10_000, capacity_memory_mib=10_000_000
@@ -212,14 +213,7 @@ def _setup(users: int, sockets: int) -> list[_Chat]:
     cookies = []
     for n in range(users):
         user = User.objects.create_user(username=f"bench-ws-{n}")
-        quota_get(user=user)
-        Quota.objects.filter(user=user).update(
-            requests_per_minute=None,
-            tokens_per_minute=None,
-            concurrent_requests=None,
-            max_concurrent_sessions=1_000_000,
-        )
-        Budget.objects.filter(user=user).delete()
+        user_limits(user.id, lean=lean, max_concurrent_sessions=1_000_000)
         browser = Client()
         browser.force_login(user)
         cookies.append(f"sessionid={browser.cookies['sessionid'].value}")
@@ -634,13 +628,13 @@ def _run(args: argparse.Namespace, var_dir: Path, files: int) -> list[str]:
     set_up = False
     bench: _Bench | None = None
     try:
-        _environment(var_dir, args.database_url, args.redis_url)
+        _environment(var_dir, args)
         key = f"sk-ant-bench-{secrets.token_hex(8)}"
         record = var_dir / "emitted.txt"
         server_env = dict(os.environ)
         fake, fake_url = _start_fake(server_env, var_dir, key, args.chunk_delay_ms / 1000, record)
         children.append(fake)
-        chats = _setup(args.agents, args.sockets)
+        chats = _setup(args.agents, args.sockets, lean=args.lean)
         set_up = True
         server_env |= {"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": fake_url}
         gateway, gateway_url = start_console(server_env, var_dir, "gateway", 1)
@@ -654,7 +648,8 @@ def _run(args: argparse.Namespace, var_dir: Path, files: int) -> list[str]:
         settings.GATEWAY_URL = server_env["GATEWAY_URL"]  # where the agents call Claude
         chats = _spawn_agents(chats, math.ceil(args.streams / args.agents) + 50)
         print(
-            f"chat WebSocket on daphne, database {connection.vendor}, "
+            f"chat WebSocket on daphne, {'lean' if args.lean else 'as shipped'}, "
+            f"database {connection.vendor}, "
             f"{'Redis' if args.redis_url else 'in-memory'} channel layer and replay log; "
             f"{args.agents} agents (process backend), the gateway process; "
             f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); "
@@ -704,10 +699,7 @@ def main() -> None:
     parser.add_argument(
         "--latencies-csv", type=Path, help="write each chunk's write time and added latency here"
     )
-    parser.add_argument(
-        "--database-url", type=database_url, help="a PostgreSQL database to create, use and drop"
-    )
-    parser.add_argument("--redis-url", help="a Redis database to use and flush (before and after)")
+    add_console_arguments(parser)
     parser.add_argument("--serve-fake", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fake-key", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -732,15 +724,10 @@ def main() -> None:
     targets: list[str] = []
     with (
         scratch_database(args.database_url),
+        scratch_redis(args.redis_url),
         tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp,
     ):
-        if args.redis_url:
-            _flush_redis(args.redis_url)
-        try:
-            targets = _run(args, Path(tmp), files)
-        finally:
-            if args.redis_url:
-                _flush_redis(args.redis_url)
+        targets = _run(args, Path(tmp), files)
     print_summary(began, targets)
 
 

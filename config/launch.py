@@ -220,7 +220,9 @@ def _var_dir() -> Path:
     return path
 
 
-def _local_environment(var: Path) -> dict[str, str]:
+def local_environment(var: Path) -> dict[str, str]:
+    """The environment of every process ``make run`` starts: this one's, with its keys in
+    ``var``, a fresh multiprocess metrics folder there, and its settings for loopback."""
     env = dict(os.environ)
     for name, file_name in (("SECRET_KEY", "secret_key"), ("SANDBOX_RELAY_KEY", "relay_key")):
         if not env.get(name) and not env.get(f"{name}_FILE"):
@@ -289,7 +291,7 @@ def _embedded_broker(env: dict[str, str], var: Path) -> list[str] | None:
 
 def main() -> int:
     var = _var_dir()
-    env = _local_environment(var)
+    env = local_environment(var)
     host = env.get("HOST", "127.0.0.1")
     port = env.get("PORT", "8000")
     gateway_port = env.get("GATEWAY_PORT", str(int(port) + 1))
