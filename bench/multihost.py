@@ -72,6 +72,7 @@ from harness import (
     print_summary,
     report,
     scratch_database,
+    user_limits,
 )
 
 if TYPE_CHECKING:
@@ -99,20 +100,21 @@ def _setup(var_dir: Path, url: str, redis_url: str) -> None:
     migrate()
 
 
-def _unlimit(username: str) -> None:
-    """No rate or concurrency limit, room for every agent, and no budget, for ``username``."""
-    from console.models import Budget, Quota
+def _limits(username: str) -> None:
+    """``username``'s limits as the benches ship them (``harness.user_limits``: the default
+    quota's checks with limits no bench reaches, and a daily USD budget), with room for every
+    agent the bench spawns."""
+    from django.contrib.auth import get_user_model
 
-    Quota.objects.filter(user__username=username).update(
-        requests_per_minute=None,
-        tokens_per_minute=None,
-        concurrent_requests=None,
+    user = get_user_model().objects.get(username=username)
+    user_limits(
+        user.pk,
+        lean=False,
         max_agents=10_000,
         max_total_vcpus=10_000,
         max_total_memory_mib=2**31 - 1,
         max_concurrent_sessions=10_000,
     )
-    Budget.objects.filter(user__username=username).delete()
 
 
 def _drain(name: str, draining: bool) -> None:
@@ -497,7 +499,7 @@ def main() -> None:
                 settings={"SANDBOX_HOST_VCPUS": str(SANDBOX_HOST_VCPUS)},
                 fake_in_process=False,
             ) as fleet:
-                _unlimit("bench")
+                _limits("bench")
                 print(
                     f"fleet built in {time.perf_counter() - began:.0f} s: nginx, 2 web, "
                     f"2 gateway processes on front; {', '.join(fleet.sandbox_hosts)}; "
