@@ -9,7 +9,7 @@
 
 The flags are Hypercore's load test's (``--users``, ``--duration``, ``--ramp-up``,
 ``--api-url``): ``--users`` people (1,000; ``--quick`` 50) start evenly over ``--ramp-up``
-seconds (60; quick 5) and chat until ``--duration`` seconds (300; quick 25) have passed since
+seconds (60; quick 5) and chat until ``--duration`` seconds (300; quick 20) have passed since
 the first started. What each person does is ``bench/load_users.py``'s: find their account's
 agent (the account's first person spawns it; the others reuse it), open a session of their own,
 then send a turn, wait for the whole reply, think ``--think`` seconds (uniform, 5 to 15: ~10
@@ -101,6 +101,7 @@ BUDGET_USD = 50
 SHIPPED_RPM = 100
 SHIPPED_CONCURRENT = 50
 SHIPPED_SESSIONS = 100
+STEADY_AFTER_RAMP_UP = 20.0  # seconds: the last agents' boots, under load, take ~10
 
 
 # --- Processes ---------------------------------------------------------------------------------
@@ -297,8 +298,14 @@ def _kinds(args: argparse.Namespace, people: list[dict[str, Any]]) -> None:
 
 
 def _run_people(
-    args: argparse.Namespace, url: str, people: list[dict[str, Any]], var_dir: Path
+    args: argparse.Namespace,
+    url: str,
+    people: list[dict[str, Any]],
+    var_dir: Path,
+    parts: _Parts | None = None,
 ) -> dict[str, Any]:
+    """Run the people in a locust process; its results, with the steady window's CPU when
+    ``parts`` are given (``window``: its start, on the monotonic clock, and seconds)."""
     plan = {
         "url": url,
         "users": people,
@@ -313,13 +320,25 @@ def _run_people(
     plan_file.write_text(json.dumps(plan))
     argv = [sys.executable, str(ROOT / "bench" / "load_users.py"), str(plan_file)]
     locust = Child("locust", [*argv, str(results_file)], dict(os.environ), var_dir)
+    spent: dict[str, float] = {}
     try:
+        if parts is not None:
+            # Everyone has started and every agent has booted: the steady state from here.
+            steady = min(args.ramp_up + STEADY_AFTER_RAMP_UP, args.duration / 2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                locust.proc.wait(steady)
+            parts.begin()
         locust.proc.wait()
+        if parts is not None:
+            wall, spent = parts.spent()
     finally:
         locust.stop()
     if locust.proc.returncode or not results_file.exists():
         raise RuntimeError(f"locust failed:\n{locust.tail()}")
     results: dict[str, Any] = json.loads(results_file.read_text())
+    if parts is not None:
+        results["window"] = [parts.began, wall]
+        results["spent"] = spent | {"locust": results["cpu"]}
     return results
 
 
@@ -331,8 +350,8 @@ def _error_kinds(errors: list[str]) -> list[tuple[str, int]]:
     return shapes.most_common(6)
 
 
-def _describe(args: argparse.Namespace, results: dict[str, Any]) -> tuple[list[str], list[float]]:
-    """Print the run's figures; the TARGET lines, and (p95, p99, error %)."""
+def _describe(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
+    """Print the run's figures; the TARGET lines."""
     turns = results["turns"]
     setup_errors = results["setup_errors"]
     seconds = results["ended"] - results["started"]
@@ -376,22 +395,34 @@ def _describe(args: argparse.Namespace, results: dict[str, Any]) -> tuple[list[s
         f"  error rate {error_pct:.2f} % ({len(failed)} failed turns and {len(setup_errors)} "
         f"people who could not start, of {attempts})"
     )
-    targets = [
+    return [
         report("load_error_rate", error_pct, "%", "<=", 1),
         report("load_p95", p95, "s", "<=", 2),
         report("load_p99", p99, "s", "<=", 5),
     ]
-    return targets, [p95, p99, error_pct]
 
 
-def _describe_cpu(args: argparse.Namespace, wall: float, spent: dict[str, float]) -> None:
-    shares = ", ".join(f"{name} {seconds / wall:.2f}" for name, seconds in spent.items())
+def _describe_cpu(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The steady window's turns and the cores each part used meanwhile (locust's over the
+    whole run); people per core."""
+    began, wall = results["window"]
+    spent = results["spent"]
+    ended = [t for t in results["turns"] if not t[4] and began <= t[1] + t[2] / 1000]
+    run_seconds = results["ended"] - results["started"]
+    shares = ", ".join(
+        f"{name} {seconds / (run_seconds if name == 'locust' else wall):.2f}"
+        for name, seconds in spent.items()
+    )
     console = sum(v for k, v in spent.items() if k not in ("fake", "locust"))
     cores = console / wall
-    print(f"  CPU, in cores over {wall:.0f} s: {shares}; {os.cpu_count()} cores on this machine")
     print(
-        f"  the console used {cores:.2f} cores for {args.users} people: "
-        f"{args.users / max(cores, 1e-9):.0f} people per core"
+        f"  steady state, the last {wall:.0f} s: {len(ended) / wall:.1f} turns/s; cores used: "
+        f"{shares}; {os.cpu_count()} cores on this machine"
+    )
+    print(
+        f"  the console used {cores:.2f} cores ({console / max(1, len(ended)) * 1000:.0f} ms "
+        f"of CPU a turn) for {args.users} people: {args.users / max(cores, 1e-9):.0f} people "
+        "per core"
     )
 
 
@@ -422,6 +453,7 @@ def _local(args: argparse.Namespace, var_dir: Path) -> list[str]:
     fake: Child | None = None
     console: _Console | None = None
     try:
+        began = time.monotonic()
         fake, fake_url = start_fake_anthropic(fake_argv, dict(os.environ), var_dir)
         env = dict(os.environ) | {"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": fake_url}
         console = _Console(env, var_dir)
@@ -430,12 +462,14 @@ def _local(args: argparse.Namespace, var_dir: Path) -> list[str]:
 
         django.setup()
         wait_ready(console.child, _host_online)
+        up = time.monotonic() - began
         people = _accounts(args)
         _kinds(args, people)
         from django.db import connection
 
         print(
-            f"make run's console (config.launch) on {console.url}, database {connection.vendor}, "
+            f"make run's console (config.launch) up in {up:.1f} s on {console.url}, people set "
+            f"up in {time.monotonic() - began - up:.1f} s; database {connection.vendor}, "
             f"{'Redis' if args.redis_url else 'the embedded broker, in-memory channel layer'}; "
             f"{args.users} people over {args.agents} agents, ramp-up {args.ramp_up:g} s, "
             f"run {args.duration:g} s, think {args.think[0]:g}-{args.think[1]:g} s, "
@@ -446,26 +480,25 @@ def _local(args: argparse.Namespace, var_dir: Path) -> list[str]:
         launcher, fake_pid = console.child.proc.pid, fake.proc.pid
         parts = _Parts(
             {
-                "web, gateway, worker, beat, broker": lambda: _tree(launcher),
+                # The worker starts the agents' sandboxes: they are in the launcher's tree.
+                "web, gateway, worker, beat, broker": lambda: _tree(launcher) - _sandbox_pids(),
+                "agents": _sandbox_pids,
                 "postgres": lambda: _postgres_pids(args.database_url),
                 "fake": lambda: _tree(fake_pid),
             }
         )
-        parts.begin()
-        results = _run_people(args, console.url, people, var_dir)
-        wall, spent = parts.spent()
-        # The agents boot during the run: all the CPU their runtimes spent.
-        spent["agents"] = sum(cpu_seconds(pid, descendants=False) for pid in _sandbox_pids())
-        spent["locust"] = results["cpu"]
-        targets, _ = _describe(args, results)
-        _describe_cpu(args, wall, spent)
+        results = _run_people(args, console.url, people, var_dir, parts)
+        targets = _describe(args, results)
+        _describe_cpu(args, results)
         console.child.check_alive()
         if error := console.child.first_error():
             print(f"\nthe console logged errors; the first ends:\n{error}")
         return targets
     finally:
+        stopping = time.monotonic()
         if console is not None:
             console.stop()
+            print(f"the console stopped in {time.monotonic() - stopping:.1f} s")
         if fake is not None:
             fake.stop()
         _destroy_sandboxes(var_dir / "sandboxes")
@@ -485,15 +518,14 @@ def _remote(args: argparse.Namespace, var_dir: Path) -> list[str]:
     _kinds(args, people)
     print(f"the console at {args.api_url}; {args.users} people over {len(args.key)} keys")
     results = _run_people(args, args.api_url.rstrip("/"), people, var_dir)
-    targets, _ = _describe(args, results)
-    return targets
+    return _describe(args, results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="50 people for 25 s (under 1 min)")
+    parser.add_argument("--quick", action="store_true", help="50 people for 20 s (under 1 min)")
     parser.add_argument("--users", type=int, help="people (default 1000; quick 50)")
-    parser.add_argument("--duration", type=float, help="seconds, ramp-up included (300; 25)")
+    parser.add_argument("--duration", type=float, help="seconds, ramp-up included (300; 20)")
     parser.add_argument("--ramp-up", type=float, help="seconds to start everyone (60; quick 5)")
     parser.add_argument("--agents", type=int, help="agents and accounts (default 4 per core)")
     parser.add_argument("--think", type=float, nargs=2, default=(5.0, 15.0), metavar=("MIN", "MAX"))
@@ -514,7 +546,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.users = args.users or (50 if args.quick else 1000)
-    args.duration = args.duration or (25.0 if args.quick else 300.0)
+    args.duration = args.duration or (20.0 if args.quick else 300.0)
     args.ramp_up = args.ramp_up if args.ramp_up is not None else (5.0 if args.quick else 60.0)
     args.agents = args.agents or min(args.users, 4 * (os.cpu_count() or 1))
     if args.api_url and not args.key:
