@@ -381,6 +381,10 @@ def _describe(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
         print("  errors by kind:")
         for shape, count in _error_kinds([f"{t[0]}: {t[4]}" for t in failed] + setup_errors):
             print(f"    {count:>5} x {shape}")
+    if reconnects := results["reconnects"]:
+        print(f"  {len(reconnects)} sockets refused or dropped and opened again, e.g.:")
+        for shape, count in _error_kinds(reconnects):
+            print(f"    {count:>5} x {shape}")
     spawns = [s[1] / 1000 for s in results["spawns"]]
     if spawns:
         print(

@@ -16,7 +16,7 @@ Each user, once started:
   (``POST /agents/<id>/v1/agent/chat``), over the same route as server-sent events
   (``"stream": true``, read to ``done``), or over the chat WebSocket (``/ws/chat/``, signed in
   with its account's session cookie: ``open`` the session once, then ``send`` and read to
-  ``done``).
+  ``done``; a refused or dropped socket is opened again as the chat page does).
 
 Each turn is recorded as ``[kind, started, total ms, upstream ms, error or ""]``. Upstream ms is
 the time the fake Anthropic spends by design: its reply echoes the prompt one word-sized delta
@@ -52,6 +52,7 @@ from locust.env import Environment  # noqa: E402
 AGENT_NAME = "bench-load"
 BOOT_SECONDS = 180.0
 TURN_SECONDS = 120.0
+RECONNECTS = 5
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india")
 
 
@@ -78,6 +79,7 @@ class _Plan:
         self.turns: list[list[Any]] = []
         self.spawns: list[list[Any]] = []
         self.setup_errors: list[str] = []
+        self.reconnects: list[str] = []
 
 
 PLAN: _Plan
@@ -167,14 +169,29 @@ class ChatUser(User):
         raise Refused(f"agent {agent_id} did not boot in {BOOT_SECONDS:g} s")
 
     def _open_socket(self) -> websocket.WebSocket:
+        """The socket, as the chat page opens it: after a refused or dropped connection it
+        tries again after 0.5 s, doubling up to 10 s (``static/console/chat.js``); here
+        ``RECONNECTS`` times at most."""
         ws_url = PLAN.url.replace("http", "ws", 1) + "/ws/chat/"
-        sock = websocket.create_connection(
-            ws_url, cookie=self.me["cookie"], origin=PLAN.url, timeout=TURN_SECONDS
-        )
-        self._read_until(sock, {"ready"})
-        sock.send(json.dumps({"type": "open", "session_id": self.session_id}))
-        self._read_until(sock, {"session"})
-        return sock
+        for attempt in itertools.count():
+            try:
+                sock = websocket.create_connection(
+                    ws_url, cookie=self.me["cookie"], origin=PLAN.url, timeout=TURN_SECONDS
+                )
+                try:
+                    self._read_until(sock, {"ready"})
+                    sock.send(json.dumps({"type": "open", "session_id": self.session_id}))
+                    self._read_until(sock, {"session"})
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+            except (OSError, websocket.WebSocketException) as exc:
+                if attempt == RECONNECTS:
+                    raise
+                PLAN.reconnects.append(str(exc)[:200] or type(exc).__name__)
+                gevent.sleep(min(10.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _read_until(sock: websocket.WebSocket, kinds: set[str]) -> dict[str, Any]:
@@ -238,10 +255,16 @@ class ChatUser(User):
         raise Refused("chat (SSE): the stream ended without done")
 
     def _turn_ws(self, prompt: str) -> str:
-        assert self.socket is not None
+        if self.socket is None:  # the last turn's socket dropped: the page reconnects
+            self.socket = self._open_socket()
         frame = {"type": "send", "session_id": self.session_id, "content": prompt}
-        self.socket.send(json.dumps(frame))
-        done = self._read_until(self.socket, {"done", "cancelled"})
+        try:
+            self.socket.send(json.dumps(frame))
+            done = self._read_until(self.socket, {"done", "cancelled"})
+        except (OSError, websocket.WebSocketException):
+            self.socket.close()
+            self.socket = None
+            raise
         if done["type"] != "done":
             raise Refused("chat (WebSocket): cancelled")
         return done["messages"][-1]["content"]  # type: ignore[no-any-return]
@@ -268,6 +291,7 @@ def run(plan_file: Path, results_file: Path) -> None:
                 "turns": PLAN.turns,
                 "spawns": PLAN.spawns,
                 "setup_errors": PLAN.setup_errors,
+                "reconnects": PLAN.reconnects,
                 "cpu": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
             }
         )
