@@ -101,6 +101,14 @@ BUDGET_USD = 50
 SHIPPED_RPM = 100
 SHIPPED_CONCURRENT = 50
 SHIPPED_SESSIONS = 100
+# The launcher's processes, by words of their command lines (``config.launch``).
+PROCESSES = {
+    "web": ("daphne",),
+    "gateway": ("gateway_application",),
+    "worker": (" worker ",),
+    "beat": (" beat ",),
+    "broker": ("redis-server",),
+}
 STEADY_AFTER_RAMP_UP = 20.0  # seconds: the last agents' boots, under load, take ~10
 
 
@@ -116,6 +124,22 @@ def _tree(pid: int) -> set[int]:
         with contextlib.suppress(OSError):
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _named(pids: set[int], words: tuple[str, ...]) -> set[int]:
+    """Those of ``pids`` whose command line has one of ``words`` (none: those with none of
+    the launcher's processes' words)."""
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if (
+                any(w in argv for w in words)
+                if words
+                else not any(w in argv for names in PROCESSES.values() for w in names)
+            ):
+                found.add(pid)
     return found
 
 
@@ -406,9 +430,9 @@ def _describe(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _describe_cpu(args: argparse.Namespace, results: dict[str, Any]) -> None:
+def _describe_cpu(args: argparse.Namespace, results: dict[str, Any], *, met: bool) -> None:
     """The steady window's turns and the cores each part used meanwhile (locust's over the
-    whole run); people per core."""
+    whole run); people per core, a capacity only where the targets were ``met``."""
     began, wall = results["window"]
     spent = results["spent"]
     ended = [t for t in results["turns"] if not t[4] and began <= t[1] + t[2] / 1000]
@@ -426,7 +450,7 @@ def _describe_cpu(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print(
         f"  the console used {cores:.2f} cores ({console / max(1, len(ended)) * 1000:.0f} ms "
         f"of CPU a turn) for {args.users} people: {args.users / max(cores, 1e-9):.0f} people "
-        "per core"
+        "per core" + ("" if met else " (the targets were not met: they were not all served)")
     )
 
 
@@ -482,10 +506,18 @@ def _local(args: argparse.Namespace, var_dir: Path) -> list[str]:
             flush=True,
         )
         launcher, fake_pid = console.child.proc.pid, fake.proc.pid
+
+        def launched() -> set[int]:
+            # The worker starts the agents' sandboxes: they are in the launcher's tree.
+            return _tree(launcher) - _sandbox_pids()
+
+        named: dict[str, Any] = {
+            name: lambda words=words: _named(launched(), words) for name, words in PROCESSES.items()
+        }
         parts = _Parts(
-            {
-                # The worker starts the agents' sandboxes: they are in the launcher's tree.
-                "web, gateway, worker, beat, broker": lambda: _tree(launcher) - _sandbox_pids(),
+            named
+            | {
+                "launcher": lambda: _named(launched(), ()),
                 "agents": _sandbox_pids,
                 "postgres": lambda: _postgres_pids(args.database_url),
                 "fake": lambda: _tree(fake_pid),
@@ -493,7 +525,7 @@ def _local(args: argparse.Namespace, var_dir: Path) -> list[str]:
         )
         results = _run_people(args, console.url, people, var_dir, parts)
         targets = _describe(args, results)
-        _describe_cpu(args, results)
+        _describe_cpu(args, results, met=all(line.endswith("PASS") for line in targets))
         console.child.check_alive()
         if error := console.child.first_error():
             print(f"\nthe console logged errors; the first ends:\n{error}")
