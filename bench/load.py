@@ -9,7 +9,7 @@
 
 The flags are Hypercore's load test's (``--users``, ``--duration``, ``--ramp-up``,
 ``--api-url``): ``--users`` people (1,000; ``--quick`` 50) start evenly over ``--ramp-up``
-seconds (60; quick 5) and chat until ``--duration`` seconds (300; quick 20) have passed since
+seconds (60; quick 5) and chat until ``--duration`` seconds (300; quick 15) have passed since
 the first started. What each person does is ``bench/load_users.py``'s: find their account's
 agent (the account's first person spawns it; the others reuse it), open a session of their own,
 then send a turn, wait for the whole reply, think ``--think`` seconds (uniform, 5 to 15: ~10
@@ -559,9 +559,9 @@ def _remote(args: argparse.Namespace, var_dir: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="50 people for 20 s (under 1 min)")
+    parser.add_argument("--quick", action="store_true", help="50 people for 15 s (under 1 min)")
     parser.add_argument("--users", type=int, help="people (default 1000; quick 50)")
-    parser.add_argument("--duration", type=float, help="seconds, ramp-up included (300; 20)")
+    parser.add_argument("--duration", type=float, help="seconds, ramp-up included (300; 15)")
     parser.add_argument("--ramp-up", type=float, help="seconds to start everyone (60; quick 5)")
     parser.add_argument("--agents", type=int, help="agents and accounts (default 4 per core)")
     parser.add_argument("--think", type=float, nargs=2, default=(5.0, 15.0), metavar=("MIN", "MAX"))
@@ -582,7 +582,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.users = args.users or (50 if args.quick else 1000)
-    args.duration = args.duration or (20.0 if args.quick else 300.0)
+    args.duration = args.duration or (15.0 if args.quick else 300.0)
     args.ramp_up = args.ramp_up if args.ramp_up is not None else (5.0 if args.quick else 60.0)
     args.agents = args.agents or min(args.users, 4 * (os.cpu_count() or 1))
     if args.api_url and not args.key:
