@@ -559,7 +559,7 @@ def _remote(args: argparse.Namespace, var_dir: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="50 people for 15 s (under 1 min)")
+    parser.add_argument("--quick", action="store_true", help="50 people for 15 s")
     parser.add_argument("--users", type=int, help="people (default 1000; quick 50)")
     parser.add_argument("--duration", type=float, help="seconds, ramp-up included (300; 15)")
     parser.add_argument("--ramp-up", type=float, help="seconds to start everyone (60; quick 5)")
