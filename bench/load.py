@@ -50,9 +50,10 @@ fake Anthropic's designed pauses ((deltas - 1) x ``--chunk-delay-ms``; see
 ``bench/load_users.py``). Reported: turns a second (over the run, and after the ramp-up),
 p50/p95/p99 of that time per kind and overall, the error rate (failed turns, and people who
 could not start, over both), the errors by kind, the agents' boot times, and the CPU seconds
-each part spent (from /proc): the console (the launcher and its processes, the agents'
-runtimes, and PostgreSQL's connections to its database), the fake, and locust. People per core
-is the people served divided by the cores the console used meanwhile.
+each part used over the steady state, from some 20 s after the ramp-up to the end (from /proc):
+the console (web, gateway, worker, beat and broker, the agents' runtimes, PostgreSQL's processes
+serving its database), the fake, and locust (over the whole run). People per core is the people
+divided by the cores the console used, a capacity only in a run that met the targets.
 
 Ends with one line per target (the seed's: ``Success rate > 99%``, ``Request latency p95 < 2
 seconds (excluding Claude API time)``, ``p99 < 5 seconds``): ``TARGET <name> <value> <unit>

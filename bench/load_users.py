@@ -71,7 +71,7 @@ class _Plan:
     def __init__(self, data: dict[str, Any]) -> None:
         self.url: str = data["url"]
         self.users: list[dict[str, Any]] = data["users"]
-        self.think: tuple[float, float] = tuple(data["think"])  # type: ignore[assignment]
+        self.think: tuple[float, float] = (data["think"][0], data["think"][1])
         self.chunk_delay: float = data["chunk_delay"]
         self.sessions_per_agent: int = data["sessions_per_agent"]
         self.next_user = itertools.count()
@@ -143,7 +143,7 @@ class ChatUser(User):
             ):
                 return self._running(agent["agent_id"], None)
         started = time.monotonic()
-        body = {
+        body: dict[str, Any] = {
             "name": AGENT_NAME,
             "cores": 1,
             "memory": 512,
@@ -221,7 +221,7 @@ class ChatUser(User):
             error = str(exc)[:300] or type(exc).__name__
         total = (time.monotonic() - started) * 1000
         PLAN.turns.append([kind, started, total, upstream, error])
-        events.request.fire(
+        events.request.fire(  # type: ignore[no-untyped-call]
             request_type=kind,
             name="turn",
             response_time=max(0.0, total - upstream),
@@ -239,12 +239,13 @@ class ChatUser(User):
         return _check(answer, 200, "chat")["content"]  # type: ignore[no-any-return]
 
     def _turn_sse(self, prompt: str) -> str:
-        body = {"prompt": prompt, "session_id": self.session_id, "stream": True}
+        body: dict[str, Any] = {"prompt": prompt, "session_id": self.session_id, "stream": True}
         with self.http.post(self._chat_url(), json=body, stream=True, timeout=TURN_SECONDS) as r:
             if r.status_code != 200:
                 raise Refused(f"chat (SSE): HTTP {r.status_code} {r.text[:200]}")
             event = ""
-            for line in r.iter_lines(decode_unicode=True):
+            for raw in r.iter_lines():
+                line = raw.decode()
                 if line.startswith("event:"):
                     event = line[6:].strip()
                 elif line.startswith("data:") and event in ("done", "error", "cancelled"):
@@ -274,7 +275,7 @@ def run(plan_file: Path, results_file: Path) -> None:
     global PLAN
     data = json.loads(plan_file.read_text())
     PLAN = _Plan(data)
-    ChatUser.wait_time = between(*PLAN.think)  # type: ignore[method-assign]
+    ChatUser.wait_time = between(*PLAN.think)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     env = Environment(user_classes=[ChatUser], events=events, stop_timeout=TURN_SECONDS)
