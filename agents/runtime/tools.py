@@ -40,6 +40,7 @@ __all__ = [
     "ToolResult",
     "Toolbox",
     "command_environment",
+    "enabled_tools",
 ]
 
 DEFAULT_COMMAND_TIMEOUT = 30.0
@@ -112,7 +113,8 @@ TOOL_SETTINGS = (
 )
 
 
-def _enabled_tools(raw: str) -> tuple[str, ...]:
+def enabled_tools(raw: str) -> tuple[str, ...]:
+    """The built-in tools an ``AGENT_TOOLS`` value enables, in order."""
     raw = raw.strip().lower()
     if raw in ("", "all"):
         return tuple(TOOL_DEFINITIONS)
@@ -143,7 +145,7 @@ class ToolConfig:
         if not workspace.is_dir():
             raise ConfigError(f"AGENT_WORKSPACE is not a directory: {str(workspace)!r}")
         return cls(
-            enabled=_enabled_tools(os.environ.get("AGENT_TOOLS", "")),
+            enabled=enabled_tools(os.environ.get("AGENT_TOOLS", "")),
             workspace=workspace,
             max_timeout=float(env_int("AGENT_TOOL_TIMEOUT", 60, minimum=1)),
             output_limit=env_int("AGENT_TOOL_OUTPUT_LIMIT", 16384, minimum=1),
