@@ -21,9 +21,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.helpers import is_ip_address
 from aiohttp.resolver import DefaultResolver
 from django.conf import settings
 from django.db import DatabaseError
+from yarl import URL
 
 from agents.services.mcp import McpRoute, address_allowed, agent_mcp_route
 from gateway.app import database_threads
@@ -163,6 +165,17 @@ async def _forward(
     outgoing = {name: headers[name] for name in _REQUEST_HEADERS if name in headers}
     if route.secret:
         outgoing["authorization"] = f"Bearer {route.secret}"
+    host = URL(route.url).host or ""
+    if is_ip_address(host) and not address_allowed(host, host):
+        # aiohttp connects to an address in the URL without asking the resolver.
+        await _answer(
+            send,
+            _Unreachable(
+                f"{route.name} is at an address agents' MCP servers may not be at",
+                details={"server": route.name},
+            ),
+        )
+        return
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=10, sock_read=settings.AGENT_MCP_TIMEOUT_SECONDS
     )

@@ -126,7 +126,7 @@ def test_an_agent_calls_its_mcp_servers_tool_through_the_gateway(
     assert not any("agt_" in value for h in seen.headers for value in h.values())
     # The secret never went into the sandbox: not its environment, files, nor its requests.
     spec = sandbox.runtime_spec(agent=agent)
-    assert SECRET not in json.dumps(spec.env) + json.dumps(spec.secrets)
+    assert SECRET not in json.dumps(dict(spec.env)) + json.dumps(dict(spec.secrets))
     assert spec.env["AGENT_MCP_SERVERS"] == "notes" and spec.env["AGENT_TOOLS"] == "read_file"
     for request in fake_anthropic.requests:
         assert SECRET not in json.dumps(request.body) + json.dumps(request.headers)
@@ -142,7 +142,9 @@ def _relay(live: str, token: str | None, name: str) -> httpx.Response:
     return httpx.post(f"{live}/gateway/mcp/{name}", json=body, headers=headers, timeout=30)
 
 
-def test_an_agent_reaches_only_its_own_servers(user, outsider, live_console, settings, notes_server):
+def test_an_agent_reaches_only_its_own_servers(
+    user, outsider, live_console, settings, notes_server
+):
     url, seen = notes_server
     settings.AGENT_MCP_ALLOWED_HOSTS = ["127.0.0.1"]
     mine = Agent.objects.create(owner=user, model="m", status=Agent.Status.RUNNING)
@@ -169,12 +171,15 @@ def test_an_address_the_console_may_not_reach_is_refused_when_connecting(
     url, seen = notes_server
     settings.AGENT_MCP_ALLOWED_HOSTS = []  # public hosts only: loopback is not one
     agent = Agent.objects.create(owner=user, model="m", status=Agent.Status.RUNNING)
-    AgentMcpServer.objects.create(agent=agent, name="notes", url=url)  # kept from before
+    # Kept from before, or a name that resolves to loopback by the time it is called.
+    AgentMcpServer.objects.create(agent=agent, name="notes", url=url)
+    named = url.replace("127.0.0.1", "localhost")
+    AgentMcpServer.objects.create(agent=agent, name="named", url=named)
 
-    refused = _relay(live_console, sandbox.agent_token_issue(agent=agent), "notes")
-
-    assert refused.status_code == 502, refused.text
-    assert refused.json()["error"]["code"] == "mcp_server_unreachable"
+    for name in ("notes", "named"):
+        refused = _relay(live_console, sandbox.agent_token_issue(agent=agent), name)
+        assert refused.status_code == 502, refused.text
+        assert refused.json()["error"]["code"] == "mcp_server_unreachable"
     assert not seen.headers
 
 
@@ -192,9 +197,7 @@ def test_an_address_the_console_may_not_reach_is_refused_when_connecting(
         (["mcp.example.com"], "https://other.example.com/mcp"),
     ],
 )
-def test_a_url_an_agent_may_not_name_is_refused_at_spawn(
-    user, client_for, settings, allowed, url
-):
+def test_a_url_an_agent_may_not_name_is_refused_at_spawn(user, client_for, settings, allowed, url):
     settings.AGENT_MCP_ALLOWED_HOSTS = allowed
     spec = {"name": "x", "memory": 256, "mcp_servers": [{"name": "notes", "url": url}]}
 
@@ -218,7 +221,9 @@ def test_server_names_must_be_distinct_and_not_the_consoles(user, client_for):
 
 def test_tools_limit_the_built_ins_within_the_operators(user, settings):
     settings.AGENT_RUNTIME_ENV = {"AGENT_TOOLS": "read_file,write_file"}
-    agent = Agent(owner=user, model="m", builtin_tools=["run_command", "read_file"])
+    agent = Agent.objects.create(
+        owner=user, model="m", sandbox_id="s", builtin_tools=["run_command", "read_file"]
+    )
     assert sandbox.runtime_spec(agent=agent).env["AGENT_TOOLS"] == "read_file"
     agent.builtin_tools = []
     assert sandbox.runtime_spec(agent=agent).env["AGENT_TOOLS"] == "none"
@@ -263,9 +268,7 @@ def test_the_consoles_mcp_acts_as_the_owner_and_never_as_an_operator(
 
 
 @pytest.mark.timeout(120)
-def test_a_console_mcp_agent_lists_its_owners_agents_in_a_turn(
-    alice, outsider, fake_anthropic
-):
+def test_a_console_mcp_agent_lists_its_owners_agents_in_a_turn(alice, outsider, fake_anthropic):
     Agent.objects.create(owner=outsider, model="m", name="theirs", status=Agent.Status.RUNNING)
     agent = _spawn(alice, console_mcp=True, tools=[])
     fake_anthropic.enqueue(ToolUse("console__agents_list", {}), Text("Listed."))
