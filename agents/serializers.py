@@ -312,7 +312,18 @@ class LogsSerializer(serializers.Serializer):
     log = serializers.CharField(help_text="The runtime's last log lines; empty when none.")
 
 
+class ToolCallSerializer(serializers.Serializer):
+    """A tool a turn called: a built-in one, or an MCP server's (``<server>__<tool>``)."""
+
+    name = serializers.CharField()
+    input = serializers.JSONField()
+    is_error = serializers.BooleanField()
+    output = serializers.CharField(help_text="What it answered, cut short.")
+
+
 class MessageSerializer(serializers.ModelSerializer):
+    tool_calls = ToolCallSerializer(many=True, read_only=True)
+
     class Meta:
         model = Message
         fields = [
@@ -322,6 +333,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "input_tokens",
             "output_tokens",
             "cost_usd",
+            "tool_calls",
             "created_at",
         ]
         read_only_fields = fields

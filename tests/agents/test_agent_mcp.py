@@ -121,6 +121,8 @@ def test_an_agent_calls_its_mcp_servers_tool_through_the_gateway(
     (call,) = answer.tool_calls
     assert call["name"] == "notes__echo" and call["input"] == {"text": "hello"}
     assert "echo: hello" in call["output"] and call["is_error"] is False
+    history = alice.get(f"/api/v1/sessions/{answer.session_id}").json()["messages"]
+    assert history[-1]["tool_calls"] == [call]
     # The secret reached the server, from the gateway; the agent's token never did.
     assert seen.headers and all(h["authorization"] == f"Bearer {SECRET}" for h in seen.headers)
     assert not any("agt_" in value for h in seen.headers for value in h.values())
