@@ -9,8 +9,29 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agents import services
-from agents.models import Agent, Message, SandboxHost, ServingProcess, Session, WarmPool
+from agents.models import (
+    Agent,
+    AgentMcpServer,
+    Message,
+    SandboxHost,
+    ServingProcess,
+    Session,
+    WarmPool,
+)
 from plumbing.errors import ConsoleError
+
+
+class AgentMcpServerInline(admin.TabularInline):
+    """An agent's MCP servers, their secrets never shown."""
+
+    model = AgentMcpServer
+    fields = ("name", "url", "created_at")
+    readonly_fields = ("name", "url", "created_at")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Agent)
@@ -43,6 +64,7 @@ class AgentAdmin(admin.ModelAdmin):
         "deleted_at",
     )
     exclude = ("anthropic_key_encrypted",)
+    inlines = (AgentMcpServerInline,)
     actions = ("stop", "start", "restart", "destroy")
 
     def _each(

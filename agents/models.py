@@ -10,7 +10,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-__all__ = ["Agent", "Message", "SandboxHost", "Session", "WarmPool"]
+__all__ = ["Agent", "AgentMcpServer", "Message", "SandboxHost", "Session", "WarmPool"]
 
 
 class SandboxHost(models.Model):
@@ -144,6 +144,15 @@ class Agent(models.Model):
     anthropic_key_encrypted = models.TextField(
         blank=True, help_text="The owner's own Anthropic key, encrypted; empty: the platform key."
     )
+    builtin_tools = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The built-in tools it has (run_command, read_file, write_file); "
+        "null: those the operator's AGENT_TOOLS enables.",
+    )
+    console_mcp = models.BooleanField(
+        default=False, help_text="It has the console's own MCP tools, acting as its owner."
+    )
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -169,6 +178,33 @@ class Agent(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+
+class AgentMcpServer(models.Model):
+    """An MCP server an agent may use: its tools are offered to Claude as ``<name>__<tool>``,
+    and its traffic goes through the gateway, which adds the secret (never sent into the
+    sandbox)."""
+
+    # The name under which an agent spawned with ``console_mcp`` reaches the console's own.
+    CONSOLE = "console"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="mcp_servers")
+    name = models.CharField(max_length=30, help_text="The prefix of its tools' names.")
+    url = models.URLField(max_length=2000)
+    secret_encrypted = models.TextField(
+        blank=True,
+        help_text="Its bearer token, encrypted; empty: it is called without a credential.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "name"], name="agent_mcp_server_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.url})"
 
 
 class Session(models.Model):
@@ -202,6 +238,12 @@ class Message(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+    tool_calls = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The tools an assistant's turn called, in order: name, input, is_error and "
+        "output (cut short), as the runtime reported them.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -21,7 +21,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 import agents.runtime
 import wire
-from agents.models import Agent
+from agents.models import Agent, AgentMcpServer
+from agents.runtime.tools import TOOL_DEFINITIONS, enabled_tools
 from vmdriver import Driver, VmDriverError, VmSpec, make_driver
 from vmdriver.gpus import GpuUnit, gpus_detect, gpus_from_inventory, gpus_inventory, units_of
 from vmdriver.isolation import bwrap_problem
@@ -31,6 +32,7 @@ from wire.logs import HEADER as REQUEST_ID_HEADER
 from wire.logs import current_request_id
 
 __all__ = [
+    "BUILTIN_TOOLS",
     "agent_endpoint",
     "agent_token_issue",
     "agent_token_verify",
@@ -45,6 +47,8 @@ __all__ = [
 ]
 
 _TOKEN_SALT = "agents.gateway-token"
+# The tools every runtime has built in, which a spawn may narrow (``Agent.builtin_tools``).
+BUILTIN_TOOLS = tuple(TOOL_DEFINITIONS)
 logger = logging.getLogger(__name__)
 
 
@@ -244,6 +248,23 @@ def agent_token_verify(*, token: str) -> str | None:
         return None
 
 
+def _tools_env(agent: Agent) -> dict[str, str]:
+    """``AGENT_TOOLS`` and ``AGENT_MCP_SERVERS`` for the agent's runtime: the built-in tools it
+    was given, within those the operator's ``AGENT_TOOLS`` enables, and its MCP servers' names
+    (each reached at the gateway's ``/mcp/<name>``)."""
+    env: dict[str, str] = {}
+    if agent.builtin_tools is not None:
+        allowed = enabled_tools(settings.AGENT_RUNTIME_ENV.get("AGENT_TOOLS", ""))
+        chosen = [name for name in agent.builtin_tools if name in allowed]
+        env["AGENT_TOOLS"] = ",".join(chosen) or "none"
+    names = [server.name for server in agent.mcp_servers.all()]
+    if agent.console_mcp:
+        names.append(AgentMcpServer.CONSOLE)
+    if names:
+        env["AGENT_MCP_SERVERS"] = ",".join(names)
+    return env
+
+
 def runtime_spec(*, agent: Agent) -> VmSpec:
     env = {
         **settings.AGENT_RUNTIME_ENV,
@@ -254,6 +275,7 @@ def runtime_spec(*, agent: Agent) -> VmSpec:
         "AGENT_MAX_CONCURRENT_SESSIONS": str(agent.max_concurrent_sessions),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(settings.BASE_DIR),
+        **_tools_env(agent),
     }
     return VmSpec(
         name=agent.sandbox_id,

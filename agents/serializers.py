@@ -11,7 +11,9 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from agents.models import Agent, Message, Session
+from agents.models import Agent, AgentMcpServer, Message, Session
+from agents.sandbox import BUILTIN_TOOLS
+from agents.services.mcp import MCP_NAME_SHAPE, mcp_url_check
 from plumbing.errors import BadRequest
 from wire import turns
 
@@ -23,6 +25,7 @@ __all__ = [
     "ExecuteResponseSerializer",
     "ListQuerySerializer",
     "LogsSerializer",
+    "McpServerSerializer",
     "MessageSerializer",
     "SendMessageSerializer",
     "SessionCreateSerializer",
@@ -62,6 +65,43 @@ def _max_tokens() -> serializers.IntegerField:
 # Anthropic's keys are "sk-ant-<kind><nn>-" and about 95 URL-safe characters; checked at spawn,
 # so that a copied placeholder is refused there and not at the first chat.
 ANTHROPIC_KEY_SHAPE = r"\Ask-ant-[A-Za-z0-9_-]{32,}\Z"
+
+
+# The most MCP servers one agent may name.
+MAX_MCP_SERVERS = 16
+
+
+class McpServerSerializer(serializers.Serializer):
+    """An MCP server an agent is given: its tools are offered to Claude as ``<name>__<tool>``."""
+
+    name = serializers.RegexField(
+        MCP_NAME_SHAPE,
+        max_length=30,
+        help_text="Lowercase letters, digits and -, starting with a letter; prefixes its tools.",
+    )
+    url = serializers.URLField(max_length=2000, help_text="Its Streamable HTTP endpoint.")
+    secret = serializers.CharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        write_only=True,
+        max_length=4096,
+        help_text="Its bearer token; stored encrypted, sent to it by the gateway only, never "
+        "into the sandbox and never returned.",
+    )
+
+    def validate_name(self, value: str) -> str:
+        if value == AgentMcpServer.CONSOLE:
+            raise serializers.ValidationError(
+                "console names the console's own MCP server: ask for it with console_mcp"
+            )
+        return value
+
+    def validate_url(self, value: str) -> str:
+        try:
+            return mcp_url_check(value)
+        except BadRequest as exc:
+            raise serializers.ValidationError(exc.message) from None
 
 
 class SpawnRequestSerializer(serializers.Serializer):
@@ -119,6 +159,29 @@ class SpawnRequestSerializer(serializers.Serializer):
         max_length=32,
         help_text="MIG slices of this profile (1g.10gb) instead of whole GPUs.",
     )
+
+    tools = serializers.ListField(
+        child=serializers.ChoiceField(choices=BUILTIN_TOOLS),
+        required=False,
+        allow_empty=True,
+        max_length=len(BUILTIN_TOOLS),
+        help_text="The built-in tools it has (within the operator's AGENT_TOOLS); default: all.",
+    )
+    mcp_servers = McpServerSerializer(
+        many=True, required=False, max_length=MAX_MCP_SERVERS, help_text="MCP servers it may use."
+    )
+    console_mcp = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Give it the console's own MCP tools, acting as its owner (never as an "
+        "operator).",
+    )
+
+    def validate_mcp_servers(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        names = [server["name"] for server in value]
+        if len(set(names)) != len(names):
+            raise serializers.ValidationError("each MCP server needs a name of its own")
+        return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs.get("gpus") and (attrs.get("gpu_model") or attrs.get("gpu_profile")):
@@ -249,7 +312,18 @@ class LogsSerializer(serializers.Serializer):
     log = serializers.CharField(help_text="The runtime's last log lines; empty when none.")
 
 
+class ToolCallSerializer(serializers.Serializer):
+    """A tool a turn called: a built-in one, or an MCP server's (``<server>__<tool>``)."""
+
+    name = serializers.CharField()
+    input = serializers.JSONField()
+    is_error = serializers.BooleanField()
+    output = serializers.CharField(help_text="What it answered, cut short.")
+
+
 class MessageSerializer(serializers.ModelSerializer):
+    tool_calls = ToolCallSerializer(many=True, read_only=True)
+
     class Meta:
         model = Message
         fields = [
@@ -259,6 +333,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "input_tokens",
             "output_tokens",
             "cost_usd",
+            "tool_calls",
             "created_at",
         ]
         read_only_fields = fields

@@ -35,6 +35,7 @@ from agents.services.live import (
     live_turn_ask,
     live_turn_result,
 )
+from agents.services.mcp import McpServerSpec
 from console.api.permissions import is_operator
 from console.authentication import request_user
 from console.idempotency import idempotent, idempotent_json
@@ -126,6 +127,9 @@ def spawn_requested(*, viewer: User, operator: bool, data: dict[str, Any]) -> Ag
         max_concurrent_sessions=data["max_concurrent"],
         anthropic_api_key=data.get("anthropic_api_key", ""),
         gpu=services.GpuRequest(data["gpus"], data["gpu_model"], data["gpu_profile"]),
+        builtin_tools=data.get("tools"),
+        mcp_servers=tuple(McpServerSpec(**server) for server in data.get("mcp_servers", ())),
+        console_mcp=data["console_mcp"],
     )
 
 

@@ -31,6 +31,7 @@ from agents.routing import websocket_urlpatterns  # noqa: E402
 from agents.services.processes import heartbeat_start  # noqa: E402
 from gateway.app import GatewayApp  # noqa: E402
 from mcpserver.http import MCP_PATHS, McpHttpApp  # noqa: E402
+from mcpserver.relay import AGENT_MCP_PREFIX, AgentMcpRelay  # noqa: E402
 from plumbing.reason_phrases import fill_twisted_reason_phrases  # noqa: E402
 
 fill_twisted_reason_phrases()  # under daphne: "429 Too Many Requests", not "Unknown Status"
@@ -51,12 +52,15 @@ request_finished.connect(_close_request_thread_connections)
 GATEWAY_PATH = "/gateway/v1/messages"
 _gateway = GatewayApp()
 _mcp = McpHttpApp()
+_agent_mcp = AgentMcpRelay(_mcp)
 
 
 async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
-    """The gateway's one route and the MCP server's go to their own apps; the rest to Django."""
+    """The gateway's routes and the MCP server's go to their own apps; the rest to Django."""
     if scope["path"] == GATEWAY_PATH:
         await _gateway(scope, receive, send)
+    elif scope["path"].startswith(AGENT_MCP_PREFIX):
+        await _agent_mcp(scope, receive, send)
     elif scope["path"] in MCP_PATHS:
         await _mcp(scope, receive, send)
     else:

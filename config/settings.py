@@ -218,6 +218,11 @@ IDEMPOTENCY_KEY_HOURS = env_int("IDEMPOTENCY_KEY_HOURS", 24, minimum=1)
 PRICE_CACHE_SECONDS = env_float("PRICE_CACHE_SECONDS", 60.0, minimum=0.0)
 # Threads that run the gateway's database work, each keeping its connection open.
 GATEWAY_DB_THREADS = env_int("GATEWAY_DB_THREADS", 4, minimum=1)
+# Agents' MCP servers (README: Agents with MCP tools): empty, any public host; else only these
+# hosts (names, addresses or *.domain), whatever addresses they resolve to.
+AGENT_MCP_ALLOWED_HOSTS = env_list("AGENT_MCP_ALLOWED_HOSTS", [])
+# How long an agent's MCP request may wait for its server's next bytes.
+AGENT_MCP_TIMEOUT_SECONDS = env_float("AGENT_MCP_TIMEOUT_SECONDS", 300.0, minimum=1.0)
 # A gateway call's worst case stays reserved at most this long when its process dies unsettled.
 GATEWAY_RESERVATION_SECONDS = env_int(
     "GATEWAY_RESERVATION_SECONDS", 2 * int(ANTHROPIC_TIMEOUT_SECONDS) + 60, minimum=60

@@ -21,9 +21,10 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.datastructures import Headers
 
+from console.models import User
 from mcpserver.models import ToolCall
 from mcpserver.server import CALLER_SCOPE_KEY, console_mcp_server
-from mcpserver.services import Caller, caller_for_token
+from mcpserver.services import Caller, caller_for_agent, caller_for_token
 from plumbing.authentication import bearer_token_of
 from plumbing.errors import NotAuthenticated, refusal_body
 
@@ -75,6 +76,17 @@ class McpHttpApp:
             return
         manager = await self._manager()
         await manager.handle_request({**scope, CALLER_SCOPE_KEY: caller}, receive, send)
+
+    async def serve_as(self, owner: User, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        """Serve a request of an agent acting as its ``owner`` (``caller_for_agent``), whom the
+        gateway has already authenticated."""
+        caller = caller_for_agent(owner, transport=ToolCall.Transport.HTTP)
+        async with ThreadSensitiveContext():
+            try:
+                manager = await self._manager()
+                await manager.handle_request({**scope, CALLER_SCOPE_KEY: caller}, receive, send)
+            finally:
+                await sync_to_async(connections.close_all)()
 
     async def _manager(self) -> StreamableHTTPSessionManager:
         loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ from plumbing.errors import Forbidden
 
 ADMIN = ApiKey.Scope.ADMIN.value
 
-__all__ = ["Caller", "caller_admit", "caller_for_token", "tool_call_record"]
+__all__ = ["Caller", "caller_admit", "caller_for_agent", "caller_for_token", "tool_call_record"]
 
 # Arguments whose values never reach the log: a user's own Anthropic key, say.
 _SECRET_PARTS = ("key", "secret", "password", "token")
@@ -41,6 +41,13 @@ def caller_for_token(token: str, *, transport: str) -> Caller:
     """The caller a bearer token (an API key or a JWT) stands for; else ``NotAuthenticated``."""
     user, key = token_credential(token)
     return Caller(user=user, key=key, scopes=credential_scopes(user, key), transport=transport)
+
+
+def caller_for_agent(owner: User, *, transport: str) -> Caller:
+    """An agent acting as its ``owner`` through the console's MCP tools: the owner's scopes
+    without ``admin``, so that an agent of an operator never holds operator powers."""
+    scopes = credential_scopes(owner, None) - {ADMIN}
+    return Caller(user=owner, key=None, scopes=scopes, transport=transport)
 
 
 def caller_admit(caller: Caller, *, scopes: tuple[str, ...]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from agents import selectors as agent_selectors
 from agents import services as agent_services
 from agents.models import Agent
+from agents.sandbox import BUILTIN_TOOLS
 from agents.serializers import AgentSerializer, SpawnRequestSerializer, agent_row_data, validated
 from agents.services.hosts import gpu_summary, gpus_free, gpus_held
 from agents.views import named_user, spawn_requested
@@ -353,6 +354,35 @@ TOOLS: dict[str, Tool] = {
                         "pattern": "^([0-9]+g\\.[0-9]+gb)?$",
                         "description": "MIG slices of this profile (1g.10gb) instead of whole"
                         " GPUs.",
+                    },
+                    "tools": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": list(BUILTIN_TOOLS)},
+                        "description": "The built-in tools it has; default: all.",
+                    },
+                    "mcp_servers": {
+                        "type": "array",
+                        "maxItems": 16,
+                        "items": _object(
+                            {
+                                "name": {"type": "string", "maxLength": 30},
+                                "url": {"type": "string", "maxLength": 2000},
+                                "secret": {
+                                    "type": "string",
+                                    "maxLength": 4096,
+                                    "description": "Its bearer token, stored encrypted.",
+                                },
+                            },
+                            required=("name", "url"),
+                        ),
+                        "description": "MCP servers whose tools it may use (as"
+                        " <name>__<tool>), reached through the console's gateway.",
+                    },
+                    "console_mcp": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "Give it these tools, acting as its owner (never as an"
+                        " operator).",
                     },
                 }
             ),

@@ -42,6 +42,7 @@ from agents.runtime.loop import (
     tool_result_block,
     tool_uses,
 )
+from agents.runtime.mcptools import McpTools, mcp_servers_from_env
 from agents.runtime.tools import Toolbox, ToolConfig
 from agents.runtime.tracing import configure_logging, request_id_header, request_ids
 from wire import turns
@@ -310,6 +311,7 @@ class Turn:
         self.session.history.append({"role": "user", "content": results})
 
     async def run(self) -> str:
+        await self.state.toolbox.prepare()
         rounds = 0
         while True:
             async with await self._post(stream=False) as response:
@@ -324,6 +326,7 @@ class Turn:
 
     async def stream(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """The turn as ``delta`` events for the replies' text and a ``tool`` event per tool run."""
+        await self.state.toolbox.prepare()
         rounds = 0
         while True:
             reply = StreamedReply()
@@ -510,7 +513,20 @@ def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.App
     """The runtime's app; ``tools`` is read from the environment when not given."""
     app = web.Application(middlewares=[request_ids, _measure], client_max_size=4 * 1024 * 1024)
     app[CONFIG_KEY] = config
-    toolbox = Toolbox(tools or ToolConfig.from_env(), gateway_token=config.gateway_token)
+    tools = tools or ToolConfig.from_env()
+    servers = mcp_servers_from_env()
+    mcp = (
+        McpTools(
+            servers,
+            config.gateway,
+            config.gateway_token,
+            output_limit=tools.output_limit,
+            timeout=config.gateway_timeout,
+        )
+        if servers
+        else None
+    )
+    toolbox = Toolbox(tools, gateway_token=config.gateway_token, mcp=mcp)
     app[STATE_KEY] = state = RuntimeState(config, toolbox)
 
     async def _client(app: web.Application) -> AsyncIterator[None]:

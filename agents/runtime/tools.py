@@ -29,17 +29,19 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agents.runtime.config import ConfigError, env_int
 
 __all__ = [
     "TOOL_DEFINITIONS",
     "TOOL_SETTINGS",
+    "McpToolSource",
     "ToolConfig",
     "ToolResult",
     "Toolbox",
     "command_environment",
+    "enabled_tools",
 ]
 
 DEFAULT_COMMAND_TIMEOUT = 30.0
@@ -112,7 +114,8 @@ TOOL_SETTINGS = (
 )
 
 
-def _enabled_tools(raw: str) -> tuple[str, ...]:
+def enabled_tools(raw: str) -> tuple[str, ...]:
+    """The built-in tools an ``AGENT_TOOLS`` value enables, in order."""
     raw = raw.strip().lower()
     if raw in ("", "all"):
         return tuple(TOOL_DEFINITIONS)
@@ -143,7 +146,7 @@ class ToolConfig:
         if not workspace.is_dir():
             raise ConfigError(f"AGENT_WORKSPACE is not a directory: {str(workspace)!r}")
         return cls(
-            enabled=_enabled_tools(os.environ.get("AGENT_TOOLS", "")),
+            enabled=enabled_tools(os.environ.get("AGENT_TOOLS", "")),
             workspace=workspace,
             max_timeout=float(env_int("AGENT_TOOL_TIMEOUT", 60, minimum=1)),
             output_limit=env_int("AGENT_TOOL_OUTPUT_LIMIT", 16384, minimum=1),
@@ -185,11 +188,28 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-class Toolbox:
-    """The enabled tools, their definitions for the gateway, and how to run them."""
+class McpToolSource(Protocol):
+    """Tools of MCP servers (``agents.runtime.mcptools.McpTools``)."""
 
-    def __init__(self, config: ToolConfig, gateway_token: str = "") -> None:
+    @property
+    def definitions(self) -> list[dict[str, Any]]: ...
+
+    def knows(self, name: str) -> bool: ...
+
+    async def prepare(self) -> None: ...
+
+    async def run(self, name: str, tool_input: dict[str, Any]) -> ToolResult: ...
+
+
+class Toolbox:
+    """The enabled tools (built-in, and the MCP servers' in ``mcp``), their definitions for
+    the gateway, and how to run them."""
+
+    def __init__(
+        self, config: ToolConfig, gateway_token: str = "", mcp: McpToolSource | None = None
+    ) -> None:
         self.config = config
+        self.mcp = mcp
         self._environment = command_environment(os.environ, gateway_token)
         self._tools: dict[str, Callable[[Mapping[str, Any]], Awaitable[ToolResult]]] = {
             "run_command": self.run_command,
@@ -199,16 +219,25 @@ class Toolbox:
 
     @property
     def definitions(self) -> list[dict[str, Any]]:
-        return [TOOL_DEFINITIONS[name] for name in self.config.enabled]
+        builtin = [TOOL_DEFINITIONS[name] for name in self.config.enabled]
+        return builtin + (self.mcp.definitions if self.mcp is not None else [])
 
     def knows(self, name: str) -> bool:
-        return name in self.config.enabled
+        return name in self.config.enabled or (self.mcp is not None and self.mcp.knows(name))
+
+    async def prepare(self) -> None:
+        """Have every tool listed that can be: the MCP servers' are asked for theirs."""
+        if self.mcp is not None:
+            await self.mcp.prepare()
 
     async def run(self, name: str, tool_input: Any) -> ToolResult:
         if not self.knows(name):
             return ToolResult(f"there is no tool named {name!r}", is_error=True)
         if not isinstance(tool_input, dict):
             return ToolResult(f"{name} takes a JSON object as its input", is_error=True)
+        if name not in self.config.enabled:
+            assert self.mcp is not None
+            return await self.mcp.run(name, tool_input)
         try:
             return await self._tools[name](tool_input)
         except ToolInputError as exc:

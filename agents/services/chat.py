@@ -146,10 +146,17 @@ def _storable(text: str) -> str:
 
 
 def _turn_finish(
-    *, session: Session, prompt: str, content: str, since: datetime, keep_turns: int | None
+    *,
+    session: Session,
+    prompt: str,
+    content: str,
+    since: datetime,
+    keep_turns: int | None,
+    tool_calls: list[dict[str, Any]],
 ) -> ChatResult:
-    """Record both sides of a completed turn, with the tokens and cost the gateway ledgered;
-    a turn that replaced later ones (``keep_turns``) deletes their messages with it."""
+    """Record both sides of a completed turn, with the tokens and cost the gateway ledgered and
+    the tools it called; a turn that replaced later ones (``keep_turns``) deletes their
+    messages with it."""
     totals = UsageRecord.objects.filter(session_id=session.pk, created_at__gte=since).aggregate(
         input=Sum("input_tokens"), output=Sum("output_tokens"), cost=Sum("cost_usd")
     )
@@ -168,6 +175,7 @@ def _turn_finish(
             input_tokens=totals["input"] or 0,
             output_tokens=totals["output"] or 0,
             cost_usd=totals["cost"] or Decimal(0),
+            tool_calls=tool_calls,
         )
         Session.objects.filter(pk=session.pk).update(updated_at=timezone.now())
         Agent.objects.filter(pk=session.agent_id).update(last_active_at=timezone.now())
@@ -222,13 +230,14 @@ class _OpenTurn:
         self.response.close()
         await self.client.close()
 
-    async def finish(self, content: str) -> ChatResult:
+    async def finish(self, content: str, tool_calls: list[dict[str, Any]]) -> ChatResult:
         return await sync_to_async(_turn_finish)(
             session=self.session,
             prompt=self.prompt,
             content=content,
             since=self.since,
             keep_turns=self.keep_turns,
+            tool_calls=tool_calls,
         )
 
 
@@ -306,17 +315,31 @@ def _check_event(event: str, data: Any) -> None:
         )
 
 
+def _tool_call(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``tool`` event as it is recorded: what the runtime says of the call, bounded (the
+    runtime already cuts its output short)."""
+    return {
+        "name": str(data.get("name"))[:200],
+        "input": data.get("input"),
+        "is_error": bool(data.get("is_error")),
+        "output": _storable(str(data.get("output", "")))[:4000],
+    }
+
+
 async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
     """The runtime's events for a turn: ``delta`` and ``tool`` (dicts), then ``done`` (the
     recorded ``ChatResult``) or ``error``. Refusals raise before the first event."""
     opened = await _turn_open(turn=turn)
 
     async def events() -> AsyncIterator[tuple[str, Any]]:
+        tool_calls: list[dict[str, Any]] = []
         try:
             async for event, data in sse_events(opened.response.content):
                 _check_event(event, data)
-                if event == "done":
-                    data = await opened.finish(data["content"])
+                if event == "tool":
+                    tool_calls.append(_tool_call(data))
+                elif event == "done":
+                    data = await opened.finish(data["content"], tool_calls)
                 elif event == "error" and turn.new_session:
                     await sync_to_async(_first_turn_failed)(opened.session)
                 yield event, data

@@ -25,6 +25,7 @@ from agents import sandbox
 from agents.metrics import SPAWN_DURATION, SPAWN_TOTAL
 from agents.models import Agent, WarmPool
 from agents.services.hosts import GpuRequest, gpus_reclaim, host_place
+from agents.services.mcp import McpServerSpec, agent_mcp_servers_record
 from agents.services.queued import PUBLISH_RETRY, worker_task
 from agents.services.warm import AgentTemplate, pool_owner, warm_claim
 from console.models import Quota, User
@@ -104,10 +105,14 @@ def agent_spawn(
     max_concurrent_sessions: int = 100,
     anthropic_api_key: str = "",
     gpu: GpuRequest | None = None,
+    builtin_tools: list[str] | None = None,
+    mcp_servers: tuple[McpServerSpec, ...] = (),
+    console_mcp: bool = False,
 ) -> Agent:
     """Check the owner's quota, then claim a matching warm agent, or place a new one on a host
     with room (and the GPUs ``gpu`` asks for free) and record it pending, in one transaction;
-    its boot is queued after commit. An agent with GPUs is never a warm one."""
+    its boot is queued after commit. An agent with GPUs, a choice of built-in tools, MCP
+    servers or the console's MCP tools is never a warm one (a warm one booted without them)."""
     user_check_active(user=owner)
     template = AgentTemplate(
         model=model or settings.DEFAULT_AGENT_MODEL,
@@ -131,9 +136,19 @@ def agent_spawn(
         _limit("max_total_memory_mib", quota.max_total_memory_mib, used["memory"] or 0, memory_mib)
         if gpu is not None and gpu.count:
             _limit("max_gpus", quota.max_gpus, used["gpus"] or 0, gpu.count)
-            return agent_record(
-                template=template, owner=owner, name=name, anthropic_key=key, gpu=gpu
+        tooled = builtin_tools is not None or mcp_servers or console_mcp
+        if tooled or (gpu is not None and gpu.count):
+            agent = agent_record(
+                template=template,
+                owner=owner,
+                name=name,
+                anthropic_key=key,
+                gpu=gpu if gpu is not None and gpu.count else None,
+                builtin_tools=builtin_tools,
+                console_mcp=console_mcp,
             )
+            agent_mcp_servers_record(agent=agent, servers=mcp_servers)
+            return agent
         claimed = warm_claim(template=template, owner=owner, name=name, anthropic_key=key)
         if claimed is not None:
             return claimed
@@ -148,6 +163,8 @@ def agent_record(
     anthropic_key: str = "",
     warm_pool: WarmPool | None = None,
     gpu: GpuRequest | None = None,
+    builtin_tools: list[str] | None = None,
+    console_mcp: bool = False,
 ) -> Agent:
     """Place a new agent on a host with room and record it pending; boot it after commit.
     Call inside a transaction (placement locks the hosts until it commits)."""
@@ -168,6 +185,8 @@ def agent_record(
         warm_pool=warm_pool,
         sandbox_id=str(uuid.uuid4()),
         anthropic_key_encrypted=anthropic_key,
+        builtin_tools=builtin_tools,
+        console_mcp=console_mcp,
     )
     _queue_after_commit(
         _BOOT,
