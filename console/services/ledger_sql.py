@@ -451,9 +451,10 @@ def reservation_insert(
     minute: datetime,
     created_at: datetime,
     expires_at: datetime,
+    reservation_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    """Write a call's reservation; returns its id."""
-    reservation_id = uuid.uuid4()
+    """Write a call's reservation (under ``reservation_id``, or a new id); returns its id."""
+    reservation_id = reservation_id or uuid.uuid4()
     values = {
         "id": reservation_id,
         "user_id": user_id,
