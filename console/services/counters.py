@@ -87,7 +87,7 @@ for i = 1, n do
   after[i + 1] = redis.call('HINCRBY', KEYS[1], 'r:' .. name, 1)
   if tokens > 0 then redis.call('HINCRBY', KEYS[1], 't:' .. name, tokens) end
 end
-redis.call('EXPIRE', KEYS[1], ttl, 'NX')
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 for f = 2, #KEYS do
   redis.call('ZADD', KEYS[f], lease_end, member)
   if redis.call('PTTL', KEYS[f]) < lease_end - now then

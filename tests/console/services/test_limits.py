@@ -44,6 +44,7 @@ from console.services import (
     reservations_release_expired,
     worst_case,
 )
+from console.services.counters import redis_counters
 from console.tasks import reservations_release_expired_task
 from plumbing.errors import BudgetExceeded, RateLimited
 from tests.fakes.anthropic import Error, Text, count_tokens
@@ -74,6 +75,18 @@ def counted(scope: str) -> tuple[int, int]:
     minutes = rates_in_minutes([current - timedelta(minutes=1), current])
     found = [counts.get(scope, (0, 0)) for counts in minutes.values()]
     return sum(r for r, _ in found), sum(t for _, t in found)
+
+
+def seed_counts(scope: str, minute: datetime, requests: int, tokens: int = 0) -> None:
+    """Counts in ``scope``'s ``minute`` as if its requests had been admitted, wherever the
+    counters live."""
+    store = redis_counters()
+    if store is None:
+        RateCounter.objects.create(scope=scope, minute=minute, requests=requests, tokens=tokens)
+        return
+    key = store.rate_key(minute)
+    store.client.hset(key, mapping={f"r:{scope}": requests, f"t:{scope}": tokens})
+    store.client.expire(key, 3600)
 
 
 def gateway_body(text: str = "How are you?", max_tokens: int = 100, **extra: object) -> bytes:
