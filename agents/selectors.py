@@ -8,17 +8,20 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 
 from agents.models import Agent, Message, SandboxHost, ServingProcess, Session
 from console.models import Budget, UsageRecord, User
 from console.selectors import budget_windows
+from console.services import ledger_sql
 from vmdriver.gpus import gpus_from_inventory, units_of
 
 __all__ = [
     "FleetCounts",
     "MetricsMachine",
     "agent_list",
+    "agent_page",
     "agent_rows",
     "agent_stats",
     "chat_budgets",
@@ -80,6 +83,37 @@ def agent_rows(agents: QuerySet[Agent]) -> QuerySet[Agent, dict[str, Any]]:
     """``agents`` as plain rows of what a list shows (``serializers.agent_row_data``): no model
     instances to build, which is most of a list's cost."""
     return agents.values(*AGENT_ROW_FIELDS)
+
+
+_PAGE_FIELDS = tuple(name for name in AGENT_ROW_FIELDS if name != "owner__username")
+
+
+def agent_page(
+    *, viewer: User, operator: bool = False, owner: User | None = None
+) -> list[dict[str, Any]]:
+    """``agent_rows(agent_list(viewer=…, operator=…, owner=…))``, read as one SQL statement:
+    the agent list is the API's most asked-for page, and building and compiling its queryset
+    cost more CPU than the rest of the request."""
+    a, u = ledger_sql.names(Agent), ledger_sql.names(User)
+    where, params = [f"{a.table}.{a.deleted_at} IS NULL"], []
+    for user in (None if operator else viewer, owner):
+        if user is not None:
+            where.append(f"{a.table}.{a.owner_id} = %s")
+            params.append(ledger_sql.bind(Agent, "owner_id", user.pk))
+    sql = (
+        f"SELECT {ledger_sql.columns(Agent, _PAGE_FIELDS, qualified=True)}, "
+        f"{u.table}.{u.username} FROM {a.table} "
+        f"INNER JOIN {u.table} ON {u.table}.{u.id} = {a.table}.{a.owner_id} "
+        f"WHERE {' AND '.join(where)} ORDER BY {a.table}.{a.created_at} DESC"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    values = ledger_sql.converted(Agent, _PAGE_FIELDS, (row[:-1] for row in rows))
+    return [
+        dict(zip(_PAGE_FIELDS, found, strict=True)) | {"owner__username": row[-1]}
+        for found, row in zip(values, rows, strict=True)
+    ]
 
 
 def session_list(

@@ -165,8 +165,8 @@ class HypercoreAgentViewSet(viewsets.GenericViewSet):
         username = query.validated_data.get("user_id")
         operator = is_operator(request)
         owner = named_user(request.user, username, operator=operator) if username else None
-        agents = selectors.agent_list(viewer=request.user, operator=operator, owner=owner)
-        data = [agent_row_data(row) for row in selectors.agent_rows(agents)]
+        rows = selectors.agent_page(viewer=request.user, operator=operator, owner=owner)
+        data = [agent_row_data(row) for row in rows]
         return Response({"agents": data, "count": len(data)})
 
     @extend_schema(parameters=[_AGENT_ID], responses=AgentSerializer)

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from console.ledger_reads import TOKEN_KINDS, finish, usage_grouped, zero
@@ -32,10 +32,13 @@ from console.models import (
     AuditEvent,
     Budget,
     Quota,
+    RateCounter,
+    Reservation,
     UsageHourly,
     User,
 )
 from console.services import budget_window
+from console.services.counters import redis_counters
 from plumbing.errors import BadRequest, Forbidden
 
 __all__ = [
@@ -49,9 +52,11 @@ __all__ = [
     "budget_standings",
     "budget_windows",
     "budgets_nearest",
+    "calls_in_flight",
     "limit_standing",
     "nearest_full",
     "quota_list",
+    "rates_in_minutes",
     "usage_readable_user_ids",
     "usage_summary",
     "usage_totals",
@@ -374,3 +379,42 @@ def audit_events(
     last = found[-1] if found else None
     next_cursor = f"{last.at.isoformat()}~{last.pk}" if more and last is not None else None
     return AuditPage(found, next_cursor)
+
+
+# --- The hot counters ----------------------------------------------------------------------------
+
+
+def rates_in_minutes(
+    minutes: list[datetime], *, prefix: str = ""
+) -> dict[datetime, dict[str, tuple[int, int]]]:
+    """The requests and tokens each scope (whose name starts with ``prefix``) has counted in
+    each of ``minutes``, wherever the counters live; one query (or Redis command) a minute at
+    most."""
+    store = redis_counters()
+    found: dict[datetime, dict[str, tuple[int, int]]] = {minute: {} for minute in minutes}
+    if store is not None:
+        for minute in minutes:
+            counts = store.minute(minute)
+            found[minute] = {s: c for s, c in counts.items() if s.startswith(prefix)}
+        return found
+    rows = RateCounter.objects.filter(minute__in=minutes, scope__startswith=prefix)
+    for minute, scope, requests, tokens in rows.values_list(
+        "minute", "scope", "requests", "tokens"
+    ):
+        found[minute][scope] = (requests, tokens)
+    return found
+
+
+def calls_in_flight(user_ids: list[int], now: datetime) -> dict[int, int]:
+    """Each user's gateway calls in flight (those counting toward the concurrency limits)."""
+    store = redis_counters()
+    if store is not None:
+        found = store.in_flight([f"user:{pk}" for pk in user_ids], now)
+        return {int(scope.removeprefix("user:")): n for scope, n in found.items()}
+    rows = (
+        Reservation.objects.filter(user_id__in=user_ids, expires_at__gt=now)
+        .order_by()
+        .values_list("user_id")
+        .annotate(n=Count("id"))
+    )
+    return dict(rows)

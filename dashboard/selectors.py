@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from agents.models import Agent, SandboxHost, Session
 from agents.selectors import agent_list
 from agents.services.hosts import gpus_free, gpus_held, hosts_usage
-from console.models import AuditEvent, RateCounter, User
-from console.selectors import usage_totals
+from console.models import AuditEvent, User
+from console.selectors import rates_in_minutes, usage_totals
 from scaling.models import ScalingDecision, ScalingRule
 from scaling.selectors import scaling_decision_list, scaling_rule_list
 
@@ -130,19 +130,15 @@ def _midnight(now: datetime) -> datetime:
 
 def _request_rate(now: datetime) -> dict[str, int]:
     """API requests (gateway calls among them) of every user in the last whole minute, and in
-    the minute under way; from the rate limiter's per-user counters, in one query."""
+    the minute under way; from the rate limiter's per-user counters, in one query (or two
+    Redis commands)."""
     current = now.replace(second=0, microsecond=0)
     previous = current - timedelta(minutes=1)
-    counts = dict(
-        RateCounter.objects.filter(scope__startswith="user:", minute__in=[previous, current])
-        .values_list("minute")
-        .annotate(n=Sum("requests"))
-        .order_by()
-    )
-    return {
-        "requests_last_minute": counts.get(previous, 0),
-        "requests_this_minute": counts.get(current, 0),
+    counts = {
+        minute: sum(requests for requests, _ in scopes.values())
+        for minute, scopes in rates_in_minutes([previous, current], prefix="user:").items()
     }
+    return {"requests_last_minute": counts[previous], "requests_this_minute": counts[current]}
 
 
 # --- Pages of a list -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from wire.logs import HEADER, request_id_or_new, using_request_id
 
 __all__ = ["RateLimitHeadersMiddleware", "RequestIdMiddleware", "RequestMetricsMiddleware"]
 
-# Sync only, as every middleware above SyncChainMiddleware runs (see its docstring).
+# Sync only: the web process runs the whole chain in sync mode (config.asgi.OneHopASGIHandler).
 GetResponse = Callable[[HttpRequest], HttpResponseBase]
 access_log = logging.getLogger("console.requests")
 
@@ -109,25 +109,3 @@ class RateLimitHeadersMiddleware:
             for name, value in status.headers().items():
                 response.headers.setdefault(name, value)
         return response
-
-
-class SyncChainMiddleware:
-    """Last in ``MIDDLEWARE``, so that Django runs the whole chain in sync mode under ASGI.
-
-    Django runs a middleware in async mode when the next handler is async and it can. For the
-    sync-and-async ``MiddlewareMixin`` ones (security, sessions, CSRF, auth, messages, …) that
-    means two hops to a worker thread each, one for ``process_request`` and one for
-    ``process_response``: some 17 hops per API request, costing more CPU than the view. Being
-    sync-only and innermost, this middleware makes every one above it sync: the chain runs in
-    one hop, with the view. Async views still run on the event loop (Django hands them back to
-    it), while the request's own thread waits for them.
-    """
-
-    sync_capable = True
-    async_capable = False
-
-    def __init__(self, get_response: GetResponse):
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        return self.get_response(request)

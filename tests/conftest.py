@@ -217,6 +217,20 @@ def _sandbox_state(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterat
     sandbox.driver.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _limit_counters() -> Iterator[None]:
+    """With ``REDIS_URL``, the rate and concurrency counters live in Redis, beyond any test
+    database's rollback or flush: each test starts without them (ids are reused)."""
+    from console.services.counters import PREFIX, redis_counters
+
+    store = redis_counters()
+    if store is not None:
+        keys = list(store.client.scan_iter(f"{PREFIX}*", count=1000))
+        if keys:
+            store.client.delete(*keys)
+    yield
+
+
 @pytest.fixture
 def make_user(django_user_model):
     def make(username: str = "alice", **fields):

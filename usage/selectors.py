@@ -27,13 +27,15 @@ from console.ledger_reads import (
     usage_listed,
     zero,
 )
-from console.models import Budget, Quota, RateCounter, Refusal, Reservation, User
+from console.models import Budget, Quota, Refusal, User
 from console.selectors import (
     LimitStanding,
     budget_standings,
     budget_windows,
+    calls_in_flight,
     limit_standing,
     nearest_full,
+    rates_in_minutes,
 )
 
 __all__ = [
@@ -469,20 +471,12 @@ def _quota_limits_in_use(by_user: dict[int, Quota], *, now: datetime) -> list[Li
             for label, name, column in _AGENT_LIMITS
         ]
     minute = now.replace(second=0, microsecond=0)
-    rates = RateCounter.objects.filter(minute=minute, scope__startswith="user:").values_list(
-        "scope", "requests", "tokens"
-    )
-    for scope, requests, tokens in rates:
+    rates = rates_in_minutes([minute], prefix="user:")[minute]
+    for scope, (requests, tokens) in rates.items():
         if (limits := by_user.get(int(scope.removeprefix("user:")))) is not None:
             found.append((limits, "requests per minute", requests, limits.requests_per_minute))
             found.append((limits, "tokens per minute", tokens, limits.tokens_per_minute))
-    in_flight = (
-        Reservation.objects.filter(user_id__in=by_user, expires_at__gt=now)
-        .order_by()
-        .values_list("user_id")
-        .annotate(n=Count("id"))
-    )
-    for user_id, running in in_flight:
+    for user_id, running in calls_in_flight(list(by_user), now).items():
         quota = by_user[user_id]
         found.append((quota, "concurrent requests", running, quota.concurrent_requests))
     return [

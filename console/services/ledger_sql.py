@@ -54,6 +54,7 @@ __all__ = [
     "budgets_reserve",
     "budgets_settle",
     "columns",
+    "converted",
     "daily_add",
     "fetchone",
     "fields",
@@ -195,6 +196,19 @@ def load(model: type[M], attnames: tuple[str, ...], row: Sequence[object]) -> M:
         lambda: [model._meta.get_field(attname).get_col(table) for attname in attnames],
     )
     return model.from_db(connection.alias, attnames, _convert(row, converters))
+
+
+def converted(
+    model: type[Model], attnames: tuple[str, ...], rows: Iterable[Sequence[object]]
+) -> list[list[object]]:
+    """``rows`` of the columns of ``attnames`` (in that order), each value converted as the
+    ORM's ``values_list`` converts it."""
+    table = model._meta.db_table
+    converters = _converters(
+        ("values", model, attnames),
+        lambda: [model._meta.get_field(attname).get_col(table) for attname in attnames],
+    )
+    return [_convert(row, converters) for row in rows]
 
 
 def fetchone(sql: str, params: Sequence[object]) -> tuple[Any, ...] | None:
@@ -451,9 +465,10 @@ def reservation_insert(
     minute: datetime,
     created_at: datetime,
     expires_at: datetime,
+    reservation_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    """Write a call's reservation; returns its id."""
-    reservation_id = uuid.uuid4()
+    """Write a call's reservation (under ``reservation_id``, or a new id); returns its id."""
+    reservation_id = reservation_id or uuid.uuid4()
     values = {
         "id": reservation_id,
         "user_id": user_id,

@@ -15,6 +15,12 @@ is reserved against each budget and the token rate until the call settles to Ant
 reported usage, so spend never exceeds a budget, even when many calls are in flight at once
 (as long as the caps hold: a call that uses more is still charged in full).
 
+With ``REDIS_URL`` set, the per-minute request and token counts and the calls in flight are
+counted in Redis instead, each check and count in one atomic script (``counters.py``): an API
+request then writes nothing to the database. Budgets stay here, under the row lock. Redis
+unreachable, every request and call is refused with ``ServiceUnavailable`` (503): none is let
+through uncounted.
+
 Admission and settlement run on every gateway call, so their statements are SQL, in
 ``ledger_sql.py`` (the ORM spent ~3.5 ms of a call's 3.7 ms compiling querysets); the rest of
 this module is the rules, and reads no row twice.
@@ -46,6 +52,7 @@ from console.services.call_bounds import (
     model_price,
     worst_case,
 )
+from console.services.counters import Counted, Limits, RedisCounters, redis_counters
 from console.services.ledger import (
     TokenUsage,
     cost_of,
@@ -54,7 +61,13 @@ from console.services.ledger import (
     price_for,
     usage_record,
 )
-from plumbing.errors import BudgetExceeded, QuotaExceeded, RateLimited, UserSuspended
+from plumbing.errors import (
+    BudgetExceeded,
+    QuotaExceeded,
+    RateLimited,
+    ServiceUnavailable,
+    UserSuspended,
+)
 
 __all__ = [
     "Admission",
@@ -284,11 +297,54 @@ def _count_request(
     return counts, resets_at
 
 
+def _count_in_redis(
+    store: RedisCounters,
+    scopes: list[_Scope],
+    now: datetime,
+    tokens: int = 0,
+    flight: tuple[str, datetime, list[str]] | None = None,
+) -> tuple[list[int], datetime]:
+    """``_count_request`` and ``_check_concurrency`` in one script: count one request (and
+    ``tokens``) against each scope's minute and, with ``flight``, take a slot for the call,
+    only if every limit has room; else refuse as they do, and count nothing."""
+    minute = now.replace(second=0, microsecond=0)
+    resets_at = minute + _MINUTE
+    limits = [
+        Limits(s.key, s.requests_per_minute, s.tokens_per_minute, s.concurrent_requests)
+        for s in scopes
+    ]
+    counted = store.admit(limits, minute=minute, now=now, tokens=tokens, flight=flight)
+    if counted.refused:
+        _refuse_counted(scopes, counted, resets_at)
+    return counted.requests, resets_at
+
+
+def _refuse_counted(scopes: list[_Scope], counted: Counted, resets_at: datetime) -> None:
+    scope, used = scopes[counted.index], counted.used
+    rate = _rate_status(scopes, counted.requests, resets_at)
+    if counted.refused == "concurrent_requests":
+        limit = scope.concurrent_requests
+        refusal = RateLimited(
+            f"{scope.name} limit reached: {limit} concurrent requests ({used} in flight)",
+            details=_limit_details("concurrent_requests", scope.name, limit, used, None),
+            retry_after=1,
+        )
+        refusal.extra_headers |= rate.headers() if rate is not None else {}
+        raise refusal
+    if counted.refused == "requests_per_minute":
+        assert scope.requests_per_minute is not None
+        _refuse_rate(scope, "requests per minute", scope.requests_per_minute, used, resets_at)
+    assert scope.tokens_per_minute is not None
+    _refuse_rate(scope, "tokens per minute", scope.tokens_per_minute, used, resets_at, rate)
+
+
 def _rate_now(scopes: list[_Scope], now: datetime, *, counted: int = 0) -> RateStatus | None:
     """The tightest request rate as it stands, without this request, which the first
     ``counted`` scopes have counted already (their transaction will take it back)."""
     minute = now.replace(second=0, microsecond=0)
-    found = ledger_sql.rate_requests([scope.key for scope in scopes], minute)
+    keys = [scope.key for scope in scopes]
+    store = redis_counters()
+    found = store.requests(keys, minute) if store else ledger_sql.rate_requests(keys, minute)
     requests = [
         found.get(scope.key, 0) - (1 if i < counted else 0) for i, scope in enumerate(scopes)
     ]
@@ -312,17 +368,23 @@ def request_admit(
     The caller's key and quota may be given as authentication already loaded them.
 
     No lock is needed: each minute's counter is one row, counted up by one statement that
-    holds that row until commit, and taken back by the rollback when it went over."""
+    holds that row until commit, and taken back by the rollback when it went over; or, with
+    Redis, one script. Redis unreachable, ``ServiceUnavailable``."""
     now = timezone.now()
     if quota is None:
         quota, _ = Quota.objects.get_or_create(user_id=user_id)
+    store = redis_counters()
     try:
         if quota.is_suspended:
             raise UserSuspended("this account is suspended; ask an operator")
-        with transaction.atomic():
-            api_key = _api_key(api_key, api_key_id)
-            scopes = _scopes(quota, api_key)
-            requests, resets_at = _count_request(scopes, now)
+        if store is not None:
+            scopes = _scopes(quota, _api_key(api_key, api_key_id))
+            requests, resets_at = _count_in_redis(store, scopes, now)
+        else:
+            with transaction.atomic():
+                api_key = _api_key(api_key, api_key_id)
+                scopes = _scopes(quota, api_key)
+                requests, resets_at = _count_request(scopes, now)
     except (QuotaExceeded, UserSuspended) as refusal:
         _refusal_count(user_id, refusal, now)
         raise
@@ -360,7 +422,7 @@ def gateway_admit(
 ) -> Admission:
     """Admit one gateway call, reserving its worst case; raises ``RateLimited`` or
     ``BudgetExceeded`` (which say which limit, its value, what is used and when it resets),
-    ``ModelNotPriced``, or ``UnboundedCall``."""
+    ``ModelNotPriced``, ``UnboundedCall``, or (Redis unreachable) ``ServiceUnavailable``."""
     worst = worst_case(model=model, body_bytes=body_bytes, max_tokens=max_tokens, inputs=inputs)
     now = timezone.now()
     try:
@@ -412,40 +474,84 @@ def _admit(
     worst: WorstCase,
     now: datetime,
 ) -> Admission:
-    with transaction.atomic():
-        quota = _lock(user_id)
-        api_key = _api_key(api_key, api_key_id)
-        key_id = api_key.pk if api_key is not None else None
-        scopes = _scopes(quota, api_key)
-        try:
-            windows = _windows(quota, now)
-            _refuse_unbounded(windows, worst)
-            amounts = [_amount(window.budget, worst.tokens, worst.usd) for window in windows]
-            for window, cost in zip(windows, amounts, strict=True):
-                used = _used(window)
-                if used + window.budget.reserved + cost > window.budget.limit:
-                    _refuse_budget(window, used, cost, now)
-            _check_concurrency(scopes, user_id, api_key, now)
-        except QuotaExceeded as refusal:
-            # The refused call is not counted, but its caller is known: like every answer to a
-            # known caller, the refusal says where their request rate stands. (A refusal over a
-            # rate limit, from _count_request below, says so itself.)
-            rate = _rate_now(scopes, now)
-            refusal.extra_headers |= rate.headers() if rate is not None else {}
-            raise
-        requests, resets_at = _count_request(scopes, now, worst.tokens)
-        budget_ids = [window.budget.pk for window in windows]
-        ledger_sql.budgets_reserve(list(zip(budget_ids, amounts, strict=True)))
-        reservation_id = ledger_sql.reservation_insert(
-            user_id=user_id,
-            api_key_id=key_id,
-            amounts={str(pk): str(amount) for pk, amount in zip(budget_ids, amounts, strict=True)},
-            tokens=worst.tokens,
-            minute=resets_at - _MINUTE,
-            created_at=timezone.now(),
-            expires_at=now + timedelta(seconds=settings.GATEWAY_RESERVATION_SECONDS),
-        )
+    store = redis_counters()
+    reservation_id = uuid.uuid4()
+    expires_at = now + timedelta(seconds=settings.GATEWAY_RESERVATION_SECONDS)
+    minute = now.replace(second=0, microsecond=0)
+    flying = [f"user:{user_id}"]
+    counted = False
+    try:
+        with transaction.atomic():
+            quota = _lock(user_id)
+            api_key = _api_key(api_key, api_key_id)
+            key_id = api_key.pk if api_key is not None else None
+            flying += [f"key:{key_id}"] if key_id is not None else []
+            scopes = _scopes(quota, api_key)
+            try:
+                windows = _windows(quota, now)
+                _refuse_unbounded(windows, worst)
+                amounts = [_amount(window.budget, worst.tokens, worst.usd) for window in windows]
+                for window, cost in zip(windows, amounts, strict=True):
+                    used = _used(window)
+                    if used + window.budget.reserved + cost > window.budget.limit:
+                        _refuse_budget(window, used, cost, now)
+                if store is None:
+                    _check_concurrency(scopes, user_id, api_key, now)
+            except QuotaExceeded as refusal:
+                # The refused call is not counted, but its caller is known: like every answer
+                # to a known caller, the refusal says where their request rate stands. (A
+                # refusal over a rate limit, from the counting below, says so itself.)
+                rate = _rate_now(scopes, now)
+                refusal.extra_headers |= rate.headers() if rate is not None else {}
+                raise
+            if store is None:
+                requests, resets_at = _count_request(scopes, now, worst.tokens)
+            else:
+                flight = (str(reservation_id), expires_at, flying)
+                requests, resets_at = _count_in_redis(store, scopes, now, worst.tokens, flight)
+                counted = True
+            budget_ids = [window.budget.pk for window in windows]
+            ledger_sql.budgets_reserve(list(zip(budget_ids, amounts, strict=True)))
+            ledger_sql.reservation_insert(
+                user_id=user_id,
+                api_key_id=key_id,
+                amounts={
+                    str(pk): str(amount) for pk, amount in zip(budget_ids, amounts, strict=True)
+                },
+                tokens=worst.tokens,
+                minute=minute,
+                created_at=timezone.now(),
+                expires_at=expires_at,
+                reservation_id=reservation_id,
+            )
+    except BaseException:
+        if counted and store is not None:
+            # The database did not take the call: neither does Redis.
+            _release_in_redis(
+                store, str(reservation_id), minute, flying, requests=-1, tokens=-worst.tokens
+            )
+        raise
     return Admission(reservation_id, user_id, key_id, _rate_status(scopes, requests, resets_at))
+
+
+def _release_in_redis(
+    store: RedisCounters,
+    member: str,
+    minute: datetime,
+    scopes: list[str],
+    *,
+    requests: int = 0,
+    tokens: int = 0,
+) -> None:
+    """Give back a call's slot and what it counted; Redis unreachable, say so and carry on:
+    the slot comes back when its lease ends, the tokens when the minute passes."""
+    try:
+        store.release(member=member, minute=minute, scopes=scopes, requests=requests, tokens=tokens)
+    except ServiceUnavailable:
+        log.warning(
+            "Redis is unreachable: a call's slot stays taken until its lease ends",
+            extra={"reservation_id": member},
+        )
 
 
 def _refuse_budget(window: _Window, used: Decimal, cost: Decimal, now: datetime) -> None:
@@ -641,28 +747,36 @@ def _settle(
 ) -> UsageRecord | None:
     used = usage or TokenUsage()
     cost = cost_of(usage=used, price=price)
+    store = redis_counters()
+    record = None
     with transaction.atomic():
         quota = ledger_sql.quota_lock(admission.user_id)
         if quota is None:
             raise Quota.DoesNotExist(f"no quota for user {admission.user_id}")
         reservation = ledger_sql.reservation_take(admission.reservation_id)
         _settle_budgets(_windows(quota, now), reservation, used.total, cost)
-        if reservation is not None and used.total != reservation.tokens:
-            ledger_sql.rate_tokens_add(
-                _scope_keys(reservation), reservation.minute, used.total - reservation.tokens
+        unused = used.total - reservation.tokens if reservation is not None else 0
+        if store is None and unused:
+            assert reservation is not None
+            ledger_sql.rate_tokens_add(_scope_keys(reservation), reservation.minute, unused)
+        if usage is not None:
+            record = usage_record(
+                user_id=admission.user_id,
+                model=model,
+                usage=usage,
+                price=price,
+                agent_id=agent_id,
+                session_id=session_id,
+                request_id=request_id,
+                at=now,
             )
-        if usage is None:
-            return None
-        return usage_record(
-            user_id=admission.user_id,
-            model=model,
-            usage=usage,
-            price=price,
-            agent_id=agent_id,
-            session_id=session_id,
-            request_id=request_id,
-            at=now,
-        )
+    if store is not None:
+        keys = [f"user:{admission.user_id}"]
+        keys += [f"key:{admission.api_key_id}"] if admission.api_key_id else []
+        minute = reservation.minute if reservation is not None else now
+        member = str(admission.reservation_id)
+        _release_in_redis(store, member, minute, keys, tokens=unused)
+    return record
 
 
 def _scope_keys(reservation: Reservation) -> list[str]:

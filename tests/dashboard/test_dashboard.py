@@ -13,9 +13,10 @@ import pytest
 from django.urls import reverse
 
 from agents.models import Agent, Session
-from console.models import AuditEvent, RateCounter, User
+from console.models import AuditEvent, User
 from dashboard.selectors import fleet_overview
 from scaling.models import ScalingDecision, ScalingRule
+from tests.console.services.test_limits import seed_counts
 
 pytestmark = pytest.mark.django_db
 
@@ -150,11 +151,9 @@ def test_the_overview_refreshes_itself_and_shows_the_fleet(staff, user, settings
 def test_the_overview_reads_the_request_rate(user):
     now = datetime(2026, 11, 21, 12, 30, 20, tzinfo=UTC)
     minute = now.replace(second=0)
-    RateCounter.objects.create(
-        scope=f"user:{user.pk}", minute=minute - timedelta(minutes=1), requests=42
-    )
-    RateCounter.objects.create(scope="key:7", minute=minute - timedelta(minutes=1), requests=40)
-    RateCounter.objects.create(scope=f"user:{user.pk}", minute=minute, requests=5)
+    seed_counts(f"user:{user.pk}", minute - timedelta(minutes=1), requests=42)
+    seed_counts("key:7", minute - timedelta(minutes=1), requests=40)
+    seed_counts(f"user:{user.pk}", minute, requests=5)
     overview = fleet_overview(now=now)
     assert overview["requests_last_minute"] == 42  # a key's own counter is not counted twice
     assert overview["requests_this_minute"] == 5

@@ -1,23 +1,32 @@
 """Limits hold under load: many concurrent requests through the console served over ASGI, each
-admitted under its user's row lock on PostgreSQL, never let more through than a limit allows.
+admitted under its user's row lock on PostgreSQL (the rates and calls in flight counted there,
+or in Redis with ``REDIS_URL``), never let more through than a limit allows: served by one
+process, or by three at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 
 import httpx
 import pytest
+from django.conf import settings as django_settings
+from django.db import connection
 from django.db.models import Sum
 
-from console.models import Budget, Quota, RateCounter, Reservation, UsageRecord
+from console.models import Budget, Quota, Reservation, UsageRecord
 from console.services import api_key_create, worst_case
-from tests.console.services.test_limits import gateway_body, room_in_this_minute
+from tests.conftest import PLATFORM_KEY
+from tests.console.services.test_limits import counted, gateway_body, room_in_this_minute
 from tests.fakes.anthropic import Hang, Text
+from tests.servers import free_port, serving
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -50,6 +59,11 @@ def fire(sends: list[Send], *, hold: tuple[threading.Event, int] | None = None):
     return asyncio.run(all_at_once())
 
 
+def spread(make: Callable[[str], Send], servers: list[str], count: int) -> list[Send]:
+    """``count`` requests, made by ``make(base_url)``, sent to each server in turn."""
+    return [make(servers[n % len(servers)]) for n in range(count)]
+
+
 def gateway_call(base_url: str, key: str, body: bytes) -> Send:
     async def send(client: httpx.AsyncClient) -> httpx.Response:
         return await client.post(
@@ -70,9 +84,46 @@ def set_quota(user, **limits: object) -> None:
     Quota.objects.update_or_create(user=user, defaults=unlimited | limits)
 
 
-@pytest.fixture
-def console(asgi_server, fake_anthropic) -> str:
-    return asgi_server
+def _database_url() -> str:
+    """``DATABASE_URL`` for the test database (PostgreSQL: these tests need it)."""
+    db = connection.settings_dict
+    host = f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{host}/{db['NAME']}"
+
+
+@pytest.fixture(params=["one process", "three processes"])
+def console(request, fake_anthropic, tmp_path) -> Iterator[list[str]]:
+    """The console's base URLs: the test's own ASGI server, or three uvicorn processes on the
+    test database (and on ``REDIS_URL``'s Redis, when it is set), as ``make run``'s web and
+    gateway processes share them."""
+    if request.param == "one process":
+        yield [request.getfixturevalue("asgi_server")]
+        return
+    metrics = tmp_path / "prometheus"
+    metrics.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} | {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": _database_url(),
+        "SECRET_KEY": django_settings.SECRET_KEY,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "CONSOLE_VAR_DIR": str(tmp_path / "var"),
+        "ANTHROPIC_API_KEY": PLATFORM_KEY,
+        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
+        "ANTHROPIC_MAX_RETRIES": "0",
+    }
+    with contextlib.ExitStack() as stack:
+        urls = []
+        for n in range(3):
+            port = free_port()
+            command = [
+                *(sys.executable, "-m", "uvicorn", "config.asgi:application"),
+                *("--port", str(port), "--log-level", "warning", "--lifespan", "off"),
+            ]
+            url, log = f"http://127.0.0.1:{port}", tmp_path / f"web-{n}.log"
+            stack.enter_context(serving(command, log=log, env=env, url=url, health="/health"))
+            urls.append(url)
+        yield urls
 
 
 def test_concurrent_calls_never_spend_more_than_the_budget(console, user, fake_anthropic):
@@ -93,7 +144,7 @@ def test_concurrent_calls_never_spend_more_than_the_budget(console, user, fake_a
     daily = Budget.objects.create(user=user, metric="usd", window="day", limit=Decimal(100))
     tokens = Budget.objects.create(user=user, metric="tokens", window="day", limit=10**9)
 
-    responses = fire([gateway_call(console, key, body)] * CALLS)
+    responses = fire(spread(lambda url: gateway_call(url, key, body), console, CALLS))
 
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: k, 429: CALLS - k}, statuses
@@ -127,7 +178,7 @@ def test_calls_that_cost_less_than_their_worst_case_settle_within_the_budget(
     worst = worst_case(model=MODEL, body_bytes=len(body), max_tokens=400)
     budget = Budget.objects.create(user=user, metric="usd", window="day", limit=20 * worst.usd)
 
-    responses = fire([gateway_call(console, key, body)] * (CALLS // 2))
+    responses = fire(spread(lambda url: gateway_call(url, key, body), console, CALLS // 2))
 
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {200, 429} and statuses[200] >= 20, statuses
@@ -145,27 +196,34 @@ def test_concurrent_requests_admit_exactly_the_requests_per_minute(console, user
     _, key = api_key_create(user=user)
     api, gateway = [], []
 
-    async def api_request(client: httpx.AsyncClient) -> httpx.Response:
-        response = await client.get(
-            f"{console}/v1/agents/list", headers={"Authorization": f"Bearer {key}"}
-        )
-        api.append(response)
-        return response
+    def api_request(base_url: str) -> Send:
+        async def send(client: httpx.AsyncClient) -> httpx.Response:
+            response = await client.get(
+                f"{base_url}/v1/agents/list", headers={"Authorization": f"Bearer {key}"}
+            )
+            api.append(response)
+            return response
 
-    call = gateway_call(console, key, gateway_body())
+        return send
 
-    async def gateway_request(client: httpx.AsyncClient) -> httpx.Response:
-        response = await call(client)
-        gateway.append(response)
-        return response
+    def gateway_request(base_url: str) -> Send:
+        call = gateway_call(base_url, key, gateway_body())
 
-    room_in_this_minute(15)
-    responses = fire([api_request, gateway_request] * (CALLS // 2))
+        async def send(client: httpx.AsyncClient) -> httpx.Response:
+            response = await call(client)
+            gateway.append(response)
+            return response
 
-    assert RateCounter.objects.filter(scope=f"user:{user.pk}").count() == 1, "minutes changed"
+        return send
+
+    room_in_this_minute(20)
+    apis = spread(api_request, console, CALLS // 2)
+    calls = spread(gateway_request, console, CALLS // 2)
+    responses = fire([send for pair in zip(apis, calls, strict=True) for send in pair])
+
     admitted = [r for r in responses if r.status_code == 200]
     assert len(admitted) == rpm
-    assert RateCounter.objects.get(scope=f"user:{user.pk}").requests == rpm
+    assert counted(f"user:{user.pk}")[0] == rpm
     # Each admitted request was counted once: together they saw every count from 1 to 50.
     assert sorted(int(r.headers["X-RateLimit-Remaining"]) for r in admitted) == list(range(rpm))
     for refused in (r for r in responses if r.status_code != 200):
@@ -194,7 +252,8 @@ def test_calls_in_flight_never_exceed_the_concurrency_limits(console, user, fake
 
     release = threading.Event()
     fake_anthropic.enqueue(*[Hang(10, release)] * 2)
-    by_tight_key = fire([gateway_call(console, tight_key, body)] * 30, hold=(release, 2))
+    sends = spread(lambda url: gateway_call(url, tight_key, body), console, 30)
+    by_tight_key = fire(sends, hold=(release, 2))
     assert Counter(r.status_code for r in by_tight_key) == {200: 2, 429: 28}
     for refused in (r for r in by_tight_key if r.status_code == 429):
         details = refused.json()["error"]["details"]
@@ -206,7 +265,8 @@ def test_calls_in_flight_never_exceed_the_concurrency_limits(console, user, fake
 
     release = threading.Event()
     fake_anthropic.enqueue(*[Hang(10, release)] * 5)
-    responses = fire([gateway_call(console, key, body)] * CALLS, hold=(release, 5))
+    sends = spread(lambda url: gateway_call(url, key, body), console, CALLS)
+    responses = fire(sends, hold=(release, 5))
     assert Counter(r.status_code for r in responses) == {200: 5, 429: CALLS - 5}
     for refused in (r for r in responses if r.status_code == 429):
         details = refused.json()["error"]["details"]
