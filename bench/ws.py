@@ -75,6 +75,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,7 @@ from harness import (
 
 CONNECTS_IN_FLIGHT = 50  # daphne listens with Twisted's default backlog of 50
 ENDINGS = {"done", "error", "cancelled"}
+DEFAULT_CONCURRENT_REQUESTS = 50  # console.models.Quota's default: a user's calls in flight
 
 
 # --- The fake Anthropic, noting when it writes each delta -------------------------------------
@@ -159,8 +161,9 @@ def _environment(var_dir: Path, database_url: str | None, redis_url: str | None)
         var_dir,
         database_url,
         unset=(
-            "PROMETHEUS_MULTIPROC_DIR",
             "CELERY_TASK_ALWAYS_EAGER",
+            "LOG_LEVEL",
+            "LOG_FORMAT",
             "ANTHROPIC_API_KEY_FILE",
             "GATEWAY_URL",
         ),
@@ -171,7 +174,10 @@ def _environment(var_dir: Path, database_url: str | None, redis_url: str | None)
         ANTHROPIC_MAX_RETRIES="0",
         # No worker heartbeats the host registered below, and no beat reaps idle agents.
         SANDBOX_HOST_STALE_SECONDS="86400",
+        # As make run has it (config.launch): every process writes its metrics to files here.
+        PROMETHEUS_MULTIPROC_DIR=str(var_dir / "prometheus"),
     )
+    (var_dir / "prometheus").mkdir()
     # Without --redis-url, make run's defaults: the in-memory channel layer and replay log.
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
@@ -194,8 +200,9 @@ class _Chat:
 
 
 def _setup(users: int, sockets: int) -> list[_Chat]:
-    """Migrate a fresh database; ``users`` users without rate limits or budgets, each with a
-    session cookie, and ``sockets`` chats spread over them (their agents come later)."""
+    """Migrate a fresh database; ``users`` users with the default quota and a daily USD budget,
+    each with a session cookie, and ``sockets`` chats spread over them (their agents come
+    later)."""
     # Boots run inline in this process, as a worker would run them, and quietly.
     os.environ |= {"CELERY_TASK_ALWAYS_EAGER": "true", "LOG_LEVEL": "WARNING"}
     migrate()
@@ -203,7 +210,7 @@ def _setup(users: int, sockets: int) -> list[_Chat]:
     from django.test import Client
 
     from agents.services import host_register
-    from console.models import Budget, Quota, User
+    from console.models import Budget, User
     from console.services import quota_get
 
     host_register(
@@ -213,13 +220,9 @@ def _setup(users: int, sockets: int) -> list[_Chat]:
     for n in range(users):
         user = User.objects.create_user(username=f"bench-ws-{n}")
         quota_get(user=user)
-        Quota.objects.filter(user=user).update(
-            requests_per_minute=None,
-            tokens_per_minute=None,
-            concurrent_requests=None,
-            max_concurrent_sessions=1_000_000,
+        Budget.objects.create(
+            user=user, metric=Budget.Metric.USD, window=Budget.Window.DAY, limit=Decimal(1000)
         )
-        Budget.objects.filter(user=user).delete()
         browser = Client()
         browser.force_login(user)
         cookies.append(f"sessionid={browser.cookies['sessionid'].value}")
@@ -324,6 +327,11 @@ def _raise_file_limit() -> int:
     return hard
 
 
+def _report_ms3(name: str, value: float, target: float) -> str:
+    """A TARGET line as ``harness.report`` writes it, for a figure of a fraction of a ms."""
+    return report(name, value, "ms", "<=", target).replace(f" {value:.1f} ms", f" {value:.3f} ms")
+
+
 # --- Sockets -----------------------------------------------------------------------------------
 
 
@@ -399,19 +407,43 @@ class _Score:
     problems: list[str] = field(default_factory=list)
 
 
-def _score(prompts: dict[_Socket, str], emitted: dict[str, list[tuple[float, str]]]) -> _Score:
+@dataclass(frozen=True)
+class _Reply:
+    """What one socket read in a round: its prompt, the ``seq`` it had seen before, its frames
+    (with the moment each was read), and whether the reply ended."""
+
+    prompt: str
+    seq: int
+    frames: list[tuple[float, str]]
+    ended: bool
+
+
+@dataclass(frozen=True)
+class _Round:
+    """One round of prompts: when it began and how long it took, the CPU each part spent, and
+    every socket's reply."""
+
+    started: float
+    seconds: float
+    wall: float
+    spent: dict[str, float]
+    replies: list[_Reply]
+
+
+def _score(replies: list[_Reply], emitted: dict[str, list[tuple[float, str]]]) -> _Score:
     """Check each socket's events against the deltas the fake wrote for its prompt."""
     score = _Score()
-    for sock, prompt in prompts.items():
+    for one in replies:
+        prompt = one.prompt
         tag = prompt.split(" ", 1)[0]
         problems_before = len(score.problems)
         wrote = emitted.get(tag, [])
         reply = "".join(text for _, text in wrote)
-        events = [(when, json.loads(raw)) for when, raw in sock.frames]
+        events = [(when, json.loads(raw)) for when, raw in one.frames]
         deltas = [(when, e["text"]) for when, e in events if e["type"] == "delta"]
         score.received += len(deltas)
         seqs = [e.get("seq") for _, e in events]
-        expected = list(range(sock.seq + 1, sock.seq + 1 + len(events)))
+        expected = list(range(one.seq + 1, one.seq + 1 + len(events)))
         if seqs != expected:
             score.problems.append(f"{tag}: seq {seqs[:5]}… instead of {expected[:5]}…")
         last = events[-1][1] if events else {}
@@ -535,18 +567,87 @@ class _Bench:
         chosen = self.sockets[: args.streams]
         if len(chosen) < args.streams:
             raise RuntimeError(f"only {len(chosen)} sockets are open, {args.streams} needed")
+        when = "at once" if not args.spread_ms else f"spread evenly over {args.spread_ms:g} ms"
+        # The same turns with one-word replies first: what a turn's start and end cost the web
+        # process, so that the streamed round's CPU tells what its chunks cost.
+        short = {sock: f"t{n}" for n, sock in enumerate(chosen)}
+        print(
+            f"\nturns: {len(chosen)} sockets send a one-word prompt {when}; the fake writes 2 "
+            "deltas each",
+            flush=True,
+        )
+        turns = await self._round(short)
         prompts = {
             sock: " ".join(f"c{n}w{k}" for k in range(args.words)) for n, sock in enumerate(chosen)
         }
-        for sock in chosen:
-            sock.frames.clear()
-            sock.ended.clear()
-        when = "at once" if not args.spread_ms else f"spread evenly over {args.spread_ms:g} ms"
         print(
             f"\nstreaming: {len(chosen)} sockets send a prompt {when}; the fake writes "
             f"{args.words + 1} deltas each, {args.chunk_delay_ms:g} ms apart",
             flush=True,
         )
+        streamed = await self._round(prompts)
+        self.fake.stop()  # its record is complete once it has stopped
+        emitted = _emitted(self.record)
+        turns_score = _score(turns.replies, emitted)
+        score = _score(streamed.replies, emitted)
+        if args.latencies_csv:
+            with args.latencies_csv.open("w") as out:
+                out.write("written_s,added_ms\n")  # seconds since the prompts were sent
+                for at, added in sorted(score.latencies):
+                    out.write(f"{at - streamed.started:.4f},{added:.2f}\n")
+        chunks = len(score.latencies)
+        latencies = [lat for _, lat in score.latencies]
+        p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
+        ended = sum(1 for r in streamed.replies if r.frames and r.ended)
+        print(
+            f"  {ended} of {len(chosen)} replies ended in {streamed.seconds:.1f} s; "
+            f"{score.received} chunks received, {chunks / streamed.seconds:.0f} chunks/s"
+        )
+        print(
+            f"  added latency per chunk (socket read - fake write): p50 {p50:.1f} p95 {p95:.1f} "
+            f"p99 {p99:.1f} max {max(latencies, default=math.nan):.1f} ms"
+        )
+        # Chunks written while other turns were still starting wait behind that work; the
+        # steady state is once every reply has begun.
+        all_begun = max(score.began, default=math.inf)
+        steady = [lat for at, lat in score.latencies if at > all_begun]
+        print(
+            f"  first chunk of each reply: p50 {percentile(score.firsts, 50):.1f} "
+            f"p99 {percentile(score.firsts, 99):.1f} ms; once every reply had begun "
+            f"({len(steady)} chunks): p50 {percentile(steady, 50):.1f} "
+            f"p95 {percentile(steady, 95):.1f} p99 {percentile(steady, 99):.1f} ms"
+        )
+        print(f"  {_describe_cpu(streamed.wall, streamed.spent)}")
+        web, web_turns = streamed.spent["daphne"], turns.spent["daphne"]
+        extra = score.received - turns_score.received
+        web_cpu = (web - web_turns) / max(1, extra) * 1000
+        print(
+            f"  web process (daphne) CPU: {web:.2f} s for the {score.received} chunks of the "
+            f"streamed round, {web / max(1, score.received) * 1000:.3f} ms each all told; "
+            f"{web_turns:.2f} s for the {turns_score.received} of the one-word round; so "
+            f"{web_cpu:.3f} ms per chunk, and {web_turns / len(chosen) * 1000:.1f} ms per turn "
+            "with its 2 chunks"
+        )
+        lost = score.lost + turns_score.lost
+        if problems := turns_score.problems + score.problems:
+            print(f"  {len(problems)} problems, e.g.:")
+            for problem in problems[:5]:
+                print(f"    {problem}")
+        idle_closed = [s.closed for s in self.sockets if s.closed]
+        if idle_closed:
+            print(f"  {len(idle_closed)} sockets closed meanwhile, e.g. {idle_closed[0]}")
+        n = len(chosen)
+        self.targets.append(_report_ms3("ws_web_cpu_per_chunk", web_cpu, 0.15))
+        self.targets.append(report(f"ws_stream_added_p99_{n}chats", p99, "ms", "<=", 100))
+        self.targets.append(report(f"ws_lost_chunks_{n}chats", lost, "chunks", "<=", 0))
+
+    async def _round(self, prompts: dict[_Socket, str]) -> _Round:
+        """Send each socket its prompt (spread over ``--spread-ms``) and wait for every reply
+        to end; the CPU each part spent meanwhile."""
+        args = self.args
+        for sock in prompts:
+            sock.frames.clear()
+            sock.ended.clear()
         cpu = _Cpu(self.cpu_parts)
         started = time.monotonic()
 
@@ -556,54 +657,18 @@ class _Bench:
             await sock.ws.send_str(json.dumps(frame))
 
         await asyncio.gather(*(send(n, *item) for n, item in enumerate(prompts.items())))
-        budget = 60 + args.words * args.chunk_delay_ms / 1000 * 3
+        words = max(len(prompt.split()) for prompt in prompts.values())
+        budget = 60 + words * args.chunk_delay_ms / 1000 * 3
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(sock.ended.wait() for sock in chosen)), budget)
+            await asyncio.wait_for(asyncio.gather(*(s.ended.wait() for s in prompts)), budget)
         seconds = time.monotonic() - started
         wall, spent = cpu.spent()
-        self.fake.stop()  # its record is complete once it has stopped
-        score = _score(prompts, _emitted(self.record))
-        if args.latencies_csv:
-            with args.latencies_csv.open("w") as out:
-                out.write("written_s,added_ms\n")  # seconds since the prompts were sent
-                for at, added in sorted(score.latencies):
-                    out.write(f"{at - started:.4f},{added:.2f}\n")
-        chunks = len(score.latencies)
-        latencies = [lat for _, lat in score.latencies]
-        p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
-        print(
-            f"  {sum(1 for s in chosen if s.ended.is_set())} of {len(chosen)} replies ended in "
-            f"{seconds:.1f} s; {score.received} chunks received, {chunks / seconds:.0f} chunks/s"
-        )
-        print(
-            f"  added latency per chunk (socket read - fake write): p50 {p50:.1f} p95 {p95:.1f} "
-            f"p99 {p99:.1f} max {max(latencies, default=math.nan):.1f} ms"
-        )
-        # The replies start together: chunks written while other turns were still starting
-        # wait behind that work; the steady state is once every reply has begun.
-        all_begun = max(score.began, default=math.inf)
-        steady = [lat for at, lat in score.latencies if at > all_begun]
-        print(
-            f"  first chunk of each reply: p50 {percentile(score.firsts, 50):.1f} "
-            f"p99 {percentile(score.firsts, 99):.1f} ms; once every reply had begun "
-            f"({len(steady)} chunks): p50 {percentile(steady, 50):.1f} "
-            f"p95 {percentile(steady, 95):.1f} p99 {percentile(steady, 99):.1f} ms"
-        )
-        print(f"  {_describe_cpu(wall, spent)}")
-        print(
-            f"  daphne: {spent['daphne'] / max(1, chunks) * 1000:.2f} ms CPU per chunk "
-            "(the turns' starts and ends included)"
-        )
-        if problems := score.problems:
-            print(f"  {len(problems)} problems, e.g.:")
-            for problem in problems[:5]:
-                print(f"    {problem}")
-        idle_closed = [s.closed for s in self.sockets if s.closed]
-        if idle_closed:
-            print(f"  {len(idle_closed)} sockets closed meanwhile, e.g. {idle_closed[0]}")
-        n = len(chosen)
-        self.targets.append(report(f"ws_stream_added_p99_{n}chats", p99, "ms", "<=", 50))
-        self.targets.append(report(f"ws_lost_chunks_{n}chats", score.lost, "chunks", "<=", 0))
+        replies = []
+        for sock, prompt in prompts.items():
+            replies.append(_Reply(prompt, sock.seq, list(sock.frames), sock.ended.is_set()))
+            if sock.frames:  # the next round's events follow this one's last
+                sock.seq = json.loads(sock.frames[-1][1]).get("seq", sock.seq)
+        return _Round(started, seconds, wall, spent, replies)
 
     async def close(self) -> None:
         for reader in self.readers:
@@ -689,7 +754,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a run of about a minute")
     parser.add_argument("--sockets", type=int, help="idle sockets (default 5000; quick 1000)")
     parser.add_argument("--streams", type=int, help="replies streamed at once (500; quick 100)")
-    parser.add_argument("--agents", type=int, default=5, help="agents (and users) to spread over")
+    parser.add_argument("--agents", type=int, default=10, help="agents (and users) to spread over")
     parser.add_argument("--words", type=int, default=20, help="words in each prompt and reply")
     parser.add_argument(
         "--chunk-delay-ms", type=float, default=100.0, help="the fake's pause between deltas"
@@ -698,8 +763,8 @@ def main() -> None:
     parser.add_argument(
         "--spread-ms",
         type=float,
-        default=0.0,
-        help="send the prompts spread evenly over this long, not at once (default 0: at once)",
+        default=5000.0,
+        help="send the prompts spread evenly over this long (default 5000; 0: all at once)",
     )
     parser.add_argument(
         "--latencies-csv", type=Path, help="write each chunk's write time and added latency here"
@@ -719,10 +784,11 @@ def main() -> None:
     args.idle_seconds = args.idle_seconds or (3.0 if args.quick else 10.0)
     if args.streams > args.sockets:
         parser.error("--streams cannot exceed --sockets")
-    # Each agent's runtime reaches the gateway through one aiohttp pool of 100 connections.
+    # Each user has the default quota: at most 50 gateway calls in flight, 100 a minute.
     per_agent = math.ceil(args.streams / args.agents)
-    if per_agent > 100:
-        parser.error(f"{per_agent} streams per agent: use at least {math.ceil(args.streams / 100)}")
+    if per_agent > DEFAULT_CONCURRENT_REQUESTS:
+        fewest = math.ceil(args.streams / DEFAULT_CONCURRENT_REQUESTS)
+        parser.error(f"{per_agent} streams per agent (and user): use at least {fewest} agents")
     files = _raise_file_limit()
     if files < args.sockets + 1000:
         parser.error(f"{args.sockets} sockets need more open files than the limit of {files}")
