@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -10,6 +11,8 @@ from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 
 __all__ = ["SweptInMemoryChannelLayer"]
+
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes})
 
 
 class SweptInMemoryChannelLayer(InMemoryChannelLayer):
@@ -35,6 +38,36 @@ class SweptInMemoryChannelLayer(InMemoryChannelLayer):
         if now - self._swept >= self.sweep_seconds:
             self._swept = now
             super()._clean_expired()
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """As Channels sends, but a message of plain values (a chat event's text, its numbers)
+        is copied flat rather than deeply, and no queue is built unless the channel has none."""
+        if not all(type(value) in _PLAIN for value in message.values()):
+            await super().send(channel, message)
+            return
+        assert "__asgi_channel__" not in message
+        self.require_valid_channel_name(channel)
+        queue = self.channels.get(channel)
+        if queue is None:
+            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        try:
+            queue.put_nowait((time.time() + self.expiry, dict(message)))
+        except asyncio.QueueFull:
+            raise ChannelFull(channel) from None
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """As Channels receives, without building a queue for a channel that has one."""
+        self.require_valid_channel_name(channel)
+        self._clean_expired()
+        queue = self.channels.get(channel)
+        if queue is None:
+            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        try:
+            _, message = await queue.get()
+        finally:
+            if queue.empty():
+                self.channels.pop(channel, None)
+        return message  # type: ignore[no-any-return]
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "Message is not a dict"
