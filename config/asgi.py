@@ -29,11 +29,11 @@ from agents.models import ServingProcess  # noqa: E402
 from agents.routing import websocket_urlpatterns  # noqa: E402
 from agents.services.processes import heartbeat_start  # noqa: E402
 from gateway.app import GatewayApp  # noqa: E402
+from plumbing.daphne_frames import daphne_frames_lighten  # noqa: E402
 from plumbing.reason_phrases import fill_twisted_reason_phrases  # noqa: E402
-from plumbing.socket_writes import twisted_write_at_once  # noqa: E402
 
 fill_twisted_reason_phrases()  # under daphne: "429 Too Many Requests", not "Unknown Status"
-twisted_write_at_once()  # under daphne: a chat frame goes out in its write, not a loop turn later
+daphne_frames_lighten()  # under daphne: a chat frame goes out in its write, not a loop turn later
 
 
 def _close_request_thread_connections(sender: object, **kwargs: object) -> None:

@@ -40,18 +40,21 @@ class SweptInMemoryChannelLayer(InMemoryChannelLayer):
             super()._clean_expired()
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """As Channels sends, but a message of plain values (a chat event's text, its numbers)
-        is copied flat rather than deeply, and no queue is built unless the channel has none."""
-        if not all(type(value) in _PLAIN for value in message.values()):
+        """As Channels sends, but a message of plain values (a chat event's text and numbers)
+        is copied flat rather than deeply, and no queue is built for a channel that has one."""
+        if not _plain(message):
             await super().send(channel, message)
             return
         assert "__asgi_channel__" not in message
         self.require_valid_channel_name(channel)
+        self._put(channel, dict(message))
+
+    def _put(self, channel: str, message: dict[str, Any]) -> None:
         queue = self.channels.get(channel)
         if queue is None:
             queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
         try:
-            queue.put_nowait((time.time() + self.expiry, dict(message)))
+            queue.put_nowait((time.time() + self.expiry, message))
         except asyncio.QueueFull:
             raise ChannelFull(channel) from None
 
@@ -73,6 +76,14 @@ class SweptInMemoryChannelLayer(InMemoryChannelLayer):
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
         self._clean_expired()
+        plain = _plain(message)
         for channel in list(self.groups.get(group, ())):
             with contextlib.suppress(ChannelFull):  # as Channels does: a full channel misses it
-                await self.send(channel, message)
+                if plain:  # its members' names were checked as they joined
+                    self._put(channel, dict(message))
+                else:
+                    await self.send(channel, message)
+
+
+def _plain(message: dict[str, Any]) -> bool:
+    return all(type(value) in _PLAIN for value in message.values())
