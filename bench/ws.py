@@ -74,6 +74,7 @@ import secrets
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -88,6 +89,7 @@ from harness import (
     console_environment,
     cpu_seconds,
     database_url,
+    free_port,
     interrupt_on_signals,
     migrate,
     percentile,
@@ -96,6 +98,7 @@ from harness import (
     scratch_database,
     start_console,
     start_fake_anthropic,
+    wait_ready,
 )
 
 CONNECTS_IN_FLIGHT = 50  # daphne listens with Twisted's default backlog of 50
@@ -281,6 +284,22 @@ def _sandbox_pids() -> list[int]:
 # --- Processes ---------------------------------------------------------------------------------
 
 
+def _start_web(env: dict[str, str], log_dir: Path) -> tuple[Child, str]:
+    """The web process as ``make run`` starts it (daphne on uvloop), once healthy; its URL."""
+    from config.launch import web_command
+
+    port = free_port()
+    web = Child("daphne", [sys.executable, *web_command("127.0.0.1", port)], env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> str | None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health") as response:
+            return url if response.status == 200 else None
+        return None
+
+    return web, wait_ready(web, healthy)
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -302,18 +321,29 @@ class _Cpu:
 
     def _read(self) -> dict[str, float]:
         # This client's own process only: the others are its children.
-        return {
+        found = {
             name: sum(cpu_seconds(pid, descendants=name != "client") for pid in pids)
             for name, pids in self.parts.items()
         }
+        if "daphne" in self.parts:  # its event loop's thread, where every chunk's work is done
+            found["daphne loop"] = _thread_cpu_seconds(self.parts["daphne"][0])
+        return found
 
     def spent(self) -> tuple[float, dict[str, float]]:
         now = self._read()
         return time.monotonic() - self.began, {k: now[k] - self.start[k] for k in now}
 
 
+def _thread_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process's main thread."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    return sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
 def _describe_cpu(wall: float, spent: dict[str, float]) -> str:
-    parts = ", ".join(f"{name} {seconds / wall:.0%}" for name, seconds in spent.items())
+    parts = ", ".join(
+        f"{name} {seconds / wall:.0%}" for name, seconds in spent.items() if name != "daphne loop"
+    )
     return f"CPU (share of one core): {parts}; {os.cpu_count()} cores"
 
 
@@ -628,6 +658,11 @@ class _Bench:
             f"{web_cpu:.3f} ms per chunk, and {web_turns / len(chosen) * 1000:.1f} ms per turn "
             "with its 2 chunks"
         )
+        loop, loop_turns = streamed.spent["daphne loop"], turns.spent["daphne loop"]
+        print(
+            f"  of which its event loop's thread: {loop:.2f} s and {loop_turns:.2f} s, so "
+            f"{(loop - loop_turns) / max(1, extra) * 1000:.3f} ms per chunk"
+        )
         lost = score.lost + turns_score.lost
         if problems := turns_score.problems + score.problems:
             print(f"  {len(problems)} problems, e.g.:")
@@ -711,7 +746,7 @@ def _run(args: argparse.Namespace, var_dir: Path, files: int) -> list[str]:
         gateway, gateway_url = start_console(server_env, var_dir, "gateway", 1)
         children.append(gateway)
         server_env["GATEWAY_URL"] = f"{gateway_url}/gateway"
-        daphne, url = start_console(server_env, var_dir, "daphne", 1)
+        daphne, url = _start_web(server_env, var_dir)
         children.append(daphne)
         from django.conf import settings
         from django.db import connection
