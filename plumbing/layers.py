@@ -74,10 +74,12 @@ class SweptInMemoryChannelLayer(InMemoryChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "Message is not a dict"
-        self.require_valid_group_name(group)
         self._clean_expired()
+        members = self.groups.get(group)
+        if members is None:  # a group's name is checked as it is joined
+            self.require_valid_group_name(group)
         plain = _plain(message)
-        for channel in list(self.groups.get(group, ())):
+        for channel in list(members or ()):
             with contextlib.suppress(ChannelFull):  # as Channels does: a full channel misses it
                 if plain:  # its members' names were checked as they joined
                     self._put(channel, dict(message))
