@@ -460,6 +460,16 @@ class _Round:
     replies: list[_Reply]
 
 
+@dataclass(frozen=True)
+class _Steady:
+    """The web process's CPU per chunk while replies only streamed (and its event loop's
+    thread's), and the replies of that round."""
+
+    per_chunk: float
+    loop_per_chunk: float
+    replies: list[_Reply]
+
+
 def _score(replies: list[_Reply], emitted: dict[str, list[tuple[float, str]]]) -> _Score:
     """Check each socket's events against the deltas the fake wrote for its prompt."""
     score = _Score()
@@ -597,16 +607,8 @@ class _Bench:
         chosen = self.sockets[: args.streams]
         if len(chosen) < args.streams:
             raise RuntimeError(f"only {len(chosen)} sockets are open, {args.streams} needed")
+        steady = await self._steady_cpu(chosen[: args.cpu_chats])
         when = "at once" if not args.spread_ms else f"spread evenly over {args.spread_ms:g} ms"
-        # The same turns with one-word replies first: what a turn's start and end cost the web
-        # process, so that the streamed round's CPU tells what its chunks cost.
-        short = {sock: f"t{n}" for n, sock in enumerate(chosen)}
-        print(
-            f"\nturns: {len(chosen)} sockets send a one-word prompt {when}; the fake writes 2 "
-            "deltas each",
-            flush=True,
-        )
-        turns = await self._round(short)
         prompts = {
             sock: " ".join(f"c{n}w{k}" for k in range(args.words)) for n, sock in enumerate(chosen)
         }
@@ -618,7 +620,7 @@ class _Bench:
         streamed = await self._round(prompts)
         self.fake.stop()  # its record is complete once it has stopped
         emitted = _emitted(self.record)
-        turns_score = _score(turns.replies, emitted)
+        steady_score = _score(steady.replies, emitted)
         score = _score(streamed.replies, emitted)
         if args.latencies_csv:
             with args.latencies_csv.open("w") as out:
@@ -628,7 +630,7 @@ class _Bench:
         chunks = len(score.latencies)
         latencies = [lat for _, lat in score.latencies]
         p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
-        ended = sum(1 for r in streamed.replies if r.frames and r.ended)
+        ended = sum(1 for r in streamed.replies if r.ended)
         print(
             f"  {ended} of {len(chosen)} replies ended in {streamed.seconds:.1f} s; "
             f"{score.received} chunks received, {chunks / streamed.seconds:.0f} chunks/s"
@@ -640,31 +642,23 @@ class _Bench:
         # Chunks written while other turns were still starting wait behind that work; the
         # steady state is once every reply has begun.
         all_begun = max(score.began, default=math.inf)
-        steady = [lat for at, lat in score.latencies if at > all_begun]
+        later = [lat for at, lat in score.latencies if at > all_begun]
         print(
             f"  first chunk of each reply: p50 {percentile(score.firsts, 50):.1f} "
             f"p99 {percentile(score.firsts, 99):.1f} ms; once every reply had begun "
-            f"({len(steady)} chunks): p50 {percentile(steady, 50):.1f} "
-            f"p95 {percentile(steady, 95):.1f} p99 {percentile(steady, 99):.1f} ms"
+            f"({len(later)} chunks): p50 {percentile(later, 50):.1f} "
+            f"p95 {percentile(later, 95):.1f} p99 {percentile(later, 99):.1f} ms"
         )
         print(f"  {_describe_cpu(streamed.wall, streamed.spent)}")
-        web, web_turns = streamed.spent["daphne"], turns.spent["daphne"]
-        extra = score.received - turns_score.received
-        web_cpu = (web - web_turns) / max(1, extra) * 1000
+        web = streamed.spent["daphne"]
         print(
-            f"  web process (daphne) CPU: {web:.2f} s for the {score.received} chunks of the "
-            f"streamed round, {web / max(1, score.received) * 1000:.3f} ms each all told; "
-            f"{web_turns:.2f} s for the {turns_score.received} of the one-word round; so "
-            f"{web_cpu:.3f} ms per chunk, and {web_turns / len(chosen) * 1000:.1f} ms per turn "
-            "with its 2 chunks"
+            f"  web process (daphne): {web:.2f} s CPU for the round's {score.received} chunks "
+            f"and {len(chosen)} turns, {web / max(1, score.received) * 1000:.3f} ms per chunk "
+            f"all told; {steady.per_chunk:.3f} ms per chunk while replies only streamed "
+            f"(its event loop's thread {steady.loop_per_chunk:.3f} ms)"
         )
-        loop, loop_turns = streamed.spent["daphne loop"], turns.spent["daphne loop"]
-        print(
-            f"  of which its event loop's thread: {loop:.2f} s and {loop_turns:.2f} s, so "
-            f"{(loop - loop_turns) / max(1, extra) * 1000:.3f} ms per chunk"
-        )
-        lost = score.lost + turns_score.lost
-        if problems := turns_score.problems + score.problems:
+        lost = score.lost + steady_score.lost
+        if problems := steady_score.problems + score.problems:
             print(f"  {len(problems)} problems, e.g.:")
             for problem in problems[:5]:
                 print(f"    {problem}")
@@ -672,14 +666,64 @@ class _Bench:
         if idle_closed:
             print(f"  {len(idle_closed)} sockets closed meanwhile, e.g. {idle_closed[0]}")
         n = len(chosen)
-        self.targets.append(_report_ms3("ws_web_cpu_per_chunk", web_cpu, 0.15))
+        self.targets.append(_report_ms3("ws_web_cpu_per_chunk", steady.per_chunk, 0.15))
         self.targets.append(report(f"ws_stream_added_p99_{n}chats", p99, "ms", "<=", 100))
         self.targets.append(report(f"ws_lost_chunks_{n}chats", lost, "chunks", "<=", 0))
 
-    async def _round(self, prompts: dict[_Socket, str]) -> _Round:
+    async def _steady_cpu(self, chosen: list[_Socket]) -> _Steady:
+        """What a streamed chunk costs the web process: ``chosen`` send long prompts at once,
+        and its CPU is read from the moment every reply has begun to the moment the first one
+        ends, when nothing but chunks flows (no turn starts or ends: they cost tens of chunks
+        each, and vary with the machine's load)."""
+        args = self.args
+        words = args.cpu_words
+        prompts = {
+            sock: " ".join(f"p{n}w{k}" for k in range(words)) for n, sock in enumerate(chosen)
+        }
+        print(
+            f"\nsteady streaming: {len(chosen)} sockets send a prompt at once; the fake writes "
+            f"{words + 1} deltas each, {args.chunk_delay_ms:g} ms apart",
+            flush=True,
+        )
+        daphne = {"daphne": self.cpu_parts["daphne"]}
+        window: list[tuple[float, dict[str, float]]] = []
+
+        async def watch() -> None:
+            while not all(any('"delta"' in raw for _, raw in s.frames) for s in chosen):
+                await asyncio.sleep(0.02)
+            cpu = _Cpu(daphne)
+            while not any(s.ended.is_set() for s in chosen):
+                await asyncio.sleep(0.02)
+            wall, spent = cpu.spent()
+            window.extend([(cpu.began, spent), (cpu.began + wall, spent)])
+
+        watcher = asyncio.create_task(watch())
+        done = await self._round(prompts, spread_ms=0)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        if not window:
+            raise RuntimeError("the steady window was never seen: every reply must begin")
+        (began, spent), (until, _) = window
+        delivered = sum(
+            1
+            for reply in done.replies
+            for at, raw in reply.frames
+            if began <= at <= until and '"delta"' in raw
+        )
+        per_chunk = spent["daphne"] / max(1, delivered) * 1000
+        loop = spent["daphne loop"] / max(1, delivered) * 1000
+        print(
+            f"  {delivered} chunks in the {until - began:.1f} s while every reply streamed: "
+            f"daphne {spent['daphne']:.2f} s CPU, {per_chunk:.3f} ms per chunk",
+            flush=True,
+        )
+        return _Steady(per_chunk, loop, done.replies)
+
+    async def _round(self, prompts: dict[_Socket, str], spread_ms: float | None = None) -> _Round:
         """Send each socket its prompt (spread over ``--spread-ms``) and wait for every reply
         to end; the CPU each part spent meanwhile."""
         args = self.args
+        spread = args.spread_ms if spread_ms is None else spread_ms
         for sock in prompts:
             sock.frames.clear()
             sock.ended.clear()
@@ -687,7 +731,7 @@ class _Bench:
         started = time.monotonic()
 
         async def send(n: int, sock: _Socket, prompt: str) -> None:
-            await asyncio.sleep(args.spread_ms / 1000 * n / len(prompts))
+            await asyncio.sleep(spread / 1000 * n / len(prompts))
             frame = {"type": "send", "session_id": sock.chat.session_id, "content": prompt}
             await sock.ws.send_str(json.dumps(frame))
 
@@ -796,6 +840,12 @@ def main() -> None:
     )
     parser.add_argument("--idle-seconds", type=float, help="how long the sockets stay idle")
     parser.add_argument(
+        "--cpu-chats", type=int, default=50, help="chats of the round that measures CPU per chunk"
+    )
+    parser.add_argument(
+        "--cpu-words", type=int, default=80, help="words in each reply of that round"
+    )
+    parser.add_argument(
         "--spread-ms",
         type=float,
         default=5000.0,
@@ -819,6 +869,7 @@ def main() -> None:
     args.idle_seconds = args.idle_seconds or (3.0 if args.quick else 10.0)
     if args.streams > args.sockets:
         parser.error("--streams cannot exceed --sockets")
+    args.cpu_chats = min(args.cpu_chats, args.streams)
     # Each user has the default quota: at most 50 gateway calls in flight, 100 a minute.
     per_agent = math.ceil(args.streams / args.agents)
     if per_agent > DEFAULT_CONCURRENT_REQUESTS:
