@@ -103,6 +103,7 @@ from harness import (
 
 CONNECTS_IN_FLIGHT = 50  # daphne listens with Twisted's default backlog of 50
 ENDINGS = {"done", "error", "cancelled"}
+KEEP_ALIVE_PAUSE = 6.0  # seconds between the rounds
 DEFAULT_CONCURRENT_REQUESTS = 50  # console.models.Quota's default: a user's calls in flight
 
 
@@ -608,6 +609,10 @@ class _Bench:
         if len(chosen) < args.streams:
             raise RuntimeError(f"only {len(chosen)} sockets are open, {args.streams} needed")
         steady = await self._steady_cpu(chosen[: args.cpu_chats])
+        # Longer than the gateway's keep-alive (uvicorn's 5 s): a runtime's pooled connection
+        # that the far side closes just as a turn reuses it fails that turn (gateway_unreachable),
+        # which prompts spread over 5 s after a round met about once a run.
+        await asyncio.sleep(KEEP_ALIVE_PAUSE)
         when = "at once" if not args.spread_ms else f"spread evenly over {args.spread_ms:g} ms"
         prompts = {
             sock: " ".join(f"c{n}w{k}" for k in range(args.words)) for n, sock in enumerate(chosen)
@@ -843,7 +848,7 @@ def main() -> None:
         "--cpu-chats", type=int, default=50, help="chats of the round that measures CPU per chunk"
     )
     parser.add_argument(
-        "--cpu-words", type=int, default=80, help="words in each reply of that round"
+        "--cpu-words", type=int, default=60, help="words in each reply of that round"
     )
     parser.add_argument(
         "--spread-ms",
