@@ -11,18 +11,13 @@ task, no database work.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 from rest_framework import serializers
 
@@ -136,19 +131,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     # The frame rate window's clock: a test advances its own instead of waiting out a refill.
     rate_clock: Callable[[], float] = staticmethod(time.monotonic)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """As Channels runs a consumer, with each source (the socket's frames, the channel
-        layer's messages) read by one task for the socket's life. Channels starts a task per
-        message and waits on both sources again after each: three loop steps, a task and a
-        wait per chunk of a reply, a tenth of what the chunk cost the web process."""
-        self.scope = scope
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        self.channel_name = await self.channel_layer.new_channel()
-        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
-        self.base_send = send
-        with contextlib.suppress(StopConsumer):
-            await _dispatch_in_turn([receive, self.channel_receive], self.dispatch)
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -342,34 +324,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.following != session_id:
             await self._open(session_id)
         await live_turn_start(live=live)
-
-
-async def _dispatch_in_turn(
-    sources: list[Callable[[], Awaitable[dict[str, Any]]]],
-    dispatch: Callable[[dict[str, Any]], Awaitable[None]],
-) -> None:
-    """Dispatch the messages of every source one at a time, each source's in its order, until
-    ``dispatch`` raises. A source reads at most one message ahead, as in Channels."""
-    inbox: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(maxsize=1)
-
-    async def pump(source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        try:
-            while True:
-                await inbox.put(await source())
-        except Exception as exc:  # the dispatcher raises it
-            await inbox.put(exc)
-
-    pumps = [asyncio.create_task(pump(source)) for source in sources]
-    try:
-        while True:
-            message = await inbox.get()
-            if isinstance(message, BaseException):
-                raise message
-            await dispatch(message)
-    finally:
-        for task in pumps:
-            task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 def _error_event(exc: ConsoleError, code: str | None = None) -> ev.ErrorEvent:
