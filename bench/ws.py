@@ -19,9 +19,9 @@ in flight, 100 a minute: at most 50 streams per agent) and a daily USD budget; t
   daphne process's resident memory (RSS) before and after, divided by the sockets, is the
   memory per idle connection. The sockets then stay idle for a while, and every one must still
   answer a WebSocket ping.
-* Steady streaming: ``--cpu-chats`` of them (50) send a long prompt (``--cpu-words``, 60) at
-  once. The web process's CPU is read (from ``/proc``) between the moment every reply has begun
-  and the moment the first one ends, when nothing but chunks flows, and divided by the chunks
+* Steady streaming: ``--cpu-chats`` of them (50) send a long prompt (``--cpu-words``: 60, quick
+  40) at once. The web process's CPU is read (from ``/proc``) between the moment every reply has
+  begun and the moment the first one ends, when nothing but chunks flows, and divided by the chunks
   delivered meanwhile: what a streamed chunk costs it. A turn's start and end cost it as much as
   50-70 chunks, and vary with the machine's load, so they are kept out of this figure; the
   streaming round below shows the all-told figure too.
@@ -861,7 +861,7 @@ def main() -> None:
         "--cpu-chats", type=int, default=50, help="chats of the round that measures CPU per chunk"
     )
     parser.add_argument(
-        "--cpu-words", type=int, default=60, help="words in each reply of that round"
+        "--cpu-words", type=int, help="words in each reply of that round (60; quick 40)"
     )
     parser.add_argument(
         "--spread-ms",
@@ -888,6 +888,7 @@ def main() -> None:
     if args.streams > args.sockets:
         parser.error("--streams cannot exceed --sockets")
     args.cpu_chats = min(args.cpu_chats, args.streams)
+    args.cpu_words = args.cpu_words or (40 if args.quick else 60)
     # Each user has the default quota: at most 50 gateway calls in flight, 100 a minute.
     per_agent = math.ceil(args.streams / args.agents)
     if per_agent > DEFAULT_CONCURRENT_REQUESTS:
