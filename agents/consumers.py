@@ -26,6 +26,7 @@ from agents.serializers import validated
 from agents.services.live import (
     live_claimed,
     live_end_abandoned,
+    live_event,
     live_next,
     live_replay,
     live_turn_prepare,
@@ -250,9 +251,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await super().dispatch(message)
 
     async def chat_event(self, message: dict[str, Any]) -> None:
-        """An event of a session's stream, from whichever process runs the turn."""
-        event = message["event"]
-        if event["session_id"] == self.following:
+        """An event of a session's stream, from whichever process runs the turn: sent as
+        published when it is the next one, as it nearly always is."""
+        if message["session_id"] != self.following:
+            return
+        if message["seq"] == self.last_seq + 1:
+            await self.send(text_data=message["text"])
+            self.last_seq = message["seq"]
+        else:
+            event = live_event(message)
             await self._send_events(
                 await live_next(self.following, after=self.last_seq, event=event)
             )

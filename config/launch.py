@@ -6,7 +6,7 @@ and the next start serves them again):
 
 * broker: without ``REDIS_URL``, a private Redis server on a socket under ``var/``: the Celery
   broker, and beat's schedule (``config.broker``);
-* web: daphne, on ``PORT``: the pages, the APIs and the WebSockets;
+* web: daphne (on uvloop, ``config.web``), on ``PORT``: the pages, the APIs and the WebSockets;
 * gateway: uvicorn (uvloop, httptools) on ``GATEWAY_PORT``, the port agents send their calls to
   Claude through (``GATEWAY_URL``). Every call pays for the server's HTTP handling, and uvicorn's
   costs a fraction of daphne's; the same routes are served on ``PORT`` too, for anyone else;
@@ -256,6 +256,15 @@ def gateway_command(host: str, port: int | str) -> list[str]:
     ]
 
 
+def web_command(host: str, port: int | str, *, quiet: bool = False) -> list[str]:
+    """The web process: daphne on uvloop (``config.web``), serving ``config.asgi``; ``quiet``
+    without daphne's access log."""
+    return [
+        *("-m", "config.web", *(("-v", "0") if quiet else ())),
+        *("-b", host, "-p", str(port), "config.asgi:application"),
+    ]
+
+
 def _loopback_if_any(host: str) -> str:
     return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
 
@@ -341,11 +350,8 @@ def _supervise(
             return 1
     # In JSON, the console logs each request itself (with its request id): daphne's plain
     # access log would only repeat it.
-    quiet = ["-v", "0"] if env.get("LOG_FORMAT") == "json" else []
-    supervisor.add(
-        "web",
-        [python, "-m", "daphne", *quiet, "-b", host, "-p", port, "config.asgi:application"],
-    )
+    quiet = env.get("LOG_FORMAT") == "json"
+    supervisor.add("web", [python, *web_command(host, port, quiet=quiet)])
     supervisor.add("gateway", [python, *gateway_command(host, gateway_port)])
     celery = [python, "-m", "celery", "-A", "config"]
     supervisor.add(

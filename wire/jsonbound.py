@@ -52,6 +52,13 @@ def loads(raw: str | bytes | bytearray, *, max_depth: int = MAX_DEPTH) -> Any:
         value = json.loads(raw)
     except RecursionError:
         raise TooDeep(max_depth) from None
-    if depth_of(value, limit=max_depth) > max_depth:
+    # Each level opens a bracket: a document with few of them (a chat chunk) needs no walk.
+    if _brackets(raw) > max_depth and depth_of(value, limit=max_depth) > max_depth:
         raise TooDeep(max_depth)
     return value
+
+
+def _brackets(raw: str | bytes | bytearray) -> int:
+    if isinstance(raw, str):
+        return raw.count("{") + raw.count("[")
+    return raw.count(b"{") + raw.count(b"[")

@@ -9,7 +9,7 @@ from typing import Any
 
 from wire.jsonbound import loads
 
-__all__ = ["sse_events", "sse_frame"]
+__all__ = ["sse_events", "sse_events_of_chunks", "sse_frame"]
 
 
 def sse_frame(event: str, data: dict[str, Any]) -> bytes:
@@ -31,3 +31,27 @@ async def sse_events(lines: AsyncIterable[str | bytes]) -> AsyncIterator[tuple[s
             event, data = "", []
     if data:
         yield event, loads("\n".join(data))
+
+
+async def sse_events_of_chunks(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[str, Any]]:
+    """As ``sse_events``, from a byte stream read in pieces of any size (aiohttp's
+    ``iter_any()``): the lines each piece completes are parsed together, not read one at a time
+    through the stream reader, which cost a chat chunk three reads."""
+    event, data, tail = b"", [], b""
+    async for chunk in chunks:
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()  # the line the next piece continues
+        for raw in lines:
+            line = raw.rstrip(b"\r")
+            if line.startswith(b"event:"):
+                event = line[6:].strip()
+            elif line.startswith(b"data:"):
+                data.append(line[5:].strip())
+            elif not line and data:
+                yield event.decode(), loads(b"\n".join(data))
+                event, data = b"", []
+    line = tail.rstrip(b"\r")
+    if line.startswith(b"data:"):
+        data.append(line[5:].strip())
+    if data:
+        yield event.decode(), loads(b"\n".join(data))

@@ -34,7 +34,7 @@ from plumbing.errors import (
 )
 from wire import turns
 from wire.jsonbound import loads
-from wire.sse import sse_events
+from wire.sse import sse_events_of_chunks
 
 __all__ = [
     "ChatResult",
@@ -334,7 +334,7 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
     async def events() -> AsyncIterator[tuple[str, Any]]:
         tool_calls: list[dict[str, Any]] = []
         try:
-            async for event, data in sse_events(opened.response.content):
+            async for event, data in sse_events_of_chunks(opened.response.content.iter_any()):
                 _check_event(event, data)
                 if event == "tool":
                     tool_calls.append(_tool_call(data))

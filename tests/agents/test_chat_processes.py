@@ -1,8 +1,9 @@
 """A reply survives moving its page from one web process to another mid-stream.
 
-Two real daphne processes share PostgreSQL and Redis (channel layer and the replay log). A
-websocket client starts a turn on the first, leaves in the middle of the reply, and resumes on
-the second from the last event it saw: it gets every chunk exactly once, in order, then ``done``.
+Two real web processes (daphne on uvloop, as ``make run`` starts them) share PostgreSQL and
+Redis (channel layer and the replay log). A websocket client starts a turn on the first, leaves
+in the middle of the reply, and resumes on the second from the last event it saw: it gets every
+chunk exactly once, in order, then ``done``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from django.test import Client
 
 from agents import services
 from agents.models import Agent, Message
+from config.launch import web_command
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import Text
 from tests.servers import free_port, serving
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
-
-DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
 
 
 def _database_url() -> str:
@@ -54,7 +54,7 @@ def web_processes(fake_anthropic, tmp_path) -> Iterator[list[str]]:
         servers = []
         for n in range(2):
             port = free_port()
-            command = [*DAPHNE, "-p", str(port), "config.asgi:application"]
+            command = [sys.executable, *web_command("127.0.0.1", port)]  # as make run has it
             url, log = f"http://127.0.0.1:{port}", tmp_path / f"daphne-{n}.log"
             servers.append(
                 stack.enter_context(serving(command, log=log, env=env, url=url, health="/health"))

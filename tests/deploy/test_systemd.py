@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from config.launch import gateway_command
+from config.launch import gateway_command, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
@@ -79,8 +79,7 @@ def test_every_service_runs_as_its_own_user_from_the_env_file_and_restarts_on_fa
 
 def test_web_and_gateway_are_templates_on_the_instances_port_with_make_runs_command_lines():
     web = exec_start("agent-console-web@.service")
-    daphne = ["-m", "daphne", "-v", "0", "-b", "${HOST}", "-p", "%i", "config.asgi:application"]
-    assert web[1:] == daphne
+    assert web[1:] == web_command("${HOST}", "%i", quiet=True)
     gateway = exec_start("agent-console-gateway@.service")
     assert gateway[1:] == gateway_command("${HOST}", "%i")
 

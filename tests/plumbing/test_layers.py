@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from django.conf import settings
 
 from plumbing.layers import SweptInMemoryChannelLayer
@@ -52,3 +53,34 @@ def test_a_group_send_reaches_every_member_except_a_full_one():
 
     assert [m["type"] for m in got] == ["chunk", "chunk", "filler"]
     assert later["type"] == "next"
+
+
+def test_each_member_gets_its_own_copy_of_a_message_in_order():
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        layer = SweptInMemoryChannelLayer()
+        first, second = await layer.new_channel(), await layer.new_channel()
+        for channel in (first, second):
+            await layer.group_add("chat.c", channel)
+        nested = {"type": "nested", "event": {"seq": 1}}
+        for n in range(3):
+            await layer.group_send("chat.c", {"type": "chat.event", "seq": n, "text": f"t{n}"})
+        await layer.group_send("chat.c", nested)
+        got = [await asyncio.wait_for(layer.receive(first), 1) for _ in range(4)]
+        got[0]["seq"] = 99  # a member changing its copy changes no one else's
+        got[3]["event"]["seq"] = 99
+        nested["event"]["seq"] = 7
+        others = [await asyncio.wait_for(layer.receive(second), 1) for _ in range(4)]
+        return got, others
+
+    got, others = asyncio.run(scenario())
+
+    assert [m["text"] for m in got[:3]] == ["t0", "t1", "t2"]
+    assert [m.get("seq") for m in others[:3]] == [0, 1, 2]
+    assert others[3]["event"] == {"seq": 1}
+
+
+def test_a_group_send_to_a_bad_group_name_is_refused():
+    layer = SweptInMemoryChannelLayer()
+
+    with pytest.raises(TypeError):
+        asyncio.run(layer.group_send("no spaces allowed", {"type": "x"}))
