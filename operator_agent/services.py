@@ -309,15 +309,18 @@ def operator_action_decide(*, action_id: int, approve: bool, actor: User) -> Ope
                 f"this call is {action.get_status_display()}, not waiting for approval",
                 details={"status": action.status},
             )
-        if action.expires_at is not None and action.expires_at <= now:
+        expired = action.expires_at is not None and action.expires_at <= now
+        if expired:  # kept as expired, then refused
             _expire(action, now)
-            raise Conflict("this call's approval expired", details={"status": action.status})
-        action.status = status
-        action.decided_by = actor
-        action.decided_at = now
-        action.save(update_fields=["status", "decided_by", "decided_at"])
-        _audit_action(action, actor, OperatorAction.Status.PENDING)
-        _continue_when_decided(action.run_id)
+        else:
+            action.status = status
+            action.decided_by = actor
+            action.decided_at = now
+            action.save(update_fields=["status", "decided_by", "decided_at"])
+            _audit_action(action, actor, OperatorAction.Status.PENDING)
+            _continue_when_decided(action.run_id)
+    if expired:
+        raise Conflict("this call's approval expired", details={"status": action.status})
     return action
 
 

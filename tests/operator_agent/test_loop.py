@@ -194,9 +194,7 @@ def test_the_daily_cap_stops_a_run_midway(make_operator_agent, fake_anthropic, s
     assert run.cost_usd > Decimal("0.05")
 
 
-def test_a_run_whose_tools_fail_reports_them_and_ends_cleanly(
-    make_operator_agent, fake_anthropic
-):
+def test_a_run_whose_tools_fail_reports_them_and_ends_cleanly(make_operator_agent, fake_anthropic):
     agent = make_operator_agent(["agent_get"])
     missing = "00000000-0000-0000-0000-000000000000"
     fake_anthropic.enqueue(

@@ -562,7 +562,9 @@ def _admin_paths(world: World) -> list[str]:
             route.replace("<path:object_id>", alice)
             .replace("<id>", alice)
             .replace("<path:content_type_id>", "1")
-            .replace("^(?P<app_label>auth|console|agents|scaling|mcpserver|operator_agent)/$", "console/")
+            .replace(
+                "^(?P<app_label>auth|console|agents|scaling|mcpserver|operator_agent)/$", "console/"
+            )
             .replace("(?P<url>.*)$", "nothing-here/")
         )
         assert "<" not in path and "(" not in path, f"a new kind of admin route: {route}"
