@@ -419,6 +419,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets whose field names collide with others ("status").
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "agents.models.Agent.Status",
+        "OperatorRunStatusEnum": "operator_agent.models.OperatorRun.Status",
+        "OperatorActionStatusEnum": "operator_agent.models.OperatorAction.Status",
+    },
     # Routes outside DRF (the chat and metrics views, the gateway app) and the error shape.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
