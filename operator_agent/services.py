@@ -179,12 +179,16 @@ def operator_run_claim(*, run_id: int, opening: list[Any]) -> OperatorRun | None
 def operator_run_save(
     *, run: OperatorRun, messages: list[Any], waiting: bool = False
 ) -> OperatorRun:
-    """Keep the run's conversation; ``waiting``: it now waits for approvals."""
+    """Keep the run's conversation; ``waiting``: it now waits for approvals (and carries on at
+    once if they were all decided meanwhile, while this run was still running)."""
     run.messages = messages
     run.heartbeat_at = timezone.now()
-    if waiting:
-        run.status = OperatorRun.Status.WAITING_APPROVAL
-    run.save(update_fields=["messages", "heartbeat_at", "status"])
+    with transaction.atomic():
+        OperatorRun.objects.select_for_update().filter(pk=run.pk).first()
+        if waiting:
+            run.status = OperatorRun.Status.WAITING_APPROVAL
+            _continue_when_decided(run.pk)
+        run.save(update_fields=["messages", "heartbeat_at", "status"])
     return run
 
 

@@ -18,7 +18,12 @@ from mcpserver.server import tool_run
 from mcpserver.services import Caller
 from mcpserver.tools import TOOLS
 from operator_agent.models import OperatorAction, OperatorAgent, OperatorRun
-from operator_agent.services import CONTINUE_TASK, operator_run_start
+from operator_agent.services import (
+    CONTINUE_TASK,
+    operator_action_decide,
+    operator_run_save,
+    operator_run_start,
+)
 from plumbing.errors import Conflict, Forbidden
 
 pytestmark = pytest.mark.django_db
@@ -227,3 +232,17 @@ def test_run_now_queues_the_run(
     assert OperatorRun.objects.get().trigger == "run by olivia"
     assert len(callbacks) == 1
     assert CONTINUE_TASK in current_app.tasks  # the name the services queue is registered
+
+
+def test_a_run_decided_before_it_paused_carries_on(
+    operator, make_operator_agent, django_capture_on_commit_callbacks
+):
+    action = _pending(make_operator_agent(["agent_stop"]))
+    run = action.run
+    OperatorRun.objects.filter(pk=run.pk).update(status="running")  # still writing its pause
+    operator_action_decide(action_id=action.pk, approve=False, actor=operator)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        operator_run_save(run=run, messages=[{"role": "user", "content": "go"}], waiting=True)
+
+    assert len(callbacks) == 1  # nothing waits any more: it is queued to carry on
