@@ -21,7 +21,6 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from agents.models import Agent
 from console.models import ApiKey
 from console.services import api_key_create, api_key_revoke, role_scopes
 from mcpserver.server import tool_run
@@ -102,19 +101,11 @@ def cost_impact(tool: str, args: Mapping[str, Any]) -> Decimal:
     sign = {"agent_start": 1, "agent_stop": -1, "agent_delete": -1}.get(tool)
     if sign is None:
         return Decimal(0)
-    model = (
-        Agent.objects.filter(pk=_uuid_or_none(args.get("agent_id")))
-        .values_list("model", flat=True)
-        .first()
-    )
-    return sign * selectors.agent_hour_cost(model=model) if model else Decimal(0)
-
-
-def _uuid_or_none(value: Any) -> str | None:
     try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        return None
+        agent_id = str(uuid.UUID(str(args.get("agent_id"))))
+    except ValueError:  # the tool refuses it when it runs
+        return Decimal(0)
+    return sign * selectors.agent_hour_cost_of(agent_id=agent_id)
 
 
 def approval_reason(agent: OperatorAgent, run: OperatorRun, tool: Tool, impact: Decimal) -> str:

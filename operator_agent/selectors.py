@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet, Sum
 from django.utils import timezone
 
+from agents.models import Agent
 from console.models import Budget, UsageHourly
 from console.selectors import budget_windows
 from operator_agent.models import OperatorAction, OperatorAgent, OperatorRun
@@ -19,6 +20,7 @@ from operator_agent.models import OperatorAction, OperatorAgent, OperatorRun
 __all__ = [
     "AgentSpend",
     "agent_hour_cost",
+    "agent_hour_cost_of",
     "operator_agent_list",
     "operator_agents_due",
     "operator_approvals_pending",
@@ -116,3 +118,10 @@ def agent_hour_cost(*, model: str) -> Decimal:
     if not found["hours"]:
         return Decimal(settings.OPERATOR_AGENT_HOUR_USD)
     return (found["total"] / found["hours"]).quantize(Decimal("0.0001"))
+
+
+def agent_hour_cost_of(*, agent_id: str) -> Decimal:
+    """What the agent ``agent_id`` is expected to cost an hour, by its model (nothing: no such
+    agent)."""
+    model = Agent.objects.filter(pk=agent_id).values_list("model", flat=True).first()
+    return agent_hour_cost(model=model) if model else Decimal(0)

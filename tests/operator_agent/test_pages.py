@@ -4,6 +4,7 @@ starts the runs that are due."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -12,8 +13,11 @@ from celery import current_app
 from django.urls import reverse
 from django.utils import timezone
 
+from agents.models import Agent
+from autopilot.loop import cost_impact
 from autopilot.tasks import operators_due
 from console.models import AuditEvent, Budget
+from console.services import TokenUsage, usage_record
 from mcpserver.server import tool_run
 from mcpserver.services import Caller
 from mcpserver.tools import TOOLS
@@ -246,3 +250,25 @@ def test_a_run_decided_before_it_paused_carries_on(
         operator_run_save(run=run, messages=[{"role": "user", "content": "go"}], waiting=True)
 
     assert len(callbacks) == 1  # nothing waits any more: it is queued to carry on
+
+
+def test_a_calls_cost_impact_is_an_agent_hour_of_its_model(user, settings):
+    settings.OPERATOR_AGENT_HOUR_USD = Decimal("0.5")
+    agent = Agent.objects.create(
+        owner=user, model="claude-sonnet-5-5", sandbox_id=str(uuid.uuid4()), status="running"
+    )
+    now = timezone.now()
+    for hours, output in ((1, 100_000), (2, 300_000)):  # $1 and $3 at $10 a million out
+        usage_record(
+            user_id=user.pk,
+            model="claude-sonnet-5-5",
+            usage=TokenUsage(input_tokens=0, output_tokens=output),
+            agent_id=agent.pk,
+            at=now - timedelta(hours=hours),
+        )
+
+    assert cost_impact("agent_spawn", {"model": "claude-sonnet-5-5"}) == Decimal("2")
+    assert cost_impact("agent_spawn", {"model": "claude-haiku-4-5"}) == Decimal("0.5")
+    assert cost_impact("agent_stop", {"agent_id": str(agent.pk)}) == Decimal("-2")
+    assert cost_impact("agent_start", {"agent_id": "nonsense"}) == 0
+    assert cost_impact("fleet_stats", {}) == 0
