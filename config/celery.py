@@ -15,7 +15,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["agents", "scaling", "console"])
+app.autodiscover_tasks(["agents", "scaling", "console", "autopilot"])
 
 
 @app.on_after_configure.connect
@@ -58,6 +58,11 @@ def _prepare(sender: Celery, **_: object) -> None:
         "expire-idempotency-keys": {
             "task": "console.tasks.idempotent_requests_expire",
             "schedule": 3600.0,
+        },
+        # Operator agents due a run; approvals nobody gave in time.
+        "operator-agents": {
+            "task": "autopilot.tasks.operators_due",
+            "schedule": 60.0,
         },
         # Every 5 s, the shortest evaluation interval a rule may have; each rule is evaluated
         # on its own interval.

@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,7 +16,15 @@ from django.core.exceptions import ImproperlyConfigured
 from agents.runtime.config import ConfigError
 from agents.runtime.tools import TOOL_SETTINGS, ToolConfig
 from config import broker
-from config.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+from config.env import (
+    env_bool,
+    env_decimal,
+    env_float,
+    env_int,
+    env_list,
+    env_secret,
+    env_str,
+)
 from wire import turns
 
 
@@ -79,6 +88,8 @@ INSTALLED_APPS = [
     "dashboard",
     "usage",
     "mcpserver",
+    "operator_agent",
+    "autopilot",
 ]
 
 MIDDLEWARE = [
@@ -237,6 +248,19 @@ DEFAULT_AGENT_MODEL = env_str("DEFAULT_AGENT_MODEL", turns.DEFAULT_MODEL)
 # Encrypts users' own Anthropic keys at rest; comma-separated, newest first, for rotation.
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])
 AGENT_TOKEN_TTL_SECONDS = env_int("AGENT_TOKEN_TTL_SECONDS", 24 * 3600, minimum=60)
+
+# --- Operator agents.
+# A call waiting for approval expires after this long; the run carries on without it.
+OPERATOR_APPROVAL_MINUTES = env_int("OPERATOR_APPROVAL_MINUTES", 60, minimum=1)
+# Model replies (and so tool-call rounds) in one run, and the tokens of each.
+OPERATOR_MAX_STEPS = env_int("OPERATOR_MAX_STEPS", 20, minimum=1)
+OPERATOR_MAX_TOKENS = env_int("OPERATOR_MAX_TOKENS", 4096, minimum=1)
+OPERATOR_CALL_TIMEOUT_SECONDS = env_float("OPERATOR_CALL_TIMEOUT_SECONDS", 120.0, minimum=1.0)
+# A run with no progress for this long lost its worker: beat ends it as failed.
+OPERATOR_RUN_STALE_SECONDS = env_int("OPERATOR_RUN_STALE_SECONDS", 900, minimum=60)
+# An agent's cost an hour, for the cost impact of a spawn, when the ledger has no agent-hours
+# of its model in the last week.
+OPERATOR_AGENT_HOUR_USD = env_decimal("OPERATOR_AGENT_HOUR_USD", Decimal("0.50"))
 
 # --- Sandboxes.
 SANDBOX_BACKEND = env_str("SANDBOX_BACKEND", "process")
@@ -399,6 +423,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets whose field names collide with others ("status").
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "agents.models.Agent.Status",
+        "OperatorRunStatusEnum": "operator_agent.models.OperatorRun.Status",
+        "OperatorActionStatusEnum": "operator_agent.models.OperatorAction.Status",
+    },
     # Routes outside DRF (the chat and metrics views, the gateway app) and the error shape.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -16,7 +16,10 @@ urlpatterns = [
     path("", include("agents.urls")),
     # /metrics/targets, /api/v1/scaling/
     path("", include("scaling.urls")),
+    # /api/v1/operator/
+    path("", include("operator_agent.urls")),
     path("dashboard/", include("dashboard.urls")),
+    path("operators/", include("autopilot.urls")),
     path("usage/", include("usage.urls")),
     # /gateway/v1/messages is served beside Django, by the gateway's own ASGI app (config.asgi).
     path("admin/", admin.site.urls),

@@ -18,7 +18,7 @@ from typing import Any
 
 import jsonschema
 import mcp_types as types
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.core.serializers.json import DjangoJSONEncoder
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
@@ -29,7 +29,7 @@ from mcpserver.services import Caller, caller_admit, tool_call_record
 from mcpserver.tools import TOOLS, Tool, agents_listed, usage_listed
 from plumbing.errors import BadRequest, ConsoleError, NotAuthenticated, NotFound, refusal_body
 
-__all__ = ["CALLER_SCOPE_KEY", "RESOURCES", "CallerOf", "console_mcp_server"]
+__all__ = ["CALLER_SCOPE_KEY", "RESOURCES", "CallerOf", "console_mcp_server", "tool_run"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,17 @@ async def _run(caller: Caller, tool: Tool, arguments: Mapping[str, Any]) -> Any:
     if inspect.iscoroutinefunction(tool.run):
         return await tool.run(caller, args)
     return await sync_to_async(tool.run)(caller, args)
+
+
+def tool_run(caller: Caller, tool: Tool, arguments: Mapping[str, Any]) -> Any:
+    """Run ``tool`` as ``caller`` from sync code, as a call over MCP runs: its scopes and the
+    caller's request rate, its arguments against its schema, then the tool. Refusals raise
+    ``ConsoleError``."""
+    caller_admit(caller, scopes=tool.scopes)
+    args = _with_defaults(tool, arguments)
+    if inspect.iscoroutinefunction(tool.run):
+        return async_to_sync(tool.run)(caller, args)
+    return tool.run(caller, args)
 
 
 def _listed(tool: Tool) -> types.Tool:

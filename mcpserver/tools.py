@@ -22,6 +22,7 @@ from console import selectors as console_selectors
 from console.api.serializers import UsageQuerySerializer, UsageRowSerializer
 from console.models import ApiKey
 from dashboard.selectors import host_loads
+from mcpserver.approvals import operator_approvals, operator_decide
 from mcpserver.services import Caller
 from plumbing.errors import BadRequest, NotFound
 from plumbing.readiness import readiness
@@ -600,6 +601,39 @@ TOOLS: dict[str, Tool] = {
             read_only=False,
             destructive=True,
             run=_scaling_rule_update,
+        ),
+        Tool(
+            name="operator_approvals",
+            title="Operator agents' calls awaiting approval",
+            description="Operators: the tool calls of operator agents that wait for a person"
+            " (destructive tools, spawns past the agent's limit, a cost impact above its"
+            " threshold), oldest first: tool, arguments, the model's reasoning, the estimated"
+            " cost impact (USD an hour), why it waits, and when it expires.",
+            input_schema=_object(
+                {"limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}
+            ),
+            scopes=(READ, ADMIN),
+            read_only=True,
+            destructive=False,
+            run=operator_approvals,
+        ),
+        Tool(
+            name="operator_decide",
+            title="Approve or deny an operator agent's call",
+            description="Operators: approve (it runs, and its run carries on with the result)"
+            " or deny (it never runs, and the agent's model is told) a call that"
+            " operator_approvals lists. Recorded in the audit log.",
+            input_schema=_object(
+                {
+                    "action_id": {"type": "integer", "minimum": 1},
+                    "decision": {"type": "string", "enum": ["approve", "deny"]},
+                },
+                ("action_id", "decision"),
+            ),
+            scopes=(WRITE, ADMIN),
+            read_only=False,
+            destructive=False,
+            run=operator_decide,
         ),
     )
 }

@@ -18,10 +18,12 @@ from config import urls as config_urls
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = (
     "config",
+    "autopilot",
     "mcpserver",
     "gateway",
     "dashboard",
     "usage",
+    "operator_agent",
     "agents",
     "scaling",
     "console",
@@ -29,7 +31,16 @@ PACKAGES = (
     "wire",
     "vmdriver",
 )
-APPS_WITH_ROUTES = ("plumbing", "console", "agents", "scaling", "dashboard", "usage")
+APPS_WITH_ROUTES = (
+    "plumbing",
+    "console",
+    "agents",
+    "scaling",
+    "operator_agent",
+    "dashboard",
+    "usage",
+    "autopilot",
+)
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 

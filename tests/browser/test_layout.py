@@ -15,6 +15,8 @@ from django.utils import timezone
 from agents.models import Agent, Session
 from console.models import Budget, Quota
 from console.services import TokenUsage, usage_record
+from operator_agent.models import OperatorAction, OperatorRun
+from operator_agent.services import operator_agent_create
 from scaling.models import ScalingDecision, ScalingRule
 from tests.browser.layout import assert_finished
 
@@ -87,7 +89,47 @@ def console_data(make_user):
             reason=reason,
             inputs={"sessions": current * 10, "agents": current},
         )
-    return {"operator": operator, "alice": alice, "session": session, "rule": rule}
+    watcher = operator_agent_create(
+        values={
+            "name": "fleet-watcher",
+            "instructions": "Keep the fleet healthy; stop agents idle for a day.",
+            "model": "claude-sonnet-5-5",
+            "enabled": True,
+            "daily_usd_cap": Decimal("5"),
+            "allowed_tools": ["fleet_stats", "agents_list", "agent_stop"],
+        },
+        admin=False,
+        actor=operator,
+    )
+    run = OperatorRun.objects.create(
+        agent=watcher, trigger="schedule", status="waiting_approval", cost_usd=Decimal("0.0123")
+    )
+    OperatorAction.objects.create(
+        run=run,
+        tool_use_id="toolu_1",
+        tool="fleet_stats",
+        reasoning="First, how the fleet stands.",
+        status="executed",
+        result={"total_agents": 3, "scope": "fleet"},
+    )
+    OperatorAction.objects.create(
+        run=run,
+        tool_use_id="toolu_2",
+        tool="agent_stop",
+        arguments={"agent_id": str(agents[1].pk)},
+        reasoning="The night digest has been idle for two days; stopping it saves its cost.",
+        status="pending_approval",
+        approval_reason="agent_stop is destructive",
+        cost_impact_usd_per_hour=Decimal("-0.5"),
+        expires_at=now + timedelta(hours=1),
+    )
+    return {
+        "operator": operator,
+        "alice": alice,
+        "session": session,
+        "rule": rule,
+        "operator_agent": watcher,
+    }
 
 
 MISSING: dict[int, list[str]] = {}
@@ -123,6 +165,10 @@ OPERATOR_PAGES = {
     "scaling": "/dashboard/scaling/",
     "decisions": "/dashboard/scaling/decisions/",
     "audit": "/dashboard/audit/",
+    "operators": "/operators/",
+    "operator-agent": "/operators/{operator_agent}/",
+    "operator-new": "/operators/new",
+    "approvals": "/operators/approvals",
     "usage": "/usage/?range=7d",
     "quotas": "/usage/quotas/",
     "admin": "/admin/",
@@ -135,7 +181,7 @@ OPERATOR_PAGES = {
 @pytest.mark.parametrize("name", OPERATOR_PAGES, ids=OPERATOR_PAGES.keys())
 def test_an_operators_page_looks_finished(new_page, log_in, console_data, screenshot, name, size):
     page = _open(new_page, log_in, console_data["operator"], VIEWPORTS[size])
-    page.goto(OPERATOR_PAGES[name])
+    page.goto(OPERATOR_PAGES[name].format(operator_agent=console_data["operator_agent"].pk))
     _check(page, screenshot, f"{name}-{size}", VIEWPORTS[size])
 
 

@@ -42,6 +42,8 @@ HINTS = {
     "scaling_rules_list": (True, False),
     "scaling_simulate": (True, False),
     "scaling_rule_update": (False, True),
+    "operator_approvals": (True, False),
+    "operator_decide": (False, False),
 }
 
 

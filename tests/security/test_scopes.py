@@ -88,6 +88,7 @@ class Row:
 
 A, S, K, B = "{agent}", "{session}", "{key}", "{budget}"
 R, D, U = "{rule}", "{decision}", "{alice}"
+OA, OX = "{operator_agent}", "{operator_action}"
 SIMULATION = {"trace": {"csv": "seconds,sessions\n0,500\n60,700\n"}}
 NEW_RULE = {"name": "pool-2", "model": "claude-sonnet-4-5", "system_prompt": "Be a pool agent."}
 NEW_BUDGET = {"user": U, "metric": "usd", "window": "month", "limit": "9"}
@@ -353,6 +354,66 @@ ROWS = [
         form=True,
     ),
     Row("dashboard/scaling/decisions/", "GET", "/dashboard/scaling/decisions/", PAGE_OPERATOR, 200),
+    Row("api/v1/^operator/agents$", "GET", "/api/v1/operator/agents", OPERATOR, 200),
+    Row(
+        "api/v1/^operator/agents/(?P<pk>[^/.]+)$",
+        "GET",
+        f"/api/v1/operator/agents/{OA}",
+        OPERATOR,
+        200,
+    ),
+    # Started, and rolled back before its run's task is queued (on commit).
+    Row(
+        "api/v1/^operator/agents/(?P<pk>[^/.]+)/run$",
+        "POST",
+        f"/api/v1/operator/agents/{OA}/run",
+        OPERATOR,
+        202,
+    ),
+    Row("api/v1/^operator/actions$", "GET", "/api/v1/operator/actions", OPERATOR, 200),
+    Row(
+        "api/v1/^operator/actions/(?P<pk>[^/.]+)$",
+        "GET",
+        f"/api/v1/operator/actions/{OX}",
+        OPERATOR,
+        200,
+    ),
+    Row(
+        "api/v1/^operator/actions/(?P<pk>[^/.]+)/approve$",
+        "POST",
+        f"/api/v1/operator/actions/{OX}/approve",
+        OPERATOR,
+        200,
+    ),
+    Row(
+        "api/v1/^operator/actions/(?P<pk>[^/.]+)/deny$",
+        "POST",
+        f"/api/v1/operator/actions/{OX}/deny",
+        OPERATOR,
+        200,
+    ),
+    Row("operators/", "GET", "/operators/", PAGE_OPERATOR, 200),
+    Row("operators/new", "GET", "/operators/new", PAGE_OPERATOR, 200),
+    Row("operators/<int:agent_id>/", "GET", f"/operators/{OA}/", PAGE_OPERATOR, 200),
+    Row(
+        "operators/<int:agent_id>/run",
+        "POST",
+        f"/operators/{OA}/run",
+        PAGE_OPERATOR,
+        200,
+        form=True,
+        htmx=True,
+    ),
+    Row("operators/approvals", "GET", "/operators/approvals", PAGE_OPERATOR, 200),
+    Row(
+        "operators/^actions/(?P<action_id>[0-9]+)/(?P<decision>approve|deny)$",
+        "POST",
+        f"/operators/actions/{OX}/approve",
+        PAGE_OPERATOR,
+        200,
+        form=True,
+        htmx=True,
+    ),
     Row("dashboard/audit/", "GET", "/dashboard/audit/", PAGE_OPERATOR, 200),
     Row("usage/", "GET", "/usage/", PAGE, 200),
     Row("usage/quotas/", "GET", "/usage/quotas/", PAGE_OPERATOR, 200),
@@ -501,7 +562,9 @@ def _admin_paths(world: World) -> list[str]:
             route.replace("<path:object_id>", alice)
             .replace("<id>", alice)
             .replace("<path:content_type_id>", "1")
-            .replace("^(?P<app_label>auth|console|agents|scaling|mcpserver)/$", "console/")
+            .replace(
+                "^(?P<app_label>auth|console|agents|scaling|mcpserver|operator_agent)/$", "console/"
+            )
             .replace("(?P<url>.*)$", "nothing-here/")
         )
         assert "<" not in path and "(" not in path, f"a new kind of admin route: {route}"

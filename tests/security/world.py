@@ -16,6 +16,8 @@ from agents.models import Agent, Message, Session
 from agents.sandbox import agent_token_issue
 from console.models import Budget, User
 from console.services import api_key_create, jwt_login, quota_get
+from operator_agent.models import OperatorAction, OperatorRun
+from operator_agent.services import operator_agent_create
 from scaling.models import ScalingDecision, ScalingRule
 
 # --- Credentials ------------------------------------------------------------------------------
@@ -161,7 +163,39 @@ def build_world() -> World:
         reason="steady",
         inputs={},
     )
+    watcher = operator_agent_create(
+        values={
+            "name": "watcher",
+            "instructions": "Watch the fleet.",
+            "model": "claude-sonnet-4-5",
+            "daily_usd_cap": Decimal("1"),
+            "allowed_tools": ["agent_stop"],
+        },
+        admin=False,
+        actor=olivia,
+    )
+    idle = operator_agent_create(
+        values={
+            "name": "idle",
+            "instructions": "Wait.",
+            "model": "claude-sonnet-4-5",
+            "daily_usd_cap": Decimal("1"),
+        },
+        admin=False,
+        actor=olivia,
+    )
+    run = OperatorRun.objects.create(agent=watcher, trigger="test", status="waiting_approval")
+    pending = OperatorAction.objects.create(
+        run=run,
+        tool_use_id="toolu_1",
+        tool="agent_stop",
+        arguments={"agent_id": str(agent.pk)},
+        status=OperatorAction.Status.PENDING,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
     ids = {
+        "operator_agent": idle.pk,
+        "operator_action": pending.pk,
         "agent": agent.pk,
         "session": session.pk,
         "key": spare_key.pk,
