@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from vmdriver.gpus import GpuUnit, gpu_dev_binds
 from vmdriver.isolation import INSIDE_RUN_DIR, CgroupLimits, bwrap_argv
 from vmdriver.qemu import gateway_route
+from vmdriver.state import proc_start_time
 
 _RELAY_CHUNK = 65536
 
@@ -56,10 +58,25 @@ def _write_secrets(sandbox_dir: Path, folder: Path) -> None:
         target.write_text(value)
 
 
+def _record_self(sandbox_dir: Path, run_dir: Path) -> None:
+    """Where this sandbox answers and which process it is, written by the supervisor itself
+    before anything else: a starter killed between starting it and writing them (a worker
+    killed mid-boot) leaves a sandbox that can still be found, stopped and destroyed."""
+    started = proc_start_time(os.getpid())
+    for name, text in (
+        ("endpoint", f"unix:{run_dir / 'agent.sock'}"),
+        ("pid", f"{os.getpid()} {started}"),
+    ):
+        tmp = sandbox_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(sandbox_dir / name)
+
+
 async def supervise(sandbox_dir: Path) -> int:
     spec = json.loads((sandbox_dir / "spec.json").read_text())
     options = json.loads((sandbox_dir / "isolation.json").read_text())
     run_dir = Path(options["run_dir"])
+    _record_self(sandbox_dir, run_dir)
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = dict(options["base_env"]) | spec["env"]
     env["SANDBOX_LISTEN"] = f"unix:{INSIDE_RUN_DIR}/agent.sock"

@@ -225,6 +225,34 @@ def test_stop_ends_the_sandbox_and_destroy_removes_its_state(driver, tmp_path, h
     assert not Path(handle.endpoint.removeprefix("unix:")).parent.exists()
 
 
+def test_a_sandbox_whose_starter_died_before_recording_it_is_found_and_destroyed(
+    driver, tmp_path, host_server
+):
+    # As if its worker were killed right after starting the supervisor: nothing but the
+    # supervisor itself says which process the sandbox is.
+    env = {"HOST_PORT": str(host_server), "HOST_SECRET": str(tmp_path / "none")}
+    handle = driver.create(VmSpec(name="sbx", image=(sys.executable, "-c", PROBE), env=env))
+    path = driver.state_dir / handle.id
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmdriver.supervisor", str(path)],
+        cwd=path / "workspace",
+        env={"PATH": os.environ["PATH"]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        status = eventually(lambda: (s := driver.status("sbx")).state is VmState.RUNNING and s, 10)
+        assert status.pid == proc.pid
+        assert driver.start(handle).pid == proc.pid  # booting it again keeps it
+        driver.destroy("sbx")
+        assert proc.wait(timeout=10) is not None
+        assert not path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_the_agent_runtime_runs_sandboxed(tmp_path, host_server):
     runtime = REPO_ROOT / "agents" / "runtime"
     shared = REPO_ROOT / "wire"  # the framework-free modules the runtime imports
