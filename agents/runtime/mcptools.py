@@ -16,14 +16,13 @@ import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
-
-import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
+from typing import TYPE_CHECKING, Any
 
 from agents.runtime.config import ConfigError, GatewayRoute
 from agents.runtime.tools import ToolResult
+
+if TYPE_CHECKING:
+    from mcp import Client
 
 __all__ = ["McpTools", "mcp_servers_from_env"]
 
@@ -85,6 +84,12 @@ class McpTools:
 
     @asynccontextmanager
     async def _client(self, server: str) -> AsyncIterator[Client]:
+        # The MCP client is loaded only by an agent given MCP servers: the microVM guest, whose
+        # image carries the runtime's own dependencies only, boots every other agent as before.
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
         headers = {"Authorization": f"Bearer {self._token}"}
         if self.gateway.host_header:
             headers["Host"] = self.gateway.host_header

@@ -31,7 +31,13 @@ from agents.services.warm import AgentTemplate, pool_owner, warm_claim
 from console.models import Quota, User
 from console.services import audit_record, quota_get, user_check_active
 from plumbing.crypto import encrypt
-from plumbing.errors import AgentNotRunning, CapacityExhausted, QuotaExceeded, outages_refused
+from plumbing.errors import (
+    AgentNotRunning,
+    BadRequest,
+    CapacityExhausted,
+    QuotaExceeded,
+    outages_refused,
+)
 from vmdriver import SandboxNotFound, VmDriverError, VmState
 from vmdriver.gpus import GpuUnit
 
@@ -114,6 +120,12 @@ def agent_spawn(
     its boot is queued after commit. An agent with GPUs, a choice of built-in tools, MCP
     servers or the console's MCP tools is never a warm one (a warm one booted without them)."""
     user_check_active(user=owner)
+    if (mcp_servers or console_mcp) and settings.SANDBOX_BACKEND == "qemu":
+        raise BadRequest(
+            "MCP servers are for agents on process hosts: the microVM guest's image carries "
+            "no MCP client",
+            details={"backend": settings.SANDBOX_BACKEND},
+        )
     template = AgentTemplate(
         model=model or settings.DEFAULT_AGENT_MODEL,
         system_prompt=system_prompt,

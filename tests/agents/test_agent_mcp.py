@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -219,6 +221,41 @@ def test_server_names_must_be_distinct_and_not_the_consoles(user, client_for):
         spec = {"name": "x", "memory": 256, "mcp_servers": servers}
         assert client_for(user).post("/api/v1/agents", spec, format="json").status_code == 400
     assert not Agent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"mcp_servers": [{"name": "notes", "url": "https://mcp.example.com/mcp"}]},
+        {"console_mcp": True},
+    ],
+)
+def test_microvm_agents_are_refused_mcp_servers_their_guest_cannot_speak(
+    user, client_for, settings, spec
+):
+    settings.SANDBOX_BACKEND = "qemu"
+
+    refused = client_for(user).post("/api/v1/agents", {"name": "x", **spec}, format="json")
+
+    assert refused.status_code == 400, refused.content
+    assert "microVM guest" in refused.json()["error"]["message"]
+    assert not Agent.objects.exists()
+
+
+def test_the_runtime_loads_no_mcp_client_unless_given_servers():
+    """The microVM guest carries the runtime's own dependencies only (no MCP SDK)."""
+    code = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def guest(name, *a, **k):\n"
+        "    if name.split('.')[0] in {'mcp', 'httpx2'}:\n"
+        "        raise ImportError(name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guest\n"
+        "import agents.runtime.server\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_tools_limit_the_built_ins_within_the_operators(user, settings):
