@@ -29,6 +29,8 @@ from agents.models import Agent
 from config.asgi import application
 from console.models import ApiKey, Budget, Quota
 from console.services import api_key_create
+from operator_agent.models import OperatorAction, OperatorRun
+from operator_agent.services import operator_agent_create
 from scaling.models import ScalingDecision, ScalingRule
 from wire.jsonbound import MAX_DEPTH
 
@@ -123,7 +125,28 @@ def world(user, operator, api_key, live_console, settings):
     decision = ScalingDecision.objects.create(
         rule=rule, current_agents=0, desired_agents=0, action="hold", reason="quiet"
     )
+    watcher = operator_agent_create(
+        values={
+            "name": "watcher",
+            "instructions": "Keep the fleet healthy.",
+            "model": "claude-sonnet-5-5",
+            "every_minutes": 30,
+            "enabled": False,
+            "daily_usd_cap": Decimal(1),
+            "tool_calls_per_minute": 10,
+            "spawn_approval_over": 1,
+            "cost_approval_over_usd_per_hour": Decimal(1),
+            "allowed_tools": ["agent_stop"],
+        },
+        admin=False,
+        actor=operator,
+    )
+    run = OperatorRun.objects.create(agent=watcher, trigger="schedule", status="waiting_approval")
+    action = OperatorAction.objects.create(
+        run=run, tool_use_id="toolu_1", tool="agent_stop", status="pending_approval"
+    )
     ids = {
+        "actions": str(action.pk),
         "agents": str(agent.pk),
         "agent_id": str(agent.pk),
         "sessions": str(session.pk),
