@@ -141,9 +141,11 @@ def world(user, operator, api_key, live_console, settings):
         admin=False,
         actor=operator,
     )
-    run = OperatorRun.objects.create(agent=watcher, trigger="schedule", status="waiting_approval")
+    # A finished run's decided call: a pending one here would be approved by a valid body and
+    # its run (which has no conversation, being made by hand) carried on inline.
+    run = OperatorRun.objects.create(agent=watcher, trigger="schedule", status="completed")
     action = OperatorAction.objects.create(
-        run=run, tool_use_id="toolu_1", tool="agent_stop", status="pending_approval"
+        run=run, tool_use_id="toolu_1", tool="agent_stop", status="denied"
     )
     ids = {
         "actions": str(action.pk),
