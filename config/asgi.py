@@ -55,11 +55,9 @@ from agents.services.processes import heartbeat_start  # noqa: E402
 from gateway.app import GatewayApp  # noqa: E402
 from mcpserver.http import MCP_PATHS, McpHttpApp  # noqa: E402
 from mcpserver.relay import AGENT_MCP_PREFIX, AgentMcpRelay  # noqa: E402
-from plumbing.daphne_frames import daphne_frames_lighten  # noqa: E402
 from plumbing.reason_phrases import fill_twisted_reason_phrases  # noqa: E402
 
 fill_twisted_reason_phrases()  # under daphne: "429 Too Many Requests", not "Unknown Status"
-daphne_frames_lighten()  # under daphne: a chat frame goes out in its write, not a loop turn later
 
 
 def _close_request_thread_connections(sender: object, **kwargs: object) -> None:
