@@ -289,3 +289,14 @@ def scoped_client():
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layers() -> Iterator[None]:
+    """Each test meets channel layers of its own: a receive left waiting by a test that failed
+    or timed out (on a loop that is gone) would otherwise refuse every later receive on that
+    layer in this process ("Two event loops are trying to receive()")."""
+    yield
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()

@@ -158,8 +158,12 @@ def test_a_foreign_origin_is_refused_and_a_missing_one_too(user):
     run(scenario)
 
 
-def test_a_suspended_user_is_refused(user):
+def test_a_suspended_user_is_refused(user, settings):
     from console.services import quota_get
+
+    # Refused before the layer matters: on its own loop, a Redis layer's per-loop connections
+    # have hung this test (and, with it, the layer for the tests after it).
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "plumbing.layers.SweptInMemoryChannelLayer"}}
 
     quota = quota_get(user=user)
     quota.is_suspended = True
