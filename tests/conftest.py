@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -300,3 +301,22 @@ def _fresh_channel_layers() -> Iterator[None]:
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()
+
+
+_RESULT: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _RESULT["status"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process once pytest is done (fixtures torn down, summary printed), with its exit
+    status: a thread that a failed or timed-out test left running (an event loop whose task
+    ignores its cancel, in a pool the interpreter joins at exit) must not keep ``make test``
+    waiting for ever."""
+    if "status" in _RESULT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_RESULT["status"])
