@@ -25,6 +25,7 @@ FIRST = (
     "tests/scaling",
     "tests/dashboard",
     "tests/usage",
+    "tests/operator_agent",
     "tests/test_schemathesis.py",
 )
 
