@@ -44,7 +44,7 @@ from plumbing.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, ref
 from wire import jsonbound
 from wire.logs import current_request_id, request_id_or_new, using_request_id
 
-__all__ = ["GatewayApp", "database_threads"]
+__all__ = ["GatewayApp", "database_threads", "read_body"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -164,7 +164,7 @@ def _anthropic_message(content: bytes) -> str:
         return "(no readable reason given)"
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+async def read_body(receive: Receive) -> bytes | None:
     """The request body; None when the caller left first. Raises ``PayloadTooLarge``."""
     chunks, size = [], 0
     while True:
@@ -218,7 +218,7 @@ class GatewayApp:
         try:
             if method != "POST":
                 raise MethodNotAllowed(["POST"])
-            raw = await _read_body(receive)
+            raw = await read_body(receive)
             if raw is None:
                 return
             body = validate_body(raw)

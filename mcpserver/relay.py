@@ -28,9 +28,9 @@ from django.db import DatabaseError
 from yarl import URL
 
 from agents.services.mcp import McpRoute, address_allowed, agent_mcp_route
-from gateway.app import database_threads
+from gateway.app import database_threads, read_body
 from mcpserver.http import McpHttpApp
-from plumbing.errors import ConsoleError, Forbidden, NotFound, PayloadTooLarge, refusal_body
+from plumbing.errors import ConsoleError, Forbidden, NotFound, refusal_body
 
 __all__ = ["AGENT_MCP_PREFIX", "AgentMcpRelay"]
 
@@ -85,23 +85,6 @@ async def _answer(send: Send, exc: ConsoleError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            raise PayloadTooLarge(
-                f"the request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes"
-            )
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
 def _token(headers: dict[str, str]) -> str:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -137,7 +120,7 @@ class AgentMcpRelay:
             await self.console.serve_as(route.owner, {**scope, "headers": inner}, receive, send)
             return
         try:
-            body = await _read_body(receive)
+            body = await read_body(receive)
         except ConsoleError as exc:
             await _answer(send, exc)
             return
