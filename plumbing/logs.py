@@ -19,6 +19,7 @@ from celery.signals import (
     task_postrun,
     task_prerun,
 )
+from django.conf import settings
 
 from wire.logs import (
     REQUEST_ID,
@@ -58,8 +59,6 @@ def _forget_request_id(task_id: str = "", **_: object) -> None:
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _format_celery_logs(logger: logging.Logger, **_: object) -> None:
-    from django.conf import settings
-
     for handler in logger.handlers:
         handler.addFilter(RequestIdFilter())
         if settings.LOG_FORMAT == "json":
