@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -228,7 +228,9 @@ async def session_messages(request: HttpRequest, session_id: uuid.UUID) -> HttpR
             raise MethodNotAllowed(["POST"])
         user = await request_user(request, scope="write")
         data = validated(SendMessageSerializer, json_object_body(request))
-        session = await sync_to_async(services.session_for_turn)(user=user, session_id=session_id)
+        session = await database_sync_to_async(services.session_for_turn)(
+            user=user, session_id=session_id
+        )
         ask = functools.partial(
             live_turn_send,
             user=user,

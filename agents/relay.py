@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.db import close_old_connections
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -127,7 +127,7 @@ class _Relay:
 
     async def _sandbox(self, request: web.Request) -> str | None:
         """The sandbox of the request's agent; None (and logged) when it is not this host's."""
-        sandbox_id = await sync_to_async(_sandbox_of)(
+        sandbox_id = await database_sync_to_async(_sandbox_of)(
             request.match_info["agent_id"], self.host_name
         )
         if sandbox_id is None:
@@ -154,7 +154,7 @@ class _Relay:
         if not lines.isdigit() or not 1 <= int(lines) <= _MAX_LOG_LINES:
             return _refusal(400, "invalid_request", f"lines must be 1 to {_MAX_LOG_LINES}")
         try:
-            text = await sync_to_async(sandbox.driver().logs)(sandbox_id, lines=int(lines))
+            text = await database_sync_to_async(sandbox.driver().logs)(sandbox_id, lines=int(lines))
         except SandboxNotFound:
             text = ""
         return web.Response(text=text, content_type="text/plain")
@@ -162,7 +162,7 @@ class _Relay:
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         if (sandbox_id := await self._sandbox(request)) is None:
             return _refusal(404, "agent_not_found", "no such agent on this host")
-        endpoint = await sync_to_async(_local_endpoint)(sandbox_id)
+        endpoint = await database_sync_to_async(_local_endpoint)(sandbox_id)
         if not endpoint:
             return _refusal(409, "agent_not_running", "the agent's sandbox is not running")
         path = request.raw_path.removeprefix("/" + request.match_info["agent_id"])

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -321,10 +321,10 @@ async def _runtime_get(request: HttpRequest, agent_id: uuid.UUID, path: str) -> 
     """The agent runtime's answer to ``GET path``, passed on."""
     try:
         if metrics_token_presented(request):
-            agent = await sync_to_async(_scraped_agent)(agent_id)
+            agent = await database_sync_to_async(_scraped_agent)(agent_id)
         else:
             user = await request_user(request)
-            agent = await sync_to_async(services.agent_for_user)(
+            agent = await database_sync_to_async(services.agent_for_user)(
                 user=user, agent_id=agent_id, operator=is_operator(request)
             )
         if not agent.endpoint:

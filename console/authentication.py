@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.contrib.auth.backends import ModelBackend
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -166,10 +166,10 @@ async def request_user(request: HttpRequest, *, scope: str = "read") -> User:
     or ``NotAuthenticated``/``Forbidden``. The request is counted against the caller's request
     rate, as ``QuotaThrottle`` does."""
     session_user = await request.auser()
-    user, key = await sync_to_async(_authenticate)(request, session_user, scope)
+    user, key = await database_sync_to_async(_authenticate)(request, session_user, scope)
     # As DRF's request.user and request.auth, for is_operator: the caller, and their key.
     request.user, request.auth = user, key  # type: ignore[attr-defined]
-    request.rate_status = await sync_to_async(request_admit)(  # type: ignore[attr-defined]
+    request.rate_status = await database_sync_to_async(request_admit)(  # type: ignore[attr-defined]
         user_id=user.pk, api_key=key, quota=_loaded_quota(user)
     )
     return user

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
@@ -208,7 +208,7 @@ async def _kept(
     key = request.headers.get(HEADER)
     if key is None:
         return await answer(await work())
-    claim, replay = await sync_to_async(idempotency_begin)(
+    claim, replay = await database_sync_to_async(idempotency_begin)(
         user_id=user_id,
         key=key,
         method=request.method or "POST",
@@ -224,9 +224,9 @@ async def _kept(
         result = await work()
         body = json.dumps(result, cls=DjangoJSONEncoder).encode()
     except BaseException:
-        await sync_to_async(idempotent_requests_forget)(claim_id=claim)
+        await database_sync_to_async(idempotent_requests_forget)(claim_id=claim)
         raise
-    await sync_to_async(idempotency_finish)(
+    await database_sync_to_async(idempotency_finish)(
         claim_id=claim, status_code=200, content_type=kept_as, body=body
     )
     return await answer(result)

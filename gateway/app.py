@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import functools
 import json
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
+from django.db import DatabaseError
 
 from gateway.calls import (
     ANSWER_DEPTH,
@@ -39,17 +36,23 @@ from gateway.calls import (
     validate_body,
 )
 from gateway.metrics import GatewayTimer, gateway_count
+from gateway.threads import database_threads
 from gateway.upstream import forward_headers, upstream_open
-from plumbing.errors import ConsoleError, MethodNotAllowed, PayloadTooLarge, refusal_body
+from plumbing.errors import (
+    ConsoleError,
+    DatabaseBusy,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    refusal_body,
+)
 from wire import jsonbound
 from wire.logs import current_request_id, request_id_or_new, using_request_id
 
-__all__ = ["GatewayApp", "database_threads", "read_body"]
+__all__ = ["GatewayApp", "read_body"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-T = TypeVar("T")
 
 log = logging.getLogger("console.gateway")
 
@@ -63,62 +66,6 @@ _ANTHROPIC_TYPES = {
     429: "rate_limit_error",
     503: "overloaded_error",
 }
-
-
-class _Busy(ConsoleError):
-    status, code, retry_after = 503, "database_busy", 1
-
-
-class DatabaseThreads:
-    """The threads that run the gateway's database work, each keeping its connection."""
-
-    def __init__(self) -> None:
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    settings.GATEWAY_DB_THREADS, thread_name_prefix="gateway-db"
-                )
-            return self._executor
-
-    async def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool(), functools.partial(_in_thread, fn, kwargs))
-
-    def close(self) -> None:
-        """Close every thread's connections, then the threads (at shutdown, and in tests)."""
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        # One job per thread, each held at the barrier until every thread has one.
-        barrier = threading.Barrier(settings.GATEWAY_DB_THREADS)
-        jobs = [executor.submit(_close_here, barrier) for _ in range(barrier.parties)]
-        for job in jobs:
-            job.result()
-        executor.shutdown()
-
-
-def _in_thread(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
-    try:
-        return fn(**kwargs)
-    except (InterfaceError, OperationalError):
-        if connection.connection is None or connection.is_usable():
-            raise  # a refusal by a working database (locked, out of connections)
-        connection.close()  # the server closed it meanwhile: once more, connected afresh
-        return fn(**kwargs)
-
-
-def _close_here(barrier: threading.Barrier) -> None:
-    with contextlib.suppress(threading.BrokenBarrierError):
-        barrier.wait(timeout=10)
-    connections.close_all()
-
-
-database_threads = DatabaseThreads()
 
 
 # --- Answers -----------------------------------------------------------------------------------
@@ -233,7 +180,7 @@ class GatewayApp:
             await _refuse(send, exc)
             return
         except DatabaseError:
-            await _refuse(send, _Busy("the console's database is busy; try again shortly"))
+            await _refuse(send, DatabaseBusy("the console's database is busy; try again shortly"))
             return
         forward = asyncio.ensure_future(_Forward(call, body, raw, headers, send).run())
         gone = asyncio.ensure_future(_gone(receive))

@@ -29,12 +29,12 @@ import time
 from decimal import Decimal
 from types import TracebackType
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from prometheus_client import Counter, Histogram
 
 from console.models import User
 from console.services import TokenUsage
+from gateway.threads import database_threads
 
 __all__ = [
     "GATEWAY_COST",
@@ -126,7 +126,7 @@ class UserLabels:
             return name
         if len(self._names) >= settings.METRICS_USER_LABELS:
             return self.OTHER
-        username = await sync_to_async(_username)(user_id)
+        username = await database_threads.run(_username, user_id=user_id)
         with self._lock:
             if user_id not in self._names and len(self._names) < settings.METRICS_USER_LABELS:
                 self._names[user_id] = username
@@ -141,7 +141,7 @@ class UserLabels:
 USER_LABELS = UserLabels()
 
 
-def _username(user_id: int) -> str:
+def _username(*, user_id: int) -> str:
     return User.objects.filter(pk=user_id).values_list("username", flat=True).first() or str(
         user_id
     )

@@ -28,7 +28,8 @@ from django.db import DatabaseError
 from yarl import URL
 
 from agents.services.mcp import McpRoute, address_allowed, agent_mcp_route
-from gateway.app import database_threads, read_body
+from gateway.app import read_body
+from gateway.threads import database_threads
 from mcpserver.http import McpHttpApp
 from plumbing.errors import ConsoleError, Forbidden, NotFound, refusal_body
 

@@ -193,6 +193,13 @@ class AgentUnavailable(ConsoleError):
     status, code = 502, "agent_unavailable"
 
 
+class DatabaseBusy(ConsoleError):
+    """The database took no more work in time (every pooled connection in use); nothing was
+    done."""
+
+    status, code, retry_after = 503, "database_busy", 1
+
+
 class ServiceUnavailable(ConsoleError):
     """A backing service the request needs (``details.service``: the broker, Redis) is
     unreachable; what the request began was undone."""

@@ -10,12 +10,20 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponseBase
+from psycopg_pool import PoolTimeout
 
+from plumbing.errors import DatabaseBusy, error_response
 from plumbing.metrics import request_count
 from wire.logs import HEADER, request_id_or_new, using_request_id
 
-__all__ = ["RateLimitHeadersMiddleware", "RequestIdMiddleware", "RequestMetricsMiddleware"]
+__all__ = [
+    "DatabaseBusyMiddleware",
+    "RateLimitHeadersMiddleware",
+    "RequestIdMiddleware",
+    "RequestMetricsMiddleware",
+]
 
 # Sync only: the web process runs the whole chain in sync mode (config.asgi.OneHopASGIHandler).
 GetResponse = Callable[[HttpRequest], HttpResponseBase]
@@ -109,3 +117,19 @@ class RateLimitHeadersMiddleware:
             for name, value in status.headers().items():
                 response.headers.setdefault(name, value)
         return response
+
+
+class DatabaseBusyMiddleware:
+    """A request that found every pooled database connection in use answers 503
+    ``database_busy`` with ``Retry-After``, not a server error."""
+
+    def __init__(self, get_response: GetResponse):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponseBase | None:
+        if isinstance(exc, OperationalError) and isinstance(exc.__cause__, PoolTimeout):
+            return error_response(DatabaseBusy("the console's database is busy; try again shortly"))
+        return None

@@ -130,7 +130,7 @@ def asgi_server(transactional_db) -> Iterator[str]:
     from django.db import connections
 
     from config.asgi import application
-    from gateway.app import database_threads
+    from gateway.threads import database_threads
     from gateway.upstream import upstream_close
 
     sock = socket.socket()

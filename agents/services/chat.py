@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
@@ -196,10 +196,10 @@ async def agent_turn_session(*, turn: ChatTurn) -> tuple[Agent, Session]:
     if read is not None and read.agent.status == _STATUS.RUNNING:
         if read.title:
             return read.agent, read
-        return read.agent, await sync_to_async(_titled)(read, turn.prompt)
+        return read.agent, await database_sync_to_async(_titled)(read, turn.prompt)
     deadline = time.monotonic() + settings.AGENT_BOOT_WAIT_SECONDS
     while True:
-        agent, session = await sync_to_async(_turn_begin)(
+        agent, session = await database_sync_to_async(_turn_begin)(
             user=turn.user, agent_id=turn.agent_id, session_id=turn.session_id, prompt=turn.prompt
         )
         if session is not None:
@@ -231,7 +231,7 @@ class _OpenTurn:
         await self.client.close()
 
     async def finish(self, content: str, tool_calls: list[dict[str, Any]]) -> ChatResult:
-        return await sync_to_async(_turn_finish)(
+        return await database_sync_to_async(_turn_finish)(
             session=self.session,
             prompt=self.prompt,
             content=content,
@@ -289,7 +289,7 @@ async def _turn_open(*, turn: ChatTurn) -> _OpenTurn:
                 await opened.close()
     except ConsoleError:
         if turn.new_session:
-            await sync_to_async(_first_turn_failed)(session)
+            await database_sync_to_async(_first_turn_failed)(session)
         raise
     return opened
 
@@ -341,7 +341,7 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
                 elif event == "done":
                     data = await opened.finish(data["content"], tool_calls)
                 elif event == "error" and turn.new_session:
-                    await sync_to_async(_first_turn_failed)(opened.session)
+                    await database_sync_to_async(_first_turn_failed)(opened.session)
                 yield event, data
                 if event in ("done", "error"):
                     return

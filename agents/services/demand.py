@@ -9,7 +9,7 @@ import time
 import uuid
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -66,19 +66,19 @@ async def task_agent_waking(*, user: User, agent_id: uuid.UUID | None) -> Agent:
     409 at once when no rule of the user's wakes one; 503 ``pool_waking`` when none ran within
     ``AGENT_BOOT_WAIT_SECONDS``."""
     try:
-        return await sync_to_async(task_agent)(user=user, agent_id=agent_id)
+        return await database_sync_to_async(task_agent)(user=user, agent_id=agent_id)
     except AgentNotRunning:
         if agent_id is not None:
             raise
     wait = settings.AGENT_BOOT_WAIT_SECONDS
     deadline = time.monotonic() + wait
-    demand = await sync_to_async(demand_record)(user=user)
+    demand = await database_sync_to_async(demand_record)(user=user)
     try:
         while True:
-            agent = await sync_to_async(task_agent_running)(user=user)
+            agent = await database_sync_to_async(task_agent_running)(user=user)
             if agent is not None:
                 return agent
-            answered, pool = await sync_to_async(_demand_answer)(demand.pk)
+            answered, pool = await database_sync_to_async(_demand_answer)(demand.pk)
             if answered and not pool:
                 raise AgentNotRunning(
                     "you have no running agent, and no scaling rule of yours wakes one: "

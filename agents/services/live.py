@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import redis.asyncio as redis
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
@@ -417,7 +417,7 @@ async def live_stop(session_id: str) -> bool:
 
 async def live_turn_stop(*, user: User, session_id: str) -> None:
     """Stop the turn being written in the user's open session; ``Conflict`` when none is."""
-    await sync_to_async(session_for_turn)(user=user, session_id=session_id)
+    await database_sync_to_async(session_for_turn)(user=user, session_id=session_id)
     with outages_refused():
         stopping = await live_stop(session_id)
     if not stopping:
@@ -701,7 +701,7 @@ async def _start_when_free(live: LiveTurn, turn_id: str) -> LiveTurn | None:
                 )
             await asyncio.sleep(_QUEUE_POLL_SECONDS)
         if live.again is not None:
-            live = await sync_to_async(live.again)()
+            live = await database_sync_to_async(live.again)()
         await _announce(live, session_id, turn_id)
         return live
     except ConsoleError as exc:
@@ -735,7 +735,7 @@ async def _run(live: LiveTurn, turn_id: str) -> None:
         elif name == "tool":
             await live_publish(session_id, {"type": "tool", **head, "tool": data})
         elif name == "done":
-            done = await sync_to_async(_done_data)(user=turn.user, result=data)
+            done = await database_sync_to_async(_done_data)(user=turn.user, result=data)
             last.append({"type": "done", "kept_messages": live.kept_messages, **done})
         elif name == "cancelled":
             last.append({"type": "cancelled"})
@@ -827,7 +827,7 @@ async def live_turn_send(
     """Start a turn asked through the REST API: a live turn like the page's, so a page that
     follows the session sees it, a stop from anywhere ends it, and it keeps the session to
     itself (waiting while another is being written)."""
-    live = await sync_to_async(live_turn_prepare)(
+    live = await database_sync_to_async(live_turn_prepare)(
         user=user,
         session_id=session_id,
         kind="send",
