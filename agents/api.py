@@ -12,7 +12,6 @@ import time
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -56,6 +55,7 @@ from agents.views import (
 from console.api.permissions import HasScope, is_operator
 from console.authentication import request_user
 from console.idempotency import idempotent, idempotent_followed, idempotent_json
+from plumbing.database import database_sync_to_async
 from plumbing.errors import (
     BadRequest,
     ConsoleError,

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from rest_framework import serializers
@@ -34,6 +33,7 @@ from agents.services.live import (
     live_turn_stop,
 )
 from console.services import user_check_active
+from plumbing.database import database_sync_to_async
 from plumbing.errors import (
     OUTAGES,
     BadRequest,

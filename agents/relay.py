@@ -21,12 +21,12 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from channels.db import database_sync_to_async
 from django.db import close_old_connections
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agents import sandbox
 from agents.models import Agent
+from plumbing.database import database_sync_to_async
 from plumbing.errors import error_body
 from plumbing.metrics import machine_metrics
 from vmdriver import SandboxNotFound, VmState

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -40,6 +39,7 @@ from console.api.permissions import is_operator
 from console.authentication import request_user
 from console.idempotency import idempotent, idempotent_json
 from console.models import User
+from plumbing.database import database_sync_to_async
 from plumbing.errors import (
     AgentNotFound,
     AgentUnavailable,

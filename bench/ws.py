@@ -194,7 +194,7 @@ def _environment(var_dir: Path, database_url: str | None, redis_url: str | None)
         # As make run has it (config.launch): every process writes its metrics to files here.
         PROMETHEUS_MULTIPROC_DIR=str(var_dir / "prometheus"),
     )
-    (var_dir / "prometheus").mkdir()
+    (var_dir / "prometheus").mkdir(exist_ok=True)
     # Without --redis-url, make run's defaults: the in-memory channel layer and replay log.
     if redis_url:
         os.environ["REDIS_URL"] = redis_url

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.contrib.auth.backends import ModelBackend
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -31,6 +30,7 @@ from console.services import (
     request_admit,
 )
 from plumbing.authentication import bearer_token
+from plumbing.database import database_sync_to_async
 from plumbing.errors import WWW_AUTHENTICATE, Forbidden, NotAuthenticated, RateLimited
 
 __all__ = [

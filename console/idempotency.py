@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
@@ -31,6 +30,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from console.models import IdempotentRequest
+from plumbing.database import database_sync_to_async
 from plumbing.errors import BadRequest, ConsoleError
 
 __all__ = [

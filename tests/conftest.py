@@ -129,7 +129,7 @@ def asgi_server(transactional_db) -> Iterator[str]:
     from asgiref.sync import sync_to_async
     from django.db import connections
 
-    from config.asgi import application
+    from config.asgi import application, request_threads
     from gateway.threads import database_threads
     from gateway.upstream import upstream_close
 
@@ -152,9 +152,10 @@ def asgi_server(transactional_db) -> Iterator[str]:
     server.should_exit = True
     thread.join(timeout=5)
     sock.close()
-    # No connection may outlive the test database: the gateway's threads', and the one thread
-    # that runs sync code for async code outside a request (asgiref's, e.g. metrics labels).
+    # No connection may outlive the test database: the gateway's threads', the requests', and
+    # the one thread that runs sync code for async code outside a request (asgiref's).
     database_threads.close()
+    request_threads.close()
     # On a thread of its own: the caller's thread may be running a loop (Playwright's).
     closer = threading.Thread(target=asyncio.run, args=(sync_to_async(connections.close_all)(),))
     closer.start()

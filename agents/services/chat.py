@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
@@ -23,6 +22,7 @@ from agents import sandbox
 from agents.models import Agent, Message, Session
 from console.models import UsageRecord, User
 from console.services import user_check_active
+from plumbing.database import database_sync_to_async
 from plumbing.errors import (
     AgentDraining,
     AgentNotFound,

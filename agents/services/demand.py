@@ -9,7 +9,6 @@ import time
 import uuid
 from datetime import timedelta
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -18,6 +17,7 @@ from agents.models import Agent, AgentDemand
 from agents.services.queued import PUBLISH_RETRY, worker_task
 from agents.services.sessions import task_agent, task_agent_running
 from console.models import User
+from plumbing.database import database_sync_to_async
 from plumbing.errors import AgentNotRunning, PoolWaking, outages_refused
 
 __all__ = ["demand_record", "task_agent_waking"]

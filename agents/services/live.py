@@ -28,7 +28,6 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import redis.asyncio as redis
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
@@ -47,6 +46,7 @@ from agents.services.demand import task_agent_waking
 from agents.services.sessions import session_for_turn, task_prompt
 from console.models import User
 from console.services import user_check_active
+from plumbing.database import database_sync_to_async
 from plumbing.errors import (
     OUTAGES,
     Conflict,
