@@ -147,6 +147,10 @@ class SandboxFolders:
         path = self._dir(sandbox_id)
         if (path / PAUSED_FILE).exists():
             self._unpause_for_stop(path)
+        self._end(path, timeout)
+
+    def _end(self, path: Path, timeout: float = 5.0) -> None:
+        """End the sandbox's process group, whatever it was doing."""
         pid = self._live_pid(path)
         if pid is None:
             return
