@@ -163,7 +163,7 @@ def _resume_times(agents, *, to_disk: bool) -> list[float]:  # type: ignore[no-u
     from agents.models import Agent
     from agents.services import agent_freeze, agent_pause, agent_resume
 
-    for agent in agents:
+    for agent in Agent.objects.filter(pk__in=[a.pk for a in agents]).select_related("host"):
         agent_pause(agent=agent)
         if to_disk:
             agent_freeze(agent_id=str(agent.pk), to_disk=True)
