@@ -165,3 +165,15 @@ def test_only_a_running_agent_pauses_and_only_a_paused_one_resumes(alice):
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"]["code"] == "agent_not_running"
         assert refused.json()["error"]["details"]["status"] == "stopped"
+
+
+def test_a_one_shot_task_naming_no_agent_resumes_your_paused_one(alice, fake_anthropic):
+    agent_id = _spawn(alice)
+    assert _act(alice, agent_id, "pause")["status"] == "paused"
+
+    answer = alice.post("/execute", json={"task_description": "wake up"})
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["metadata"]["agent_id"] == agent_id
+    assert answer.json()["result"] == "Echo: wake up"
+    assert alice.get(f"/agents/{agent_id}").json()["status"] == "running"
