@@ -34,7 +34,7 @@ from agents.services.lifecycle import (
     agents_idle,
 )
 from console.models import User
-from plumbing.errors import AgentNotRunning
+from plumbing.errors import AgentNotRunning, Conflict
 from vmdriver import PauseMethod, SandboxNotFound, SandboxNotRunning, VmDriverError
 
 __all__ = [
@@ -58,6 +58,11 @@ def agent_pause(*, agent: Agent, actor: User | None = None) -> Agent:
     audit log."""
     if agent.status in (_STATUS.PAUSING, _STATUS.PAUSED):
         return agent
+    if agent.warm_pool_id is not None:
+        raise Conflict(
+            "a warm agent waits, booted, for a spawn to claim it: it is not paused",
+            details={"agent_id": str(agent.pk), "warm_pool": agent.warm_pool_id},
+        )
     with transaction.atomic():
         paused = Agent.objects.filter(
             pk=agent.pk, status=_STATUS.RUNNING, deleted_at__isnull=True

@@ -25,7 +25,7 @@ from agents.services import (
     warm_pool_refill,
 )
 from agents.services.pausing import agents_snapshot_paused
-from plumbing.errors import AgentNotRunning
+from plumbing.errors import AgentNotRunning, Conflict
 from vmdriver import VmState
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -153,3 +153,13 @@ def test_only_microvms_paused_in_memory_long_enough_are_saved_to_disk(user, sett
     settings.AGENT_PAUSE_SNAPSHOT_SECONDS = 0
     Agent.objects.filter(pk=agent.pk).update(pause_method="vm-stop")
     assert agents_snapshot_paused() == 0  # switched off
+
+
+def test_a_warm_agent_waiting_for_a_spawn_is_not_paused(settings):
+    pool = WarmPool.objects.create(name="w", model="claude-sonnet-5-5", size=1)
+    assert warm_pool_refill(pool_id=pool.pk) == 1
+    warm = Agent.objects.get(warm_pool=pool)
+    with pytest.raises(Conflict):
+        agent_pause(agent=warm)
+    warm.refresh_from_db()
+    assert warm.status == "running"
