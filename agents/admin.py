@@ -62,10 +62,12 @@ class AgentAdmin(admin.ModelAdmin):
         "started_at",
         "stopped_at",
         "deleted_at",
+        "paused_at",
+        "pause_method",
     )
     exclude = ("anthropic_key_encrypted",)
     inlines = (AgentMcpServerInline,)
-    actions = ("stop", "start", "restart", "destroy")
+    actions = ("stop", "start", "pause", "resume", "restart", "destroy")
 
     def _each(
         self,
@@ -92,6 +94,14 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.action(description="Start the selected stopped or failed agents")
     def start(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         self._each(request, queryset, services.agent_start, "Starting")
+
+    @admin.action(description="Pause the selected running agents (no CPU, memory kept)")
+    def pause(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        self._each(request, queryset, services.agent_pause, "Pausing")
+
+    @admin.action(description="Resume the selected paused agents")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        self._each(request, queryset, services.agent_resume, "Resuming")
 
     @admin.action(description="Restart the selected agents")
     def restart(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
@@ -158,7 +168,7 @@ class ServingProcessAdmin(admin.ModelAdmin):
 
 @admin.register(WarmPool)
 class WarmPoolAdmin(admin.ModelAdmin):
-    list_display = ("name", "model", "vcpus", "memory_mib", "size", "is_enabled")
+    list_display = ("name", "model", "vcpus", "memory_mib", "size", "on_idle", "is_enabled")
     list_filter = ("is_enabled", "model")
     search_fields = ("name", "model")
     list_editable = ("size", "is_enabled")

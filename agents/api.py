@@ -95,7 +95,8 @@ class AgentViewSet(
     viewsets.GenericViewSet,
 ):
     """Agents: spawn, list (``?status=``, ``?model=``, ``?q=`` in the name, and for operators
-    ``?user_id=``), get, stop, start, restart, delete, and the runtime's last log lines."""
+    ``?user_id=``), get, stop, start, pause, resume, restart, delete, and the runtime's last
+    log lines."""
 
     serializer_class = AgentSerializer
     permission_classes = _SIGNED_IN
@@ -142,6 +143,18 @@ class AgentViewSet(
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str) -> Response:
         agent = services.agent_start(agent=self.get_object(), actor=request.user)
+        return Response(AgentSerializer(agent).data)
+
+    @extend_schema(request=None, responses=AgentSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str) -> Response:
+        agent = services.agent_pause(agent=self.get_object(), actor=request.user)
+        return Response(AgentSerializer(agent).data)
+
+    @extend_schema(request=None, responses=AgentSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str) -> Response:
+        agent = services.agent_resume(agent=self.get_object(), actor=request.user)
         return Response(AgentSerializer(agent).data)
 
     @extend_schema(request=None, responses=AgentSerializer)

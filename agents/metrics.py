@@ -17,13 +17,18 @@ from prometheus_client.core import GaugeMetricFamily
 
 from agents.selectors import fleet_counts
 
-__all__ = ["SPAWN_DURATION", "SPAWN_TOTAL", "FleetCollector"]
+__all__ = ["RESUME_DURATION", "SPAWN_DURATION", "SPAWN_TOTAL", "FleetCollector"]
 
 SPAWN_TOTAL = Counter("hypercore_agent_spawn", "Agent boots, by outcome.", ["status"])
 SPAWN_DURATION = Histogram(
     "hypercore_agent_spawn_duration_seconds",
     "From queueing a boot to a healthy runtime.",
     buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
+RESUME_DURATION = Histogram(
+    "hypercore_agent_resume_duration_seconds",
+    "From queueing a paused agent's resume to a healthy runtime.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30),
 )
 
 

@@ -10,7 +10,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-__all__ = ["Agent", "AgentMcpServer", "Message", "SandboxHost", "Session", "WarmPool"]
+__all__ = ["Agent", "AgentMcpServer", "Message", "OnIdle", "SandboxHost", "Session", "WarmPool"]
 
 
 class SandboxHost(models.Model):
@@ -52,6 +52,13 @@ class SandboxHost(models.Model):
         return self.queue_of(self.name)
 
 
+class OnIdle(models.TextChoices):
+    """What the idle reaper does with an agent idle past ``AGENT_IDLE_TIMEOUT_SECONDS``."""
+
+    STOP = "stop"
+    PAUSE = "pause"
+
+
 class WarmPool(models.Model):
     """Agents of one template (model, system prompt, size) kept booted and unowned, so that a
     matching spawn claims one at once instead of booting."""
@@ -63,6 +70,12 @@ class WarmPool(models.Model):
     memory_mib = models.PositiveIntegerField(default=512)
     max_concurrent_sessions = models.PositiveIntegerField(default=100)
     size = models.PositiveIntegerField(default=2, help_text="Agents kept ready.")
+    on_idle = models.CharField(
+        max_length=8,
+        choices=OnIdle.choices,
+        default=OnIdle.STOP,
+        help_text="What its agents, once claimed, do when idle: stop, or pause.",
+    )
     is_enabled = models.BooleanField(default=True)
 
     class Meta:
@@ -85,8 +98,14 @@ class Agent(models.Model):
         STOPPING = "stopping"
         STOPPED = "stopped"
         FAILED = "failed"
+        PAUSING = "pausing"
+        PAUSED = "paused"
+        RESUMING = "resuming"
 
     ACTIVE_STATUSES = (Status.PENDING, Status.STARTING, Status.RUNNING)
+    # A paused agent uses no CPU but keeps its memory (and GPUs, and its place in the quota).
+    PAUSED_STATUSES = (Status.PAUSING, Status.PAUSED, Status.RESUMING)
+    HOLDING_STATUSES = (*ACTIVE_STATUSES, *PAUSED_STATUSES)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
@@ -133,6 +152,18 @@ class Agent(models.Model):
         help_text="Set while the agent waits, unclaimed, in this pool.",
     )
     last_active_at = models.DateTimeField(null=True, blank=True, help_text="Its last chat turn.")
+    on_idle = models.CharField(
+        max_length=8,
+        choices=OnIdle.choices,
+        default=OnIdle.STOP,
+        help_text="What it does when idle past AGENT_IDLE_TIMEOUT_SECONDS: stop, or pause.",
+    )
+    paused_at = models.DateTimeField(null=True, blank=True)
+    pause_method = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="How its sandbox is paused: freezer, sigstop, vm-stop or snapshot (on disk).",
+    )
     draining_since = models.DateTimeField(
         null=True,
         blank=True,
@@ -166,7 +197,10 @@ class Agent(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(
-                    status__in=["pending", "starting", "running", "stopping", "stopped", "failed"]
+                    status__in=[
+                        *("pending", "starting", "running", "stopping", "stopped", "failed"),
+                        *("pausing", "paused", "resuming"),
+                    ]
                 ),
                 name="agent_status_valid",
             ),
@@ -178,6 +212,11 @@ class Agent(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def is_holding(self) -> bool:
+        """Active or paused: it holds its sandbox and its memory."""
+        return self.status in self.HOLDING_STATUSES
 
 
 class AgentMcpServer(models.Model):

@@ -76,6 +76,9 @@ AGENT_ROW_FIELDS = (
     "accel",
     "last_error",
     "gpus",
+    "on_idle",
+    "paused_at",
+    "pause_method",
 )
 
 

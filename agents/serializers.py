@@ -11,7 +11,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from agents.models import Agent, AgentMcpServer, Message, Session
+from agents.models import Agent, AgentMcpServer, Message, OnIdle, Session
 from agents.sandbox import BUILTIN_TOOLS
 from agents.services.mcp import MCP_NAME_SHAPE, mcp_url_check
 from plumbing.errors import BadRequest
@@ -176,6 +176,12 @@ class SpawnRequestSerializer(serializers.Serializer):
         help_text="Give it the console's own MCP tools, acting as its owner (never as an "
         "operator).",
     )
+    on_idle = serializers.ChoiceField(
+        choices=OnIdle.choices,
+        required=False,
+        help_text="Idle past AGENT_IDLE_TIMEOUT_SECONDS, it is stopped (stop) or paused (pause: "
+        "its memory kept, resumed by its next turn); default stop, or its warm pool's choice.",
+    )
 
     def validate_mcp_servers(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         names = [server["name"] for server in value]
@@ -238,6 +244,9 @@ class AgentSerializer(serializers.ModelSerializer):
             "accel",
             "last_error",
             "gpus",
+            "on_idle",
+            "paused_at",
+            "pause_method",
         ]
         read_only_fields = fields
 
@@ -278,6 +287,9 @@ def agent_row_data(row: Mapping[str, Any]) -> dict[str, Any]:
         "accel": row["accel"],
         "last_error": row["last_error"],
         "gpus": gpus_data(row["gpus"]),
+        "on_idle": row["on_idle"],
+        "paused_at": _timestamp(row["paused_at"]) if row["paused_at"] else None,
+        "pause_method": row["pause_method"],
     }
 
 

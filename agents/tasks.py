@@ -15,8 +15,10 @@ from agents.models import SandboxHost
 
 __all__ = [
     "agent_boot_task",
+    "agent_freeze_task",
     "agent_halt_task",
     "agent_teardown_task",
+    "agent_thaw_task",
     "agents_reap_idle",
     "agents_reconcile",
     "agents_reconcile_host",
@@ -50,6 +52,16 @@ def agent_halt_task(agent_id: str, then_boot: bool = False) -> None:
 @shared_task(name="agents.tasks.agent_teardown", **_LIFECYCLE)
 def agent_teardown_task(agent_id: str) -> None:
     services.agent_teardown(agent_id=agent_id)
+
+
+@shared_task(name="agents.tasks.agent_freeze", **_LIFECYCLE)
+def agent_freeze_task(agent_id: str, to_disk: bool = False) -> None:
+    services.agent_freeze(agent_id=agent_id, to_disk=to_disk)
+
+
+@shared_task(name="agents.tasks.agent_thaw", **_LIFECYCLE)
+def agent_thaw_task(agent_id: str, queued_at: float | None = None) -> None:
+    services.agent_thaw(agent_id=agent_id, queued_at=queued_at)
 
 
 @shared_task(name="agents.tasks.agents_reconcile_host", soft_time_limit=120, time_limit=180)

@@ -1,11 +1,13 @@
-"""Spawn-to-ready latency per sandbox backend, cold and from the warm pool, and host memory per
-idle agent.
+"""Spawn-to-ready latency per sandbox backend, cold and from the warm pool; resume-to-ready of a
+paused agent (and for microVMs, of one saved to disk); and host memory per idle agent.
 
 Runs the console's own spawn path (quota check, placement, sandbox start, health wait) in this
 process against a fresh SQLite database, in the environment ``make run`` gives its processes
 (``harness.console_environment``), with boots run inline as a worker runs them. Claims from the
 warm pool are timed as the web process sees them: the refill is only queued, on ``make run``'s
-private broker, which runs for the bench.
+private broker, which runs for the bench. A resume is timed from the request to a runtime that
+answers /health again (the thaw run inline, as a worker runs it), on the agents booted cold,
+each paused first.
 
     python bench/spawn.py [--quick] [--count N] [--backends process,qemu]
 
@@ -127,6 +129,7 @@ def _measure(backend: str, count: int, owner, drv, accel: str) -> list[str]:  # 
         lines.append(
             report(f"microvm_{accel or 'tcg'}_spawn_p95", percentile(cold, 95), "ms", "<=", target)
         )
+    lines += _resumes(backend, agents, accel)
     for agent in agents:
         agent_destroy(agent=agent)
 
@@ -153,6 +156,49 @@ def _measure(backend: str, count: int, owner, drv, accel: str) -> list[str]:  # 
     for agent in Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES):
         agent_destroy(agent=agent)
     pool.delete()
+    return lines
+
+
+def _resume_times(agents, *, to_disk: bool) -> list[float]:  # type: ignore[no-untyped-def]
+    from agents.models import Agent
+    from agents.services import agent_freeze, agent_pause, agent_resume
+
+    for agent in Agent.objects.filter(pk__in=[a.pk for a in agents]).select_related("host"):
+        agent_pause(agent=agent)
+        if to_disk:
+            agent_freeze(agent_id=str(agent.pk), to_disk=True)
+    times = []
+    for agent in Agent.objects.filter(pk__in=[a.pk for a in agents]).select_related("host"):
+        assert agent.status == "paused", f"{agent.status}: {agent.last_error[:300]}"
+        assert (agent.pause_method == "snapshot") == to_disk, agent.pause_method
+        started = time.perf_counter()
+        agent_resume(agent=agent)
+        agent.refresh_from_db()
+        times.append((time.perf_counter() - started) * 1000)
+        assert agent.status == "running", f"a resume failed: {agent.last_error[:500]}"
+    return times
+
+
+def _resumes(backend: str, agents, accel: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Pause each agent, then time its resume; microVMs again from a snapshot on disk."""
+    kinds = [("", False)] + ([(" from disk", True)] if backend == "qemu" else [])
+    lines = []
+    for label, to_disk in kinds:
+        times = _resume_times(agents, to_disk=to_disk)
+        print(
+            f"{backend} resume{label}-to-ready over {len(times)}: p50 "
+            f"{statistics.median(times):.1f} ms, p95 {percentile(times, 95):.1f} ms"
+        )
+        p95 = percentile(times, 95)
+        if backend == "process":
+            lines.append(report("process_resume_p95", p95, "ms", "<=", 100))
+        elif to_disk:
+            target = 1500 if accel == "kvm" else 8000  # no slower than a cold boot
+            lines.append(
+                report(f"microvm_{accel or 'tcg'}_resume_disk_p95", p95, "ms", "<=", target)
+            )
+        else:
+            lines.append(report(f"microvm_{accel or 'tcg'}_resume_p95", p95, "ms", "<=", 250))
     return lines
 
 

@@ -294,6 +294,8 @@ SANDBOX_HOST_STALE_SECONDS = env_float(
 )
 # Agents with no turn for this long are stopped by the idle reaper (0: never).
 AGENT_IDLE_TIMEOUT_SECONDS = env_int("AGENT_IDLE_TIMEOUT_SECONDS", 3600, minimum=0)
+# A microVM paused this long has its state saved to disk and its memory freed (0: never).
+AGENT_PAUSE_SNAPSHOT_SECONDS = env_int("AGENT_PAUSE_SNAPSHOT_SECONDS", 600, minimum=0)
 # Where bubblewrap cannot run, the process backend refuses to boot agents unless this is on.
 SANDBOX_ALLOW_UNSANDBOXED = env_bool("SANDBOX_ALLOW_UNSANDBOXED", False)
 SANDBOX_BOOT_TIMEOUT_SECONDS = env_float("SANDBOX_BOOT_TIMEOUT_SECONDS", 30.0, minimum=1.0)

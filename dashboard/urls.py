@@ -13,7 +13,7 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     path("agents/<uuid:agent_id>/logs", views.agent_logs, name="agent-logs"),
     re_path(
-        r"^agents/(?P<agent_id>[0-9a-f-]{36})/(?P<action>stop|start|restart|delete)$",
+        r"^agents/(?P<agent_id>[0-9a-f-]{36})/(?P<action>stop|start|pause|resume|restart|delete)$",
         views.agent_action,
         name="agent-action",
     ),

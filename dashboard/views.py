@@ -18,7 +18,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.models import Agent
-from agents.services import lifecycle
+from agents.services import lifecycle, pausing
 from console.pages import (
     operator_required,
     page_or_fragment,
@@ -131,6 +131,8 @@ def agents(request: HttpRequest) -> HttpResponse:
 _AGENT_ACTIONS: dict[str, tuple[Callable[..., Agent], str]] = {
     "stop": (lifecycle.agent_stop, "is stopping"),
     "start": (lifecycle.agent_start, "is starting"),
+    "pause": (pausing.agent_pause, "is pausing"),
+    "resume": (pausing.agent_resume, "is resuming"),
     "restart": (lifecycle.agent_restart, "is restarting"),
     "delete": (lifecycle.agent_destroy, "is deleted; its sandbox is being torn down"),
 }
@@ -139,7 +141,8 @@ _AGENT_ACTIONS: dict[str, tuple[Callable[..., Agent], str]] = {
 @operator_required
 @require_POST
 def agent_action(request: HttpRequest, agent_id: str, action: str) -> HttpResponse:
-    """Stop, start, restart or delete an agent; answers with its row (none once deleted)."""
+    """Stop, start, pause, resume, restart or delete an agent; answers with its row (none once
+    deleted)."""
     agent = get_object_or_404(selectors.agent_lookup(live=True), pk=agent_id)
     service, done = _AGENT_ACTIONS[action]
     label = agent.name or str(agent.pk)[:8]

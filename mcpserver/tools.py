@@ -385,6 +385,12 @@ TOOLS: dict[str, Tool] = {
                         "description": "Give it these tools, acting as its owner (never as an"
                         " operator).",
                     },
+                    "on_idle": {
+                        "type": "string",
+                        "enum": ["stop", "pause"],
+                        "description": "Idle past the console's idle timeout, it is stopped, or"
+                        " paused (its memory kept; its next turn resumes it). Default: stop.",
+                    },
                 }
             ),
             scopes=(WRITE,),
@@ -395,13 +401,36 @@ TOOLS: dict[str, Tool] = {
         Tool(
             name="agent_stop",
             title="Stop an agent",
-            description="Stop a pending, starting or running agent: its runtime ends (turns in"
-            " flight are cut off) and its workspace is kept for agent_start." + _TENANCY,
+            description="Stop a pending, starting, running or paused agent: its runtime ends (turns"
+            " in flight are cut off) and its workspace is kept for agent_start." + _TENANCY,
             input_schema=_object({"agent_id": _AGENT_ID}, ("agent_id",)),
             scopes=(WRITE,),
             read_only=False,
             destructive=True,
             run=_agent_action(agent_services.agent_stop),
+        ),
+        Tool(
+            name="agent_pause",
+            title="Pause an agent",
+            description="Pause a running agent: its sandbox is frozen, using no CPU and keeping"
+            " its memory (its sessions too). A turn sent to it, or agent_resume, resumes it"
+            " where it was. Pausing a paused agent changes nothing." + _TENANCY,
+            input_schema=_object({"agent_id": _AGENT_ID}, ("agent_id",)),
+            scopes=(WRITE,),
+            read_only=False,
+            destructive=False,
+            run=_agent_action(agent_services.agent_pause),
+        ),
+        Tool(
+            name="agent_resume",
+            title="Resume an agent",
+            description="Resume a paused agent where it was; it runs once its runtime answers."
+            " Resuming a running agent changes nothing." + _TENANCY,
+            input_schema=_object({"agent_id": _AGENT_ID}, ("agent_id",)),
+            scopes=(WRITE,),
+            read_only=False,
+            destructive=False,
+            run=_agent_action(agent_services.agent_resume),
         ),
         Tool(
             name="agent_start",

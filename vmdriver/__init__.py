@@ -9,15 +9,25 @@ This package is configured only by arguments and never imports the console's fra
 from __future__ import annotations
 
 from vmdriver.base import Driver, make_driver
-from vmdriver.errors import BackendUnavailable, SandboxNotFound, VmDriverError, VmStartError
-from vmdriver.types import VmHandle, VmSpec, VmState, VmStatus
+from vmdriver.errors import (
+    BackendUnavailable,
+    SandboxNotFound,
+    SandboxNotRunning,
+    VmDriverError,
+    VmPauseError,
+    VmStartError,
+)
+from vmdriver.types import PauseMethod, VmHandle, VmSpec, VmState, VmStatus
 
 __all__ = [
     "BackendUnavailable",
     "Driver",
+    "PauseMethod",
     "SandboxNotFound",
+    "SandboxNotRunning",
     "VmDriverError",
     "VmHandle",
+    "VmPauseError",
     "VmSpec",
     "VmStartError",
     "VmState",

@@ -9,21 +9,28 @@ from typing import Protocol, runtime_checkable
 from vmdriver.errors import BackendUnavailable
 from vmdriver.process import ProcessDriver
 from vmdriver.qemu import QemuDriver
-from vmdriver.types import VmHandle, VmSpec, VmStatus
+from vmdriver.types import PauseMethod, VmHandle, VmSpec, VmStatus
 
 __all__ = ["Driver", "make_driver"]
 
 
 @runtime_checkable
 class Driver(Protocol):
-    """Creates, starts, watches, stops and destroys sandboxes. Every call is idempotent on the
-    sandbox id: stopping a stopped sandbox or destroying a missing one is not an error."""
+    """Creates, starts, pauses, resumes, watches, stops and destroys sandboxes. Every call is
+    idempotent on the sandbox id: stopping a stopped sandbox, pausing a paused one, resuming a
+    running one or destroying a missing one is not an error. ``pause`` says how it paused the
+    sandbox; ``to_disk`` asks to free its memory too (a microVM's state is saved to disk; a
+    process keeps its memory). ``resume`` continues it where it was."""
 
     backend: str
 
     def create(self, spec: VmSpec) -> VmHandle: ...
 
     def start(self, handle: VmHandle) -> VmHandle: ...
+
+    def pause(self, sandbox_id: str, *, to_disk: bool = False) -> PauseMethod: ...
+
+    def resume(self, sandbox_id: str) -> VmHandle: ...
 
     def stop(self, sandbox_id: str, *, timeout: float = 5.0) -> None: ...
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BackendUnavailable", "SandboxNotFound", "VmDriverError", "VmStartError"]
+__all__ = [
+    "BackendUnavailable",
+    "SandboxNotFound",
+    "SandboxNotRunning",
+    "VmDriverError",
+    "VmPauseError",
+    "VmStartError",
+]
 
 
 class VmDriverError(Exception):
@@ -15,6 +22,14 @@ class BackendUnavailable(VmDriverError):
 
 class SandboxNotFound(VmDriverError):
     """No sandbox with that id is known to this driver."""
+
+
+class SandboxNotRunning(VmDriverError):
+    """The sandbox exists but is not running: there is nothing to pause."""
+
+
+class VmPauseError(VmDriverError):
+    """The sandbox could not be paused or resumed."""
 
 
 class VmStartError(VmDriverError):

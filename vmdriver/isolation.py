@@ -18,17 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "FREEZER_FILE",
     "INSIDE_RUN_DIR",
     "INSIDE_WORKSPACE",
     "CgroupLimits",
     "bwrap_argv",
     "bwrap_problem",
+    "freezer_set",
 ]
 
 INSIDE_WORKSPACE = "/workspace"
 INSIDE_RUN_DIR = "/run/sandbox"
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/alternatives")
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+# The sandbox's file naming its freezer group, written by its supervisor.
+FREEZER_FILE = "freezer"
 
 
 @functools.cache
@@ -124,7 +128,8 @@ def _own_cgroup(controller: str) -> Path | None:
 
 @dataclass
 class CgroupLimits:
-    """Memory, process-count and CPU limits for one sandbox, as cgroup (v1) groups.
+    """Memory, process-count and CPU limits for one sandbox, as cgroup (v1) groups, and a
+    freezer group that pauses it.
 
     ``apply()`` creates the groups and writes the limits; ``join()`` (called in the child before
     it runs the program) moves the calling process in; ``remove()`` deletes the groups.
@@ -138,12 +143,13 @@ class CgroupLimits:
     def __post_init__(self) -> None:
         self.groups: list[Path] = []
         self.problems: list[str] = []
+        self.freezer: Path | None = None
 
-    def _group(self, controller: str, limits: dict[str, str]) -> None:
+    def _group(self, controller: str, limits: dict[str, str]) -> Path | None:
         parent = _own_cgroup(controller)
         if parent is None or not parent.is_dir():
             self.problems.append(f"no {controller} cgroup")
-            return
+            return None
         group = parent / "agent-console" / self.name
         try:
             group.mkdir(parents=True, exist_ok=True)
@@ -151,8 +157,9 @@ class CgroupLimits:
                 (group / knob).write_text(value)
         except OSError as exc:
             self.problems.append(f"{controller} cgroup: {exc.strerror or exc}")
-            return
+            return None
         self.groups.append(group)
+        return group
 
     def apply(self) -> None:
         memory = str(self.memory_mib * 1024 * 1024)
@@ -161,6 +168,7 @@ class CgroupLimits:
         self._group(
             "cpu", {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(self.vcpus * 100000)}
         )
+        self.freezer = self._group("freezer", {})
 
     def join(self) -> None:
         pid = str(os.getpid())
@@ -169,9 +177,28 @@ class CgroupLimits:
 
     def remove(self) -> None:
         # A group empties a moment after its last process exits, so try a few times.
+        if self.freezer is not None:  # frozen tasks would never exit
+            with contextlib.suppress(OSError):
+                (self.freezer / "freezer.state").write_text("THAWED")
         for group in self.groups:
             for _ in range(50):
                 with contextlib.suppress(OSError):
                     group.rmdir()
                     break
                 time.sleep(0.02)
+
+
+def freezer_set(group: Path, state: str, *, timeout: float = 10.0) -> None:
+    """Freeze (``FROZEN``) or thaw (``THAWED``) every process of a freezer group, and wait
+    until the kernel says it is done; ``OSError`` when it cannot, ``TimeoutError`` when a
+    freeze does not finish in ``timeout`` (the group is thawed again)."""
+    knob = group / "freezer.state"
+    knob.write_text(state)
+    deadline = time.monotonic() + timeout
+    while knob.read_text().strip() != state:
+        if time.monotonic() > deadline:
+            if state == "FROZEN":
+                knob.write_text("THAWED")
+            raise TimeoutError(f"the freezer group {group.name} did not reach {state}")
+        time.sleep(0.005)
+        knob.write_text(state)  # a task forked mid-freeze is caught by writing again

@@ -11,20 +11,51 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from vmdriver.errors import BackendUnavailable, VmStartError
-from vmdriver.isolation import bwrap_problem
-from vmdriver.state import SandboxFolders, free_port, proc_start_time
-from vmdriver.types import VmHandle, VmSpec
+from vmdriver.errors import BackendUnavailable, SandboxNotRunning, VmPauseError, VmStartError
+from vmdriver.isolation import FREEZER_FILE, bwrap_problem, freezer_set
+from vmdriver.state import PAUSED_FILE, SandboxFolders, free_port, proc_start_time
+from vmdriver.types import PauseMethod, VmHandle, VmSpec
 
 __all__ = ["ProcessDriver"]
 
 _SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it, parents first."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _stop_tree(pid: int) -> dict[str, str]:
+    """SIGSTOP ``pid`` and its descendants, again until no new one appears (one may fork
+    meanwhile); the processes stopped, by pid, with their start times."""
+    stopped: dict[str, str] = {}
+    for _ in range(20):
+        fresh = [p for p in _process_tree(pid) if str(p) not in stopped]
+        if not fresh:
+            break
+        for member in fresh:
+            started = proc_start_time(member)
+            if started is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGSTOP)
+                stopped[str(member)] = started
+    return stopped
 
 
 class ProcessDriver(SandboxFolders):
@@ -35,6 +66,10 @@ class ProcessDriver(SandboxFolders):
     ``ro_binds`` are the host paths (host, inside) it may read, such as its interpreter. With
     ``isolation="none"`` it is a plain local process listening on a loopback port: only for
     hosts where bubblewrap cannot run and the operator has allowed unsandboxed processes.
+
+    ``pause`` freezes the sandbox's processes with its freezer cgroup, where its supervisor
+    made one; elsewhere (no freezer here, or no supervisor: ``isolation="none"``) it stops each
+    of them with SIGSTOP, and says so in the sandbox's log. Either way their memory stays.
     """
 
     backend = "process"
@@ -96,9 +131,11 @@ class ProcessDriver(SandboxFolders):
         """The command, environment and endpoint that start this sandbox."""
         if self.isolation == "bwrap":
             argv = [self.python, "-m", "vmdriver.supervisor", str(path)]
+            # The supervisor is this very vmdriver, whatever other copy the interpreter has.
+            package_root = str(Path(__file__).resolve().parent.parent)
             return (
                 argv,
-                {"PATH": os.environ.get("PATH", _SANDBOX_PATH)},
+                {"PATH": os.environ.get("PATH", _SANDBOX_PATH), "PYTHONPATH": package_root},
                 f"unix:{self._run_dir(path.name) / 'agent.sock'}",
             )
         port = free_port()
@@ -133,6 +170,72 @@ class ProcessDriver(SandboxFolders):
         (path / "endpoint").write_text(endpoint)
         (path / "pid").write_text(f"{proc.pid} {started}")
         return VmHandle(handle.id, self.backend, endpoint, proc.pid)
+
+    def _freezer(self, path: Path) -> tuple[Path | None, str]:
+        """The sandbox's freezer group, or None and why it has none."""
+        if self.isolation == "none":
+            return None, "it runs unsandboxed, without cgroups"
+        try:
+            group = Path((path / FREEZER_FILE).read_text().strip())
+        except OSError:
+            return None, "it has no freezer cgroup on this host"
+        if not (group / "freezer.state").exists():
+            return None, f"its freezer cgroup {group} is gone"
+        return group, ""
+
+    def pause(self, sandbox_id: str, *, to_disk: bool = False) -> PauseMethod:
+        """Freeze the running sandbox; its memory stays (``to_disk`` changes nothing here)."""
+        path = self._existing_dir(sandbox_id)
+        pid = self._live_pid(path)
+        if pid is None:
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        if (method := self._paused_method(path)) is not None:
+            return method
+        group, reason = self._freezer(path)
+        if group is not None:
+            try:
+                freezer_set(group, "FROZEN")
+            except (OSError, TimeoutError) as exc:
+                reason = f"its freezer cgroup failed: {exc}"
+            else:
+                self._record_paused(path, PauseMethod.FREEZER, group=str(group))
+                return PauseMethod.FREEZER
+        self._record_paused(path, PauseMethod.SIGSTOP, processes=_stop_tree(pid))
+        self._note(path, f"paused by SIGSTOP to each of its processes: {reason}")
+        return PauseMethod.SIGSTOP
+
+    def _thaw(self, path: Path) -> None:
+        record = self._paused(path)
+        if record is None:
+            return
+        if record.get("method") == PauseMethod.FREEZER:
+            group = Path(str(record.get("group", "")))
+            if (group / "freezer.state").exists():
+                try:
+                    freezer_set(group, "THAWED")
+                except (OSError, TimeoutError) as exc:
+                    raise VmPauseError(f"the sandbox could not be thawed: {exc}") from exc
+        else:
+            processes = record.get("processes")
+            for pid, started in (processes if isinstance(processes, dict) else {}).items():
+                if proc_start_time(int(pid)) == started:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGCONT)
+        (path / PAUSED_FILE).unlink(missing_ok=True)
+
+    def resume(self, sandbox_id: str) -> VmHandle:
+        """Thaw a paused sandbox (a running one is left as it is)."""
+        path = self._existing_dir(sandbox_id)
+        pid = self._live_pid(path)
+        if pid is None:
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        self._thaw(path)
+        return VmHandle(sandbox_id, self.backend, (path / "endpoint").read_text(), pid)
+
+    def _unpause_for_stop(self, path: Path) -> None:
+        with contextlib.suppress(VmPauseError):
+            self._thaw(path)
+        super()._unpause_for_stop(path)
 
     def _forget(self, sandbox_id: str) -> None:
         shutil.rmtree(self._run_dir(sandbox_id), ignore_errors=True)

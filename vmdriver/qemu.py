@@ -10,11 +10,17 @@ The runtime's environment travels as a JSON object in a fw_cfg item, so values m
 Acceleration is KVM where ``/dev/kvm`` really runs a guest (probed once per host by booting a
 tiny guest, see ``detect_accel``), TCG otherwise. State lives on disk under ``state_dir/<id>/``
 as for the ``process`` backend: spec, pid, endpoint, accel, log (the serial console).
+
+Each QEMU opens a QMP socket, by which the driver pauses the guest (``stop``, its memory kept)
+and resumes it (``cont``). A pause ``to_disk`` saves the guest's whole state to the sandbox's
+``snapshot`` file (an outgoing migration) and ends QEMU, freeing its memory; resuming starts
+QEMU again with that file as its incoming migration, on a new forwarded port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -23,13 +29,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from vmdriver.errors import BackendUnavailable, VmStartError
+from vmdriver.errors import BackendUnavailable, SandboxNotRunning, VmPauseError, VmStartError
 from vmdriver.guest import (
     ENV_FW_CFG_NAME,
     GATEWAY_GUEST_IP,
@@ -41,8 +48,15 @@ from vmdriver.guest import (
     PROBE_MARKER,
     find_image,
 )
-from vmdriver.state import SandboxFolders, free_port, proc_start_time, write_private
-from vmdriver.types import VmHandle, VmSpec
+from vmdriver.qmp import qmp_call
+from vmdriver.state import (
+    PAUSED_FILE,
+    SandboxFolders,
+    free_port,
+    proc_start_time,
+    write_private,
+)
+from vmdriver.types import PauseMethod, VmHandle, VmSpec
 
 __all__ = [
     "ACCELS",
@@ -68,6 +82,8 @@ _TSC_DETECTED = re.compile(rb"tsc: Detected ([0-9]+\.[0-9]+) MHz processor")
 _TSC_FAILED = b"Marking TSC unstable"
 _LISTEN_WAIT = 5.0
 _START_ATTEMPTS = 3
+_SNAPSHOT = "snapshot"
+_MIGRATE_WAIT = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,13 +176,17 @@ def qemu_argv(
     qemu: str = QEMU,
     relay: Sequence[str] = (sys.executable, "-I", str(_RELAY)),
     tsc_khz: int | None = None,
+    qmp: Path | None = None,
+    incoming: Path | None = None,
 ) -> list[str]:
     """The QEMU command line that boots ``spec`` as a microVM.
 
     Its network is QEMU's user mode with ``restrict=on`` (the guest cannot reach the host or
     beyond), one ``hostfwd`` from ``127.0.0.1:<host_port>`` to the runtime, and, with a gateway,
     one ``guestfwd`` from ``10.0.2.100:<port>`` to a relay that connects to the gateway.
-    ``tsc_khz`` spares a TCG guest its fragile TSC calibration (see ``tcg_tsc_khz``).
+    ``tsc_khz`` spares a TCG guest its fragile TSC calibration (see ``tcg_tsc_khz``). ``qmp``
+    is where QEMU opens its QMP socket; ``incoming`` a saved state it restores instead of
+    booting.
     """
     cmdline = KERNEL_CMDLINE
     if tsc_khz is not None and accel == "tcg":
@@ -204,9 +224,12 @@ def qemu_argv(
         "-fw_cfg",
         f"name={ENV_FW_CFG_NAME},file={_opt(str(env_file))}",
         # QEMU's own seccomp filter. Spawning and set*id stay allowed: the gateway relay is
-        # spawned (glib's spawn needs the set*id calls that elevateprivileges=deny stops).
+        # spawned (glib's spawn needs the set*id calls that elevateprivileges=deny stops), and
+        # so are a saved state's reader and writer.
         "-sandbox",
         "on,obsolete=deny,resourcecontrol=deny",
+        *(("-qmp", f"unix:{_opt(str(qmp))},server=on,wait=off") if qmp else ()),
+        *(("-incoming", "exec:" + shlex.join(["cat", str(incoming)])) if incoming else ()),
     ]
 
 
@@ -396,6 +419,12 @@ class QemuDriver(SandboxFolders):
         self.guest_dir = Path(guest_dir)
         self.accel = accel
         self._probed: tuple[str, int | None] | None = None
+        # Socket paths are limited to 108 bytes: the QMP sockets live under a short folder.
+        digest = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:10]
+        self.socket_root = Path(tempfile.gettempdir()) / f"agent-console-qmp-{digest}"
+
+    def _qmp(self, sandbox_id: str) -> Path:
+        return self.socket_root / f"{sandbox_id}.sock"
 
     def _boot_options(self) -> tuple[str, int | None]:
         """The accelerator, and for TCG the TSC rate to tell the guest; probed once per host."""
@@ -460,12 +489,19 @@ class QemuDriver(SandboxFolders):
         path = self._existing_dir(handle.id)
         if (pid := self._live_pid(path)) is not None:
             return self._running_handle(handle.id, path, pid)
+        return self._boot(path)
+
+    def _boot(self, path: Path, *, incoming: Path | None = None) -> VmHandle:
+        """Start QEMU for the sandbox at ``path``: booting its guest, or restoring ``incoming``."""
         spec = self._spec(path)
         image = _image(self.guest_dir)
         accel, tsc_khz = self._boot_options()
         route = gateway_route(spec.gateway)
         env_file = path / "guest-env.json"
         write_private(env_file, json.dumps(guest_env(spec, route)))
+        qmp = self._qmp(path.name)
+        self.socket_root.mkdir(mode=0o700, exist_ok=True)
+        qmp.unlink(missing_ok=True)
         for _ in range(_START_ATTEMPTS):
             port = free_port()
             argv = qemu_argv(
@@ -478,18 +514,97 @@ class QemuDriver(SandboxFolders):
                 route=route,
                 qemu=self.qemu,
                 tsc_khz=tsc_khz,
+                qmp=qmp,
+                incoming=incoming,
             )
             proc = self._launch(path, argv, port)
             if proc is not None:
                 break
         else:
-            raise VmStartError("QEMU could not bind a loopback port", log_tail=self.logs(handle.id))
+            raise VmStartError("QEMU could not bind a loopback port", log_tail=self.logs(path.name))
         started = proc_start_time(proc.pid)
         if started is None:
-            raise VmStartError("QEMU exited at once", log_tail=self.logs(handle.id))
+            raise VmStartError("QEMU exited at once", log_tail=self.logs(path.name))
         endpoint = f"http://127.0.0.1:{port}"
         (path / "endpoint").write_text(endpoint)
         (path / "accel").write_text(accel)
         (path / "argv.json").write_text(json.dumps(argv))
         (path / "pid").write_text(f"{proc.pid} {started}")
-        return VmHandle(handle.id, self.backend, endpoint, proc.pid, accel)
+        return VmHandle(path.name, self.backend, endpoint, proc.pid, accel)
+
+    def _wait_qmp(self, path: Path, timeout: float = _LISTEN_WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._qmp(path.name).exists():
+            if time.monotonic() > deadline or self._live_pid(path) is None:
+                raise VmPauseError("QEMU did not open its QMP socket")
+            time.sleep(0.01)
+
+    def pause(self, sandbox_id: str, *, to_disk: bool = False) -> PauseMethod:
+        """Halt the guest's vCPUs, its memory kept; with ``to_disk`` save its state to disk
+        and end QEMU, freeing its memory."""
+        path = self._existing_dir(sandbox_id)
+        method = self._paused_method(path)
+        if method is PauseMethod.SNAPSHOT:
+            return method
+        if self._live_pid(path) is None:
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        qmp = self._qmp(sandbox_id)
+        self._wait_qmp(path)
+        if method is None:
+            qmp_call(qmp, "stop")
+            self._record_paused(path, PauseMethod.VM_STOP)
+        if not to_disk:
+            return PauseMethod.VM_STOP
+        saving = path / f".{_SNAPSHOT}.tmp"
+        qmp_call(qmp, "migrate", {"uri": "exec:cat > " + shlex.quote(str(saving))})
+        deadline = time.monotonic() + _MIGRATE_WAIT
+        while (state := qmp_call(qmp, "query-migrate").get("status")) != "completed":
+            if state in ("failed", "cancelled") or time.monotonic() > deadline:
+                saving.unlink(missing_ok=True)
+                raise VmPauseError(f"QEMU could not save the guest's state ({state})")
+            time.sleep(0.05)
+        saving.replace(path / _SNAPSHOT)
+        self._record_paused(path, PauseMethod.SNAPSHOT)
+        with contextlib.suppress(VmPauseError):  # it may close the socket before answering
+            qmp_call(qmp, "quit")
+        self._end(path)  # if quit did not
+        self._note(path, "paused to disk: QEMU ended, its guest's state saved")
+        return PauseMethod.SNAPSHOT
+
+    def resume(self, sandbox_id: str) -> VmHandle:
+        """Continue a paused guest: its vCPUs again, or QEMU restored from its saved state (on
+        a new forwarded port: the handle says where)."""
+        path = self._existing_dir(sandbox_id)
+        method = self._paused_method(path)
+        pid = self._live_pid(path)
+        if method is not PauseMethod.SNAPSHOT:
+            if pid is None:
+                raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+            if method is not None:
+                qmp_call(self._qmp(sandbox_id), "cont")
+                (path / PAUSED_FILE).unlink(missing_ok=True)
+            return self._running_handle(sandbox_id, path, pid)
+        handle = self._boot(path, incoming=path / _SNAPSHOT)
+        qmp = self._qmp(sandbox_id)
+        self._wait_qmp(path)
+        deadline = time.monotonic() + _MIGRATE_WAIT
+        while (state := qmp_call(qmp, "query-status").get("status")) == "inmigrate":
+            if time.monotonic() > deadline or self._live_pid(path) is None:
+                self._end(path)
+                raise VmPauseError("QEMU could not restore the guest's saved state")
+            time.sleep(0.05)
+        if state != "running":
+            qmp_call(qmp, "cont")
+        (path / _SNAPSHOT).unlink(missing_ok=True)
+        (path / PAUSED_FILE).unlink(missing_ok=True)
+        self._note(path, "resumed from disk")
+        return handle
+
+    def _unpause_for_stop(self, path: Path) -> None:
+        (path / _SNAPSHOT).unlink(missing_ok=True)
+        super()._unpause_for_stop(path)
+
+    def _forget(self, sandbox_id: str) -> None:
+        self._qmp(sandbox_id).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: other sandboxes still live
+            self.socket_root.rmdir()

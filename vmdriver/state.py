@@ -1,6 +1,7 @@
 """What the local backends share: each sandbox is a folder under ``state_dir`` (its spec, the
-pid and start time of its process group's leader, its endpoint and its log), so any process on
-the host, a worker or a reconcile pass after a crash, sees the same sandboxes."""
+pid and start time of its process group's leader, its endpoint, its log, and while it is paused
+how), so any process on the host, a worker or a reconcile pass after a crash, sees the same
+sandboxes."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from pathlib import Path
 
 from vmdriver.errors import SandboxNotFound
 from vmdriver.gpus import GpuUnit
-from vmdriver.types import VmSpec, VmState, VmStatus
+from vmdriver.types import PauseMethod, VmSpec, VmState, VmStatus
 
-__all__ = ["SandboxFolders", "free_port", "proc_start_time", "write_private"]
+__all__ = ["PAUSED_FILE", "SandboxFolders", "free_port", "proc_start_time", "write_private"]
+
+PAUSED_FILE = "paused"  # while paused: how (JSON: method, and what the method needs undone)
 
 
 def free_port() -> int:
@@ -109,10 +112,45 @@ class SandboxFolders:
         pid = int(pid_text)
         return pid if proc_start_time(pid) == started else None
 
+    def _paused(self, path: Path) -> dict[str, object] | None:
+        """What the sandbox's pause recorded, or None when it is not paused."""
+        try:
+            record = json.loads((path / PAUSED_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _paused_method(self, path: Path) -> PauseMethod | None:
+        record = self._paused(path)
+        try:
+            return PauseMethod(str(record["method"])) if record else None
+        except (KeyError, ValueError):
+            return None
+
+    def _record_paused(self, path: Path, method: PauseMethod, **details: object) -> None:
+        tmp = path / f".{PAUSED_FILE}.tmp"
+        tmp.write_text(json.dumps({"method": method.value, **details}))
+        tmp.replace(path / PAUSED_FILE)
+
+    def _note(self, path: Path, line: str) -> None:
+        """A line of the driver's own in the sandbox's log."""
+        with contextlib.suppress(OSError), (path / "log").open("a") as log:
+            log.write(f"sandbox: {line}\n")
+
+    def _unpause_for_stop(self, path: Path) -> None:
+        """Undo a pause before the sandbox is stopped (a frozen process never sees SIGTERM)."""
+        (path / PAUSED_FILE).unlink(missing_ok=True)
+
     def stop(self, sandbox_id: str, *, timeout: float = 5.0) -> None:
         """SIGTERM the sandbox's whole process group, then SIGKILL what is left after
-        ``timeout``."""
+        ``timeout``. A paused sandbox is resumed first, or its saved state dropped."""
         path = self._dir(sandbox_id)
+        if (path / PAUSED_FILE).exists():
+            self._unpause_for_stop(path)
+        self._end(path, timeout)
+
+    def _end(self, path: Path, timeout: float = 5.0) -> None:
+        """End the sandbox's process group, whatever it was doing."""
         pid = self._live_pid(path)
         if pid is None:
             return
@@ -144,9 +182,14 @@ class SandboxFolders:
     def status(self, sandbox_id: str) -> VmStatus:
         path = self._existing_dir(sandbox_id)
         pid = self._live_pid(path)
+        paused = self._paused_method(path)
         if pid is not None:
             endpoint = (path / "endpoint").read_text()
+            if paused is not None:
+                return VmStatus(sandbox_id, VmState.PAUSED, endpoint, pid, paused=paused)
             return VmStatus(sandbox_id, VmState.RUNNING, endpoint, pid)
+        if paused is PauseMethod.SNAPSHOT:  # its state is on disk, no process runs it
+            return VmStatus(sandbox_id, VmState.PAUSED, paused=paused)
         state = VmState.EXITED if (path / "pid").exists() else VmState.CREATED
         return VmStatus(sandbox_id, state)
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from vmdriver.gpus import GpuUnit, gpu_dev_binds
-from vmdriver.isolation import INSIDE_RUN_DIR, CgroupLimits, bwrap_argv
+from vmdriver.isolation import FREEZER_FILE, INSIDE_RUN_DIR, CgroupLimits, bwrap_argv
 from vmdriver.qemu import gateway_route
 from vmdriver.state import proc_start_time
 
@@ -101,6 +101,11 @@ async def supervise(sandbox_dir: Path) -> int:
     limits.apply()
     if limits.problems:
         print(f"sandbox: limits not applied: {'; '.join(limits.problems)}", flush=True)
+    freezer = sandbox_dir / FREEZER_FILE
+    if limits.freezer is not None:  # the driver pauses the sandbox with it
+        freezer.write_text(str(limits.freezer))
+    else:
+        freezer.unlink(missing_ok=True)
     argv = bwrap_argv(
         workspace=sandbox_dir / "workspace",
         run_dir=run_dir,

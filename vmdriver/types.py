@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from vmdriver.gpus import GpuUnit
 
-__all__ = ["VmHandle", "VmSpec", "VmState", "VmStatus"]
+__all__ = ["PauseMethod", "VmHandle", "VmSpec", "VmState", "VmStatus"]
 
 
 def _frozen_env(env: Mapping[str, str]) -> Mapping[str, str]:
@@ -62,7 +62,17 @@ class VmHandle:
 class VmState(enum.StrEnum):
     CREATED = "created"
     RUNNING = "running"
+    PAUSED = "paused"
     EXITED = "exited"
+
+
+class PauseMethod(enum.StrEnum):
+    """How a paused sandbox was paused."""
+
+    FREEZER = "freezer"  # its cgroup (v1) freezer: no CPU, memory kept
+    SIGSTOP = "sigstop"  # SIGSTOP to each of its processes, where there is no freezer
+    VM_STOP = "vm-stop"  # QEMU's ``stop``: the vCPUs halt, the guest's memory is kept
+    SNAPSHOT = "snapshot"  # QEMU's state saved to disk and QEMU ended: its memory is freed
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +84,4 @@ class VmStatus:
     endpoint: str = ""
     pid: int | None = None
     exit_code: int | None = None
+    paused: PauseMethod | None = None

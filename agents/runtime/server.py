@@ -19,8 +19,10 @@ from typing import Any
 from aiohttp import (
     ClientConnectorError,
     ClientError,
+    ClientOSError,
     ClientSession,
     ClientTimeout,
+    ServerDisconnectedError,
     UnixConnector,
     web,
 )
@@ -262,12 +264,22 @@ class Turn:
         assert self.state.http is not None
         url, headers, payload = self._request(stream)
         try:
-            response = await self.state.http.post(
-                url,
-                json=payload,
-                headers=headers,
-                server_hostname=self.state.config.gateway.tls_name,
-            )
+            try:
+                response = await self.state.http.post(
+                    url,
+                    json=payload,
+                    headers=headers,
+                    server_hostname=self.state.config.gateway.tls_name,
+                )
+            except (ClientOSError, ServerDisconnectedError):
+                # A kept-alive connection that died while idle (a microVM restored from disk
+                # finds its old connections gone): once more, on a new one.
+                response = await self.state.http.post(
+                    url,
+                    json=payload,
+                    headers=headers,
+                    server_hostname=self.state.config.gateway.tls_name,
+                )
         except (ClientError, TimeoutError) as exc:
             raise ChatError(
                 502, "gateway_unreachable", f"the console gateway is unreachable: {exc}"

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from agents import sandbox
 from agents.models import Agent, Message, Session
+from agents.services.pausing import agent_resume
 from console.models import UsageRecord, User
 from console.services import user_check_active
 from plumbing.database import database_sync_to_async
@@ -189,9 +190,14 @@ def _turn_finish(
     )
 
 
+# What a turn waits for (within AGENT_BOOT_WAIT_SECONDS): a boot, a pause, a resume.
+_COMING = (_STATUS.PENDING, _STATUS.STARTING, _STATUS.PAUSING, _STATUS.RESUMING)
+
+
 async def agent_turn_session(*, turn: ChatTurn) -> tuple[Agent, Session]:
     """The turn's running agent and its session (a new one when it names none); a turn sent
-    right after spawning waits for the boot to finish."""
+    right after spawning waits for the boot to finish, and one sent to a paused agent resumes
+    it and waits for it, as a sandbox that pauses resumes on its next request."""
     read = turn.session
     if read is not None and read.agent.status == _STATUS.RUNNING:
         if read.title:
@@ -204,8 +210,11 @@ async def agent_turn_session(*, turn: ChatTurn) -> tuple[Agent, Session]:
         )
         if session is not None:
             return agent, session
-        booting = agent.status in (_STATUS.PENDING, _STATUS.STARTING)
-        if not booting or time.monotonic() >= deadline:
+        if agent.status == _STATUS.PAUSED:
+            agent = await sync_to_async(agent_resume)(agent=agent)
+            if agent.status == _STATUS.RUNNING:  # resumed at once
+                continue
+        if agent.status not in _COMING or time.monotonic() >= deadline:
             raise AgentNotRunning(
                 f"the agent is {agent.status}, not running",
                 details={"agent_id": str(agent.pk), "status": agent.status},

@@ -104,7 +104,7 @@ def hosts_mark_stale() -> list[str]:
                 f" (no heartbeat since {last_seen_at:%Y-%m-%d %H:%M:%S} UTC)"
             )
             on_host = Agent.objects.filter(host_id=pk)
-            on_host.filter(status__in=Agent.ACTIVE_STATUSES).update(
+            on_host.filter(status__in=Agent.HOLDING_STATUSES).update(
                 status=Agent.Status.FAILED, endpoint="", stopped_at=now, last_error=reason
             )
             on_host.filter(status=Agent.Status.STOPPING).update(
@@ -116,17 +116,22 @@ def hosts_mark_stale() -> list[str]:
 
 
 def hosts_usage(*, host_ids: list[int]) -> dict[int, dict[str, int]]:
-    """vCPUs, memory and agents in use on each host, by its active agents."""
+    """vCPUs, memory and agents in use on each host: the vCPUs of its active agents, the
+    memory of those and of its paused ones (which use no CPU but keep their memory)."""
     rows = (
-        Agent.objects.filter(host_id__in=host_ids, status__in=Agent.ACTIVE_STATUSES)
+        Agent.objects.filter(host_id__in=host_ids, status__in=Agent.HOLDING_STATUSES)
         .values("host_id")
-        .annotate(vcpus=Sum("vcpus"), memory=Sum("memory_mib"), agents=Count("id"))
+        .annotate(
+            vcpus=Sum("vcpus", filter=Q(status__in=Agent.ACTIVE_STATUSES)),
+            memory=Sum("memory_mib"),
+            agents=Count("id"),
+        )
         .order_by()
     )
     usage = {host_id: {"vcpus": 0, "memory": 0, "agents": 0} for host_id in host_ids}
     for row in rows:
         usage[row["host_id"]] = {
-            "vcpus": row["vcpus"],
+            "vcpus": row["vcpus"] or 0,
             "memory": row["memory"],
             "agents": row["agents"],
         }
@@ -153,10 +158,10 @@ class GpuRequest:
 
 
 def gpus_held(*, host_ids: list[int], but: str | None = None) -> dict[int, set[str]]:
-    """The UUIDs of the GPUs and MIG slices each host's active agents hold (``but`` that
-    agent's own)."""
+    """The UUIDs of the GPUs and MIG slices each host's active and paused agents hold (``but``
+    that agent's own)."""
     rows = Agent.objects.filter(
-        host_id__in=host_ids, status__in=Agent.ACTIVE_STATUSES, gpu_count__gt=0
+        host_id__in=host_ids, status__in=Agent.HOLDING_STATUSES, gpu_count__gt=0
     ).exclude(pk=but)
     held: dict[int, set[str]] = {host_id: set() for host_id in host_ids}
     for host_id, units in rows.values_list("host_id", "gpus"):

@@ -1,4 +1,4 @@
-"""The agent lifecycle: spawn, boot, stop, start, restart, delete, reconcile, and the idle reaper.
+"""The agent lifecycle: spawn, boot, stop, start, restart, delete, reconcile.
 
 Spawning and the other requests change the database in one transaction and queue the work on the
 agent's host after commit; the tasks do the sandbox work there, each safe to run again.
@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from agents import sandbox
@@ -52,7 +52,7 @@ __all__ = [
     "agent_start",
     "agent_stop",
     "agent_teardown",
-    "agents_reap_idle",
+    "agents_idle",
     "agents_reconcile",
     "agents_stop_all",
     "agents_stop_idle",
@@ -71,6 +71,8 @@ def _queue(agent: Agent) -> str | None:
 _BOOT = "agents.tasks.agent_boot"
 _HALT = "agents.tasks.agent_halt"
 _TEARDOWN = "agents.tasks.agent_teardown"
+_FREEZE = "agents.tasks.agent_freeze"
+_THAW = "agents.tasks.agent_thaw"
 
 
 def _queue_after_commit(
@@ -114,11 +116,14 @@ def agent_spawn(
     builtin_tools: list[str] | None = None,
     mcp_servers: tuple[McpServerSpec, ...] = (),
     console_mcp: bool = False,
+    on_idle: str | None = None,
 ) -> Agent:
     """Check the owner's quota, then claim a matching warm agent, or place a new one on a host
     with room (and the GPUs ``gpu`` asks for free) and record it pending, in one transaction;
     its boot is queued after commit. An agent with GPUs, a choice of built-in tools, MCP
-    servers or the console's MCP tools is never a warm one (a warm one booted without them)."""
+    servers or the console's MCP tools is never a warm one (a warm one booted without them).
+    ``on_idle`` says whether the idle reaper stops it or pauses it (by default: stops it, or
+    for a warm one as its pool says)."""
     user_check_active(user=owner)
     if (mcp_servers or console_mcp) and settings.SANDBOX_BACKEND == "qemu":
         raise BadRequest(
@@ -137,7 +142,8 @@ def agent_spawn(
     with transaction.atomic():
         # Locking the quota row serializes concurrent spawns of one user, so the count is exact.
         quota = Quota.objects.select_for_update().get(pk=quota_get(user=owner).pk)
-        used = Agent.objects.filter(owner=owner, status__in=Agent.ACTIVE_STATUSES).aggregate(
+        # A paused agent keeps its place: a chat turn resumes it with no quota check.
+        used = Agent.objects.filter(owner=owner, status__in=Agent.HOLDING_STATUSES).aggregate(
             count=Count("id"),
             vcpus=Sum("vcpus"),
             memory=Sum("memory_mib"),
@@ -160,11 +166,19 @@ def agent_spawn(
                 console_mcp=console_mcp,
             )
             agent_mcp_servers_record(agent=agent, servers=mcp_servers)
-            return agent
+            return _with_on_idle(agent, on_idle)
         claimed = warm_claim(template=template, owner=owner, name=name, anthropic_key=key)
         if claimed is not None:
-            return claimed
-        return agent_record(template=template, owner=owner, name=name, anthropic_key=key)
+            return _with_on_idle(claimed, on_idle)
+        agent = agent_record(template=template, owner=owner, name=name, anthropic_key=key)
+        return _with_on_idle(agent, on_idle)
+
+
+def _with_on_idle(agent: Agent, on_idle: str | None) -> Agent:
+    if on_idle is not None and agent.on_idle != on_idle:
+        Agent.objects.filter(pk=agent.pk).update(on_idle=on_idle)
+        agent.on_idle = on_idle
+    return agent
 
 
 def agent_record(
@@ -330,9 +344,9 @@ def agent_destroy(*, agent: Agent, actor: User | None = None) -> Agent:
 
 
 def agent_stop(*, agent: Agent, actor: User | None = None) -> Agent:
-    """Stop a pending, starting or running agent; its workspace is kept for a later start. An
-    operator's (``actor``, staff) stop is in the audit log."""
-    if agent.status not in Agent.ACTIVE_STATUSES:
+    """Stop a pending, starting, running or paused agent; its workspace is kept for a later
+    start. An operator's (``actor``, staff) stop is in the audit log."""
+    if agent.status not in Agent.HOLDING_STATUSES:
         raise AgentNotRunning(
             f"the agent is {agent.status}",
             details={"agent_id": str(agent.pk), "status": agent.status},
@@ -341,10 +355,10 @@ def agent_stop(*, agent: Agent, actor: User | None = None) -> Agent:
 
 
 def agents_stop_all(*, actor: User | None = None) -> list[Agent]:
-    """Stop every pending, starting or running agent, as ``agent_stop`` does each one; the
-    agents it stopped. One that stopped meanwhile is skipped."""
+    """Stop every pending, starting, running or paused agent, as ``agent_stop`` does each one;
+    the agents it stopped. One that stopped meanwhile is skipped."""
     stopped = []
-    active = Agent.objects.filter(status__in=Agent.ACTIVE_STATUSES, deleted_at__isnull=True)
+    active = Agent.objects.filter(status__in=Agent.HOLDING_STATUSES, deleted_at__isnull=True)
     for agent in active.select_related("host").order_by("created_at"):
         try:
             stopped.append(agent_stop(agent=agent, actor=actor))
@@ -384,7 +398,7 @@ def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
 def agent_restart(*, agent: Agent, actor: User | None = None) -> Agent:
     """Stop the agent's runtime and boot it again (its workspace is kept). An operator's
     (``actor``, staff) restart is in the audit log."""
-    if agent.status not in (*Agent.ACTIVE_STATUSES, _STATUS.FAILED, _STATUS.STOPPED):
+    if agent.status not in (*Agent.HOLDING_STATUSES, _STATUS.FAILED, _STATUS.STOPPED):
         raise AgentNotRunning(f"the agent is {agent.status}", details={"status": agent.status})
     return _request(agent, deleted=False, then_boot=True, actor=actor)
 
@@ -424,7 +438,8 @@ def _host_agents(host_name: str | None):  # type: ignore[no-untyped-def]
 def agents_reconcile(*, host_name: str | None = None, restarted: bool = False) -> dict[str, int]:
     """Bring the database and this host's sandboxes back into agreement.
 
-    Running agents whose sandbox died fail. Boots and stops left half-done (past twice the boot
+    Running and paused agents whose sandbox died fail. Boots, stops, pauses and resumes left
+    half-done (past twice the boot
     timeout, or at once when the host's worker has just ``restarted``: its predecessor's work
     died with it) are run again: a boot run again keeps a healthy sandbox and its agent runs.
     Sandboxes that no agent owns any more are destroyed, and those of stopped agents stopped.
@@ -436,11 +451,19 @@ def agents_reconcile(*, host_name: str | None = None, restarted: bool = False) -
     stale = timezone.now() - timedelta(seconds=settings.SANDBOX_BOOT_TIMEOUT_SECONDS * 2)
     if restarted:
         stale = timezone.now()
-    for agent in agents.filter(status=_STATUS.RUNNING):
+    for agent in agents.filter(status__in=[_STATUS.RUNNING, _STATUS.PAUSED]):
         status = live.get(agent.sandbox_id)
-        if status is None or status.state != VmState.RUNNING:
+        if status is None or status.state not in (VmState.RUNNING, VmState.PAUSED):
             _mark_failed(agent, "the sandbox is no longer running")
             counts["failed"] += 1
+    for agent in agents.filter(
+        status__in=[_STATUS.PAUSING, _STATUS.RESUMING], updated_at__lt=stale
+    ).select_related("host"):
+        if agent.status == _STATUS.PAUSING:
+            worker_task(_FREEZE).apply_async((str(agent.pk), False), queue=_queue(agent))
+        else:
+            worker_task(_THAW).apply_async((str(agent.pk), None), queue=_queue(agent))
+        counts["rebooted"] += 1
     interrupted = agents.filter(
         status__in=[_STATUS.PENDING, _STATUS.STARTING], updated_at__lt=stale
     ).select_related("host")
@@ -464,7 +487,7 @@ def agents_reconcile(*, host_name: str | None = None, restarted: bool = False) -
             drv.destroy(sandbox_id)
             counts["orphans"] += 1
         elif owned[sandbox_id] in (_STATUS.STOPPED, _STATUS.FAILED) and (
-            status.state == VmState.RUNNING
+            status.state in (VmState.RUNNING, VmState.PAUSED)
         ):
             drv.stop(sandbox_id)
     return counts
@@ -495,20 +518,9 @@ def _mark_failed(agent: Agent, reason: str) -> None:
     )
 
 
-def agents_reap_idle() -> int:
-    """Stop running agents that have had no chat turn for the idle timeout."""
-    timeout = settings.AGENT_IDLE_TIMEOUT_SECONDS
-    if not timeout:
-        return 0
-    return len(agents_stop_idle(idle_for=timedelta(seconds=timeout)))
-
-
-def agents_stop_idle(
-    *, idle_for: timedelta, owner: User | None = None, actor: User | None = None
-) -> list[Agent]:
-    """Stop the running agents (of ``owner``, or everyone's) that have had no chat turn for
-    ``idle_for``, as ``agent_stop`` does each one; the agents it stopped. Warm agents wait for
-    a spawn by design and are left alone."""
+def agents_idle(*, idle_for: timedelta, owner: User | None = None) -> QuerySet[Agent]:
+    """The running agents (of ``owner``, or everyone's) that have had no chat turn for
+    ``idle_for``. Warm agents wait for a spawn by design and are left out."""
     cutoff = timezone.now() - idle_for
     idle = (
         Agent.objects.select_related("host")
@@ -517,8 +529,16 @@ def agents_stop_idle(
             Q(last_active_at__lt=cutoff) | Q(last_active_at__isnull=True, started_at__lt=cutoff)
         )
     )
-    if owner is not None:
-        idle = idle.filter(owner=owner)
+    return idle if owner is None else idle.filter(owner=owner)
+
+
+def agents_stop_idle(
+    *, idle_for: timedelta, owner: User | None = None, actor: User | None = None
+) -> list[Agent]:
+    """Stop the running agents (of ``owner``, or everyone's) that have had no chat turn for
+    ``idle_for``, as ``agent_stop`` does each one; the agents it stopped. Warm agents wait for
+    a spawn by design and are left alone."""
+    idle = agents_idle(idle_for=idle_for, owner=owner)
     return [agent_stop(agent=agent, actor=actor) for agent in idle]
 
 

@@ -11,7 +11,7 @@ import json
 import uuid
 from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from agents.models import Agent, Session
@@ -73,12 +73,12 @@ def session_for_turn(*, user: User, session_id: uuid.UUID | str) -> Session:
 
 def task_agent(*, user: User, agent_id: uuid.UUID | None) -> Agent:
     """The named agent of the user's, or their running agent with the fewest open sessions
-    (never one that is draining)."""
+    (never one that is draining), or else their paused one last active (the turn resumes it)."""
     if agent_id is not None:
         agent = _own_agent(user, agent_id)
         draining_check(agent=agent)
         return agent
-    agent = task_agent_running(user=user)
+    agent = task_agent_running(user=user) or _task_agent_paused(user)
     if agent is None:
         raise AgentNotRunning("you have no running agent: spawn one first")
     return agent
@@ -95,6 +95,19 @@ def task_agent_running(*, user: User) -> Agent | None:
         )
         .annotate(open_sessions=Count("sessions", filter=Q(sessions__closed_at__isnull=True)))
         .order_by("open_sessions", "-last_active_at")
+        .first()
+    )
+
+
+def _task_agent_paused(user: User) -> Agent | None:
+    return (
+        Agent.objects.filter(
+            owner=user,
+            deleted_at__isnull=True,
+            status__in=Agent.PAUSED_STATUSES,
+            draining_since__isnull=True,
+        )
+        .order_by(F("last_active_at").desc(nulls_last=True))
         .first()
     )
 

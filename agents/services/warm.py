@@ -56,11 +56,12 @@ def pool_owner() -> User:
 def warm_claim(
     *, template: AgentTemplate, owner: User, name: str = "", anthropic_key: str = ""
 ) -> Agent | None:
-    """Hand a running warm agent of this template to ``owner``; call inside the spawn's
-    transaction. The pool is refilled after commit."""
+    """Hand a running warm agent of this template to ``owner``, idling as its pool says (stop
+    or pause); call inside the spawn's transaction. The pool is refilled after commit."""
     pools = WarmPool.objects.filter(is_enabled=True, **template.fields())
     agent = (
-        Agent.objects.select_for_update(skip_locked=True)
+        Agent.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("warm_pool")
         .filter(warm_pool__in=pools, status=Agent.Status.RUNNING, deleted_at__isnull=True)
         .order_by("started_at")
         .first()
@@ -74,6 +75,7 @@ def warm_claim(
         warm_pool=None,
         anthropic_key_encrypted=anthropic_key,
         last_active_at=timezone.now(),
+        on_idle=agent.warm_pool.on_idle,  # the pool's choice, unless the spawn makes its own
     )
     transaction.on_commit(lambda: worker_task("agents.tasks.warm_pool_refill").delay(pool_id))
     SPAWN_TOTAL.labels("success").inc()

@@ -70,6 +70,8 @@ ROUTES = [
     ("post", "/agents/{agent}/stop", None),
     ("post", "/agents/{agent}/start", None),
     ("post", "/agents/{agent}/restart", None),
+    ("post", "/agents/{agent}/pause", None),
+    ("post", "/agents/{agent}/resume", None),
     ("get", "/agents/{agent}/logs", None),
     ("post", "/sessions", {"agent_id": "{agent}"}),
     ("get", "/sessions", None),

@@ -258,6 +258,32 @@ def test_stopping_an_agent_answers_with_its_row_and_a_toast(
     assert event.actor.username == "olivia"
 
 
+def test_a_running_agent_has_a_pause_button_and_pausing_answers_with_a_resume_button(
+    staff, user, django_capture_on_commit_callbacks
+):
+    agent = _agent(user, name="napper")
+    page = staff.get(reverse("dashboard:agents"), **HX).content.decode()
+    assert reverse("dashboard:agent-action", args=[agent.pk, "pause"]) in page
+    assert reverse("dashboard:agent-action", args=[agent.pk, "resume"]) not in page
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = staff.post(reverse("dashboard:agent-action", args=[agent.pk, "pause"]), **HX)
+
+    html = response.content.decode()
+    assert "status-pausing" in html and "Agent napper is pausing." in html
+    assert reverse("dashboard:agent-action", args=[agent.pk, "resume"]) in html
+    assert reverse("dashboard:agent-action", args=[agent.pk, "pause"]) not in html
+    assert reverse("dashboard:agent-action", args=[agent.pk, "stop"]) in html
+    assert len(callbacks) == 1  # the freeze task, queued after commit on the agent's host
+    assert AuditEvent.objects.get().action == "agent.pause"
+    Agent.objects.filter(pk=agent.pk).update(status=Agent.Status.PAUSED)
+    with django_capture_on_commit_callbacks():
+        resumed = staff.post(reverse("dashboard:agent-action", args=[agent.pk, "resume"]), **HX)
+    assert "Agent napper is resuming." in resumed.content.decode()
+    agent.refresh_from_db()
+    assert agent.status == "resuming"
+
+
 def test_a_refused_action_shows_why_and_changes_nothing(staff, user):
     agent = _agent(user, name="idle", status=Agent.Status.STOPPED)
     response = staff.post(reverse("dashboard:agent-action", args=[agent.pk, "stop"]), **HX)

@@ -30,6 +30,8 @@ HINTS = {
     "agent_spawn": (False, False),
     "agent_stop": (False, True),
     "agent_start": (False, False),
+    "agent_pause": (False, False),
+    "agent_resume": (False, False),
     "agent_restart": (False, True),
     "agent_delete": (False, True),
     "agent_logs": (True, False),
@@ -122,6 +124,42 @@ def test_an_agent_is_spawned_read_stopped_and_deleted_with_the_tools(live_consol
         )
     ]
     assert ToolCall.objects.filter(transport="http", api_key__user=user).count() == 7
+
+
+def test_an_agent_is_paused_and_resumed_with_the_tools_by_its_owner_only(
+    live_console, user, outsider, key_of
+):
+    async def spawn(client):
+        return answer(await client.call_tool("agent_spawn", {"name": "mcp", "memory": 256}))
+
+    agent_id = http_session(live_console, key_of(user), spawn)["agent_id"]
+
+    async def intrude(client):
+        return await client.call_tool("agent_pause", {"agent_id": agent_id})
+
+    async def read_only(client):
+        return await client.call_tool("agent_pause", {"agent_id": agent_id})
+
+    assert _error(http_session(live_console, key_of(outsider), intrude))["code"] == (
+        "agent_not_found"
+    )
+    assert _error(http_session(live_console, key_of(user, "read"), read_only))["code"] == (
+        "forbidden"
+    )
+    assert Agent.objects.get(pk=agent_id).status == "running"
+
+    async def work(client):
+        paused = answer(await client.call_tool("agent_pause", {"agent_id": agent_id}))
+        again = answer(await client.call_tool("agent_pause", {"agent_id": agent_id}))
+        resumed = answer(await client.call_tool("agent_resume", {"agent_id": agent_id}))
+        return paused, again, resumed
+
+    paused, again, resumed = http_session(live_console, key_of(user), work)
+
+    assert paused["status"] == "paused", paused
+    assert paused["pause_method"] in ("freezer", "sigstop")  # sigstop: no freezer cgroup here
+    assert again["status"] == "paused"
+    assert (resumed["status"], resumed["pause_method"]) == ("running", ""), resumed
 
 
 def test_a_read_only_key_cannot_call_a_tool_that_writes(asgi_server, user, key_of):

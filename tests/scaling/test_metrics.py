@@ -73,6 +73,17 @@ def test_the_database_counts_a_pools_agents_by_status_and_its_open_sessions(user
     assert not reading.error
 
 
+def test_paused_agents_are_neither_capacity_nor_load_of_their_pool(user):
+    running = agents(user, 1)
+    paused = agents(user, 1, status=_S.PAUSED) + agents(user, 1, status=_S.PAUSING)
+    sessions(running[0], user, 2)
+    sessions(paused[0], user, 3)  # they come back with their agent, when a turn resumes it
+
+    reading = pools_observe(pools={"p": PoolKey(user.pk, MODEL, PROMPT)}, prometheus_url="")["p"]
+
+    assert (reading.agents, reading.sessions, reading.by_status) == (1, 2, {"running": 1})
+
+
 def test_many_pools_are_read_in_two_queries(user, django_assert_num_queries):
     pools = {}
     for n in range(20):

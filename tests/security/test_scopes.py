@@ -198,6 +198,20 @@ ROWS = [
         200,
     ),
     Row(
+        "api/v1/^agents/(?P<pk>[0-9a-fA-F-]{36})/pause$",
+        "POST",
+        f"/api/v1/agents/{A}/pause",
+        OWNED,
+        200,
+    ),
+    Row(
+        "api/v1/^agents/(?P<pk>[0-9a-fA-F-]{36})/resume$",
+        "POST",
+        f"/api/v1/agents/{A}/resume",
+        OWNED,
+        200,
+    ),
+    Row(
         "api/v1/^agents/(?P<pk>[0-9a-fA-F-]{36})/restart$",
         "POST",
         f"/api/v1/agents/{A}/restart",
@@ -289,7 +303,7 @@ ROWS = [
         htmx=True,
     ),
     Row(
-        "dashboard/^agents/(?P<agent_id>[0-9a-f-]{36})/(?P<action>stop|start|restart|delete)$",
+        "dashboard/^agents/(?P<agent_id>[0-9a-f-]{36})/(?P<action>stop|start|pause|resume|restart|delete)$",
         "POST",
         f"/dashboard/agents/{A}/stop",
         PAGE_OPERATOR,

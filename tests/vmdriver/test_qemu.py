@@ -30,7 +30,14 @@ from tests.fakes.anthropic import FakeAnthropic, ToolUse
 from tests.guest import QEMU, guest_or_skip
 from tests.polling import eventually
 from tests.servers import answers
-from vmdriver import BackendUnavailable, SandboxNotFound, VmSpec, VmState, make_driver
+from vmdriver import (
+    BackendUnavailable,
+    PauseMethod,
+    SandboxNotFound,
+    VmSpec,
+    VmState,
+    make_driver,
+)
 from vmdriver.guest import GATEWAY_GUEST_IP, GUEST_PORT, find_image
 from vmdriver.guest.build import DEFAULT_RUNTIME_SRC, recipe_hash
 from vmdriver.guest.cpio import CharDevice, write_cpio
@@ -484,3 +491,72 @@ def test_a_stopped_microvm_is_exited_and_starts_again(guest_dir: Path, tmp_path:
         assert os.stat(tmp_path / "sandboxes" / "vm-2" / "guest-env.json").st_mode & 0o077 == 0
     finally:
         driver.destroy("vm-2")
+
+
+def test_the_command_line_opens_qmp_and_restores_a_saved_state(tmp_path: Path) -> None:
+    spec = VmSpec(name="vm-q")
+    argv = _argv(spec, tmp_path, qmp=tmp_path / "q.sock", incoming=tmp_path / "my state")
+    assert argv[argv.index("-qmp") + 1] == f"unix:{tmp_path / 'q.sock'},server=on,wait=off"
+    assert argv[argv.index("-incoming") + 1] == f"exec:cat '{tmp_path / 'my state'}'"
+    assert "-qmp" not in _argv(spec, tmp_path) and "-incoming" not in _argv(spec, tmp_path)
+
+
+def _guest_cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.mark.timeout(600)
+def test_a_microvm_pauses_in_memory_and_to_disk_and_resumes_with_its_session(
+    guest_dir: Path, tmp_path: Path
+) -> None:
+    with FakeAnthropic() as fake:
+        driver = QemuDriver(state_dir=tmp_path / "sandboxes", guest_dir=guest_dir)
+        spec = VmSpec(
+            name="vm-p",
+            memory_mib=256,
+            gateway=fake.base_url,
+            env={"AGENT_ID": "vm-p", "AGENT_GATEWAY_URL": fake.base_url},
+        )
+        handle = driver.start(driver.create(spec))
+        try:
+            _wait_healthy(driver, "vm-p", handle.endpoint, timeout=120)
+            first = httpx.post(
+                f"{handle.endpoint}/v1/agent/chat",
+                json={"prompt": "remember me", "session_id": "s-1"},
+                timeout=60,
+            )
+            assert first.status_code == 200, first.text
+
+            assert driver.pause("vm-p") is PauseMethod.VM_STOP
+            assert driver.status("vm-p").state is VmState.PAUSED
+            assert not answers(f"{handle.endpoint}/health")
+            assert handle.pid is not None
+            still = _guest_cpu_ticks(handle.pid)
+            time.sleep(1)
+            assert _guest_cpu_ticks(handle.pid) - still <= 10  # its vCPUs halted
+            resumed = driver.resume("vm-p")
+            assert resumed.endpoint == handle.endpoint
+            _wait_healthy(driver, "vm-p", handle.endpoint, timeout=30)
+
+            assert driver.pause("vm-p", to_disk=True) is PauseMethod.SNAPSHOT
+            status = driver.status("vm-p")
+            assert status.state is VmState.PAUSED and status.pid is None
+            assert _process_gone(handle.pid)  # its memory freed
+            assert (tmp_path / "sandboxes" / "vm-p" / "snapshot").stat().st_size > 0
+
+            restored = driver.resume("vm-p")
+            assert restored.pid != handle.pid
+            _wait_healthy(driver, "vm-p", restored.endpoint, timeout=60)
+            again = httpx.post(
+                f"{restored.endpoint}/v1/agent/chat",
+                json={"prompt": "still there?", "session_id": "s-1"},
+                timeout=60,
+            )
+            assert again.status_code == 200, again.text
+            # The runtime's in-memory session came through: the model saw the first turn.
+            sent = fake.requests[-1].body["messages"]
+            assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+            assert not (tmp_path / "sandboxes" / "vm-p" / "snapshot").exists()
+        finally:
+            driver.destroy("vm-p")
