@@ -234,38 +234,26 @@ def _unmarked(block: Any) -> Any:
 
 def _prompt_units(body: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """The prompt's blocks in cache order (tools, system, messages), each as (its identity
-    without ``cache_control``, its text as counted, whether it carries a breakpoint)."""
+    without ``cache_control``, its text as counted, whether it carries a breakpoint). A string
+    is the text block it stands for, as Anthropic reads it."""
+
+    def blocks(content: Any) -> list[Any]:
+        if isinstance(content, str):
+            return [{"type": "text", "text": content}] if content else []
+        return content if isinstance(content, list) else []
+
     units: list[tuple[str, str, bool]] = []
     for tool in body.get("tools") or []:
         if isinstance(tool, dict):
-            units.append(
-                (
-                    _dumps(["tool", _unmarked(tool)]),
-                    json.dumps(_unmarked(tool)),
-                    "cache_control" in tool,
-                )
-            )
-    system = body.get("system")
-    for block in (
-        [system]
-        if isinstance(system, str) and system
-        else system
-        if isinstance(system, list)
-        else []
-    ):
-        marked = isinstance(block, dict) and "cache_control" in block
-        units.append((_dumps(["system", _unmarked(block)]), _block_text(block), marked))
+            text = json.dumps(_unmarked(tool))
+            units.append((_dumps(["tool", _unmarked(tool)]), text, "cache_control" in tool))
+    where: list[tuple[Any, Any]] = [("system", b) for b in blocks(body.get("system"))]
     for n, message in enumerate(body["messages"]):
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        blocks = (
-            [content] if isinstance(content, str) else content if isinstance(content, list) else []
-        )
-        for block in blocks:
-            marked = isinstance(block, dict) and "cache_control" in block
-            identity = _dumps([n, message.get("role"), _unmarked(block)])
-            units.append((identity, _block_text(block), marked))
+        if isinstance(message, dict):
+            where += [((n, message.get("role")), b) for b in blocks(message.get("content"))]
+    for place, block in where:
+        marked = isinstance(block, dict) and "cache_control" in block
+        units.append((_dumps([place, _unmarked(block)]), _block_text(block), marked))
     return units
 
 
