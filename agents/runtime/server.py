@@ -115,17 +115,18 @@ class ChatSession:
     def turns(self) -> int:
         return self.compacted + len(turn_starts(self.history))
 
-    def restore(self, history: list[dict[str, Any]]) -> None:
-        """Take the history the console stored, in place of whatever this runtime held."""
+    def restore(self, history: list[dict[str, Any]], left_out: int) -> None:
+        """Take the history the console stored, in place of whatever this runtime held; its
+        ``left_out`` oldest turns did not fit in the request and count as compacted."""
         self.history[:] = history
-        self.compacted = self.reported_tokens = self.reported_length = 0
+        self.compacted, self.reported_tokens, self.reported_length = left_out, 0, 0
 
     def keep_turns(self, turns: int | None) -> list[dict[str, Any]]:
         """Drop every turn after the first ``turns``; return what was dropped."""
         if turns is None:
             return []
         starts = turn_starts(self.history)
-        local = turns - self.compacted
+        local = max(0, turns - self.compacted)  # a compacted turn cannot be kept alone
         if local >= len(starts):
             return []
         dropped = self.history[starts[local] :]
@@ -251,12 +252,21 @@ def _parse_chat(body: Any) -> dict[str, Any]:
             "history must be a list of user and assistant messages",
             {"history": ["Must be a list of messages."]},
         )
+    left_out = body.get("history_left_out", 0)
+    if isinstance(left_out, bool) or not isinstance(left_out, int) or left_out < 0:
+        raise ChatError(
+            400,
+            "invalid_request",
+            "history_left_out must be a non-negative integer",
+            {"history_left_out": ["Must be a non-negative integer."]},
+        )
     return {
         "prompt": prompt,
         "max_tokens": max_tokens,
         "session_id": session_id,
         "keep_turns": keep_turns,
         "turns": held,
+        "history_left_out": left_out,
         "history": history,
         "stream": bool(body.get("stream", False)),
     }
@@ -500,7 +510,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         state.hold(session)
         session.last_used = time.monotonic()
         if params["history"] is not None:
-            session.restore(params["history"])
+            session.restore(params["history"], params["history_left_out"])
         elif params["turns"] is not None and (
             session.turns != params["turns"]
             or (params["keep_turns"] is not None and params["keep_turns"] < session.compacted)

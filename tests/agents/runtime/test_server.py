@@ -115,7 +115,9 @@ def _unmarked(body: dict[str, Any]) -> dict[str, Any]:
         for m in body["messages"]
     ]
     if body.get("tools"):
-        body["tools"] = [{k: v for k, v in t.items() if k != "cache_control"} for t in body["tools"]]
+        body["tools"] = [
+            {k: v for k, v in t.items() if k != "cache_control"} for t in body["tools"]
+        ]
     return body
 
 
