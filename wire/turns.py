@@ -20,4 +20,4 @@ MAX_TOKENS_DEFAULT = 4096
 DEFAULT_MODEL = "claude-sonnet-5-5"
 # The largest chat body a runtime takes: one that carries a session's stored history back to a
 # runtime started afresh. The console sends the newest turns that fit.
-HISTORY_MAX_BYTES = 32 * 1024 * 1024
+HISTORY_MAX_BYTES = 16 * 1024 * 1024

@@ -6,7 +6,7 @@ continues the conversation with every earlier tool result in context.
 The console reaches the store through ``conversation_store()``, an implementation of
 ``ConversationStore`` named by the ``CONVERSATION_STORE`` setting; the default keeps turns in
 ``TurnContent`` rows. Another store (an object store, a document database) implements the
-three methods below; the turn it is given is already bounded and valid.
+two methods below; the turn it is given is already bounded and valid.
 """
 
 from __future__ import annotations
@@ -52,10 +52,6 @@ class ConversationStore(Protocol):
         """Every turn of the session, in order: each its messages, the prompt first."""
         ...
 
-    def forget(self, *, session_id: str) -> None:
-        """Drop the session's turns."""
-        ...
-
 
 class DjangoConversationStore:
     """The default store: one ``TurnContent`` row a turn. A turn recorded before turns were
@@ -78,9 +74,6 @@ class DjangoConversationStore:
             (_, prompt), (_, reply) = texts[2 * position : 2 * position + 2]
             turns.append(_text_turn(prompt, reply))
         return turns
-
-    def forget(self, *, session_id: str) -> None:
-        TurnContent.objects.filter(session_id=session_id).delete()
 
 
 @functools.cache

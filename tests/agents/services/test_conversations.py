@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +29,8 @@ from agents.services.hosts import hosts_mark_stale
 from console.models import Quota, UsageRecord
 from console.services import cost_of
 from console.services.ledger import TokenUsage, price_for
-from tests.fakes.anthropic import Text, ToolUse
+from tests.fakes.anthropic import Hang, Text, ToolUse
+from tests.polling import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -135,6 +137,39 @@ def test_an_agent_whose_host_is_lost_continues_its_sessions_on_another(alice, fa
     assert agent.status == Agent.Status.RUNNING, agent.last_error
     assert agent.host_id == spare.pk
 
+    _assert_continued(fake_anthropic, alice, session)
+
+
+@pytest.mark.timeout(120)
+def test_a_turn_stopped_mid_tool_round_leaves_nothing_half_stored(
+    alice, live_console, user, api_key, fake_anthropic
+):
+    agent = _spawn(alice)
+    session = _tool_turn(alice, fake_anthropic, agent)
+    fake_anthropic.enqueue(ToolUse("run_command", {"command": "echo stopped"}), Hang(30))
+    answers: list[httpx.Response] = []
+    turn = threading.Thread(
+        target=lambda: answers.append(
+            alice.post(f"/sessions/{session}/messages", json={"content": "Once more"})
+        )
+    )
+    turn.start()
+    try:
+        # Stopped while Claude answers the tool round.
+        eventually(lambda: len(fake_anthropic.requests) == 4, failing="timed out")
+        headers = {"Authorization": f"Bearer {api_key(user)}"}
+        with httpx.Client(base_url=f"{live_console}{API}", headers=headers) as other:
+            assert other.post(f"/sessions/{session}/cancel").status_code == 202
+    finally:
+        turn.join(timeout=10)
+    assert answers[0].status_code == 409
+    assert TurnContent.objects.filter(session_id=session).count() == 1
+
+    _kill_runtime(agent)
+    assert agents_reconcile()["failed"] == 1
+    assert alice.post(f"/agents/{agent.pk}/start").status_code == 200
+
+    # The first turn comes back whole; of the stopped one, nothing (no unanswered tool call).
     _assert_continued(fake_anthropic, alice, session)
 
 
