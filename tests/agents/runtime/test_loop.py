@@ -163,6 +163,12 @@ def test_a_runtime_without_the_session_asks_for_its_history_then_continues_it(
     # It now holds both turns: the next one needs no history.
     assert _chat(runtime_http, prompt="Thanks", session_id=session, turns=2).status_code == 200
     assert _chat(runtime_http, prompt="Hm", session_id=session, turns=5).status_code == 409
+    # The console left out older turns that did not fit: they count as held.
+    trimmed = _chat(
+        runtime_http, prompt="Hm", session_id=session, turns=5, history=stored, history_left_out=4
+    )
+    assert trimmed.status_code == 200, trimmed.text
+    assert _chat(runtime_http, prompt="Go on", session_id=session, turns=6).status_code == 200
 
 
 def test_a_malformed_history_is_refused(runtime_http: httpx.Client, fake: FakeAnthropic) -> None:
