@@ -19,13 +19,14 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from agents.models import Message, TurnContent
+from agents.models import Message, Session, TurnContent
 
 __all__ = [
     "BLOCK_CHARS",
     "ConversationStore",
     "DjangoConversationStore",
     "conversation_store",
+    "session_turns",
     "turn_messages",
 ]
 
@@ -85,6 +86,11 @@ def _store(path: str) -> ConversationStore:
 def conversation_store() -> ConversationStore:
     """The store the ``CONVERSATION_STORE`` setting names."""
     return _store(settings.CONVERSATION_STORE)
+
+
+def session_turns(*, session: Session) -> list[Turn]:
+    """The session's turns as Claude saw them, from the store."""
+    return conversation_store().turns(session_id=str(session.pk))
 
 
 def _text_turn(prompt: str, reply: str) -> Turn:

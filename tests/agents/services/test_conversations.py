@@ -141,6 +141,26 @@ def test_an_agent_whose_host_is_lost_continues_its_sessions_on_another(alice, fa
 
 
 @pytest.mark.timeout(120)
+def test_the_stored_turns_are_their_users_alone(
+    alice, fake_anthropic, live_console, outsider, operator, api_key
+):
+    agent = _spawn(alice)
+    session = _tool_turn(alice, fake_anthropic, agent)
+
+    response = alice.get(f"/sessions/{session}/turns")
+
+    assert response.status_code == 200, response.text
+    [turn] = response.json()["turns"]
+    assert [m["role"] for m in turn] == ["user", "assistant", "user", "assistant"]
+    assert turn[1]["content"][0]["name"] == "run_command"
+    assert SECRET_OUTPUT in turn[2]["content"][0]["content"]
+    for other in (outsider, operator):  # another tenant; an operator, who reads sessions
+        headers = {"Authorization": f"Bearer {api_key(other)}"}
+        with httpx.Client(base_url=f"{live_console}{API}", headers=headers) as client:
+            assert client.get(f"/sessions/{session}/turns").status_code == 404
+
+
+@pytest.mark.timeout(120)
 def test_a_turn_stopped_mid_tool_round_leaves_nothing_half_stored(
     alice, live_console, user, api_key, fake_anthropic
 ):
