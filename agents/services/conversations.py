@@ -33,9 +33,11 @@ __all__ = [
 # The most characters one stored block keeps (a text, a tool result, a tool call's input as
 # JSON); past it, the rest is left out and says so.
 BLOCK_CHARS = 16_000
-# The most messages and blocks a stored turn has; a turn past them is stored as its text.
+# The most messages, blocks and characters (as JSON) a stored turn has; a turn past them is
+# stored as its text.
 TURN_MESSAGES = 200
 MESSAGE_BLOCKS = 64
+TURN_CHARS = 1_000_000
 
 Turn = list[dict[str, Any]]
 
@@ -179,4 +181,6 @@ def turn_messages(*, reported: Any, prompt: str, content: str) -> Turn:
         if len(kept) != len(blocks):
             return fallback
         messages.append({"role": message["role"], "content": kept})
-    return messages if _valid(messages) else fallback
+    if not _valid(messages) or len(json.dumps(messages)) > TURN_CHARS:
+        return fallback
+    return messages

@@ -275,6 +275,14 @@ def test_a_turn_is_stored_bounded_and_valid(user):
             {"role": "assistant", "content": [{"type": "image", "source": {}}]},
         ],
         [{"role": "user", "content": "p"}, {"role": "system", "content": [{"type": "text"}]}],
+        # Bounded blocks, but too many of them.
+        [
+            {"role": "user", "content": "p"},
+            *[
+                {"role": role, "content": [{"type": "text", "text": "y" * BLOCK_CHARS}] * 60}
+                for role in ("assistant", "user") * 2
+            ][:-1],
+        ],
     ],
 )
 def test_a_report_that_is_not_a_valid_turn_is_stored_as_its_text(reported):
