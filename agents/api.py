@@ -34,6 +34,7 @@ from agents.serializers import (
     SessionDetailSerializer,
     SessionFilterSerializer,
     SessionSerializer,
+    SessionTurnsSerializer,
     SpawnRequestSerializer,
     agent_row_data,
     validated,
@@ -107,6 +108,8 @@ class AgentViewSet(
         if getattr(self, "swagger_fake_view", False):
             return Agent.objects.none()
         viewer, operator = self.request.user, is_operator(self.request)
+        if self.action == "turns":  # tool results hold what the user's agent read: theirs alone
+            operator = False
         if self.action != "list":
             return selectors.agent_list(viewer=viewer, operator=operator)
         found = _filters(AgentFilterSerializer, self.request)
@@ -202,6 +205,8 @@ class SessionViewSet(
         if getattr(self, "swagger_fake_view", False):
             return Session.objects.none()
         viewer, operator = self.request.user, is_operator(self.request)
+        if self.action == "turns":  # tool results hold what the user's agent read: theirs alone
+            operator = False
         if self.action != "list":
             return selectors.session_list(
                 viewer=viewer, operator=operator, with_messages=self.action == "retrieve"
@@ -227,6 +232,15 @@ class SessionViewSet(
     def close(self, request: Request, pk: str) -> Response:
         session = services.session_close(user=request.user, session=self.get_object())
         return Response(SessionSerializer(session).data)
+
+    @extend_schema(responses=SessionTurnsSerializer)
+    @action(detail=True, methods=["get"])
+    def turns(self, request: Request, pk: str) -> Response:
+        """The session's turns as Claude saw them, tool calls and results included; its
+        user's only."""
+        session = self.get_object()
+        data = {"session_id": session.pk, "turns": services.session_turns(session=session)}
+        return Response(SessionTurnsSerializer(data).data)
 
 
 # --- Messages (async: a turn may stream for minutes) ----------------------------------------------

@@ -10,7 +10,16 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-__all__ = ["Agent", "AgentMcpServer", "Message", "OnIdle", "SandboxHost", "Session", "WarmPool"]
+__all__ = [
+    "Agent",
+    "AgentMcpServer",
+    "Message",
+    "OnIdle",
+    "SandboxHost",
+    "Session",
+    "TurnContent",
+    "WarmPool",
+]
 
 
 class SandboxHost(models.Model):
@@ -290,6 +299,26 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class TurnContent(models.Model):
+    """One turn of a session as Claude saw it: the prompt, then every message the turn added
+    (replies with their tool calls, tool results), in the Messages API's shape; what a runtime
+    started afresh gets back (``agents.services.conversations``)."""
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="turn_contents")
+    position = models.PositiveIntegerField(help_text="The turn's place in the session, from 0.")
+    messages = models.JSONField(help_text="Its messages, each block bounded.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "position"], name="turn_content_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"turn {self.position} of {self.session_id}"
 
 
 class AgentDemand(models.Model):

@@ -30,14 +30,14 @@ from plumbing.database import database_sync_to_async
 from plumbing.errors import error_body
 from plumbing.metrics import machine_metrics
 from vmdriver import SandboxNotFound, VmState
-from wire import relaytoken
+from wire import relaytoken, turns
 
 __all__ = ["relay_app"]
 
 log = logging.getLogger(__name__)
 
-# The runtime's own bound on a request body.
-_MAX_BODY_BYTES = 4 * 1024 * 1024
+# The runtime's own bound on a request body (one that carries a session's history back).
+_MAX_BODY_BYTES = turns.HISTORY_MAX_BYTES + 64 * 1024
 _MAX_LOG_LINES = 1000
 # Not passed on: the connection's own, and the relay's token.
 _HOP_BY_HOP = frozenset(

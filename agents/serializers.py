@@ -380,6 +380,16 @@ class SessionDetailSerializer(SessionSerializer):
         read_only_fields = fields
 
 
+class SessionTurnsSerializer(serializers.Serializer):
+    session_id = serializers.UUIDField()
+    turns = serializers.ListField(
+        child=serializers.ListField(child=serializers.DictField()),
+        help_text="Each turn's messages in the Messages API's shape: the prompt, then Claude's "
+        "replies with their tool_use blocks and the tool_result blocks that answered them; "
+        "each block at most 16,000 characters.",
+    )
+
+
 class SessionFilterSerializer(serializers.Serializer):
     agent_id = serializers.UUIDField(required=False)
     open = serializers.BooleanField(

@@ -325,6 +325,11 @@ if SANDBOX_RELAY_URL and len(SANDBOX_RELAY_KEY) < 32:
 # How long a relay token lives: one request's, so tens of seconds.
 SANDBOX_RELAY_TOKEN_SECONDS = env_int("SANDBOX_RELAY_TOKEN_SECONDS", 30, minimum=5)
 AGENT_CHAT_TIMEOUT_SECONDS = env_float("AGENT_CHAT_TIMEOUT_SECONDS", 600.0, minimum=1.0)
+# Where sessions' full turns are kept (agents.services.conversations): a dotted path to a class
+# implementing ConversationStore.
+CONVERSATION_STORE = env_str(
+    "CONVERSATION_STORE", "agents.services.conversations.DjangoConversationStore"
+)
 # How long a chat turn waits for an agent that is still booting.
 AGENT_BOOT_WAIT_SECONDS = env_float("AGENT_BOOT_WAIT_SECONDS", 30.0, minimum=0.0)
 # The runtime's tool settings (README: Configuration), passed on to every sandbox this worker

@@ -38,11 +38,17 @@ from prometheus_client import (
 from agents.runtime.config import RuntimeConfig
 from agents.runtime.loop import (
     StreamedReply,
+    cache_marked,
+    compactable,
+    estimate_tokens,
     reply_text,
     round_limit_note,
+    summary_messages,
     tool_event,
     tool_result_block,
     tool_uses,
+    transcript,
+    turn_starts,
 )
 from agents.runtime.mcptools import McpTools, mcp_servers_from_env
 from agents.runtime.tools import Toolbox, ToolConfig
@@ -102,22 +108,46 @@ class ChatSession:
     history: list[dict[str, Any]] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
+    compacted: int = 0  # turns folded into the summary at the head of the history
+    # The prompt tokens the last call reported, and the history's length when it was sent.
+    reported_tokens: int = 0
+    reported_length: int = 0
+
+    @property
+    def turns(self) -> int:
+        return self.compacted + len(turn_starts(self.history))
+
+    def restore(self, history: list[dict[str, Any]], left_out: int) -> None:
+        """Take the history the console stored, in place of whatever this runtime held; its
+        ``left_out`` oldest turns did not fit in the request and count as compacted."""
+        self.history[:] = history
+        self.compacted, self.reported_tokens, self.reported_length = left_out, 0, 0
 
     def keep_turns(self, turns: int | None) -> list[dict[str, Any]]:
-        """Drop every turn after the first ``turns`` (a turn starts at a user prompt; a tool
-        loop's results are user entries too, but not prompts); return what was dropped."""
+        """Drop every turn after the first ``turns``; return what was dropped."""
         if turns is None:
             return []
-        starts = [
-            i
-            for i, entry in enumerate(self.history)
-            if entry["role"] == "user" and isinstance(entry["content"], str)
-        ]
-        if turns >= len(starts):
+        starts = turn_starts(self.history)
+        local = max(0, turns - self.compacted)  # a compacted turn cannot be kept alone
+        if local >= len(starts):
             return []
-        dropped = self.history[starts[turns] :]
-        del self.history[starts[turns] :]
+        dropped = self.history[starts[local] :]
+        del self.history[starts[local] :]
         return dropped
+
+
+PROMPT_KINDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+SUMMARY_MAX_TOKENS = 2048
+SUMMARY_SYSTEM = (
+    "You compact a conversation between a user and an AI agent that uses tools, so that the "
+    "agent can carry on without it. Write a faithful summary: the user's goals and requests, "
+    "what was done (tools called and what they returned that still matters: names, paths, "
+    "numbers, errors), decisions and open questions. Plain prose, no preamble."
+)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 class ChatError(Exception):
@@ -157,11 +187,13 @@ class RuntimeState:
         self.metrics.active_sessions.set(len(self.sessions))
 
     def roll_back(
-        self, session: ChatSession, history_length: int, dropped: list[dict[str, Any]]
+        self, session: ChatSession, first: dict[str, Any] | None, dropped: list[dict[str, Any]]
     ) -> None:
-        """Undo a failed turn, with the turns it replaced (``dropped``) put back; a session
-        left with no history frees its slot."""
-        del session.history[history_length:]
+        """Undo a failed turn (from its prompt, ``first``), with the turns it replaced
+        (``dropped``) put back; a session left with no history frees its slot."""
+        start = next((i for i, entry in enumerate(session.history) if entry is first), None)
+        if start is not None:
+            del session.history[start:]
         session.history.extend(dropped)
         if not session.history:
             self.sessions.pop(session.id, None)
@@ -206,13 +238,54 @@ def _parse_chat(body: Any) -> dict[str, Any]:
             "keep_turns must be a non-negative integer",
             {"keep_turns": ["Must be a non-negative integer."]},
         )
+    held = body.get("turns")
+    if held is not None and (isinstance(held, bool) or not isinstance(held, int) or held < 0):
+        raise ChatError(
+            400,
+            "invalid_request",
+            "turns must be a non-negative integer",
+            {"turns": ["Must be a non-negative integer."]},
+        )
+    history = body.get("history")
+    if history is not None and not _valid_history(history):
+        raise ChatError(
+            400,
+            "invalid_request",
+            "history must be a list of user and assistant messages",
+            {"history": ["Must be a list of messages."]},
+        )
+    left_out = body.get("history_left_out", 0)
+    if isinstance(left_out, bool) or not isinstance(left_out, int) or left_out < 0:
+        raise ChatError(
+            400,
+            "invalid_request",
+            "history_left_out must be a non-negative integer",
+            {"history_left_out": ["Must be a non-negative integer."]},
+        )
     return {
         "prompt": prompt,
         "max_tokens": max_tokens,
         "session_id": session_id,
         "keep_turns": keep_turns,
+        "turns": held,
+        "history_left_out": left_out,
+        "history": history,
         "stream": bool(body.get("stream", False)),
     }
+
+
+def _valid_history(history: Any) -> bool:
+    if not isinstance(history, list):
+        return False
+    for message in history:
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            return False
+        content = message.get("content")
+        if not isinstance(content, str) and not (
+            isinstance(content, list) and all(isinstance(b, dict) for b in content)
+        ):
+            return False
+    return True
 
 
 class Turn:
@@ -228,18 +301,25 @@ class Turn:
         self.state, self.session, self.max_tokens = state, session, max_tokens
         self.usage = {"input_tokens": 0, "output_tokens": 0}
         self.content = ""
+        self.messages: list[dict[str, Any]] = []  # what this turn added to the history
 
-    def _request(self, stream: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
+    def add(self, entry: dict[str, Any]) -> None:
+        self.session.history.append(entry)
+        self.messages.append(entry)
+
+    def _request(
+        self, stream: bool, payload: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
         config = self.state.config
-        payload: dict[str, Any] = {
-            "model": config.model,
-            "max_tokens": self.max_tokens,
-            "messages": self.session.history,
-        }
-        if config.system_prompt:
-            payload["system"] = config.system_prompt
-        if tools := self.state.toolbox.definitions:
-            payload["tools"] = tools
+        if payload is None:
+            system, tools, messages = cache_marked(
+                config.system_prompt, self.state.toolbox.definitions, self.session.history
+            )
+            payload = {"model": config.model, "max_tokens": self.max_tokens, "messages": messages}
+            if system:
+                payload["system"] = system
+            if tools:
+                payload["tools"] = tools
         if stream:
             payload["stream"] = True
         headers = {
@@ -255,14 +335,58 @@ class Turn:
 
     def _count(self, usage: dict[str, Any]) -> None:
         for kind in ("input_tokens", "output_tokens"):
-            self.usage[kind] += int(usage.get(kind) or 0)
+            self.usage[kind] += _int(usage.get(kind))
+        for kind in (*PROMPT_KINDS, "output_tokens"):
             self.state.metrics.tokens.labels(kind.removesuffix("_tokens")).inc(
-                int(usage.get(kind) or 0)
+                _int(usage.get(kind))
             )
 
-    async def _post(self, stream: bool):
+    def _reported(self, usage: dict[str, Any], length: int) -> None:
+        """Note the prompt's size as a call reported it, for the next one's estimate."""
+        self.session.reported_tokens = sum(_int(usage.get(kind)) for kind in PROMPT_KINDS)
+        self.session.reported_length = length
+
+    def _estimate(self) -> int:
+        """The next call's prompt tokens: the last reported, plus what was added since."""
+        session = self.session
+        if not session.reported_tokens or session.reported_length > len(session.history):
+            config = self.state.config
+            overhead = estimate_tokens([config.system_prompt, self.state.toolbox.definitions])
+            return overhead + estimate_tokens(session.history)
+        return session.reported_tokens + estimate_tokens(session.history[session.reported_length :])
+
+    async def _compact(self) -> None:
+        """Fold the oldest turns into a summary when the next call would near the context
+        window; never the turn being run."""
+        config = self.state.toolbox.config
+        limit = config.context_tokens * config.compact_percent // 100
+        if self._estimate() + self.max_tokens <= limit:
+            return
+        history = self.session.history
+        current = next(i for i, entry in enumerate(history) if entry is self.messages[0])
+        budget = max(0, limit // 2 - self.max_tokens)
+        cut = compactable(history, current, budget)
+        if not cut:
+            return
+        folded = history[:cut]
+        payload = {
+            "model": self.state.config.model,
+            "max_tokens": SUMMARY_MAX_TOKENS,
+            "system": SUMMARY_SYSTEM,
+            "messages": [{"role": "user", "content": transcript(folded)}],
+        }
+        async with await self._post(stream=False, payload=payload) as response:
+            message = await response.json()
+        self._count(message.get("usage", {}))
+        summary = reply_text(message.get("content") or []).strip() or "(nothing to keep)"
+        self.session.compacted += len([i for i in turn_starts(history) if i < cut])
+        history[:cut] = summary_messages(summary)
+        self.session.reported_tokens = self.session.reported_length = 0
+        log.info("session %s: %d entries compacted into a summary", self.session.id, cut)
+
+    async def _post(self, stream: bool, payload: dict[str, Any] | None = None):
         assert self.state.http is not None
-        url, headers, payload = self._request(stream)
+        url, headers, payload = self._request(stream, payload)
         try:
             try:
                 response = await self.state.http.post(
@@ -307,7 +431,7 @@ class Turn:
             uses = []
         else:
             self.content = reply_text(content)
-        self.session.history.append({"role": "assistant", "content": content})
+        self.add({"role": "assistant", "content": content})
         return uses
 
     async def _use_tools(self, uses: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
@@ -320,15 +444,18 @@ class Turn:
             self.state.metrics.tool_calls.labels(label, status).inc()
             results.append(tool_result_block(use, result))
             yield tool_event(use, result)
-        self.session.history.append({"role": "user", "content": results})
+        self.add({"role": "user", "content": results})
 
     async def run(self) -> str:
         await self.state.toolbox.prepare()
         rounds = 0
         while True:
+            await self._compact()
+            length = len(self.session.history)
             async with await self._post(stream=False) as response:
                 message = await response.json()
             self._count(message.get("usage", {}))
+            self._reported(message.get("usage", {}), length)
             uses = self._keep(message["content"], message.get("stop_reason"), rounds)
             if not uses:
                 return self.content
@@ -341,13 +468,17 @@ class Turn:
         await self.state.toolbox.prepare()
         rounds = 0
         while True:
+            await self._compact()
+            length = len(self.session.history)
             reply = StreamedReply()
             # Leaving the block unfinished (the caller went away) closes the call to the gateway,
             # which then stops Anthropic's: a stopped reply stops being billed.
             async with await self._post(stream=True) as response:
                 async for event, data in sse_events(response.content):
                     if event == "message_start":
-                        self._count(data["message"].get("usage", {}) | {"output_tokens": 0})
+                        usage = data["message"].get("usage", {})
+                        self._count(usage | {"output_tokens": 0})
+                        self._reported(usage, length)
                     elif event == "message_delta":
                         usage = data.get("usage", {})
                         self._count({"output_tokens": usage.get("output_tokens", 0)})
@@ -372,6 +503,7 @@ class Turn:
             "content": content,
             "usage": usage,
             "status": "completed",
+            "messages": self.messages,
         }
 
 
@@ -389,29 +521,42 @@ async def chat(request: web.Request) -> web.StreamResponse:
     async with session.lock:
         state.hold(session)
         session.last_used = time.monotonic()
+        if params["history"] is not None:
+            session.restore(params["history"], params["history_left_out"])
+        elif params["turns"] is not None and (
+            session.turns != params["turns"]
+            or (params["keep_turns"] is not None and params["keep_turns"] < session.compacted)
+        ):
+            # A runtime started afresh (or one whose history differs from the console's):
+            # the caller sends the turn again with the session's stored history.
+            state.roll_back(session, None, [])
+            return _error(
+                409,
+                "history_required",
+                "this runtime does not hold the session's history; send it",
+                {"turns": session.turns},
+            )
         # A regenerated or edited turn replaces the turns after ``keep_turns``; they come back
         # if it fails.
         dropped = session.keep_turns(params["keep_turns"])
-        history_length = len(session.history)
-        session.history.append({"role": "user", "content": params["prompt"]})
         turn = Turn(state, session, params["max_tokens"])
+        turn.add({"role": "user", "content": params["prompt"]})
+        first = turn.messages[0]
         if params["stream"]:
-            return await _chat_stream(request, turn, history_length, dropped)
+            return await _chat_stream(request, turn, dropped)
         try:
             content = await turn.run()
         except ChatError as exc:
-            state.roll_back(session, history_length, dropped)
+            state.roll_back(session, first, dropped)
             state.metrics.errors.labels(exc.code).inc()
             return _error(exc.status, exc.code, exc.message, exc.details)
         except BaseException:
-            state.roll_back(session, history_length, dropped)  # no dangling user turn
+            state.roll_back(session, first, dropped)  # no dangling user turn
             raise
         return web.json_response(turn.result(content))
 
 
-async def _chat_stream(
-    request: web.Request, turn: Turn, history_length: int, dropped: list[dict[str, Any]]
-):
+async def _chat_stream(request: web.Request, turn: Turn, dropped: list[dict[str, Any]]):
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -420,7 +565,7 @@ async def _chat_stream(
         async for event, data in turn.stream():
             await response.write(sse_frame(event, data))
     except ChatError as exc:
-        turn.state.roll_back(turn.session, history_length, dropped)
+        turn.state.roll_back(turn.session, turn.messages[0], dropped)
         turn.state.metrics.errors.labels(exc.code).inc()
         # Its status and details go with it, as a JSON answer's: the stream's own status was
         # sent before the refusal came.
@@ -429,7 +574,7 @@ async def _chat_stream(
             error["details"] = exc.details
         await response.write(sse_frame("error", error))
     except BaseException:
-        turn.state.roll_back(turn.session, history_length, dropped)  # the client went away
+        turn.state.roll_back(turn.session, turn.messages[0], dropped)  # the client went away
         raise
     else:
         await response.write(sse_frame("done", turn.result(turn.content)))
@@ -523,7 +668,10 @@ class GatewaySocketConnector(UnixConnector):
 
 def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.Application:
     """The runtime's app; ``tools`` is read from the environment when not given."""
-    app = web.Application(middlewares=[request_ids, _measure], client_max_size=4 * 1024 * 1024)
+    # A turn sent to a runtime started afresh carries the session's stored history.
+    app = web.Application(
+        middlewares=[request_ids, _measure], client_max_size=turns.HISTORY_MAX_BYTES + 64 * 1024
+    )
     app[CONFIG_KEY] = config
     tools = tools or ToolConfig.from_env()
     servers = mcp_servers_from_env()

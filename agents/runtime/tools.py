@@ -13,6 +13,9 @@ Configured by the environment, read once at start-up (a malformed value fails lo
 * ``AGENT_TOOL_OUTPUT_LIMIT``: bytes of a command's combined stdout and stderr kept (16384).
 * ``AGENT_TOOL_FILE_LIMIT``: the most bytes read_file returns or write_file writes (131072).
 * ``AGENT_MAX_TOOL_ROUNDS``: tool rounds (tools run, gateway called again) in one turn (10).
+* ``AGENT_CONTEXT_TOKENS``: the model's context window in tokens (200000), and
+  ``AGENT_COMPACT_PERCENT`` the share of it (80) past which a session's oldest turns are
+  replaced by a summary (``loop``).
 
 The file tools keep Claude from wandering out of the workspace by mistake; they are not a
 security boundary, since run_command runs as the same user with the whole sandbox in reach.
@@ -111,6 +114,8 @@ TOOL_SETTINGS = (
     "AGENT_TOOL_OUTPUT_LIMIT",
     "AGENT_TOOL_FILE_LIMIT",
     "AGENT_MAX_TOOL_ROUNDS",
+    "AGENT_CONTEXT_TOKENS",
+    "AGENT_COMPACT_PERCENT",
 )
 
 
@@ -139,6 +144,9 @@ class ToolConfig:
     output_limit: int
     file_limit: int
     max_rounds: int
+    # The model's context window, and the share of it past which old turns are compacted.
+    context_tokens: int = 200_000
+    compact_percent: int = 80
 
     @classmethod
     def from_env(cls) -> ToolConfig:
@@ -152,6 +160,8 @@ class ToolConfig:
             output_limit=env_int("AGENT_TOOL_OUTPUT_LIMIT", 16384, minimum=1),
             file_limit=env_int("AGENT_TOOL_FILE_LIMIT", 131072, minimum=1),
             max_rounds=env_int("AGENT_MAX_TOOL_ROUNDS", 10, minimum=0),
+            context_tokens=env_int("AGENT_CONTEXT_TOKENS", 200_000, minimum=1000),
+            compact_percent=min(95, env_int("AGENT_COMPACT_PERCENT", 80, minimum=10)),
         )
 
 

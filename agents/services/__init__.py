@@ -7,6 +7,7 @@ from agents.services.chat import (
     agent_chat_events_stoppable,
     agent_for_user,
 )
+from agents.services.conversations import session_turns
 from agents.services.demand import demand_record, task_agent_waking
 from agents.services.hosts import (
     GpuRequest,
@@ -91,6 +92,7 @@ __all__ = [
     "session_close",
     "session_create",
     "session_for_turn",
+    "session_turns",
     "task_agent",
     "task_agent_running",
     "task_agent_waking",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from django.utils import timezone
 
 from agents import sandbox
 from agents.models import Agent, Message, Session
+from agents.services.conversations import conversation_store, turn_messages
 from agents.services.pausing import agent_resume
 from console.models import UsageRecord, User
 from console.services import user_check_active
@@ -154,9 +156,11 @@ def _turn_finish(
     since: datetime,
     keep_turns: int | None,
     tool_calls: list[dict[str, Any]],
+    reported: Any = None,
 ) -> ChatResult:
     """Record both sides of a completed turn, with the tokens and cost the gateway ledgered and
-    the tools it called; a turn that replaced later ones (``keep_turns``) deletes their
+    the tools it called, and its full messages (``reported`` by the runtime) in the
+    conversation store; a turn that replaced later ones (``keep_turns``) deletes their
     messages with it."""
     totals = UsageRecord.objects.filter(session_id=session.pk, created_at__gte=since).aggregate(
         input=Sum("input_tokens"), output=Sum("output_tokens"), cost=Sum("cost_usd")
@@ -166,6 +170,12 @@ def _turn_finish(
             messages = Message.objects.filter(session=session)
             kept = list(messages.values_list("pk", flat=True)[: 2 * keep_turns])
             messages.exclude(pk__in=kept).delete()
+        position = Message.objects.filter(session=session, role=Message.Role.USER).count()
+        conversation_store().record(
+            session_id=str(session.pk),
+            position=position,
+            messages=turn_messages(reported=reported, prompt=prompt, content=content),
+        )
         asked = Message.objects.create(
             session=session, role=Message.Role.USER, content=_storable(prompt)
         )
@@ -211,7 +221,7 @@ async def agent_turn_session(*, turn: ChatTurn) -> tuple[Agent, Session]:
         if session is not None:
             return agent, session
         if agent.status == _STATUS.PAUSED:
-            agent = await sync_to_async(agent_resume)(agent=agent)
+            agent = await database_sync_to_async(agent_resume)(agent=agent)
             if agent.status == _STATUS.RUNNING:  # resumed at once
                 continue
         if agent.status not in _COMING or time.monotonic() >= deadline:
@@ -239,7 +249,9 @@ class _OpenTurn:
         self.response.close()
         await self.client.close()
 
-    async def finish(self, content: str, tool_calls: list[dict[str, Any]]) -> ChatResult:
+    async def finish(
+        self, content: str, tool_calls: list[dict[str, Any]], reported: Any
+    ) -> ChatResult:
         return await database_sync_to_async(_turn_finish)(
             session=self.session,
             prompt=self.prompt,
@@ -247,6 +259,7 @@ class _OpenTurn:
             since=self.since,
             keep_turns=self.keep_turns,
             tool_calls=tool_calls,
+            reported=reported,
         )
 
 
@@ -266,6 +279,9 @@ class ChatTurn:
     # user may act (``live_turn_prepare``): the turn begins without reading them again.
     session: Session | None = None
     new_session: bool = False  # the session was opened for this turn
+    # The turns the session holds (before ``keep_turns``): a runtime holding another number
+    # (one started afresh) is sent the stored history with the turn.
+    turns: int | None = None
 
 
 async def _turn_open(*, turn: ChatTurn) -> _OpenTurn:
@@ -280,10 +296,16 @@ async def _turn_open(*, turn: ChatTurn) -> _OpenTurn:
     }
     if turn.keep_turns is not None:
         body["keep_turns"] = turn.keep_turns
+    if turn.turns is not None:
+        body["turns"] = turn.turns
     client = sandbox.runtime_session(agent.endpoint, timeout=settings.AGENT_CHAT_TIMEOUT_SECONDS)
     try:
         try:
             response = await client.post("/v1/agent/chat", json=body)
+            if response.status == 409 and await _history_required(response):
+                response.close()
+                body |= await database_sync_to_async(_stored_history)(session_id=str(session.pk))
+                response = await client.post("/v1/agent/chat", json=body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             await client.close()
             raise AgentUnavailable(f"the agent's runtime could not be reached: {exc}") from exc
@@ -301,6 +323,30 @@ async def _turn_open(*, turn: ChatTurn) -> _OpenTurn:
             await database_sync_to_async(_first_turn_failed)(session)
         raise
     return opened
+
+
+async def _history_required(response: aiohttp.ClientResponse) -> bool:
+    """Whether the runtime refused the turn for want of the session's history."""
+    try:
+        error = loads(await response.content.read(64 * 1024))["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, dict) and error.get("code") == "history_required"
+
+
+def _stored_history(*, session_id: str) -> dict[str, Any]:
+    """The session's stored turns for a runtime started afresh: the newest that fit in a chat
+    body, and how many older ones were left out."""
+    stored = conversation_store().turns(session_id=session_id)
+    room, kept = turns.HISTORY_MAX_BYTES - 64 * 1024, 0
+    for turn in reversed(stored):
+        room -= len(json.dumps(turn))
+        if room < 0:
+            break
+        kept += 1
+    left_out = len(stored) - kept
+    history = [message for turn in stored[left_out:] for message in turn]
+    return {"history": history, "history_left_out": left_out}
 
 
 def _first_turn_failed(session: Session) -> None:
@@ -348,7 +394,7 @@ async def _chat_events(*, turn: ChatTurn) -> AsyncIterator[tuple[str, Any]]:
                 if event == "tool":
                     tool_calls.append(_tool_call(data))
                 elif event == "done":
-                    data = await opened.finish(data["content"], tool_calls)
+                    data = await opened.finish(data["content"], tool_calls, data.get("messages"))
                 elif event == "error" and turn.new_session:
                     await database_sync_to_async(_first_turn_failed)(opened.session)
                 yield event, data

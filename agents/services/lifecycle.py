@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from agents import sandbox
 from agents.metrics import SPAWN_DURATION, SPAWN_TOTAL
-from agents.models import Agent, WarmPool
+from agents.models import Agent, SandboxHost, WarmPool
 from agents.services.hosts import GpuRequest, gpus_reclaim, host_place
 from agents.services.mcp import McpServerSpec, agent_mcp_servers_record
 from agents.services.queued import PUBLISH_RETRY, worker_task
@@ -368,8 +368,9 @@ def agents_stop_all(*, actor: User | None = None) -> list[Agent]:
 
 
 def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
-    """Boot a stopped or failed agent again, on its host. An operator's (``actor``, staff)
-    start is in the audit log."""
+    """Boot a stopped or failed agent again, on its host, or on another with room when its
+    host went offline (its sessions continue there: the console holds their history). An
+    operator's (``actor``, staff) start is in the audit log."""
     with transaction.atomic():
         started = Agent.objects.filter(
             pk=agent.pk, status__in=[_STATUS.STOPPED, _STATUS.FAILED], deleted_at__isnull=True
@@ -379,7 +380,12 @@ def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
                 f"the agent is {agent.status}; only a stopped or failed agent can be started",
                 details={"agent_id": str(agent.pk), "status": agent.status},
             )
-        if agent.gpu_count:  # what it held went back to its host when it stopped
+        if (
+            agent.host_id
+            and not SandboxHost.objects.filter(pk=agent.host_id, is_online=True).exists()
+        ):
+            _replace(agent)
+        elif agent.gpu_count:  # what it held went back to its host when it stopped
             units = gpus_reclaim(agent=agent)
             Agent.objects.filter(pk=agent.pk).update(gpus=[unit.as_dict() for unit in units])
         _audit(agent, actor, "start", {"status": _STATUS.PENDING})
@@ -393,6 +399,19 @@ def agent_start(*, agent: Agent, actor: User | None = None) -> Agent:
         )
     agent.refresh_from_db()
     return agent
+
+
+def _replace(agent: Agent) -> None:
+    """Place ``agent`` on a live host with room, its own having gone offline."""
+    gpu = (
+        GpuRequest(agent.gpu_count, agent.gpu_model, agent.gpu_profile) if agent.gpu_count else None
+    )
+    placed = host_place(
+        backend=agent.backend, vcpus=agent.vcpus, memory_mib=agent.memory_mib, gpu=gpu
+    )
+    gpus = [unit.as_dict() for unit in placed.gpus]
+    Agent.objects.filter(pk=agent.pk).update(host=placed.host, gpus=gpus)
+    agent.host, agent.gpus = placed.host, gpus
 
 
 def agent_restart(*, agent: Agent, actor: User | None = None) -> Agent:

@@ -518,8 +518,10 @@ def live_turn_prepare(
     if kind == "send":
         assert content is not None
         kept, prompt = messages.count(), content
+        held = kept
     else:
         roles = list(messages.values_list("pk", "role"))  # a turn records both at once
+        held = len(roles)
         if kind == "regenerate":
             asked = [i for i, (_, role) in enumerate(roles) if role == Message.Role.USER]
             if not asked:
@@ -551,6 +553,7 @@ def live_turn_prepare(
         keep_turns=keep_turns,
         session=session,
         new_session=opened,
+        turns=held // 2,
     )
 
     def again() -> LiveTurn:

@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 from agents import services
 from agents.consumers import CLOSE_ANONYMOUS, ChatConsumer
 from agents.models import Agent, Message, Session
+from agents.services.conversations import conversation_store
 from config.asgi import application
 from console.models import Budget, UsageRecord
 from tests.fakes.anthropic import Text, count_tokens
@@ -477,16 +478,24 @@ def test_regenerate_and_edit_replace_turns_here_and_in_the_runtimes_history(
     assert (regenerated[0]["prompt"], regenerated[0]["kept_messages"]) == ("second", 2)
     assert regenerated[-1]["kept_messages"] == 2
     assert [m["content"] for m in regenerated[-1]["messages"]] == ["second", "another take"]
-    # Anthropic was asked the first turn and the prompt again: not the replaced reply.
+    # Anthropic was asked the first turn and the prompt again (marked for its cache): not the
+    # replaced reply.
     sent = fake_anthropic.requests[-2].body["messages"]
     assert [(m["role"], m["content"]) for m in sent] == [
         ("user", "first"),
         ("assistant", [{"type": "text", "text": "Echo: first"}]),
-        ("user", "second"),
+        ("user", [{"type": "text", "text": "second", "cache_control": {"type": "ephemeral"}}]),
     ]
     assert (edited[0]["prompt"], edited[0]["kept_messages"]) == ("1st", 0)
     assert [m["role"] for m in fake_anthropic.requests[-1].body["messages"]] == ["user"]
     assert [m.content for m in Message.objects.all()] == ["1st", "Echo: 1st"]
+    # The stored turns were replaced with them: a runtime started afresh gets the edit alone.
+    assert conversation_store().turns(session_id=sid) == [
+        [
+            {"role": "user", "content": "1st"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Echo: 1st"}]},
+        ]
+    ]
 
 
 def test_editing_an_assistant_message_or_regenerating_nothing_is_refused(user, session):

@@ -68,7 +68,9 @@ def test_spawn_then_chat_answers_from_claude_and_ledgers_the_cost(alice, fake_an
 
     upstream = fake_anthropic.requests[-1]
     assert upstream.api_key == PLATFORM_KEY  # the real key is added by the gateway, not the agent
-    assert upstream.body["system"] == "Be brief."
+    assert upstream.body["system"] == [
+        {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}
+    ]
 
     record = UsageRecord.objects.get()
     assert (record.user, record.agent_id, str(record.session_id)) == (

@@ -20,6 +20,15 @@ As Anthropic does, ``usage`` breaks cache writes down by lifetime (``cache_creat
 any ``usage`` value verbatim instead, hostile ones included. ``answered`` holds the usage each
 reply reported, in order: the final one, or the last a client read of a stream cut short.
 
+Prompt caching is honoured as Anthropic does it: a block with ``cache_control`` (at most four
+of them in tools, system and messages, else 400) marks a breakpoint; the prefix up to it (tools,
+then system, then messages) is written to the cache when it counts at least
+``cache_min_tokens`` (1024, Anthropic's minimum for most models), and a later request reads the
+longest prefix written before that ends at a block boundary within 20 blocks before one of its
+breakpoints. ``cache_read_input_tokens`` counts that prefix, ``cache_creation_input_tokens``
+the rest up to the last breakpoint, ``input_tokens`` what follows. A scripted ``Text`` with
+cache counts of its own reports those instead. Entries never expire.
+
 Text replies honour ``stop_sequences`` (cut at the earliest match) and then ``max_tokens``
 (longest prefix whose count fits); tool-use replies are never truncated.
 
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import re
 import secrets
@@ -210,6 +220,47 @@ def _default_text(messages: list[Any]) -> str:
     return "Echo: " + _content_text(content)
 
 
+CACHE_BREAKPOINTS = 4
+CACHE_LOOKBACK_BLOCKS = 20
+
+
+def _unmarked(block: Any) -> Any:
+    return (
+        {k: v for k, v in block.items() if k != "cache_control"}
+        if isinstance(block, dict)
+        else block
+    )
+
+
+def _prompt_units(body: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The prompt's blocks in cache order (tools, system, messages), each as (its identity
+    without ``cache_control``, its text as counted, whether it carries a breakpoint). A string
+    is the text block it stands for, as Anthropic reads it."""
+
+    def blocks(content: Any) -> list[Any]:
+        if isinstance(content, str):
+            return [{"type": "text", "text": content}] if content else []
+        return content if isinstance(content, list) else []
+
+    units: list[tuple[str, str, bool]] = []
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict):
+            text = json.dumps(_unmarked(tool))
+            units.append((_dumps(["tool", _unmarked(tool)]), text, "cache_control" in tool))
+    where: list[tuple[Any, Any]] = [("system", b) for b in blocks(body.get("system"))]
+    for n, message in enumerate(body["messages"]):
+        if isinstance(message, dict):
+            where += [((n, message.get("role")), b) for b in blocks(message.get("content"))]
+    for place, block in where:
+        marked = isinstance(block, dict) and "cache_control" in block
+        units.append((_dumps([place, _unmarked(block)]), _block_text(block), marked))
+    return units
+
+
+def _breakpoints(body: dict[str, Any]) -> int:
+    return sum(marked for _, _, marked in _prompt_units(body))
+
+
 def _fit(text: str, max_tokens: int) -> str:
     """Longest prefix of ``text`` whose count fits ``max_tokens`` (the count is monotonic)."""
     lo, hi = 0, len(text)
@@ -237,6 +288,9 @@ def _validate(body: Any, need_max_tokens: bool) -> str | None:
         value = body["max_tokens"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             return "max_tokens: Input should be a positive integer"
+    if (marks := _breakpoints(body)) > CACHE_BREAKPOINTS:
+        most = CACHE_BREAKPOINTS
+        return f"A maximum of {most} blocks with cache_control may be provided. Found {marks}."
     return None
 
 
@@ -268,8 +322,11 @@ class FakeAnthropic:
         required_api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        cache_min_tokens: int = 1024,
     ) -> None:
         self.chunk_delay = chunk_delay
+        self.cache_min_tokens = cache_min_tokens
+        self._cache: set[str] = set()
         self.required_api_key = required_api_key
         self.host = host
         self.requests: list[RecordedRequest] = []
@@ -339,6 +396,7 @@ class FakeAnthropic:
             self._queue.clear()
             self.requests.clear()
             self.answered.clear()
+            self._cache.clear()
             self.disconnects = 0
 
     def _pop(self) -> Scripted | None:
@@ -440,8 +498,38 @@ class FakeAnthropic:
             await asyncio.sleep(min(0.02, remaining))
         return True
 
+    def _cached(self, body: dict[str, Any], total: int) -> tuple[int, int]:
+        """(cache reads, cache writes) of a request's prompt, its prefixes written as they go."""
+        units = _prompt_units(body)
+        marks = [k for k, (_, _, marked) in enumerate(units) if marked]
+        if not marks:
+            return 0, 0
+        keys, chain = [], hashlib.sha256()
+        for identity, _, _ in units[: marks[-1] + 1]:
+            chain.update(identity.encode())
+            keys.append(chain.copy().hexdigest())
+
+        def tokens(k: int) -> int:
+            return min(total, count_tokens("\n".join(t for _, t, _ in units[: k + 1] if t)))
+
+        with self._lock:
+            hits = [
+                k
+                for mark in marks
+                for k in range(mark, max(-1, mark - CACHE_LOOKBACK_BLOCKS), -1)
+                if keys[k] in self._cache
+            ]
+            for mark in marks:
+                if tokens(mark) >= self.cache_min_tokens:
+                    self._cache.add(keys[mark])
+        read = tokens(max(hits)) if hits else 0
+        written = tokens(marks[-1]) if tokens(marks[-1]) >= self.cache_min_tokens else read
+        return read, max(0, written - read)
+
     def _resolve(self, body: dict[str, Any], scripted: Text | ToolUse | None) -> _Reply:
-        input_tokens = _input_tokens(body)
+        total = _input_tokens(body)
+        read, written = self._cached(body, total)
+        input_tokens = total - read - written
         if isinstance(scripted, ToolUse):
             tool = {
                 "type": "tool_use",
@@ -450,7 +538,8 @@ class FakeAnthropic:
                 "input": scripted.input,
             }
             parts = [scripted.text or "", json.dumps(scripted.input)]
-            usage = _usage(input_tokens, count_tokens("\n".join(p for p in parts if p)))
+            output = count_tokens("\n".join(p for p in parts if p))
+            usage = _usage(input_tokens, output, written, read)
             return _Reply(scripted.text or None, "tool_use", None, usage, tool=tool)
 
         if scripted is None:
@@ -462,12 +551,19 @@ class FakeAnthropic:
             text, stop_reason = text[:cut], "stop_sequence"
         if count_tokens(text) > body["max_tokens"]:
             text, stop_reason, stop_sequence = _fit(text, body["max_tokens"]), "max_tokens", None
-        usage: Any = _usage(
-            input_tokens if scripted.input_tokens is None else scripted.input_tokens,
-            count_tokens(text) if scripted.output_tokens is None else scripted.output_tokens,
+        cache = (
             scripted.cache_creation_input_tokens,
             scripted.cache_read_input_tokens,
             scripted.cache_creation_1h_input_tokens,
+        )
+        if not any(cache):
+            cache = (written, read, 0)
+        elif scripted.input_tokens is None:
+            input_tokens = total
+        usage: Any = _usage(
+            input_tokens if scripted.input_tokens is None else scripted.input_tokens,
+            count_tokens(text) if scripted.output_tokens is None else scripted.output_tokens,
+            *cache,
             scripted.web_search_requests,
         )
         verbatim = scripted.usage is not _UNSET

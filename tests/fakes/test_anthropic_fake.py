@@ -308,3 +308,60 @@ def test_cli_prints_url_and_serves(tmp_path: Path) -> None:
         returncode = cli.process.wait(timeout=5)
         server_stop(cli)
     assert returncode == 0
+
+
+def _cached_call(fake: FakeAnthropic, system: str, *prompts: str) -> dict[str, int]:
+    """A call with the system prompt and the last prompt marked, as the runtime marks them."""
+    messages: list[dict[str, object]] = []
+    for n, prompt in enumerate(prompts):
+        block: dict[str, object] = {"type": "text", "text": prompt}
+        if n == len(prompts) - 1:
+            block["cache_control"] = {"type": "ephemeral"}
+        messages.append({"role": "user", "content": [block]})
+        if n < len(prompts) - 1:
+            messages.append({"role": "assistant", "content": "ok"})
+    response = client(fake).messages.create(
+        model="m",
+        max_tokens=50,
+        system=[{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
+        messages=messages,  # type: ignore[arg-type]
+    )
+    return response.usage.model_dump()
+
+
+def test_a_cache_hit_needs_the_same_prefix_written_before(fake: FakeAnthropic) -> None:
+    fake.cache_min_tokens = 5
+    system = "You are a careful assistant who answers in full sentences."
+    try:
+        first = _cached_call(fake, system, "one two three four five")
+        again = _cached_call(fake, system, "one two three four five", "six seven")
+        other = _cached_call(fake, system + " Briefly.", "one two three four five")
+    finally:
+        fake.cache_min_tokens = 1024
+
+    total = count_tokens(f"{system}\none two three four five")
+    assert (first["cache_read_input_tokens"], first["cache_creation_input_tokens"]) == (0, total)
+    assert first["input_tokens"] == 0
+    # The next call reads all the first wrote, and writes what follows up to its breakpoint.
+    assert again["cache_read_input_tokens"] == total
+    assert again["cache_creation_input_tokens"] == count_tokens("ok\nsix seven")
+    # A different system prompt is a different prefix: nothing to read.
+    assert other["cache_read_input_tokens"] == 0
+
+
+def test_a_prefix_under_the_minimum_is_not_cached(fake: FakeAnthropic) -> None:
+    first = _cached_call(fake, "Short.", "hi")
+    again = _cached_call(fake, "Short.", "hi")
+    assert first["cache_creation_input_tokens"] == again["cache_read_input_tokens"] == 0
+    assert again["input_tokens"] == count_tokens("Short.\nhi")
+
+
+def test_more_than_four_breakpoints_are_refused(fake: FakeAnthropic) -> None:
+    mark = {"type": "ephemeral"}
+    blocks = [{"type": "text", "text": f"part {n}", "cache_control": mark} for n in range(5)]
+    response = httpx.post(
+        f"{fake.base_url}/v1/messages",
+        json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]},
+    )
+    assert response.status_code == 400
+    assert "A maximum of 4 blocks with cache_control" in response.json()["error"]["message"]

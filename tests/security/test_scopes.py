@@ -236,6 +236,13 @@ ROWS = [
     Row("api/v1/^sessions$", "POST", "/api/v1/sessions", OWNED_ONLY, 201, {"agent_id": A}),
     Row("api/v1/^sessions/(?P<pk>[0-9a-fA-F-]{36})$", "GET", f"/api/v1/sessions/{S}", OWNED, 200),
     Row(
+        "api/v1/^sessions/(?P<pk>[0-9a-fA-F-]{36})/turns$",
+        "GET",
+        f"/api/v1/sessions/{S}/turns",
+        OWNED_ONLY,  # tool results hold what the agent read: not even operators
+        200,
+    ),
+    Row(
         "api/v1/^sessions/(?P<pk>[0-9a-fA-F-]{36})/close$",
         "POST",
         f"/api/v1/sessions/{S}/close",

@@ -96,7 +96,29 @@ def _error(response: httpx.Response) -> dict[str, Any]:
 
 
 def _chat_requests(fake: FakeAnthropic) -> list[dict[str, Any]]:
-    return [r.body for r in fake.requests if r.path == "/v1/messages"]
+    """The calls the runtime made, as they read without their cache marks (the runtime's
+    caching tests check those on ``fake.requests``)."""
+    return [_unmarked(r.body) for r in fake.requests if r.path == "/v1/messages"]
+
+
+def _unmarked(body: dict[str, Any]) -> dict[str, Any]:
+    def plain(blocks: list[Any]) -> Any:
+        if len(blocks) == 1 and blocks[0].get("type") == "text" and "cache_control" in blocks[0]:
+            return blocks[0]["text"]  # a string the runtime made a block to mark it
+        return [{k: v for k, v in b.items() if k != "cache_control"} for b in blocks]
+
+    body = dict(body)
+    if isinstance(body.get("system"), list):
+        body["system"] = plain(body["system"])
+    body["messages"] = [
+        m | {"content": plain(m["content"])} if isinstance(m["content"], list) else m
+        for m in body["messages"]
+    ]
+    if body.get("tools"):
+        body["tools"] = [
+            {k: v for k, v in t.items() if k != "cache_control"} for t in body["tools"]
+        ]
+    return body
 
 
 def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
@@ -158,6 +180,10 @@ def test_chat_returns_the_gateway_reply_with_the_usage_it_counted(
             "total_tokens": expected_in + expected_out,
         },
         "status": "completed",
+        "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": [{"type": "text", "text": f"Echo: {prompt}"}]},
+        ],
     }
     [sent] = _chat_requests(fake_gateway)
     assert sent["model"] == MODEL
@@ -368,6 +394,10 @@ def test_stream_deltas_concatenate_to_the_done_content(
             "total_tokens": expected_in + expected_out,
         },
         "status": "completed",
+        "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": [{"type": "text", "text": done["content"]}]},
+        ],
     }
     assert done["content"] == f"Echo: {prompt}"
     assert _chat_requests(fake_gateway)[0]["stream"] is True
