@@ -19,6 +19,9 @@ chat = [
     path("", pages.chat, name="chat"),
     path("new", pages.chat_new, name="chat-new"),
     path("<uuid:session_id>", pages.chat, name="chat-session"),
+    path("agents/<uuid:agent_id>/files", pages.chat_files, name="chat-files"),
+    path("agents/<uuid:agent_id>/files/upload", pages.chat_files_upload, name="chat-files-upload"),
+    path("agents/<uuid:agent_id>/files/delete", pages.chat_files_delete, name="chat-files-delete"),
 ]
 
 agent = [

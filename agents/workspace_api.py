@@ -24,8 +24,10 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import TooManyFilesSent
 from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 
@@ -81,12 +83,21 @@ async def file_chunks(file: IO[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _body_size(file: IO[bytes]) -> int:
-    """The size of a request's spooled body, left at its start."""
-    file.seek(0, 2)
-    size = file.tell()
-    file.seek(0)
-    return size
+def _body_size(request: HttpRequest) -> int:
+    """The size of a request's body, read none of it: its spooled file's under ASGI (whether or
+    not a length was sent), else its Content-Length (WSGI reads no more than that)."""
+    stream = request._stream  # type: ignore[attr-defined]
+    try:
+        stream.seek(0, 2)
+        size = int(stream.tell())
+        stream.seek(0)
+        return size
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        pass
+    raw = request.META.get("CONTENT_LENGTH") or ""
+    if not raw.isdigit():
+        raise BadRequest("send the file's length (Content-Length)")
+    return int(raw)
 
 
 async def _caller(request: HttpRequest, agent_id: uuid.UUID, scope: str) -> tuple[User, Any]:
@@ -98,10 +109,17 @@ async def _caller(request: HttpRequest, agent_id: uuid.UUID, scope: str) -> tupl
 def _uploaded(request: HttpRequest) -> list[UploadedFile]:
     """The files of a multipart body (parts named ``file``); parsing spools large ones to disk.
     Django parses a POST's body itself, not a PUT's."""
-    if request.method == "POST":
-        return list(request.FILES.getlist("file"))
-    _, files = request.parse_file_upload(request.META, request)
-    return list(files.getlist("file"))
+    try:
+        if request.method == "POST":
+            found = list(request.FILES.getlist("file"))
+        else:
+            found = list(request.parse_file_upload(request.META, request)[1].getlist("file"))
+    except (MultiPartParserError, TooManyFilesSent) as exc:
+        raise BadRequest(f"the multipart body cannot be read: {exc}") from None
+    for file in found:
+        if not (file.name or "").strip():
+            raise BadRequest("each file needs a name", details={"file": ["A name is required."]})
+    return found
 
 
 def _download(opened: Any) -> StreamingHttpResponse:
@@ -137,7 +155,7 @@ async def agent_files(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse
             raise BadRequest("no file was sent: name each part file", details={"file": []})
         written = []
         for file in files:
-            name = (file.name or "").rsplit("/", 1)[-1]
+            name = (file.name or "").rsplit("/", 1)[-1]  # Django keeps the last part alone
             written.append(
                 await workspace_upload(
                     user=user,
@@ -174,7 +192,7 @@ async def agent_file(request: HttpRequest, agent_id: uuid.UUID, path: str) -> Ht
             size = files[0].size or 0
         else:
             body = request  # type: ignore[assignment]  # its spooled body, read as a file
-            size = _body_size(request._stream)  # type: ignore[attr-defined]
+            size = _body_size(request)
         written = await workspace_upload(
             user=user, agent=agent, path=path, size=size, body=file_chunks(body)
         )
