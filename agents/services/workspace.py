@@ -36,6 +36,7 @@ from plumbing.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from wire.jsonbound import loads
 from wire.workspace import (
     FILE_LIMIT_HEADER,
     ROUTE_EXEC,
@@ -66,6 +67,13 @@ log = logging.getLogger(__name__)
 DEFAULT_EXEC_TIMEOUT = 60.0
 # How long a file route waits for the runtime's next bytes.
 _FILE_TIMEOUT = 60.0
+# The most of a runtime's JSON answer read (it runs the agent's code: it is not trusted): a
+# listing's thousand entries, or a command's two outputs, each escaped at worst 6 bytes a byte.
+_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+def _answer_limit() -> int:
+    return _ANSWER_BYTES + 12 * settings.AGENT_EXEC_OUTPUT_BYTES
 
 
 class InvalidPath(BadRequest):
@@ -161,9 +169,19 @@ def _refusal(status: int, body: Any) -> ConsoleError:
     return cls(message, details=details)
 
 
+async def _answer(response: aiohttp.ClientResponse) -> Any:
+    """The runtime's JSON answer, through the bounded parser; ``ValueError`` if it is not."""
+    limit, raw = _answer_limit(), bytearray()
+    async for chunk in response.content.iter_any():
+        raw += chunk
+        if len(raw) > limit:
+            raise ValueError(f"the runtime's answer is over {limit} bytes")
+    return loads(raw)
+
+
 async def _refused(response: aiohttp.ClientResponse) -> ConsoleError:
     try:
-        body = await response.json(content_type=None)
+        body = await _answer(response)
     except (ValueError, aiohttp.ClientError):
         body = None
     return _refusal(response.status, body)
@@ -188,7 +206,7 @@ async def _json(
         ):
             if response.status >= 400:
                 raise await _refused(response)
-            found = await response.json(content_type=None)
+            found = await _answer(response)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise _unreachable(exc) from exc
     if not isinstance(found, dict):
