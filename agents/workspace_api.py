@@ -51,6 +51,10 @@ _CHUNK = 256 * 1024
 _MULTIPART = "multipart/form-data"
 
 
+class UnsupportedMediaType(ConsoleError):
+    status, code = 415, "unsupported_media_type"
+
+
 class ExecRequestSerializer(serializers.Serializer):
     argv = serializers.ListField(
         child=serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=65536),
@@ -146,9 +150,10 @@ async def agent_files(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse
             raise MethodNotAllowed(["GET", "POST"])
         user, agent = await _caller(request, agent_id, "write")
         if not request.content_type.startswith(_MULTIPART):
-            raise BadRequest(
+            raise UnsupportedMediaType(
                 "upload files as multipart/form-data, each part named file "
-                "(or PUT one file's bytes to /files/<path>)"
+                "(or PUT one file's bytes to /files/<path>)",
+                details={"content_type": request.content_type[:100]},
             )
         files = await sync_to_async(_uploaded)(request)
         if not files:

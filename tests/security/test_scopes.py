@@ -155,14 +155,14 @@ ROWS = [
         409,
     ),
     # An agent's workspace is its owner's alone, operators' included; its runtime is unreachable
-    # here (502), and a JSON body is no multipart upload (400).
+    # here (502), and a JSON body is no multipart upload (415).
     Row("api/v1/agents/<uuid:agent_id>/files", "GET", f"/api/v1/agents/{A}/files", OWNED_ONLY, 502),
     Row(
         "api/v1/agents/<uuid:agent_id>/files",
         "POST",
         f"/api/v1/agents/{A}/files",
         OWNED_ONLY,
-        400,
+        415,
         {"file": "x"},
     ),
     Row(
