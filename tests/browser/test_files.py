@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 from agents import sandbox
 from agents.models import Agent
 from console.models import AuditEvent
+from tests.browser.conftest import PHONE
 from tests.fakes.anthropic import ToolUse
 
 PANEL = "[data-files-panel]"
@@ -93,3 +94,10 @@ def test_the_files_panel_uploads_downloads_browses_and_deletes(
     screenshot(page, "deleted")
     actions = set(AuditEvent.objects.filter(actor=user).values_list("action", flat=True))
     assert {"agent.file_upload", "agent.file_delete"} <= actions
+
+    # On a phone the panel follows the conversation, and nothing runs off the screen.
+    page.set_viewport_size(PHONE)
+    panel.scroll_into_view_if_needed()
+    expect(panel.locator(ROWS)).to_have_count(1)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, "phone")
