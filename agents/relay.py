@@ -1,8 +1,9 @@
 """The agent relay: serves this sandbox host's agents to the console's other machines over TCP.
 
-``GET|POST /<agent id>/<path>`` goes to that agent's runtime (its Unix socket, or its microVM's
-loopback port), streamed both ways without buffering a reply, so a chat turn's SSE passes as it
-is written; ``GET /<agent id>/logs?lines=N`` answers the last lines of the runtime's log. Only
+``GET|POST|PUT|DELETE /<agent id>/<path>`` goes to that agent's runtime (its Unix socket, or its
+microVM's loopback port), streamed both ways without buffering a request or a reply, so a chat
+turn's SSE passes as it is written and a workspace upload as it is sent;
+``GET /<agent id>/logs?lines=N`` answers the last lines of the runtime's log. Only
 agents the database places on this host are served (any other is a 404), and only to requests
 that carry a token of the deployment's key for that agent and request (``wire/relaytoken.py``):
 any other is a 401 in the console's error shape, logged with its peer's address.
@@ -36,7 +37,9 @@ __all__ = ["relay_app"]
 
 log = logging.getLogger(__name__)
 
-# The runtime's own bound on a request body (one that carries a session's history back).
+# The bound on a body the relay reads whole, the runtime's own (a chat turn that carries a
+# session's history back). Bodies are streamed to the runtime, which bounds what it reads, and
+# an upload by the limits the console sends with it.
 _MAX_BODY_BYTES = turns.HISTORY_MAX_BYTES + 64 * 1024
 _MAX_LOG_LINES = 1000
 # Not passed on: the connection's own, and the relay's token.
@@ -167,13 +170,13 @@ class _Relay:
             return _refusal(409, "agent_not_running", "the agent's sandbox is not running")
         path = request.raw_path.removeprefix("/" + request.match_info["agent_id"])
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        body = await request.read()
+        if request.content_length is not None:  # passed on, so the runtime can refuse early
+            headers["Content-Length"] = str(request.content_length)
+        body = request.content if request.body_exists else None
         # A client per request, as the console opens one per turn: none outlives its sandbox.
         async with sandbox.runtime_session(endpoint, timeout=self.timeout) as client:
             try:
-                upstream = await client.request(
-                    request.method, path, data=body or None, headers=headers
-                )
+                upstream = await client.request(request.method, path, data=body, headers=headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 return _refusal(
                     502, "agent_unavailable", f"the agent's runtime could not be reached: {exc}"
@@ -211,6 +214,6 @@ def relay_app(
     )
     app = web.Application(middlewares=[relay.authenticate], client_max_size=_MAX_BODY_BYTES)
     app.router.add_get("/{agent_id}/logs", relay.logs)
-    for method in ("GET", "POST"):
+    for method in ("GET", "POST", "PUT", "DELETE"):
         app.router.add_route(method, "/{agent_id}/{path:.+}", relay.proxy)
     return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from agents import api, pages, views
+from agents import api, pages, views, workspace_api
 
 hypercore = SimpleRouter(trailing_slash=False)
 hypercore.register("v1/agents", views.HypercoreAgentViewSet, basename="hypercore-agent")
@@ -19,6 +19,9 @@ chat = [
     path("", pages.chat, name="chat"),
     path("new", pages.chat_new, name="chat-new"),
     path("<uuid:session_id>", pages.chat, name="chat-session"),
+    path("agents/<uuid:agent_id>/files", pages.chat_files, name="chat-files"),
+    path("agents/<uuid:agent_id>/files/upload", pages.chat_files_upload, name="chat-files-upload"),
+    path("agents/<uuid:agent_id>/files/delete", pages.chat_files_delete, name="chat-files-delete"),
 ]
 
 agent = [
@@ -31,6 +34,13 @@ rest = [
     path("execute", api.execute, name="api-execute"),
     path("sessions/<uuid:session_id>/messages", api.session_messages, name="api-session-messages"),
     path("sessions/<uuid:session_id>/cancel", api.session_cancel, name="api-session-cancel"),
+    path("agents/<uuid:agent_id>/files", workspace_api.agent_files, name="api-agent-files"),
+    path(
+        "agents/<uuid:agent_id>/files/<path:path>",
+        workspace_api.agent_file,
+        name="api-agent-file",
+    ),
+    path("agents/<uuid:agent_id>/exec", workspace_api.agent_exec, name="api-agent-exec"),
     path("", include(router.urls)),
 ]
 

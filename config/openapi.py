@@ -1,8 +1,9 @@
 """The parts of the OpenAPI schema drf-spectacular cannot see, added by a postprocessing hook.
 
-drf-spectacular documents DRF views only. The per-agent chat and metrics routes are plain async
-Django views, and the gateway is an ASGI app of its own (gateway/app.py) in front of
-Django: they are described here, beside the error shape every route answers a refusal with.
+drf-spectacular documents DRF views only. The per-agent chat and metrics routes, the turns and
+the agents' workspace files and commands are plain async Django views, and the gateway is an
+ASGI app of its own (gateway/app.py) in front of Django: they are described here, beside the
+error shape every route answers a refusal with.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from wire import turns
+from wire.workspace import EXEC_OUTPUT_CEILING, EXEC_TIMEOUT_CEILING
 
 __all__ = ["postprocess_schema"]
 
@@ -379,6 +381,319 @@ PATHS: dict[str, Any] = {
                 "default": _ERROR_RESPONSE,
             },
         }
+    },
+}
+
+
+# --- An agent's workspace: files and commands (agents/workspace_api.py) -------------------------
+
+_ANY_AUTH = [{"ApiKey": []}, {"Jwt": []}, {"cookieAuth": []}]
+_FILE_PATH = {
+    "name": "path",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 4096},
+    "description": "The file's path in the workspace, relative to it; `/` separates folders "
+    "(sent as they are, or encoded). Absolute paths, `..`, NUL bytes and symlinks that lead "
+    "out of the workspace are refused (400 `invalid_path`).",
+}
+_DIR_QUERY = {
+    "name": "path",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 4096, "default": ""},
+    "description": "A directory of the workspace, relative to it (default: the workspace).",
+}
+_WORKSPACE_NOTES = (
+    " For the agent's owner only (anyone else: 404 `agent_not_found`); 409 "
+    "`agent_not_running` unless the agent runs; 502 when its runtime cannot be reached."
+)
+_LIMIT_NOTES = (
+    " Bounded by the owner's quota: 413 `file_too_large` past `max_file_bytes`, 413 "
+    "`workspace_full` when the workspace would hold more than `max_workspace_bytes` (what its "
+    "files hold now, besides a file replaced, plus the upload); `details` names the limit and "
+    "`limit_bytes`."
+)
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    description: str,
+    *,
+    parameters: list[dict[str, Any]],
+    responses: dict[str, Any],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description + _WORKSPACE_NOTES,
+        "tags": ["api"],
+        "parameters": [_AGENT_ID, *parameters],
+        "security": _ANY_AUTH,
+        "responses": {**responses, "default": _ERROR_RESPONSE},
+    }
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": body}
+    return operation
+
+
+_LIMITS = {
+    "type": "object",
+    "properties": {
+        "max_file_bytes": {"type": "integer"},
+        "max_workspace_bytes": {"type": "integer"},
+    },
+    "required": ["max_file_bytes", "max_workspace_bytes"],
+}
+COMPONENTS |= {
+    "WorkspaceEntry": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "path": {"type": "string", "description": "Relative to the workspace."},
+            "type": {"type": "string", "enum": ["file", "directory", "symlink", "other"]},
+            "size": {"type": "integer", "nullable": True, "description": "Files only."},
+            "modified": {"type": "string", "format": "date-time"},
+            "target": {"type": "string", "description": "A symlink's target, as written."},
+        },
+        "required": ["name", "path", "type"],
+    },
+    "WorkspaceListing": {
+        "type": "object",
+        "properties": {
+            "agent_id": {"type": "string", "format": "uuid"},
+            "path": {"type": "string", "description": "The directory, symlinks resolved."},
+            "entries": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/WorkspaceEntry"},
+                "description": "Directories first, then files, by name; 1000 at most.",
+            },
+            "truncated": {"type": "boolean", "description": "Whether entries were left out."},
+            "workspace_bytes": {"type": "integer", "description": "What its files hold."},
+            "limits": _LIMITS,
+        },
+        "required": ["agent_id", "path", "entries", "truncated", "workspace_bytes", "limits"],
+    },
+    "WorkspaceFileWritten": {
+        "type": "object",
+        "properties": {
+            "agent_id": {"type": "string", "format": "uuid"},
+            "path": {"type": "string"},
+            "size": {"type": "integer"},
+            "replaced": {"type": "boolean", "description": "Whether it replaced a file."},
+        },
+        "required": ["agent_id", "path", "size", "replaced"],
+    },
+    "WorkspaceFilesWritten": {
+        "type": "object",
+        "properties": {
+            "agent_id": {"type": "string", "format": "uuid"},
+            "files": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/WorkspaceFileWritten"},
+            },
+        },
+        "required": ["agent_id", "files"],
+    },
+    "WorkspaceFileDeleted": {
+        "type": "object",
+        "properties": {
+            "agent_id": {"type": "string", "format": "uuid"},
+            "path": {"type": "string"},
+            "type": {"type": "string", "enum": ["file", "directory", "symlink", "other"]},
+            "deleted": {"type": "boolean"},
+        },
+        "required": ["agent_id", "path", "type", "deleted"],
+    },
+    "CommandRequest": {
+        "type": "object",
+        "description": "Either `argv` or `command`.",
+        "properties": {
+            "argv": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 65536},
+                "minItems": 1,
+                "maxItems": 4096,
+                "description": "The program and its arguments, run as they are.",
+            },
+            "command": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 65536,
+                "description": "A shell command, run with `/bin/sh -c`.",
+            },
+            "cwd": {
+                "type": "string",
+                "maxLength": 4096,
+                "default": "",
+                "description": "A directory of the workspace to run in (default: the workspace).",
+            },
+            "timeout_seconds": {
+                "type": "number",
+                "minimum": 0.001,
+                "maximum": EXEC_TIMEOUT_CEILING,
+                "default": 60,
+                "description": "Killed (with everything it started) past this; at most the "
+                "console's AGENT_EXEC_TIMEOUT_SECONDS.",
+            },
+            "output_limit_bytes": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": EXEC_OUTPUT_CEILING,
+                "description": "The bytes of each output kept; at most (and by default) the "
+                "console's AGENT_EXEC_OUTPUT_BYTES.",
+            },
+        },
+    },
+    "CommandResult": {
+        "type": "object",
+        "properties": {
+            "agent_id": {"type": "string", "format": "uuid"},
+            "exit_code": {
+                "type": "integer",
+                "nullable": True,
+                "description": "Null when it timed out; 127 when it could not be started.",
+            },
+            "stdout": {"type": "string"},
+            "stderr": {"type": "string"},
+            "timed_out": {"type": "boolean"},
+            "truncated": {"type": "boolean", "description": "Whether output was cut."},
+            "stdout_bytes": {"type": "integer", "description": "All it wrote, kept or not."},
+            "stderr_bytes": {"type": "integer"},
+            "duration_ms": {"type": "integer"},
+        },
+        "required": [
+            "agent_id",
+            "exit_code",
+            "stdout",
+            "stderr",
+            "timed_out",
+            "truncated",
+            "stdout_bytes",
+            "stderr_bytes",
+            "duration_ms",
+        ],
+    },
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_MULTIPART = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "file": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                    "description": "One part per file, each named `file`.",
+                }
+            },
+            "required": ["file"],
+        }
+    }
+}
+
+PATHS |= {
+    "/api/v1/agents/{agent_id}/files": {
+        "get": _operation(
+            "api_v1_agents_files_list",
+            "List a directory of an agent's workspace",
+            "Its entries (symlinks not followed: shown as such, with their targets), what the "
+            "workspace's files hold, and the owner's limits. Needs the `read` scope.",
+            parameters=[_DIR_QUERY],
+            responses={
+                "200": {"description": "The directory.", "content": _json("WorkspaceListing")}
+            },
+        ),
+        "post": _operation(
+            "api_v1_agents_files_upload",
+            "Upload files into a directory of an agent's workspace",
+            "Each part named `file` is written to the directory under its file name, replacing "
+            "a file of that name; missing directories are made. Needs the `write` scope; each "
+            "upload is in the audit log." + _LIMIT_NOTES,
+            parameters=[_DIR_QUERY],
+            body=_MULTIPART,
+            responses={
+                "201": {
+                    "description": "The files written.",
+                    "content": _json("WorkspaceFilesWritten"),
+                }
+            },
+        ),
+    },
+    "/api/v1/agents/{agent_id}/files/{path}": {
+        "get": _operation(
+            "api_v1_agents_files_download",
+            "Download a file of an agent's workspace",
+            "Its bytes, as an attachment. A symlink inside the workspace is followed; a "
+            "directory or anything but a regular file is a 409. Needs the `read` scope.",
+            parameters=[_FILE_PATH],
+            responses={
+                "200": {
+                    "description": "The file's bytes.",
+                    "content": {"application/octet-stream": _BINARY},
+                }
+            },
+        ),
+        "put": _operation(
+            "api_v1_agents_files_write",
+            "Upload a file to an agent's workspace",
+            "The body is the file's content (or a multipart body with one part named `file`). "
+            "Missing directories are made; a file (or symlink) of that path is replaced once "
+            "the upload is complete. Needs the `write` scope; audited." + _LIMIT_NOTES,
+            parameters=[_FILE_PATH],
+            body={"application/octet-stream": _BINARY, **_MULTIPART},
+            responses={
+                "200": {
+                    "description": "A file was replaced.",
+                    "content": _json("WorkspaceFileWritten"),
+                },
+                "201": {
+                    "description": "The file was made.",
+                    "content": _json("WorkspaceFileWritten"),
+                },
+            },
+        ),
+        "delete": _operation(
+            "api_v1_agents_files_delete",
+            "Delete a file, symlink or directory of an agent's workspace",
+            "A symlink is removed, not what it leads to; a directory that is not empty only "
+            "with `recursive=true` (else 409 `directory_not_empty`). Needs the `write` scope; "
+            "audited.",
+            parameters=[
+                _FILE_PATH,
+                {
+                    "name": "recursive",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "boolean", "default": False},
+                    "description": "Delete a directory with everything in it.",
+                },
+            ],
+            responses={
+                "200": {"description": "Deleted.", "content": _json("WorkspaceFileDeleted")}
+            },
+        ),
+    },
+    "/api/v1/agents/{agent_id}/exec": {
+        "post": _operation(
+            "api_v1_agents_exec",
+            "Run a command in an agent's sandbox",
+            "In the workspace (or `cwd`), with no standard input and the environment the "
+            "agent's tools get (no credentials). It is killed, with every process it started, "
+            "at its time limit; each output is kept up to its limit, the rest counted. Every "
+            "command is in the audit log: who, the agent, what ran, its exit code, how long it "
+            "took, and whether it timed out or its output was cut. Needs the `write` scope.",
+            parameters=[],
+            body=_json("CommandRequest"),
+            responses={
+                "200": {
+                    "description": "The command ran (whatever its exit code).",
+                    "content": _json("CommandResult"),
+                }
+            },
+        ),
     },
 }
 

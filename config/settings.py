@@ -26,6 +26,7 @@ from config.env import (
     env_str,
 )
 from wire import turns
+from wire.workspace import EXEC_OUTPUT_CEILING, EXEC_TIMEOUT_CEILING
 
 
 def _memory_mib() -> int:
@@ -339,6 +340,22 @@ try:
     ToolConfig.from_env()
 except ConfigError as exc:
     raise ImproperlyConfigured(str(exc)) from None
+# A command an agent's owner runs in its sandbox (POST /api/v1/agents/<id>/exec): the longest it
+# may run (a request may ask for less; 60 s when it names none), and the bytes of its standard
+# output and of its standard error kept (the rest is counted, not kept). Within the runtime's own
+# ceilings (wire/workspace.py).
+AGENT_EXEC_TIMEOUT_SECONDS = env_float("AGENT_EXEC_TIMEOUT_SECONDS", 300.0, minimum=1.0)
+AGENT_EXEC_OUTPUT_BYTES = env_int("AGENT_EXEC_OUTPUT_BYTES", 1024 * 1024, minimum=1024)
+if AGENT_EXEC_TIMEOUT_SECONDS > EXEC_TIMEOUT_CEILING:
+    raise ImproperlyConfigured(
+        f"AGENT_EXEC_TIMEOUT_SECONDS must be at most {EXEC_TIMEOUT_CEILING:g}, "
+        f"not {AGENT_EXEC_TIMEOUT_SECONDS:g}"
+    )
+if AGENT_EXEC_OUTPUT_BYTES > EXEC_OUTPUT_CEILING:
+    raise ImproperlyConfigured(
+        f"AGENT_EXEC_OUTPUT_BYTES must be at most {EXEC_OUTPUT_CEILING}, "
+        f"not {AGENT_EXEC_OUTPUT_BYTES}"
+    )
 # The chat WebSocket: the largest frame a page may send, and how many frames a minute.
 CHAT_WS_MAX_FRAME_BYTES = env_int("CHAT_WS_MAX_FRAME_BYTES", 256 * 1024, minimum=1024)
 CHAT_WS_MESSAGES_PER_MINUTE = env_int("CHAT_WS_MESSAGES_PER_MINUTE", 120, minimum=1)

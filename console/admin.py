@@ -31,6 +31,7 @@ _QUOTA_FIELDSETS = (
             )
         },
     ),
+    ("Workspace files", {"fields": ("max_file_bytes", "max_workspace_bytes")}),
     ("Rates", {"fields": ("requests_per_minute", "tokens_per_minute", "concurrent_requests")}),
 )
 

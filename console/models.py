@@ -48,8 +48,9 @@ def _valid_timezone(name: str) -> None:
 
 
 class Quota(models.Model):
-    """The limits one user runs under: sandboxes, request rates, and the time zone their
-    calendar budget windows follow. Budgets are ``Budget`` rows; empty limits are unlimited."""
+    """The limits one user runs under: sandboxes, their workspace files, request rates, and the
+    time zone their calendar budget windows follow. Budgets are ``Budget`` rows; empty limits
+    are unlimited."""
 
     user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="quota")
     is_suspended = models.BooleanField(default=False, help_text="A suspended user can do nothing.")
@@ -59,6 +60,14 @@ class Quota(models.Model):
     max_concurrent_sessions = models.PositiveIntegerField(default=100)
     max_gpus = models.PositiveIntegerField(
         default=0, help_text="GPUs (or MIG slices) its running agents may hold; 0: none."
+    )
+    max_file_bytes = models.PositiveBigIntegerField(
+        default=32 * 1024 * 1024,
+        help_text="The largest file an upload may put in an agent's workspace, in bytes.",
+    )
+    max_workspace_bytes = models.PositiveBigIntegerField(
+        default=1024 * 1024 * 1024,
+        help_text="What an agent's workspace may hold once an upload is in, in bytes.",
     )
     # 100 a minute: the AI Agents Platform's documented default per user.
     requests_per_minute = models.PositiveIntegerField(
@@ -183,8 +192,9 @@ class RateCounter(models.Model):
 
 
 class AuditEvent(models.Model):
-    """Something an operator did (a quota change, an agent stopped, a rule edited): who, when,
-    to what, and the values before and after."""
+    """Something an operator did (a quota change, an agent stopped, a rule edited), or an owner
+    did inside an agent's sandbox (a command run, a file uploaded or deleted): who, when, to
+    what, and the values before and after (for a command: what ran and how it ended)."""
 
     actor = models.ForeignKey(
         User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"

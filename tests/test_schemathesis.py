@@ -25,7 +25,13 @@ from console.models import Quota
 MAX_EXAMPLES = 25  # per operation and generation mode
 
 
-_RUNTIME_ROUTES = ("/agents/", "/api/v1/execute", "/api/v1/sessions/{session_id}/messages")
+_RUNTIME_ROUTES = (
+    "/agents/",
+    "/api/v1/execute",
+    "/api/v1/sessions/{session_id}/messages",
+    "/api/v1/agents/{agent_id}/files",
+    "/api/v1/agents/{agent_id}/exec",
+)
 
 
 def _documented_outage(case: Any, response: Any) -> bool:

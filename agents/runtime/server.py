@@ -1,5 +1,6 @@
 """The runtime's HTTP server: health, readiness, metrics and chat (JSON or an SSE stream),
-with Claude's tool-use loop (see ``Turn``, ``loop`` and ``tools``)."""
+with Claude's tool-use loop (see ``Turn``, ``loop`` and ``tools``), and the console's routes
+for the workspace's files and commands (``workspace_routes``)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from prometheus_client import (
 )
 
 from agents.runtime.config import RuntimeConfig
+from agents.runtime.files import Workspace
 from agents.runtime.loop import (
     StreamedReply,
     cache_marked,
@@ -53,6 +55,7 @@ from agents.runtime.loop import (
 from agents.runtime.mcptools import McpTools, mcp_servers_from_env
 from agents.runtime.tools import Toolbox, ToolConfig
 from agents.runtime.tracing import configure_logging, request_id_header, request_ids
+from agents.runtime.workspace_routes import workspace_routes_add
 from wire import turns
 from wire.sse import sse_events, sse_frame
 
@@ -703,6 +706,7 @@ def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.App
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/agent/chat", chat)
+    workspace_routes_add(app, Workspace(tools.workspace), toolbox.environment)
     return app
 
 

@@ -228,6 +228,11 @@ class Toolbox:
         }
 
     @property
+    def environment(self) -> dict[str, str]:
+        """What commands run with: this process's environment, less anything secret."""
+        return dict(self._environment)
+
+    @property
     def definitions(self) -> list[dict[str, Any]]:
         builtin = [TOOL_DEFINITIONS[name] for name in self.config.enabled]
         return builtin + (self.mcp.definitions if self.mcp is not None else [])

@@ -42,6 +42,8 @@ QUOTA_LIMITS = [
     "max_total_memory_mib",
     "max_concurrent_sessions",
     "max_gpus",
+    "max_file_bytes",
+    "max_workspace_bytes",
     "requests_per_minute",
     "tokens_per_minute",
     "concurrent_requests",

@@ -270,6 +270,8 @@
       messages = messages.slice(0, event.kept_messages).filter((m) => !ids.has(m.id)).concat(event.messages);
       renderBudgets(event.budgets);
       renderMessages();
+      // The turn's tools may have written files: the files panel lists its folder again.
+      document.body.dispatchEvent(new CustomEvent("files-refresh"));
     },
 
     cancelled(event) {

@@ -76,3 +76,38 @@ def test_a_microvm_agent_boots_chats_with_tools_and_is_destroyed(alice, qemu_hos
     assert alice.delete(f"/v1/agents/delete?agent_id={agent.pk}").status_code == 200
     with pytest.raises(SandboxNotFound):
         sandbox.driver().status(agent.sandbox_id)
+
+
+def test_a_microvm_agents_workspace_files_and_commands_work_as_on_a_process(alice, qemu_host):
+    """The same routes, through the runtime inside the guest: its /workspace, its kernel."""
+    response = alice.post("/api/v1/agents", json={"name": "vm-files", "cores": 1, "memory": 384})
+    assert response.status_code == 201, response.text
+    agent_id = response.json()["agent_id"]
+    assert Agent.objects.get(pk=agent_id).status == "running"
+    files = f"/api/v1/agents/{agent_id}/files"
+
+    written = alice.put(f"{files}/notes/a.txt", content=b"from the host\n")
+    assert written.status_code == 201, written.text
+    listing = alice.get(files, params={"path": "notes"}).json()
+    assert [(e["name"], e["size"]) for e in listing["entries"]] == [("a.txt", 14)]
+    assert alice.get(f"{files}/notes/a.txt").content == b"from the host\n"
+
+    ran = alice.post(
+        f"/api/v1/agents/{agent_id}/exec",
+        json={"command": "uname -r; pwd; cat notes/a.txt; ln -s /etc/passwd leak"},
+    ).json()
+    assert ran["exit_code"] == 0, ran
+    kernel, cwd, content = ran["stdout"].splitlines()
+    assert kernel.endswith("-cloud-amd64") and cwd == "/workspace"
+    assert content == "from the host"
+    leak = alice.get(f"{files}/leak")
+    assert leak.status_code == 400 and "outside the workspace" in leak.json()["error"]["message"]
+    assert alice.get(f"{files}/..%2fetc%2fpasswd").status_code == 400
+
+    slow = alice.post(
+        f"/api/v1/agents/{agent_id}/exec", json={"argv": ["sleep", "30"], "timeout_seconds": 1}
+    ).json()
+    assert (slow["exit_code"], slow["timed_out"]) == (None, True)
+    assert alice.delete(f"{files}/notes", params={"recursive": "true"}).status_code == 200
+    assert [e["name"] for e in alice.get(files).json()["entries"]] == ["leak"]
+    assert alice.delete(f"/api/v1/agents/{agent_id}").status_code == 200

@@ -8,6 +8,7 @@ the relay's endpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -231,6 +232,25 @@ def test_the_console_chats_with_an_agent_through_its_relay(agent, alice, fake_an
     health = alice.get(f"/agents/{agent.pk}/health")
     assert health.status_code == 200 and health.json()["agent_id"] == str(agent.pk)
     assert alice.get(f"/agents/{agent.pk}/metrics").status_code == 200
+
+
+def test_workspace_files_and_commands_pass_through_the_relay(agent, alice):
+    """PUT and DELETE pass, and an upload larger than the relay reads whole streams through."""
+    files = f"/api/v1/agents/{agent.pk}/files"
+    big = os.urandom(6 * 1024 * 1024)  # past the 4 MiB a relay reads whole
+    written = alice.put(f"{files}/data/big.bin", content=big, timeout=60)
+    assert written.status_code == 201, written.text
+    assert written.json()["size"] == len(big)
+    assert alice.get(f"{files}/data/big.bin", timeout=60).content == big
+    ran = alice.post(
+        f"/api/v1/agents/{agent.pk}/exec", json={"argv": ["sha256sum", "data/big.bin"]}
+    ).json()
+    assert ran["exit_code"] == 0 and ran["stdout"].startswith(hashlib.sha256(big).hexdigest())
+    deleted = alice.delete(f"{files}/data", params={"recursive": "true"})
+    assert deleted.status_code == 200, deleted.text
+    assert alice.get(files).json()["entries"] == []
+    refused = alice.get(f"{files}/..%2f..%2fetc%2fpasswd")
+    assert refused.status_code == 400
 
 
 METRICS_TOKEN = "a-metrics-token-for-the-relay-0123"
