@@ -33,6 +33,14 @@ from prometheus_client import (
     generate_latest,
 )
 
+from agents.runtime.agentsdk import SdkArchitecture
+from agents.runtime.architectures import (
+    BUILTIN,
+    CLAUDE_AGENT_SDK,
+    Architecture,
+    ChatError,
+    TurnRunner,
+)
 from agents.runtime.config import RuntimeConfig
 from agents.runtime.loop import (
     StreamedReply,
@@ -55,6 +63,7 @@ ANTHROPIC_VERSION = "2023-06-01"
 _PR_SET_DUMPABLE = 4
 CONFIG_KEY = web.AppKey("config", RuntimeConfig)
 STATE_KEY = web.AppKey("state", "RuntimeState")
+ARCHITECTURE_KEY = web.AppKey("architecture", Architecture)
 
 
 class Metrics:
@@ -116,14 +125,6 @@ class ChatSession:
         dropped = self.history[starts[turns] :]
         del self.history[starts[turns] :]
         return dropped
-
-
-class ChatError(Exception):
-    """A chat turn failed; ``status`` and ``code`` become the error response."""
-
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details or {}
 
 
 @dataclass
@@ -382,7 +383,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         dropped = session.keep_turns(params["keep_turns"])
         history_length = len(session.history)
         session.history.append({"role": "user", "content": params["prompt"]})
-        turn = Turn(state, session, params["max_tokens"])
+        turn = request.app[ARCHITECTURE_KEY].turn(session, params["max_tokens"])
         if params["stream"]:
             return await _chat_stream(request, turn, history_length, dropped)
         try:
@@ -398,7 +399,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _chat_stream(
-    request: web.Request, turn: Turn, history_length: int, dropped: list[dict[str, Any]]
+    request: web.Request, turn: TurnRunner, history_length: int, dropped: list[dict[str, Any]]
 ):
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -509,6 +510,26 @@ class GatewaySocketConnector(UnixConnector):
         return proto
 
 
+@dataclass
+class BuiltinArchitecture:
+    """The runtime's own tool-use loop (``Turn``)."""
+
+    state: RuntimeState
+    name: str = BUILTIN
+
+    def turn(self, session: ChatSession, max_tokens: int) -> Turn:
+        return Turn(self.state, session, max_tokens)
+
+    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        yield
+
+
+def _architecture(config: RuntimeConfig, state: RuntimeState) -> Architecture:
+    if config.architecture == CLAUDE_AGENT_SDK:
+        return SdkArchitecture(state)
+    return BuiltinArchitecture(state)
+
+
 def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.Application:
     """The runtime's app; ``tools`` is read from the environment when not given."""
     app = web.Application(middlewares=[request_ids, _measure], client_max_size=4 * 1024 * 1024)
@@ -539,6 +560,8 @@ def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.App
         await state.http.close()
 
     app.cleanup_ctx.append(_client)
+    app[ARCHITECTURE_KEY] = architecture = _architecture(config, state)
+    app.cleanup_ctx.append(architecture.lifespan)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
