@@ -130,6 +130,7 @@ def spawn_requested(*, viewer: User, operator: bool, data: dict[str, Any]) -> Ag
         builtin_tools=data.get("tools"),
         mcp_servers=tuple(McpServerSpec(**server) for server in data.get("mcp_servers", ())),
         console_mcp=data["console_mcp"],
+        architecture=data["architecture"],
     )
 
 

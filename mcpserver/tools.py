@@ -385,6 +385,13 @@ TOOLS: dict[str, Tool] = {
                         "description": "Give it these tools, acting as its owner (never as an"
                         " operator).",
                     },
+                    "architecture": {
+                        "type": "string",
+                        "enum": list(Agent.Architecture.values),
+                        "default": Agent.Architecture.BUILTIN,
+                        "description": "How it runs a chat turn: the runtime's own loop, or"
+                        " the Claude Agent SDK (process hosts only).",
+                    },
                 }
             ),
             scopes=(WRITE,),

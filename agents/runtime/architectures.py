@@ -68,13 +68,15 @@ class Architecture(Protocol):
     def lifespan(self, app: Any) -> AsyncIterator[None]: ...
 
 
-def _sdk_cli() -> Path | None:
-    """The Claude Code CLI the installed SDK bundles, or None."""
-    spec = importlib.util.find_spec("claude_agent_sdk")
+def _sdk_folder() -> Path | None:
+    """Where the Claude Agent SDK is installed (found, not imported: it is large), or None."""
+    try:
+        spec = importlib.util.find_spec("claude_agent_sdk")
+    except (ImportError, ValueError):
+        return None
     if spec is None or spec.origin is None:
         return None
-    cli = Path(spec.origin).parent / "_bundled" / "claude"
-    return cli if cli.is_file() else None
+    return Path(spec.origin).parent
 
 
 def architecture_problem(name: str) -> str | None:
@@ -82,12 +84,13 @@ def architecture_problem(name: str) -> str | None:
     if name == BUILTIN:
         return None
     if name == CLAUDE_AGENT_SDK:
-        if importlib.util.find_spec("claude_agent_sdk") is None:
+        folder = _sdk_folder()
+        if folder is None:
             return (
                 "the Claude Agent SDK is not installed on this host "
                 "(pip install 'agent-console[agent-sdk]')"
             )
-        if _sdk_cli() is None:
+        if not (folder / "_bundled" / "claude").is_file():
             return "the installed Claude Agent SDK bundles no Claude Code CLI for this platform"
         return None
     return f"unknown architecture {name!r}: one of {', '.join(ARCHITECTURES)}"

@@ -114,11 +114,13 @@ def agent_spawn(
     builtin_tools: list[str] | None = None,
     mcp_servers: tuple[McpServerSpec, ...] = (),
     console_mcp: bool = False,
+    architecture: str = Agent.Architecture.BUILTIN,
 ) -> Agent:
     """Check the owner's quota, then claim a matching warm agent, or place a new one on a host
     with room (and the GPUs ``gpu`` asks for free) and record it pending, in one transaction;
     its boot is queued after commit. An agent with GPUs, a choice of built-in tools, MCP
-    servers or the console's MCP tools is never a warm one (a warm one booted without them)."""
+    servers, the console's MCP tools or another architecture than the built-in loop is never a
+    warm one (a warm one booted without them)."""
     user_check_active(user=owner)
     if (mcp_servers or console_mcp) and settings.SANDBOX_BACKEND == "qemu":
         raise BadRequest(
@@ -126,6 +128,7 @@ def agent_spawn(
             "no MCP client",
             details={"backend": settings.SANDBOX_BACKEND},
         )
+    _architecture_check(architecture)
     template = AgentTemplate(
         model=model or settings.DEFAULT_AGENT_MODEL,
         system_prompt=system_prompt,
@@ -149,6 +152,7 @@ def agent_spawn(
         if gpu is not None and gpu.count:
             _limit("max_gpus", quota.max_gpus, used["gpus"] or 0, gpu.count)
         tooled = builtin_tools is not None or mcp_servers or console_mcp
+        tooled = tooled or architecture != Agent.Architecture.BUILTIN
         if tooled or (gpu is not None and gpu.count):
             agent = agent_record(
                 template=template,
@@ -158,6 +162,7 @@ def agent_spawn(
                 gpu=gpu if gpu is not None and gpu.count else None,
                 builtin_tools=builtin_tools,
                 console_mcp=console_mcp,
+                architecture=architecture,
             )
             agent_mcp_servers_record(agent=agent, servers=mcp_servers)
             return agent
@@ -165,6 +170,25 @@ def agent_spawn(
         if claimed is not None:
             return claimed
         return agent_record(template=template, owner=owner, name=name, anthropic_key=key)
+
+
+def _architecture_check(architecture: str) -> None:
+    """Refuse an architecture this console's hosts cannot run, with the reason."""
+    if architecture == Agent.Architecture.BUILTIN:
+        return
+    if architecture not in Agent.Architecture.values:
+        raise BadRequest(
+            f"unknown architecture {architecture!r}",
+            details={"architecture": [f"One of {', '.join(Agent.Architecture.values)}."]},
+        )
+    if settings.SANDBOX_BACKEND == "qemu":
+        raise BadRequest(
+            "the Claude Agent SDK runs on process hosts only: the microVM guest's image carries "
+            "no Claude Agent SDK",
+            details={"backend": settings.SANDBOX_BACKEND, "architecture": architecture},
+        )
+    if problem := sandbox.architecture_problem(architecture):
+        raise BadRequest(problem, details={"architecture": architecture})
 
 
 def agent_record(
@@ -177,6 +201,7 @@ def agent_record(
     gpu: GpuRequest | None = None,
     builtin_tools: list[str] | None = None,
     console_mcp: bool = False,
+    architecture: str = Agent.Architecture.BUILTIN,
 ) -> Agent:
     """Place a new agent on a host with room and record it pending; boot it after commit.
     Call inside a transaction (placement locks the hosts until it commits)."""
@@ -199,6 +224,7 @@ def agent_record(
         anthropic_key_encrypted=anthropic_key,
         builtin_tools=builtin_tools,
         console_mcp=console_mcp,
+        architecture=architecture,
     )
     _queue_after_commit(
         _BOOT,
