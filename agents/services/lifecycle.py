@@ -128,7 +128,7 @@ def agent_spawn(
             "no MCP client",
             details={"backend": settings.SANDBOX_BACKEND},
         )
-    _architecture_check(architecture)
+    _architecture_check(architecture, memory_mib)
     template = AgentTemplate(
         model=model or settings.DEFAULT_AGENT_MODEL,
         system_prompt=system_prompt,
@@ -172,7 +172,11 @@ def agent_spawn(
         return agent_record(template=template, owner=owner, name=name, anthropic_key=key)
 
 
-def _architecture_check(architecture: str) -> None:
+# The Claude Code CLI alone holds about 230 MiB, beside the runtime.
+SDK_MIN_MEMORY_MIB = 512
+
+
+def _architecture_check(architecture: str, memory_mib: int) -> None:
     """Refuse an architecture this console's hosts cannot run, with the reason."""
     if architecture == Agent.Architecture.BUILTIN:
         return
@@ -189,6 +193,12 @@ def _architecture_check(architecture: str) -> None:
         )
     if problem := sandbox.architecture_problem(architecture):
         raise BadRequest(problem, details={"architecture": architecture})
+    if memory_mib < SDK_MIN_MEMORY_MIB:
+        raise BadRequest(
+            f"an agent of the Claude Agent SDK needs at least {SDK_MIN_MEMORY_MIB} MiB of "
+            "memory: its Claude Code CLI alone holds about 230 MiB",
+            details={"memory": [f"At least {SDK_MIN_MEMORY_MIB} for {architecture}."]},
+        )
 
 
 def agent_record(

@@ -98,6 +98,16 @@ def test_an_unknown_architecture_is_refused(user, client_for, name):
     assert not Agent.objects.exists()
 
 
+def test_an_sdk_agent_too_small_for_its_cli_is_refused(user, client_for):
+    refused = client_for(user).post(
+        "/api/v1/agents", {"name": "x", "architecture": SDK, "memory": 256}, format="json"
+    )
+
+    assert refused.status_code == 400, refused.content
+    assert "memory" in refused.json()["error"]["details"]
+    assert not Agent.objects.exists()
+
+
 def test_microvm_agents_are_refused_the_sdk_their_guest_lacks(user, client_for, settings):
     settings.SANDBOX_BACKEND = "qemu"
 
