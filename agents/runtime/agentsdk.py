@@ -12,6 +12,7 @@ ones (kept in a private folder for as long as the runtime runs).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -23,7 +24,7 @@ from typing import Any
 from aiohttp import ClientError, web
 
 from agents.runtime.architectures import CLAUDE_AGENT_SDK, ChatError
-from agents.runtime.loop import tool_event
+from agents.runtime.loop import round_limit_note, tool_event
 from agents.runtime.tools import ToolResult, command_environment
 from agents.runtime.tracing import request_id_header
 
@@ -58,6 +59,14 @@ _CHUNK = 65536
 def sdk_tools(enabled: tuple[str, ...]) -> list[str]:
     """The SDK's tools for the runtime's enabled built-in tools."""
     return [tool for name in enabled for tool in SDK_TOOLS.get(name, ())]
+
+
+def _text_delta(event: dict[str, Any]) -> str:
+    """The text a raw stream event of Anthropic's adds to a reply ("" for any other event)."""
+    delta = event.get("delta") or {}
+    if event.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
+        return str(delta.get("text", ""))
+    return ""
 
 
 def _anthropic_error(status: int, kind: str, message: str) -> web.Response:
@@ -262,41 +271,51 @@ class SdkTurn:
         resume = self._resume()
         uses: dict[str, ToolUseBlock] = {}
         last: tuple[str, str | None] | None = None
-        answer = ""
+        answer, reply = "", None
         result: ResultMessage | None = None
+        messages = query(
+            prompt=self.session.history[-1]["content"], options=self._options(key, resume)
+        )
         try:
-            async for message in query(
-                prompt=self.session.history[-1]["content"], options=self._options(key, resume)
-            ):
-                if isinstance(message, StreamEvent) and message.parent_tool_use_id is None:
-                    delta = message.event.get("delta", {})
-                    if message.event.get("type") == "content_block_delta" and delta.get("type") == (
-                        "text_delta"
-                    ):
-                        yield "delta", {"text": delta.get("text", "")}
-                elif isinstance(message, AssistantMessage):
-                    if message.parent_tool_use_id is None:
-                        answer = "".join(
-                            b.text for b in message.content if isinstance(b, TextBlock)
-                        )
-                        last = (message.session_id or "", message.uuid)
-                    uses |= {b.id: b for b in message.content if isinstance(b, ToolUseBlock)}
-                elif isinstance(message, UserMessage) and isinstance(message.content, list):
-                    for block in message.content:
-                        if isinstance(block, ToolResultBlock):
-                            yield "tool", self._tool(uses.get(block.tool_use_id), block)
-                elif isinstance(message, ResultMessage):
-                    result = message
+            # Closed here, whatever ends the turn: a caller gone away stops the CLI with it.
+            async with contextlib.aclosing(messages):
+                async for message in messages:
+                    if isinstance(message, StreamEvent) and message.parent_tool_use_id is None:
+                        if text := _text_delta(message.event):
+                            yield "delta", {"text": text}
+                    elif isinstance(message, AssistantMessage):
+                        if message.parent_tool_use_id is None:
+                            # A reply may come as several messages, a block or so each.
+                            if message.message_id != reply:
+                                reply, answer = message.message_id, ""
+                            answer += "".join(
+                                b.text for b in message.content if isinstance(b, TextBlock)
+                            )
+                            last = (message.session_id or "", message.uuid)
+                        uses |= {b.id: b for b in message.content if isinstance(b, ToolUseBlock)}
+                    elif isinstance(message, UserMessage) and isinstance(message.content, list):
+                        for block in message.content:
+                            if isinstance(block, ToolResultBlock):
+                                yield "tool", self._tool(uses.get(block.tool_use_id), block)
+                    elif isinstance(message, ResultMessage):
+                        result = message
         except ClaudeSDKError as exc:
-            raise ChatError(502, "agent_sdk_failed", f"the Claude Agent SDK failed: {exc}") from exc
+            if result is None:  # else it raised once its result had said why: read below
+                message = f"the Claude Agent SDK failed: {exc}"
+                raise ChatError(502, "agent_sdk_failed", message) from exc
         finally:
             proxy.revoke(key)
         if result is None:
             raise ChatError(502, "agent_sdk_failed", "the Claude Agent SDK ended with no result")
         self._count(result.usage or {})
-        if result.is_error:
+        if result.subtype == "error_max_turns":
+            # As the built-in loop does: the turn ends with what was written, and says why.
+            note = round_limit_note(self.state.toolbox.config.max_rounds)
+            self.content = "\n\n".join(filter(None, (answer, note)))
+        elif result.is_error:
             raise self._failure(result)
-        self.content = result.result if isinstance(result.result, str) else answer
+        else:
+            self.content = result.result if isinstance(result.result, str) else answer
         self.session.history.append(
             {"role": "assistant", "content": [{"type": "text", "text": self.content}]}
         )
@@ -316,10 +335,9 @@ class SdkTurn:
 
     @staticmethod
     def _failure(result: Any) -> ChatError:
+        """The gateway's refusal (its status, as the CLI saw it) or the CLI's own failure."""
         reason = "; ".join(result.errors or []) or str(result.result or result.subtype)
         status = result.api_error_status or 502
-        if result.subtype == "error_max_turns":
-            return ChatError(502, "agent_sdk_max_turns", f"the turn used every round: {reason}")
         return ChatError(status if status >= 400 else 502, "agent_sdk_error", reason)
 
     async def run(self) -> str:

@@ -18,7 +18,7 @@ from agents.runtime.config import ConfigError, RuntimeConfig
 from agents.runtime.server import ARCHITECTURE_KEY, build_app
 from agents.runtime.tools import ToolConfig
 from tests.agents.runtime.test_server import CHAT, REPO_ROOT, TOKEN, _spawn, _sse, _terminate
-from tests.fakes.anthropic import FakeAnthropic, Text, ToolUse
+from tests.fakes.anthropic import Error, FakeAnthropic, Text, ToolUse
 
 needs_sdk = pytest.mark.skipif(
     architecture_problem(CLAUDE_AGENT_SDK) is not None,
@@ -54,7 +54,9 @@ def gateway() -> Iterator[FakeAnthropic]:
 
 
 @pytest.fixture
-def sdk_runtime(gateway: FakeAnthropic, tmp_path: Path) -> Iterator[httpx.Client]:
+def sdk_runtime(
+    gateway: FakeAnthropic, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[httpx.Client]:
     gateway.reset()
     workspace = tmp_path / "workspace"
     workspace.mkdir()
@@ -64,6 +66,7 @@ def sdk_runtime(gateway: FakeAnthropic, tmp_path: Path) -> Iterator[httpx.Client
         AGENT_ARCHITECTURE=CLAUDE_AGENT_SDK,
         AGENT_WORKSPACE=str(workspace),
         HOME=str(workspace),
+        **getattr(request, "param", {}),
     )
     try:
         with httpx.Client(base_url=started.url, timeout=90) as http:
@@ -178,3 +181,38 @@ def test_a_later_turn_goes_on_from_the_earlier_and_an_edit_forks_it(sdk_runtime,
     seen = json.dumps(gateway.requests[-1].body["messages"])
     assert "First?" in seen and "One." in seen and "Second, edited?" in seen
     assert "Second?" not in seen and "Two." not in seen
+
+
+@needs_sdk
+@pytest.mark.timeout(180)
+def test_a_gateway_refusal_fails_the_turn_with_its_status_and_it_is_forgotten(sdk_runtime, gateway):
+    session = "0d4b6f5e-4c55-4a5e-8f0e-6a3c2b1d9e77"
+    gateway.enqueue(Error(429, message="Scripted: your budget is spent"))
+
+    refused = sdk_runtime.post(CHAT, json={"prompt": "Hello?", "session_id": session})
+
+    assert refused.status_code == 429, refused.text
+    assert "Scripted: your budget is spent" in refused.json()["error"]["message"]
+    assert len([r for r in gateway.requests if r.path == "/v1/messages"]) == 1  # not retried
+    gateway.enqueue(Text("Hello."))
+    again = sdk_runtime.post(CHAT, json={"prompt": "Again?", "session_id": session})
+    assert again.status_code == 200 and again.json()["content"] == "Hello."
+    assert "Hello?" not in json.dumps(gateway.requests[-1].body["messages"])
+
+
+@needs_sdk
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sdk_runtime", [{"AGENT_MAX_TOOL_ROUNDS": "1"}], indirect=True)
+def test_a_turn_past_its_rounds_ends_with_a_note_as_the_built_in_loops(sdk_runtime, gateway):
+    gateway.enqueue(
+        ToolUse("Bash", {"command": "echo one"}, text="First."),
+        ToolUse("Bash", {"command": "echo two"}, text="Second."),
+        Text("Never asked for."),
+    )
+
+    reply = sdk_runtime.post(CHAT, json={"prompt": "Loop."})
+
+    assert reply.status_code == 200, reply.text
+    content = reply.json()["content"]
+    assert content.startswith("Second.") and "AGENT_MAX_TOOL_ROUNDS" in content
+    assert len([r for r in gateway.requests if r.path == "/v1/messages"]) == 2
