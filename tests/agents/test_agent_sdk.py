@@ -87,11 +87,10 @@ def test_an_sdk_agent_answers_through_the_gateway_and_is_billed(alice, fake_anth
     assert UsageRecord.objects.filter(agent=agent).count() == 3
 
 
-@pytest.mark.parametrize("name", ["langchain", "", "BUILTIN"])
-def test_an_unknown_architecture_is_refused(user, client_for, name):
-    refused = client_for(user).post(
-        "/api/v1/agents", {"name": "x", "architecture": name}, format="json"
-    )
+@pytest.mark.parametrize("route", ["/api/v1/agents", "/v1/agents/spawn"])
+@pytest.mark.parametrize("name", ["langchain", "", "BUILTIN", 7])
+def test_an_unknown_architecture_is_refused(user, client_for, route, name):
+    refused = client_for(user).post(route, {"name": "x", "architecture": name}, format="json")
 
     assert refused.status_code == 400, refused.content
     assert "architecture" in refused.json()["error"]["details"]
@@ -132,6 +131,19 @@ def test_a_host_without_the_sdk_refuses_it_with_the_reason(user, client_for, mon
     assert refused.status_code == 400, refused.content
     assert refused.json()["error"]["message"] == reason
     assert not Agent.objects.exists()
+
+
+def test_the_hypercore_spawn_takes_it_and_the_agent_shows_it(user, client_for):
+    client = client_for(user)
+
+    spawned = client.post("/v1/agents/spawn", {"architecture": "builtin"}, format="json")
+
+    assert spawned.status_code == 201, spawned.content
+    agent_id = spawned.json()["agent_id"]
+    shown = client.get(f"/v1/agents/get?agent_id={agent_id}").json()
+    assert shown["architecture"] == "builtin"
+    listed = client.get("/api/v1/agents").json()
+    assert [a["architecture"] for a in listed["results"]] == ["builtin"]
 
 
 @pytest.mark.parametrize("architecture", ["builtin", SDK])
