@@ -84,12 +84,11 @@ class _Pass:
 
 class GatewayProxy:
     """``POST /v1/messages`` on loopback, passed on to the gateway for the turn whose key the
-    caller sends (``x-api-key`` or ``Authorization: Bearer``). ``paths`` records what was asked."""
+    caller sends (``x-api-key`` or ``Authorization: Bearer``); any other path is refused."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
         self.passes: dict[str, _Pass] = {}
-        self.paths: list[str] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -120,7 +119,6 @@ class GatewayProxy:
         return self.passes.get(key or "")
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        self.paths.append(f"{request.method} {request.path}")
         granted = self._pass(request)
         if granted is None:
             return _anthropic_error(401, "authentication_error", "this key is not a turn's")
