@@ -129,6 +129,12 @@ def agent_spawn(
             details={"backend": settings.SANDBOX_BACKEND},
         )
     _architecture_check(architecture, memory_mib)
+    if (mcp_servers or console_mcp) and architecture != Agent.Architecture.BUILTIN:
+        raise BadRequest(
+            "MCP servers are offered by the built-in loop only: an agent of the Claude Agent "
+            "SDK is given none",
+            details={"architecture": architecture},
+        )
     template = AgentTemplate(
         model=model or settings.DEFAULT_AGENT_MODEL,
         system_prompt=system_prompt,

@@ -107,6 +107,23 @@ def test_an_sdk_agent_too_small_for_its_cli_is_refused(user, client_for):
     assert not Agent.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"mcp_servers": [{"name": "notes", "url": "https://mcp.example.com/mcp"}]},
+        {"console_mcp": True},
+    ],
+)
+def test_an_sdk_agent_is_refused_mcp_servers(user, client_for, spec):
+    refused = client_for(user).post(
+        "/api/v1/agents", {"name": "x", "architecture": SDK, **spec}, format="json"
+    )
+
+    assert refused.status_code == 400, refused.content
+    assert "built-in loop only" in refused.json()["error"]["message"]
+    assert not Agent.objects.exists()
+
+
 def test_microvm_agents_are_refused_the_sdk_their_guest_lacks(user, client_for, settings):
     settings.SANDBOX_BACKEND = "qemu"
 
