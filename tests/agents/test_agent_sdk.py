@@ -64,6 +64,9 @@ def test_an_sdk_agent_answers_through_the_gateway_and_is_billed(alice, fake_anth
     assert len(calls) == 2 and all(r.api_key == PLATFORM_KEY for r in calls)
     assert all(r.headers["user-agent"].startswith("claude-cli/") for r in calls)
     assert {r.path for r in fake_anthropic.requests} == {"/v1/messages"}
+    # Nor did the CLI ask its proxy for anything else (telemetry, updates, token counts).
+    log = sandbox.driver().logs(agent.sandbox_id, lines=2000)
+    assert "Using bundled Claude Code CLI" in log and "the CLI asked for" not in log
     for r in fake_anthropic.requests:
         assert "agt_" not in json.dumps(r.headers) + json.dumps(r.body)
     # Its tool ran in the sandbox's workspace, and the turn recorded it like the built-in's.
