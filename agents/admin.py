@@ -47,7 +47,7 @@ class AgentAdmin(admin.ModelAdmin):
         "memory_mib",
         "created_at",
     )
-    list_filter = ("status", "backend", "model")
+    list_filter = ("status", "backend", "architecture", "model")
     search_fields = ("id", "name", "owner__username")
     list_select_related = ("owner",)
     readonly_fields = (

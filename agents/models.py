@@ -111,6 +111,12 @@ class Agent(models.Model):
         PAUSED = "paused"
         RESUMING = "resuming"
 
+    class Architecture(models.TextChoices):
+        """How its runtime runs a chat turn (``agents.runtime.architectures``)."""
+
+        BUILTIN = "builtin", "Built-in tool-use loop"
+        CLAUDE_AGENT_SDK = "claude_agent_sdk", "Claude Agent SDK"
+
     ACTIVE_STATUSES = (Status.PENDING, Status.STARTING, Status.RUNNING)
     # A paused agent uses no CPU but keeps its memory (and GPUs, and its place in the quota).
     PAUSED_STATUSES = (Status.PAUSING, Status.PAUSED, Status.RESUMING)
@@ -192,6 +198,12 @@ class Agent(models.Model):
     )
     console_mcp = models.BooleanField(
         default=False, help_text="It has the console's own MCP tools, acting as its owner."
+    )
+    architecture = models.CharField(
+        max_length=20,
+        choices=Architecture.choices,
+        default=Architecture.BUILTIN,
+        help_text="How its runtime runs a chat turn: its own loop, or the Claude Agent SDK.",
     )
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -22,6 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 import agents.runtime
 import wire
 from agents.models import Agent, AgentMcpServer
+from agents.runtime.architectures import ARCHITECTURES, architecture_problem
 from agents.runtime.tools import TOOL_DEFINITIONS, enabled_tools
 from vmdriver import Driver, VmDriverError, VmSpec, make_driver
 from vmdriver.gpus import GpuUnit, gpus_detect, gpus_from_inventory, gpus_inventory, units_of
@@ -32,10 +33,12 @@ from wire.logs import HEADER as REQUEST_ID_HEADER
 from wire.logs import current_request_id
 
 __all__ = [
+    "ARCHITECTURES",
     "BUILTIN_TOOLS",
     "agent_endpoint",
     "agent_token_issue",
     "agent_token_verify",
+    "architecture_problem",
     "driver",
     "host_accel",
     "relay_log_tail",
@@ -273,6 +276,7 @@ def runtime_spec(*, agent: Agent) -> VmSpec:
         "AGENT_MODEL": agent.model,
         "AGENT_SYSTEM_PROMPT": agent.system_prompt,
         "AGENT_MAX_CONCURRENT_SESSIONS": str(agent.max_concurrent_sessions),
+        "AGENT_ARCHITECTURE": agent.architecture,
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(settings.BASE_DIR),
         **_tools_env(agent),

@@ -74,6 +74,7 @@ AGENT_ROW_FIELDS = (
     "model",
     "backend",
     "accel",
+    "architecture",
     "last_error",
     "gpus",
     "on_idle",

@@ -183,6 +183,14 @@ class SpawnRequestSerializer(serializers.Serializer):
         "its memory kept, resumed by its next turn); default stop, or its warm pool's choice.",
     )
 
+    architecture = serializers.ChoiceField(
+        choices=Agent.Architecture.choices,
+        required=False,
+        default=Agent.Architecture.BUILTIN,
+        help_text="How it runs a chat turn: builtin (the runtime's own tool-use loop) or "
+        "claude_agent_sdk (the Claude Agent SDK, on process hosts where it is installed).",
+    )
+
     def validate_mcp_servers(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         names = [server["name"] for server in value]
         if len(set(names)) != len(names):
@@ -242,6 +250,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "model",
             "backend",
             "accel",
+            "architecture",
             "last_error",
             "gpus",
             "on_idle",
@@ -285,6 +294,7 @@ def agent_row_data(row: Mapping[str, Any]) -> dict[str, Any]:
         "model": row["model"],
         "backend": row["backend"],
         "accel": row["accel"],
+        "architecture": row["architecture"],
         "last_error": row["last_error"],
         "gpus": gpus_data(row["gpus"]),
         "on_idle": row["on_idle"],

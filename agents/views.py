@@ -131,6 +131,7 @@ def spawn_requested(*, viewer: User, operator: bool, data: dict[str, Any]) -> Ag
         mcp_servers=tuple(McpServerSpec(**server) for server in data.get("mcp_servers", ())),
         console_mcp=data["console_mcp"],
         on_idle=data.get("on_idle"),
+        architecture=data["architecture"],
     )
 
 

@@ -391,6 +391,13 @@ TOOLS: dict[str, Tool] = {
                         "description": "Idle past the console's idle timeout, it is stopped, or"
                         " paused (its memory kept; its next turn resumes it). Default: stop.",
                     },
+                    "architecture": {
+                        "type": "string",
+                        "enum": list(Agent.Architecture.values),
+                        "default": Agent.Architecture.BUILTIN,
+                        "description": "How it runs a chat turn: the runtime's own loop, or"
+                        " the Claude Agent SDK (process hosts only).",
+                    },
                 }
             ),
             scopes=(WRITE,),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from agents.runtime.architectures import BUILTIN, architecture_problem
 from wire import turns
 
 __all__ = ["ConfigError", "RuntimeConfig", "env_int"]
@@ -93,6 +94,14 @@ def _secret(name: str) -> str:
     return os.environ.get(name, "")
 
 
+def _architecture() -> str:
+    """AGENT_ARCHITECTURE: how the agent runs its turns, when this runtime can run it."""
+    name = os.environ.get("AGENT_ARCHITECTURE", "") or BUILTIN
+    if problem := architecture_problem(name):
+        raise ConfigError(f"AGENT_ARCHITECTURE: {problem}")
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeConfig:
     agent_id: str
@@ -105,6 +114,7 @@ class RuntimeConfig:
     system_prompt: str
     max_concurrent_sessions: int
     gateway_timeout: float
+    architecture: str = BUILTIN
 
     @classmethod
     def from_env(cls) -> RuntimeConfig:
@@ -123,4 +133,5 @@ class RuntimeConfig:
             system_prompt=os.environ.get("AGENT_SYSTEM_PROMPT", ""),
             max_concurrent_sessions=max(1, env_int("AGENT_MAX_CONCURRENT_SESSIONS", 100)),
             gateway_timeout=float(env_int("AGENT_GATEWAY_TIMEOUT", 600)),
+            architecture=_architecture(),
         )

@@ -36,6 +36,14 @@ from prometheus_client import (
     generate_latest,
 )
 
+from agents.runtime.agentsdk import SdkArchitecture
+from agents.runtime.architectures import (
+    BUILTIN,
+    CLAUDE_AGENT_SDK,
+    Architecture,
+    ChatError,
+    TurnRunner,
+)
 from agents.runtime.config import RuntimeConfig
 from agents.runtime.files import Workspace
 from agents.runtime.loop import (
@@ -66,6 +74,7 @@ ANTHROPIC_VERSION = "2023-06-01"
 _PR_SET_DUMPABLE = 4
 CONFIG_KEY = web.AppKey("config", RuntimeConfig)
 STATE_KEY = web.AppKey("state", "RuntimeState")
+ARCHITECTURE_KEY = web.AppKey("architecture", Architecture)
 
 
 class Metrics:
@@ -151,14 +160,6 @@ SUMMARY_SYSTEM = (
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-class ChatError(Exception):
-    """A chat turn failed; ``status`` and ``code`` become the error response."""
-
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details or {}
 
 
 @dataclass
@@ -542,7 +543,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         # A regenerated or edited turn replaces the turns after ``keep_turns``; they come back
         # if it fails.
         dropped = session.keep_turns(params["keep_turns"])
-        turn = Turn(state, session, params["max_tokens"])
+        turn = request.app[ARCHITECTURE_KEY].turn(session, params["max_tokens"])
         turn.add({"role": "user", "content": params["prompt"]})
         first = turn.messages[0]
         if params["stream"]:
@@ -559,7 +560,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response(turn.result(content))
 
 
-async def _chat_stream(request: web.Request, turn: Turn, dropped: list[dict[str, Any]]):
+async def _chat_stream(request: web.Request, turn: TurnRunner, dropped: list[dict[str, Any]]):
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -669,6 +670,26 @@ class GatewaySocketConnector(UnixConnector):
         return proto
 
 
+@dataclass
+class BuiltinArchitecture:
+    """The runtime's own tool-use loop (``Turn``)."""
+
+    state: RuntimeState
+    name: str = BUILTIN
+
+    def turn(self, session: ChatSession, max_tokens: int) -> Turn:
+        return Turn(self.state, session, max_tokens)
+
+    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        yield
+
+
+def _architecture(config: RuntimeConfig, state: RuntimeState) -> Architecture:
+    if config.architecture == CLAUDE_AGENT_SDK:
+        return SdkArchitecture(state)
+    return BuiltinArchitecture(state)
+
+
 def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.Application:
     """The runtime's app; ``tools`` is read from the environment when not given."""
     # A turn sent to a runtime started afresh carries the session's stored history.
@@ -702,6 +723,8 @@ def build_app(config: RuntimeConfig, tools: ToolConfig | None = None) -> web.App
         await state.http.close()
 
     app.cleanup_ctx.append(_client)
+    app[ARCHITECTURE_KEY] = architecture = _architecture(config, state)
+    app.cleanup_ctx.append(architecture.lifespan)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

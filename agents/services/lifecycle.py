@@ -117,19 +117,27 @@ def agent_spawn(
     mcp_servers: tuple[McpServerSpec, ...] = (),
     console_mcp: bool = False,
     on_idle: str | None = None,
+    architecture: str = Agent.Architecture.BUILTIN,
 ) -> Agent:
     """Check the owner's quota, then claim a matching warm agent, or place a new one on a host
     with room (and the GPUs ``gpu`` asks for free) and record it pending, in one transaction;
     its boot is queued after commit. An agent with GPUs, a choice of built-in tools, MCP
-    servers or the console's MCP tools is never a warm one (a warm one booted without them).
-    ``on_idle`` says whether the idle reaper stops it or pauses it (by default: stops it, or
-    for a warm one as its pool says)."""
+    servers, the console's MCP tools or another architecture than the built-in loop is never a
+    warm one (a warm one booted without them). ``on_idle`` says whether the idle reaper stops
+    it or pauses it (by default: stops it, or for a warm one as its pool says)."""
     user_check_active(user=owner)
     if (mcp_servers or console_mcp) and settings.SANDBOX_BACKEND == "qemu":
         raise BadRequest(
             "MCP servers are for agents on process hosts: the microVM guest's image carries "
             "no MCP client",
             details={"backend": settings.SANDBOX_BACKEND},
+        )
+    _architecture_check(architecture, memory_mib)
+    if (mcp_servers or console_mcp) and architecture != Agent.Architecture.BUILTIN:
+        raise BadRequest(
+            "MCP servers are offered by the built-in loop only: an agent of the Claude Agent "
+            "SDK is given none",
+            details={"architecture": architecture},
         )
     template = AgentTemplate(
         model=model or settings.DEFAULT_AGENT_MODEL,
@@ -155,6 +163,7 @@ def agent_spawn(
         if gpu is not None and gpu.count:
             _limit("max_gpus", quota.max_gpus, used["gpus"] or 0, gpu.count)
         tooled = builtin_tools is not None or mcp_servers or console_mcp
+        tooled = tooled or architecture != Agent.Architecture.BUILTIN
         if tooled or (gpu is not None and gpu.count):
             agent = agent_record(
                 template=template,
@@ -164,6 +173,7 @@ def agent_spawn(
                 gpu=gpu if gpu is not None and gpu.count else None,
                 builtin_tools=builtin_tools,
                 console_mcp=console_mcp,
+                architecture=architecture,
             )
             agent_mcp_servers_record(agent=agent, servers=mcp_servers)
             return _with_on_idle(agent, on_idle)
@@ -181,6 +191,35 @@ def _with_on_idle(agent: Agent, on_idle: str | None) -> Agent:
     return agent
 
 
+# The Claude Code CLI alone holds about 230 MiB, beside the runtime.
+SDK_MIN_MEMORY_MIB = 512
+
+
+def _architecture_check(architecture: str, memory_mib: int) -> None:
+    """Refuse an architecture this console's hosts cannot run, with the reason."""
+    if architecture == Agent.Architecture.BUILTIN:
+        return
+    if architecture not in Agent.Architecture.values:
+        raise BadRequest(
+            f"unknown architecture {architecture!r}",
+            details={"architecture": [f"One of {', '.join(Agent.Architecture.values)}."]},
+        )
+    if settings.SANDBOX_BACKEND == "qemu":
+        raise BadRequest(
+            "the Claude Agent SDK runs on process hosts only: the microVM guest's image carries "
+            "no Claude Agent SDK",
+            details={"backend": settings.SANDBOX_BACKEND, "architecture": architecture},
+        )
+    if problem := sandbox.architecture_problem(architecture):
+        raise BadRequest(problem, details={"architecture": architecture})
+    if memory_mib < SDK_MIN_MEMORY_MIB:
+        raise BadRequest(
+            f"an agent of the Claude Agent SDK needs at least {SDK_MIN_MEMORY_MIB} MiB of "
+            "memory: its Claude Code CLI alone holds about 230 MiB",
+            details={"memory": [f"At least {SDK_MIN_MEMORY_MIB} for {architecture}."]},
+        )
+
+
 def agent_record(
     *,
     template: AgentTemplate,
@@ -191,6 +230,7 @@ def agent_record(
     gpu: GpuRequest | None = None,
     builtin_tools: list[str] | None = None,
     console_mcp: bool = False,
+    architecture: str = Agent.Architecture.BUILTIN,
 ) -> Agent:
     """Place a new agent on a host with room and record it pending; boot it after commit.
     Call inside a transaction (placement locks the hosts until it commits)."""
@@ -213,6 +253,7 @@ def agent_record(
         anthropic_key_encrypted=anthropic_key,
         builtin_tools=builtin_tools,
         console_mcp=console_mcp,
+        architecture=architecture,
     )
     _queue_after_commit(
         _BOOT,
