@@ -13,6 +13,7 @@ ones (kept in a private folder for as long as the runtime runs).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -24,7 +25,7 @@ from typing import Any
 from aiohttp import ClientError, web
 
 from agents.runtime.architectures import CLAUDE_AGENT_SDK, ChatError
-from agents.runtime.loop import round_limit_note, tool_event
+from agents.runtime.loop import round_limit_note, tool_event, tool_result_block
 from agents.runtime.tools import ToolResult, command_environment
 from agents.runtime.tracing import request_id_header
 
@@ -59,6 +60,35 @@ _CHUNK = 65536
 def sdk_tools(enabled: tuple[str, ...]) -> list[str]:
     """The SDK's tools for the runtime's enabled built-in tools."""
     return [tool for name in enabled for tool in SDK_TOOLS.get(name, ())]
+
+
+TRANSCRIPT_BLOCK_CHARS = 4000
+
+
+def _tool_use_block(use: Any) -> dict[str, Any]:
+    return {"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}
+
+
+def transcript(history: list[dict[str, Any]]) -> str:
+    """Earlier turns of a session as text for a CLI session that starts without them: each
+    message's text, tool calls and (cut at ``TRANSCRIPT_BLOCK_CHARS``) tool results."""
+    lines = []
+    for message in history:
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        for block in blocks or []:
+            kind = block.get("type")
+            if kind == "text" and block.get("text"):
+                lines.append(f"{message.get('role')}: {block['text']}")
+            elif kind == "tool_use":
+                lines.append(f"tool call {block.get('name')}: {json.dumps(block.get('input'))}")
+            elif kind == "tool_result":
+                output = block.get("content")
+                if isinstance(output, list):
+                    output = " ".join(str(part.get("text", "")) for part in output)
+                lines.append(f"tool result: {str(output)[:TRANSCRIPT_BLOCK_CHARS]}")
+    body = "\n".join(lines)
+    return f"<earlier_conversation>\n{body}\n</earlier_conversation>"
 
 
 def _text_delta(event: dict[str, Any]) -> str:
@@ -276,9 +306,12 @@ class SdkTurn:
         last: tuple[str, str | None] | None = None
         answer, reply = "", None
         result: ResultMessage | None = None
-        messages = query(
-            prompt=self.session.history[-1]["content"], options=self._options(key, resume)
-        )
+        prompt = self.session.history[-1]["content"]
+        if resume is None and len(self.session.history) > 1:
+            # A history the CLI never saw (the runtime started afresh, and the console gave it
+            # the session's stored turns): it goes with the prompt, as a transcript.
+            prompt = f"{transcript(self.session.history[:-1])}\n\n{prompt}"
+        messages = query(prompt=prompt, options=self._options(key, resume))
         try:
             # Closed here, whatever ends the turn: a caller gone away stops the CLI with it.
             async with contextlib.aclosing(messages):
@@ -333,6 +366,11 @@ class SdkTurn:
         call = {"name": use.name, "input": use.input} if use is not None else {}
         outcome = "error" if output.is_error else "ok"
         self.state.metrics.tool_calls.labels(call.get("name", "unknown"), outcome).inc()
+        if use is not None:
+            # Kept in the history as the built-in loop keeps its rounds (one call a round), so
+            # that the stored turn holds what the tool returned.
+            self.add({"role": "assistant", "content": [_tool_use_block(use)]})
+            self.add({"role": "user", "content": [tool_result_block(_tool_use_block(use), output)]})
         return tool_event(call, output)
 
     @staticmethod

@@ -4,7 +4,10 @@ and the spawns that are refused, with their reasons."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 from collections.abc import Iterator
 
 import httpx
@@ -12,6 +15,8 @@ import pytest
 
 from agents import sandbox
 from agents.models import Agent, Message
+from agents.runtime.agentsdk import transcript
+from agents.services import agents_reconcile
 from console.models import Quota, UsageRecord
 from tests.conftest import PLATFORM_KEY
 from tests.fakes.anthropic import Text, ToolUse
@@ -37,6 +42,51 @@ def _session(http: httpx.Client, agent_id: str) -> str:
     session = http.post("/api/v1/sessions", json={"agent_id": agent_id})
     assert session.status_code == 201, session.text
     return session.json()["session_id"]
+
+
+@needs_sdk
+@pytest.mark.timeout(300)
+def test_an_sdk_agent_started_afresh_is_given_its_conversation(alice, fake_anthropic):
+    """The CLI's own session dies with its runtime: the next turn's prompt carries the stored
+    conversation, the tool's result included."""
+    spawned = alice.post("/api/v1/agents", json={"name": "sdk", "architecture": SDK})
+    assert spawned.status_code == 201, spawned.text
+    agent = Agent.objects.get(pk=spawned.json()["agent_id"])
+    assert agent.status == Agent.Status.RUNNING, agent.last_error
+    fake_anthropic.enqueue(
+        ToolUse("Bash", {"command": "echo ostrich-42"}), Text("It printed the codeword.")
+    )
+    sid = _session(alice, str(agent.pk))
+    first = alice.post(f"/api/v1/sessions/{sid}/messages", json={"content": "Run the echo."})
+    assert first.status_code == 200, first.text
+
+    pid = sandbox.driver().status(agent.sandbox_id).pid
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    assert agents_reconcile()["failed"] == 1
+    assert alice.post(f"/api/v1/agents/{agent.pk}/start").status_code == 200
+    fake_anthropic.reset()
+    fake_anthropic.enqueue(Text("The codeword was ostrich-42."))
+    second = alice.post(f"/api/v1/sessions/{sid}/messages", json={"content": "What was it?"})
+
+    assert second.status_code == 200, second.text
+    [call] = [r.body for r in fake_anthropic.requests if r.path == "/v1/messages"]
+    sent = json.dumps(call["messages"])
+    assert "Run the echo." in sent and "ostrich-42" in sent and "What was it?" in sent
+
+
+def test_a_transcript_holds_the_text_tool_calls_and_cut_results():
+    history = [
+        {"role": "user", "content": "Run it."},
+        {"role": "assistant", "content": [{"type": "tool_use", "name": "Bash", "input": {"c": 1}}]},
+        {"role": "user", "content": [{"type": "tool_result", "content": "x" * 10_000}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
+    ]
+    text = transcript(history)
+    assert text.startswith("<earlier_conversation>") and text.endswith("</earlier_conversation>")
+    assert "user: Run it." in text and 'tool call Bash: {"c": 1}' in text
+    assert "assistant: Done." in text and "x" * 4000 in text and "x" * 4001 not in text
 
 
 @needs_sdk
