@@ -430,7 +430,9 @@ def test_a_microvm_boots_chats_through_its_gateway_only_and_is_destroyed(
             assert reply.status_code == 200, reply.text
             assert reply.json()["content"] == "Echo: hello"
             sent = fake.requests[-1]
-            assert sent.api_key == token and sent.body["system"] == prompt
+            # The system prompt, as the runtime sends it: one block, marked for the cache.
+            marked = [{"type": "text", "text": prompt, "cache_control": {"type": "ephemeral"}}]
+            assert sent.api_key == token and sent.body["system"] == marked
 
             # The agent itself, from inside, tries every way out it can think of.
             fake.enqueue(
