@@ -143,7 +143,9 @@ def _serve_fake(record: Path, chunk_delay: float, api_key: str) -> None:
     class StampingFake(fakes.FakeAnthropic):
         async def _messages(self, request: Any, body: dict[str, Any]) -> Any:
             last = body["messages"][-1].get("content")
-            chat.set(last.split(" ", 1)[0] if isinstance(last, str) else "?")
+            if isinstance(last, list):  # blocks, the last marked for the cache
+                last = "".join(b.get("text", "") for b in last if b.get("type") == "text")
+            chat.set(last.split(" ", 1)[0] if isinstance(last, str) and last else "?")
             return await super()._messages(request, body)
 
     try:
