@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import ClientError, web
 
-from agents.runtime.architectures import CLAUDE_AGENT_SDK, ChatError
+from agents.runtime.architectures import CLAUDE_AGENT_SDK, ChatError, turn_result
 from agents.runtime.loop import round_limit_note, tool_event, tool_result_block
 from agents.runtime.tools import ToolResult, command_environment
 from agents.runtime.tracing import request_id_header
@@ -386,13 +386,4 @@ class SdkTurn:
         return self.content
 
     def result(self, content: str) -> dict[str, Any]:
-        usage = self.usage | {
-            "total_tokens": self.usage["input_tokens"] + self.usage["output_tokens"]
-        }
-        return {
-            "session_id": self.session.id,
-            "content": content,
-            "usage": usage,
-            "status": "completed",
-            "messages": self.messages,
-        }
+        return turn_result(self, content)

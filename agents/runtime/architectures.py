@@ -21,6 +21,7 @@ __all__ = [
     "ChatError",
     "TurnRunner",
     "architecture_problem",
+    "turn_result",
 ]
 
 BUILTIN = "builtin"
@@ -43,6 +44,7 @@ class TurnRunner(Protocol):
     state: Any
     session: Any
     content: str
+    usage: dict[str, int]  # input_tokens and output_tokens, as Anthropic reported them
     messages: list[dict[str, Any]]  # what the turn added to the session's history
 
     def add(self, entry: dict[str, Any]) -> None:
@@ -71,6 +73,19 @@ class Architecture(Protocol):
     def turn(self, session: Any, max_tokens: int) -> TurnRunner: ...
 
     def lifespan(self, app: Any) -> AsyncIterator[None]: ...
+
+
+def turn_result(turn: TurnRunner, content: str) -> dict[str, Any]:
+    """A finished turn's ``done`` body: session id, content, usage, status, and the messages
+    it added to the history (the console stores them)."""
+    usage = turn.usage | {"total_tokens": turn.usage["input_tokens"] + turn.usage["output_tokens"]}
+    return {
+        "session_id": turn.session.id,
+        "content": content,
+        "usage": usage,
+        "status": "completed",
+        "messages": turn.messages,
+    }
 
 
 def _sdk_folder() -> Path | None:

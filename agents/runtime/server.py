@@ -43,6 +43,7 @@ from agents.runtime.architectures import (
     Architecture,
     ChatError,
     TurnRunner,
+    turn_result,
 )
 from agents.runtime.config import RuntimeConfig
 from agents.runtime.files import Workspace
@@ -499,16 +500,7 @@ class Turn:
             rounds += 1
 
     def result(self, content: str) -> dict[str, Any]:
-        usage = self.usage | {
-            "total_tokens": self.usage["input_tokens"] + self.usage["output_tokens"]
-        }
-        return {
-            "session_id": self.session.id,
-            "content": content,
-            "usage": usage,
-            "status": "completed",
-            "messages": self.messages,
-        }
+        return turn_result(self, content)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
