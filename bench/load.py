@@ -105,7 +105,7 @@ SHIPPED_CONCURRENT = 50
 SHIPPED_SESSIONS = 100
 # The launcher's processes, by words of their command lines (``config.launch``).
 PROCESSES = {
-    "web": ("daphne",),
+    "web": ("config.web", "daphne"),  # daphne, on uvloop (config.web)
     "gateway": ("gateway_application",),
     "worker": (" worker ",),
     "beat": (" beat ",),
