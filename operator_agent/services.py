@@ -168,6 +168,15 @@ def operator_run_claim(*, run_id: int, opening: list[Any]) -> OperatorRun | None
         fresh = run.status == OperatorRun.Status.RUNNING and not run.messages
         if run.status == OperatorRun.Status.RUNNING and not fresh:
             return None  # another worker holds it
+        if not fresh and not run.messages:
+            # Waiting for approvals with no conversation kept (a run made by hand, say):
+            # there is nothing to carry on from.
+            operator_run_finish(
+                run=run,
+                status=OperatorRun.Status.FAILED,
+                summary="There is no conversation to carry on from: the run cannot continue.",
+            )
+            return None
         if fresh:
             run.messages = opening
         run.status = OperatorRun.Status.RUNNING

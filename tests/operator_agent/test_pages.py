@@ -272,3 +272,20 @@ def test_a_calls_cost_impact_is_an_agent_hour_of_its_model(user, settings):
     assert cost_impact("agent_stop", {"agent_id": str(agent.pk)}) == Decimal("-2")
     assert cost_impact("agent_start", {"agent_id": "nonsense"}) == 0
     assert cost_impact("fleet_stats", {}) == 0
+
+
+def test_approving_a_call_of_a_run_with_no_conversation_ends_the_run_cleanly(
+    scoped_client, operator, make_operator_agent, django_capture_on_commit_callbacks
+):
+    """A run waiting for approval whose conversation was never kept (made by hand) has nothing
+    to carry on: the approval is taken and the run ends failed, saying why."""
+    action = _pending(make_operator_agent(["agent_stop"]))
+    api = scoped_client(operator, "read", "write", "admin")
+
+    with django_capture_on_commit_callbacks(execute=True):  # the continuation runs here
+        response = api.post(f"/api/v1/operator/actions/{action.pk}/approve")
+
+    assert response.status_code == 200, response.content
+    run = OperatorRun.objects.get(pk=action.run_id)
+    assert run.status == OperatorRun.Status.FAILED
+    assert "no conversation" in run.summary
