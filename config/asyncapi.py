@@ -19,9 +19,9 @@ from typing import Any, Literal, NotRequired, Required, Union, get_args, get_ori
 import yaml
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.views.decorators.http import require_GET
 
 from config.openapi import COMPONENTS
+from plumbing.errors import methods_allowed
 from plumbing.metrics import ERROR_CODES
 from wire import events as ev
 
@@ -55,10 +55,6 @@ def _doc(obj: object) -> str:
     return inspect.cleandoc(obj.__doc__ or "")
 
 
-def _is_typeddict(tp: Any) -> bool:
-    return typing.is_typeddict(tp)
-
-
 def payload_schema(tp: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     """The JSON Schema of a type of the wire; a TypedDict goes to ``schemas`` under its name
     and is referred to."""
@@ -73,10 +69,9 @@ def payload_schema(tp: Any, schemas: dict[str, Any]) -> dict[str, Any]:
         values = list(get_args(tp))
         kinds = {_JSON_TYPES[type(v)] for v in values}
         kind: Any = kinds.pop() if len(kinds) == 1 else sorted(kinds)
-        return {"type": kind, "const": values[0]} if len(values) == 1 else {
-            "type": kind,
-            "enum": values,
-        }
+        if len(values) == 1:
+            return {"type": kind, "const": values[0]}
+        return {"type": kind, "enum": values}
     if origin in (Union, types.UnionType):
         return {"anyOf": [payload_schema(arg, schemas) for arg in get_args(tp)]}
     if origin is list:
@@ -84,18 +79,23 @@ def payload_schema(tp: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     if origin is dict:
         values_schema = payload_schema(get_args(tp)[1], schemas)
         return {"type": "object", "additionalProperties": values_schema or True}
-    if _is_typeddict(tp):
+    if typing.is_typeddict(tp):
         name = tp.__name__
         if name not in schemas:
             schemas[name] = {}  # taken before its fields, for a type that refers to itself
             hints = typing.get_type_hints(tp, include_extras=True)
-            optional = {k for k, h in hints.items() if get_origin(h) is NotRequired}
+            required = [
+                key
+                for key, hint in hints.items()
+                if get_origin(hint) is Required
+                or (tp.__total__ and get_origin(hint) is not NotRequired)
+            ]
             schemas[name] = {
                 "type": "object",
                 "title": name,
                 "description": _doc(tp),
                 "properties": {key: payload_schema(h, schemas) for key, h in hints.items()},
-                "required": [key for key in hints if key not in optional],
+                "required": required,
                 "additionalProperties": False,
             }
         return {"$ref": _SCHEMAS + name}
@@ -140,9 +140,7 @@ def _sse_messages(schemas: dict[str, Any]) -> dict[str, dict[str, Any]]:
     tool = typing.get_type_hints(ev.ToolEvent)["tool"]
     schemas["ChatResult"] = {**COMPONENTS["ChatResult"], "title": "ChatResult"}
     return {
-        "sse.delta": _message(
-            "delta", "delta", _doc(ev.DeltaEvent), picked(ev.DeltaEvent, "text")
-        ),
+        "sse.delta": _message("delta", "delta", _doc(ev.DeltaEvent), picked(ev.DeltaEvent, "text")),
         "sse.tool": _message("tool", "tool", _doc(ev.ToolEvent), payload_schema(tool, schemas)),
         "sse.done": _message(
             "done",
@@ -170,7 +168,8 @@ def asyncapi_document(*, host: str, secure: bool) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of the chat's streams, for a console reached at ``host``."""
     schemas: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    client, server = [], []
+    client: list[str] = []
+    server: list[str] = []
     for tp in (*CLIENT_FRAMES, *SERVER_EVENTS):
         kind = _event_type(tp)
         key = f"ws.{kind}"
@@ -216,14 +215,17 @@ def asyncapi_document(*, host: str, secure: bool) -> dict[str, Any]:
                 + "\n\nA socket refused during the handshake is closed with 4401 (anonymous) "
                 "or 4403 (suspended).",
                 "servers": [{"$ref": "#/servers/websocket"}],
-                "messages": {key: {"$ref": f"#/components/messages/{key}"} for key in messages
-                             if key.startswith("ws.")},
+                "messages": {
+                    key: {"$ref": f"#/components/messages/{key}"}
+                    for key in messages
+                    if key.startswith("ws.")
+                },
             },
             "sessionMessages": {
                 "address": "/api/v1/sessions/{session_id}/messages",
                 "title": "A turn as server-sent events",
                 "description": (
-                    'The answer to `POST /api/v1/sessions/{session_id}/messages` with '
+                    "The answer to `POST /api/v1/sessions/{session_id}/messages` with "
                     '`"stream": true` (and to `POST /agents/{agent_id}/v1/agent/chat`), as '
                     "`text/event-stream`: `delta` events, then one of `done`, `cancelled` or "
                     "`error`. Each frame is `event: <name>` and `data: <JSON payload>`."
@@ -238,9 +240,9 @@ def asyncapi_document(*, host: str, secure: bool) -> dict[str, Any]:
                 "action": "receive",
                 "channel": {"$ref": "#/channels/chat"},
                 "title": "The client's frames",
-                "description": "Client to server: " + ", ".join(
-                    f"`{_event_type(tp)}`" for tp in CLIENT_FRAMES
-                ) + ". A refused frame is answered with an `error` without `seq`, to this "
+                "description": "Client to server: "
+                + ", ".join(f"`{_event_type(tp)}`" for tp in CLIENT_FRAMES)
+                + ". A refused frame is answered with an `error` without `seq`, to this "
                 "socket only; the socket stays open.",
                 "messages": _refs("chat", client),
             },
@@ -265,7 +267,7 @@ def asyncapi_document(*, host: str, secure: bool) -> dict[str, Any]:
     }
 
 
-@require_GET
+@methods_allowed("GET")
 def asyncapi_view(request: HttpRequest) -> HttpResponse:
     """``GET /api/asyncapi/``: the document as JSON, or as YAML with ``?format=yaml``."""
     document = asyncapi_document(host=request.get_host(), secure=request.is_secure())
