@@ -5,17 +5,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from config.asyncapi import asyncapi_view
-
 urlpatterns = [
     # /health, /ready, /metrics (and /healthz, /livez, /readyz), /api/schema/, /api/docs/,
     # /favicon.ico
     path("", include("plumbing.urls")),
-    # The chat's streams (WebSocket and SSE), beside the OpenAPI schema
-    path("api/asyncapi/", asyncapi_view, name="api-asyncapi"),
     # /, /accounts/, /keys/, /admin/login/, /api/v1/ auth, keys, quotas, budgets, usage
     path("", include("console.urls")),
-    # /chat/, /ws/chat/ (routing.py), /agents/<id>/…, /v1/agents (Hypercore),
+    # /chat/, /ws/chat/ (routing.py), /api/asyncapi/, /agents/<id>/…, /v1/agents (Hypercore),
     # /api/v1/ agents, sessions, execute
     path("", include("agents.urls")),
     # /metrics/targets, /api/v1/scaling/

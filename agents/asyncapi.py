@@ -3,9 +3,9 @@
 Made from what the code uses, not written a second time: the payloads are the TypedDicts of
 ``wire.events`` turned into JSON Schema (their docstrings are the messages' descriptions, the
 module's docstring the order of events and the resume after a reconnect), the SSE ``done`` is
-the OpenAPI schema's ``ChatResult`` (config/openapi.py), and the error codes are the ones the
-console counts (``plumbing.metrics.ERROR_CODES``). The document describes the console: it
-receives the client's frames and sends the events.
+``wire.turns.CHAT_RESULT_SCHEMA`` (the OpenAPI schema's ``ChatResult`` too), and the error codes
+are the ones the console counts (``plumbing.metrics.ERROR_CODES``). The document describes the
+console: it receives the client's frames and sends the events.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import yaml
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from config.openapi import COMPONENTS
 from plumbing.errors import methods_allowed
 from plumbing.metrics import ERROR_CODES
 from wire import events as ev
+from wire.turns import CHAT_RESULT_SCHEMA
 
 __all__ = ["asyncapi_document", "asyncapi_view", "payload_schema"]
 
@@ -138,7 +138,7 @@ def _sse_messages(schemas: dict[str, Any]) -> dict[str, dict[str, Any]]:
         }
 
     tool = typing.get_type_hints(ev.ToolEvent)["tool"]
-    schemas["ChatResult"] = {**COMPONENTS["ChatResult"], "title": "ChatResult"}
+    schemas["ChatResult"] = {**CHAT_RESULT_SCHEMA, "title": "ChatResult"}
     return {
         "sse.delta": _message("delta", "delta", _doc(ev.DeltaEvent), picked(ev.DeltaEvent, "text")),
         "sse.tool": _message("tool", "tool", _doc(ev.ToolEvent), payload_schema(tool, schemas)),

@@ -1,7 +1,7 @@
 """/api/asyncapi/ is a valid AsyncAPI 3.0.0 document, and real frames match it.
 
 The document is validated against the official JSON Schema of AsyncAPI 3.0.0 (vendored under
-tests/config/asyncapi/). Then a WebSocket turn (an error, a snapshot, a turn, a resume, a turn
+tests/agents/asyncapi/). Then a WebSocket turn (an error, a snapshot, a turn, a resume, a turn
 ended by a refusal) and an SSE turn run for real, and every frame received is validated against
 the payload of the message the document names for it.
 """
