@@ -27,6 +27,7 @@ from agents import services
 from agents.models import Agent
 from config.asgi import application
 from console.models import Budget
+from tests.fakes.anthropic import Error, ToolUse
 
 ASYNCAPI_SCHEMA = json.loads(
     (Path(__file__).parent / "asyncapi" / "asyncapi-3.0.0.schema.json").read_text()
@@ -168,13 +169,14 @@ def test_websocket_frames_match_the_document(user, agent, fake_anthropic):
         await second.disconnect()
         return got
 
+    fake_anthropic.enqueue(ToolUse("Bash", {"command": "echo hi"}))  # then the echo
     received = async_to_sync(scenario)()
     for frame in sent:
         _check(document, "receiveClientFrames", frame["type"], frame)
     for event in received:
         _check(document, "sendServerEvents", event["type"], event)
     kinds = [e["type"] for e in received]
-    assert {"ready", "session", "turn_started", "delta", "done", "error"} <= set(kinds)
+    assert {"ready", "session", "turn_started", "delta", "tool", "done", "error"} <= set(kinds)
     assert kinds.count("done") == 2  # the turn, then its events again after the resume
     assert received[1]["type"] == "error" and "seq" not in received[1], received[1]
     assert received[-1]["error"]["code"] == "budget_exceeded" and "seq" in received[-1]
@@ -186,16 +188,25 @@ def test_sse_frames_match_the_document(user, agent, api_key, live_console, fake_
     sid = str(services.session_create(user=user, agent_id=agent.pk, title="").pk)
     url = f"{live_console}/api/v1/sessions/{sid}/messages"
     headers = {"Authorization": f"Bearer {api_key(user)}"}
-    body = {"content": "Stream me", "stream": True}
-    events: list[tuple[str, Any]] = []
-    with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
-        assert response.status_code == 200
-        name = ""
-        for line in response.iter_lines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                events.append((name, json.loads(line[5:])))
-    assert [n for n, _ in events][-1] == "done" and len(events) > 2
-    for name, data in events:
+
+    def turn(content: str) -> list[tuple[str, Any]]:
+        events: list[tuple[str, Any]] = []
+        body = {"content": content, "stream": True}
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
+            assert response.status_code == 200
+            name = ""
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    events.append((name, json.loads(line[5:])))
+        return events
+
+    # A tool runs, then Anthropic refuses the call after it: the turn ends with an error.
+    fake_anthropic.enqueue(ToolUse("Bash", {"command": "echo hi"}, text="Let me look."), Error(400))
+    broken = turn("Break off")
+    whole = turn("Stream me")
+    assert [n for n, _ in broken] == ["delta"] * 3 + ["tool", "error"], broken
+    assert [n for n, _ in whole][-1] == "done" and len(whole) > 2
+    for name, data in broken + whole:
         _check(document, "sendTurnStream", name, data)
