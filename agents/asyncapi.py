@@ -20,6 +20,7 @@ import yaml
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from agents.consumers import CLOSE_ANONYMOUS, CLOSE_SUSPENDED
 from plumbing.errors import methods_allowed
 from plumbing.metrics import ERROR_CODES
 from wire import events as ev
@@ -212,8 +213,8 @@ def asyncapi_document(*, host: str, secure: bool) -> dict[str, Any]:
                 "address": "/ws/chat/",
                 "title": "Chat over WebSockets",
                 "description": protocol
-                + "\n\nA socket refused during the handshake is closed with 4401 (anonymous) "
-                "or 4403 (suspended).",
+                + f"\n\nA socket refused during the handshake is closed with {CLOSE_ANONYMOUS} "
+                f"(anonymous) or {CLOSE_SUSPENDED} (suspended).",
                 "servers": [{"$ref": "#/servers/websocket"}],
                 "messages": {
                     key: {"$ref": f"#/components/messages/{key}"}
@@ -227,8 +228,14 @@ def asyncapi_document(*, host: str, secure: bool) -> dict[str, Any]:
                 "description": (
                     "The answer to `POST /api/v1/sessions/{session_id}/messages` with "
                     '`"stream": true` (and to `POST /agents/{agent_id}/v1/agent/chat`), as '
-                    "`text/event-stream`: `delta` events, then one of `done`, `cancelled` or "
-                    "`error`. Each frame is `event: <name>` and `data: <JSON payload>`."
+                    "`text/event-stream`: `delta` and `tool` events, then one of `done`, "
+                    "`cancelled` or `error`. Each frame is `event: <name>` and "
+                    "`data: <JSON payload>`. A refusal before the reply's first word is no "
+                    "stream: its own HTTP status and the error shape.\n\n"
+                    "After a reconnect: a stream whose connection drops goes on. The same "
+                    "request sent again with the same `Idempotency-Key` follows the turn again "
+                    "from its first event (`Idempotent-Replayed: true`); a page can also follow "
+                    "it on the chat WebSocket with `open` or `resume`."
                 ),
                 "servers": [{"$ref": "#/servers/http"}],
                 "parameters": {"session_id": {"description": "The session's id (a UUID)."}},

@@ -189,10 +189,10 @@ def test_sse_frames_match_the_document(user, agent, api_key, live_console, fake_
     url = f"{live_console}/api/v1/sessions/{sid}/messages"
     headers = {"Authorization": f"Bearer {api_key(user)}"}
 
-    def turn(content: str) -> list[tuple[str, Any]]:
+    def turn(content: str, key: str) -> list[tuple[str, Any]]:
         events: list[tuple[str, Any]] = []
-        body = {"content": content, "stream": True}
-        with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
+        body, sent = {"content": content, "stream": True}, headers | {"Idempotency-Key": key}
+        with httpx.stream("POST", url, json=body, headers=sent, timeout=30) as response:
             assert response.status_code == 200
             name = ""
             for line in response.iter_lines():
@@ -204,9 +204,11 @@ def test_sse_frames_match_the_document(user, agent, api_key, live_console, fake_
 
     # A tool runs, then Anthropic refuses the call after it: the turn ends with an error.
     fake_anthropic.enqueue(ToolUse("Bash", {"command": "echo hi"}, text="Let me look."), Error(400))
-    broken = turn("Break off")
-    whole = turn("Stream me")
+    broken = turn("Break off", "k-1")
+    whole = turn("Stream me", "k-2")
+    again = turn("Stream me", "k-2")  # as after a reconnect: the same turn, from its start
     assert [n for n, _ in broken] == ["delta"] * 3 + ["tool", "error"], broken
     assert [n for n, _ in whole][-1] == "done" and len(whole) > 2
+    assert again == whole
     for name, data in broken + whole:
         _check(document, "sendTurnStream", name, data)
