@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from agents import api, pages, views, workspace_api
+from agents import api, asyncapi, pages, views, workspace_api
 
 hypercore = SimpleRouter(trailing_slash=False)
 hypercore.register("v1/agents", views.HypercoreAgentViewSet, basename="hypercore-agent")
@@ -46,6 +46,8 @@ rest = [
 
 urlpatterns = [
     path("chat/", include(chat)),
+    # The chat's streams (WebSocket and SSE), beside the OpenAPI schema (/api/schema/)
+    path("api/asyncapi/", asyncapi.asyncapi_view, name="api-asyncapi"),
     path("agents/<uuid:agent_id>/", include(agent)),
     path("api/v1/", include(rest)),
     path("", include(hypercore.urls)),

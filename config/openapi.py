@@ -71,25 +71,7 @@ COMPONENTS: dict[str, Any] = {
         },
         "required": ["prompt"],
     },
-    "ChatResult": {
-        "type": "object",
-        "properties": {
-            "session_id": {"type": "string"},
-            "content": {"type": "string"},
-            "usage": {
-                "type": "object",
-                "properties": {
-                    "input_tokens": {"type": "integer"},
-                    "output_tokens": {"type": "integer"},
-                    "total_tokens": {"type": "integer"},
-                },
-                "required": ["input_tokens", "output_tokens", "total_tokens"],
-            },
-            "cost_usd": {"type": "string", "format": "decimal"},
-            "status": {"type": "string", "enum": ["completed"]},
-        },
-        "required": ["session_id", "content", "usage", "cost_usd", "status"],
-    },
+    "ChatResult": turns.CHAT_RESULT_SCHEMA,
     "MessagesRequest": {
         "type": "object",
         "description": "Anthropic's Messages API request; fields beyond these pass through.",

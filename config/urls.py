@@ -11,7 +11,7 @@ urlpatterns = [
     path("", include("plumbing.urls")),
     # /, /accounts/, /keys/, /admin/login/, /api/v1/ auth, keys, quotas, budgets, usage
     path("", include("console.urls")),
-    # /chat/, /ws/chat/ (routing.py), /agents/<id>/…, /v1/agents (Hypercore),
+    # /chat/, /ws/chat/ (routing.py), /api/asyncapi/, /agents/<id>/…, /v1/agents (Hypercore),
     # /api/v1/ agents, sessions, execute
     path("", include("agents.urls")),
     # /metrics/targets, /api/v1/scaling/

@@ -119,6 +119,7 @@ ROWS = [
     Row("agents/<uuid:agent_id>/health", "GET", f"/agents/{A}/health", OWNED, 502),
     Row("api/schema/", "GET", "/api/schema/", PUBLIC_DRF, 200),
     Row("api/docs/", "GET", "/api/docs/", PUBLIC_DRF, 200),
+    Row("api/asyncapi/", "GET", "/api/asyncapi/", PUBLIC, 200),
     Row(
         "api/v1/auth/login",
         "POST",
