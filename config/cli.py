@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from config import launch
+
 USAGE = """usage: agent-console COMMAND [ARGS…]
 
   run                 start the console (web, gateway, worker, beat, and a broker if needed)
@@ -34,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     var.mkdir(parents=True, exist_ok=True)
     os.environ["CONSOLE_VAR_DIR"] = str(var)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    from config import launch
-
     command, rest = args[0], args[1:]
     if command == "run":
         return launch.main()
