@@ -170,7 +170,7 @@ class ChatUser(User):
 
     def _open_socket(self) -> websocket.WebSocket:
         """The socket, as the chat page opens it: after a refused or dropped connection it
-        tries again after 0.5 s, doubling up to 10 s (``static/console/chat.js``); here
+        tries again after 0.5 s, doubling up to 10 s (``config/static/console/chat.js``); here
         ``RECONNECTS`` times at most."""
         ws_url = PLAN.url.replace("http", "ws", 1) + "/ws/chat/"
         for attempt in itertools.count():

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -220,10 +221,9 @@ def _var_dir() -> Path:
     return path
 
 
-def local_environment(var: Path) -> dict[str, str]:
-    """The environment of every process ``make run`` starts: this one's, with its keys in
-    ``var``, a fresh multiprocess metrics folder there, and its settings for loopback."""
-    env = dict(os.environ)
+def local_keys(env: MutableMapping[str, str], var: Path) -> None:
+    """Points ``env`` at this machine's secret and relay keys in ``var`` (made on first use),
+    unless it names its own."""
     for name, file_name in (("SECRET_KEY", "secret_key"), ("SANDBOX_RELAY_KEY", "relay_key")):
         if not env.get(name) and not env.get(f"{name}_FILE"):
             key_file = var / file_name
@@ -231,6 +231,13 @@ def local_environment(var: Path) -> dict[str, str]:
                 key_file.write_text(secrets.token_urlsafe(50))
                 key_file.chmod(0o600)
             env[f"{name}_FILE"] = str(key_file)
+
+
+def local_environment(var: Path) -> dict[str, str]:
+    """The environment of every process ``make run`` starts: this one's, with its keys in
+    ``var``, a fresh multiprocess metrics folder there, and its settings for loopback."""
+    env = dict(os.environ)
+    local_keys(env, var)
     # Served over plain HTTP on loopback: cookies must not demand HTTPS.
     env.setdefault("SESSION_COOKIE_SECURE", "false")
     env.setdefault("CSRF_COOKIE_SECURE", "false")
@@ -270,7 +277,8 @@ def _loopback_if_any(host: str) -> str:
 
 
 def _manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
+    # Django's own entry point (settings from ``env``): no manage.py needed, as in a wheel.
+    subprocess.run([sys.executable, "-m", "django", *args], cwd=BASE_DIR, env=env, check=True)
 
 
 def _build_guest(env: dict[str, str], var: Path) -> None:
@@ -359,7 +367,7 @@ def _supervise(
         [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "--hostname", "worker@%h"],
     )
     if env.get("SANDBOX_RELAY_URL"):  # this host's agents served to other machines
-        supervisor.add("relay", [python, "manage.py", "sandbox_relay"])
+        supervisor.add("relay", [python, "-m", "django", "sandbox_relay"])
     supervisor.add(
         "beat",
         [*celery, "beat", "--loglevel", "INFO"],
@@ -368,7 +376,8 @@ def _supervise(
         f"\nAgent Console: open http://{host}:{port}/ (admin at http://{host}:{port}/admin/). "
         f"Agents reach Claude through the gateway at {env['GATEWAY_URL']}. "
         "A process that dies is restarted; Ctrl-C stops them all, but not the agents' "
-        "sandboxes (`.venv/bin/python manage.py agents_stop_all` stops those).\n",
+        "sandboxes (`manage.py agents_stop_all`, or `agent-console agents-stop-all`, stops "
+        "those).\n",
         flush=True,
     )
     supervisor.run()

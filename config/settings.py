@@ -39,6 +39,8 @@ def _memory_mib() -> int:
 
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# The templates and static files, shipped in this package (and so in the wheel).
+PACKAGE_DIR = Path(__file__).resolve().parent
 VAR_DIR = Path(env_str("CONSOLE_VAR_DIR", str(BASE_DIR / "var")))
 if not VAR_DIR.is_absolute():
     VAR_DIR = BASE_DIR / VAR_DIR
@@ -120,7 +122,7 @@ LOGOUT_REDIRECT_URL = "login"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [PACKAGE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -461,11 +463,12 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
-# --- Static files, served by WhiteNoise from static/ (everything vendored, no CDN).
+# --- Static files, served by WhiteNoise from config/static/ (everything vendored, no CDN).
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
-# Straight from static/ without collectstatic: in development and in tests (`make run` collects).
+STATICFILES_DIRS = [PACKAGE_DIR / "static"]
+# Straight from config/static/ without collectstatic: in development and in tests
+# (`make run` collects).
 WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG)
 
 LANGUAGE_CODE = "en-us"

@@ -40,8 +40,12 @@ class Console:
         env_overrides: dict[str, str],
         ports: tuple[int, int] | None = None,
         root: Path = ROOT,
+        command: list[str] | None = None,
     ) -> None:
+        """``command`` is an installed ``agent-console``, run in ``root`` (rather than the
+        checkout's ``config.launch`` and ``manage.py``), with no path into the checkout."""
         self.root = root
+        self.command = command
         self.port, self.gateway_port = ports or (free_port(), free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / "console.log"
@@ -69,6 +73,9 @@ class Console:
             "TMPDIR": str(self.tmp),
         } | env_overrides
         launcher = [sys.executable, "-m", "config.launch"]
+        if command:
+            self.env.pop("PYTHONPATH", None)
+            launcher = [*command, "run"]
         self.proc = server_start(launcher, log=self.log, env=self.env, cwd=self.root).process
 
     def output(self) -> str:
@@ -80,8 +87,9 @@ class Console:
         return answers(f"{self.url}/health")
 
     def manage(self, *args: str) -> str:
+        manage = self.command or [sys.executable, "manage.py"]
         result = subprocess.run(
-            [sys.executable, "manage.py", *args],
+            [*manage, *args],
             cwd=self.root,
             env=self.env,
             capture_output=True,
