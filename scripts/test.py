@@ -26,6 +26,8 @@ FIRST = (
     "tests/dashboard",
     "tests/usage",
     "tests/operator_agent",
+    "tests/multihost",
+    "tests/deploy",
     "tests/test_schemathesis.py",
 )
 
