@@ -23,8 +23,12 @@ from vmdriver import VmState
 pytestmark = pytest.mark.django_db(transaction=True)
 
 API = "/api/v1"
-# A busy loop left running in the sandbox, out of the tool's process group.
-SPIN = "setsid /usr/bin/python3 -c 'while True: pass' </dev/null >/dev/null 2>&1 & echo spinning"
+# A busy loop in a session of its own, which outlives the tool's command; the command waits
+# until it is (the tool ends its command's process group as the command returns).
+SPIN = (
+    'setsid /usr/bin/python3 -c \'open("spun", "w").close(); exec("while True: pass")\''
+    " </dev/null >/dev/null 2>&1 & while [ ! -e spun ]; do sleep 0.05; done; echo spinning"
+)
 
 
 def _freezer_writable() -> bool:
