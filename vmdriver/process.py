@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,7 +56,31 @@ def _stop_tree(pid: int) -> dict[str, str]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signal.SIGSTOP)
                 stopped[str(member)] = started
+    _await_stopped([int(member) for member in stopped])
     return stopped
+
+
+def _await_stopped(pids: list[int], timeout: float = 2.0) -> None:
+    """Wait until every thread of ``pids`` has stopped (or gone): a signal is delivered after
+    ``kill`` returns, and a process may run on for a moment until it is."""
+    deadline = time.monotonic() + timeout
+    running = set(pids)
+    while running and time.monotonic() < deadline:
+        running = {pid for pid in running if not _all_threads_stopped(pid)}
+        if running:
+            time.sleep(0.005)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("T", "t", "Z", "X"):
+                    return False
+    except OSError:
+        return True  # gone
+    return True
 
 
 class ProcessDriver(SandboxFolders):
