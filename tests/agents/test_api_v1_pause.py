@@ -18,6 +18,7 @@ from agents import sandbox
 from agents.models import Agent
 from tests.fakes.anthropic import ToolUse
 from tests.polling import eventually
+from tests.processes import cpu_ticks, stat, tree
 from vmdriver import VmState
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,30 +67,8 @@ def _act(client: httpx.Client, agent_id: str, action: str) -> dict:
     return client.get(f"/agents/{agent_id}").json()
 
 
-def _tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _cpu(pid: int) -> int:
-    fields = _stat(pid)
-    return int(fields[11]) + int(fields[12])
-
-
 def _spinner(leader: int) -> int | None:
-    for pid in _tree(leader):
+    for pid in tree(leader):
         try:
             if b"while True" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
@@ -113,9 +92,9 @@ def test_a_paused_agent_is_frozen_keeps_its_session_and_a_turn_resumes_it(alice,
     agent = Agent.objects.get(pk=agent_id)
     leader = sandbox.driver().status(agent.sandbox_id).pid
     spinner = eventually(lambda: _spinner(leader), 10, failing="no busy loop in the sandbox")
-    before = _cpu(spinner)
+    before = cpu_ticks(spinner)
     time.sleep(0.5)
-    assert _cpu(spinner) > before, "the busy loop should use CPU while the agent runs"
+    assert cpu_ticks(spinner) > before, "the busy loop should use CPU while the agent runs"
 
     body = _act(alice, agent_id, "pause")
 
@@ -126,14 +105,14 @@ def test_a_paused_agent_is_frozen_keeps_its_session_and_a_turn_resumes_it(alice,
         assert body["pause_method"] == "freezer"
         group = Path((Path(sandbox.driver().state_dir) / agent.sandbox_id / "freezer").read_text())
         assert (group / "freezer.state").read_text().strip() == "FROZEN"
-        assert _stat(spinner)[0] == "D"
+        assert stat(spinner)[0] == "D"
     else:  # no freezer cgroup on this host: each process is stopped, and the log says why
         assert body["pause_method"] == "sigstop"
-        assert _stat(spinner)[0] == "T"
+        assert stat(spinner)[0] == "T"
         assert "paused by SIGSTOP" in sandbox.driver().logs(agent.sandbox_id)
-    frozen = _cpu(spinner)
+    frozen = cpu_ticks(spinner)
     time.sleep(1.0)
-    assert _cpu(spinner) == frozen, "a paused agent must use no CPU"
+    assert cpu_ticks(spinner) == frozen, "a paused agent must use no CPU"
     again = alice.post(f"/agents/{agent_id}/pause")
     assert (again.status_code, again.json()["status"]) == (200, "paused")
 
@@ -147,9 +126,9 @@ def test_a_paused_agent_is_frozen_keeps_its_session_and_a_turn_resumes_it(alice,
     got = alice.get(f"/agents/{agent_id}").json()
     assert (got["status"], got["pause_method"], got["paused_at"]) == ("running", "", None)
     assert _health(agent_id) == 200
-    resumed = _cpu(spinner)
+    resumed = cpu_ticks(spinner)
     time.sleep(0.5)
-    assert _cpu(spinner) > resumed, "the busy loop carries on where it was"
+    assert cpu_ticks(spinner) > resumed, "the busy loop carries on where it was"
 
 
 def test_an_agent_paused_and_resumed_by_request_answers_health(alice):

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.polling import eventually
+from tests.processes import cpu_ticks, stat, tree
 from vmdriver import PauseMethod, SandboxNotRunning, VmSpec, VmState
 from vmdriver.isolation import bwrap_problem
 from vmdriver.process import ProcessDriver
@@ -68,31 +69,9 @@ def _get(endpoint: str, timeout: float = 1.0) -> str | None:
         return None
 
 
-def _tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _cpu_ticks(pids: list[int]) -> int:
-    """User and system time of ``pids`` (and their threads), in clock ticks."""
-    return sum(int(_stat(pid)[11]) + int(_stat(pid)[12]) for pid in pids)
-
-
 def _program(pid: int) -> int:
     """The sandboxed program: the deepest process of the sandbox's tree."""
-    return _tree(pid)[-1]
+    return tree(pid)[-1]
 
 
 @pytest.fixture(params=["bwrap", "none"])
@@ -117,28 +96,28 @@ def test_a_paused_sandbox_uses_no_cpu_keeps_its_memory_and_continues_when_resume
     first, leader = _busy(driver)
     drawn = first.split()[0]
     program = _program(leader)
-    before = _cpu_ticks([program])
+    before = cpu_ticks(program)
     time.sleep(0.5)
-    assert _cpu_ticks([program]) > before, "the busy loop should use CPU while it runs"
+    assert cpu_ticks(program) > before, "the busy loop should use CPU while it runs"
 
     method = driver.pause("busy")
 
     status = driver.status("busy")
     assert status.state is VmState.PAUSED and status.paused is method
-    frozen = _cpu_ticks([program])
+    frozen = cpu_ticks(program)
     time.sleep(1.0)
-    assert _cpu_ticks([program]) == frozen, "a paused sandbox must not use CPU"
+    assert cpu_ticks(program) == frozen, "a paused sandbox must not use CPU"
     assert _get(status.endpoint, timeout=0.5) is None  # it answers nothing while paused
     if driver.isolation == "bwrap" and os.access("/sys/fs/cgroup/freezer", os.W_OK):
         assert method is PauseMethod.FREEZER
         group = Path((driver.state_dir / "busy" / "freezer").read_text())
         assert (group / "freezer.state").read_text().strip() == "FROZEN"
         assert str(program) in (group / "cgroup.procs").read_text().split()
-        assert _stat(program)[0] == "D"  # in the freezer's wait
+        assert stat(program)[0] == "D"  # in the freezer's wait
         assert "SIGSTOP" not in driver.logs("busy")
     else:  # no supervisor (unsandboxed), or no freezer on this host: SIGSTOP, and why
         assert method is PauseMethod.SIGSTOP
-        assert all(_stat(pid)[0] == "T" for pid in _tree(leader))
+        assert all(stat(pid)[0] == "T" for pid in tree(leader))
         reason = "it runs unsandboxed" if driver.isolation == "none" else "freezer cgroup"
         assert "sandbox: paused by SIGSTOP to each of its processes: " in driver.logs("busy")
         assert reason in driver.logs("busy")
@@ -150,9 +129,9 @@ def test_a_paused_sandbox_uses_no_cpu_keeps_its_memory_and_continues_when_resume
     answer = eventually(lambda: _get(handle.endpoint), 5, failing="no answer after resume")
     assert str(answer).split()[0] == drawn  # the same process, its memory kept
     assert int(str(answer).split()[1]) >= 2  # it counted the GETs before the pause
-    resumed = _cpu_ticks([program])
+    resumed = cpu_ticks(program)
     time.sleep(0.5)
-    assert _cpu_ticks([program]) > resumed
+    assert cpu_ticks(program) > resumed
     assert driver.resume("busy") == handle  # resuming a running sandbox changes nothing
 
 
@@ -164,7 +143,7 @@ def test_a_paused_sandbox_stops_and_is_destroyed(driver):
     driver.stop("busy", timeout=5)
 
     assert driver.status("busy").state is VmState.EXITED
-    assert not Path(f"/proc/{program}").exists() or _stat(program)[0] == "Z"
+    assert not Path(f"/proc/{program}").exists() or stat(program)[0] == "Z"
     with pytest.raises(SandboxNotRunning):
         driver.pause("busy")
     with pytest.raises(SandboxNotRunning):
